@@ -1,0 +1,1 @@
+"""Command implementations that are not training loops: each module has `Config` and `main`."""

@@ -1,0 +1,233 @@
+"""Shared configuration groups and the value constraints they declare.
+
+Every command has one frozen dataclass config built from these groups (``model``, ``gen``,
+``optim``, ``log``, ``run``). The string literal under each field is its documentation: the
+loader shows it in ``--help``. Constraints ride along in ``Annotated[...]`` so one generic
+pre-flight pass (``config_io.validate``) checks every field the same way, whether its value
+came from a default, a TOML/YAML file or the command line.
+
+This module imports only the standard library: ``rlhfkit --help`` must stay instant.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Iterable, Literal, NamedTuple
+
+
+class Problem(NamedTuple):
+    """One bad value: the field (relative to the config that found it), the value, the fix."""
+
+    field: str
+    value: Any
+    message: str
+
+
+# --- constraints: each returns an error message (what is wrong; how to fix it) or None ----------
+
+
+@dataclass(frozen=True)
+class Min:
+    """value >= bound."""
+
+    bound: float
+
+    def __call__(self, value: Any) -> str | None:
+        if value < self.bound:
+            return f"must be at least {self.bound:g}; give a value >= {self.bound:g}"
+        return None
+
+
+@dataclass(frozen=True)
+class Range:
+    """low < value <= high (low excluded when ``open_low``)."""
+
+    low: float
+    high: float
+    open_low: bool = False
+
+    def __call__(self, value: Any) -> str | None:
+        low_ok = value > self.low if self.open_low else value >= self.low
+        if not (low_ok and value <= self.high):
+            bracket = "(" if self.open_low else "["
+            return f"must lie in {bracket}{self.low:g}, {self.high:g}]; give a value in that range"
+        return None
+
+
+@dataclass(frozen=True)
+class FileMustExist:
+    """An input file: checked before anything loads, so a typo fails in a second, not later."""
+
+    def __call__(self, value: Any) -> str | None:
+        if value is None or value == "":
+            return None
+        path = Path(os.path.expanduser(str(value)))
+        if not path.exists():
+            return "no such file; check the path (relative paths start at the current directory)"
+        if path.is_dir():
+            return "is a directory; give a file"
+        return None
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    """An embedded alias (see ``rlhfkit assets list``) or a local Hugging Face model directory."""
+
+    def __call__(self, value: Any) -> str | None:
+        from rlhfkit.assets import MODEL_ALIASES  # stdlib-only module
+
+        if value in MODEL_ALIASES:
+            return None
+        path = Path(os.path.expanduser(str(value)))
+        if path.is_dir() and (path / "config.json").is_file():
+            return None
+        aliases = ", ".join(sorted(MODEL_ALIASES))
+        if path.is_dir():
+            return ("is a directory without config.json, so not a Hugging Face model; "
+                    f"give a model directory or an alias ({aliases})")
+        return (f"is neither an embedded alias ({aliases}) nor a local model directory; "
+                "no model hub is contacted, so pass a directory that exists")
+
+
+PositiveInt = Annotated[int, Min(1)]
+NonNegativeInt = Annotated[int, Min(0)]
+PositiveFloat = Annotated[float, Range(0.0, float("inf"), open_low=True)]
+NonNegativeFloat = Annotated[float, Min(0.0)]
+Fraction = Annotated[float, Range(0.0, 1.0)]
+InputFile = Annotated[str, FileMustExist()]
+ModelPath = Annotated[str, ModelReference()]
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+# --- shared groups -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    """Which model to load and how."""
+
+    shorthand: ClassVar[str] = "path"  # `--model X` sets `--model.path X`
+
+    path: ModelPath = "smollm2"
+    """Embedded alias (smollm2) or a local Hugging Face model directory; never downloaded."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; auto is float32 on CPU and bfloat16 on a GPU that supports it."""
+    device: str = "auto"
+    """auto (a GPU when present, else CPU), cpu, cuda, cuda:N or mps."""
+
+    def check(self) -> Iterable[Problem]:
+        base = self.device.split(":")[0]
+        index = self.device.partition(":")[2]
+        if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+            yield Problem("device", self.device, "is not a device; use auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass(frozen=True)
+class GenCfg:
+    """How completions are sampled."""
+
+    max_new_tokens: PositiveInt = 64
+    """Most tokens generated per completion."""
+    temperature: NonNegativeFloat = 1.0
+    """Sampling temperature; 0 means greedy decoding."""
+    top_p: Annotated[float, Range(0.0, 1.0, open_low=True)] = 1.0
+    """Nucleus sampling: keep the smallest token set with this much probability (1 = off)."""
+    top_k: NonNegativeInt = 0
+    """Keep only the k most likely tokens (0 = off)."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: a completion ends before the first one (repeat the flag for several)."""
+    batch_size: PositiveInt = 8
+    """Prompts generated together (left-padded, one KV cache)."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """Wrap prompts in the tokenizer's chat template: auto uses it when the model has one."""
+    backend: str = "hf"
+    """Generation backend: hf (transformers, default) or one a plug-in registered."""
+
+
+@dataclass(frozen=True)
+class OptimCfg:
+    """Optimiser, schedule and gradient handling."""
+
+    lr: PositiveFloat = 1e-5
+    """Peak learning rate (AdamW)."""
+    weight_decay: NonNegativeFloat = 0.0
+    """AdamW decoupled weight decay."""
+    adam_beta1: Fraction = 0.9
+    """AdamW beta1."""
+    adam_beta2: Fraction = 0.999
+    """AdamW beta2."""
+    adam_eps: PositiveFloat = 1e-8
+    """AdamW epsilon."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate decay after warm-up."""
+    warmup_steps: NonNegativeInt = 0
+    """Optimiser steps of linear warm-up from 0 to lr."""
+    grad_accum_steps: PositiveInt = 1
+    """Micro-batches whose gradients are summed before one optimiser step."""
+    max_grad_norm: NonNegativeFloat = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+    max_nonfinite_steps: PositiveInt = 3
+    """A NaN/inf loss or gradient skips the step; abort after this many in a row."""
+
+
+@dataclass(frozen=True)
+class LogCfg:
+    """What is recorded and shown."""
+
+    every: PositiveInt = 1
+    """Write metrics every this many steps."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files (metrics are always written as JSONL)."""
+    progress: bool = True
+    """Show live progress bars (turned off automatically when output is not a terminal)."""
+
+
+@dataclass(frozen=True)
+class RunCfg:
+    """Where a run lives, its seed, and how it restarts."""
+
+    output_dir: str = ""
+    """Run directory; empty means runs/<command>-<date>-<time>."""
+    seed: NonNegativeInt = 0
+    """Seed for every random number generator (Python, NumPy, torch)."""
+    resume: bool = False
+    """Continue the run in output_dir from its last checkpoint."""
+    overwrite: bool = False
+    """Delete a previous run in output_dir and start afresh."""
+    checkpoint_every: NonNegativeInt = 50
+    """Save a checkpoint every this many steps (0 = only at the end)."""
+    keep_checkpoints: PositiveInt = 2
+    """How many recent checkpoints to keep on disk."""
+
+    def check(self) -> Iterable[Problem]:
+        if self.resume and self.overwrite:
+            yield Problem("resume", True, "and run.overwrite are both set; choose one")
+            return
+        if not self.output_dir:
+            if self.resume:
+                yield Problem("output_dir", "", "is empty, so there is no run to resume; "
+                              "pass --run.output_dir DIR of the run to continue")
+            return
+        path = Path(os.path.expanduser(self.output_dir))
+        holds_run = (path / "config.toml").is_file()
+        if path.exists() and not path.is_dir():
+            yield Problem("output_dir", self.output_dir, "is a file; give a directory")
+        elif holds_run and not (self.resume or self.overwrite):
+            yield Problem("output_dir", self.output_dir,
+                          "holds another run; pass --resume to continue it, --overwrite to "
+                          "replace it, or choose another --run.output_dir")
+        elif self.resume and not holds_run:
+            yield Problem("output_dir", self.output_dir,
+                          "holds no run to resume (no config.toml); drop --resume to start one")
+        elif path.is_dir() and not holds_run and any(path.iterdir()) and not self.overwrite:
+            yield Problem("output_dir", self.output_dir,
+                          "is not empty and is not a run directory; choose an empty or new "
+                          "directory (or --overwrite to clear it)")
+
+
+def default(factory: type) -> Any:
+    """Field default for a nested group: ``model: ModelCfg = default(ModelCfg)``."""
+    return field(default_factory=factory)

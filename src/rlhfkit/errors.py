@@ -1,0 +1,36 @@
+"""Project errors. The CLI prints any of them as one line, with no traceback."""
+
+from __future__ import annotations
+
+
+class RlhfkitError(Exception):
+    """A problem the user can fix; the message says what and how. CLI exit code 1."""
+
+    exit_code = 1
+
+
+class ConfigError(RlhfkitError):
+    """A bad configuration value, found before any model loads. CLI exit code 2.
+
+    Carries one or more problems, each naming the field, the value and the fix.
+    """
+
+    exit_code = 2
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class DataError(RlhfkitError):
+    """A data file that cannot be read as asked: names the file, the line and the fix."""
+
+    exit_code = 2
+
+
+class AssetError(RlhfkitError):
+    """An embedded asset that cannot be located, verified or prepared."""
+
+
+class RewardError(RlhfkitError):
+    """A reward function that raised, or returned the wrong number or a non-finite score."""

@@ -1,0 +1,39 @@
+"""Rich progress bars shared by every long step (asset preparation, generation, training)."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+console = Console(stderr=True)
+_enabled = True
+
+
+def set_enabled(enabled: bool) -> None:
+    """Turn bars off (``--log.progress false``); they are also off when stderr is no terminal."""
+    global _enabled
+    _enabled = enabled
+
+
+@contextmanager
+def progress(description: str, total: float | None) -> Iterator[tuple[Progress, TaskID]]:
+    """A progress bar and its task; move it with ``bar.advance(task, n)`` or ``bar.update``.
+
+    Usage::
+
+        with progress("generating", total=len(prompts)) as (bar, task):
+            bar.advance(task, n)
+    """
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+        console=console, disable=not (_enabled and sys.stderr.isatty()), transient=False,
+    )
+    with bar:
+        task = bar.add_task(description, total=total, info="")
+        yield bar, task
