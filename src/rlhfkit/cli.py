@@ -16,6 +16,9 @@ from rlhfkit import __version__
 from rlhfkit.errors import ConfigError, RlhfkitError
 
 COMMANDS: dict[str, str] = {
+    "demo": "rlhfkit.commands.demo",
+    "grpo": "rlhfkit.train.grpo",
+    "ppo": "rlhfkit.train.ppo",
     "generate": "rlhfkit.commands.generate",
     "score": "rlhfkit.commands.score",
 }

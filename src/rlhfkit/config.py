@@ -231,3 +231,45 @@ class RunCfg:
 def default(factory: type) -> Any:
     """Field default for a nested group: ``model: ModelCfg = default(ModelCfg)``."""
     return field(default_factory=factory)
+
+
+@dataclass(frozen=True)
+class LoraCfg:
+    """LoRA adapters (peft): train small low-rank matrices instead of every weight."""
+
+    rank: NonNegativeInt = 0
+    """Adapter rank; 0 trains every weight (no LoRA)."""
+    alpha: PositiveFloat = 16.0
+    """Scaling numerator: updates are scaled by alpha / rank."""
+    dropout: Fraction = 0.0
+    """Dropout on the adapter input."""
+    target_modules: tuple[str, ...] = ("all-linear",)
+    """Module names to adapt; all-linear adapts every linear layer but the output head."""
+
+
+@dataclass(frozen=True)
+class PromptDataCfg:
+    """Where training and held-out prompts come from."""
+
+    shorthand: ClassVar[str] = "prompts"  # `--data X` sets `--data.prompts X`
+
+    prompts: str = "vader:movies"
+    """A prompt file (.jsonl/.csv/.parquet/.txt) or a built-in set: vader:movies|tweets|amazon|nyt
+    (openings of human-rated texts, train split) or reasoning_gym:<task>."""
+    prompt_field: str = "prompt"
+    """Column holding the prompt in a prompt file (a chat "messages" column also works)."""
+    eval_prompts: str = ""
+    """Held-out prompts for evaluation; empty takes the test split of a built-in set."""
+    max_prompts: NonNegativeInt = 0
+    """Use at most this many training prompts (0 = all)."""
+    eval_size: NonNegativeInt = 64
+    """Held-out prompts evaluated before and after training (0 = no evaluation)."""
+
+    def check(self) -> Iterable[Problem]:
+        for name in ("prompts", "eval_prompts"):
+            value = getattr(self, name)
+            if not value or ":" in value and not Path(value).exists():
+                continue  # a built-in set: resolved (and checked) by rlhfkit.data.builtin
+            message = FileMustExist()(value)
+            if message:
+                yield Problem(name, value, message + "; or name a built-in set such as vader:movies")

@@ -39,13 +39,19 @@ _FALSE = {"false", "no", "off", "0"}
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (the string literal after it)."""
+    """The docstring under each field of a dataclass (the string literal after it).
+
+    A subclass that re-declares a field to change its default inherits the base's docstring.
+    """
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs.update(field_docs(base))
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):
-        return {}
+        return docs
     body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
     for node, after in zip(body, body[1:]):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                 and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
@@ -380,8 +386,8 @@ def render_help(cls: type, command: str) -> str:
         return [f"  --{path} {kind}{shown}", *textwrap.wrap(doc, 92, initial_indent="      ",
                                                             subsequent_indent="      ")]
 
-    def section(owner: type, prefix: str, title: str) -> None:
-        instance = owner()
+    def section(instance: Any, prefix: str, title: str) -> None:
+        owner = type(instance)  # defaults shown are the instance's: a preset shows its own
         lines.append(title)
         for name, (tp, _) in _fields(owner).items():
             if not dataclasses.is_dataclass(tp):
@@ -392,7 +398,7 @@ def render_help(cls: type, command: str) -> str:
                 doc = (inspect.getdoc(tp) or "").splitlines()[0] if inspect.getdoc(tp) else ""
                 short = f"; --{prefix}{name} X sets --{prefix}{name}.{tp.shorthand}" if getattr(
                     tp, "shorthand", None) else ""
-                section(tp, f"{prefix}{name}.", f"[{prefix}{name}] {doc}{short}")
+                section(getattr(instance, name), f"{prefix}{name}.", f"[{prefix}{name}] {doc}{short}")
 
-    section(cls, "", "options:")
+    section(cls(), "", "options:")
     return "\n".join(lines).rstrip() + "\n"

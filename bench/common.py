@@ -1,0 +1,197 @@
+"""What every side-by-side benchmark shares: step clocks, peak memory, child runs, tables.
+
+Each measured run happens in a fresh child process, so one framework's caches, allocator
+state and imports cannot help or hurt the other, and each child's peak resident memory is
+its own. The parent alternates the sides (A B B A A B ...), so slow drift in a shared
+machine's load falls on both equally.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux VmHWM; ru_maxrss elsewhere)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kB on Linux
+
+
+def limit_threads(threads: int) -> None:
+    """Pin torch's intra-op threads (the environment variables were set by the parent)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def child_env(threads: int) -> dict[str, str]:
+    """Environment for a child run: fixed thread counts, and no model hub ever contacted."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
+
+
+@dataclass
+class StepClock:
+    """Wall-clock time between consecutive optimiser-step ends, the same definition for every
+    framework: everything a step costs (prompts, generation, reward, forwards, backward,
+    optimiser, the framework's own logging) falls between two ticks, and model loading falls
+    before the first. The first ``warmup`` steps (one-time costs: lazy imports, allocator
+    growth) are ticked but not reported.
+
+    Process CPU time (all threads) is kept between the same ticks: on a machine shared with
+    other work, wall time also counts waiting for a core, CPU time mostly the work done."""
+
+    warmup: int
+    device: str = "cpu"
+    ends: list[float] = field(default_factory=list)
+    cpu_ends: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    peak_rss: int = 0
+    peak_gpu: int = 0
+
+    def tick(self, completion_tokens: int, reward: float) -> None:
+        """Call once at the end of every optimiser step."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+            self.peak_gpu = torch.cuda.max_memory_allocated()
+        self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
+        self.tokens.append(completion_tokens)
+        self.rewards.append(reward)
+        self.peak_rss = peak_rss_bytes()  # read at the last step: final saves are not counted
+
+    def result(self) -> dict:
+        """Measured steps only: seconds and completion tokens of each, memory peaks."""
+        if len(self.ends) <= self.warmup:
+            raise RuntimeError(f"only {len(self.ends)} steps ticked; need more than the "
+                               f"{self.warmup} warm-up steps")
+        seconds = [b - a for a, b in itertools.pairwise(self.ends[self.warmup - 1:])]
+        cpu_seconds = [b - a for a, b in itertools.pairwise(self.cpu_ends[self.warmup - 1:])]
+        return {"step_seconds": seconds, "cpu_seconds": cpu_seconds,
+                "tokens": self.tokens[self.warmup:],
+                "rewards": self.rewards[self.warmup:], "peak_rss": self.peak_rss,
+                "peak_gpu": self.peak_gpu}
+
+
+def write_result(path: str, result: dict) -> None:
+    """Write a child's result where the parent reads it, whole or not at all."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    os.replace(tmp, path)
+
+
+def run_child(script: str, side: str, argv: list[str], threads: int) -> dict:
+    """Run ``script --child SIDE ARGV`` in a fresh interpreter and return its result dict."""
+    with tempfile.TemporaryDirectory(prefix="rlhfkit-bench-") as scratch:
+        out = str(Path(scratch) / "result.json")
+        command = [sys.executable, script, "--child", side, "--result", out, "--scratch", scratch,
+                   *argv]
+        started = time.perf_counter()
+        completed = subprocess.run(command, env=child_env(threads), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        if completed.returncode != 0 or not Path(out).exists():
+            sys.stderr.write(completed.stdout[-6000:])
+            raise SystemExit(f"{side} run failed (exit {completed.returncode}); its output is above")
+        result = json.loads(Path(out).read_text(encoding="utf-8"))
+        result["run_seconds"] = time.perf_counter() - started  # loading and saving included
+        return result
+
+
+def alternating_order(sides: tuple[str, str], repeats: int) -> list[tuple[int, str]]:
+    """(repeat, side) in A B, B A, A B ... order: each side goes first equally often."""
+    order = []
+    for repeat in range(repeats):
+        pair = sides if repeat % 2 == 0 else sides[::-1]
+        order += [(repeat, side) for side in pair]
+    return order
+
+
+@dataclass
+class SideSummary:
+    """One framework's figures over all its measured steps (every repeat pooled)."""
+
+    name: str
+    median_step_seconds: float
+    median_cpu_seconds: float
+    run_medians: list[float]
+    tokens_per_second: float
+    mean_completion_tokens: float
+    mean_reward: float
+    peak_rss_gib: float
+    peak_gpu_gib: float
+
+
+def summarize(name: str, results: list[dict]) -> SideSummary:
+    seconds = [s for r in results for s in r["step_seconds"]]
+    tokens = [t for r in results for t in r["tokens"]]
+    rewards = [x for r in results for x in r["rewards"]]
+    return SideSummary(
+        name=name, median_step_seconds=statistics.median(seconds),
+        median_cpu_seconds=statistics.median(c for r in results for c in r["cpu_seconds"]),
+        run_medians=[statistics.median(r["step_seconds"]) for r in results],
+        tokens_per_second=sum(tokens) / sum(seconds),
+        mean_completion_tokens=statistics.mean(tokens), mean_reward=statistics.mean(rewards),
+        peak_rss_gib=max(r["peak_rss"] for r in results) / 2**30,
+        peak_gpu_gib=max(r["peak_gpu"] for r in results) / 2**30)
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """A plain, aligned text table (copies cleanly into Markdown with the pipes)."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    print(line)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+def comparison_rows(ours: SideSummary, theirs: SideSummary, gpu: bool) -> list[list[str]]:
+    """Rows of the summary table: each side, then ours / theirs."""
+    def row(s: SideSummary) -> list[str]:
+        spread = ", ".join(f"{m:.2f}" for m in s.run_medians)
+        cells = [s.name, f"{s.median_step_seconds:.2f}", spread, f"{s.median_cpu_seconds:.2f}",
+                 f"{s.tokens_per_second:.1f}",
+                 f"{s.mean_completion_tokens:.0f}", f"{s.peak_rss_gib:.2f}"]
+        return cells + ([f"{s.peak_gpu_gib:.2f}"] if gpu else [])
+
+    ratio = [f"{ours.name} / {theirs.name}",
+             f"{ours.median_step_seconds / theirs.median_step_seconds:.2f}x", "",
+             f"{ours.median_cpu_seconds / theirs.median_cpu_seconds:.2f}x",
+             f"{ours.tokens_per_second / theirs.tokens_per_second:.2f}x",
+             f"{ours.mean_completion_tokens / theirs.mean_completion_tokens:.2f}x",
+             f"{ours.peak_rss_gib / theirs.peak_rss_gib:.2f}x"]
+    if gpu:
+        ratio.append(f"{ours.peak_gpu_gib / max(theirs.peak_gpu_gib, 1e-9):.2f}x")
+    return [row(ours), row(theirs), ratio]
+
+
+def comparison_headers(gpu: bool) -> list[str]:
+    headers = ["", "median s/step", "per-run medians", "median CPU s/step", "completion tok/s",
+               "completion tok/step", "peak RSS GiB"]
+    return headers + (["peak GPU GiB"] if gpu else [])
+
+
+def save_json(path: str, payload: dict) -> None:
+    """The whole comparison, for the record (written atomically)."""
+    write_result(path, {key: asdict(v) if hasattr(v, "__dataclass_fields__") else v
+                        for key, v in payload.items()})

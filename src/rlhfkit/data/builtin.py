@@ -1,0 +1,73 @@
+"""Built-in prompt sets made from the embedded real data, named like ``vader:movies``.
+
+- ``vader:<corpus>``: openings of human-rated texts (the first ``OPENING_WORDS`` words of a
+  movie snippet, tweet, Amazon review or NYT editorial snippet), for sentiment steering. Train
+  and held-out prompts come from the fixed splits of ``rlhfkit.data.vader`` (by text id), so
+  evaluation never sees a training text. Each row keeps ``human_mean``, the raters' mean score
+  of the whole text.
+- ``reasoning_gym:<task>``: procedurally generated questions with a verifier (``entry`` holds
+  the task's item, which the ``reasoning_gym:<task>`` reward needs); seeds differ by split.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from rlhfkit.errors import ConfigError
+
+OPENING_WORDS = 6
+SETS = ("vader", "reasoning_gym")
+REASONING_SIZES = {"train": 2000, "validation": 200, "test": 200}
+REASONING_SEEDS = {"train": 1, "validation": 2, "test": 3}
+ANSWER_FORMAT = "Give only the final answer between <answer> and </answer>."
+
+
+def is_builtin(spec: str) -> bool:
+    return spec.split(":", 1)[0] in SETS and ":" in spec
+
+
+def load_builtin(spec: str, split: str, field: str = "prompts") -> list[dict[str, Any]]:
+    """Rows ``{"prompt": ..., **meta}`` of a built-in set; ``field`` names the option in errors."""
+    kind, _, name = spec.partition(":")
+    if kind == "vader":
+        return _vader_openings(name, split, field)
+    if kind == "reasoning_gym":
+        return _reasoning_gym(name, split, field)
+    close = difflib.get_close_matches(kind, SETS, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(f"data.{field} = {spec!r}: not a file nor a built-in set; {hint}"
+                      "use vader:<corpus> or reasoning_gym:<task>")
+
+
+def opening(text: str, words: int = OPENING_WORDS) -> str:
+    """The first ``words`` words of a text: a prompt to continue."""
+    return " ".join(text.split()[:words])
+
+
+def _vader_openings(corpus: str, split: str, field: str) -> list[dict[str, Any]]:
+    from rlhfkit.data.vader import CORPORA, load_vader
+
+    if corpus not in CORPORA:
+        raise ConfigError(f"data.{field} = 'vader:{corpus}': unknown corpus; use one of "
+                          + ", ".join(f"vader:{c}" for c in CORPORA))
+    rows, seen = [], set()
+    for text in load_vader((corpus,), split=split):
+        prompt = opening(text.text)
+        if len(text.text.split()) <= OPENING_WORDS or prompt in seen:
+            continue  # nothing left to continue, or a duplicate opening
+        seen.add(prompt)
+        rows.append({"prompt": prompt, "id": f"{text.corpus}:{text.id}", "human_mean": text.mean})
+    return rows
+
+
+def _reasoning_gym(task: str, split: str, field: str) -> list[dict[str, Any]]:
+    import reasoning_gym
+
+    try:
+        dataset = reasoning_gym.create_dataset(task, size=REASONING_SIZES[split],
+                                               seed=REASONING_SEEDS[split])
+    except Exception as e:  # reasoning_gym raises a bare error for unknown names
+        raise ConfigError(f"data.{field} = 'reasoning_gym:{task}': {e}; see "
+                          "reasoning_gym's task list (e.g. basic_arithmetic, chain_sum)") from None
+    return [{"prompt": f"{item['question']}\n{ANSWER_FORMAT}", "entry": item} for item in dataset]

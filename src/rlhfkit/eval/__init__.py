@@ -1,0 +1,1 @@
+"""Evaluation: held-out scores of a policy, before/after comparisons, plots."""

@@ -1,0 +1,51 @@
+"""What a person reads at the end of a run: tables on the terminal, curves as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def print_summary(run: Any, summary: dict[str, Any]) -> None:
+    table = Table(title=f"run {run.path}", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def plot_curves(metrics: list[dict[str, Any]], path: Path,
+                keys: tuple[str, ...] = ("reward", "kl", "length")) -> Path | None:
+    """One panel per metric against the step; written atomically. None when nothing was logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = tuple(k for k in keys if any(k in row for row in metrics))
+    if not metrics or not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
+    axes = [axes] if len(keys) == 1 else list(axes)
+    for ax, key in zip(axes, keys):
+        steps = [row["step"] for row in metrics if key in row]
+        values = [row[key] for row in metrics if key in row]
+        ax.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=1)
+        if len(values) >= 5:  # a moving average shows the trend through the sampling noise
+            window = max(3, len(values) // 10)
+            smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                      for i in range(len(values))]
+            ax.plot(steps, smooth, color="tab:blue", linewidth=2)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,66 @@
+"""Generation backends: one protocol, chosen by name with ``gen.backend``.
+
+A backend turns prompts into a ``Rollout`` (token ids, masks, per-token logprobs). Built-in
+backends are imported only when chosen, so an optional engine costs nothing until it is used.
+A plug-in registers its own::
+
+    @register_backend("mine")
+    class MyBackend:
+        def __init__(self, model, tokenizer): ...
+        def generate(self, prompts, cfg, seed): ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rlhfkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rlhfkit.batch import Prompt, Rollout
+    from rlhfkit.config import GenCfg
+
+
+class GenerationBackend(Protocol):
+    """Samples completions; built as ``Backend(model, tokenizer)``."""
+
+    def generate(self, prompts: list[Prompt], cfg: GenCfg, seed: int) -> Rollout:
+        """One completion per prompt, in order; the same prompts, cfg and seed, the same rollout."""
+        ...
+
+
+BackendFactory = Callable[[Any, Any], GenerationBackend]
+
+_BUILTIN_MODULES = {"hf": "rlhfkit.generation.hf"}  # name -> module that registers it on import
+_registry: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    """Class decorator: make a backend available as ``gen.backend = name``."""
+
+    def decorate(factory: BackendFactory) -> BackendFactory:
+        _registry[name] = factory
+        return factory
+
+    return decorate
+
+
+def backend_names() -> list[str]:
+    """Every name ``gen.backend`` accepts: built-ins and registered plug-ins."""
+    return sorted(set(_registry) | set(_BUILTIN_MODULES))
+
+
+def get_backend(name: str, model: Any, tokenizer: Any) -> GenerationBackend:
+    """The backend registered as ``name``, built around a loaded model and its tokenizer."""
+    if name not in _registry and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    if name not in _registry:
+        known = backend_names()
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"gen.backend {name!r} is not a generation backend; {hint}"
+                          f"known backends: {', '.join(known)}")
+    return _registry[name](model, tokenizer)

@@ -1,0 +1,272 @@
+"""The default generation backend: transformers ``model.generate`` with a KV cache.
+
+Prompts are rendered (chat template or plain text), checked against the context length,
+left-padded into batches of ``gen.batch_size`` and sampled. The log-probability of each
+sampled token under softmax(logits / T) is recorded on the fly, so RL gets the sampling
+policy's logprobs without a second forward pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+from rlhfkit.batch import Prompt, Rollout
+from rlhfkit.config import GenCfg
+from rlhfkit.errors import ConfigError, DataError
+from rlhfkit.generation import register_backend
+from rlhfkit.progress import progress
+
+
+class SampledTokenLogprobs(LogitsProcessor):
+    """Records log p(sampled token) under softmax(logits / T) while ``generate`` runs.
+
+    Placed first in the processor list, it sees each step's raw logits. The token drawn from
+    them appears only at the next call, as the last column of ``input_ids``, so it keeps one step
+    of log-probabilities, (B, V), instead of every step's logits, (B, R, V), which is what
+    ``output_logits=True`` would hold until the end.
+    """
+
+    def __init__(self, temperature: float):
+        self.scale = 1.0 / temperature if temperature > 0 else 1.0  # greedy: the raw distribution
+        self.picked: list[torch.Tensor] = []  # one (B,) per generated step
+        self.pending: torch.Tensor | None = None  # (B, V) log-probs of the step just sampled
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids[:, -1])
+        self.pending = (scores.float() * self.scale).log_softmax(dim=-1)  # (B, V)
+        return scores
+
+    def _take(self, sampled: torch.Tensor) -> None:
+        if self.pending is not None:
+            self.picked.append(self.pending.gather(-1, sampled[:, None]).squeeze(-1))
+            self.pending = None
+
+    def logprobs(self, response_ids: torch.Tensor) -> torch.Tensor:
+        """(B, R) logprobs of ``response_ids``, the tokens generate returned."""
+        self._take(response_ids[:, -1])
+        if len(self.picked) != response_ids.shape[1]:
+            raise RuntimeError(f"recorded {len(self.picked)} steps for {response_ids.shape[1]} "
+                               "generated tokens; another logits processor ran before this one")
+        return torch.stack(self.picked, dim=1)
+
+
+class StopOnStrings(StoppingCriteria):
+    """Ends a row once its generated text holds a stop string.
+
+    transformers' own StopStringCriteria also matches a stop string that begins in the prompt (a
+    chat template ending in a newline and the stop "\\n\\n" would end any completion that opens
+    with a newline), so this one looks at generated tokens only, as the stop strings of vLLM and
+    the OpenAI API do. It decodes the last few tokens alone: a stop string of n bytes lies within
+    the last n tokens when its final token arrives, and one more token in front keeps decoding
+    artefacts at the window's edge (a dropped leading space, half a UTF-8 character) outside it.
+    """
+
+    def __init__(self, tokenizer: Any, stops: tuple[str, ...], prompt_width: int):
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.prompt_width = prompt_width
+        self.window = max(len(stop.encode()) for stop in stops) + 1
+
+    def holds_stop(self, generated: list[int]) -> bool:
+        """Whether the last tokens of a completion hold a stop string."""
+        tail = self.tokenizer.decode(generated[-self.window:], skip_special_tokens=True)
+        return any(stop in tail for stop in self.stops)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        start = max(self.prompt_width, input_ids.shape[1] - self.window)
+        tails = input_ids[:, start:].tolist()  # (B, <= window)
+        return torch.tensor([self.holds_stop(tail) for tail in tails], device=input_ids.device)
+
+
+@register_backend("hf")
+class HFBackend:
+    """Hugging Face transformers generation: left-padded batches, one KV cache per batch."""
+
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_ids = _eos_token_ids(model, tokenizer)
+        pad_id = tokenizer.pad_token_id
+        self.pad_id = pad_id if pad_id is not None else self.eos_ids[0]
+
+    def generate(self, prompts: list[Prompt], cfg: GenCfg, seed: int) -> Rollout:
+        """One completion per prompt. The same prompts, cfg (batch size included) and seed give
+        the same rollout; the global CPU and CUDA random state is left as it was."""
+        if not prompts:
+            raise DataError("no prompts to generate from; give at least one")
+        prompt_ids = self._encode(prompts, cfg.chat_template)
+        self._check_lengths(prompt_ids, cfg.max_new_tokens)
+        device = self.model.device
+        cuda_devices = []
+        if device.type == "cuda":
+            cuda_devices = [torch.cuda.current_device() if device.index is None else device.index]
+        batches = []
+        generated, started = 0, time.perf_counter()
+        with (torch.random.fork_rng(devices=cuda_devices),
+              _own_generation_defaults(self.model, self.eos_ids, self.pad_id),
+              progress("generating", total=len(prompts)) as (bar, task)):
+            torch.manual_seed(seed)
+            for start in range(0, len(prompts), cfg.batch_size):
+                end = start + cfg.batch_size
+                batch = self._generate_batch(prompts[start:end], prompt_ids[start:end], cfg)
+                batches.append(batch)
+                generated += int(batch.response_lengths.sum())
+                rate = generated / (time.perf_counter() - started)
+                bar.update(task, advance=len(batch), info=f"{rate:.0f} tokens/s")
+        return Rollout.concat(batches, pad_token_id=self.pad_id)
+
+    def _encode(self, prompts: list[Prompt], chat_template: str) -> list[list[int]]:
+        """Token ids of each prompt, through the chat template when it applies."""
+        has_template = getattr(self.tokenizer, "chat_template", None) is not None
+        if chat_template == "on" and not has_template:
+            raise ConfigError("gen.chat_template is 'on', but this model's tokenizer has no chat "
+                              "template; use --gen.chat_template auto or off")
+        if not (chat_template == "on" or (chat_template == "auto" and has_template)):
+            for index, prompt in enumerate(prompts):
+                if not isinstance(prompt, str):
+                    reason = ("gen.chat_template is off" if chat_template == "off"
+                              else "this model has no chat template")
+                    raise DataError(f"prompt {index} is a chat (a list of messages), but {reason}; "
+                                    "give plain-text prompts or a model with a chat template")
+            return self.tokenizer(list(prompts))["input_ids"]
+        from jinja2 import TemplateError
+
+        texts = []
+        for index, prompt in enumerate(prompts):
+            chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            try:
+                texts.append(self.tokenizer.apply_chat_template(
+                    chat, add_generation_prompt=True, tokenize=False))
+            except TemplateError as e:
+                raise DataError(f"prompt {index}: the model's chat template rejected it ({e}); "
+                                "check the roles and their order") from None
+        # the template already wrote any BOS token; adding special tokens would double it
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _check_lengths(self, prompt_ids: list[list[int]], max_new_tokens: int) -> None:
+        """Fail before generating anything if a prompt cannot fit with its completion."""
+        context = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        if context is not None and max_new_tokens >= context:
+            raise ConfigError(f"gen.max_new_tokens {max_new_tokens} leaves no room for a prompt in "
+                              f"the model's context of {context} tokens; lower it")
+        for index, ids in enumerate(prompt_ids):
+            if not ids:
+                raise DataError(f"prompt {index} encodes to no tokens; remove it or fill it in")
+            if context is not None and len(ids) + max_new_tokens > context:
+                raise DataError(
+                    f"prompt {index} is {len(ids)} tokens, but the model's context of {context} "
+                    f"tokens minus gen.max_new_tokens {max_new_tokens} leaves room for "
+                    f"{context - max_new_tokens}; shorten the prompt or lower gen.max_new_tokens")
+
+    def _generate_batch(self, prompts: list[Prompt], prompt_ids: list[list[int]],
+                        cfg: GenCfg) -> Rollout:
+        device = self.model.device
+        padded = self.tokenizer.pad({"input_ids": prompt_ids}, padding_side="left",
+                                    return_tensors="pt")
+        input_ids = padded["input_ids"].to(device)  # (b, P)
+        prompt_mask = padded["attention_mask"].to(device)  # (b, P)
+        recorder = SampledTokenLogprobs(cfg.temperature)
+        stopper = StopOnStrings(self.tokenizer, cfg.stop, input_ids.shape[1]) if cfg.stop else None
+        sequences = self.model.generate(  # (b, P + R), under torch.no_grad
+            input_ids=input_ids, attention_mask=prompt_mask,
+            generation_config=self._generation_config(cfg),
+            logits_processor=LogitsProcessorList([recorder]),
+            stopping_criteria=StoppingCriteriaList([stopper] if stopper else []))
+        response_ids = sequences[:, input_ids.shape[1]:]  # (b, R)
+        logprobs = recorder.logprobs(response_ids)  # (b, R)
+
+        # A row ends at its first EOS (kept: the policy chose to stop) or at the token that
+        # completed a stop string; generate fills the rest of a finished row with padding.
+        is_eos = torch.isin(response_ids, torch.tensor(self.eos_ids, device=device))  # (b, R)
+        width = response_ids.shape[1]
+        lengths, finished, completions = [], [], []
+        for row_ids, row_eos in zip(response_ids.tolist(), is_eos.tolist(), strict=True):
+            eos_at = row_eos.index(True) if True in row_eos else None
+            text_ids = row_ids[:eos_at]  # (EOS is no part of the text)
+            text = self._decode(text_ids)
+            stop_at = None
+            if stopper and any(stop in text for stop in cfg.stop):
+                stop_at = next((k for k in range(1, len(text_ids) + 1)
+                                if stopper.holds_stop(text_ids[:k])), None)
+            if stop_at is not None:
+                length, done = stop_at, True
+                text = _cut_before_first(self._decode(text_ids[:stop_at]), cfg.stop)
+            elif eos_at is not None:
+                length, done = eos_at + 1, True
+            else:
+                length, done = width, False  # ran into max_new_tokens
+            lengths.append(length)
+            finished.append(done)
+            completions.append(text)
+
+        lengths_t = torch.tensor(lengths, device=device)  # (b,)
+        keep = max(lengths)
+        response_mask = (torch.arange(keep, device=device) < lengths_t[:, None]).long()  # (b, R')
+        return Rollout(
+            prompts=list(prompts),
+            completions=completions,
+            prompt_ids=input_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids[:, :keep].masked_fill(response_mask == 0, self.pad_id),
+            response_mask=response_mask,
+            logprobs=logprobs[:, :keep].masked_fill(response_mask == 0, 0.0),
+            finished=torch.tensor(finished, device=device),
+        )
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _generation_config(self, cfg: GenCfg) -> GenerationConfig:
+        sampling = {}
+        if cfg.temperature > 0:  # top_k 0 must be explicit: unset, transformers would use 50
+            sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
+        return GenerationConfig(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,
+                                eos_token_id=self.eos_ids, pad_token_id=self.pad_id, **sampling)
+
+
+def _cut_before_first(text: str, stops: tuple[str, ...]) -> str:
+    """``text`` up to the earliest stop string in it."""
+    starts = [text.find(stop) for stop in stops if stop in text]
+    return text[:min(starts)] if starts else text
+
+
+@contextmanager
+def _own_generation_defaults(model: Any, eos_ids: list[int], pad_id: int) -> Iterator[None]:
+    """Hide the model's own generation defaults (generation_config.json) while generating.
+
+    transformers fills every setting left unset from them: a repetition_penalty or a top_k
+    there would change the sampling policy behind gen.*'s back and make the recorded logprobs
+    wrong. Only the special token ids are kept.
+    """
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(bos_token_id=saved.bos_token_id,
+                                               eos_token_id=eos_ids, pad_token_id=pad_id)
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def _eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a completion: the tokenizer's EOS and the model's (chat models often
+    end a turn with a token other than the tokenizer's EOS)."""
+    ids = [tokenizer.eos_token_id]
+    configured = model.generation_config.eos_token_id
+    ids += configured if isinstance(configured, list) else [configured]
+    ids = list(dict.fromkeys(i for i in ids if i is not None))
+    if not ids:
+        raise ConfigError("the model and its tokenizer define no EOS token, so a completion could "
+                          "never finish; set eos_token in the tokenizer's config")
+    return ids

@@ -1,0 +1,8 @@
+"""Losses as small pure tensor functions: no trainer state, no models.
+
+Each loss cites its paper and equation and is tested against hand-computed values.
+
+- ``policy``: masked reductions, loss aggregation, the PPO clipped surrogate, the clipped value
+  loss, per-token KL estimators (k1, k2, k3) and the entropy bonus, shared by every online RL
+  loop (PPO, GRPO, RLOO, REINFORCE, REINFORCE++).
+"""

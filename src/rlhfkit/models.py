@@ -1,0 +1,167 @@
+"""Load causal language models and tokenizers; per-token log-probabilities for RL.
+
+Nothing here contacts a model hub: a model is an embedded alias (prepared by ``rlhfkit.assets``)
+or a local Hugging Face directory, loaded with ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from rlhfkit.config import ModelCfg
+from rlhfkit.errors import ConfigError, RlhfkitError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def pick_device(cfg_device: str) -> torch.device:
+    """The torch device for ``model.device``: auto prefers a CUDA GPU, then Apple MPS, then CPU."""
+    if cfg_device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(cfg_device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"model.device {cfg_device!r}: torch sees no CUDA GPU here; "
+                              "use --model.device cpu (or auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"model.device {cfg_device!r}: only {count} CUDA device(s) are "
+                              f"visible (cuda:0..cuda:{count - 1}); pick one of those")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"model.device {cfg_device!r}: Apple MPS is not available here; "
+                          "use --model.device cpu (or auto)")
+    return device
+
+
+def pick_dtype(cfg_dtype: str, device: torch.device) -> torch.dtype:
+    """The weights dtype for ``model.dtype``: auto is bfloat16 on a GPU with it, else float32.
+
+    float32 stays the CPU default: bfloat16 matmuls are slower on most CPUs and lose precision
+    that small-model RL notices.
+    """
+    if cfg_dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[cfg_dtype]
+
+
+def resolve_model_dir(path_or_alias: str) -> Path:
+    """A local model directory as given, or the cached directory of an embedded alias."""
+    path = Path(os.path.expanduser(path_or_alias))
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    from rlhfkit.assets import resolve_model
+
+    path = resolve_model(path_or_alias)  # prepares an alias on first use
+    if not (path / "config.json").is_file():
+        raise RlhfkitError(f"{path}: holds no config.json, so it is not a Hugging Face model "
+                           "directory; give the directory that save_pretrained wrote")
+    return path
+
+
+def load_tokenizer(path_or_alias: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model, set up for batched generation.
+
+    Padding goes on the left so that every prompt ends in the same column and new tokens are
+    appended in step across the batch. A model without a pad token pads with EOS; the attention
+    mask, not the token, says what is padding.
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve_model_dir(str(path_or_alias))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise RlhfkitError(f"{path}: cannot load a tokenizer from this directory ({_one_line(e)}); "
+                           "save one there with tokenizer.save_pretrained") from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise RlhfkitError(f"{path}: the tokenizer has neither a pad nor an EOS token, so "
+                               "generation cannot tell where a completion ends; add an eos_token "
+                               "to its tokenizer_config.json")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(cfg: ModelCfg) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM in eval mode on the configured device and dtype, with its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_dir(cfg.path)
+    device = pick_device(cfg.device)
+    tokenizer = load_tokenizer(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(cfg.dtype, device),
+                                                     local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise RlhfkitError(f"{path}: cannot load a causal language model from this directory "
+                           f"({_one_line(e)}); check that its weights are there and complete"
+                           ) from None
+    return model.to(device).eval(), tokenizer
+
+
+def _one_line(error: Exception) -> str:
+    """A library's multi-line message folded into the one line the CLI prints."""
+    return " ".join(str(error).split())
+
+
+def token_logprobs(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_start: int,
+    temperature: float = 1.0,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """log p(token | everything before it) for each response token: (B, R), R = T - response_start.
+
+    The distribution is softmax(logits / temperature), the one the tokens were sampled from
+    (temperature 0, greedy decoding, uses the raw logits). Rows may be left-padded: position ids
+    come from the attention mask, exactly as ``model.generate`` computes them.
+
+    Full (B, T, V) float32 logits would dominate memory (8 x 512 x 150k floats is 2.5 GB), so the
+    backbone runs once for hidden states and the LM head is applied to chunks of response positions
+    only. With gradients on, each chunk is checkpointed: its logits are recomputed in the backward
+    pass instead of being kept, so RL losses can differentiate through this at the same memory.
+    Assumes logits = lm_head(last hidden state), true for Llama, Qwen, Mistral, GPT-2 and kin.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    total = input_ids.shape[1]
+    if not 1 <= response_start < total:
+        raise ValueError(f"response_start must lie in [1, {total}), got {response_start}")
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids, use_cache=False).last_hidden_state
+    hidden = hidden[:, response_start - 1:-1]  # (B, R, H): position t predicts token t + 1
+    targets = input_ids[:, response_start:]  # (B, R)
+    lm_head = model.get_output_embeddings()
+    scale = 1.0 / temperature if temperature > 0 else 1.0
+
+    def chunk_logprobs(hidden_chunk: torch.Tensor, target_chunk: torch.Tensor) -> torch.Tensor:
+        logits = lm_head(hidden_chunk).float() * scale  # (B, C, V)
+        picked = logits.gather(-1, target_chunk.unsqueeze(-1)).squeeze(-1)  # (B, C)
+        return picked - logits.logsumexp(dim=-1)  # log_softmax without a second (B, C, V) tensor
+
+    checkpointed = torch.is_grad_enabled() and hidden.requires_grad
+    chunks = []
+    for start in range(0, targets.shape[1], chunk_size):
+        args = (hidden[:, start:start + chunk_size], targets[:, start:start + chunk_size])
+        if checkpointed:
+            chunks.append(checkpoint(chunk_logprobs, *args, use_reentrant=False))
+        else:
+            chunks.append(chunk_logprobs(*args))
+    return torch.cat(chunks, dim=1)  # (B, R)

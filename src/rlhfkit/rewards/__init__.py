@@ -1,0 +1,27 @@
+"""Rewards: ``(prompts, completions, **meta) -> one float per completion``, chosen by a spec.
+
+Built-ins (``list_rewards()`` describes them): ``sentiment`` (a head trained on human ratings),
+``vader`` (a lexicon judge), ``reasoning_gym:TASK`` (a verifier), ``length[:N]``,
+``format[:REGEX]``. Register your own with ``@register_reward("name")`` on a factory, or name a
+function directly as ``path/to/file.py:fn`` or ``package.module:fn``.
+
+Importing this package registers the built-ins but loads nothing heavy: each factory imports
+its libraries (torch, vaderSentiment, reasoning-gym) when a reward is loaded.
+"""
+
+from rlhfkit.rewards import lexicon, rules, sentiment, verifiers  # noqa: F401  (registers them)
+from rlhfkit.rewards.registry import (
+    Reward,
+    RewardFactory,
+    RewardFn,
+    RewardItemError,
+    compute_rewards,
+    list_rewards,
+    load_reward,
+    no_argument,
+    register_reward,
+    resolve_reward,
+)
+
+__all__ = ["Reward", "RewardFactory", "RewardFn", "RewardItemError", "compute_rewards",
+           "list_rewards", "load_reward", "no_argument", "register_reward", "resolve_reward"]

@@ -1,0 +1,76 @@
+"""Rule rewards: completion length and format. Cheap, transparent, and handy as shaping terms
+or as sanity checks of a training loop (a policy should learn to hit a length target fast).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from rlhfkit.errors import ConfigError
+from rlhfkit.rewards.registry import RewardFn, register_reward
+
+ANSWER_TAGS = r"<answer>.*?</answer>"
+
+
+def word_count(prompts: list[str], completions: list[str], **meta: list[Any]) -> list[float]:
+    """Number of whitespace-separated words in each completion.
+
+    >>> word_count(["Say hi"], ["hi there, friend"])
+    [3.0]
+    """
+    return [float(len(text.split())) for text in completions]
+
+
+def length_deviation(prompts: list[str], completions: list[str], *, target: int,
+                     **meta: list[Any]) -> list[float]:
+    """``-|words - target| / target``: 0 at the target, -1 for an empty completion.
+
+    Relative, so the same reward scale suits a target of 10 words or 200.
+
+    >>> length_deviation(["Q", "Q"], ["one two", "one two three four"], target=2)
+    [0.0, -1.0]
+    """
+    return [-abs(len(text.split()) - target) / target for text in completions]
+
+
+def matches_format(prompts: list[str], completions: list[str], *, pattern: re.Pattern[str],
+                   **meta: list[Any]) -> list[float]:
+    """1.0 where ``pattern`` is found anywhere in the completion (``re.search``), else 0.0.
+
+    >>> matches_format(["Q", "Q"], ["so <answer>4</answer>", "4"], pattern=re.compile(ANSWER_TAGS))
+    [1.0, 0.0]
+    """
+    return [1.0 if pattern.search(text) else 0.0 for text in completions]
+
+
+@register_reward("length")
+def length_reward(arg: str | None) -> RewardFn:
+    """Words in the completion; length:N scores -|words - N| / N (best 0 at N words)."""
+    if arg is None:
+        return word_count
+    try:
+        target = int(arg)
+    except ValueError:
+        target = 0
+    if target < 1:
+        raise ConfigError(f"reward length:{arg}: the target must be a whole number of words "
+                          ">= 1, as in length:50 (or plain length for the word count)")
+    return functools.partial(length_deviation, target=target)
+
+
+@register_reward("format")
+def format_reward(arg: str | None) -> RewardFn:
+    """1 if the completion matches format:REGEX (re.search, DOTALL), else 0; default: answer tags.
+
+    >>> format_reward(None)(["Q", "Q"], ["<answer>4</answer>", "4"])
+    [1.0, 0.0]
+    """
+    source = ANSWER_TAGS if arg is None else arg
+    try:
+        pattern = re.compile(source, re.DOTALL)
+    except re.error as e:
+        raise ConfigError(f"reward format:{arg}: not a valid regular expression ({e}); "
+                          "fix the pattern (quote it in the shell)") from None
+    return functools.partial(matches_format, pattern=pattern)

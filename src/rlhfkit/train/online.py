@@ -1,0 +1,259 @@
+"""What every online RL loop shares: prompts, policy set-up, optimiser, guard, checkpoints.
+
+The loops themselves (``grpo.py``, ``ppo.py``) stay whole and readable top to bottom; the
+pieces here are the ones that would otherwise be copied between them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from rlhfkit.batch import Prompt
+from rlhfkit.config import LoraCfg, OptimCfg, PromptDataCfg
+from rlhfkit.errors import RlhfkitError
+
+# --- prompts -------------------------------------------------------------------------------------
+
+
+def prompt_rows(data: PromptDataCfg, split: str) -> list[dict[str, Any]]:
+    """Training (``split="train"``) or held-out prompt rows: ``{"prompt": ..., **meta}``."""
+    from rlhfkit.data.builtin import is_builtin, load_builtin
+    from rlhfkit.data.prompts import load_prompts
+
+    if split == "train":
+        spec, field = data.prompts, "prompts"
+    else:
+        spec, field = (data.eval_prompts or data.prompts), "eval_prompts"
+        if not data.eval_prompts and not is_builtin(data.prompts):
+            return []  # a user's file has no held-out split unless they name one
+    if is_builtin(spec) and not Path(spec).exists():
+        rows = load_builtin(spec, split if not data.eval_prompts else "test", field)
+    else:
+        rows = load_prompts(spec, data.prompt_field, option="--data.prompt_field")
+    if split == "train" and data.max_prompts:
+        rows = rows[:data.max_prompts]
+    if split != "train":
+        rows = rows[:data.eval_size]
+    return rows
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """What a reward sees of a prompt: the text, or a chat's last user message."""
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def meta_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Every column but the prompt, as per-item lists (what rewards receive as ``**meta``)."""
+    keys = [key for key in rows[0] if key != "prompt"] if rows else []
+    return {key: [row.get(key) for row in rows] for key in keys}
+
+
+class PromptStream:
+    """Prompts in a seeded random order, epoch after epoch; its position is checkpointed."""
+
+    def __init__(self, rows: list[dict[str, Any]], seed: int):
+        if not rows:
+            raise RlhfkitError("no training prompts; check --data.prompts")
+        self.rows, self.seed = rows, seed
+        self.epoch, self.index = 0, 0
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(len(self.rows), generator=generator).tolist()
+
+    def take(self, count: int) -> list[dict[str, Any]]:
+        taken = []
+        order = self._order()
+        while len(taken) < count:
+            if self.index == len(order):
+                self.epoch, self.index = self.epoch + 1, 0
+                order = self._order()
+            taken.append(self.rows[order[self.index]])
+            self.index += 1
+        return taken
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+
+
+# --- policy, reference ---------------------------------------------------------------------------
+
+
+def attach_lora(model: Any, lora: LoraCfg, task_type: str | None = "CAUSAL_LM") -> Any:
+    """Wrap ``model`` with trainable LoRA adapters (peft); the base weights freeze.
+
+    ``task_type=None`` suits a bare backbone with no LM head (the critic's decoder).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora.target_modules
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules="all-linear" if targets == ("all-linear",) else list(targets),
+                        task_type=task_type)
+    return get_peft_model(model, config)
+
+
+@contextmanager
+def reference(policy: Any, frozen_copy: Any | None) -> Iterator[Any]:
+    """The reference model: a frozen copy, or with LoRA the policy with its adapters off.
+
+    LoRA's base weights are the starting model, so no second copy needs to sit in memory.
+    """
+    if frozen_copy is not None:
+        yield frozen_copy
+        return
+    with policy.disable_adapter():
+        yield policy
+
+
+def load_policy_and_reference(model_cfg: Any, lora: LoraCfg, need_reference: bool
+                              ) -> tuple[Any, Any, Any | None]:
+    """(policy in train mode, tokenizer, frozen reference copy or None)."""
+    from rlhfkit.models import load_causal_lm
+
+    policy, tokenizer = load_causal_lm(model_cfg)
+    frozen = None
+    if lora.rank:
+        policy = attach_lora(policy, lora)
+    elif need_reference:
+        frozen, _ = load_causal_lm(model_cfg)
+        frozen.requires_grad_(False)
+    policy.train()
+    # Generation uses the KV cache; training forwards need no cache.
+    policy.config.use_cache = False
+    return policy, tokenizer, frozen
+
+
+# --- optimiser -----------------------------------------------------------------------------------
+
+
+def build_optimizer(model: Any, optim: OptimCfg, total_steps: int
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over trainable parameters and a warm-up + decay schedule over ``total_steps``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=(optim.adam_beta1, optim.adam_beta2),
+                                  eps=optim.adam_eps, weight_decay=optim.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        progress = (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps)
+        progress = min(progress, 1.0)
+        if optim.schedule == "linear":
+            return 1.0 - progress
+        if optim.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class NonFiniteGuard:
+    """Skips an optimiser step whose loss or gradient is NaN/inf; aborts after too many in a row."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.skipped = limit, 0, 0
+
+    def clip_and_check(self, model: Any, max_grad_norm: float) -> tuple[bool, float]:
+        """(step is safe, gradient norm before clipping). Zeroes the gradients when unsafe."""
+        ok, (norm,) = self.clip_and_check_all([model], max_grad_norm)
+        return ok, norm
+
+    def clip_and_check_all(self, models: list[Any], max_grad_norm: float, loss_finite: bool = True
+                           ) -> tuple[bool, list[float]]:
+        """The same for models updated together (PPO's policy and critic): each is clipped to
+        its own norm, and a non-finite loss or any non-finite gradient skips the step for all.
+
+        ``loss_finite=False`` reports a micro-batch whose loss was NaN/inf and so never had a
+        backward pass. Returns (step is safe, each model's gradient norm before clipping).
+        """
+        params = [[p for p in model.parameters() if p.grad is not None] for model in models]
+        norms = [torch.nn.utils.clip_grad_norm_(group, max_grad_norm if max_grad_norm > 0 else
+                                                float("inf")) for group in params]
+        if loss_finite and all(torch.isfinite(norm) for norm in norms):
+            self.in_a_row = 0
+            return True, [float(norm) for norm in norms]
+        for p in (p for group in params for p in group):
+            p.grad = None
+        self.in_a_row += 1
+        self.skipped += 1
+        shown = ", ".join(f"{float(norm)}" for norm in norms)
+        cause = "gradient" if loss_finite else "loss"
+        warnings.warn(f"non-finite {cause} (norm {shown}): step skipped "
+                      f"({self.in_a_row} in a row)", stacklevel=2)
+        if self.in_a_row >= self.limit:
+            raise RlhfkitError(
+                f"{self.in_a_row} optimiser steps in a row had a NaN/inf loss or gradient "
+                f"(optim.max_nonfinite_steps = {self.limit}); lower optim.lr, keep "
+                "optim.max_grad_norm on, or check the reward for extreme values")
+        return False, [float(norm) for norm in norms]
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """The weights that training changes: LoRA adapters only, or every weight."""
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+    return model.state_dict()
+
+
+def save_training_state(directory: Path, model: Any, state: dict[str, Any]) -> None:
+    """Weights (safetensors) plus optimiser, scheduler, RNG and loop state (torch pickle)."""
+    from safetensors.torch import save_file
+
+    weights = {k: v.detach().contiguous().clone() for k, v in trainable_state(model).items()}
+    save_file(weights, str(directory / "weights.safetensors"))
+    torch.save(state, directory / "trainer_state.pt")
+
+
+def load_training_state(directory: Path, model: Any) -> dict[str, Any]:
+    """Restore the weights into ``model`` and return the rest of the saved state."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(directory / "weights.safetensors"))
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, weights)
+    else:
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise RlhfkitError(f"{directory}: checkpoint does not fit this model ({e}); "
+                               "resume with the model the run started from") from None
+    return torch.load(directory / "trainer_state.pt", weights_only=False)
+
+
+def export_model(directory: Path, model: Any, tokenizer: Any) -> Path:
+    """Save the trained policy as a plain Hugging Face model directory (LoRA merged in)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
+    try:
+        # merging LoRA changes the model in place: merge a copy, keep training the original
+        to_save = copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
+        to_save.config.use_cache = True
+        to_save.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory

@@ -1,0 +1,104 @@
+"""Shared fixtures: a tiny random Llama with a small real tokenizer, and an isolated asset cache.
+
+The tiny model is built from a config (no download), saved once per session, and loads in a
+fraction of a second, so fast tests exercise the same code paths as the real model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: no test may reach a model hub
+
+SENTENCES = [
+    "The movie was a delight from start to finish.",
+    "I did not enjoy the long and boring second half.",
+    "What is two plus three? The answer is five.",
+    "Please write a short poem about the sea and the sky.",
+    "She said the food was good, but the service was slow.",
+    "Reward models learn from human ratings of completions.",
+    "A small model can still learn to follow simple instructions.",
+    "Count the legs: a cat has four legs and a bird has two.",
+]
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(autouse=True)
+def _fast_test_setup(request, tmp_path_factory, monkeypatch):
+    """Fast tests never touch the real asset cache and run torch on one thread.
+
+    Slow tests use the real cache (~/.cache/rlhfkit) and every core. For tiny models, thread
+    start-up costs more than the arithmetic: on a busy 2-core machine one thread is ~10x faster.
+    """
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    import torch
+
+    monkeypatch.setenv("RLHFKIT_HOME", str(tmp_path_factory.mktemp("rlhfkit_home")))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer (~300 tokens) trained in memory, with a ChatML-style template.
+
+    EOS is ``<|im_end|>``; no pad token is saved, as with many real models, so loading it goes
+    through ``load_tokenizer``'s pad-from-EOS path.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_end|>", "<|im_start|>"],
+                                  show_progress=False)
+    core.train_from_iterator(SENTENCES, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>",
+                                   chat_template=CHAT_TEMPLATE)
+
+
+def build_tiny_llama(vocab_size: int, eos_token_id: int, seed: int = 0):
+    """A 2-layer random Llama small enough to run hundreds of forward passes in a second."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128, eos_token_id=eos_token_id,
+                         bos_token_id=None, pad_token_id=None)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Directory of a saved tiny random Llama + tokenizer (context 128 tokens). Read-only."""
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_llama(len(tokenizer), tokenizer.eos_token_id)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir):
+    """(model, tokenizer) loaded from ``tiny_model_dir`` on CPU, shared by the session.
+
+    Do not train or modify it; load your own copy from ``tiny_model_dir`` for that.
+    """
+    from rlhfkit.config import ModelCfg
+    from rlhfkit.models import load_causal_lm
+
+    return load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu"))

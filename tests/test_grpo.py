@@ -1,0 +1,194 @@
+"""The critic-free RL loop on a tiny random model: learning, exact resume, invariance, errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from rlhfkit import cli, config_io
+from rlhfkit.config import GenCfg, LogCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
+from rlhfkit.errors import ConfigError
+from rlhfkit.train import grpo, online
+
+REWARD_FILE = '''
+def letter_o(prompts, completions, **meta):
+    """Share of characters that are the letter o: dense, so a tiny model can learn it."""
+    return [c.count("o") / max(len(c), 1) for c in completions]
+'''
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("The movie was\nWhat is two\nPlease write a\nShe said the\n")
+    return path
+
+
+@pytest.fixture
+def reward_spec(tmp_path):
+    path = tmp_path / "reward_o.py"
+    path.write_text(REWARD_FILE)
+    return f"{path}:letter_o"
+
+
+def make_config(tmp_path, model_dir, prompts_file, reward_spec, **algo) -> grpo.Config:
+    return grpo.Config(
+        reward=reward_spec, steps=30,
+        model=ModelCfg(path=str(model_dir), device="cpu"),
+        data=PromptDataCfg(prompts=str(prompts_file), eval_size=0),
+        gen=GenCfg(max_new_tokens=8, temperature=1.0, batch_size=16, chat_template="off"),
+        algo=grpo.AlgoCfg(**{"group_size": 4, "prompts_per_step": 4, "micro_batch_size": 16,
+                             "kl_coef": 0.01, **algo}),
+        optim=OptimCfg(lr=1e-2),
+        log=LogCfg(tensorboard=False, progress=False),
+        run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0))
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "rloo", "reinforce", "reinforce++"])
+def test_reward_rises(tmp_path, tiny_model_dir, prompts_file, reward_spec, advantage):
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec, advantage=advantage)
+    outcome = grpo.train(cfg)
+    rewards = [row["reward"] for row in outcome.run.metrics()]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.1, (advantage, rewards)
+    assert (outcome.run.path / "model" / "config.json").is_file()
+    assert json.loads((outcome.run.path / "summary.json").read_text())["steps"] == 30
+
+
+def test_kl_penalty_holds_the_policy_back(tmp_path, tiny_model_dir, prompts_file, reward_spec):
+    # a negligible coefficient still loads the reference, so KL is measured in both runs
+    free = grpo.train(replace(make_config(tmp_path / "a", tiny_model_dir, prompts_file,
+                                          reward_spec, kl_coef=1e-9), steps=15))
+    held = grpo.train(replace(make_config(tmp_path / "b", tiny_model_dir, prompts_file,
+                                          reward_spec, kl_coef=2.0, kl_in="reward"), steps=15))
+    free_kl = sum(row["kl"] for row in free.run.metrics()[-5:]) / 5
+    held_kl = sum(row["kl"] for row in held.run.metrics()[-5:]) / 5
+    assert free_kl > 0.2 and held_kl < 0.5 * free_kl, (free_kl, held_kl)
+
+
+def test_no_kl_loads_no_reference(tmp_path, tiny_model_dir, prompts_file, reward_spec):
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec, kl_coef=0.0)
+    outcome = grpo.train(replace(cfg, steps=1))
+    assert outcome.reference is None and outcome.run.metrics()[0]["kl"] == 0.0
+
+
+def _comparable(rows):
+    drop = {"time", "step_seconds", "tokens_per_second"}
+    return [{k: v for k, v in row.items() if k not in drop} for row in rows]
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file):
+    reward_file = tmp_path / "flaky.py"
+    counter = tmp_path / "calls"
+    base = REWARD_FILE + f'''
+import pathlib
+def flaky(prompts, completions, **meta):
+    calls = pathlib.Path({str(counter)!r})
+    n = int(calls.read_text()) + 1 if calls.exists() else 1
+    calls.write_text(str(n))
+    if n == STOP_AT:
+        raise KeyboardInterrupt  # the user presses Ctrl-C during step 4
+    return letter_o(prompts, completions)
+'''
+    reward_file.write_text(base.replace("STOP_AT", "-1"))
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky",
+                      epochs=2, micro_batch_size=8)
+    cfg = replace(cfg, steps=6, run=replace(cfg.run, checkpoint_every=3,
+                                            output_dir=str(tmp_path / "whole")))
+    whole = grpo.train(cfg).run.metrics()
+
+    counter.unlink()
+    reward_file.write_text(base.replace("STOP_AT", "4"))
+    interrupted = replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "parts")))
+    with pytest.raises(KeyboardInterrupt):
+        grpo.train(interrupted)
+    reward_file.write_text(base.replace("STOP_AT", "-1"))
+    resumed = grpo.train(replace(interrupted, run=replace(interrupted.run, resume=True)))
+    rows = resumed.run.metrics()
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
+    assert _comparable(rows) == _comparable(whole)
+
+
+def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_file, reward_spec):
+    """One step of 8 completions x accumulation 1 == 4 x accumulation 2."""
+    def trained(micro, accum, name):
+        cfg = make_config(tmp_path / name, tiny_model_dir, prompts_file, reward_spec,
+                          prompts_per_step=2, micro_batch_size=micro)
+        cfg = replace(cfg, steps=1, optim=replace(cfg.optim, grad_accum_steps=accum))
+        outcome = grpo.train(cfg)
+        return outcome.policy.state_dict(), outcome.run.metrics()[0]
+
+    (one, one_metrics), (two, two_metrics) = trained(8, 1, "one"), trained(4, 2, "two")
+    # Adam's first step hides a constant gradient scale, so the gradient norm is compared too
+    assert one_metrics["grad_norm"] == pytest.approx(two_metrics["grad_norm"], rel=1e-5)
+    assert one_metrics["loss"] == pytest.approx(two_metrics["loss"], rel=1e-5, abs=1e-7)
+    start = online.load_policy_and_reference(
+        ModelCfg(path=str(tiny_model_dir), device="cpu"), grpo.LoraCfg(), False)[0].state_dict()
+    moved = max((one[k] - start[k]).abs().max().item() for k in one)
+    assert moved > 1e-4  # the step did change the weights
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], atol=1e-5, rtol=1e-4)  # step is 1e-2
+
+
+def test_lora_trains_adapters_only(tmp_path, tiny_model_dir, prompts_file, reward_spec):
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec)
+    cfg = replace(cfg, steps=2, lora=grpo.LoraCfg(rank=4, alpha=8.0))
+    outcome = grpo.train(cfg)
+    assert outcome.reference is None  # the base weights with adapters off are the reference
+    trainable = [n for n, p in outcome.policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    kl = [row["kl"] for row in outcome.run.metrics()]
+    assert kl[0] == pytest.approx(0.0, abs=1e-4)  # LoRA's B starts at 0: policy == reference
+    assert kl[1] != 0.0  # after one update, the adapters-off reference differs
+
+
+def test_group_of_one_is_refused(tmp_path, tiny_model_dir, prompts_file, reward_spec):
+    args = ["--model", str(tiny_model_dir), "--data.prompts", str(prompts_file),
+            "--reward", reward_spec, "--algo.group_size", "1", "--run.output_dir",
+            str(tmp_path / "r")]
+    with pytest.raises(ConfigError) as info:
+        config_io.load(grpo.Config, args, command="grpo")
+    assert any(p.startswith("algo.group_size = 1: grpo compares completions of the same prompt, "
+                            "so a group of 1 has no baseline") for p in info.value.problems)
+    assert not (tmp_path / "r").exists()
+
+
+def test_rollout_that_does_not_divide_is_refused(tmp_path, prompts_file):
+    with pytest.raises(ConfigError) as info:
+        config_io.load(grpo.Config, ["--data.prompts", str(prompts_file), "--algo.prompts_per_step",
+                                     "3", "--algo.micro_batch_size", "8"])
+    assert info.value.problems == [
+        "algo.prompts_per_step = 3: x algo.group_size 4 = 12 completions per step is not a "
+        "multiple of algo.micro_batch_size x optim.grad_accum_steps = 8; make it one"]
+
+
+def test_cli_runs_two_steps_and_reports_bad_rewards(tmp_path, tiny_model_dir, prompts_file,
+                                                     reward_spec, capsys):
+    common = ["--model", str(tiny_model_dir), "--data.prompts", str(prompts_file), "--steps", "2",
+              "--gen.max_new_tokens", "6", "--gen.chat_template", "off", "--log.progress", "false",
+              "--model.device", "cpu"]
+    out = tmp_path / "cli-run"
+    assert cli.main(["grpo", *common, "--reward", reward_spec, "--run.output_dir", str(out)]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+    short = tmp_path / "short.py"
+    short.write_text("def one(prompts, completions, **meta):\n    return [1.0]\n")
+    code = cli.main(["grpo", *common, "--reward", f"{short}:one",
+                     "--run.output_dir", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "returned 1 scores for 16 completions" in err or "1 score" in err, err
+
+
+def test_prompt_longer_than_context_is_a_clear_error(tmp_path, tiny_model_dir, reward_spec, capsys):
+    long_prompts = tmp_path / "long.txt"
+    long_prompts.write_text(" ".join(["The movie was a delight"] * 60) + "\n")
+    code = cli.main(["grpo", "--model", str(tiny_model_dir), "--data.prompts", str(long_prompts),
+                     "--reward", reward_spec, "--steps", "1", "--log.progress", "false",
+                     "--gen.chat_template", "off", "--model.device", "cpu",
+                     "--run.output_dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "prompt 0 is" in err and "context of 128 tokens" in err, err

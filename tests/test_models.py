@@ -1,0 +1,93 @@
+"""Model loading and per-token logprobs, on the tiny random Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhfkit.config import ModelCfg
+from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, token_logprobs
+
+
+def test_pick_device_and_dtype():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    if not torch.cuda.is_available():
+        assert pick_device("auto") in (torch.device("cpu"), torch.device("mps"))
+        with pytest.raises(ConfigError, match="model.device 'cuda:1'.*no CUDA GPU"):
+            pick_device("cuda:1")
+
+
+def test_load_tokenizer_pads_left_with_eos(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    assert tokenizer.padding_side == "left"
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
+
+
+def test_load_causal_lm_in_eval_mode_with_dtype(tiny_model_dir):
+    model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), dtype="bfloat16",
+                                               device="cpu"))
+    assert not model.training
+    assert model.dtype == torch.bfloat16
+    assert tokenizer.pad_token_id is not None
+
+
+def test_missing_model_directory_is_an_error_naming_it(tmp_path):
+    with pytest.raises(RlhfkitError, match="nowhere"):
+        load_causal_lm(ModelCfg(path=str(tmp_path / "nowhere"), device="cpu"))
+    with pytest.raises(RlhfkitError, match="no config.json"):
+        load_causal_lm(ModelCfg(path=str(tmp_path), device="cpu"))
+
+
+def _left_padded_batch(tokenizer, prompts, response_len, seed=0):
+    """Left-padded prompts followed by random response tokens: (B, P + R) ids and mask."""
+    prompt = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+    generator = torch.Generator().manual_seed(seed)
+    response = torch.randint(0, len(tokenizer), (len(prompts), response_len), generator=generator)
+    input_ids = torch.cat([prompt["input_ids"], response], dim=1)
+    attention_mask = torch.cat([prompt["attention_mask"], torch.ones_like(response)], dim=1)
+    return input_ids, attention_mask, prompt["input_ids"].shape[1]
+
+
+def _naive_logprobs(model, input_ids, attention_mask, response_start, temperature):
+    """Reference: full (B, T, V) logits, then log-softmax and pick each next token."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids).logits.float()  # (B, T, V)
+    if temperature > 0:
+        logits = logits / temperature
+    logprobs = logits[:, response_start - 1:-1].log_softmax(-1)  # (B, R, V)
+    return logprobs.gather(-1, input_ids[:, response_start:, None]).squeeze(-1)  # (B, R)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_token_logprobs_equal_full_logits(tiny_lm, temperature):
+    model, tokenizer = tiny_lm
+    input_ids, mask, start = _left_padded_batch(
+        tokenizer, ["The movie", "What is two plus three? The answer", "A"], response_len=9)
+    with torch.no_grad():
+        expected = _naive_logprobs(model, input_ids, mask, start, temperature)
+        for chunk_size in (1, 4, 64):
+            got = token_logprobs(model, input_ids, mask, start, temperature, chunk_size=chunk_size)
+            assert got.shape == (3, 9) and got.dtype == torch.float32
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_token_logprobs_gradients_match_full_logits(tiny_model_dir):
+    """Chunked + checkpointed logprobs must give the same gradients as the naive computation."""
+    model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu"))
+    input_ids, mask, start = _left_padded_batch(tokenizer, ["The sea", "Count the legs"], 7)
+    weights = torch.linspace(-1.0, 1.0, 2 * 7).reshape(2, 7)  # like advantages, mixed signs
+
+    def grads(compute):
+        model.zero_grad()
+        (compute() * weights).sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    expected = grads(lambda: _naive_logprobs(model, input_ids, mask, start, 0.8))
+    got = grads(lambda: token_logprobs(model, input_ids, mask, start, 0.8, chunk_size=3))
+    assert set(got) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -1,0 +1,263 @@
+"""PPO with a critic on a tiny random model: the value model, learning, exact resume, invariance."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from rlhfkit import cli, config_io
+from rlhfkit.config import GenCfg, LogCfg, LoraCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
+from rlhfkit.critic import ValueModel, explained_variance, load_value_model
+from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.train import online, ppo
+
+REWARD_FILE = '''
+def letter_o(prompts, completions, **meta):
+    """Share of characters that are the letter o: dense, so a tiny model can learn it."""
+    return [c.count("o") / max(len(c), 1) for c in completions]
+'''
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("The movie was\nWhat is two\nPlease write a\nShe said the\n")
+    return path
+
+
+@pytest.fixture
+def reward_spec(tmp_path):
+    path = tmp_path / "reward_o.py"
+    path.write_text(REWARD_FILE)
+    return f"{path}:letter_o"
+
+
+def make_config(tmp_path, model_dir, prompts_file, reward_spec, **algo) -> ppo.Config:
+    return ppo.Config(
+        reward=reward_spec, steps=30,
+        model=ModelCfg(path=str(model_dir), device="cpu"),
+        data=PromptDataCfg(prompts=str(prompts_file), eval_size=0),
+        gen=GenCfg(max_new_tokens=8, temperature=1.0, batch_size=16, chat_template="off"),
+        algo=ppo.AlgoCfg(**{"prompts_per_step": 16, "micro_batch_size": 8, "kl_coef": 0.01,
+                            **algo}),
+        optim=OptimCfg(lr=1e-2),
+        log=LogCfg(tensorboard=False, progress=False),
+        run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0))
+
+
+# --- the value model -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def critic(tiny_lm, tiny_model_dir):
+    """A critic with a random head, so its values depend on the hidden states."""
+    model = load_value_model(ModelCfg(path=str(tiny_model_dir), device="cpu"), tiny_lm[1])
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.head.weight)
+    return model.eval()
+
+
+def test_value_t_reads_the_tokens_before_response_token_t(critic):
+    torch.manual_seed(1)
+    ids = torch.randint(3, 200, (1, 9))  # 4 prompt tokens, 5 response tokens
+    values = critic.values(ids, torch.ones_like(ids), response_start=4)  # (1, 5)
+    assert values.shape == (1, 5)
+    changed = ids.clone()
+    changed[0, 4 + 2] = (ids[0, 4 + 2] + 1) % 200  # response token t = 2
+    after = critic.values(changed, torch.ones_like(ids), response_start=4)
+    # V(s_t) is the state in which token t is chosen: tokens 0..2 see only what came before
+    torch.testing.assert_close(after[:, :3], values[:, :3])
+    assert (after[:, 3:] - values[:, 3:]).abs().min() > 0
+
+
+def test_left_padding_does_not_change_values(critic):
+    torch.manual_seed(2)
+    ids = torch.randint(3, 200, (1, 7))
+    alone = critic.values(ids, torch.ones_like(ids), response_start=3)
+    padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 2, dtype=torch.long), torch.ones_like(ids)], dim=1)
+    torch.testing.assert_close(critic.values(padded, mask, response_start=5), alone,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_head_starts_at_zero_and_save_load_round_trips(tiny_lm, tiny_model_dir, critic, tmp_path):
+    fresh = load_value_model(ModelCfg(path=str(tiny_model_dir), device="cpu"), tiny_lm[1])
+    ids = torch.randint(3, 200, (2, 6))
+    assert torch.equal(fresh(ids, torch.ones_like(ids), 2), torch.zeros(2, 4))
+    critic.save(tmp_path)
+    fresh.load(tmp_path)
+    torch.testing.assert_close(fresh(ids, torch.ones_like(ids), 2),
+                               critic(ids, torch.ones_like(ids), 2))
+    with pytest.raises(RlhfkitError, match="no critic.safetensors"):
+        fresh.load(tmp_path / "elsewhere")
+
+
+def test_critic_with_another_tokenizer_is_refused(tiny_lm, tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other"
+    model, tokenizer = tiny_lm
+    model.save_pretrained(other)
+    changed = AutoTokenizer.from_pretrained(tiny_model_dir)
+    changed.add_tokens(["<extra>"])
+    changed.save_pretrained(other)
+    with pytest.raises(RlhfkitError, match="its tokenizer differs from the policy's"):
+        load_value_model(ModelCfg(path=str(tiny_model_dir), device="cpu"), tokenizer,
+                         path=str(other))
+
+
+def test_explained_variance_by_hand():
+    returns = torch.tensor([[1.0, 2.0, 3.0, 99.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])  # the last column is padding and must not count
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.full_like(returns, 2.0), returns, mask) == pytest.approx(0.0)
+    # errors (0.5, 0.5, -1): variance 0.5 against the returns' 2/3
+    values = torch.tensor([[0.5, 1.5, 4.0, 0.0]])
+    assert explained_variance(values, returns, mask) == pytest.approx(1 - 0.5 / (2 / 3))
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def test_reward_rises_and_the_critic_learns(tmp_path, tiny_model_dir, prompts_file, reward_spec):
+    outcome = ppo.train(make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec))
+    rows = outcome.run.metrics()
+    rewards = [row["reward"] for row in rows]
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.1, rewards
+    explained = [row["explained_variance"] for row in rows]
+    assert explained[0] == pytest.approx(0.0, abs=1e-6)  # the zero head predicts nothing
+    assert sum(explained[-5:]) / 5 > 0.3, explained
+    assert isinstance(outcome.critic, ValueModel)
+    assert (outcome.run.path / "model" / "config.json").is_file()
+    assert json.loads((outcome.run.path / "summary.json").read_text())["steps"] == 30
+
+
+def _comparable(rows):
+    drop = {"time", "step_seconds", "generation_seconds", "tokens_per_second"}
+    return [{k: v for k, v in row.items() if k not in drop} for row in rows]
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file):
+    reward_file = tmp_path / "flaky.py"
+    counter = tmp_path / "calls"
+    base = REWARD_FILE + f'''
+import pathlib
+def flaky(prompts, completions, **meta):
+    calls = pathlib.Path({str(counter)!r})
+    n = int(calls.read_text()) + 1 if calls.exists() else 1
+    calls.write_text(str(n))
+    if n == STOP_AT:
+        raise KeyboardInterrupt  # the user presses Ctrl-C during step 4
+    return letter_o(prompts, completions)
+'''
+    reward_file.write_text(base.replace("STOP_AT", "-1"))
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky",
+                      prompts_per_step=8, micro_batch_size=4, kl_target=1.0, kl_horizon=100)
+    cfg = replace(cfg, steps=6, optim=replace(cfg.optim, schedule="linear"),
+                  run=replace(cfg.run, checkpoint_every=3, output_dir=str(tmp_path / "whole")))
+    whole = ppo.train(cfg).run.metrics()
+
+    counter.unlink()
+    reward_file.write_text(base.replace("STOP_AT", "4"))
+    interrupted = replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "parts")))
+    with pytest.raises(KeyboardInterrupt):
+        ppo.train(interrupted)
+    reward_file.write_text(base.replace("STOP_AT", "-1"))
+    resumed = ppo.train(replace(interrupted, run=replace(interrupted.run, resume=True)))
+    rows = resumed.run.metrics()
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
+    assert len({row["kl_coef"] for row in rows}) > 1  # the adaptive controller state resumed too
+    assert _comparable(rows) == _comparable(whole)
+
+
+def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_file, reward_spec):
+    """One step of 8 completions x accumulation 1 == 4 x accumulation 2, policy and critic."""
+    def trained(micro, accum, name):
+        cfg = make_config(tmp_path / name, tiny_model_dir, prompts_file, reward_spec,
+                          prompts_per_step=8, micro_batch_size=micro)
+        # a stop string gives completions of different lengths, so micro-batches hold
+        # different shares of the minibatch's tokens and their weights are not all 1/2
+        cfg = replace(cfg, steps=1, optim=replace(cfg.optim, grad_accum_steps=accum),
+                      gen=replace(cfg.gen, stop=("e",)))
+        outcome = ppo.train(cfg)
+        return outcome, outcome.run.metrics()[0]
+
+    (one, one_metrics), (two, two_metrics) = trained(8, 1, "one"), trained(4, 2, "two")
+    assert one_metrics["finished"] > 0  # the stop string did end completions early
+    # Adam's first step hides a constant gradient scale, so the gradient norms are compared too
+    for key in ("grad_norm", "value_grad_norm", "loss", "value_loss"):
+        assert one_metrics[key] == pytest.approx(two_metrics[key], rel=1e-5, abs=1e-7), key
+    start = online.load_policy_and_reference(
+        ModelCfg(path=str(tiny_model_dir), device="cpu"), LoraCfg(), False)[0].state_dict()
+    moved = max((one.policy.state_dict()[k] - start[k]).abs().max().item() for k in start)
+    assert moved > 1e-4  # the step did change the weights
+    assert one.critic.head.weight.abs().max() > 1e-4
+    for model in ("policy", "critic"):
+        mine, theirs = getattr(one, model).state_dict(), getattr(two, model).state_dict()
+        for key in mine:  # a step moves weights by ~1e-2
+            torch.testing.assert_close(mine[key], theirs[key], atol=1e-5, rtol=1e-4)
+
+
+def test_lora_trains_adapters_and_the_value_head(tmp_path, tiny_model_dir, prompts_file,
+                                                 reward_spec):
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec, kl_in="loss")
+    outcome = ppo.train(replace(cfg, steps=2, lora=LoraCfg(rank=4, alpha=8.0)))
+    assert outcome.reference is None  # the base weights with adapters off are the reference
+    trainable = [n for n, p in outcome.policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    critic_trainable = {n for n, p in outcome.critic.named_parameters() if p.requires_grad}
+    assert {"head.weight", "head.bias"} < critic_trainable
+    assert all("lora_" in n for n in critic_trainable - {"head.weight", "head.bias"})
+    kl = [row["kl"] for row in outcome.run.metrics()]
+    assert kl[0] == pytest.approx(0.0, abs=1e-4) and kl[1] != 0.0
+    saved = outcome.run.latest_checkpoint() / "critic.safetensors"
+    from safetensors.torch import load_file
+
+    assert all("lora_" in k or k.startswith("head.") for k in load_file(str(saved)))
+
+
+def test_cli_runs_two_steps(tmp_path, tiny_model_dir, prompts_file, reward_spec):
+    out = tmp_path / "cli-run"
+    code = cli.main(["ppo", "--model", str(tiny_model_dir), "--data.prompts", str(prompts_file),
+                     "--reward", reward_spec, "--steps", "2", "--gen.max_new_tokens", "6",
+                     "--gen.chat_template", "off", "--log.progress", "false",
+                     "--model.device", "cpu", "--algo.prompts_per_step", "8",
+                     "--critic.lr", "0.001", "--run.output_dir", str(out)])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2]
+    assert rows[0]["critic_lr"] == pytest.approx(1e-3)
+    assert (out / "checkpoints" / "step-000002" / "critic.safetensors").is_file()
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--algo.prompts_per_step", "12", "--algo.micro_batch_size", "8"],
+     "algo.prompts_per_step = 12: (one completion each) is not a multiple of the minibatch, "
+     "algo.micro_batch_size x optim.grad_accum_steps = 8; make it one"),
+    (["--algo.kl_coef", "0", "--algo.kl_target", "6"],
+     "algo.kl_target = 6.0: adapts algo.kl_coef by multiplying it, so it needs a start above 0; "
+     "set algo.kl_coef (e.g. 0.05) or drop algo.kl_target"),
+    (["--algo.kl_target", "6", "--algo.kl_horizon", "8"],
+     "algo.kl_horizon = 8: is shorter than one step's 16 completions, so one update could flip "
+     "the KL coefficient's sign; make it many steps long (the paper: 10000)"),
+])
+def test_bad_config_is_one_line_each(tmp_path, prompts_file, capsys, args, problem):
+    common = ["--data.prompts", str(prompts_file), "--run.output_dir", str(tmp_path / "r")]
+    with pytest.raises(ConfigError) as info:
+        config_io.load(ppo.Config, [*common, *args])
+    assert info.value.problems == [problem]
+    assert cli.main(["ppo", *common, *args]) == 2
+    assert capsys.readouterr().err == f"rlhfkit ppo: error: {problem}\n"
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_critic_path_is_refused(tmp_path, prompts_file):
+    with pytest.raises(ConfigError) as info:
+        config_io.load(ppo.Config, ["--data.prompts", str(prompts_file),
+                                    "--critic.path", str(tmp_path / "nowhere")])
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(f"critic.path = {str(tmp_path / 'nowhere')!r}: "
+                                             "is neither an embedded alias")
