@@ -286,10 +286,11 @@ def test_smollm2_answers_chat_prompts_in_english():
     rollout = backend.generate(prompts, GenCfg(max_new_tokens=40, temperature=0.0), seed=0)
     seconds = time.perf_counter() - started
     print(f"smollm2: {int(rollout.response_lengths.sum())} tokens in {seconds:.1f} s")
-    for completion, length, finished in zip(rollout.completions, rollout.response_lengths,
-                                            rollout.finished, strict=True):
+    for completion in rollout.completions:
         letters = sum(c.isascii() and (c.isalpha() or c.isspace()) for c in completion)
         assert len(completion.split()) >= 4, completion
         assert letters / len(completion) > 0.85, completion
-        assert finished or length == 40
     assert "paris" in rollout.completions[0].lower()
+    # a one-sentence answer ends with the chat model's end-of-turn token, kept in the mask
+    end = int(rollout.response_lengths[0]) - 1
+    assert rollout.finished[0] and rollout.response_ids[0, end] == tokenizer.eos_token_id

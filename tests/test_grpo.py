@@ -81,19 +81,20 @@ def _comparable(rows):
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file):
+    # The reward reads when to interrupt from a file on every call (a reward module is imported
+    # once per process, so rewriting its source would not take effect).
+    counter, stop_at = tmp_path / "calls", tmp_path / "stop_at"
     reward_file = tmp_path / "flaky.py"
-    counter = tmp_path / "calls"
-    base = REWARD_FILE + f'''
+    reward_file.write_text(REWARD_FILE + f'''
 import pathlib
 def flaky(prompts, completions, **meta):
-    calls = pathlib.Path({str(counter)!r})
+    calls, stop_at = pathlib.Path({str(counter)!r}), pathlib.Path({str(stop_at)!r})
     n = int(calls.read_text()) + 1 if calls.exists() else 1
     calls.write_text(str(n))
-    if n == STOP_AT:
+    if stop_at.exists() and n == int(stop_at.read_text()):
         raise KeyboardInterrupt  # the user presses Ctrl-C during step 4
     return letter_o(prompts, completions)
-'''
-    reward_file.write_text(base.replace("STOP_AT", "-1"))
+''')
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky",
                       epochs=2, micro_batch_size=8)
     cfg = replace(cfg, steps=6, run=replace(cfg.run, checkpoint_every=3,
@@ -101,11 +102,14 @@ def flaky(prompts, completions, **meta):
     whole = grpo.train(cfg).run.metrics()
 
     counter.unlink()
-    reward_file.write_text(base.replace("STOP_AT", "4"))
+    stop_at.write_text("4")
     interrupted = replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "parts")))
     with pytest.raises(KeyboardInterrupt):
         grpo.train(interrupted)
-    reward_file.write_text(base.replace("STOP_AT", "-1"))
+    parts = tmp_path / "parts"
+    assert (parts / "checkpoints" / "latest").read_text().strip() == "step-000003"
+    assert len((parts / "metrics.jsonl").read_text().splitlines()) == 3
+    stop_at.unlink()
     resumed = grpo.train(replace(interrupted, run=replace(interrupted.run, resume=True)))
     rows = resumed.run.metrics()
     assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
@@ -117,7 +121,10 @@ def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_f
     def trained(micro, accum, name):
         cfg = make_config(tmp_path / name, tiny_model_dir, prompts_file, reward_spec,
                           prompts_per_step=2, micro_batch_size=micro)
-        cfg = replace(cfg, steps=1, optim=replace(cfg.optim, grad_accum_steps=accum))
+        # a stop string gives completions of different lengths, so micro-batches hold different
+        # token counts and a wrong accumulation weight would show
+        cfg = replace(cfg, steps=1, optim=replace(cfg.optim, grad_accum_steps=accum),
+                      gen=replace(cfg.gen, stop=("e",)))
         outcome = grpo.train(cfg)
         return outcome.policy.state_dict(), outcome.run.metrics()[0]
 

@@ -142,18 +142,18 @@ def _comparable(rows):
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file):
     reward_file = tmp_path / "flaky.py"
-    counter = tmp_path / "calls"
-    base = REWARD_FILE + f'''
+    counter, stop_at = tmp_path / "calls", tmp_path / "stop_at"
+    # the stop is read at call time: a reward file is imported once per process
+    reward_file.write_text(REWARD_FILE + f'''
 import pathlib
 def flaky(prompts, completions, **meta):
-    calls = pathlib.Path({str(counter)!r})
+    calls, stop_at = pathlib.Path({str(counter)!r}), pathlib.Path({str(stop_at)!r})
     n = int(calls.read_text()) + 1 if calls.exists() else 1
     calls.write_text(str(n))
-    if n == STOP_AT:
+    if stop_at.exists() and n == int(stop_at.read_text()):
         raise KeyboardInterrupt  # the user presses Ctrl-C during step 4
     return letter_o(prompts, completions)
-'''
-    reward_file.write_text(base.replace("STOP_AT", "-1"))
+''')
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky",
                       prompts_per_step=8, micro_batch_size=4, kl_target=1.0, kl_horizon=100)
     cfg = replace(cfg, steps=6, optim=replace(cfg.optim, schedule="linear"),
@@ -161,11 +161,11 @@ def flaky(prompts, completions, **meta):
     whole = ppo.train(cfg).run.metrics()
 
     counter.unlink()
-    reward_file.write_text(base.replace("STOP_AT", "4"))
+    stop_at.write_text("4")
     interrupted = replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "parts")))
     with pytest.raises(KeyboardInterrupt):
         ppo.train(interrupted)
-    reward_file.write_text(base.replace("STOP_AT", "-1"))
+    stop_at.unlink()
     resumed = ppo.train(replace(interrupted, run=replace(interrupted.run, resume=True)))
     rows = resumed.run.metrics()
     assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]

@@ -289,8 +289,9 @@ def test_reasoning_gym_without_its_columns_names_them(arithmetic_items):
     message = str(error.value)
     assert "needs each completion's dataset item: a column 'entry'" in message
     assert "or 'answer'" in message and "the data has extra columns: id" in message
-    with pytest.raises(RewardError, match="item 0: column 'entry' holds int, expected a JSON"):
-        verify(["Q"], ["3"], entry=[3])
+    with pytest.raises(RewardItemError, match=r"on item 1 \(completion '3'\): column 'entry' "
+                                              "holds int, expected a JSON object"):
+        verify(["Q", "Q"], ["<answer>-4</answer>", "3"], entry=[arithmetic_items[0], 3])
 
 
 def test_reasoning_gym_task_must_exist():

@@ -72,6 +72,10 @@ def test_other_columns_reach_the_reward_as_meta(tmp_path):
     main(Config(input=str(data), reward="reasoning_gym:chain_sum", batch_size=1))
     assert [row["reward"] for row in read_rows(data)] == [1.0, 0.0]
 
+    write_rows(data, [*rows, {"prompt": "Q", "completion": "<answer>1</answer>", "entry": "oops"}])
+    with pytest.raises(RewardError, match=f"on row 3 of {data} .*column 'entry' holds str"):
+        main(Config(input=str(data), reward="reasoning_gym:chain_sum", batch_size=2))
+
 
 def test_a_failing_reward_names_the_row_and_leaves_the_file_unchanged(tmp_path):
     rewards = tmp_path / "my_reward.py"

@@ -54,16 +54,22 @@ def main(cfg: Config) -> None:
     console = Console()
     started = time.perf_counter()
     # 1. assets (each is a no-op once cached)
+    console.rule("1/4 embedded model and human ratings")
     for name in ("smollm2", "minilm", "vader"):
-        assets.ensure(name)
-    # 2.-3. held-out prompts and the two scorers
+        console.print(f"{name}: {assets.ensure(name)}")
+    # 2. held-out prompts and the two scorers
+    console.rule(f"2/4 reward '{cfg.reward}' (trained on human ratings on first use) and judge "
+                 f"'{cfg.judge}'")
     held_out = online.prompt_rows(cfg.data, "test")
     rewards = {"reward": load_reward(cfg.reward), "judge": load_reward(cfg.judge)}
     eval_gen = cfg.gen
-    # 4. train; the reference is the starting model, so "before" samples come from it
+    # 3. train; the reference is the starting model, so "before" samples come from it
+    console.rule(f"3/4 {cfg.algo.advantage} for {cfg.steps} steps "
+                 f"({cfg.algo.prompts_per_step} prompts x {cfg.algo.group_size} samples)")
     outcome = grpo.train(cfg)
     reference = outcome.reference  # None with LoRA: the policy with adapters off
-    # 5. before / after on held-out openings with the same sampling seed
+    # 4. before / after on held-out openings with the same sampling seed
+    console.rule(f"4/4 before vs after on {len(held_out)} held-out openings")
     with online.reference(outcome.policy, reference) as before_model:
         before = evaluate_policy(before_model, outcome.tokenizer, held_out, eval_gen, rewards,
                                  seed=cfg.run.seed + 17)

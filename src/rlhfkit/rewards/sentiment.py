@@ -180,19 +180,13 @@ def rated_texts() -> dict[str, list[Any]]:
     return splits
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def encoder_identity(path: Path) -> str:
     """The hash of the encoder's weight files: a different encoder needs a different head."""
+    from rlhfkit.assets import sha256_of
+
     digest = hashlib.sha256()
     for file in sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")):
-        digest.update(f"{file.name}:{_sha256_file(file)}\n".encode())
+        digest.update(f"{file.name}:{sha256_of(file)}\n".encode())
     return digest.hexdigest()
 
 

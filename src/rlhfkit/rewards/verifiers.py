@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from rlhfkit.errors import ConfigError, RewardError
-from rlhfkit.rewards.registry import RewardFn, register_reward
+from rlhfkit.rewards.registry import RewardFn, RewardItemError, register_reward
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER = re.compile(r"-?\d+(?:[./]\d+)?")
@@ -45,31 +45,18 @@ def extract_answer(completion: str) -> str | None:
     return numbers[-1] if numbers else lines[-1]
 
 
-def _as_dict(value: Any, column: str, index: int, reward: str) -> dict[str, Any]:
-    """A meta value that should be a dict; a CSV or Parquet column may hold it as JSON text."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
-    if not isinstance(value, dict):
-        raise RewardError(f"reward {reward!r}: item {index}: column {column!r} holds "
-                          f"{type(value).__name__}, expected a JSON object (the reasoning-gym "
-                          "item)")
-    return value
-
-
-def dataset_entries(reward: str, prompts: list[str],
+def dataset_entries(reward: str, prompts: list[str], completions: list[str],
                     meta: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """The reasoning-gym item of each completion: meta ``entry``, or ``answer`` + ``metadata``."""
     if "entry" in meta:
-        return [_as_dict(value, "entry", i, reward) for i, value in enumerate(meta["entry"])]
+        return [_as_dict(reward, i, completions[i], "entry", value)
+                for i, value in enumerate(meta["entry"])]
     if "answer" in meta:
         answers = meta["answer"]
         metadata = meta.get("metadata", [{}] * len(prompts))
         return [{"question": prompts[i],
                  "answer": answers[i] if isinstance(answers[i], str) else json.dumps(answers[i]),
-                 "metadata": _as_dict(metadata[i], "metadata", i, reward)}
+                 "metadata": _as_dict(reward, i, completions[i], "metadata", metadata[i])}
                 for i in range(len(prompts))]
     found = ", ".join(sorted(meta)) or "none"
     raise RewardError(f"reward {reward!r} needs each completion's dataset item: a column 'entry' "
@@ -78,15 +65,29 @@ def dataset_entries(reward: str, prompts: list[str],
                       "made from the reasoning-gym task, or add the column")
 
 
+def _as_dict(reward: str, item: int, completion: str, column: str, value: Any) -> dict[str, Any]:
+    """A meta value that should be a dict; a CSV or Parquet column may hold it as JSON text."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if not isinstance(value, dict):
+        raise RewardItemError(reward, item, completion, f"column {column!r} holds "
+                              f"{type(value).__name__}, expected a JSON object (the "
+                              "reasoning-gym item)")
+    return value
+
+
 @register_reward("reasoning_gym")
 def reasoning_gym_reward(arg: str | None) -> RewardFn:
     """reasoning_gym:TASK verifies the answer with that task's scorer (0 wrong .. 1 right)."""
-    import reasoning_gym
-    from reasoning_gym.factory import DATASETS
-
     if not arg:
         raise ConfigError("reward reasoning_gym: name the task, as in "
                           "reasoning_gym:basic_arithmetic")
+    import reasoning_gym
+    from reasoning_gym.factory import DATASETS
+
     if arg not in DATASETS:
         close = difflib.get_close_matches(arg, list(DATASETS), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -98,7 +99,7 @@ def reasoning_gym_reward(arg: str | None) -> RewardFn:
 
     def verify(prompts: list[str], completions: list[str], **meta: list[Any]) -> list[float]:
         """The task's score of each completion's extracted answer against its dataset item."""
-        entries = dataset_entries(name, prompts, meta)
+        entries = dataset_entries(name, prompts, completions, meta)
         return [float(score_answer(extract_answer(completion), entry))
                 for completion, entry in zip(completions, entries, strict=True)]
 

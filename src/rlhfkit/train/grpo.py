@@ -22,6 +22,7 @@ from typing import Any, Iterable, Literal
 from rlhfkit.config import (Fraction, GenCfg, LogCfg, LoraCfg, ModelCfg, NonNegativeFloat,
                             OptimCfg, PositiveFloat, PositiveInt, Problem, PromptDataCfg, RunCfg,
                             default)
+from rlhfkit.train import online
 
 GROUP_ESTIMATORS = ("grpo", "rloo")
 
@@ -115,18 +116,7 @@ def main(cfg: Config) -> None:
     print_summary(outcome.run, outcome.summary)
 
 
-@dataclass
-class Outcome:
-    """What a finished run leaves: the run directory, the trained policy, the reference."""
-
-    run: Any
-    policy: Any
-    tokenizer: Any
-    reference: Any | None
-    summary: dict[str, Any]
-
-
-def train(cfg: Config) -> Outcome:
+def train(cfg: Config) -> online.Outcome:
     import torch
 
     from rlhfkit.advantages import (AdvantageInputs, AdvantageSettings, RunningMean, clip_scores,
@@ -138,7 +128,6 @@ def train(cfg: Config) -> Outcome:
     from rlhfkit.progress import progress
     from rlhfkit.rewards import compute_rewards, load_reward
     from rlhfkit.runs import Run, rng_state, seed_everything, set_rng_state
-    from rlhfkit.train import online
 
     algo, optim = cfg.algo, cfg.optim
     seed_everything(cfg.run.seed)
@@ -198,7 +187,7 @@ def train(cfg: Config) -> Outcome:
                 # 3. score
                 scores = torch.tensor(compute_rewards(
                     reward, [online.prompt_text(p) for p in prompts], rollout.completions,
-                    **online.meta_columns(rows)), dtype=torch.float32)  # (B,)
+                    **online.meta_columns(rows)), dtype=torch.float32, device=mask.device)  # (B,)
                 raw_scores = scores.clone()
                 if algo.reward_clip > 0:
                     scores = clip_scores(scores, algo.reward_clip)
@@ -255,7 +244,7 @@ def train(cfg: Config) -> Outcome:
                                                                 algo.kl_estimator),
                                                     mask[index], algo.aggregation,
                                                     cfg.gen.max_new_tokens)
-                            weight = accumulation_weight(mask[index], mb_mask, algo.aggregation)
+                            weight = online.accumulation_weight(mask[index], mb_mask, algo.aggregation)
                             total = (loss + kl_ctl.coef * kl_loss) * weight
                             if torch.isfinite(total):
                                 total.backward()
@@ -303,24 +292,13 @@ def train(cfg: Config) -> Outcome:
                "kl_last": history[-1]["kl"] if history else None,
                "skipped_steps": guard.skipped, "model": str(run.path / "model")}
     run.finish(summary)
-    return Outcome(run=run, policy=policy, tokenizer=tokenizer, reference=frozen_ref,
+    return online.Outcome(run=run, policy=policy, tokenizer=tokenizer, reference=frozen_ref,
                    summary=summary)
 
 
 def _updates_per_step(cfg: Config) -> int:
     rollout = cfg.algo.prompts_per_step * cfg.algo.group_size
     return cfg.algo.epochs * rollout // (cfg.algo.micro_batch_size * cfg.optim.grad_accum_steps)
-
-
-def accumulation_weight(micro_mask: Any, minibatch_mask: Any, aggregation: str) -> float:
-    """Scale of one micro-batch's mean loss so the accumulated sum is the minibatch's mean.
-
-    Token-level: each micro-batch's mean counts by its share of the minibatch's tokens; the
-    sequence modes count by share of completions. This is what makes 8 x 1 equal 4 x 2.
-    """
-    if aggregation == "token":
-        return float(micro_mask.sum() / minibatch_mask.sum().clamp(min=1))
-    return len(micro_mask) / len(minibatch_mask)
 
 
 def _batched_logprobs(model: Any, input_ids: Any, attention_mask: Any, start: int,

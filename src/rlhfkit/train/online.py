@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -86,6 +87,28 @@ class PromptStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.index = state["epoch"], state["index"]
+
+
+@dataclass
+class Outcome:
+    """What a finished run leaves: the run directory, the trained policy, the reference."""
+
+    run: Any
+    policy: Any
+    tokenizer: Any
+    reference: Any | None
+    summary: dict[str, Any]
+
+
+def accumulation_weight(micro_mask: Any, minibatch_mask: Any, aggregation: str) -> float:
+    """Scale of one micro-batch's mean loss so the accumulated sum is the minibatch's mean.
+
+    Token-level: each micro-batch's mean counts by its share of the minibatch's tokens; the
+    sequence modes count by share of completions. This is what makes 8 x 1 equal 4 x 2.
+    """
+    if aggregation == "token":
+        return float(micro_mask.sum() / minibatch_mask.sum().clamp(min=1))
+    return len(micro_mask) / len(minibatch_mask)
 
 
 # --- policy, reference ---------------------------------------------------------------------------

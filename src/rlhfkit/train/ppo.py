@@ -40,7 +40,7 @@ from rlhfkit.config import (
     RunCfg,
     default,
 )
-from rlhfkit.train import grpo
+from rlhfkit.train import online
 
 
 @dataclass(frozen=True)
@@ -139,8 +139,8 @@ class Config:
 
 
 @dataclass
-class Outcome(grpo.Outcome):
-    """What a finished run leaves (as grpo's, so callers can use either loop), plus the critic."""
+class Outcome(online.Outcome):
+    """What a finished run leaves (as ``online.Outcome``, so callers can use either loop), plus the critic."""
 
     critic: Any = None
 
@@ -171,7 +171,6 @@ def train(cfg: Config) -> Outcome:
     from rlhfkit.progress import progress
     from rlhfkit.rewards import compute_rewards, load_reward
     from rlhfkit.runs import Run, rng_state, seed_everything, set_rng_state
-    from rlhfkit.train import online
 
     algo, optim = cfg.algo, cfg.optim
     seed_everything(cfg.run.seed)
@@ -313,7 +312,7 @@ def train(cfg: Config) -> Outcome:
                             # Separate networks, so the sum sends each loss to its own weights.
                             # No vf_coef: the critic's own AdamW cancels a constant loss scale;
                             # critic.lr sets its pace.
-                            weight = grpo.accumulation_weight(mb_tokens, mb_mask, algo.aggregation)
+                            weight = online.accumulation_weight(mb_tokens, mb_mask, algo.aggregation)
                             total = (policy_loss + kl_ctl.coef * kl_loss + critic_loss) * weight
                             if torch.isfinite(total):
                                 total.backward()
