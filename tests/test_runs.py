@@ -78,6 +78,7 @@ def test_resume_requires_the_same_config(tmp_path):
 def test_overwrite_clears_the_old_run(tmp_path):
     run = Run.start(make(tmp_path), "toy")
     run.log(1, {"loss": 1.0})
+    run.close()
     run = Run.start(make(tmp_path, overwrite=True), "toy")
     assert run.metrics() == []
 
