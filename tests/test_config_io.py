@@ -198,3 +198,8 @@ def test_every_shared_field_has_a_docstring():
     for cls in (ModelCfg, GenCfg, OptimCfg, RunCfg):
         docs = config_io.field_docs(cls)
         assert set(docs) == {f.name for f in dataclasses.fields(cls)}, cls
+
+
+def test_unknown_generation_backend_is_caught_before_loading():
+    (problem,) = problems(["--gen.backend", "vlm"])
+    assert problem.startswith("gen.backend = 'vlm': is not a generation backend; choose one of hf")

@@ -146,6 +146,13 @@ class GenCfg:
     backend: str = "hf"
     """Generation backend: hf (transformers, default) or one a plug-in registered."""
 
+    def check(self) -> Iterable[Problem]:
+        from rlhfkit.generation import backend_names  # stdlib-only at import
+
+        if self.backend not in backend_names():
+            yield Problem("backend", self.backend,
+                          f"is not a generation backend; choose one of {', '.join(backend_names())}")
+
 
 @dataclass(frozen=True)
 class OptimCfg:
