@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Literal
 
 import pytest
 
 from rlhfkit import config_io
-from rlhfkit.config import (GenCfg, InputFile, ModelCfg, OptimCfg, PositiveInt, Problem, RunCfg,
-                            default)
+from rlhfkit.config import (
+    GenCfg,
+    InputFile,
+    ModelCfg,
+    OptimCfg,
+    PositiveInt,
+    Problem,
+    RunCfg,
+    default,
+)
 from rlhfkit.errors import ConfigError
 
 

@@ -75,8 +75,12 @@ def test_token_logprobs_equal_full_logits(tiny_lm, temperature):
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
-def test_token_logprobs_gradients_match_full_logits(tiny_model_dir):
-    """Chunked + checkpointed logprobs must give the same gradients as the naive computation."""
+@pytest.mark.parametrize("recompute", [True, False])
+def test_token_logprobs_gradients_match_full_logits(tiny_model_dir, monkeypatch, recompute):
+    """Chunked logprobs, with the head recomputed in backward or not, give the naive gradients."""
+    import rlhfkit.models
+
+    monkeypatch.setattr(rlhfkit.models, "RECOMPUTE_LOGITS_ABOVE_BYTES", 0 if recompute else 2**62)
     model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu"))
     input_ids, mask, start = _left_padded_batch(tokenizer, ["The sea", "Count the legs"], 7)
     weights = torch.linspace(-1.0, 1.0, 2 * 7).reshape(2, 7)  # like advantages, mixed signs

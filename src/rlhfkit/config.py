@@ -12,9 +12,10 @@ This module imports only the standard library: ``rlhfkit --help`` must stay inst
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Iterable, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 
 class Problem(NamedTuple):

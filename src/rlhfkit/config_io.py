@@ -52,7 +52,7 @@ def field_docs(cls: type) -> dict[str, str]:
     except (OSError, TypeError):
         return docs
     body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, after in zip(body, body[1:]):
+    for node, after in zip(body, body[1:], strict=False):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                 and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
                 and isinstance(after.value.value, str)):

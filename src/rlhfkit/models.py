@@ -118,6 +118,11 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
+RECOMPUTE_LOGITS_ABOVE_BYTES = 256 * 2**20
+"""Above this many bytes of float32 logits for a batch, ``token_logprobs`` recomputes them in the
+backward pass instead of keeping them."""
+
+
 def token_logprobs(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -156,7 +161,11 @@ def token_logprobs(
         picked = logits.gather(-1, target_chunk.unsqueeze(-1)).squeeze(-1)  # (B, C)
         return picked - logits.logsumexp(dim=-1)  # log_softmax without a second (B, C, V) tensor
 
-    checkpointed = torch.is_grad_enabled() and hidden.requires_grad
+    # Recomputing the head in the backward pass costs ~10% of a training step; do it only when
+    # keeping the chunks' logits would cost real memory.
+    logits_bytes = targets.numel() * lm_head.weight.shape[0] * 4
+    checkpointed = (torch.is_grad_enabled() and hidden.requires_grad
+                    and logits_bytes > RECOMPUTE_LOGITS_ABOVE_BYTES)
     chunks = []
     for start in range(0, targets.shape[1], chunk_size):
         args = (hidden[:, start:start + chunk_size], targets[:, start:start + chunk_size])

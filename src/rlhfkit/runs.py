@@ -21,8 +21,9 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rlhfkit import config_io
 from rlhfkit.errors import RlhfkitError

@@ -34,9 +34,9 @@ class Config(GrpoConfig):
         max_new_tokens=24, temperature=1.0, batch_size=16, chat_template="off"))
     algo: AlgoCfg = field(default_factory=lambda: AlgoCfg(
         advantage="grpo", group_size=4, prompts_per_step=4, micro_batch_size=16, kl_coef=0.05))
-    optim: OptimCfg = field(default_factory=lambda: OptimCfg(lr=2e-5, warmup_steps=3))
+    optim: OptimCfg = field(default_factory=lambda: OptimCfg(lr=3e-5, warmup_steps=3))
     log: LogCfg = field(default_factory=LogCfg)
-    run: RunCfg = field(default_factory=lambda: RunCfg(checkpoint_every=20))
+    run: RunCfg = field(default_factory=lambda: RunCfg(checkpoint_every=30))
 
 
 def main(cfg: Config) -> None:
@@ -91,7 +91,8 @@ def main(cfg: Config) -> None:
     pairs.add_column("opening")
     pairs.add_column("before")
     pairs.add_column("after")
-    for row, old, new in list(zip(held_out, before.completions, after.completions))[:cfg.samples]:
+    shown = zip(held_out, before.completions, after.completions, strict=True)
+    for row, old, new in list(shown)[:cfg.samples]:
         pairs.add_row(row["prompt"], old, new)
     console.print(pairs, markup=False)
     plot = plot_curves(outcome.run.metrics(), outcome.run.path / "curves.png")

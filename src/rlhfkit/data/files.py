@@ -10,8 +10,9 @@ import csv
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rlhfkit.errors import DataError
 

@@ -31,7 +31,7 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path,
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
     axes = [axes] if len(keys) == 1 else list(axes)
-    for ax, key in zip(axes, keys):
+    for ax, key in zip(axes, keys, strict=True):
         steps = [row["step"] for row in metrics if key in row]
         values = [row[key] for row in metrics if key in row]
         ax.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=1)

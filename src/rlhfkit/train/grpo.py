@@ -16,12 +16,25 @@ et al. 2024), REINFORCE++ (Hu 2025), KL control (Ziegler et al. 2019).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
-from rlhfkit.config import (Fraction, GenCfg, LogCfg, LoraCfg, ModelCfg, NonNegativeFloat,
-                            OptimCfg, PositiveFloat, PositiveInt, Problem, PromptDataCfg, RunCfg,
-                            default)
+from rlhfkit.config import (
+    Fraction,
+    GenCfg,
+    LogCfg,
+    LoraCfg,
+    ModelCfg,
+    NonNegativeFloat,
+    OptimCfg,
+    PositiveFloat,
+    PositiveInt,
+    Problem,
+    PromptDataCfg,
+    RunCfg,
+    default,
+)
 from rlhfkit.train import online
 
 GROUP_ESTIMATORS = ("grpo", "rloo")
@@ -119,8 +132,15 @@ def main(cfg: Config) -> None:
 def train(cfg: Config) -> online.Outcome:
     import torch
 
-    from rlhfkit.advantages import (AdvantageInputs, AdvantageSettings, RunningMean, clip_scores,
-                                    get_advantage, token_rewards, whiten_scores)
+    from rlhfkit.advantages import (
+        AdvantageInputs,
+        AdvantageSettings,
+        RunningMean,
+        clip_scores,
+        get_advantage,
+        token_rewards,
+        whiten_scores,
+    )
     from rlhfkit.generation import get_backend
     from rlhfkit.kl_control import AdaptiveKL, FixedKL
     from rlhfkit.losses.policy import aggregate, kl_estimate, masked_mean, ppo_clip_loss

@@ -11,10 +11,11 @@ import math
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -166,8 +167,12 @@ def build_optimizer(model: Any, optim: OptimCfg, total_steps: int
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over trainable parameters and a warm-up + decay schedule over ``total_steps``."""
     params = [p for p in model.parameters() if p.requires_grad]
+    # The fused kernel is ~4x faster than the per-tensor loop on CPU as well as on CUDA
+    # (bench/README.md); it needs every parameter in floating point on one device type.
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=(optim.adam_beta1, optim.adam_beta2),
-                                  eps=optim.adam_eps, weight_decay=optim.weight_decay)
+                                  eps=optim.adam_eps, weight_decay=optim.weight_decay,
+                                  fused=fused or None)
 
     def factor(step: int) -> float:
         if step < optim.warmup_steps:
