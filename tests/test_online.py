@@ -29,7 +29,7 @@ def test_guard_skips_then_aborts():
 
 
 def test_loop_skips_a_nan_step_and_aborts_on_a_run_of_them(tmp_path, tiny_model_dir, prompts_file,  # noqa: F811
-                                                           reward_spec, monkeypatch):
+                                                           reward_spec, monkeypatch):  # noqa: F811
     real = policy_losses.ppo_clip_loss
     calls = {"n": 0}
 
