@@ -136,17 +136,15 @@ def train(cfg: Config) -> online.Outcome:
         AdvantageInputs,
         AdvantageSettings,
         RunningMean,
-        clip_scores,
         get_advantage,
         token_rewards,
-        whiten_scores,
     )
     from rlhfkit.generation import get_backend
     from rlhfkit.kl_control import AdaptiveKL, FixedKL
     from rlhfkit.losses.policy import aggregate, kl_estimate, masked_mean, ppo_clip_loss
     from rlhfkit.models import token_logprobs
     from rlhfkit.progress import progress
-    from rlhfkit.rewards import compute_rewards, load_reward
+    from rlhfkit.rewards import load_reward
     from rlhfkit.runs import Run, rng_state, seed_everything, set_rng_state
 
     algo, optim = cfg.algo, cfg.optim
@@ -194,25 +192,16 @@ def train(cfg: Config) -> online.Outcome:
                 prompts = [row["prompt"] for row in rows]
 
                 # 2. sample from the current policy
-                policy.eval()
-                policy.config.use_cache = True
-                rollout = backend.generate(prompts, cfg.gen, seed=cfg.run.seed * 1_000_003 + step)
-                policy.config.use_cache = False
-                policy.train()
+                rollout = online.sample(policy, backend, prompts, cfg.gen,
+                                        seed=cfg.run.seed * 1_000_003 + step)
                 input_ids, attention_mask = rollout.input_ids, rollout.attention_mask  # (B, P+R)
                 mask = rollout.response_mask.float()  # (B, R)
                 start = rollout.prompt_ids.shape[1]
                 temperature = cfg.gen.temperature
 
                 # 3. score
-                scores = torch.tensor(compute_rewards(
-                    reward, [online.prompt_text(p) for p in prompts], rollout.completions,
-                    **online.meta_columns(rows)), dtype=torch.float32, device=mask.device)  # (B,)
-                raw_scores = scores.clone()
-                if algo.reward_clip > 0:
-                    scores = clip_scores(scores, algo.reward_clip)
-                if algo.whiten_scores:
-                    scores = whiten_scores(scores)
+                raw_scores, scores = online.score(reward, rows, rollout.completions, mask.device,
+                                                  algo.reward_clip, algo.whiten_scores)  # (B,)
 
                 # 4. reference and old log-probs, without gradients
                 with torch.no_grad():

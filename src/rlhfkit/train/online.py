@@ -112,6 +112,33 @@ def accumulation_weight(micro_mask: Any, minibatch_mask: Any, aggregation: str) 
     return len(micro_mask) / len(minibatch_mask)
 
 
+# --- one step's rollout --------------------------------------------------------------------------
+
+
+def sample(policy: Any, backend: Any, prompts: list[Prompt], gen: Any, seed: int) -> Any:
+    """Completions from the current policy: eval mode and KV cache on, then back to training."""
+    policy.eval()
+    policy.config.use_cache = True
+    try:
+        return backend.generate(prompts, gen, seed=seed)
+    finally:
+        policy.config.use_cache = False
+        policy.train()
+
+
+def score(reward: Any, rows: list[dict[str, Any]], completions: list[str], device: Any,
+          clip: float = 0.0, whiten: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw scores, scores after optional clipping and whitening), both (B,) float32."""
+    from rlhfkit.advantages import clip_scores, whiten_scores
+    from rlhfkit.rewards import compute_rewards
+
+    raw = torch.tensor(compute_rewards(reward, [prompt_text(row["prompt"]) for row in rows],
+                                       completions, **meta_columns(rows)),
+                       dtype=torch.float32, device=device)  # (B,)
+    shaped = clip_scores(raw, clip) if clip > 0 else raw
+    return raw, whiten_scores(shaped) if whiten else shaped
+
+
 # --- policy, reference ---------------------------------------------------------------------------
 
 
