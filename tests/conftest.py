@@ -102,3 +102,26 @@ def tiny_lm(tiny_model_dir):
     from rlhfkit.models import load_causal_lm
 
     return load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu"))
+
+
+LETTER_O_REWARD = '''
+def letter_o(prompts, completions, **meta):
+    """Share of characters that are the letter o: dense, so a tiny model can learn it."""
+    return [c.count("o") / max(len(c), 1) for c in completions]
+'''
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    """Four short plain-text prompts for the RL loops."""
+    path = tmp_path / "prompts.txt"
+    path.write_text("The movie was\nWhat is two\nPlease write a\nShe said the\n")
+    return path
+
+
+@pytest.fixture
+def reward_spec(tmp_path) -> str:
+    """A user reward file (``letter_o``) that a tiny random model can learn within 30 steps."""
+    path = tmp_path / "reward_o.py"
+    path.write_text(LETTER_O_REWARD)
+    return f"{path}:letter_o"

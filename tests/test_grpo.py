@@ -8,30 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from conftest import LETTER_O_REWARD as REWARD_FILE
 from rlhfkit import cli, config_io
 from rlhfkit.config import GenCfg, LogCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
 from rlhfkit.errors import ConfigError
 from rlhfkit.train import grpo, online
-
-REWARD_FILE = '''
-def letter_o(prompts, completions, **meta):
-    """Share of characters that are the letter o: dense, so a tiny model can learn it."""
-    return [c.count("o") / max(len(c), 1) for c in completions]
-'''
-
-
-@pytest.fixture
-def prompts_file(tmp_path):
-    path = tmp_path / "prompts.txt"
-    path.write_text("The movie was\nWhat is two\nPlease write a\nShe said the\n")
-    return path
-
-
-@pytest.fixture
-def reward_spec(tmp_path):
-    path = tmp_path / "reward_o.py"
-    path.write_text(REWARD_FILE)
-    return f"{path}:letter_o"
 
 
 def make_config(tmp_path, model_dir, prompts_file, reward_spec, **algo) -> grpo.Config:

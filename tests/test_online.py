@@ -11,7 +11,7 @@ import rlhfkit.losses.policy as policy_losses
 from rlhfkit.config import OptimCfg
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.train import grpo, online
-from test_grpo import make_config, prompts_file, reward_spec  # noqa: F401  (fixtures)
+from test_grpo import make_config
 
 
 def test_guard_skips_then_aborts():
@@ -28,8 +28,8 @@ def test_guard_skips_then_aborts():
         guard.clip_and_check(model, 1.0)
 
 
-def test_loop_skips_a_nan_step_and_aborts_on_a_run_of_them(tmp_path, tiny_model_dir, prompts_file,  # noqa: F811
-                                                           reward_spec, monkeypatch):  # noqa: F811
+def test_loop_skips_a_nan_step_and_aborts_on_a_run_of_them(tmp_path, tiny_model_dir, prompts_file,
+                                                           reward_spec, monkeypatch):
     real = policy_losses.ppo_clip_loss
     calls = {"n": 0}
 

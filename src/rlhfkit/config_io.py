@@ -15,6 +15,7 @@ Stdlib only at import time, so ``rlhfkit --help`` stays instant.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import difflib
 import inspect
@@ -149,19 +150,15 @@ def coerce(value: Any, tp: Any, from_cli: bool) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if from_cli:
-            try:
+            with contextlib.suppress(ValueError):
                 return int(value)
-            except ValueError:
-                pass
         raise ValueError("is not a whole number; give an integer such as 8")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if from_cli:
-            try:
+            with contextlib.suppress(ValueError):
                 return float(value)
-            except ValueError:
-                pass
         raise ValueError("is not a number; give a value such as 0.5 or 1e-5")
     if tp is str:
         if isinstance(value, str):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit import config_io
+from rlhfkit.data.files import atomic_file
 from rlhfkit.errors import RlhfkitError
 
 CHECKPOINT_PREFIX = "step-"
@@ -33,17 +34,8 @@ CHECKPOINT_PREFIX = "step-"
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` in one step: readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 class Run:

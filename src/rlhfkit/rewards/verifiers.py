@@ -7,6 +7,7 @@ read it from the per-item meta columns that ride along with the prompts.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import re
@@ -68,10 +69,8 @@ def dataset_entries(reward: str, prompts: list[str], completions: list[str],
 def _as_dict(reward: str, item: int, completion: str, column: str, value: Any) -> dict[str, Any]:
     """A meta value that should be a dict; a CSV or Parquet column may hold it as JSON text."""
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(json.JSONDecodeError):  # not JSON: reported below
             value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
     if not isinstance(value, dict):
         raise RewardItemError(reward, item, completion, f"column {column!r} holds "
                               f"{type(value).__name__}, expected a JSON object (the "
