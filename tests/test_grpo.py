@@ -10,7 +10,7 @@ import torch
 
 from conftest import LETTER_O_REWARD as REWARD_FILE
 from rlhfkit import cli, config_io
-from rlhfkit.config import GenCfg, LogCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
+from rlhfkit.config import GenCfg, LogCfg, LoraCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
 from rlhfkit.errors import ConfigError
 from rlhfkit.train import grpo, online
 
@@ -114,7 +114,7 @@ def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_f
     assert one_metrics["grad_norm"] == pytest.approx(two_metrics["grad_norm"], rel=1e-5)
     assert one_metrics["loss"] == pytest.approx(two_metrics["loss"], rel=1e-5, abs=1e-7)
     start = online.load_policy_and_reference(
-        ModelCfg(path=str(tiny_model_dir), device="cpu"), grpo.LoraCfg(), False)[0].state_dict()
+        ModelCfg(path=str(tiny_model_dir), device="cpu"), LoraCfg(), False)[0].state_dict()
     moved = max((one[k] - start[k]).abs().max().item() for k in one)
     assert moved > 1e-4  # the step did change the weights
     for key in one:
@@ -123,7 +123,7 @@ def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_f
 
 def test_lora_trains_adapters_only(tmp_path, tiny_model_dir, prompts_file, reward_spec):
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec)
-    cfg = replace(cfg, steps=2, lora=grpo.LoraCfg(rank=4, alpha=8.0))
+    cfg = replace(cfg, steps=2, lora=LoraCfg(rank=4, alpha=8.0))
     outcome = grpo.train(cfg)
     assert outcome.reference is None  # the base weights with adapters off are the reference
     trainable = [n for n, p in outcome.policy.named_parameters() if p.requires_grad]

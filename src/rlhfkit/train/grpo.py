@@ -22,17 +22,10 @@ from typing import Any, Literal
 
 from rlhfkit.config import (
     Fraction,
-    GenCfg,
-    LogCfg,
-    LoraCfg,
-    ModelCfg,
     NonNegativeFloat,
-    OptimCfg,
     PositiveFloat,
     PositiveInt,
     Problem,
-    PromptDataCfg,
-    RunCfg,
     default,
 )
 from rlhfkit.train import online
@@ -95,22 +88,10 @@ class AlgoCfg:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(online.OnlineConfig):
     """Online RL without a critic: GRPO, RLOO, REINFORCE or REINFORCE++ with KL to a reference."""
 
-    reward: str = "sentiment"
-    """Reward: a registered name (sentiment, vader, reasoning_gym:TASK, length, format, ...),
-    rm:PATH, or your own file.py:fn / package.module:fn."""
-    steps: PositiveInt = 50
-    """RL steps (each samples a batch and updates on it)."""
-    model: ModelCfg = default(ModelCfg)
-    lora: LoraCfg = default(LoraCfg)
-    data: PromptDataCfg = default(PromptDataCfg)
-    gen: GenCfg = default(GenCfg)
     algo: AlgoCfg = default(AlgoCfg)
-    optim: OptimCfg = default(OptimCfg)
-    log: LogCfg = default(LogCfg)
-    run: RunCfg = default(RunCfg)
 
     def check(self) -> Iterable[Problem]:
         rollout = self.algo.prompts_per_step * self.algo.group_size

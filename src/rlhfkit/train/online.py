@@ -20,8 +20,37 @@ from typing import Any
 import torch
 
 from rlhfkit.batch import Prompt
-from rlhfkit.config import LoraCfg, OptimCfg, PromptDataCfg
+from rlhfkit.config import (
+    GenCfg,
+    LogCfg,
+    LoraCfg,
+    ModelCfg,
+    OptimCfg,
+    PositiveInt,
+    PromptDataCfg,
+    RunCfg,
+    default,
+)
 from rlhfkit.errors import RlhfkitError
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """What every online RL command configures; each loop's Config adds its ``algo`` group."""
+
+    reward: str = "sentiment"
+    """Reward: a registered name (sentiment, vader, reasoning_gym:TASK, length, format, ...) or
+    your own file.py:fn / package.module:fn."""
+    steps: PositiveInt = 50
+    """RL steps (each samples a batch and updates on it)."""
+    model: ModelCfg = default(ModelCfg)
+    lora: LoraCfg = default(LoraCfg)
+    data: PromptDataCfg = default(PromptDataCfg)
+    gen: GenCfg = default(GenCfg)
+    optim: OptimCfg = default(OptimCfg)
+    log: LogCfg = default(LogCfg)
+    run: RunCfg = default(RunCfg)
+
 
 # --- prompts -------------------------------------------------------------------------------------
 

@@ -26,18 +26,11 @@ from typing import Any, Literal
 
 from rlhfkit.config import (
     Fraction,
-    GenCfg,
-    LogCfg,
-    LoraCfg,
-    ModelCfg,
     ModelReference,
     NonNegativeFloat,
-    OptimCfg,
     PositiveFloat,
     PositiveInt,
     Problem,
-    PromptDataCfg,
-    RunCfg,
     default,
 )
 from rlhfkit.train import online
@@ -105,23 +98,11 @@ class CriticCfg:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(online.OnlineConfig):
     """Online RL with PPO: policy, critic with GAE, and a KL penalty to the reference."""
 
-    reward: str = "sentiment"
-    """Reward: a registered name (sentiment, vader, reasoning_gym:TASK, length, format, ...),
-    rm:PATH, or your own file.py:fn / package.module:fn."""
-    steps: PositiveInt = 50
-    """RL steps (each samples a batch and updates on it)."""
-    model: ModelCfg = default(ModelCfg)
-    lora: LoraCfg = default(LoraCfg)
     critic: CriticCfg = default(CriticCfg)
-    data: PromptDataCfg = default(PromptDataCfg)
-    gen: GenCfg = default(GenCfg)
     algo: AlgoCfg = default(AlgoCfg)
-    optim: OptimCfg = default(OptimCfg)
-    log: LogCfg = default(LogCfg)
-    run: RunCfg = default(RunCfg)
 
     def check(self) -> Iterable[Problem]:
         algo = self.algo
