@@ -74,7 +74,8 @@ def main(cfg: Config) -> None:
         before = evaluate_policy(before_model, outcome.tokenizer, held_out, eval_gen, rewards,
                                  seed=cfg.run.seed + 17)
     after = evaluate_policy(outcome.policy, outcome.tokenizer, held_out, eval_gen, rewards,
-                            seed=cfg.run.seed + 17, reference=reference)
+                            seed=cfg.run.seed + 17,
+                            reference=lambda: online.reference(outcome.policy, reference))
 
     table = Table(title=f"held-out movie openings ({len(held_out)} prompts)")
     table.add_column("")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,13 +42,15 @@ class PolicyEval:
 
 
 def evaluate_policy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], gen: GenCfg,
-                    rewards: dict[str, Any], seed: int, reference: Any | None = None,
+                    rewards: dict[str, Any], seed: int,
+                    reference: Callable[[], AbstractContextManager[Any]] | None = None,
                     ) -> PolicyEval:
     """Sample one completion per held-out prompt and score it with every reward.
 
-    With ``reference``, also the KL of each completion to it: Σ_t log π(y_t) - log π_ref(y_t)
-    over the sampled tokens (k1 summed over the completion, an unbiased estimate of the
-    sequence-level KL(π || π_ref)).
+    With ``reference`` (a context yielding the reference model, e.g. ``train.online.reference``,
+    which also covers LoRA's adapters-off base), also the KL of each completion to it:
+    Σ_t log π(y_t) - log π_ref(y_t) over the sampled tokens (k1 summed over the completion, an
+    unbiased estimate of the sequence-level KL(π || π_ref)).
     """
     from rlhfkit.generation import get_backend
     from rlhfkit.models import token_logprobs
@@ -66,13 +70,13 @@ def evaluate_policy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], gen:
                   for name, reward in rewards.items()}
         kl: list[float] = []
         if reference is not None:
-            with torch.no_grad():
+            with torch.no_grad(), reference() as reference_model:
                 start = rollout.prompt_ids.shape[1]
                 for i in range(0, len(rollout), gen.batch_size):
                     ids = rollout.input_ids[i:i + gen.batch_size]
                     att = rollout.attention_mask[i:i + gen.batch_size]
                     mask = rollout.response_mask[i:i + gen.batch_size].float()
-                    ref = token_logprobs(reference, ids, att, start, gen.temperature)
+                    ref = token_logprobs(reference_model, ids, att, start, gen.temperature)
                     own = rollout.logprobs[i:i + gen.batch_size]
                     kl += ((own - ref) * mask).sum(dim=1).tolist()
     finally:
