@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from rlhfkit.config import (
@@ -121,12 +122,11 @@ def train(cfg: Config) -> online.Outcome:
         token_rewards,
     )
     from rlhfkit.generation import get_backend
-    from rlhfkit.kl_control import AdaptiveKL, FixedKL
     from rlhfkit.losses.policy import aggregate, kl_estimate, masked_mean, ppo_clip_loss
     from rlhfkit.models import token_logprobs
     from rlhfkit.progress import progress
     from rlhfkit.rewards import load_reward
-    from rlhfkit.runs import Run, rng_state, seed_everything, set_rng_state
+    from rlhfkit.runs import Run, seed_everything
 
     algo, optim = cfg.algo, cfg.optim
     seed_everything(cfg.run.seed)
@@ -137,28 +137,21 @@ def train(cfg: Config) -> online.Outcome:
         cfg.model, cfg.lora, need_reference=algo.kl_coef > 0)
     backend = get_backend(cfg.gen.backend, policy, tokenizer)
     optimizer, scheduler = online.build_optimizer(policy, optim, cfg.steps * _updates_per_step(cfg))
-    kl_ctl = (AdaptiveKL(algo.kl_coef, algo.kl_target, algo.kl_horizon) if algo.kl_target > 0
-              else FixedKL(algo.kl_coef))
+    kl_ctl = online.kl_controller(algo)
     baseline = RunningMean()
     guard = online.NonFiniteGuard(optim.max_nonfinite_steps)
     settings = AdvantageSettings(gamma=algo.gamma, scale_by_std=algo.scale_by_std)
     run = Run.start(cfg, "grpo")
+    # everything besides the weights that an exact resume needs back
+    stateful = {"optimizer": optimizer, "scheduler": scheduler, "stream": stream, "kl": kl_ctl,
+                "baseline": baseline}
     start_step = 0
     if cfg.run.resume and (checkpoint := run.latest_checkpoint()) is not None:
-        state = online.load_training_state(checkpoint, policy)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        stream.load_state_dict(state["stream"])
-        kl_ctl.load_state_dict(state["kl"])
-        baseline.load_state_dict(state["baseline"])
-        set_rng_state(state["rng"])
-        start_step = state["step"]
+        start_step = online.restore(online.load_training_state(checkpoint, policy), stateful)
         run.truncate_metrics(start_step)
 
     def save(step: int) -> None:
-        state = {"step": step, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "stream": stream.state_dict(),
-                 "kl": kl_ctl.state_dict(), "baseline": baseline.state_dict(), "rng": rng_state()}
+        state = online.snapshot(step, stateful)
         run.save_checkpoint(step, lambda d: online.save_training_state(d, policy, state))
 
     started = time.perf_counter()
@@ -189,14 +182,16 @@ def train(cfg: Config) -> online.Outcome:
                     ref_logprobs = None
                     if algo.kl_coef > 0:
                         with online.reference(policy, frozen_ref) as ref_model:
-                            ref_logprobs = _batched_logprobs(
-                                ref_model, input_ids, attention_mask, start, temperature,
-                                algo.micro_batch_size, token_logprobs)  # (B, R)
+                            ref_logprobs = online.in_chunks(partial(
+                                token_logprobs, ref_model, response_start=start,
+                                temperature=temperature), input_ids, attention_mask,
+                                algo.micro_batch_size)  # (B, R)
                     old_logprobs = None
                     if _updates_per_step(cfg) > 1:
-                        old_logprobs = _batched_logprobs(
-                            policy, input_ids, attention_mask, start, temperature,
-                            algo.micro_batch_size, token_logprobs)  # (B, R)
+                        old_logprobs = online.in_chunks(partial(
+                            token_logprobs, policy, response_start=start,
+                            temperature=temperature), input_ids, attention_mask,
+                            algo.micro_batch_size)  # (B, R)
                 sample_logprobs = old_logprobs if old_logprobs is not None else rollout.logprobs
                 kl_tokens = (kl_estimate(sample_logprobs, ref_logprobs, "k1") * mask
                              if ref_logprobs is not None else torch.zeros_like(mask))  # (B, R)
@@ -289,15 +284,6 @@ def train(cfg: Config) -> online.Outcome:
 def _updates_per_step(cfg: Config) -> int:
     rollout = cfg.algo.prompts_per_step * cfg.algo.group_size
     return cfg.algo.epochs * rollout // (cfg.algo.micro_batch_size * cfg.optim.grad_accum_steps)
-
-
-def _batched_logprobs(model: Any, input_ids: Any, attention_mask: Any, start: int,
-                      temperature: float, batch_size: int, token_logprobs: Any) -> Any:
-    import torch
-
-    return torch.cat([token_logprobs(model, input_ids[i:i + batch_size],
-                                     attention_mask[i:i + batch_size], start, temperature)
-                      for i in range(0, len(input_ids), batch_size)])
 
 
 def _poison_grads(model: Any) -> None:

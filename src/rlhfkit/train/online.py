@@ -285,6 +285,22 @@ class NonFiniteGuard:
         return False, [float(norm) for norm in norms]
 
 
+def in_chunks(forward: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              size: int) -> torch.Tensor:
+    """``forward(ids, mask)`` over the batch, ``size`` rows at a time, concatenated on rows."""
+    return torch.cat([forward(input_ids[i:i + size], attention_mask[i:i + size])
+                      for i in range(0, len(input_ids), size)])
+
+
+def kl_controller(algo: Any) -> Any:
+    """Adaptive KL toward ``algo.kl_target`` when it is set, else a fixed ``algo.kl_coef``."""
+    from rlhfkit.kl_control import AdaptiveKL, FixedKL
+
+    if algo.kl_target > 0:
+        return AdaptiveKL(algo.kl_coef, algo.kl_target, algo.kl_horizon)
+    return FixedKL(algo.kl_coef)
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 
 
@@ -304,6 +320,24 @@ def save_training_state(directory: Path, model: Any, state: dict[str, Any]) -> N
     weights = {k: v.detach().contiguous().clone() for k, v in trainable_state(model).items()}
     save_file(weights, str(directory / "weights.safetensors"))
     torch.save(state, directory / "trainer_state.pt")
+
+
+def snapshot(step: int, stateful: dict[str, Any]) -> dict[str, Any]:
+    """A loop's resumable state: the step, RNG states and each part's ``state_dict()``."""
+    from rlhfkit.runs import rng_state
+
+    return {"step": step, "rng": rng_state(),
+            **{name: part.state_dict() for name, part in stateful.items()}}
+
+
+def restore(state: dict[str, Any], stateful: dict[str, Any]) -> int:
+    """Load ``snapshot``'s output back into the parts and RNGs; returns the step it was taken at."""
+    from rlhfkit.runs import set_rng_state
+
+    for name, part in stateful.items():
+        part.load_state_dict(state[name])
+    set_rng_state(state["rng"])
+    return state["step"]
 
 
 def load_training_state(directory: Path, model: Any) -> dict[str, Any]:

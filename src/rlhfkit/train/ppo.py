@@ -144,12 +144,11 @@ def train(cfg: Config) -> Outcome:
     )
     from rlhfkit.critic import explained_variance, load_value_model
     from rlhfkit.generation import get_backend
-    from rlhfkit.kl_control import AdaptiveKL, FixedKL
     from rlhfkit.losses.policy import aggregate, kl_estimate, masked_mean, ppo_clip_loss, value_loss
     from rlhfkit.models import token_logprobs
     from rlhfkit.progress import progress
     from rlhfkit.rewards import load_reward
-    from rlhfkit.runs import Run, rng_state, seed_everything, set_rng_state
+    from rlhfkit.runs import Run, seed_everything
 
     algo, optim = cfg.algo, cfg.optim
     seed_everything(cfg.run.seed)
@@ -165,32 +164,23 @@ def train(cfg: Config) -> Outcome:
     optimizer, scheduler = online.build_optimizer(policy, optim, cfg.steps * updates_per_step)
     critic_optimizer, critic_scheduler = online.build_optimizer(
         critic, replace(optim, lr=cfg.critic.lr or optim.lr), cfg.steps * updates_per_step)
-    kl_ctl = (AdaptiveKL(algo.kl_coef, algo.kl_target, algo.kl_horizon) if algo.kl_target > 0
-              else FixedKL(algo.kl_coef))
+    kl_ctl = online.kl_controller(algo)
     guard = online.NonFiniteGuard(optim.max_nonfinite_steps)
     settings = AdvantageSettings(gamma=algo.gamma, lam=algo.lam, whiten=algo.whiten_advantages)
     value_clip = algo.value_clip_eps or float("inf")  # an infinite range never clips
     run = Run.start(cfg, "ppo")
+    # everything besides the weights that an exact resume needs back
+    stateful = {"optimizer": optimizer, "scheduler": scheduler,
+                "critic_optimizer": critic_optimizer, "critic_scheduler": critic_scheduler,
+                "stream": stream, "kl": kl_ctl}
     start_step = 0
     if cfg.run.resume and (checkpoint := run.latest_checkpoint()) is not None:
-        state = online.load_training_state(checkpoint, policy)
+        start_step = online.restore(online.load_training_state(checkpoint, policy), stateful)
         critic.load(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        critic_optimizer.load_state_dict(state["critic_optimizer"])
-        critic_scheduler.load_state_dict(state["critic_scheduler"])
-        stream.load_state_dict(state["stream"])
-        kl_ctl.load_state_dict(state["kl"])
-        set_rng_state(state["rng"])
-        start_step = state["step"]
         run.truncate_metrics(start_step)
 
     def save(step: int) -> None:
-        state = {"step": step, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(),
-                 "critic_optimizer": critic_optimizer.state_dict(),
-                 "critic_scheduler": critic_scheduler.state_dict(),
-                 "stream": stream.state_dict(), "kl": kl_ctl.state_dict(), "rng": rng_state()}
+        state = online.snapshot(step, stateful)
 
         def write(directory: Any) -> None:
             online.save_training_state(directory, policy, state)
@@ -226,17 +216,17 @@ def train(cfg: Config) -> Outcome:
                     ref_logprobs = None
                     if algo.kl_coef > 0:
                         with online.reference(policy, frozen_ref) as ref_model:
-                            ref_logprobs = _in_chunks(partial(
+                            ref_logprobs = online.in_chunks(partial(
                                 token_logprobs, ref_model, response_start=start,
                                 temperature=temperature), input_ids, attention_mask,
                                 algo.micro_batch_size)  # (B, R)
                     old_logprobs = None
                     if updates_per_step > 1:
-                        old_logprobs = _in_chunks(partial(
+                        old_logprobs = online.in_chunks(partial(
                             token_logprobs, policy, response_start=start,
                             temperature=temperature), input_ids, attention_mask,
                             algo.micro_batch_size)  # (B, R)
-                    old_values = _in_chunks(partial(critic, response_start=start), input_ids,
+                    old_values = online.in_chunks(partial(critic, response_start=start), input_ids,
                                             attention_mask, algo.micro_batch_size)  # (B, R)
                 sample_logprobs = old_logprobs if old_logprobs is not None else rollout.logprobs
                 kl_tokens = (kl_estimate(sample_logprobs, ref_logprobs, "k1") * mask
@@ -349,11 +339,3 @@ def train(cfg: Config) -> Outcome:
     run.finish(summary)
     return Outcome(run=run, policy=policy, tokenizer=tokenizer, reference=frozen_ref,
                    summary=summary, critic=critic)
-
-
-def _in_chunks(forward: Any, input_ids: Any, attention_mask: Any, size: int) -> Any:
-    """``forward(ids, mask)`` over the batch, ``size`` rows at a time, concatenated."""
-    import torch
-
-    return torch.cat([forward(input_ids[i:i + size], attention_mask[i:i + size])
-                      for i in range(0, len(input_ids), size)])
