@@ -17,8 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+# A bench script imports this module before anything heavy, so this is its child's start
+# (less the interpreter's own ~20 ms): "time to first step" counts from here.
+IMPORTED_AT = time.perf_counter()
 
 
 def peak_rss_bytes() -> int:
@@ -55,19 +60,32 @@ class StepClock:
     growth) are ticked but not reported.
 
     Process CPU time (all threads) is kept between the same ticks: on a machine shared with
-    other work, wall time also counts waiting for a core, CPU time mostly the work done."""
+    other work, wall time also counts waiting for a core, CPU time mostly the work done.
+
+    The time from ``started`` (the child's start) to the first and the last step end is kept
+    too: what a user waits before training begins (imports, loading, tokenising, any
+    precomputation) and what the whole run costs per step."""
 
     warmup: int
     device: str = "cpu"
+    started: float = IMPORTED_AT
     ends: list[float] = field(default_factory=list)
     cpu_ends: list[float] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    pending_tokens: int = 0
     peak_rss: int = 0
     peak_gpu: int = 0
 
-    def tick(self, completion_tokens: int, reward: float) -> None:
-        """Call once at the end of every optimiser step."""
+    def add_tokens(self, count: int) -> None:
+        """Count tokens toward the step under way (offline: padded tokens of each forward)."""
+        self.pending_tokens += count
+
+    def tick(self, tokens: int | None = None, reward: float | None = None,
+             loss: float | None = None) -> None:
+        """Call once at the end of every optimiser step, with the step's tokens (default: those
+        counted by ``add_tokens`` since the last tick) and its reward or loss when known."""
         if self.device.startswith("cuda"):
             import torch
 
@@ -75,12 +93,17 @@ class StepClock:
             self.peak_gpu = torch.cuda.max_memory_allocated()
         self.ends.append(time.perf_counter())
         self.cpu_ends.append(time.process_time())
-        self.tokens.append(completion_tokens)
-        self.rewards.append(reward)
+        self.tokens.append(self.pending_tokens if tokens is None else tokens)
+        self.pending_tokens = 0
+        if reward is not None:
+            self.rewards.append(reward)
+        if loss is not None:
+            self.losses.append(loss)
         self.peak_rss = peak_rss_bytes()  # read at the last step: final saves are not counted
 
     def result(self) -> dict:
-        """Measured steps only: seconds and completion tokens of each, memory peaks."""
+        """Measured steps only: seconds and tokens of each, memory peaks; and, over the whole
+        run, seconds from the start to the first and last step ends and every step's loss."""
         if len(self.ends) <= self.warmup:
             raise RuntimeError(f"only {len(self.ends)} steps ticked; need more than the "
                                f"{self.warmup} warm-up steps")
@@ -88,8 +111,19 @@ class StepClock:
         cpu_seconds = [b - a for a, b in itertools.pairwise(self.cpu_ends[self.warmup - 1:])]
         return {"step_seconds": seconds, "cpu_seconds": cpu_seconds,
                 "tokens": self.tokens[self.warmup:],
-                "rewards": self.rewards[self.warmup:], "peak_rss": self.peak_rss,
-                "peak_gpu": self.peak_gpu}
+                "rewards": self.rewards[self.warmup:], "losses": self.losses,
+                "first_step_seconds": self.ends[0] - self.started,
+                "last_step_seconds": self.ends[-1] - self.started, "steps_run": len(self.ends),
+                "peak_rss": self.peak_rss, "peak_gpu": self.peak_gpu}
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` as the children will see it: cuda when torch sees a GPU, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def write_result(path: str, result: dict) -> None:
@@ -124,6 +158,18 @@ def alternating_order(sides: tuple[str, str], repeats: int) -> list[tuple[int, s
         pair = sides if repeat % 2 == 0 else sides[::-1]
         order += [(repeat, side) for side in pair]
     return order
+
+
+def run_alternating(script: str, sides: tuple[str, str], argv: list[str], repeats: int,
+                    threads: int, describe: Callable[[dict], str]) -> dict[str, list[dict]]:
+    """Every run of both sides in alternating order, each side's results in run order; prints
+    ``describe(result)`` for each run as it ends."""
+    results: dict[str, list[dict]] = {side: [] for side in sides}
+    for repeat, side in alternating_order(sides, repeats):
+        result = run_child(script, side, argv, threads)
+        results[side].append(result)
+        print(f"  repeat {repeat + 1} {side:8s} {describe(result)}", flush=True)
+    return results
 
 
 @dataclass
@@ -195,3 +241,4 @@ def save_json(path: str, payload: dict) -> None:
     """The whole comparison, for the record (written atomically)."""
     write_result(path, {key: asdict(v) if hasattr(v, "__dataclass_fields__") else v
                         for key, v in payload.items()})
+

@@ -151,17 +151,9 @@ def child(args: argparse.Namespace) -> None:
     from rlhfkit import assets
 
     model_dir = str(assets.ensure("smollm2"))
-    clock = common.StepClock(warmup=args.warmup, device=resolve_device(args.device))
+    clock = common.StepClock(warmup=args.warmup, device=common.resolve_device(args.device))
     (run_rlhfkit if args.child == "rlhfkit" else run_trl)(args, model_dir, clock)
     common.write_result(args.result, clock.result())
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # --- the parent: alternate the sides, summarise ------------------------------------------------
@@ -227,6 +219,14 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def describe_run(result: dict) -> str:
+    """One run's line: its step times, their median, CPU time, memory and total time."""
+    steps = ", ".join(f"{s:.2f}" for s in result["step_seconds"])
+    return (f"s/step: {steps}  (median {statistics.median(result['step_seconds']):.2f}, CPU "
+            f"{statistics.median(result['cpu_seconds']):.2f}; peak RSS "
+            f"{result['peak_rss'] / 2**30:.2f} GiB; {result['run_seconds']:.0f} s in all)")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
@@ -236,22 +236,14 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    device = resolve_device(args.device)
+    device = common.resolve_device(args.device)
     print(f"GRPO, SmolLM2-135M-Instruct fp32 on {device} ({platform.processor() or platform.machine()}"
           f", {args.threads} threads): {args.prompts_per_step} prompts x G={args.group_size}, "
           f"{args.max_new_tokens} new tokens, beta={args.beta}, reward={args.reward}, "
           f"{'chat template' if args.chat else 'plain text'}; {args.steps} measured steps after "
           f"{args.warmup} warm-up, {args.repeats} repeat(s); torch {torch.__version__}", flush=True)
-    results: dict[str, list[dict]] = {side: [] for side in SIDES}
-    for repeat, side in common.alternating_order(SIDES, args.repeats):
-        result = common.run_child(__file__, side, child_argv(args), args.threads)
-        results[side].append(result)
-        steps = ", ".join(f"{s:.2f}" for s in result["step_seconds"])
-        print(f"  repeat {repeat + 1} {side:8s} s/step: {steps}  (median "
-              f"{statistics.median(result['step_seconds']):.2f}, CPU "
-              f"{statistics.median(result['cpu_seconds']):.2f}; peak RSS "
-              f"{result['peak_rss'] / 2**30:.2f} GiB; {result['run_seconds']:.0f} s in all)",
-              flush=True)
+    results = common.run_alternating(__file__, SIDES, child_argv(args), args.repeats,
+                                     args.threads, describe_run)
     ours, theirs = (common.summarize(side, results[side]) for side in SIDES)
     gpu = device == "cuda"
     common.print_table(common.comparison_headers(gpu), common.comparison_rows(ours, theirs, gpu))

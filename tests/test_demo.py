@@ -1,4 +1,6 @@
-"""`rlhfkit demo` on the real embedded model, in a short preset: the reward must move up."""
+"""`rlhfkit demo` on the real embedded model and data, in a short preset: the whole pipeline runs
+(preferences from human ratings -> reward model -> PPO -> judged before/after) and the trained
+reward moves up."""
 
 from __future__ import annotations
 
@@ -10,17 +12,25 @@ from rlhfkit import cli
 
 
 @pytest.mark.slow
-def test_short_demo_moves_reward_up(tmp_path, capsys):
+def test_short_demo_runs_the_pipeline_and_moves_reward_up(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = cli.main(["demo", "--steps", "8", "--optim.lr", "1e-4", "--gen.max_new_tokens", "16",
-                     "--data.eval_size", "32", "--samples", "2", "--log.tensorboard", "false",
-                     "--run.checkpoint_every", "0", "--run.output_dir", str(out)])
+    code = cli.main(["demo", "--steps", "10", "--reward_model.steps", "20", "--optim.lr", "1e-4",
+                     "--algo.prompts_per_step", "8", "--algo.micro_batch_size", "8",
+                     "--gen.max_new_tokens", "16", "--data.eval_size", "32", "--samples", "2",
+                     "--log.tensorboard", "false", "--run.checkpoint_every", "0",
+                     "--run.output_dir", str(out)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
-    # sampling uses fixed seeds, so this is deterministic on a given machine
-    assert summary["reward_after"] > summary["reward_before"] + 0.02, summary
+    # the reward model: trained on human-rated pairs, judged on the fixed test split
+    assert summary["rm_test_accuracy"] > 0.7, summary
+    assert 0.9 < summary["rm_test_human_single_rater"] < 1.0, summary
+    assert (out / "reward-model" / "model" / "reward_model.json").is_file()
+    # the policy: sampling uses fixed seeds, so this is deterministic on a given machine
+    assert summary["reward"] == f"rm:{out / 'reward-model' / 'model'}"
+    assert summary["reward_after"] > summary["reward_before"] + 0.05, summary
     assert 0 < summary["kl_after"] < 20, summary
     assert (out / "curves.png").stat().st_size > 10_000
     assert (out / "model" / "config.json").is_file()
     printed = capsys.readouterr().out
+    assert "one human rater vs the consensus" in printed
     assert "positive rate, judged by vader" in printed and "before vs after" in printed

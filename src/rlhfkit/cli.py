@@ -17,8 +17,11 @@ from rlhfkit.errors import ConfigError, RlhfkitError
 
 COMMANDS: dict[str, str] = {
     "demo": "rlhfkit.commands.demo",
-    "grpo": "rlhfkit.train.grpo",
+    "sft": "rlhfkit.train.sft",
+    "reward": "rlhfkit.train.reward",
     "ppo": "rlhfkit.train.ppo",
+    "grpo": "rlhfkit.train.grpo",
+    "dpo": "rlhfkit.train.dpo",
     "generate": "rlhfkit.commands.generate",
     "score": "rlhfkit.commands.score",
 }

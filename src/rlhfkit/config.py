@@ -11,6 +11,7 @@ This module imports only the standard library: ``rlhfkit --help`` must stay inst
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -281,3 +282,86 @@ class PromptDataCfg:
             message = FileMustExist()(value)
             if message:
                 yield Problem(name, value, message + "; or name a built-in set such as vader:movies")
+
+
+@dataclass(frozen=True)
+class FeedbackDataCfg:
+    """Human feedback data: a file, a saved Hugging Face dataset, or a built-in set."""
+
+    shorthand: ClassVar[str] = "path"  # `--data X` sets `--data.path X`
+
+    path: str = "vader:movies"
+    """A .jsonl/.json/.csv/.parquet file, a directory saved by datasets' save_to_disk, or a
+    built-in set of real human ratings: vader:movies|tweets|amazon|nyt."""
+    eval_path: str = ""
+    """Held-out data in the same form; empty takes a built-in set's validation split (or a saved
+    dataset's), or else eval_fraction of path's rows, chosen by a hash of each row."""
+    eval_fraction: Fraction = 0.05
+    """Share of path's rows held out for evaluation when eval_path is empty."""
+    prompt_field: str = "prompt"
+    """Column holding the prompt; empty when the data have none (texts are judged alone)."""
+    completion_field: str = "completion"
+    """Column holding the completion of demonstrations, ratings and binary labels."""
+    chosen_field: str = "chosen"
+    """Column holding the preferred completion of a pair."""
+    rejected_field: str = "rejected"
+    """Column holding the other completion of a pair."""
+    rating_field: str = "rating"
+    """Column holding a numeric rating (higher is better); pairs and labels can be made from it."""
+    label_field: str = "label"
+    """Column holding a binary label: true/false, 1/0, yes/no or good/bad (KTO)."""
+    annotator_field: str = "annotator"
+    """Column naming the rater (optional); several raters' rows of one text merge (their mean)."""
+    messages_field: str = "messages"
+    """Column holding a chat ({role, content} messages) that ends with the assistant's reply."""
+    margin_field: str = "margin"
+    """Column holding how strongly a pair's chosen completion is preferred (optional; 0 if none)."""
+    weight_field: str = "weight"
+    """Column holding a row's sample weight (optional; 1 if none)."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """A row that cannot be used (missing column, empty text, rating not a number ...): error
+    stops at it, naming file, row and fix; skip drops it, counted in one warning."""
+    min_gap: NonNegativeFloat = 1.0
+    """Pairs made from ratings: keep only pairs whose ratings differ by at least this."""
+    pairs_per_text: PositiveInt = 2
+    """Pairs made from ratings: random partners drawn for each text."""
+    max_rows: NonNegativeInt = 0
+    """Use at most this many training rows, the first ones (0 = all)."""
+    balance: Literal["none", "inverse-frequency"] = "none"
+    """Weigh rows so each class counts the same in total: binary labels by label, ratings by
+    rating rounded to a whole number."""
+
+    def check(self) -> Iterable[Problem]:
+        for name in ("path", "eval_path"):
+            value = getattr(self, name)
+            if value or name == "path":
+                message = _feedback_source_problem(value)
+                if message:
+                    yield Problem(name, value, message)
+
+
+def _feedback_source_problem(value: str) -> str | None:
+    """What is wrong with a feedback data source (None if nothing): a built-in set, an existing
+    data file or a directory written by datasets' save_to_disk."""
+    from rlhfkit.data.vader import CORPORA  # stdlib-only module
+
+    builtins = [f"vader:{corpus}" for corpus in CORPORA]
+    if not value:
+        return f"is empty; give a data file, a dataset directory or a built-in set ({builtins[0]})"
+    close = difflib.get_close_matches(value, builtins, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    if value.startswith("vader:"):
+        return None if value in builtins else (
+            f"is not a built-in set; {hint}choose one of {', '.join(builtins)}")
+    path = Path(os.path.expanduser(value))
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return None
+        return ("is a directory but not a dataset saved by datasets' save_to_disk (no "
+                "dataset_dict.json or state.json); give such a directory or a data file")
+    if path.is_file():
+        if path.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
+            return None
+        return "is not a .jsonl, .json, .csv or .parquet file; convert it to one of those"
+    return (f"is neither a file nor a built-in set; {hint}check the path (relative paths start "
+            f"at the current directory) or name a built-in set: {', '.join(builtins)}")

@@ -1,39 +1,86 @@
-"""`rlhfkit demo`: RL fine-tuning of SmolLM2-135M-Instruct toward positive movie reviews.
+"""`rlhfkit demo`: the whole RLHF pipeline on the embedded defaults, offline, on a laptop CPU.
 
-The whole loop on the embedded defaults, offline, on a laptop CPU:
-  1. prepare the assets (first run only): SmolLM2, MiniLM, the VADER human ratings
-  2. openings of human-rated movie snippets are the prompts (held-out split kept apart)
-  3. the `sentiment` reward: a head on MiniLM embeddings trained on the human ratings
-  4. GRPO with a KL penalty to the frozen starting model
-  5. before/after on held-out openings, judged by the independent VADER lexicon (not the
-     training reward): positive rate, training reward, KL to the reference, length, samples
-  6. reward / KL / length curves as a PNG in the run directory
+  1. assets (first run only): SmolLM2-135M-Instruct, MiniLM, the VADER human ratings
+  2. human feedback -> preferences: pairs of movie snippets whose human mean ratings differ
+  3. a reward model (MiniLM + scalar head, Bradley-Terry) trained on those pairs; its held-out
+     pairwise accuracy is reported next to the human agreement ceiling
+  4. PPO (policy + critic with GAE, KL penalty to the frozen starting model) on SmolLM2, continuing
+     movie-review openings, rewarded by that reward model
+  5. before/after on held-out openings, judged by the independent VADER lexicon (not the training
+     reward): positive rate, training reward, KL to the reference, length, sample pairs; reward /
+     KL / length curves as a PNG
+
+The run directory holds the PPO run (``model/``, ``curves.png``, ``summary.json``) and the reward
+model's own run under ``reward-model/`` (its trained model in ``reward-model/model``). With
+``--resume`` a finished reward model is reused and PPO continues from its last checkpoint.
+``--reward SPEC`` skips steps 2-3 and trains against that reward instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
-from rlhfkit.config import GenCfg, LogCfg, OptimCfg, PositiveInt, PromptDataCfg, RunCfg
-from rlhfkit.train.grpo import AlgoCfg
-from rlhfkit.train.grpo import Config as GrpoConfig
+from rlhfkit.config import (
+    FeedbackDataCfg,
+    GenCfg,
+    LogCfg,
+    ModelCfg,
+    ModelPath,
+    NonNegativeFloat,
+    OptimCfg,
+    PositiveFloat,
+    PositiveInt,
+    PromptDataCfg,
+    RunCfg,
+    default,
+)
+from rlhfkit.train.ppo import AlgoCfg, CriticCfg
+from rlhfkit.train.ppo import Config as PpoConfig
+
+REWARD_MODEL_DIR = "reward-model"
 
 
 @dataclass(frozen=True)
-class Config(GrpoConfig):
-    """Run the whole RLHF loop on the embedded defaults: sentiment steering of SmolLM2-135M."""
+class RewardStageCfg:
+    """Steps 2-3: preferences from human ratings, and the reward model trained on them."""
 
+    data: str = "vader:movies"
+    """Human-rated texts the preference pairs come from (train split; validation/test held out)."""
+    min_gap: NonNegativeFloat = 1.0
+    """Pair two texts only when their human mean ratings differ by at least this (-4..4 scale)."""
+    backbone: ModelPath = "minilm"
+    """The reward model's backbone: minilm (fast encoder), smollm2, or a model directory."""
+    steps: PositiveInt = 120
+    """Reward-model optimiser steps."""
+    batch_size: PositiveInt = 32
+    """Pairs per step."""
+    lr: PositiveFloat = 5e-5
+    """Reward-model peak learning rate (linear decay after 10 warm-up steps)."""
+
+
+@dataclass(frozen=True)
+class Config(PpoConfig):
+    """Run the whole RLHF loop on the embedded defaults: human ratings -> reward model -> PPO."""
+
+    reward: str = ""
+    """Empty trains a reward model on human ratings first (steps 2-3); or name a reward to use
+    instead (sentiment, vader, rm:PATH, file.py:fn, ...)."""
     steps: PositiveInt = 60
     samples: PositiveInt = 5
     """Before/after sample pairs shown at the end."""
     judge: str = "vader"
     """Independent judge for the before/after table (not the training reward)."""
+    reward_model: RewardStageCfg = default(RewardStageCfg)
     data: PromptDataCfg = field(default_factory=lambda: PromptDataCfg(
         prompts="vader:movies", eval_size=64))
     gen: GenCfg = field(default_factory=lambda: GenCfg(
         max_new_tokens=24, temperature=1.0, batch_size=16, chat_template="off"))
     algo: AlgoCfg = field(default_factory=lambda: AlgoCfg(
-        advantage="grpo", group_size=4, prompts_per_step=4, micro_batch_size=16, kl_coef=0.05))
+        prompts_per_step=16, micro_batch_size=16, epochs=1, kl_coef=0.05))
+    critic: CriticCfg = field(default_factory=lambda: CriticCfg(lr=5e-5))
     optim: OptimCfg = field(default_factory=lambda: OptimCfg(lr=3e-5, warmup_steps=3))
     log: LogCfg = field(default_factory=LogCfg)
     run: RunCfg = field(default_factory=lambda: RunCfg(checkpoint_every=30))
@@ -43,39 +90,110 @@ def main(cfg: Config) -> None:
     import time
 
     from rich.console import Console
-    from rich.table import Table
 
     from rlhfkit import assets
     from rlhfkit.eval.policy import evaluate_policy
     from rlhfkit.eval.report import plot_curves
     from rlhfkit.rewards import load_reward
-    from rlhfkit.train import grpo, online
+    from rlhfkit.train import online, ppo
 
     console = Console()
     started = time.perf_counter()
+    out = Path(cfg.run.output_dir).expanduser()
+    if cfg.run.overwrite and out.exists():
+        shutil.rmtree(out)  # here, not in the PPO stage, which would delete the reward model
+    cfg = replace(cfg, run=replace(cfg.run, overwrite=False))
+
     # 1. assets (each is a no-op once cached)
-    console.rule("1/4 embedded model and human ratings")
+    console.rule("1/5 embedded models and human ratings")
     for name in ("smollm2", "minilm", "vader"):
         console.print(f"{name}: {assets.ensure(name)}")
-    # 2. held-out prompts and the two scorers
-    console.rule(f"2/4 reward '{cfg.reward}' (trained on human ratings on first use) and judge "
-                 f"'{cfg.judge}'")
+
+    # 2-3. preferences from human ratings, and a reward model trained on them
+    rm_figures: dict[str, Any] = {}
+    if not cfg.reward:
+        stage = cfg.reward_model
+        console.rule(f"2-3/5 reward model on {stage.data} preference pairs "
+                     f"(human means >= {stage.min_gap:g} apart), {stage.backbone} backbone")
+        reward_dir, rm_figures = train_reward_model(cfg, out / REWARD_MODEL_DIR, console)
+        cfg = replace(cfg, reward=f"rm:{reward_dir}")
     held_out = online.prompt_rows(cfg.data, "test")
     rewards = {"reward": load_reward(cfg.reward), "judge": load_reward(cfg.judge)}
-    eval_gen = cfg.gen
-    # 3. train; the reference is the starting model, so "before" samples come from it
-    console.rule(f"3/4 {cfg.algo.advantage} for {cfg.steps} steps "
-                 f"({cfg.algo.prompts_per_step} prompts x {cfg.algo.group_size} samples)")
-    outcome = grpo.train(cfg)
+
+    # 4. PPO; the reference is the starting model, so "before" samples come from it
+    console.rule(f"4/5 PPO for {cfg.steps} steps ({cfg.algo.prompts_per_step} prompts, reward "
+                 f"{cfg.reward}, KL coefficient {cfg.algo.kl_coef:g})")
+    outcome = ppo.train(cfg)
     reference = outcome.reference  # None with LoRA: the policy with adapters off
-    # 4. before / after on held-out openings with the same sampling seed
-    console.rule(f"4/4 before vs after on {len(held_out)} held-out openings")
+
+    # 5. before / after on held-out openings with the same sampling seed
+    console.rule(f"5/5 before vs after on {len(held_out)} held-out openings")
     with online.reference(outcome.policy, reference) as before_model:
-        before = evaluate_policy(before_model, outcome.tokenizer, held_out, eval_gen, rewards,
+        before = evaluate_policy(before_model, outcome.tokenizer, held_out, cfg.gen, rewards,
                                  seed=cfg.run.seed + 17)
-    after = evaluate_policy(outcome.policy, outcome.tokenizer, held_out, eval_gen, rewards,
+    after = evaluate_policy(outcome.policy, outcome.tokenizer, held_out, cfg.gen, rewards,
                             seed=cfg.run.seed + 17,
                             reference=lambda: online.reference(outcome.policy, reference))
+    print_before_after(console, cfg, held_out, before, after)
+    plot = plot_curves(outcome.run.metrics(), outcome.run.path / "curves.png")
+    figures = {
+        "reward": cfg.reward, "judge": cfg.judge, **rm_figures,
+        "positive_rate_before": before.positive_rate("judge"),
+        "positive_rate_after": after.positive_rate("judge"),
+        "reward_before": before.mean("reward"), "reward_after": after.mean("reward"),
+        "kl_after": after.mean_kl, "length_before": before.mean_length,
+        "length_after": after.mean_length, "minutes": round((time.perf_counter() - started) / 60, 1),
+    }
+    outcome.run.finish({**outcome.summary, **figures})
+    console.print(f"run directory: {outcome.run.path}  (curves: {plot}, trained model: "
+                  f"{outcome.run.path / 'model'})")
+
+
+def train_reward_model(cfg: Config, directory: Path, console: Any) -> tuple[Path, dict[str, Any]]:
+    """Train (or, on --resume, reuse) the demo's reward model; its directory and report figures."""
+    import json
+
+    from rich.table import Table
+
+    from rlhfkit.train import offline, reward
+
+    stage = cfg.reward_model
+    model_dir = directory / "model"
+    summary_file = directory / "summary.json"
+    if cfg.run.resume and summary_file.is_file() and (model_dir / "reward_model.json").is_file():
+        summary = json.loads(summary_file.read_text())
+        console.print(f"reusing the reward model in {model_dir}")
+    else:
+        rm_cfg = reward.Config(
+            model=ModelCfg(path=stage.backbone, device=cfg.model.device),
+            data=FeedbackDataCfg(path=stage.data, min_gap=stage.min_gap),
+            train=offline.TrainCfg(max_steps=stage.steps, batch_size=stage.batch_size,
+                                   eval_batch_size=64, max_eval=500),
+            optim=OptimCfg(lr=stage.lr, warmup_steps=10, schedule="linear"),
+            log=cfg.log, run=RunCfg(output_dir=str(directory), seed=cfg.run.seed,
+                                    overwrite=True, checkpoint_every=0))
+        _, summary = reward.train(rm_cfg)
+    table = Table(title="reward model on held-out (test) preference pairs")
+    table.add_column("")
+    table.add_column("all pairs", justify="right")
+    table.add_column(f"human means >= {reward.RewardCfg.report_gap:g} apart", justify="right")
+    table.add_row("reward model accuracy", f"{summary['test_accuracy']:.1%}",
+                  f"{summary.get('test_accuracy_gap', float('nan')):.1%}")
+    table.add_row("one human rater vs the consensus (ceiling)",
+                  f"{summary.get('test_human_single_rater', float('nan')):.1%}",
+                  f"{summary.get('test_human_single_rater_gap', float('nan')):.1%}")
+    table.add_row("pairs", f"{summary['test_pairs']:.0f}", f"{summary.get('test_pairs_gap', 0):.0f}")
+    console.print(table)
+    figures = {f"rm_{key}": summary.get(key) for key in (
+        "test_accuracy", "test_accuracy_gap", "test_human_single_rater",
+        "test_human_single_rater_gap", "seconds")}
+    return model_dir, figures
+
+
+def print_before_after(console: Any, cfg: Config, held_out: list[dict[str, Any]], before: Any,
+                       after: Any) -> None:
+    """The before/after table and the sample pairs."""
+    from rich.table import Table
 
     table = Table(title=f"held-out movie openings ({len(held_out)} prompts)")
     table.add_column("")
@@ -96,14 +214,3 @@ def main(cfg: Config) -> None:
     for row, old, new in list(shown)[:cfg.samples]:
         pairs.add_row(row["prompt"], old, new)
     console.print(pairs, markup=False)
-    plot = plot_curves(outcome.run.metrics(), outcome.run.path / "curves.png")
-    figures = {
-        "judge": cfg.judge, "positive_rate_before": before.positive_rate("judge"),
-        "positive_rate_after": after.positive_rate("judge"),
-        "reward_before": before.mean("reward"), "reward_after": after.mean("reward"),
-        "kl_after": after.mean_kl, "length_before": before.mean_length,
-        "length_after": after.mean_length, "minutes": round((time.perf_counter() - started) / 60, 1),
-    }
-    outcome.run.finish({**outcome.summary, **figures})
-    console.print(f"run directory: {outcome.run.path}  (curves: {plot}, trained model: "
-                  f"{outcome.run.path / 'model'})")

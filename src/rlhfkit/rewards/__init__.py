@@ -1,15 +1,17 @@
 """Rewards: ``(prompts, completions, **meta) -> one float per completion``, chosen by a spec.
 
 Built-ins (``list_rewards()`` describes them): ``sentiment`` (a head trained on human ratings),
-``vader`` (a lexicon judge), ``reasoning_gym:TASK`` (a verifier), ``length[:N]``,
-``format[:REGEX]``. Register your own with ``@register_reward("name")`` on a factory, or name a
-function directly as ``path/to/file.py:fn`` or ``package.module:fn``.
+``rm:PATH`` (a reward model trained with ``rlhfkit reward``), ``vader`` (a lexicon judge),
+``reasoning_gym:TASK`` (a verifier), ``length[:N]``, ``format[:REGEX]``. Register your own
+with ``@register_reward("name")`` on a factory, or name a function directly as
+``path/to/file.py:fn`` or ``package.module:fn``.
 
 Importing this package registers the built-ins but loads nothing heavy: each factory imports
 its libraries (torch, vaderSentiment, reasoning-gym) when a reward is loaded.
 """
 
-from rlhfkit.rewards import lexicon, rules, sentiment, verifiers  # noqa: F401  (registers them)
+# importing these modules registers their rewards
+from rlhfkit.rewards import learned, lexicon, rules, sentiment, verifiers  # noqa: F401
 from rlhfkit.rewards.registry import (
     Reward,
     RewardFactory,

@@ -1,0 +1,291 @@
+"""A learned reward model: a pretrained backbone and a linear head giving one score per text.
+
+    r(x) = w · pool(h(x)) + b,        score(x) = (r(x) - offset) / scale
+
+``h`` is the backbone's last hidden states ``(T, H)``: the base model of a causal LM (the LM
+head dropped, as in Stiennon et al. 2020 and InstructGPT) or a sentence encoder such as MiniLM.
+``pool`` reads one vector from them:
+
+- ``last``, for decoders: the state of the last real token, the only one that has attended to
+  the whole text (causal attention);
+- ``mean``, for encoders: the mean over real tokens, as sentence-transformers pools MiniLM, so
+  the head starts from the embedding the encoder was trained to produce.
+
+A Bradley–Terry reward is defined only up to a constant and its scale depends on the backbone,
+so the trainer stores ``offset`` and ``scale`` (mean and standard deviation of raw scores on
+its training texts) with the model: ``score`` then comes out near unit scale for RL whatever
+the backbone. The training loop lives in ``rlhfkit.train.reward``; this module holds the model,
+its tokenisation and its on-disk format:
+
+    DIR/config.json, model.safetensors   the backbone (save_pretrained; LoRA merged in)
+    DIR/tokenizer*.json                  its tokenizer
+    DIR/head.safetensors                 the head, float32
+    DIR/reward_model.json                format, source, pooling, max_length, offset, scale, info
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.losses.policy import masked_mean
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding
+
+FORMAT_VERSION = 1
+MANIFEST = "reward_model.json"
+HEAD_FILE = "head.safetensors"
+MANIFEST_FIELDS = ("source", "pooling", "max_length", "offset", "scale")
+POOLINGS = ("last", "mean")
+# Decoder-only families whose saved base model (architecture "LlamaModel", say) no longer
+# says "ForCausalLM"; a checkpoint with an LM head is recognised by its architecture.
+DECODER_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
+                           "gemma3_text", "phi", "phi3", "gpt2", "gpt_neox", "olmo2", "smollm3"})
+
+
+def default_pooling(config: Any) -> str:
+    """``last`` for a decoder-only backbone, ``mean`` for anything else (an encoder)."""
+    decoder = (getattr(config, "is_decoder", False) or config.model_type in DECODER_TYPES
+               or any(name.endswith("ForCausalLM") for name in config.architectures or ()))
+    return "last" if decoder else "mean"
+
+
+class RewardModel(torch.nn.Module):
+    """Backbone + scalar head; ``model(input_ids, attention_mask)`` is the raw score, (B,)."""
+
+    def __init__(self, backbone: Any, tokenizer: Any, pooling: str, max_length: int, source: str,
+                 offset: float = 0.0, scale: float = 1.0, info: dict[str, Any] | None = None):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)} (or auto)")
+        self.backbone, self.tokenizer = backbone, tokenizer
+        self.pooling, self.max_length, self.source = pooling, max_length, source
+        self.offset, self.scale, self.info = offset, scale, dict(info or {})
+        hidden_size = backbone.config.get_text_config().hidden_size
+        device = next(backbone.parameters()).device
+        # float32 whatever the backbone's dtype: bfloat16 keeps 3 significant digits, too few
+        # for the small score differences a pairwise loss works on.
+        self.head = torch.nn.Linear(hidden_size, 1, dtype=torch.float32, device=device)
+        # std 1/sqrt(H + 1), as OpenAI's lm-human-preferences (Ziegler et al. 2019) and
+        # Stiennon et al. 2020: initial scores of unit order, and unlike a zero head, gradient
+        # reaches the backbone from the first step.
+        torch.nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden_size + 1))
+        torch.nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_backbone(cls, path_or_alias: str, pooling: str = "auto", max_length: int = 256,
+                      device: str = "auto", dtype: str = "auto") -> RewardModel:
+        """A fresh reward model for training: pretrained backbone, new head, offset 0, scale 1."""
+        from rlhfkit.models import resolve_model_dir
+
+        if pooling not in ("auto", *POOLINGS):
+            raise ConfigError(f"pooling {pooling!r}: use auto, last (decoders) or mean (encoders)")
+        path = resolve_model_dir(path_or_alias)
+        backbone, tokenizer = _load_backbone(path, device, dtype)
+        positions = getattr(backbone.config, "max_position_embeddings", None) or math.inf
+        if not 1 <= max_length <= positions:
+            raise ConfigError(f"max_length {max_length}: {path_or_alias} reads 1 to {positions} "
+                              "tokens; give a max_length in that range")
+        pooling = default_pooling(backbone.config) if pooling == "auto" else pooling
+        return cls(backbone, tokenizer, pooling, max_length, source=str(path_or_alias))
+
+    # --- scoring ---------------------------------------------------------------------------------
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Raw scores r(x): (B, T) ids and mask -> (B,) float32, differentiable.
+
+        The last real token is found from the mask, so left padding gives the same index as
+        right padding. Position ids are the backbone's default 0..T-1, exact for the right
+        padding ``encode`` makes (and, for rotary decoders, equal under left padding too).
+        """
+        hidden = self.backbone(input_ids=input_ids,
+                               attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        if self.pooling == "last":
+            columns = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+            last = torch.where(attention_mask.bool(), columns, -1).amax(-1).clamp(min=0)  # (B,)
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+        else:
+            pooled = masked_mean(hidden.float(), attention_mask.unsqueeze(-1), dim=1)  # (B, H)
+        return self.head(pooled.float()).squeeze(-1)  # (B,)
+
+    def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Normalised scores (r - offset) / scale: (B,)."""
+        return (self(input_ids, attention_mask) - self.offset) / self.scale
+
+    def encode(self, texts: list[str]) -> BatchEncoding:
+        """``input_ids`` and ``attention_mask`` (B, T), right-padded, on the model's device.
+
+        A mapping: ``model(**model.encode(texts))``. Texts longer than ``max_length`` tokens lose
+        their end (the tokenizer's right truncation): the score then judges the first
+        ``max_length`` tokens only, so train and score with a ``max_length`` that covers prompt
+        and completion.
+        """
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                               return_token_type_ids=False, return_tensors="pt")
+        return batch.to(self.head.weight.device)
+
+    def score_texts(self, texts: list[str], batch_size: int = 32,
+                    normalised: bool = True) -> list[float]:
+        """Scores of ``texts`` in their order (raw r with ``normalised=False``); eval mode, no
+        gradients.
+
+        Texts are scored in order of length so that each batch pads little; a text's score does
+        not depend on its batch. The previous train/eval mode is restored after.
+        """
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        scores = [0.0] * len(texts)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(order), batch_size):
+                    rows = order[start:start + batch_size]
+                    batch = self.encode([texts[i] for i in rows])
+                    values = self.score(**batch) if normalised else self(**batch)  # (b,)
+                    for i, value in zip(rows, values.tolist(), strict=True):
+                        scores[i] = value
+        finally:
+            self.train(was_training)
+        return scores
+
+    # --- saving ----------------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike, info: dict[str, Any] | None = None) -> Path:
+        """Write the model to ``directory``, replacing any old one whole; returns the path.
+
+        ``info`` (data, metrics, provenance: anything JSON) replaces ``self.info`` when given.
+        Everything is written to a temp directory beside the target and swapped in by rename,
+        so a crash leaves the old model or the new one, never a mix.
+        """
+        from safetensors.torch import save_file
+
+        from rlhfkit import __version__
+
+        if not (math.isfinite(self.offset) and math.isfinite(self.scale) and self.scale > 0):
+            raise RlhfkitError(f"reward model offset {self.offset} / scale {self.scale}: need a "
+                               "finite offset and a finite scale > 0 (std of raw scores)")
+        if info is not None:
+            self.info = dict(info)
+        manifest = {"format": FORMAT_VERSION, "source": self.source, "pooling": self.pooling,
+                    "max_length": self.max_length, "offset": self.offset, "scale": self.scale,
+                    "info": self.info, "rlhfkit": __version__,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        manifest_text = json.dumps(manifest, indent=2) + "\n"  # fails here, before any write
+        directory = Path(directory).expanduser()
+        if directory.exists() and not (directory / MANIFEST).is_file() and any(
+                directory.iterdir()):
+            raise RlhfkitError(f"{directory}: exists and holds something other than a reward "
+                               "model, which saving would delete; choose another directory")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
+        try:
+            # merging LoRA changes a model in place: merge a copy, the caller may train on
+            backbone = self.backbone
+            if hasattr(backbone, "peft_config"):
+                backbone = copy.deepcopy(backbone).merge_and_unload()
+            backbone.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+            save_file({k: v.detach().float().contiguous().cpu()
+                       for k, v in self.head.state_dict().items()}, str(staging / HEAD_FILE))
+            (staging / MANIFEST).write_text(manifest_text, encoding="utf-8")
+            _swap_in(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+
+
+def load_reward_model(directory: str | os.PathLike, device: str = "auto",
+                      dtype: str = "auto") -> RewardModel:
+    """The reward model ``RewardModel.save`` wrote to ``directory``, in eval mode."""
+    from safetensors.torch import load_file
+
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise RlhfkitError(f"reward model {str(directory)!r}: no such directory; give the "
+                           "directory that `rlhfkit reward` saved")
+    if not (path / MANIFEST).is_file():
+        raise RlhfkitError(f"{path}: no {MANIFEST}, so this is not a reward model directory "
+                           "saved by rlhfkit reward; train one with rlhfkit reward")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        version = manifest.get("format")
+    except (ValueError, AttributeError) as e:  # not JSON, or JSON but not an object
+        raise RlhfkitError(f"{path / MANIFEST}: unreadable ({type(e).__name__}: {e}); the save "
+                           "was damaged, train the reward model again with rlhfkit reward"
+                           ) from None
+    if version != FORMAT_VERSION:
+        raise RlhfkitError(f"{path}: reward model format {version!r}, but this rlhfkit reads "
+                           f"format {FORMAT_VERSION}; retrain it with rlhfkit reward, or load it "
+                           f"with the rlhfkit that wrote it ({manifest.get('rlhfkit', '?')})")
+    missing = [name for name in ("config.json", HEAD_FILE) if not (path / name).is_file()]
+    missing += [f"{MANIFEST} field {key!r}" for key in MANIFEST_FIELDS if key not in manifest]
+    if missing:
+        raise RlhfkitError(f"{path}: {', '.join(missing)} missing, so the saved reward model is "
+                           "incomplete; train it again with rlhfkit reward")
+    backbone, tokenizer = _load_backbone(path, device, dtype)
+    model = RewardModel(backbone, tokenizer, manifest["pooling"], manifest["max_length"],
+                        source=manifest["source"], offset=manifest["offset"],
+                        scale=manifest["scale"], info=manifest.get("info"))
+    try:
+        model.head.load_state_dict(load_file(str(path / HEAD_FILE),
+                                             device=str(model.head.weight.device)))
+    except RuntimeError as e:
+        raise RlhfkitError(f"{path / HEAD_FILE}: does not fit the backbone beside it "
+                           f"({' '.join(str(e).split())[:200]}); train it again with "
+                           "rlhfkit reward") from None
+    return model.eval()
+
+
+def _load_backbone(path: Path, device: str, dtype: str) -> tuple[Any, Any]:
+    """(base model on the device, tokenizer that pads right) from a local model directory."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging
+
+    from rlhfkit.models import pick_device, pick_dtype
+
+    target = pick_device(device)
+    bar_was_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # a weight-loading bar on every reward load is noise
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        backbone = AutoModel.from_pretrained(path, dtype=pick_dtype(dtype, target),
+                                             local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise RlhfkitError(f"{path}: cannot load a model and tokenizer from this directory "
+                           f"({' '.join(str(e).split())[:300]}); check that its weights and "
+                           "tokenizer files are there and complete") from None
+    finally:
+        if bar_was_on:
+            logging.enable_progress_bar()
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise RlhfkitError(f"{path}: the tokenizer has neither a pad nor an EOS token to pad "
+                               "batches with; add a pad_token to its tokenizer_config.json")
+        tokenizer.pad_token = tokenizer.eos_token  # the mask, not the token, marks padding
+    backbone.config.use_cache = False  # a reward model never generates
+    return backbone.to(target), tokenizer
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Rename the finished directory into place; an old one is moved aside first, then deleted."""
+    if final.exists():
+        aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".old-{final.name}-"))
+        os.replace(final, aside / final.name)
+        os.replace(staging, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(staging, final)

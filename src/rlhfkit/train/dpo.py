@@ -1,0 +1,227 @@
+"""Offline preference optimisation: DPO, IPO (pairs) and KTO (single completions labelled good/bad).
+
+Each step:
+  1. render each example's sequences (chosen and rejected; or the completion and a mismatched
+     completion for KTO's KL baseline) as tokens
+  2. one forward pass over all of them: the policy's log-probability of every completion
+  3. the loss against reference log-probs computed once, before training, by the starting model
+     (so no reference model stays in memory: half the weights and a third less compute per step)
+  4. the shared offline step: accumulate, clip, update; evaluate held-out; checkpoint
+
+References: DPO (Rafailov et al. 2023), conservative DPO / label smoothing (Mitchell 2023),
+IPO (Azar et al. 2023), KTO (Ethayarajh et al. 2024). What the logged metrics mean, and what
+healthy curves look like: docs/preference-metrics.md.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from rlhfkit.config import NonNegativeFloat, PositiveFloat, Problem, default
+from rlhfkit.train.offline import OfflineConfig
+from rlhfkit.train.sequences import Encoded
+
+
+@dataclass(frozen=True)
+class AlgoCfg:
+    """The preference loss and its strength."""
+
+    loss: Literal["dpo", "ipo", "kto"] = "dpo"
+    """dpo or ipo on {prompt, chosen, rejected} pairs; kto on {prompt, completion, label} rows."""
+    beta: PositiveFloat = 0.1
+    """Strength of the pull toward the reference: higher stays closer (the KL weight)."""
+    label_smoothing: NonNegativeFloat = 0.0
+    """dpo: assumed fraction of flipped preference labels (conservative DPO); 0 = off."""
+    desirable_weight: PositiveFloat = 1.0
+    """kto: weight of desirable examples (lambda_D)."""
+    undesirable_weight: PositiveFloat = 1.0
+    """kto: weight of undesirable examples (lambda_U)."""
+
+    def check(self) -> Iterable[Problem]:
+        if self.label_smoothing >= 0.5:
+            yield Problem("label_smoothing", self.label_smoothing,
+                          "must be below 0.5 (at 0.5 the labels carry no information)")
+        if self.label_smoothing and self.loss != "dpo":
+            yield Problem("label_smoothing", self.label_smoothing,
+                          f"applies to the dpo loss only, not {self.loss}; set it to 0")
+
+
+@dataclass(frozen=True)
+class Config(OfflineConfig):
+    """Offline preference optimisation on human feedback: DPO, IPO or KTO."""
+
+    algo: AlgoCfg = default(AlgoCfg)
+
+
+@dataclass(frozen=True)
+class PairExample:
+    chosen: Encoded
+    rejected: Encoded
+    ref_chosen: float = 0.0  # the starting model's log-prob of the chosen completion
+    ref_rejected: float = 0.0
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class LabeledExample:
+    completion: Encoded
+    mismatched: Encoded  # this prompt with another row's completion: KTO's KL baseline
+    desirable: bool
+    ref: float = 0.0
+    ref_mismatched: float = 0.0
+    weight: float = 1.0
+
+
+def main(cfg: Config) -> None:
+    from rlhfkit.eval.report import print_summary
+
+    run, summary = train(cfg)
+    print_summary(run, summary)
+
+
+def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
+    import torch
+
+    from rlhfkit.losses import preference as losses
+    from rlhfkit.progress import progress
+    from rlhfkit.runs import seed_everything
+    from rlhfkit.train import offline, sequences
+    from rlhfkit.train.online import export_model
+
+    algo = cfg.algo
+    seed_everything(cfg.run.seed)  # before any random init: the head, LoRA adapters
+    model, tokenizer = offline.load_model_with_lora(cfg)
+    device = next(model.parameters()).device
+    chat = sequences.uses_chat_template(tokenizer, cfg.train.chat_template)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    average = algo.loss == "ipo"  # IPO's squared loss compares per-token mean log-probs
+
+    def encode(prompt: Any, completion: str, weight: float = 1.0) -> Encoded:
+        return sequences.encode(tokenizer, prompt, completion, chat and bool(prompt),
+                                cfg.train.max_length, weight)
+
+    def logprobs_of(encoded: Sequence[Encoded]) -> torch.Tensor:
+        """The model's log-probability of each completion, one forward pass. (N,)"""
+        tokens = sequences.collate(encoded, pad_id).to(device)
+        return sequences.sequence_logprob(*sequences.completion_logprobs(model, tokens), average)
+
+    def with_reference(examples: list[Any]) -> list[Any]:
+        """Fill in the starting model's log-probs, once, in eval mode, before any update."""
+        model.eval()
+        size, filled = cfg.train.eval_batch_size, []
+        with torch.no_grad(), progress("reference log-probs", total=len(examples)) as (bar, task):
+            for start in range(0, len(examples), size):
+                part = examples[start:start + size]
+                first, second = zip(*(_sequences(e) for e in part), strict=True)
+                logps = logprobs_of([*first, *second]).tolist()
+                filled += [_with_refs(e, a, b) for e, a, b in
+                           zip(part, logps[:len(part)], logps[len(part):], strict=True)]
+                bar.update(task, advance=len(part))
+        model.train()
+        return filled
+
+    # 1. examples, each with reference log-probs from the starting model
+    if algo.loss == "kto":
+        examples = _labeled_examples(cfg, "train", encode)
+        eval_examples = _labeled_examples(cfg, "eval", encode)
+    else:
+        examples = _pair_examples(cfg, "train", encode)
+        eval_examples = _pair_examples(cfg, "eval", encode)
+    eval_examples = eval_examples[:cfg.train.max_eval] if cfg.train.max_eval else eval_examples
+    truncated = sum(s.truncated for e in examples for s in _sequences(e))
+    offline.report_truncated(truncated, 2 * len(examples), cfg.train.max_length)
+    lengths = [max(len(s.ids) for s in _sequences(e)) for e in examples]
+    # reference log-probs only for the examples this run trains on (max_steps may end it early);
+    # the others keep NaN, which the NaN guard would stop loudly if one were ever used
+    used = sorted(offline.visited(cfg, lengths))
+    examples = [_with_refs(e, math.nan, math.nan) for e in examples]
+    for i, filled in zip(used, with_reference([examples[i] for i in used]), strict=True):
+        examples[i] = filled
+    eval_examples = with_reference(eval_examples)
+
+    # 2-3. one forward over both sequences of every example, then the loss
+    def loss_of(batch: list[Any]) -> tuple[torch.Tensor, Any]:
+        first, second = zip(*(_sequences(e) for e in batch), strict=True)
+        logps = logprobs_of([*first, *second])  # (2B,)
+        policy_a, policy_b = logps[:len(batch)], logps[len(batch):]
+        ref_a, ref_b = (torch.tensor(v, device=device)
+                        for v in zip(*(_refs(e) for e in batch), strict=True))
+        weight = torch.tensor([e.weight for e in batch], device=device)
+        if algo.loss == "kto":
+            desirable = torch.tensor([e.desirable for e in batch], device=device)
+            baseline = losses.kto_kl_baseline(policy_b, ref_b)
+            return losses.kto_loss(policy_a, ref_a, desirable, algo.beta, baseline,
+                                   algo.desirable_weight, algo.undesirable_weight, weight)
+        if algo.loss == "ipo":
+            return losses.ipo_loss(policy_a, policy_b, ref_a, ref_b, algo.beta, weight)
+        return losses.dpo_loss(policy_a, policy_b, ref_a, ref_b, algo.beta,
+                               algo.label_smoothing, weight)
+
+    def step_loss(batch: list[Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, stats = loss_of(batch)
+        return loss, {key: float(value) for key, value in stats._asdict().items()}
+
+    def evaluate() -> dict[str, float]:
+        size, sums = cfg.train.eval_batch_size, {}
+        for start in range(0, len(eval_examples), size):
+            part = eval_examples[start:start + size]
+            loss, metrics = step_loss(part)
+            for key, value in {"loss": float(loss), **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + value * len(part)
+        return {key: value / len(eval_examples) for key, value in sums.items()}
+
+    fitted = offline.fit(cfg, "dpo", model, examples, lengths, step_loss,
+                         evaluate if eval_examples else None)
+    export_model(fitted.run.path / "model", model, tokenizer)
+    summary = {"loss": algo.loss, "steps": fitted.steps, "seconds": fitted.seconds,
+               "train_loss_last": fitted.last_train.get("loss"),
+               **{f"{key}_before": value for key, value in fitted.eval_before.items()},
+               **{f"{key}_after": value for key, value in fitted.eval_after.items()},
+               "skipped_steps": fitted.skipped_steps, "model": str(fitted.run.path / "model")}
+    fitted.run.finish(summary)
+    return fitted.run, summary
+
+
+def _pair_examples(cfg: Config, split: str, encode: Any) -> list[PairExample]:
+    from rlhfkit.data.feedback import load_pairs
+
+    return [PairExample(encode(p.prompt, p.chosen), encode(p.prompt, p.rejected), weight=p.weight)
+            for p in load_pairs(cfg.data, split)]
+
+
+def _labeled_examples(cfg: Config, split: str, encode: Any) -> list[LabeledExample]:
+    """KTO rows; each prompt is also paired with another row's completion (a fixed, seeded
+    derangement) so the KL baseline compares policy and reference on unrelated text."""
+    from rlhfkit.data.feedback import load_labeled
+
+    rows = load_labeled(cfg.data, split)
+    order = list(range(len(rows)))
+    random.Random(cfg.run.seed).shuffle(order)
+    # each row takes the completion of the next one in a shuffled cycle: never its own
+    partner = {i: order[(k + 1) % len(order)] for k, i in enumerate(order)}
+    return [LabeledExample(encode(row.prompt, row.completion, row.weight),
+                           encode(row.prompt, rows[partner[i]].completion),
+                           row.desirable, weight=row.weight)
+            for i, row in enumerate(rows)]
+
+
+def _sequences(example: PairExample | LabeledExample) -> tuple[Encoded, Encoded]:
+    if isinstance(example, PairExample):
+        return example.chosen, example.rejected
+    return example.completion, example.mismatched
+
+
+def _refs(example: PairExample | LabeledExample) -> tuple[float, float]:
+    if isinstance(example, PairExample):
+        return example.ref_chosen, example.ref_rejected
+    return example.ref, example.ref_mismatched
+
+
+def _with_refs(example: Any, first: float, second: float) -> Any:
+    if isinstance(example, PairExample):
+        return replace(example, ref_chosen=first, ref_rejected=second)
+    return replace(example, ref=first, ref_mismatched=second)

@@ -1,0 +1,89 @@
+"""Supervised fine-tuning on demonstrations: learn to write the completion given the prompt.
+
+Each step:
+  1. render prompt + completion + EOS as tokens (chat template when it applies)
+  2. log-probs of the completion tokens under the model (the prompt carries no loss)
+  3. masked negative log-likelihood, averaged over completion tokens
+  4. the shared offline step: accumulate, clip, update; evaluate held-out NLL; checkpoint
+
+Data: ``{prompt, completion}`` rows or chat ``{messages}`` rows (the last, assistant, message is
+the completion), from a file or a saved Hugging Face dataset; see ``rlhfkit.data.feedback``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rlhfkit.train.offline import OfflineConfig
+
+
+@dataclass(frozen=True)
+class Config(OfflineConfig):
+    """Supervised fine-tuning on demonstrations ({prompt, completion} or chat messages)."""
+
+
+def main(cfg: Config) -> None:
+    from rlhfkit.eval.report import print_summary
+
+    run, summary = train(cfg)
+    print_summary(run, summary)
+
+
+def train(cfg: Config) -> tuple[object, dict]:
+    import torch
+
+    from rlhfkit.data.feedback import load_demonstrations
+    from rlhfkit.losses.preference import sft_loss
+    from rlhfkit.runs import seed_everything
+    from rlhfkit.train import offline, sequences
+    from rlhfkit.train.online import export_model
+
+    seed_everything(cfg.run.seed)  # before any random init: the head, LoRA adapters
+    model, tokenizer = offline.load_model_with_lora(cfg)
+    device = next(model.parameters()).device
+    chat = sequences.uses_chat_template(tokenizer, cfg.train.chat_template)
+
+    def encode_all(rows: list) -> list[sequences.Encoded]:
+        return [sequences.encode(tokenizer, row.prompt, row.completion, chat and bool(row.prompt),
+                                 cfg.train.max_length, row.weight) for row in rows]
+
+    examples = encode_all(load_demonstrations(cfg.data, "train"))
+    offline.report_truncated(sum(e.truncated for e in examples), len(examples), cfg.train.max_length)
+    eval_examples = encode_all(_capped(load_demonstrations(cfg.data, "eval"), cfg.train.max_eval))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def nll(batch: list[sequences.Encoded]) -> tuple[torch.Tensor, dict[str, float]]:
+        tokens = sequences.collate(batch, pad_id).to(device)
+        logprobs, mask = sequences.completion_logprobs(model, tokens)  # (B, T-1) each
+        weight = torch.tensor([e.weight for e in batch], device=device)
+        loss, stats = sft_loss(logprobs, mask, weight)
+        return loss, {"tokens": float(stats.tokens)}
+
+    def evaluate() -> dict[str, float]:
+        if not eval_examples:
+            return {}
+        total_nll, total_tokens = 0.0, 0
+        size = cfg.train.eval_batch_size
+        for start in range(0, len(eval_examples), size):
+            tokens = sequences.collate(eval_examples[start:start + size], pad_id).to(device)
+            logprobs, mask = sequences.completion_logprobs(model, tokens)
+            total_nll -= float(logprobs[mask].sum())
+            total_tokens += int(mask.sum())
+        mean = total_nll / max(total_tokens, 1)
+        return {"nll": mean, "perplexity": math.exp(min(mean, 50.0))}
+
+    fitted = offline.fit(cfg, "sft", model, examples, [len(e.ids) for e in examples], nll,
+                         evaluate)
+    export_model(fitted.run.path / "model", model, tokenizer)
+    summary = {"steps": fitted.steps, "seconds": fitted.seconds,
+               "train_loss_last": fitted.last_train.get("loss"),
+               "eval_nll_before": fitted.eval_before.get("eval/nll"),
+               "eval_nll_after": fitted.eval_after.get("eval/nll"),
+               "skipped_steps": fitted.skipped_steps, "model": str(fitted.run.path / "model")}
+    fitted.run.finish(summary)
+    return fitted.run, summary
+
+
+def _capped(rows: list, limit: int) -> list:
+    return rows[:limit] if limit else rows
