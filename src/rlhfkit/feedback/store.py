@@ -1,0 +1,433 @@
+"""The feedback store: campaigns of prompts, model outputs, tasks and people's labels.
+
+    store = open_store("runs/round-1")       # runs/round-1/feedback.db, created or upgraded
+    store.create_campaign("round-1", task_kinds=("pairwise",), overlap=0.2)
+    store.add_annotator("ada", password_hash)
+    prompt = store.add_prompt("round-1", "Review a film you liked.")
+    a = store.add_output(prompt, text, model="runs/sft", model_hash=digest, seed=0)
+    b = store.add_output(prompt, other_text, model="runs/sft", model_hash=digest, seed=1)
+    store.add_task("round-1", "pairwise", [a, b])
+    task = store.next_task("round-1", "ada")
+    store.submit_label(task.task_id, "ada", request_id, {"choice": "A"})
+    store.label_records("round-1")          # for rlhfkit.feedback.agreement and .export
+
+SQLite by default, PostgreSQL by URL (``rlhfkit.feedback.engine``). Every method is one
+transaction: it happens whole or not at all. Campaigns and annotators are named by their
+(unique) names, everything else by id.
+
+A submission is idempotent on its ``request_id``, a fresh id the client makes per form: the
+unique constraint on it, not a look-up first, decides, so even concurrent retries store one
+row (the second insert fails and finds the first). Undo keeps the label, marked undone.
+
+Which task next (``next_task``): one the annotator has not labelled or skipped; first those
+that still need annotators (fewer live labels than ``required``) and gold tasks, which every
+annotator should see; then, once every task has its labels, the rest (extra labels only add
+overlap). Within each group the order is a fixed shuffle per annotator, a hash of (annotator,
+task): the same task comes back on a reload, and annotators working at once spread over
+different tasks instead of all labelling the first one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.feedback.engine import connect
+from rlhfkit.feedback.migrations import upgrade
+from rlhfkit.feedback.payload import (
+    GOLD_KINDS,
+    PayloadError,
+    check_label,
+    check_request_id,
+    check_text,
+    outputs_allowed,
+)
+from rlhfkit.feedback.records import LabelRecord, OutputRecord
+from rlhfkit.feedback.schema import (
+    NAME_MAX,
+    Annotator,
+    Campaign,
+    Label,
+    Output,
+    Prompt,
+    Skip,
+    Task,
+    utc_now,
+)
+from rlhfkit.feedback.views import (
+    AnnotatorInfo,
+    AnnotatorProgress,
+    CampaignSettings,
+    Progress,
+    TaskView,
+    gold_in_output_ids,
+    label_record,
+    output_record,
+)
+
+
+class NotFoundError(RlhfkitError):
+    """A campaign, annotator, prompt, output or task the store does not hold."""
+
+
+class ConflictError(RlhfkitError):
+    """A write that clashes with what is stored: a name taken, a task already labelled."""
+
+
+def open_store(target: str | os.PathLike) -> Store:
+    """Open the store at a path, directory or URL, creating or upgrading its tables."""
+    engine, write_engine, shown_url = connect(target)
+    try:
+        upgrade(write_engine, shown_url)
+    except BaseException:
+        engine.dispose()
+        raise
+    return Store(engine, write_engine, shown_url)
+
+
+class Store:
+    """The feedback database. Build with ``open_store``; ``close()`` when done (or ``with``)."""
+
+    def __init__(self, engine: Engine, write_engine: Engine, url: str):
+        self._engine, self._write_engine, self.url = engine, write_engine, url
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- setting up a campaign -------------------------------------------------------------------
+
+    def create_campaign(self, name: str, *, task_kinds: Sequence[str] = ("pairwise",),
+                        overlap: float = 0.0, overlap_annotators: int = 2) -> int:
+        settings = CampaignSettings(tuple(task_kinds), overlap, overlap_annotators)
+        problems = settings.problems()
+        if problems:
+            raise ConfigError([f"campaign {name!r}: {problem}" for problem in problems])
+        row = Campaign(name=_name("campaign name", name), settings=settings.as_json())
+        return self._insert_named(row, f"campaign {name!r}")
+
+    def campaign_settings(self, campaign: str) -> CampaignSettings:
+        with self._read() as session:
+            return CampaignSettings.from_json(self._campaign(session, campaign).settings)
+
+    def add_annotator(self, name: str, password_hash: str, is_admin: bool = False) -> int:
+        """A person who labels (an admin also manages campaigns). Hash the password first."""
+        row = Annotator(name=_name("annotator name", name), is_admin=bool(is_admin),
+                        password_hash=check_text("password_hash", password_hash))
+        return self._insert_named(row, f"annotator {name!r}")
+
+    def get_annotator(self, name: str) -> AnnotatorInfo | None:
+        with self._read() as session:
+            row = session.scalars(select(Annotator).where(Annotator.name == name)).one_or_none()
+            if row is None:
+                return None
+            return AnnotatorInfo(row.id, row.name, row.password_hash, row.is_admin)
+
+    def add_prompt(self, campaign: str, text: str, meta: Mapping[str, Any] | None = None) -> int:
+        prompt = Prompt(text=check_text("prompt text", text), meta=_json_object("meta", meta))
+        with self._write() as session:
+            prompt.campaign_id = self._campaign(session, campaign).id
+            session.add(prompt)
+            session.flush()
+            return prompt.id
+
+    def add_output(self, prompt_id: int, text: str, *, model: str, model_hash: str,
+                   generation: Mapping[str, Any] | None = None, seed: int | None = None) -> int:
+        """A model's output for a prompt, with its provenance; ``text`` is kept byte for byte."""
+        if seed is not None and type(seed) is not int:
+            raise PayloadError(f"seed {seed!r} must be an integer or None (imported outputs)")
+        output = Output(prompt_id=prompt_id, text=check_text("output text", text, blank_ok=True),
+                        model=check_text("model", model),
+                        model_hash=check_text("model_hash", model_hash),
+                        generation=_json_object("generation", generation), seed=seed)
+        with self._write() as session:
+            _get(session, Prompt, prompt_id)
+            session.add(output)
+            session.flush()
+            return output.id
+
+    def add_task(self, campaign: str, kind: str, output_ids: Sequence[int], *,
+                 gold: Mapping[str, Any] | None = None, required: int | None = None) -> int:
+        """A task showing ``output_ids`` (outputs of one prompt) in this order.
+
+        ``gold``, a known answer in label form (``{"choice": "A"}``), makes it a gold task.
+        ``required`` (annotators who should label it) defaults to the campaign's overlap:
+        every ``1 / overlap``-th task, starting with the first, gets ``overlap_annotators``
+        and the others 1, so any first ``n`` tasks hold ``ceil(n * overlap)`` overlap items.
+        """
+        output_ids = list(output_ids)
+        with self._write() as session:
+            row = self._campaign(session, campaign)
+            settings = CampaignSettings.from_json(row.settings)
+            if kind not in settings.task_kinds:
+                raise PayloadError(f"task kind {kind!r} is not one campaign {campaign!r} "
+                                   f"holds: use {', '.join(settings.task_kinds)}")
+            problem = outputs_allowed(kind, len(output_ids))
+            if problem or len(set(output_ids)) != len(output_ids):
+                raise PayloadError(f"outputs {output_ids}: {problem or 'an output repeats'}")
+            outputs = [_get(session, Output, output_id) for output_id in output_ids]
+            prompt_ids = {output.prompt_id for output in outputs}
+            prompt = _get(session, Prompt, prompt_ids.pop())
+            if prompt_ids or prompt.campaign_id != row.id:
+                raise PayloadError(f"outputs {output_ids} must all answer one prompt of "
+                                   f"campaign {campaign!r}")
+            if gold is not None and kind not in GOLD_KINDS:
+                raise PayloadError(f"a {kind} task cannot be gold: only "
+                                   f"{', '.join(GOLD_KINDS)} answers can be checked")
+            if required is None:
+                count = session.scalar(select(func.count(Task.id))
+                                       .where(Task.campaign_id == row.id))
+                overlap = Fraction(settings.overlap).limit_denominator(10_000)
+                is_overlap = math.ceil((count + 1) * overlap) > math.ceil(count * overlap)
+                required = settings.overlap_annotators if is_overlap else 1
+            elif type(required) is not int or required < 1:
+                raise PayloadError(f"required {required!r}: give 1 or more annotators")
+            gold_answer = None if gold is None else check_label(kind, len(output_ids), gold)
+            task = Task(campaign_id=row.id, prompt_id=prompt.id, kind=kind, output_ids=output_ids,
+                        required=required, is_gold=gold is not None,
+                        gold_answer=gold_answer and gold_answer.as_json())
+            session.add(task)
+            session.flush()
+            return task.id
+
+    # --- labelling -------------------------------------------------------------------------------
+
+    def next_task(self, campaign: str, annotator: str) -> TaskView | None:
+        """The annotator's next task (see the module docstring), or None when none is left."""
+        with self._read() as session:
+            row = self._campaign(session, campaign)
+            who = self._annotator(session, annotator)
+            live = (select(Label.task_id, func.count().label("labels")).join(Task)
+                    .where(Task.campaign_id == row.id, Label.undone_at.is_(None))
+                    .group_by(Label.task_id).subquery())
+            done = select(Label.task_id).where(Label.annotator_id == who.id,
+                                               Label.undone_at.is_(None))
+            skipped = select(Skip.task_id).where(Skip.annotator_id == who.id)
+            candidates = session.execute(
+                select(Task.id, Task.required, Task.is_gold, func.coalesce(live.c.labels, 0))
+                .outerjoin(live, live.c.task_id == Task.id)
+                .where(Task.campaign_id == row.id, Task.id.not_in(done), Task.id.not_in(skipped))
+            ).all()
+            if not candidates:
+                return None
+            task_id = min(candidates, key=lambda c: (c[3] >= c[1] and not c[2],
+                                                     _shuffle_key(who.id, c[0])))[0]
+            task = session.get(Task, task_id)
+            prompt = session.get(Prompt, task.prompt_id)
+            return TaskView(task.id, row.name, task.kind, prompt.text,
+                            _outputs(session, task.output_ids))
+
+    def submit_label(self, task_id: int, annotator: str, request_id: str,
+                     payload: Mapping[str, Any]) -> tuple[int, bool]:
+        """Store a label; return its id and whether this call created it.
+
+        A second call with the same ``request_id`` (a retry, a double click), even one running
+        at the same moment, returns the first label's id and False. A bad payload raises
+        ``PayloadError`` and writes nothing; a second label by the same annotator on the same
+        task raises ``ConflictError`` (undo the first).
+        """
+        request_id = check_request_id(request_id)
+        try:
+            with self._write() as session:
+                task = _get(session, Task, task_id)
+                fields = check_label(task.kind, len(task.output_ids), payload)
+                label = Label(task_id=task.id, annotator_id=self._annotator(session, annotator).id,
+                              request_id=request_id, choice=fields.choice,
+                              ranking=None if fields.ranking is None else list(fields.ranking),
+                              rating=fields.rating, thumbs=fields.thumbs, critique=fields.critique,
+                              correction=fields.correction, flags=list(fields.flags))
+                session.add(label)
+                session.flush()
+                return label.id, True
+        except IntegrityError as error:
+            clash = error  # the request id, or a live label on this task, is already stored
+        with self._read() as session:
+            who = self._annotator(session, annotator)
+            stored = session.scalars(select(Label).where(Label.request_id == request_id)).first()
+            if stored is not None and (stored.task_id, stored.annotator_id) == (task_id, who.id):
+                return stored.id, False
+            if stored is not None:
+                raise ConflictError(f"request_id {request_id!r} was already used for label "
+                                    f"{stored.id} on task {stored.task_id}: send a new "
+                                    "request_id with each submission")
+            live = session.scalars(select(Label.id).where(
+                Label.task_id == task_id, Label.annotator_id == who.id,
+                Label.undone_at.is_(None))).first()
+            if live is not None:
+                raise ConflictError(f"{annotator!r} has already labelled task {task_id} (label "
+                                    f"{live}): undo that label to label the task again")
+        raise clash
+
+    def skip(self, task_id: int, annotator: str) -> None:
+        """Never offer this task to this annotator again (skipping twice is harmless)."""
+        try:
+            with self._write() as session:
+                session.add(Skip(task_id=_get(session, Task, task_id).id,
+                                 annotator_id=self._annotator(session, annotator).id))
+        except IntegrityError:
+            with self._read() as session:
+                who = self._annotator(session, annotator)
+                if session.scalars(select(Skip.id).where(
+                        Skip.task_id == task_id, Skip.annotator_id == who.id)).first() is None:
+                    raise
+
+    def undo_last(self, annotator: str, campaign: str) -> LabelRecord | None:
+        """Mark the annotator's latest live label in the campaign undone and return it; its
+        task is offered again. None when there is nothing to undo."""
+        with self._write() as session:
+            row = self._campaign(session, campaign)
+            who = self._annotator(session, annotator)
+            label = session.scalars(
+                select(Label).join(Task).where(Task.campaign_id == row.id,
+                                               Label.annotator_id == who.id,
+                                               Label.undone_at.is_(None))
+                .order_by(Label.id.desc()).limit(1).with_for_update(of=Label)).first()
+            if label is None:
+                return None
+            label.undone_at = utc_now()
+            task = session.get(Task, label.task_id)
+            prompt = session.get(Prompt, task.prompt_id)
+            outputs = {output.output_id: output
+                       for output in _outputs(session, task.output_ids)}
+            return label_record(label, task, prompt.text, row.name, who.name, outputs)
+
+    # --- reading results -------------------------------------------------------------------------
+
+    def progress(self, campaign: str) -> Progress:
+        with self._read() as session:
+            row = self._campaign(session, campaign)
+            tasks = session.execute(select(Task.id, Task.required)
+                                    .where(Task.campaign_id == row.id)).all()
+            labelled = session.execute(
+                select(Label.task_id, Label.annotator_id).join(Task)
+                .where(Task.campaign_id == row.id, Label.undone_at.is_(None))).all()
+            skipped = session.execute(select(Skip.task_id, Skip.annotator_id).join(Task)
+                                      .where(Task.campaign_id == row.id)).all()
+            people = session.execute(select(Annotator.id, Annotator.name)
+                                     .order_by(Annotator.name)).all()
+        per_task = Counter(task_id for task_id, _ in labelled)
+        done, passed = defaultdict(set), defaultdict(set)
+        for task_id, annotator_id in labelled:
+            done[annotator_id].add(task_id)
+        for task_id, annotator_id in skipped:
+            passed[annotator_id].add(task_id)
+        annotators = tuple(
+            AnnotatorProgress(name, len(done[annotator_id]), len(passed[annotator_id]),
+                              len(tasks) - len(done[annotator_id] | passed[annotator_id]))
+            for annotator_id, name in people)
+        complete = sum(per_task[task_id] >= required for task_id, required in tasks)
+        return Progress(row.name, len(tasks), complete, len(labelled), annotators)
+
+    def label_records(self, campaign: str) -> list[LabelRecord]:
+        """Every live label of the campaign, oldest first, with its task's outputs as shown."""
+        with self._read() as session:
+            row = self._campaign(session, campaign)
+            outputs = {output.id: output_record(output) for output in session.scalars(
+                select(Output).join(Prompt).where(Prompt.campaign_id == row.id))}
+            rows = session.execute(
+                select(Label, Task, Prompt.text, Annotator.name)
+                .join(Task, Label.task_id == Task.id).join(Prompt, Task.prompt_id == Prompt.id)
+                .join(Annotator, Label.annotator_id == Annotator.id)
+                .where(Task.campaign_id == row.id, Label.undone_at.is_(None))
+                .order_by(Label.id)).all()
+            return [label_record(label, task, prompt, row.name, name, outputs)
+                    for label, task, prompt, name in rows]
+
+    def gold_answers(self, campaign: str) -> dict[int, Any]:
+        """Task id -> known answer, in output ids, the form ``agreement.gold_accuracy`` takes:
+        a pairwise task's better output id (or "tie" / "both_bad"), a ranking's output ids best
+        first, a rating's number (or thumbs' True / False when no number is given)."""
+        with self._read() as session:
+            row = self._campaign(session, campaign)
+            tasks = session.scalars(select(Task).where(Task.campaign_id == row.id,
+                                                       Task.is_gold)).all()
+            return {task.id: gold_in_output_ids(task) for task in tasks}
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def _insert_named(self, row: Campaign | Annotator, what: str) -> int:
+        try:
+            with self._write() as session:
+                session.add(row)
+                session.flush()
+                return row.id
+        except IntegrityError:
+            raise ConflictError(f"{what} already exists in {self.url}: pick another name") from None
+
+    def _campaign(self, session: Session, name: str) -> Campaign:
+        return self._named(session, Campaign, name, "campaign")
+
+    def _annotator(self, session: Session, name: str) -> Annotator:
+        return self._named(session, Annotator, name, "annotator")
+
+    def _named(self, session: Session, model: type, name: str, what: str) -> Any:
+        row = session.scalars(select(model).where(model.name == name)).one_or_none()
+        if row is None:
+            known = session.scalars(select(model.name).order_by(model.name).limit(20)).all()
+            raise NotFoundError(f"no {what} {name!r} in {self.url}; known: "
+                                f"{', '.join(known) or 'none yet'}")
+        return row
+
+
+def _get(session: Session, model: type, row_id: int) -> Any:
+    row = session.get(model, row_id) if type(row_id) is int else None
+    if row is None:
+        raise NotFoundError(f"no {model.__tablename__[:-1]} with id {row_id!r}")
+    return row
+
+
+def _name(field: str, name: Any) -> str:
+    if not (isinstance(name, str) and 0 < len(name) <= NAME_MAX and name == name.strip()):
+        raise PayloadError(f"{field} {name!r}: give 1 to {NAME_MAX} characters, without "
+                           "leading or trailing spaces")
+    return name
+
+
+def _json_object(field: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``value`` as a JSON object to store, checked now rather than at commit."""
+    value = {} if value is None else value
+    try:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"a {type(value).__name__}, not a mapping")
+        return json.loads(json.dumps(dict(value), allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise PayloadError(f"{field} must be a JSON object: {error}") from None
+
+
+def _shuffle_key(annotator_id: int, task_id: int) -> bytes:
+    """A fixed pseudo-random rank of a task for one annotator."""
+    return hashlib.blake2b(f"{annotator_id}/{task_id}".encode(), digest_size=8).digest()
+
+
+def _outputs(session: Session, output_ids: Sequence[int]) -> tuple[OutputRecord, ...]:
+    """The outputs with these ids, in this order."""
+    rows = {row.id: row
+            for row in session.scalars(select(Output).where(Output.id.in_(output_ids)))}
+    return tuple(output_record(rows[output_id]) for output_id in output_ids)
