@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
 TOOLS: dict[str, str] = {
     "assets": "Prepare and list the embedded models and data (assets prepare | assets list).",
     "config": "Print a command's effective config as TOML (config show CMD [--config FILE] ...).",
+    "label": "Human feedback: a labelling web app and its datasets (label init | serve | export ...).",
 }
 
 
@@ -108,6 +109,10 @@ def dispatch(argv: list[str]) -> int:
         return assets.run(args)
     if name == "config":
         return config_show(args)
+    if name == "label":
+        from rlhfkit.commands import label
+
+        return label.run(args)
     return run_command(name, args)
 
 

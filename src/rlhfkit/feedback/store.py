@@ -335,6 +335,17 @@ class Store:
         complete = sum(per_task[task_id] >= required for task_id, required in tasks)
         return Progress(row.name, len(tasks), complete, len(labelled), annotators)
 
+    def campaign_outputs(self, campaign: str) -> list[tuple[int, str, list[OutputRecord]]]:
+        """(prompt id, prompt text, its outputs oldest first) for each prompt of ``campaign``."""
+        with self._read() as session:
+            prompts = session.execute(select(Prompt.id, Prompt.text).join(Campaign)
+                                      .where(Campaign.name == campaign).order_by(Prompt.id)).all()
+            outputs: dict[int, list[OutputRecord]] = {prompt_id: [] for prompt_id, _ in prompts}
+            for row in session.scalars(select(Output).where(Output.prompt_id.in_(list(outputs)))
+                                       .order_by(Output.id)):
+                outputs[row.prompt_id].append(output_record(row))
+        return [(prompt_id, text, outputs[prompt_id]) for prompt_id, text in prompts]
+
     def label_records(self, campaign: str) -> list[LabelRecord]:
         """Every live label of the campaign, oldest first, with its task's outputs as shown."""
         with self._read() as session:
