@@ -1,25 +1,15 @@
 """The feedback store against a real SQLite file and a real PostgreSQL server, same tests.
 
-PostgreSQL comes from a throwaway cluster this file starts once per session: ``initdb`` into a
-temporary directory, ``pg_ctl start`` on a free loopback port with its socket in that directory,
-``pg_ctl stop`` at the end; each test gets its own database. CI provides the server binaries:
-``.ci/run`` installs Debian's ``postgresql`` package (``apt-get install -y postgresql``; the
-binaries land in /usr/lib/postgresql/<version>/bin, searched below when not on PATH) and sets
-``RLHFKIT_REQUIRE_POSTGRES=1``, which turns "binaries missing" from a skip into a failure.
-PostgreSQL refuses to run as root, so as root the cluster runs as ``nobody`` (``runuser``).
+PostgreSQL comes from a throwaway cluster (``rlhfkit.feedback.testing``) started once per session;
+each test gets its own database. CI provides the server binaries: ``.ci/run`` installs Debian's
+``postgresql`` package and sets ``RLHFKIT_REQUIRE_POSTGRES=1``, which turns "binaries missing"
+from a skip into a failure.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
-import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
@@ -29,52 +19,28 @@ from rlhfkit.feedback import migrations
 from rlhfkit.feedback.engine import resolve_url
 from rlhfkit.feedback.payload import PayloadError
 from rlhfkit.feedback.store import ConflictError, NotFoundError, open_store
+from rlhfkit.feedback.testing import (
+    PostgresMissing,
+    free_port,
+    fresh_database,
+    server_binaries,
+    throwaway_postgres,
+)
 
 # --- databases -----------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _run(command: list, log: Path | None = None) -> None:
-    done = subprocess.run([str(part) for part in command], capture_output=True, text=True)
-    if done.returncode != 0:
-        server_log = log.read_text() if log and log.exists() else ""
-        pytest.fail(f"{' '.join(map(str, command))} failed ({done.returncode}):\n"
-                    f"{done.stdout}{done.stderr}{server_log}")
 
 
 @pytest.fixture(scope="session")
 def postgres_server():
     """``postgresql://rlhfkit@127.0.0.1:PORT`` of a throwaway cluster (trust auth)."""
-    search = os.pathsep.join([os.environ.get("PATH", ""),
-                              *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)])
-    initdb, pg_ctl = shutil.which("initdb", path=search), shutil.which("pg_ctl", path=search)
-    if not (initdb and pg_ctl):
-        reason = ("PostgreSQL's initdb and pg_ctl are not on PATH nor in "
-                  "/usr/lib/postgresql/*/bin: install Debian's postgresql package")
-        if os.environ.get("RLHFKIT_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"RLHFKIT_REQUIRE_POSTGRES=1 but {reason}")
-        pytest.skip(reason)
-    root = Path(tempfile.mkdtemp(prefix="rlhfkit-pg-"))  # in /tmp: `nobody` can reach it
-    as_server_user = []
-    if os.geteuid() == 0:
-        shutil.chown(root, user="nobody")
-        as_server_user = ["runuser", "-u", "nobody", "--"]
-    data, log, port = root / "data", root / "server.log", _free_port()
-    _run([*as_server_user, initdb, "-D", data, "-U", "rlhfkit", "-A", "trust", "-E", "UTF8",
-          "--locale=C", "--no-sync"])
-    options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 "
-               "-c fsync=off -c full_page_writes=off")  # a test cluster need not survive a crash
-    _run([*as_server_user, pg_ctl, "-D", data, "-l", log, "-w", "-o", options, "start"], log)
     try:
-        yield f"postgresql://rlhfkit@127.0.0.1:{port}"
-    finally:
-        _run([*as_server_user, pg_ctl, "-D", data, "-m", "fast", "-w", "stop"], log)
-        shutil.rmtree(root, ignore_errors=True)
+        server_binaries()
+    except PostgresMissing as missing:
+        if os.environ.get("RLHFKIT_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"RLHFKIT_REQUIRE_POSTGRES=1 but {missing}")
+        pytest.skip(str(missing))
+    with throwaway_postgres() as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -83,15 +49,8 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield str(tmp_path / "feedback.db")
         return
-    import psycopg
-
-    server = request.getfixturevalue("postgres_server")
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"{server}/{name}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with fresh_database(request.getfixturevalue("postgres_server")) as url:
+        yield url
 
 
 @pytest.fixture
@@ -189,7 +148,7 @@ def test_tables_of_another_application_are_not_taken_over(db_url):
 
 
 def test_an_unreachable_database_is_named_with_the_password_masked():
-    url = f"postgresql://ada:s3cret-pw@127.0.0.1:{_free_port()}/feedback"  # nothing listens
+    url = f"postgresql://ada:s3cret-pw@127.0.0.1:{free_port()}/feedback"  # nothing listens
     with pytest.raises(RlhfkitError) as raised:
         open_store(url)
     message = str(raised.value)
