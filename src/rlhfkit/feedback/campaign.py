@@ -111,6 +111,7 @@ def store_plans(store, campaign: str, plans: list[PromptPlan], kinds: Iterable[s
             for output_ids in shown:
                 store.add_task(campaign, kind, output_ids)
                 tasks[kind] += 1
+    store.refresh_statistics()
     return tasks
 
 

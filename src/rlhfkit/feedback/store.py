@@ -40,6 +40,7 @@ from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy import text as sql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -334,6 +335,16 @@ class Store:
             for annotator_id, name in people)
         complete = sum(per_task[task_id] >= required for task_id, required in tasks)
         return Progress(row.name, len(tasks), complete, len(labelled), annotators)
+
+    def refresh_statistics(self) -> None:
+        """Let the database planner see freshly written rows (``ANALYZE``).
+
+        Call after a bulk write (``label init``, ``next-round``): PostgreSQL otherwise plans
+        ``next_task`` for empty tables until autovacuum analyses them, about a minute later, and
+        a 500-task campaign answered in 278 ms instead of 7 ms (bench/README.md).
+        """
+        with self._write() as session:
+            session.execute(sql("ANALYZE"))
 
     def campaign_outputs(self, campaign: str) -> list[tuple[int, str, list[OutputRecord]]]:
         """(prompt id, prompt text, its outputs oldest first) for each prompt of ``campaign``."""
