@@ -121,6 +121,9 @@ def test_display_order_is_random_and_reproducible():
         def add_task(self, campaign, kind, output_ids):
             self.tasks.append(output_ids)
 
+        def refresh_statistics(self):
+            """A real store analyses its tables here; a recorder has none."""
+
     def orders(seed):
         store = Recorder()
         draft = Draft("text", "m", "h", {}, 0)
