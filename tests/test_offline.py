@@ -208,3 +208,13 @@ def test_reward_model_on_a_few_hundred_human_rated_pairs(tmp_path):
     assert summary["train_examples"] == 400
     assert summary["test_accuracy"] > 0.70, summary
     assert 0.9 < summary["test_human_single_rater"] < 1.0  # the human ceiling is reported too
+
+
+@pytest.mark.parametrize("module", [sft, dpo, reward], ids=["sft", "dpo", "reward"])
+def test_balance_on_data_without_classes_is_refused(tmp_path, module):
+    data = pairs_file(tmp_path)
+    with pytest.raises(ConfigError, match="data.balance = 'inverse-frequency': weighs ratings"):
+        config_io.load(module.Config, ["--data", data, "--data.balance", "inverse-frequency"])
+    kto = config_io.load(dpo.Config, ["--data", labeled_file(tmp_path), "--algo.loss", "kto",
+                                      "--data.balance", "inverse-frequency"])
+    assert kto.data.balance == "inverse-frequency"  # labels have classes: accepted

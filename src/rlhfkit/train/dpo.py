@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from rlhfkit.config import NonNegativeFloat, PositiveFloat, Problem, default
-from rlhfkit.train.offline import OfflineConfig
+from rlhfkit.train.offline import OfflineConfig, no_classes_to_balance
 from rlhfkit.train.sequences import Encoded
 
 
@@ -55,6 +55,10 @@ class Config(OfflineConfig):
     """Offline preference optimisation on human feedback: DPO, IPO or KTO."""
 
     algo: AlgoCfg = default(AlgoCfg)
+
+    def check(self) -> Iterable[Problem]:
+        if self.algo.loss != "kto":
+            yield from no_classes_to_balance(self.data, "preference pairs")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from rlhfkit.config import (
     NonNegativeInt,
     OptimCfg,
     PositiveInt,
+    Problem,
     RunCfg,
     default,
 )
@@ -140,6 +141,15 @@ def total_steps(cfg: OfflineConfig, examples: int) -> int:
     """Optimiser steps the run takes: max_steps, or every epoch of ``examples``."""
     per_epoch = math.ceil(math.ceil(examples / cfg.train.batch_size) / cfg.optim.grad_accum_steps)
     return cfg.train.max_steps or cfg.train.epochs * per_epoch
+
+
+def no_classes_to_balance(data: FeedbackDataCfg, reads: str) -> Iterator[Problem]:
+    """``data.balance`` weighs ratings and binary labels by class; other rows have no classes,
+    so asking for it there is a mistake to report, not a setting to ignore."""
+    if data.balance != "none":
+        yield Problem("data.balance", data.balance,
+                      f"weighs ratings and binary labels by class, but this run reads {reads}, "
+                      "which have none; leave it at none (per-row weights go in a weight column)")
 
 
 def visited(cfg: OfflineConfig, lengths: Sequence[int]) -> set[int]:

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rlhfkit.config import ModelCfg, NonNegativeFloat, PositiveInt, default
-from rlhfkit.train.offline import OfflineConfig
+from rlhfkit.config import ModelCfg, NonNegativeFloat, PositiveInt, Problem, default
+from rlhfkit.train.offline import OfflineConfig, no_classes_to_balance
 
 NORMALISE_SAMPLE = 2000  # training texts scored to set the output scale
 CALIBRATION_BINS = 10
@@ -62,6 +63,10 @@ class Config(OfflineConfig):
 
     model: ModelCfg = field(default_factory=_encoder_model)
     rm: RewardCfg = default(RewardCfg)
+
+    def check(self) -> Iterable[Problem]:
+        if self.rm.objective != "ratings":
+            yield from no_classes_to_balance(self.data, "preference pairs")
 
 
 def main(cfg: Config) -> None:

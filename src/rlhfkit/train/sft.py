@@ -13,14 +13,19 @@ the completion), from a file or a saved Hugging Face dataset; see ``rlhfkit.data
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rlhfkit.train.offline import OfflineConfig
+from rlhfkit.config import Problem
+from rlhfkit.train.offline import OfflineConfig, no_classes_to_balance
 
 
 @dataclass(frozen=True)
 class Config(OfflineConfig):
     """Supervised fine-tuning on demonstrations ({prompt, completion} or chat messages)."""
+
+    def check(self) -> Iterable[Problem]:
+        yield from no_classes_to_balance(self.data, "demonstrations")
 
 
 def main(cfg: Config) -> None:
