@@ -25,6 +25,26 @@ def test_evaluate_policy_scores_and_kl_to_itself_is_zero(tiny_lm):
     assert again.completions == result.completions and again.kl == []  # same seed, no reference
 
 
+def test_evaluate_policy_conditions_sampling_but_rewards_see_the_original_prompt(tiny_lm):
+    from rlhfkit.conditioning import Conditioning
+
+    model, tokenizer = tiny_lm
+    rows = [{"prompt": "The sea"}, {"prompt": "She said"}]
+    gen = GenCfg(max_new_tokens=4, temperature=0, chat_template="off")
+
+    def prompt_length(prompts, completions, **meta):
+        return [float(len(p)) for p in prompts]
+
+    asked = Conditioning("coh", instruction="The movie was {prompt}", response_prefix=" and")
+    result = evaluate_policy(model, tokenizer, rows, gen, {"seen": prompt_length}, seed=0,
+                             conditioning=asked, reference=lambda: nullcontext(model))
+    assert result.scores["seen"] == [7.0, 8.0]  # "The sea", "She said": not the asked text
+    assert result.kl == pytest.approx([0.0, 0.0], abs=1e-3)
+    direct = evaluate_policy(model, tokenizer, [{"prompt": "The movie was The sea and"}], gen,
+                             {"seen": prompt_length}, seed=0)
+    assert result.completions[0] == direct.completions[0]
+
+
 def test_positive_rate_uses_vader_threshold():
     result = PolicyEval(completions=["a", "b", "c", "d"], lengths=[1, 1, 1, 1],
                         scores={"judge": [0.05, 0.049, -0.3, 0.9]})

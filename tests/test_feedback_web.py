@@ -84,10 +84,12 @@ def _task_form(client: TestClient) -> dict[str, str]:
 def test_every_route_but_login_and_static_needs_a_session(store):
     _pairwise(store)
     client = _client(store)
-    for path in ("/", "/label", "/campaigns", "/admin", "/admin/export?as=pairs"):
+    for path in ("/", "/label", "/campaigns", "/admin", "/admin/export?as=pairs", "/admin/tasks",
+                 "/admin/tasks/1"):
         response = client.get(path)
         assert (response.status_code, response.headers["location"]) == (303, "/login"), path
-    for path in ("/label", "/skip", "/undo", "/admin/annotators", "/logout", "/campaigns"):
+    for path in ("/label", "/skip", "/undo", "/admin/annotators", "/logout", "/campaigns",
+                 "/admin/overlap", "/admin/tasks/1/gold"):
         response = client.post(path, data={"task_id": "1", "request_id": "r", "choice": "A"})
         assert (response.status_code, response.headers["location"]) == (303, "/login"), path
     assert client.get("/api/next").status_code == 401
@@ -165,8 +167,10 @@ def test_posts_without_the_csrf_token_are_refused_and_write_nothing(store):
     for token in (None, "forged"):
         fields = {**form, "choice": "A", "csrf_token": token}
         fields = {name: value for name, value in fields.items() if value is not None}
-        for path in ("/label", "/skip", "/undo", "/logout", "/campaigns", "/admin/annotators"):
-            assert client.post(path, data={**fields, "name": "eve", "password": "x"}
+        for path in ("/label", "/skip", "/undo", "/logout", "/campaigns", "/admin/annotators",
+                     "/admin/overlap", f"/admin/tasks/{form['task_id']}/gold"):
+            assert client.post(path, data={**fields, "name": "eve", "password": "x",
+                                           "overlap": "1", "overlap_annotators": "3"}
                                ).status_code == 403, (path, token)
         assert client.post("/api/label", json={"task_id": int(form["task_id"]),
                                                "request_id": "r1", "label": {"choice": "A"}},
@@ -175,6 +179,7 @@ def test_posts_without_the_csrf_token_are_refused_and_write_nothing(store):
     assert store.label_records("c") == []
     assert store.progress("c").annotators[0].skipped == 0
     assert store.get_annotator("eve") is None
+    assert store.gold_answers("c") == {} and store.campaign_settings("c").overlap == 0.0
     fresh = _client(store)  # logging in needs the token of the login page too
     assert fresh.post("/login", data={"name": "bob", "password": "bob-pass"}).status_code == 403
 
@@ -346,6 +351,13 @@ def test_admin_pages_refuse_annotators(store):
     assert client.post("/admin/annotators", data={"csrf_token": token, "name": "eve",
                                                   "password": "x"}).status_code == 403
     assert store.get_annotator("eve") is None
+    task_id = _field(client.get("/label").text, "task_id")
+    assert client.get(f"/admin/tasks/{task_id}").status_code == 403
+    assert client.post(f"/admin/tasks/{task_id}/gold", data={"csrf_token": token,
+                                                              "choice": "A"}).status_code == 403
+    assert client.post("/admin/overlap", data={"csrf_token": token, "overlap": "1",
+                                               "overlap_annotators": "2"}).status_code == 403
+    assert store.gold_answers("c") == {} and store.campaign_settings("c").overlap == 0.0
 
 
 def test_admin_sees_progress_and_agreement(store):
@@ -396,6 +408,92 @@ def test_admin_adds_an_annotator_who_can_sign_in(store):
     no_password = client.post("/admin/annotators", data={"csrf_token": token, "name": "dee",
                                                          "password": ""})
     assert no_password.status_code == 422 and store.get_annotator("dee") is None
+
+
+def test_admin_gives_a_task_a_known_answer_and_sees_accuracy_on_it(store):
+    tasks = _pairwise(store, n=3, texts=(TRICKY, "plain"))
+    bob = _signed_in(store, "bob")
+    for choice in ("A", "B", "A"):
+        bob.post("/label", data={**_task_form(bob), "choice": choice})
+    client = _signed_in(store, "ada")
+    assert client.get("/admin/tasks").headers["location"] == f"/admin/tasks/{tasks[0]}"
+    assert client.get(f"/admin/tasks?task={tasks[1]}").headers["location"] == \
+        f"/admin/tasks/{tasks[1]}"
+    page = client.get(f"/admin/tasks/{tasks[1]}").text
+    assert str(escape(TRICKY)) in page and "<script>alert" not in page
+    assert f'href="/admin/tasks/{tasks[0]}">previous' in page
+    assert f'href="/admin/tasks/{tasks[2]}">next' in page
+    token = _csrf(page)
+
+    for task_id in tasks:  # the same answer on each: bob's labels are right on two of three
+        shown = store.task_details("c", task_id).task.outputs
+        answer = "A" if shown[0].text == TRICKY else "B"
+        marked = client.post(f"/admin/tasks/{task_id}/gold", data={"csrf_token": token,
+                                                                   "choice": answer})
+        assert marked.headers["location"] == f"/admin/tasks/{task_id}"
+    bob_right = sum(r.choice == ("A" if r.outputs[0].text == TRICKY else "B")
+                    for r in store.label_records("c"))
+    admin = client.get("/admin").text
+    assert re.search(rf"<td>bob</td><td>3</td><td>{bob_right}</td>", admin)
+    assert f'href="/admin/tasks/{tasks[0]}">#{tasks[0]}</a>' in admin
+    assert 'value="A" required checked' in client.get(f"/admin/tasks/{tasks[0]}").text
+
+    wrong = client.post(f"/admin/tasks/{tasks[0]}/gold", data={"csrf_token": token,
+                                                               "choice": "C"})
+    assert wrong.status_code == 422 and "&#39;C&#39; is not one of" in wrong.text
+    cleared = client.post(f"/admin/tasks/{tasks[0]}/gold", data={"csrf_token": token,
+                                                                 "clear": "1"})
+    assert cleared.status_code == 303 and tasks[0] not in store.gold_answers("c")
+    assert client.get("/admin/tasks/999").status_code == 404
+    assert client.get("/admin/tasks?task=first").status_code == 400
+
+
+def test_admin_ranks_and_rates_gold_through_the_form(store):
+    store.create_campaign("r", task_kinds=("ranking", "rating", "critique"))
+    prompt = store.add_prompt("r", "p")
+    outputs = [store.add_output(prompt, text, model="m", model_hash="h") for text in "xyz"]
+    ranking = store.add_task("r", "ranking", outputs)
+    rating = store.add_task("r", "rating", outputs[:1])
+    critique = store.add_task("r", "critique", outputs[:1])
+    client = _signed_in(store, "ada", campaign="r")
+    token = _csrf(client.get(f"/admin/tasks/{ranking}").text)
+    client.post(f"/admin/tasks/{ranking}/gold", data={"csrf_token": token, "rank_0": "2",
+                                                     "rank_1": "3", "rank_2": "1"})
+    client.post(f"/admin/tasks/{rating}/gold", data={"csrf_token": token, "rating": "6",
+                                                    "thumbs": "up"})
+    assert [d.gold for d in store.gold_tasks("r")] == [
+        {"ranking": [2, 0, 1]}, {"rating": 6.0, "thumbs": True}]
+    repeated = client.post(f"/admin/tasks/{ranking}/gold", data={
+        "csrf_token": token, "rank_0": "1", "rank_1": "1", "rank_2": "2"})
+    assert repeated.status_code == 422 and "give each of the 3 outputs a different place" in \
+        repeated.text and "Known answer" in repeated.text  # the task page again, with the error
+    assert "cannot be gold" in client.get(f"/admin/tasks/{critique}").text
+    refused = client.post(f"/admin/tasks/{critique}/gold", data={"csrf_token": token,
+                                                                 "critique": "too long"})
+    assert refused.status_code == 422 and store.task_details("r", critique).gold is None
+
+
+def test_admin_changes_the_overlap_of_tasks_nobody_has_labelled(store):
+    tasks = _pairwise(store, n=4)
+    bob = _signed_in(store, "bob")
+    bob.post("/label", data={**_task_form(bob), "choice": "A"})
+    labelled = store.label_records("c")[0].task_id
+    client = _signed_in(store, "ada")
+    token = _csrf(client.get("/admin").text)
+    changed = client.post("/admin/overlap", data={"csrf_token": token, "overlap": "1",
+                                                  "overlap_annotators": "3"})
+    assert changed.headers["location"] == "/admin"
+    assert "of the 3 tasks nobody has labelled yet, 3 now go to 3 annotators" in \
+        client.get("/admin").text
+    assert {task_id: store.task_details("c", task_id).required for task_id in tasks} == {
+        task_id: 1 if task_id == labelled else 3 for task_id in tasks}
+    for overlap, annotators, message in (("2", "3", "overlap 2.0 is not a fraction"),
+                                         ("half", "3", "give the overlap as a fraction"),
+                                         ("0.5", "1", "overlap_annotators 1: give 2 or more")):
+        refused = client.post("/admin/overlap", data={"csrf_token": token, "overlap": overlap,
+                                                      "overlap_annotators": annotators})
+        assert refused.status_code == 422 and message in refused.text
+    assert store.campaign_settings("c").overlap == 1.0
 
 
 # --- JSON API ------------------------------------------------------------------------------------

@@ -219,6 +219,42 @@ def test_chat_prompts_and_template_modes(tiny_lm):
         generate(tiny_lm, prompts=[chat], chat_template="off")
 
 
+def test_response_prefix_ends_the_prompt_tokens_and_is_not_in_the_completion(tiny_lm):
+    model, tokenizer = tiny_lm
+    backend = get_backend("hf", model, tokenizer)
+    chat = [{"role": "user", "content": "The sea"}]
+    prefixed = backend.generate([chat], GenCfg(max_new_tokens=6, chat_template="on"), 0,
+                                response_prefix="The movie")
+    rendered = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    expected = tokenizer(rendered + "The movie", add_special_tokens=False)["input_ids"]
+    assert prefixed.prompt_ids[0][prefixed.prompt_mask[0] == 1].tolist() == expected
+    # the completion is what follows the prefix: greedy decoding from the prefixed text
+    greedy = GenCfg(max_new_tokens=6, temperature=0, chat_template="off")
+    plain = backend.generate(["The movie"], greedy, 0, response_prefix=" was")
+    assert plain.prompt_ids[0].tolist() == tokenizer("The movie was")["input_ids"]
+    same = backend.generate(["The movie was"], greedy, 0)
+    assert plain.completions == same.completions and plain.prompts == ["The movie"]
+    assert plain.response_ids.equal(same.response_ids)
+
+
+def test_generate_conditioned_asks_with_the_words_and_keeps_the_original_prompts(tiny_lm):
+    from rlhfkit.conditioning import Conditioning
+    from rlhfkit.generation import describe_conditioning, generate_conditioned
+
+    model, tokenizer = tiny_lm
+    backend = get_backend("hf", model, tokenizer)
+    cfg = GenCfg(max_new_tokens=6, temperature=0, chat_template="off")
+    asked = Conditioning("coh", instruction="The movie {prompt}", response_prefix=" was")
+    rollout = generate_conditioned(backend, ["said the"], cfg, 0, asked)
+    direct = backend.generate(["The movie said the was"], cfg, 0)
+    assert rollout.prompts == ["said the"]  # rewards and output files see the original
+    assert rollout.completions == direct.completions
+    assert rollout.prompt_ids.equal(direct.prompt_ids)  # the model saw the conditioned text
+    assert generate_conditioned(backend, ["A"], cfg, 0, None).prompts == ["A"]
+    assert describe_conditioning(asked) == ("conditioning.json (coh): prompts as "
+                                            "'The movie {prompt}', answers start with ' was'")
+
+
 def test_unknown_backend_suggests_the_closest_name(tiny_lm):
     model, tokenizer = tiny_lm
     with pytest.raises(ConfigError, match="gen.backend 'hff'.*did you mean 'hf'"):
@@ -263,6 +299,33 @@ def test_generate_command_writes_jsonl(tiny_model_dir, tmp_path, capsys):
     before = output.read_text()
     main(Config(**{**cfg.__dict__, "overwrite": True}))
     assert output.read_text() == before
+
+
+def test_generate_command_applies_the_model_directorys_conditioning(tiny_model_dir, tmp_path,
+                                                                    capsys):
+    import shutil
+
+    from rlhfkit.commands.generate import Config, main
+    from rlhfkit.conditioning import Conditioning
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "coh-model")
+    Conditioning("coh", instruction="The movie was {prompt}").save(model_dir)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a delight\n")
+
+    def run(model_path, name):
+        cfg = Config(prompts=str(prompts), output=str(tmp_path / name), seed=0,
+                     model=ModelCfg(path=str(model_path), device="cpu"),
+                     gen=GenCfg(max_new_tokens=5, temperature=0, chat_template="off"))
+        main(cfg)
+        return json.loads((tmp_path / name).read_text())
+
+    conditioned = run(model_dir, "conditioned.jsonl")
+    assert "conditioning.json (coh): prompts as 'The movie was {prompt}'" in capsys.readouterr().out
+    plain = run(tiny_model_dir, "plain.jsonl")
+    assert "conditioning" not in capsys.readouterr().out
+    assert conditioned["prompt"] == plain["prompt"] == "a delight"  # the original prompt
+    assert conditioned["prompt_tokens"] > plain["prompt_tokens"]
 
 
 def test_generate_command_requires_prompts():

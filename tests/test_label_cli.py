@@ -240,11 +240,79 @@ def test_failed_sampling_leaves_no_campaign(tiny_model_dir, prompts, tmp_path, c
                  *GEN) == 0  # the name is still free
 
 
+def _imported(tmp_path, *extra: str) -> None:
+    """Campaign "c" of four imported prompts, two outputs each: four pairwise tasks."""
+    path = tmp_path / "outputs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}", "completions": [f"a{i}", f"b{i}"]})
+                            + "\n" for i in range(4)))
+    assert label("init", "--campaign", "c", "--import", path, *extra) == 0
+
+
+def test_gold_marks_tasks_from_a_file_all_or_nothing(tmp_path, capsys):
+    _imported(tmp_path)
+    with db() as store:
+        tasks = [task.task_id for task in all_tasks(store, "c")]
+    gold = tmp_path / "gold.jsonl"
+
+    def write(*rows):
+        gold.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    write({"task_id": tasks[0], "choice": "A"}, {"task_id": tasks[1], "choice": "both_bad"})
+    assert label("gold", "--campaign", "c", "--file", gold) == 0
+    assert "marked gold: pairwise 2; it has 2 gold tasks now" in capsys.readouterr().out
+    with db() as store:
+        assert [(d.task.task_id, d.gold) for d in store.gold_tasks("c")] == [
+            (tasks[0], {"choice": "A"}), (tasks[1], {"choice": "both_bad"})]
+
+    for rows, message in [
+        (({"task_id": tasks[2], "choice": "A"}, {"task_id": tasks[3], "choice": "C"}),
+         f"task {tasks[3]}: label field 'choice': 'C' is not one of"),
+        (({"task_id": "first", "choice": "A"},), "row 1: task_id 'first' is not a task number"),
+        (({"task_id": tasks[2], "choice": "A"},) * 2, f"row 2: task {tasks[2]} is given twice"),
+        (({"task_id": 999, "choice": "A"},), "no task with id 999"),
+    ]:
+        write(*rows)
+        assert label("gold", "--campaign", "c", "--file", gold) == 2
+        assert message in capsys.readouterr().err
+    with db() as store:
+        assert len(store.gold_answers("c")) == 2  # none of the bad files changed anything
+
+    write({"task_id": tasks[0]})
+    assert label("gold", "--campaign", "c", "--file", gold, "--clear") == 0
+    assert "made plain again: pairwise 1; it has 1 gold tasks now" in capsys.readouterr().out
+    with db() as store:
+        assert list(store.gold_answers("c")) == [tasks[1]]
+
+
+def test_overlap_changes_the_tasks_nobody_has_labelled(tmp_path, capsys):
+    _imported(tmp_path, "--overlap", "0")
+    with db() as store:
+        store.add_annotator("ada", "not-a-real-hash")
+        first = store.next_task("c", "ada").task_id
+        store.submit_label(first, "ada", "ada-1", {"choice": "A"})
+    assert label("overlap", "--campaign", "c", "--overlap", "0.5",
+                 "--overlap_annotators", "3") == 0
+    out = capsys.readouterr().out
+    assert "overlap 0.5, 3 annotators per overlap task. Of the 3 tasks nobody has labelled " \
+           "yet, 2 now go to 3 annotators" in out
+    with db() as store:
+        progress = store.progress("c")
+        assert (progress.tasks, progress.complete) == (4, 1)  # the labelled task keeps its 1
+        assert sorted(store.task_details("c", t.task_id).required
+                      for t in all_tasks(store, "c")) == [1, 1, 3, 3]
+    assert label("overlap", "--campaign", "c") == 2
+    assert "overlap = None: is required; pass --overlap 0.2" in capsys.readouterr().err
+    assert label("overlap", "--campaign", "c", "--overlap", "0.5",
+                 "--overlap_annotators", "1") == 2
+    assert "overlap_annotators = 1" in capsys.readouterr().err
+
+
 def test_verb_help_lists_its_options(capsys):
     assert label("export", "--help") == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: rlhfkit label export") and "--format {pairs,ratings" in out
-    assert label() == 0 and "next-round" in capsys.readouterr().out
+    out = label() == 0 and capsys.readouterr().out
+    assert all(verb in out for verb in ("next-round", "gold", "overlap"))
 
 
 def test_bad_input_is_one_line_with_exit_code_2(tiny_model_dir, prompts, capsys):

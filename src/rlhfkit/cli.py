@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "dpo": "rlhfkit.train.dpo",
     "generate": "rlhfkit.commands.generate",
     "score": "rlhfkit.commands.score",
+    "compare": "rlhfkit.commands.compare",
 }
 
 # Commands with their own small argument syntax (verbs, positional names).
@@ -31,6 +32,8 @@ TOOLS: dict[str, str] = {
     "assets": "Prepare and list the embedded models and data (assets prepare | assets list).",
     "config": "Print a command's effective config as TOML (config show CMD [--config FILE] ...).",
     "label": "Human feedback: a labelling web app and its datasets (label init | serve | export ...).",
+    "hindsight": "Learn from feedback in hindsight (hindsight --method coh|hir|relabel|"
+                 "hindsight-foresight|rlhs ...).",
 }
 
 
@@ -68,9 +71,13 @@ def _command(name: str):
 
 
 def run_command(name: str, args: list[str]) -> int:
+    return run_module(_command(name), name, args)
+
+
+def run_module(module, name: str, args: list[str]) -> int:
+    """Load ``module.Config`` from ``args`` (``--help`` prints it instead) and run ``module.main``."""
     from rlhfkit import config_io
 
-    module = _command(name)
     if "-h" in args or "--help" in args:
         print(config_io.render_help(module.Config, name), end="")
         return 0
@@ -113,6 +120,14 @@ def dispatch(argv: list[str]) -> int:
         from rlhfkit.commands import label
 
         return label.run(args)
+    if name == "hindsight":
+        from rlhfkit.commands import hindsight
+
+        return hindsight.run(args)
+    if name == "compare":  # a recipe of [[tasks]] tables: more than one flat Config holds
+        from rlhfkit.commands import compare
+
+        return compare.run(args)
     return run_command(name, args)
 
 

@@ -92,8 +92,11 @@ def main(cfg: Config) -> None:
     from rich.console import Console
 
     from rlhfkit import assets
+    from rlhfkit.conditioning import load_conditioning
     from rlhfkit.eval.policy import evaluate_policy
     from rlhfkit.eval.report import plot_curves
+    from rlhfkit.generation import describe_conditioning
+    from rlhfkit.models import resolve_model_dir
     from rlhfkit.rewards import load_reward
     from rlhfkit.train import online, ppo
 
@@ -126,14 +129,19 @@ def main(cfg: Config) -> None:
     outcome = ppo.train(cfg)
     reference = outcome.reference  # None with LoRA: the policy with adapters off
 
-    # 5. before / after on held-out openings with the same sampling seed
+    # 5. before / after on held-out openings with the same sampling seed (a hindsight-trained
+    # starting model is asked with the words it was trained on, both before and after)
     console.rule(f"5/5 before vs after on {len(held_out)} held-out openings")
+    conditioning = load_conditioning(resolve_model_dir(cfg.model.path))
+    if conditioning is not None:
+        console.print(describe_conditioning(conditioning), markup=False)
     with online.reference(outcome.policy, reference) as before_model:
         before = evaluate_policy(before_model, outcome.tokenizer, held_out, cfg.gen, rewards,
-                                 seed=cfg.run.seed + 17)
+                                 seed=cfg.run.seed + 17, conditioning=conditioning)
     after = evaluate_policy(outcome.policy, outcome.tokenizer, held_out, cfg.gen, rewards,
                             seed=cfg.run.seed + 17,
-                            reference=lambda: online.reference(outcome.policy, reference))
+                            reference=lambda: online.reference(outcome.policy, reference),
+                            conditioning=conditioning)
     print_before_after(console, cfg, held_out, before, after)
     plot = plot_curves(outcome.run.metrics(), outcome.run.path / "curves.png")
     figures = {

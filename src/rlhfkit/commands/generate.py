@@ -3,7 +3,8 @@
 Each output row holds the prompt, the completion, token counts, whether the completion ended on
 its own (EOS or a stop string) and the per-token logprobs under the sampling policy, plus the
 input row's other columns (a column named like a generated field is replaced), so the file can
-feed labelling, reward scoring or offline RL.
+feed labelling, reward scoring or offline RL. A model directory with a ``conditioning.json``
+(a hindsight-trained model) is asked the way it was trained; the rows keep the original prompt.
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ def _output_problem(cfg: Config) -> str | None:
 
 
 def main(cfg: Config) -> None:
+    from rlhfkit.conditioning import load_conditioning
     from rlhfkit.data.files import write_jsonl
     from rlhfkit.data.prompts import load_prompts
-    from rlhfkit.generation import get_backend
-    from rlhfkit.models import load_causal_lm
+    from rlhfkit.generation import describe_conditioning, generate_conditioned, get_backend
+    from rlhfkit.models import load_causal_lm, resolve_model_dir
 
     # 1. read the prompts: a bad file fails before the model loads
     rows = load_prompts(os.path.expanduser(cfg.prompts), cfg.prompt_field)
@@ -78,11 +80,15 @@ def main(cfg: Config) -> None:
         rows = rows[:cfg.limit]
     rows = [row for row in rows for _ in range(cfg.samples_per_prompt)]
 
-    # 2. sample
+    # 2. sample, asking a hindsight-trained model with the words it was trained on
     model, tokenizer = load_causal_lm(cfg.model)
+    conditioning = load_conditioning(resolve_model_dir(cfg.model.path))
+    if conditioning is not None:
+        print(describe_conditioning(conditioning))
     backend = get_backend(cfg.gen.backend, model, tokenizer)
     started = time.perf_counter()
-    rollout = backend.generate([row["prompt"] for row in rows], cfg.gen, cfg.seed)
+    rollout = generate_conditioned(backend, [row["prompt"] for row in rows], cfg.gen, cfg.seed,
+                                   conditioning)
     seconds = time.perf_counter() - started
 
     # 3. write every row at once, atomically; the output may have appeared while we sampled

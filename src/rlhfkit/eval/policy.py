@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rlhfkit.config import GenCfg
+
+if TYPE_CHECKING:
+    from rlhfkit.conditioning import Conditioning
 
 POSITIVE_COMPOUND = 0.05
 """VADER's own threshold: a compound score >= 0.05 reads as positive (Hutto & Gilbert 2014)."""
@@ -44,15 +47,20 @@ class PolicyEval:
 def evaluate_policy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], gen: GenCfg,
                     rewards: dict[str, Any], seed: int,
                     reference: Callable[[], AbstractContextManager[Any]] | None = None,
-                    ) -> PolicyEval:
+                    conditioning: Conditioning | None = None) -> PolicyEval:
     """Sample one completion per held-out prompt and score it with every reward.
+
+    ``conditioning`` (``load_conditioning`` of the model's directory) asks a hindsight-trained
+    model with the words it was trained on; rewards still see the original prompts. The KL is
+    then taken on the conditioned prompt for both models: how far training moved the model on
+    the input it is actually given.
 
     With ``reference`` (a context yielding the reference model, e.g. ``train.online.reference``,
     which also covers LoRA's adapters-off base), also the KL of each completion to it:
     Σ_t log π(y_t) - log π_ref(y_t) over the sampled tokens (k1 summed over the completion, an
     unbiased estimate of the sequence-level KL(π || π_ref)).
     """
-    from rlhfkit.generation import get_backend
+    from rlhfkit.generation import generate_conditioned, get_backend
     from rlhfkit.models import token_logprobs
     from rlhfkit.rewards import compute_rewards
     from rlhfkit.train.online import meta_columns, prompt_text
@@ -63,7 +71,8 @@ def evaluate_policy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], gen:
     model.config.use_cache = True
     try:
         prompts = [row["prompt"] for row in rows]
-        rollout = get_backend(gen.backend, model, tokenizer).generate(prompts, gen, seed=seed)
+        rollout = generate_conditioned(get_backend(gen.backend, model, tokenizer), prompts, gen,
+                                       seed, conditioning)
         texts = [prompt_text(p) for p in prompts]
         meta = meta_columns(rows)
         scores = {name: compute_rewards(reward, texts, rollout.completions, **meta)

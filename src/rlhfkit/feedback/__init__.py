@@ -5,6 +5,7 @@
                    skip and undo. Beside it: schema.py (tables), migrations.py (versions),
                    engine.py (URLs, connections), payload.py (label checks), views.py (the
                    values it returns besides records)
+    assign.py      who labels what: overlap items, and the next task for an annotator (SQL)
     records.py     OutputRecord and LabelRecord: what the store hands out, plain frozen values
     agreement.py   how far annotators agree (Cohen's / Fleiss' kappa, Krippendorff's alpha)
                    and how often they match gold answers

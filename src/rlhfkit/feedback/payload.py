@@ -89,6 +89,20 @@ def check_label(kind: str, n_outputs: int, payload: Mapping[str, Any]) -> LabelF
     return LabelFields(**fields)
 
 
+def check_gold(kind: str, n_outputs: int, answer: Mapping[str, Any]) -> LabelFields:
+    """A gold task's known answer: a ``kind`` label holding its answer fields and nothing else
+    (a note or a flag cannot be right or wrong), for a kind whose answers can be checked."""
+    if kind not in GOLD_KINDS:
+        raise PayloadError(f"a {kind} task cannot be gold: only {', '.join(GOLD_KINDS)} "
+                           "answers can be checked")
+    notes = [name for name in answer if name not in ANSWER_FIELDS[kind]] if isinstance(
+        answer, Mapping) else []
+    if notes:
+        raise PayloadError(f"a gold answer holds only {' and/or '.join(ANSWER_FIELDS[kind])}, "
+                           f"not {', '.join(map(repr, notes))}: drop those fields")
+    return check_label(kind, n_outputs, answer)
+
+
 def check_text(field: str, value: Any, *, blank_ok: bool = False) -> str:
     """``value`` as a text to store unchanged: a string with something besides whitespace,
     unless ``blank_ok`` (a model may well generate nothing, and that is worth judging)."""

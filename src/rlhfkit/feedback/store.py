@@ -19,24 +19,18 @@ A submission is idempotent on its ``request_id``, a fresh id the client makes pe
 unique constraint on it, not a look-up first, decides, so even concurrent retries store one
 row (the second insert fails and finds the first). Undo keeps the label, marked undone.
 
-Which task next (``next_task``): one the annotator has not labelled or skipped; first those
-that still need annotators (fewer live labels than ``required``) and gold tasks, which every
-annotator should see; then, once every task has its labels, the rest (extra labels only add
-overlap). Within each group the order is a fixed shuffle per annotator, a hash of (annotator,
-task): the same task comes back on a reload, and annotators working at once spread over
-different tasks instead of all labelling the first one.
+Which task an annotator gets next, and how many annotators each task needs (the campaign's
+overlap ratio), is decided in ``rlhfkit.feedback.assign``; gold tasks, with a known answer,
+are made so by ``add_task(gold=...)`` or later by ``set_gold``, and go to every annotator.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -45,11 +39,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.feedback.assign import annotators_needed, next_task_query, renumber_unlabelled
 from rlhfkit.feedback.engine import connect
 from rlhfkit.feedback.migrations import upgrade
 from rlhfkit.feedback.payload import (
-    GOLD_KINDS,
     PayloadError,
+    check_gold,
     check_label,
     check_request_id,
     check_text,
@@ -72,6 +67,7 @@ from rlhfkit.feedback.views import (
     AnnotatorProgress,
     CampaignSettings,
     Progress,
+    TaskDetails,
     TaskView,
     gold_in_output_ids,
     label_record,
@@ -171,7 +167,7 @@ class Store:
         ``gold``, a known answer in label form (``{"choice": "A"}``), makes it a gold task.
         ``required`` (annotators who should label it) defaults to the campaign's overlap:
         every ``1 / overlap``-th task, starting with the first, gets ``overlap_annotators``
-        and the others 1, so any first ``n`` tasks hold ``ceil(n * overlap)`` overlap items.
+        and the others 1 (``rlhfkit.feedback.assign``).
         """
         output_ids = list(output_ids)
         with self._write() as session:
@@ -189,18 +185,13 @@ class Store:
             if prompt_ids or prompt.campaign_id != row.id:
                 raise PayloadError(f"outputs {output_ids} must all answer one prompt of "
                                    f"campaign {campaign!r}")
-            if gold is not None and kind not in GOLD_KINDS:
-                raise PayloadError(f"a {kind} task cannot be gold: only "
-                                   f"{', '.join(GOLD_KINDS)} answers can be checked")
             if required is None:
                 count = session.scalar(select(func.count(Task.id))
                                        .where(Task.campaign_id == row.id))
-                overlap = Fraction(settings.overlap).limit_denominator(10_000)
-                is_overlap = math.ceil((count + 1) * overlap) > math.ceil(count * overlap)
-                required = settings.overlap_annotators if is_overlap else 1
+                required = annotators_needed(count, settings.overlap, settings.overlap_annotators)
             elif type(required) is not int or required < 1:
                 raise PayloadError(f"required {required!r}: give 1 or more annotators")
-            gold_answer = None if gold is None else check_label(kind, len(output_ids), gold)
+            gold_answer = None if gold is None else check_gold(kind, len(output_ids), gold)
             task = Task(campaign_id=row.id, prompt_id=prompt.id, kind=kind, output_ids=output_ids,
                         required=required, is_gold=gold is not None,
                         gold_answer=gold_answer and gold_answer.as_json())
@@ -208,28 +199,62 @@ class Store:
             session.flush()
             return task.id
 
+    # --- changing a campaign ---------------------------------------------------------------------
+
+    def set_gold(self, campaign: str, answers: Mapping[int, Mapping[str, Any] | None]) -> None:
+        """Give tasks a known answer, making them gold, or (answer None) make them plain again.
+
+        Answers are in label form, positions as the task shows its outputs (``{"choice": "A"}``,
+        ``{"ranking": [2, 0, 1]}``, ``{"rating": 6}``). All or nothing: one bad answer writes
+        none. Labels a task already has are scored against its answer from now on
+        (``gold_answers``), and a gold task is offered to every annotator who has not seen it.
+        """
+        with self._write() as session:
+            row = self._campaign(session, campaign)
+            for task_id, answer in answers.items():
+                task = _get(session, Task, task_id)
+                if task.campaign_id != row.id:
+                    raise NotFoundError(f"task {task_id} is not one of campaign {campaign!r}'s: "
+                                        "check the task number")
+                try:
+                    checked = None if answer is None else check_gold(
+                        task.kind, len(task.output_ids), answer)
+                except PayloadError as error:
+                    raise PayloadError(f"task {task_id}: {error}") from None
+                task.is_gold = checked is not None
+                task.gold_answer = None if checked is None else checked.as_json()
+
+    def set_overlap(self, campaign: str, overlap: float,
+                    overlap_annotators: int | None = None) -> tuple[int, int]:
+        """Change the campaign's overlap ratio (and, if given, annotators per overlap item).
+
+        The ``n`` tasks nobody has labelled yet are renumbered from 0 in id order under the new
+        settings (``assign.renumber_unlabelled``): ``ceil(n * overlap)`` become overlap items.
+        Tasks with a live label keep what they were given, as people judged them under it;
+        tasks added later follow the new settings. Returns (``n``, overlap items among them).
+        """
+        with self._write() as session:
+            row = self._campaign(session, campaign)
+            old = CampaignSettings.from_json(row.settings)
+            settings = CampaignSettings(old.task_kinds, overlap, old.overlap_annotators
+                                        if overlap_annotators is None else overlap_annotators)
+            problems = settings.problems()
+            if problems:
+                raise ConfigError([f"campaign {campaign!r}: {problem}" for problem in problems])
+            row.settings = settings.as_json()
+            return renumber_unlabelled(session, row.id, settings.overlap,
+                                       settings.overlap_annotators)
+
     # --- labelling -------------------------------------------------------------------------------
 
     def next_task(self, campaign: str, annotator: str) -> TaskView | None:
-        """The annotator's next task (see the module docstring), or None when none is left."""
+        """The annotator's next task (``assign.next_task_query``), or None when none is left."""
         with self._read() as session:
             row = self._campaign(session, campaign)
             who = self._annotator(session, annotator)
-            live = (select(Label.task_id, func.count().label("labels")).join(Task)
-                    .where(Task.campaign_id == row.id, Label.undone_at.is_(None))
-                    .group_by(Label.task_id).subquery())
-            done = select(Label.task_id).where(Label.annotator_id == who.id,
-                                               Label.undone_at.is_(None))
-            skipped = select(Skip.task_id).where(Skip.annotator_id == who.id)
-            candidates = session.execute(
-                select(Task.id, Task.required, Task.is_gold, func.coalesce(live.c.labels, 0))
-                .outerjoin(live, live.c.task_id == Task.id)
-                .where(Task.campaign_id == row.id, Task.id.not_in(done), Task.id.not_in(skipped))
-            ).all()
-            if not candidates:
+            task_id = session.scalar(next_task_query(row.id, who.id))
+            if task_id is None:
                 return None
-            task_id = min(candidates, key=lambda c: (c[3] >= c[1] and not c[2],
-                                                     _shuffle_key(who.id, c[0])))[0]
             task = session.get(Task, task_id)
             prompt = session.get(Prompt, task.prompt_id)
             return TaskView(task.id, row.name, task.kind, prompt.text,
@@ -372,6 +397,31 @@ class Store:
             return [label_record(label, task, prompt, row.name, name, outputs)
                     for label, task, prompt, name in rows]
 
+    def task_details(self, campaign: str, task_id: int | None = None) -> TaskDetails:
+        """A task of the campaign (None: its first) with what an admin may see: its gold
+        answer, its labels."""
+        with self._read() as session:
+            row = self._campaign(session, campaign)
+            if task_id is None:
+                task_id = session.scalar(select(func.min(Task.id))
+                                         .where(Task.campaign_id == row.id))
+                if task_id is None:
+                    raise NotFoundError(f"campaign {campaign!r} has no tasks yet: make them with "
+                                        "`rlhfkit label init` or `label next-round`")
+            task = _get(session, Task, task_id)
+            if task.campaign_id != row.id:
+                raise NotFoundError(f"task {task_id} is not one of campaign {campaign!r}'s: "
+                                    "check the task number")
+            return self._details(session, row.name, task)
+
+    def gold_tasks(self, campaign: str) -> list[TaskDetails]:
+        """The campaign's gold tasks, by id."""
+        with self._read() as session:
+            row = self._campaign(session, campaign)
+            tasks = session.scalars(select(Task).where(Task.campaign_id == row.id, Task.is_gold)
+                                    .order_by(Task.id)).all()
+            return [self._details(session, row.name, task) for task in tasks]
+
     def gold_answers(self, campaign: str) -> dict[int, Any]:
         """Task id -> known answer, in output ids, the form ``agreement.gold_accuracy`` takes:
         a pairwise task's better output id (or "tie" / "both_bad"), a ranking's output ids best
@@ -393,6 +443,19 @@ class Store:
     def _write(self) -> Iterator[Session]:
         with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
             yield session
+
+    def _details(self, session: Session, campaign: str, task: Task) -> TaskDetails:
+        prompt = session.get(Prompt, task.prompt_id)
+        labels = session.scalar(select(func.count(Label.id)).where(
+            Label.task_id == task.id, Label.undone_at.is_(None)))
+        view = TaskView(task.id, campaign, task.kind, prompt.text,
+                        _outputs(session, task.output_ids))
+        siblings = select(Task.id).where(Task.campaign_id == task.campaign_id)
+        previous = session.scalar(siblings.where(Task.id < task.id)
+                                  .order_by(Task.id.desc()).limit(1))
+        following = session.scalar(siblings.where(Task.id > task.id).order_by(Task.id).limit(1))
+        return TaskDetails(view, task.required, labels, task.gold_answer if task.is_gold else None,
+                           previous, following)
 
     def _insert_named(self, row: Campaign | Annotator, what: str) -> int:
         try:
@@ -441,11 +504,6 @@ def _json_object(field: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
         return json.loads(json.dumps(dict(value), allow_nan=False))
     except (TypeError, ValueError) as error:
         raise PayloadError(f"{field} must be a JSON object: {error}") from None
-
-
-def _shuffle_key(annotator_id: int, task_id: int) -> bytes:
-    """A fixed pseudo-random rank of a task for one annotator."""
-    return hashlib.blake2b(f"{annotator_id}/{task_id}".encode(), digest_size=8).digest()
 
 
 def _outputs(session: Session, output_ids: Sequence[int]) -> tuple[OutputRecord, ...]:

@@ -73,6 +73,23 @@ class TaskView:
 
 
 @dataclass(frozen=True)
+class TaskDetails:
+    """A task as an admin sees it: what annotators see, and what they are not shown."""
+
+    task: TaskView
+    required: int
+    """How many annotators should label it (``rlhfkit.feedback.assign``)."""
+    labels: int
+    """Its live labels, all annotators."""
+    gold: dict[str, Any] | None
+    """The known answer of a gold task in label form (``{"choice": "A"}``), else None."""
+    previous: int | None
+    """The campaign's task before it, by id (None for the first): for browsing."""
+    next: int | None
+    """The campaign's task after it, by id (None for the last)."""
+
+
+@dataclass(frozen=True)
 class AnnotatorProgress:
     annotator: str
     labelled: int

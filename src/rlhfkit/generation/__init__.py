@@ -12,6 +12,7 @@ A plug-in registers its own::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from rlhfkit.errors import ConfigError
 
 if TYPE_CHECKING:
     from rlhfkit.batch import Prompt, Rollout
+    from rlhfkit.conditioning import Conditioning
     from rlhfkit.config import GenCfg
 
 
@@ -28,7 +30,11 @@ class GenerationBackend(Protocol):
     """Samples completions; built as ``Backend(model, tokenizer)``."""
 
     def generate(self, prompts: list[Prompt], cfg: GenCfg, seed: int) -> Rollout:
-        """One completion per prompt, in order; the same prompts, cfg and seed, the same rollout."""
+        """One completion per prompt, in order; the same prompts, cfg and seed, the same rollout.
+
+        A backend that can sample hindsight-trained models also takes ``response_prefix: str``,
+        text each answer starts with that is no part of the completion (see ``hf``).
+        """
         ...
 
 
@@ -64,3 +70,31 @@ def get_backend(name: str, model: Any, tokenizer: Any) -> GenerationBackend:
         raise ConfigError(f"gen.backend {name!r} is not a generation backend; {hint}"
                           f"known backends: {', '.join(known)}")
     return _registry[name](model, tokenizer)
+
+
+def generate_conditioned(backend: GenerationBackend, prompts: list[Prompt], cfg: GenCfg,
+                         seed: int, conditioning: Conditioning | None) -> Rollout:
+    """Sample as a hindsight-trained model must be asked (its ``conditioning.json``), or plainly.
+
+    The instruction rewrites each prompt and the response prefix opens each answer. The rollout
+    keeps the original prompts, so rewards and output files see what was asked; its token ids
+    are what the model saw, and its completions hold only what the model wrote after the prefix.
+    """
+    if conditioning is None:
+        return backend.generate(prompts, cfg, seed)
+    asked = [conditioning.apply(prompt) for prompt in prompts]
+    prefix = conditioning.response_prefix
+    rollout = (backend.generate(asked, cfg, seed, response_prefix=prefix) if prefix
+               else backend.generate(asked, cfg, seed))  # a backend without prefixes still works
+    return dataclasses.replace(rollout, prompts=list(prompts))
+
+
+def describe_conditioning(conditioning: Conditioning) -> str:
+    """One line saying how prompts are conditioned, for the console."""
+    parts = []
+    if conditioning.instruction != "{prompt}":
+        parts.append(f"prompts as {conditioning.instruction!r}")
+    if conditioning.response_prefix:
+        parts.append(f"answers start with {conditioning.response_prefix!r}")
+    return (f"conditioning.json ({conditioning.method}): "
+            + (", ".join(parts) or "prompts unchanged"))

@@ -101,12 +101,17 @@ class HFBackend:
         pad_id = tokenizer.pad_token_id
         self.pad_id = pad_id if pad_id is not None else self.eos_ids[0]
 
-    def generate(self, prompts: list[Prompt], cfg: GenCfg, seed: int) -> Rollout:
+    def generate(self, prompts: list[Prompt], cfg: GenCfg, seed: int,
+                 response_prefix: str = "") -> Rollout:
         """One completion per prompt. The same prompts, cfg (batch size included) and seed give
-        the same rollout; the global CPU and CUDA random state is left as it was."""
+        the same rollout; the global CPU and CUDA random state is left as it was.
+
+        ``response_prefix`` is text every answer starts with (a hindsight-trained model's
+        positive phrase): it ends each prompt's tokens, and completions hold what follows it.
+        """
         if not prompts:
             raise DataError("no prompts to generate from; give at least one")
-        prompt_ids = self._encode(prompts, cfg.chat_template)
+        prompt_ids = self._encode(prompts, cfg.chat_template, response_prefix)
         self._check_lengths(prompt_ids, cfg.max_new_tokens)
         device = self.model.device
         cuda_devices = []
@@ -127,8 +132,10 @@ class HFBackend:
                 bar.update(task, advance=len(batch), info=f"{rate:.0f} tokens/s")
         return Rollout.concat(batches, pad_token_id=self.pad_id)
 
-    def _encode(self, prompts: list[Prompt], chat_template: str) -> list[list[int]]:
-        """Token ids of each prompt, through the chat template when it applies."""
+    def _encode(self, prompts: list[Prompt], chat_template: str, response_prefix: str = ""
+                ) -> list[list[int]]:
+        """Token ids of each prompt, through the chat template when it applies, then the
+        response prefix (after the opened assistant turn of a chat, after a text prompt)."""
         has_template = getattr(self.tokenizer, "chat_template", None) is not None
         if chat_template == "on" and not has_template:
             raise ConfigError("gen.chat_template is 'on', but this model's tokenizer has no chat "
@@ -140,7 +147,7 @@ class HFBackend:
                               else "this model has no chat template")
                     raise DataError(f"prompt {index} is a chat (a list of messages), but {reason}; "
                                     "give plain-text prompts or a model with a chat template")
-            return self.tokenizer(list(prompts))["input_ids"]
+            return self.tokenizer([prompt + response_prefix for prompt in prompts])["input_ids"]
         from jinja2 import TemplateError
 
         texts = []
@@ -148,7 +155,7 @@ class HFBackend:
             chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
             try:
                 texts.append(self.tokenizer.apply_chat_template(
-                    chat, add_generation_prompt=True, tokenize=False))
+                    chat, add_generation_prompt=True, tokenize=False) + response_prefix)
             except TemplateError as e:
                 raise DataError(f"prompt {index}: the model's chat template rejected it ({e}); "
                                 "check the roles and their order") from None

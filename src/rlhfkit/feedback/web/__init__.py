@@ -5,6 +5,7 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
     app.py         the routes (FastAPI, server-rendered Jinja2 pages, a small JSON API)
+    admin.py       the admins' routes: progress, agreement, exports, accounts, overlap, gold
     auth.py        argon2id passwords, CSRF tokens, the login rate limit
     forms.py       a posted task form as a label payload
     templates/     the pages; static/  their CSS and keyboard shortcuts, served by the app

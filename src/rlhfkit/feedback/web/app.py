@@ -4,9 +4,8 @@
     GET  /campaigns, POST /campaigns              pick a campaign (when the app has none fixed)
     GET  /label                                   the next task, or "all done"
     POST /label, POST /skip, POST /undo           answer it, pass on it, take the last one back
-    GET  /admin                                   progress per annotator, agreement
-    GET  /admin/export?as=pairs|ratings|...       a JSONL download (``export.export_rows``)
-    POST /admin/annotators                        a new account
+    GET  /admin, /admin/...                       admins' pages (``admin``): progress,
+                                                  agreement, exports, accounts, overlap, gold
     GET  /api/next, POST /api/label               the same labelling as JSON (scripts, load tests)
 
 Pages are rendered on the server (Jinja2, autoescaped): model text reaches the browser as text,
@@ -20,7 +19,6 @@ page cannot post it again. Store calls are blocking, so the routes that make the
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -35,8 +33,6 @@ from starlette.datastructures import FormData
 from starlette.middleware.sessions import SessionMiddleware
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.feedback.agreement import agreement_report
-from rlhfkit.feedback.export import EXPORTS, export_rows
 from rlhfkit.feedback.payload import PayloadError
 from rlhfkit.feedback.records import FLAGS
 from rlhfkit.feedback.store import ConflictError, NotFoundError, Store
@@ -47,7 +43,6 @@ from rlhfkit.feedback.web.auth import (
     LoginLimiter,
     csrf_ok,
     csrf_token,
-    hash_password,
     verify_password,
 )
 from rlhfkit.feedback.web.forms import label_payload
@@ -112,6 +107,9 @@ def create_app(store: Store, *, secret_key: str, campaign: str | None = None) ->
     app.middleware("http")(_security_headers)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)
+    from rlhfkit.feedback.web import admin  # it builds on this module's dependencies
+
+    app.include_router(admin.router)
     app.add_exception_handler(NotSignedIn, _not_signed_in)
     app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(NoCampaign, _no_campaign)
@@ -186,8 +184,8 @@ def current_campaign(request: Request) -> str:
 @router.get("/login")
 def login_page(request: Request) -> Response:
     if isinstance(request.session.get("user"), str):
-        return _see_other("/")
-    return _page(request, "login.html")
+        return see_other("/")
+    return page(request, "login.html")
 
 
 @router.post("/login")
@@ -197,34 +195,34 @@ def login(request: Request, form: CheckedForm) -> Response:
     limiter = studio(request).limiter
     wait_s = limiter.retry_after(name, address)
     if wait_s:
-        return _page(request, "login.html", status=429, headers={"Retry-After": str(wait_s)},
-                     error=f"too many failed attempts: try again in {wait_s} seconds")
+        return page(request, "login.html", status=429, headers={"Retry-After": str(wait_s)},
+                    error=f"too many failed attempts: try again in {wait_s} seconds")
     who = studio(request).store.get_annotator(name) if name else None
     if not verify_password(who.password_hash if who else None, password):
         limiter.failed(name, address)
-        return _page(request, "login.html", status=401, error="wrong name or password")
+        return page(request, "login.html", status=401, error="wrong name or password")
     limiter.succeeded(name, address)
     request.session.clear()  # a fresh CSRF token for the new session
     request.session["user"] = who.name
-    return _see_other("/")
+    return see_other("/")
 
 
 @router.post("/logout")
 def logout(request: Request, who: SignedIn, form: CheckedForm) -> Response:
     request.session.clear()
-    return _see_other("/login")
+    return see_other("/login")
 
 
 @router.get("/")
 def home(request: Request, who: SignedIn) -> Response:
-    return _see_other("/label")
+    return see_other("/label")
 
 
 @router.get("/campaigns")
 def campaigns_page(request: Request, who: SignedIn) -> Response:
     if studio(request).campaign is not None:
-        return _see_other("/label")
-    return _page(request, "campaigns.html", who=who)
+        return see_other("/label")
+    return page(request, "campaigns.html", who=who)
 
 
 @router.post("/campaigns")
@@ -234,10 +232,10 @@ def choose_campaign(request: Request, who: SignedIn, form: CheckedForm) -> Respo
         try:
             studio(request).store.campaign_settings(name)
         except NotFoundError:
-            return _page(request, "campaigns.html", status=404, who=who,
-                         error=f"there is no campaign {name!r}: check the name you were given")
+            return page(request, "campaigns.html", status=404, who=who,
+                        error=f"there is no campaign {name!r}: check the name you were given")
         request.session["campaign"] = name
-    return _see_other("/label")
+    return see_other("/label")
 
 
 # --- labelling -----------------------------------------------------------------------------------
@@ -257,13 +255,13 @@ def submit(request: Request, who: SignedIn, form: CheckedForm) -> Response:
     except (PayloadError, ConflictError) as error:
         return _label_page(request, who, campaign, error=str(error),
                            status=ERROR_STATUS[type(error)], typed=form)
-    return _see_other("/label")
+    return see_other("/label")
 
 
 @router.post("/skip")
 def skip(request: Request, who: SignedIn, form: CheckedForm) -> Response:
     studio(request).store.skip(_task_id(form), who.name)
-    return _see_other("/label")
+    return see_other("/label")
 
 
 @router.post("/undo")
@@ -272,7 +270,7 @@ def undo(request: Request, who: SignedIn, form: CheckedForm) -> Response:
     request.session["notice"] = ("nothing to undo" if undone is None else
                                  f"took back your label on task {undone.task_id}: it will be "
                                  "offered again")
-    return _see_other("/label")
+    return see_other("/label")
 
 
 def _label_page(request: Request, who: AnnotatorInfo, campaign: str, *, error: str = "",
@@ -281,54 +279,9 @@ def _label_page(request: Request, who: AnnotatorInfo, campaign: str, *, error: s
     task = store.next_task(campaign, who.name)
     mine = _my_progress(store, campaign, who.name)
     typed = typed if task and typed and _task_id(typed, quiet=True) == task.task_id else {}
-    return _page(request, "label.html", status=status, who=who, campaign=campaign, task=task,
-                 progress=mine, request_id=str(uuid.uuid4()), flags=FLAGS, error=error,
-                 typed=typed, rank_keys=_rank_keys(task))
-
-
-# --- admin ---------------------------------------------------------------------------------------
-
-
-@router.get("/admin")
-def admin_page(request: Request, who: Admin) -> Response:
-    return _admin_page(request, who)
-
-
-@router.get("/admin/export")
-def download(request: Request, who: Admin) -> Response:
-    form = request.query_params.get("as", "")
-    if form not in EXPORTS:
-        raise Refused(400, f"export as {form!r}: choose one of {', '.join(EXPORTS)}")
-    store, campaign = studio(request).store, current_campaign(request)
-    lines = [json.dumps(row, ensure_ascii=False) + "\n"
-             for row in export_rows(store.label_records(campaign), form)]
-    filename = f"{campaign}-{form}.jsonl".replace('"', "")
-    return Response("".join(lines), media_type="application/x-ndjson",
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
-
-
-@router.post("/admin/annotators")
-def add_annotator(request: Request, who: Admin, form: CheckedForm) -> Response:
-    name, password = str(form.get("name", "")), str(form.get("password", ""))
-    if not password:
-        return _admin_page(request, who, status=422, error="give the new account a password")
-    try:
-        studio(request).store.add_annotator(name, hash_password(password),
-                                            is_admin=form.get("is_admin") == "on")
-    except (PayloadError, ConflictError) as error:
-        return _admin_page(request, who, status=ERROR_STATUS[type(error)], error=str(error))
-    request.session["notice"] = f"added annotator {name!r}"
-    return _see_other("/admin")
-
-
-def _admin_page(request: Request, who: AnnotatorInfo, *, status: int = 200,
-                error: str = "") -> Response:
-    store, campaign = studio(request).store, current_campaign(request)
-    report = agreement_report(store.label_records(campaign), store.gold_answers(campaign))
-    gold = report.pop("gold_accuracy", {})
-    return _page(request, "admin.html", status=status, who=who, campaign=campaign,
-                 progress=store.progress(campaign), report=report, gold=gold, exports=EXPORTS,
-                 error=error)
+    return page(request, "label.html", status=status, who=who, campaign=campaign, task=task,
+                progress=mine, request_id=str(uuid.uuid4()), flags=FLAGS, error=error,
+                typed=typed, rank_keys=_rank_keys(task))
 
 
 # --- JSON API ------------------------------------------------------------------------------------
@@ -356,8 +309,9 @@ def api_label(request: Request, body: dict[str, Any],
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _page(request: Request, template: str, *, status: int = 200,
-          headers: Mapping[str, str] | None = None, **context: Any) -> HTMLResponse:
+def page(request: Request, template: str, *, status: int = 200,
+         headers: Mapping[str, str] | None = None, **context: Any) -> HTMLResponse:
+    """``template`` rendered with ``context``, the session's CSRF token and any notice."""
     context.setdefault("who", None)
     context.setdefault("error", "")
     html = studio(request).templates.get_template(template).render(
@@ -366,7 +320,8 @@ def _page(request: Request, template: str, *, status: int = 200,
     return HTMLResponse(html, status_code=status, headers=headers)
 
 
-def _see_other(url: str) -> RedirectResponse:
+def see_other(url: str) -> RedirectResponse:
+    """A 303 to ``url``: after a POST, the browser GETs it, so a reload cannot post again."""
     return RedirectResponse(url, status_code=303)
 
 
@@ -403,13 +358,13 @@ async def _security_headers(request: Request, call_next: Any) -> Response:
 def _error(request: Request, status: int, reason: str) -> Response:
     if _wants_json(request):
         return JSONResponse({"error": reason}, status)
-    return _page(request, "error.html", status=status, reason=reason)
+    return page(request, "error.html", status=status, reason=reason)
 
 
 async def _not_signed_in(request: Request, exc: Exception) -> Response:
     if _wants_json(request):
         return JSONResponse({"error": "sign in first: POST /login"}, 401)
-    return _see_other("/login")
+    return see_other("/login")
 
 
 async def _refused(request: Request, exc: Exception) -> Response:
@@ -419,7 +374,7 @@ async def _refused(request: Request, exc: Exception) -> Response:
 async def _no_campaign(request: Request, exc: Exception) -> Response:
     if _wants_json(request):
         return JSONResponse({"error": "pick a campaign first: POST /campaigns"}, 409)
-    return _see_other("/campaigns")
+    return see_other("/campaigns")
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:

@@ -1,0 +1,70 @@
+"""``label export``: a campaign's labels as a dataset that ``reward``, ``dpo`` and ``sft`` read."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rlhfkit.commands.label.options import CampaignOptions, open_campaign
+from rlhfkit.config import Problem
+from rlhfkit.errors import DataError, RlhfkitError
+
+
+@dataclass(frozen=True)
+class ExportConfig(CampaignOptions):
+    """Write a campaign's labels as a dataset that reward, dpo and sft read."""
+
+    format: Literal["pairs", "ratings", "binary", "critiques", "sft"] = "pairs"
+    """Dataset form (also --as): pairs (reward, dpo), ratings (reward), binary (dpo --algo.loss
+    kto), critiques, sft (corrections)."""
+    output: str = ""
+    """The JSONL file to write (required)."""
+    overwrite: bool = False
+    """Replace the output file if it exists."""
+    include_gold: bool = False
+    """Also export labels of gold tasks (the campaign's quality checks)."""
+    include_flagged: bool = False
+    """Also make chosen, desirable and sft rows from outputs a label flagged."""
+
+    def check(self) -> Iterable[Problem]:
+        yield from CampaignOptions.check(self)
+        problem = _output_problem(self.output, self.overwrite)
+        if problem:
+            yield Problem("output", self.output, problem)
+
+
+def _output_problem(output: str, overwrite: bool) -> str | None:
+    if not output:
+        return "is required; pass --output FILE.jsonl"
+    path = Path(os.path.expanduser(output))
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        return "exports are JSONL; give a path ending in .jsonl"
+    if path.is_dir():
+        return "is a directory; give a file name such as pairs.jsonl"
+    if path.exists() and not overwrite:
+        return "already exists; pass --overwrite to replace it or choose another --output"
+    return None
+
+
+def export(cfg: ExportConfig) -> None:
+    from rlhfkit.feedback.export import export as export_labels
+    from rlhfkit.feedback.export import write_export
+
+    with open_campaign(cfg) as store:
+        records = store.label_records(cfg.campaign)
+    result = export_labels(records, cfg.format, include_gold=cfg.include_gold,
+                           include_flagged=cfg.include_flagged)
+    skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(result.skipped.items()))
+    if not result.rows:
+        raise DataError(f"campaign {cfg.campaign!r}: its {len(records)} labels give no "
+                        f"{cfg.format} rows" + (f" (skipped: {skipped})" if skipped else "")
+                        + "; label more, or choose another --as")
+    problem = _output_problem(cfg.output, cfg.overwrite)  # it may have appeared meanwhile
+    if problem:
+        raise RlhfkitError(f"output {cfg.output!r} {problem}")
+    write_export(os.path.expanduser(cfg.output), result.rows)
+    print(f"wrote {len(result.rows)} {cfg.format} rows from {len(records)} labels to "
+          f"{cfg.output}" + (f"; skipped: {skipped}" if skipped else ""))

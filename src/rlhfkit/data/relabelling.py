@@ -1,0 +1,157 @@
+"""Relabelling in hindsight: say what a sample actually achieved, so it can be learned from.
+
+Two kinds of relabelling, for the round-based hindsight methods:
+
+- **Instructions (HIR)**: a verifier's (or thresholded reward's) verdict picks the instruction a
+  sample fulfilled: the success instruction ("... Answer correctly.") when it passed, the failure
+  one ("... Answer incorrectly.") when it did not (Zhang et al. 2023, arXiv 2302.05206).
+- **Goals (hindsight experience replay, Andrychowicz et al. 2017)**: a goal-conditioned prompt
+  ("[sentiment level 2 of 4] The movie was") asked for one goal; the sample is rewritten with the
+  goal it actually reached, measured from the reward's score, and becomes a success for it.
+
+The reward's score is the measurement, so a goal kind works only with rewards that measure it:
+
+==========  =====================  ===============================================================
+goal kind   rewards that measure   goal reached
+==========  =====================  ===============================================================
+sentiment   sentiment, vader       level k of K: the score in -1..1 cut into K equal-width bins
+                                   (edges -1 + 2i/K, i = 1..K-1; a score on an edge goes up)
+length      length (word count)    N words, N = 0..max_words; longer outputs reach "max_words or
+                                   more words"
+==========  =====================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from rlhfkit.batch import Prompt
+from rlhfkit.conditioning import Conditioning
+from rlhfkit.errors import ConfigError
+
+GoalKind = Literal["sentiment", "length"]
+
+# goal kind -> the reward names whose score measures it (a spec's part before ':', and its argument)
+GOAL_MEASURES: dict[str, tuple[str, ...]] = {"sentiment": ("sentiment", "vader"),
+                                             "length": ("length",)}
+
+
+# --- HIR: success or failure ---------------------------------------------------------------------
+
+
+def binary_outcomes(scores: Sequence[float], threshold: float | None, reward: str) -> list[bool]:
+    """Whether each sample succeeded: score >= ``threshold``, or the verifier's own 1/0.
+
+    Without a threshold every score must be exactly 0 or 1 (a verifier's verdict): a reward with
+    partial credit (reasoning-gym gives 0.5 for "-4.0" against "-4") or a continuous score has
+    no success to read off until the user says where it starts.
+    """
+    if threshold is not None:
+        return [score >= threshold for score in scores]
+    other = next((score for score in scores if score not in (0.0, 1.0)), None)
+    if other is not None:
+        raise ConfigError(f"hir.threshold is not set, but reward {reward!r} gave the non-binary "
+                          f"score {other:g}; HIR relabels each sample as a success or a failure: "
+                          "pass --hir.threshold T (success when score >= T, e.g. 1.0 for full "
+                          "credit)")
+    return [score == 1.0 for score in scores]
+
+
+def relabel_instructions(prompts: Sequence[Prompt], successes: Sequence[bool],
+                         success: Conditioning, failure: Conditioning
+                         ) -> tuple[list[Prompt], list[Prompt]]:
+    """(each prompt with the instruction its sample fulfilled, each with the opposite one)."""
+    matching = [(success if ok else failure).apply(p) for p, ok in zip(prompts, successes, strict=True)]
+    opposite = [(failure if ok else success).apply(p) for p, ok in zip(prompts, successes, strict=True)]
+    return matching, opposite
+
+
+# --- goals ---------------------------------------------------------------------------------------
+
+
+def measure_problem(kind: str, reward: str) -> str | None:
+    """Why ``reward`` cannot measure goals of ``kind`` (to follow "goal.kind = KIND: "), or None."""
+    name, _, arg = reward.strip().partition(":")
+    measures = GOAL_MEASURES[kind]
+    if name in measures and not (name == "length" and arg):
+        return None
+    extra = (" (plain length, the word count; length:N scores the distance to N words)"
+             if name == "length" and kind == "length" else "")
+    return (f"is measured by the reward's score, but reward = {reward!r} cannot measure it; "
+            f"set --reward {' or '.join(measures)}{extra}, or choose a goal.kind that reward "
+            "measures")
+
+
+@dataclass(frozen=True)
+class GoalSpace:
+    """The goals of one kind: which one a score reached, and how a prompt asks for one.
+
+    Goals are integers: sentiment levels 1..K, or word counts 0..max_words.
+    """
+
+    kind: GoalKind
+    levels: int = 4
+    max_words: int = 16
+    template: str = "[{goal}] {prompt}"
+
+    def __post_init__(self) -> None:
+        if self.kind not in GOAL_MEASURES:
+            raise ConfigError(f"goal.kind = {self.kind!r}: not a goal kind; choose one of "
+                              + ", ".join(GOAL_MEASURES))
+        for key in ("{goal}", "{prompt}"):
+            if self.template.count(key) != 1:
+                raise ConfigError(f"goal.template = {self.template!r} must contain {key} exactly "
+                                  "once, as in '[{goal}] {prompt}'")
+
+    @classmethod
+    def for_reward(cls, kind: GoalKind, reward: str, **settings: int | str) -> GoalSpace:
+        """The goal space, after checking that ``reward`` measures ``kind`` (ConfigError if not)."""
+        space = cls(kind, **settings)
+        problem = measure_problem(kind, reward)
+        if problem:
+            raise ConfigError(f"goal.kind = {kind!r}: {problem}")
+        return space
+
+    @property
+    def goals(self) -> list[int]:
+        return list(range(1, self.levels + 1)) if self.kind == "sentiment" else \
+            list(range(0, self.max_words + 1))
+
+    @property
+    def top(self) -> int:
+        """The most positive level, or the longest length."""
+        return self.goals[-1]
+
+    def edges(self) -> list[float]:
+        """Sentiment: the K-1 inner bin edges on -1..1."""
+        return [-1.0 + 2.0 * i / self.levels for i in range(1, self.levels)]
+
+    def reached(self, score: float) -> int:
+        """The goal a sample with this reward ``score`` reached."""
+        if self.kind == "sentiment":
+            return 1 + bisect.bisect_right(self.edges(), score)
+        return min(max(round(score), 0), self.max_words)
+
+    def describe(self, goal: int) -> str:
+        """The goal in words, as the prompt shows it."""
+        if self.kind == "sentiment":
+            return f"sentiment level {goal} of {self.levels}"
+        if goal == self.max_words:
+            return f"length {goal} or more words"
+        return f"length {goal} word" + ("" if goal == 1 else "s")
+
+    def conditioning(self, goal: int, method: str) -> Conditioning:
+        """The prompt template that asks for ``goal`` (what the exported model is asked with)."""
+        return Conditioning(method=method, instruction=self.template.replace(
+            "{goal}", self.describe(goal)))
+
+    def ask(self, prompt: Prompt, goal: int) -> Prompt:
+        """``prompt`` conditioned on ``goal``."""
+        return self.conditioning(goal, "relabel").apply(prompt)
+
+    def distance(self, reached: int, commanded: int) -> float:
+        """How far the reached goal is from the commanded one, 0 (hit) .. 1 (opposite end)."""
+        return abs(reached - commanded) / max(self.top - self.goals[0], 1)

@@ -1,0 +1,262 @@
+"""What the round-based hindsight methods (hir, relabel, hindsight-foresight) share.
+
+Each of them repeats one round: sample from the current policy -> score -> relabel -> train
+offline on the relabelled samples for a few optimiser steps. Their loop files keep those steps
+in view; this module holds the plumbing around them: the config groups, loading the policy,
+sampling and scoring, encoding sequences, the optimiser steps, and checkpoints.
+
+Rounds are the unit of resumption: a checkpoint (weights, optimisers, schedules, RNG states, the
+prompt stream's position) is written after every round, so ``run.checkpoint_every`` does not
+apply, and ``--resume`` continues with the next round exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.batch import Prompt
+from rlhfkit.config import (
+    GenCfg,
+    LogCfg,
+    LoraCfg,
+    ModelCfg,
+    OptimCfg,
+    PositiveInt,
+    Problem,
+    PromptDataCfg,
+    RunCfg,
+    default,
+)
+
+LossFn = Callable[[list[Any]], tuple[Any, dict[str, float]]]
+"""``examples -> (loss tensor, float metrics)``: one micro-batch's mean loss."""
+
+
+@dataclass(frozen=True)
+class RoundsCfg:
+    """How many rounds, how many samples each, and how long to train on them."""
+
+    rounds: PositiveInt = 10
+    """Rounds of sample -> score -> relabel -> train."""
+    prompts_per_round: PositiveInt = 32
+    """Prompts sampled per round, one completion each."""
+    steps_per_round: PositiveInt = 8
+    """Optimiser steps on each round's relabelled samples."""
+    batch_size: PositiveInt = 8
+    """Examples per forward/backward pass; an optimiser step takes batch_size x
+    optim.grad_accum_steps examples."""
+    max_length: PositiveInt = 512
+    """Most tokens per training sequence; longer ones lose prompt tokens from the left."""
+
+
+@dataclass(frozen=True)
+class RoundsConfig:
+    """What every round-based hindsight method configures; each adds its own group."""
+
+    reward: str = "sentiment"
+    """Reward or verifier scoring each sample: a registered name (sentiment, vader,
+    reasoning_gym:TASK, length, ...) or your own file.py:fn / package.module:fn."""
+    model: ModelCfg = default(ModelCfg)
+    lora: LoraCfg = default(LoraCfg)
+    data: PromptDataCfg = default(PromptDataCfg)
+    gen: GenCfg = default(GenCfg)
+    optim: OptimCfg = default(OptimCfg)
+    log: LogCfg = default(LogCfg)
+    run: RunCfg = default(RunCfg)
+    rounds: RoundsCfg = default(RoundsCfg)
+
+
+def own_method(method: str, expected: str) -> Iterable[Problem]:
+    """A recipe's ``method`` must name the module that reads it."""
+    if method != expected:
+        yield Problem("method", method, f"this config is the {expected!r} method's; run "
+                      f"`rlhfkit hindsight --method {method}` or set method = {expected!r}")
+
+
+class Rounds:
+    """The policy, sampler, reward, optimiser(s) and run directory of one round-based run.
+
+    Use as a context manager: the run directory is closed on the way out, even on Ctrl-C.
+    """
+
+    def __init__(self, cfg: RoundsConfig, command: str):
+        from rlhfkit.generation import get_backend
+        from rlhfkit.rewards import load_reward
+        from rlhfkit.runs import Run, seed_everything
+        from rlhfkit.train import online, sequences
+
+        self.cfg = cfg
+        seed_everything(cfg.run.seed)
+        self.reward = load_reward(cfg.reward)
+        self.stream = online.PromptStream(online.prompt_rows(cfg.data, "train"), cfg.run.seed)
+        self.policy, self.tokenizer, _ = online.load_policy_and_reference(
+            cfg.model, cfg.lora, need_reference=False)
+        self.device = next(self.policy.parameters()).device
+        self.backend = get_backend(cfg.gen.backend, self.policy, self.tokenizer)
+        self.chat = sequences.uses_chat_template(self.tokenizer, cfg.gen.chat_template)
+        self.pad_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                       else self.tokenizer.eos_token_id)
+        self.total_steps = cfg.rounds.rounds * cfg.rounds.steps_per_round
+        optimizer, scheduler = online.build_optimizer(self.policy, cfg.optim, self.total_steps)
+        self.models: list[Any] = [self.policy]
+        self.optimizers = [(optimizer, scheduler)]
+        self.guard = online.NonFiniteGuard(cfg.optim.max_nonfinite_steps)
+        self.critic: Any = None
+        self.run = Run.start(cfg, command)
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> Rounds:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.run.close()
+
+    def add_critic(self, critic: Any, optim: OptimCfg) -> None:
+        """Train ``critic`` (a ``critic.ValueModel``) alongside the policy, with its own AdamW."""
+        from rlhfkit.train import online
+
+        self.critic = critic
+        self.models.append(critic)
+        self.optimizers.append(online.build_optimizer(critic, optim, self.total_steps))
+
+    # --- resume and checkpoints ------------------------------------------------------------------
+
+    def _stateful(self) -> dict[str, Any]:
+        parts: dict[str, Any] = {"stream": self.stream}
+        for i, (optimizer, scheduler) in enumerate(self.optimizers):
+            parts[f"optimizer_{i}"], parts[f"scheduler_{i}"] = optimizer, scheduler
+        return parts
+
+    def resume(self) -> int:
+        """The last finished round (0 on a fresh run); with ``--resume``, its state restored."""
+        from rlhfkit.train import online
+
+        if not self.cfg.run.resume or (checkpoint := self.run.latest_checkpoint()) is None:
+            return 0
+        done = online.restore(online.load_training_state(checkpoint, self.policy), self._stateful())
+        if self.critic is not None:
+            self.critic.load(checkpoint)
+        self.run.truncate_metrics(done)
+        return done
+
+    def end_round(self, round_: int, metrics: dict[str, float]) -> None:
+        """Log the round's metrics and checkpoint it."""
+        from rlhfkit.train import online
+
+        self.run.log(round_, {**metrics, "skipped_steps": self.guard.skipped,
+                              "lr": self.optimizers[0][1].get_last_lr()[0]})
+        state = online.snapshot(round_, self._stateful())
+
+        def write(directory: Path) -> None:
+            online.save_training_state(directory, self.policy, state)
+            if self.critic is not None:
+                self.critic.save(directory)
+
+        self.run.save_checkpoint(round_, write)
+
+    # --- sampling --------------------------------------------------------------------------------
+
+    def sample(self, prompts: list[Prompt], round_: int) -> Any:
+        """One completion per prompt from the current policy (a ``batch.Rollout``)."""
+        from rlhfkit.train import online
+
+        return online.sample(self.policy, self.backend, prompts, self.cfg.gen,
+                             seed=self.cfg.run.seed * 1_000_003 + round_)
+
+    def score(self, rows: list[dict[str, Any]], completions: list[str]) -> list[float]:
+        """The reward's raw score of each completion (the original, unconditioned prompts)."""
+        from rlhfkit.train import online
+
+        raw, _ = online.score(self.reward, rows, completions, self.device)
+        return raw.tolist()
+
+    def encode(self, prompt: Prompt, completion: str) -> Any:
+        """``prompt`` + ``completion`` + EOS as a ``sequences.Encoded``, rendered as sampled."""
+        from rlhfkit.train import sequences
+
+        return sequences.encode(self.tokenizer, prompt, completion, self.chat,
+                                self.cfg.rounds.max_length)
+
+    def collate(self, encoded: Sequence[Any]) -> Any:
+        from rlhfkit.train import sequences
+
+        return sequences.collate(encoded, self.pad_id).to(self.device)
+
+    # --- offline training ------------------------------------------------------------------------
+
+    def optimise(self, examples: Sequence[Any], loss_fn: LossFn, round_: int) -> dict[str, float]:
+        """``rounds.steps_per_round`` optimiser steps on ``examples``; the mean metrics.
+
+        Batches are drawn in a seeded random order (a new one each round); each micro-batch's
+        mean loss weighs by its share of the step's examples, so accumulation does not change
+        the step. A NaN/inf loss or gradient skips the step (``online.NonFiniteGuard``).
+        """
+        import torch
+
+        from rlhfkit.train.offline import BatchOrder
+
+        cfg = self.cfg
+        order = BatchOrder([0] * len(examples), cfg.rounds.batch_size,
+                           cfg.run.seed * 1_000_003 + round_, group_by_length=False)
+        steps = cfg.rounds.steps_per_round
+        means: dict[str, float] = {}
+        for _ in range(steps):
+            batches = [[examples[i] for i in order.next()] for _ in range(cfg.optim.grad_accum_steps)]
+            count = sum(len(batch) for batch in batches)
+            loss_finite = True
+            for batch in batches:
+                loss, metrics = loss_fn(batch)
+                share = len(batch) / count
+                if torch.isfinite(loss):
+                    (loss * share).backward()
+                else:
+                    loss_finite = False
+                for key, value in {"loss": float(loss.detach()), **metrics}.items():
+                    means[key] = means.get(key, 0.0) + value * share / steps
+            ok, norms = self.guard.clip_and_check_all(self.models, cfg.optim.max_grad_norm,
+                                                      loss_finite)
+            for optimizer, scheduler in self.optimizers:
+                if ok:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            means["grad_norm"] = means.get("grad_norm", 0.0) + norms[0] / steps
+        return means
+
+    # --- the end ---------------------------------------------------------------------------------
+
+    def finish(self, conditioning: Any, summary: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Export the policy to ``<run>/model`` with its conditioning; write the summary."""
+        from rlhfkit.train.online import export_model
+
+        model_dir = export_model(self.run.path / "model", self.policy, self.tokenizer)
+        conditioning.save(model_dir)
+        summary = {"rounds": self.cfg.rounds.rounds,
+                   "seconds": round(time.perf_counter() - self.started, 1), **summary,
+                   "skipped_steps": self.guard.skipped, "model": str(model_dir)}
+        self.run.finish(summary)
+        return self.run, summary
+
+
+def completion_logprobs_and_entropy(model: Any, batch: Any) -> tuple[Any, Any, Any]:
+    """(log-probs, token entropy, mask) of a ``sequences.SequenceBatch``'s completion tokens.
+
+    Each (B, T-1), aligned as ``sequences.completion_logprobs``. The entropy needs the whole
+    distribution at every position, so unlike that function this materialises (B, T-1, V)
+    logits: used only when an entropy term is asked for.
+    """
+    from rlhfkit.losses.policy import entropy_from_logits
+
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+    targets = batch.input_ids[:, 1:]  # (B, T-1)
+    logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
+    return logprobs, entropy_from_logits(logits), batch.loss_mask[:, 1:]  # (B, T-1) each
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0

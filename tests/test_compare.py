@@ -1,0 +1,199 @@
+"""``rlhfkit compare``: recipe checks, placeholders, a tiny-model comparison, and resuming it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from rlhfkit import cli
+from rlhfkit.commands import compare
+from rlhfkit.errors import ConfigError, RlhfkitError
+
+COMMON = ('"--model", "{base}", "--model.device", "{device}", "--data.eval_fraction", "0", '
+          '"--train.max_steps", "15", "--train.batch_size", "4", "--train.chat_template", "off", '
+          '"--optim.lr", "1e-2", "--log.tensorboard", "false", "--log.progress", "false", '
+          '"--run.checkpoint_every", "0", "--run.output_dir", "{output_dir}", "--run.seed", "{seed}"')
+METHODS = f"""
+[[tasks.methods]]
+name = "base"
+
+[[tasks.methods]]
+name = "rft"
+command = ["sft", "--data", "{{best}}", {COMMON}]
+
+[[tasks.methods]]
+name = "dpo"
+command = ["dpo", "--data", "{{pairs}}", {COMMON}]
+"""
+
+
+def write_recipe(tmp_path, model_dir, prompts_file, reward_spec, methods=METHODS, top=""):
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("The food was\nA small model\nCount the legs\nReward models learn\n"
+                        "I did not\nThe answer is\n")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f"""# rlhfkit compare recipe.toml
+output_dir = "{tmp_path / 'compare'}"
+{top}
+[model]
+path = "{model_dir}"
+device = "cpu"
+
+[[tasks]]
+name = "letters"
+reward = "{reward_spec}"
+samples_per_prompt = 8
+
+[tasks.data]
+prompts = "{prompts_file}"
+eval_prompts = "{held_out}"
+eval_size = 6
+
+[tasks.gen]
+max_new_tokens = 8
+batch_size = 32
+chat_template = "off"
+{methods}""")
+    return recipe
+
+
+def test_placeholders_are_found_and_filled():
+    command = ["sft", "--data", "{best}", "--run.output_dir", "{output_dir}/x", "--stop", "{{a}}"]
+    assert compare.placeholders(command) == {"best", "output_dir"}
+    assert compare.fill(command, {"best": "b.jsonl", "output_dir": "runs/r"}) == [
+        "sft", "--data", "b.jsonl", "--run.output_dir", "runs/r/x", "--stop", "{a}"]
+
+
+def test_help_explains_the_recipe_and_its_placeholders(capsys):
+    assert cli.main(["compare", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rlhfkit compare RECIPE") and "[[tasks.methods]]" in out
+    assert all(f"{{{name}}}" in out for name in compare.PLACEHOLDERS)
+
+
+def test_recipe_problems_are_all_reported_at_once(tmp_path, tiny_model_dir, prompts_file,
+                                                  reward_spec):
+    methods = """
+[[tasks.methods]]
+name = "base"
+command = ["sft"]
+
+[[tasks.methods]]
+name = "rft"
+command = ["sft", "--data", "{bset}", "--run.output_dir", "{output_dir}", "--run.seed", "{seed}"]
+
+[[tasks.methods]]
+name = "rft"
+command = ["sft", "--run.output_dir", "{output_dir}"]
+
+[[tasks.methods]]
+name = "odd"
+command = ["train", "--run.output_dir", "{output_dir}", "--run.seed", "{seed}", "{"]
+
+[[tasks.methods]]
+name = "nothing"
+"""
+    recipe = write_recipe(tmp_path, tiny_model_dir, prompts_file, reward_spec, methods)
+    with pytest.raises(ConfigError) as error:
+        compare.load_recipe(recipe)
+    problems = error.value.problems
+    assert any("methods[0].command" in p and "base is the starting model" in p for p in problems)
+    assert any(p.startswith("tasks[0].methods[1].command = '{bset}': unknown placeholder {bset}; "
+                            "use one of {output_dir}, {seed}") for p in problems)
+    assert any("methods[2].name = 'rft': appears twice" in p for p in problems)
+    assert any("methods[2].command" in p and "never uses {seed}" in p for p in problems)
+    assert any("methods[3].command" in p and "'train', not an rlhfkit training command" in p
+               for p in problems)
+    assert any("methods[3].command = '{': " in p and "literal brace" in p for p in problems)
+    assert any("methods[4].command = '': is required" in p for p in problems)
+
+
+def test_missing_fields_are_named(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("seeds = 2\n")
+    with pytest.raises(ConfigError, match=r"tasks: missing; add a \[\[tasks\]\] table"):
+        compare.load_recipe(recipe)
+    recipe.write_text('seeds = 0\n[[tasks]]\nsamples_per_prompt = 4\n[tasks.data]\neval_size = 1\n'
+                      '[[tasks.methods]]\nname = "base"\n')
+    with pytest.raises(ConfigError) as error:
+        compare.load_recipe(recipe)
+    assert error.value.problems == [
+        "seeds = 0: must be at least 1; give a value >= 1",
+        "tasks[0].name = '': is required: letters, digits, '.', '_' or '-'",
+        "tasks[0].reward = '': is required; name the task's reward, e.g. sentiment",
+        "tasks[0].data.eval_size = 1: must be at least 2: a confidence interval needs 2 held-out "
+        "prompts"]
+    recipe.write_text('[[tasks]]\nname = "t"\nreward = "length"\nsamples = 4\n')
+    with pytest.raises(ConfigError) as error:
+        compare.load_recipe(recipe)
+    assert error.value.problems[0].startswith("tasks[0].samples: unknown key (valid keys: name, "
+                                              "reward, samples_per_prompt")
+    assert error.value.problems[1].startswith("tasks[0].methods: missing")
+    recipe.write_text('[[tasks]]\nname = "t"\nreward = "length"\n[[tasks.methods]]\nname = "sft"\n'
+                      'command = ["sft", "--run.output_dir", "{output_dir}", "--seed", "{seed}"]\n')
+    with pytest.raises(ConfigError, match='tasks.0..methods: no "base"; add'):
+        compare.load_recipe(recipe)
+
+
+def test_the_cli_reports_a_bad_recipe_in_one_line(tmp_path, tiny_model_dir, prompts_file,
+                                                  reward_spec, capsys):
+    methods = METHODS.replace("{best}", "{bset}")
+    recipe = write_recipe(tmp_path, tiny_model_dir, prompts_file, reward_spec, methods)
+    assert cli.main(["compare", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rlhfkit compare: error: tasks[0].methods[1]")
+    assert cli.main(["compare", "--seeds", "2"]) == 2
+    assert "no recipe" in capsys.readouterr().err
+
+
+def test_compare_base_rft_dpo_then_resume(tmp_path, tiny_model_dir, prompts_file, reward_spec,
+                                          monkeypatch, capsys):
+    recipe = write_recipe(tmp_path, tiny_model_dir, prompts_file, reward_spec)
+    out = tmp_path / "compare"
+    trained = []
+    train = compare._train
+    monkeypatch.setattr(compare, "_train", lambda argv, where: trained.append(argv[0]) or
+                        train(argv, where))
+
+    # 1. the whole comparison: sampling stage, two trained methods, the base, one table
+    assert cli.main(["compare", str(recipe)]) == 0
+    assert trained == ["sft", "dpo"]
+    assert "| rft |" in capsys.readouterr().out
+    seed_dir = out / "letters" / "seed-0"
+    assert all((seed_dir / "sampled" / name).is_file()
+               for name in ("samples.jsonl", "best.jsonl", "pairs.jsonl", "stage.json"))
+    assert len((seed_dir / "sampled" / "samples.jsonl").read_text().splitlines()) == 4 * 8
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["method"]: row for row in results["tasks"][0]["rows"]}
+    assert list(rows) == ["base", "rft", "dpo"]
+    assert rows["base"]["kl"] == 0 and rows["base"]["vs_base"] is None
+    assert rows["rft"]["kl"] > 0 and rows["dpo"]["kl"] > 0  # trained away from the base
+    # rejection sampling on a letter-o reward: the fine-tuned model writes more o's
+    assert rows["rft"]["score"]["mean"] > rows["base"]["score"]["mean"]
+    assert rows["rft"]["seconds"] > 0 and rows["base"]["seconds"] is None
+    markdown = (out / "results.md").read_text()
+    assert "### letters" in markdown and "| dpo |" in markdown and "4 training prompts x 8" in markdown
+    recorded = json.loads((seed_dir / "results" / "rft.train.json").read_text())
+    assert recorded["command"][:3] == ["sft", "--data", str(seed_dir / "sampled" / "best.jsonl")]
+
+    # 2. run again: nothing trains; a missing result is evaluated again from the kept model;
+    #    a run without its model (stopped half way) trains from scratch
+    (seed_dir / "results" / "dpo.json").unlink()
+    shutil.rmtree(seed_dir / "rft" / "model")
+    trained.clear()
+    assert cli.main(["compare", "--config", str(recipe)]) == 0
+    assert trained == ["sft"]
+    again = json.loads((out / "results.json").read_text())
+    rows_again = {row["method"]: row for row in again["tasks"][0]["rows"]}
+    assert rows_again["dpo"]["score"] == rows["dpo"]["score"]  # the same model, the same seed
+    assert rows_again["base"] == rows["base"]
+
+    # 3. a changed command or changed task settings would mix incomparable runs: refused
+    recipe.write_text(recipe.read_text().replace('"1e-2"', '"2e-2"'))
+    with pytest.raises(RlhfkitError, match="method rft: its command changed"):
+        compare.main(compare.load_recipe(recipe))
+    recipe.write_text(recipe.read_text().replace("max_new_tokens = 8", "max_new_tokens = 9"))
+    with pytest.raises(RlhfkitError, match="ran with other settings"):
+        compare.main(compare.load_recipe(recipe))

@@ -1,0 +1,109 @@
+"""Goal relabelling on a tiny random model: learning, the goals by hand, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhfkit import cli, config_io
+from rlhfkit.conditioning import Conditioning, load_conditioning
+from rlhfkit.config import GenCfg, LogCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
+from rlhfkit.data.relabelling import GoalSpace
+from rlhfkit.errors import ConfigError
+from rlhfkit.train.hindsight import relabel
+from rlhfkit.train.hindsight.rounds import RoundsCfg
+
+
+def make_config(tmp_path, model_dir, prompts_file, **goal) -> relabel.Config:
+    return relabel.Config(
+        reward="length",
+        model=ModelCfg(path=str(model_dir), device="cpu"),
+        data=PromptDataCfg(prompts=str(prompts_file), eval_size=0),
+        gen=GenCfg(max_new_tokens=4, temperature=1.0, batch_size=64, chat_template="off"),
+        optim=OptimCfg(lr=1e-2),
+        log=LogCfg(tensorboard=False, progress=False),
+        run=RunCfg(output_dir=str(tmp_path / "run")),
+        rounds=RoundsCfg(rounds=15, prompts_per_round=64, steps_per_round=8, batch_size=16),
+        goal=relabel.GoalCfg(**{"kind": "length", "max_words": 2, **goal}))
+
+
+def test_goal_hit_rate_rises(tmp_path, tiny_model_dir, prompts_file):
+    # three goals (0, 1, 2+ words): a policy ignoring the goal hits about a third of them, so a
+    # hit rate well above that means the model learned to read the goal in its prompt
+    run, summary = relabel.train(make_config(tmp_path, tiny_model_dir, prompts_file))
+    hits = [row["goal_hit_rate"] for row in run.metrics()]
+    assert sum(hits[:3]) / 3 < 0.45 and sum(hits[-3:]) / 3 > 0.6, hits
+    model_dir = run.path / "model"
+    assert summary["model"] == str(model_dir)
+    assert load_conditioning(model_dir) == Conditioning(
+        "relabel", instruction="[length 2 or more words] {prompt}")
+
+
+def test_desired_goal_is_what_the_model_is_asked(tmp_path, tiny_model_dir, prompts_file):
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, desired=1)
+    run, _ = relabel.train(replace_rounds(cfg, rounds=1, prompts_per_round=4, steps_per_round=1))
+    assert load_conditioning(run.path / "model").apply("Hi") == "[length 1 word] Hi"
+
+
+def replace_rounds(cfg: relabel.Config, **settings: int) -> relabel.Config:
+    from dataclasses import replace
+
+    return replace(cfg, rounds=replace(cfg.rounds, **settings))
+
+
+def test_sentiment_levels_by_hand():
+    space = GoalSpace("sentiment", levels=4)
+    assert space.edges() == [-0.5, 0.0, 0.5]
+    assert [space.reached(s) for s in (-1.0, -0.6, -0.5, -0.01, 0.0, 0.49, 0.5, 1.0)] == \
+        [1, 1, 2, 2, 3, 3, 4, 4]  # a score on an edge goes up
+    assert space.goals == [1, 2, 3, 4] and space.top == 4
+    assert space.ask("The movie was", 4) == "[sentiment level 4 of 4] The movie was"
+    assert space.distance(1, 4) == 1.0 and space.distance(3, 3) == 0.0
+
+
+def test_length_goals_by_hand():
+    space = GoalSpace("length", max_words=3, template="{prompt} (in {goal})")
+    assert space.goals == [0, 1, 2, 3]
+    assert [space.reached(n) for n in (0.0, 1.0, 2.0, 3.0, 9.0)] == [0, 1, 2, 3, 3]
+    assert space.ask("Say", 1) == "Say (in length 1 word)"
+    assert space.ask("Say", 3) == "Say (in length 3 or more words)"  # longer ones reach it too
+    chat = [{"role": "user", "content": "Hi"}]
+    assert space.ask(chat, 2) == [{"role": "user", "content": "Hi (in length 2 words)"}]
+
+
+@pytest.mark.parametrize(("kind", "reward"), [("sentiment", "reasoning_gym:basic_arithmetic"),
+                                              ("sentiment", "length"), ("length", "vader"),
+                                              ("length", "length:5")])
+def test_a_reward_that_cannot_measure_the_goal_is_an_error(kind, reward):
+    with pytest.raises(ConfigError, match=rf"goal\.kind = '{kind}': .*reward = '{reward}' cannot "
+                                          r"measure it; set --reward"):
+        GoalSpace.for_reward(kind, reward)
+    problems = config_io.validate(relabel.Config(reward=reward, goal=relabel.GoalCfg(kind=kind)))
+    assert any(p.startswith(f"goal.kind = '{kind}': ") and f"reward = '{reward}'" in p
+               for p in problems), problems
+
+
+def test_train_refuses_an_unmeasurable_goal_before_loading(tmp_path, prompts_file):
+    cfg = relabel.Config(reward="reasoning_gym:basic_arithmetic",
+                         model=ModelCfg(path=str(tmp_path / "no-model")),
+                         data=PromptDataCfg(prompts=str(prompts_file)),
+                         run=RunCfg(output_dir=str(tmp_path / "run")))
+    with pytest.raises(ConfigError, match=r"goal\.kind = 'sentiment'.*reasoning_gym"):
+        relabel.train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_errors():
+    problems = "\n".join(config_io.validate(relabel.Config(
+        method="hir", reward="vader",
+        goal=relabel.GoalCfg(levels=1, template="{prompt}", desired=5))))
+    assert "method = 'hir'" in problems
+    assert "goal.template = '{prompt}': must contain {goal} exactly once" in problems
+    assert "goal.levels = 1" in problems and "goal.desired = 5: is beyond the top goal 1" in problems
+    assert config_io.validate(relabel.Config(reward="sentiment")) == []
+
+
+def test_cli_refuses_a_goal_the_reward_cannot_measure(tmp_path, capsys):
+    code = cli.main(["hindsight", "--method", "relabel", "--reward", "reasoning_gym:chain_sum",
+                     "--run.output_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "goal.kind = 'sentiment'" in err and "reasoning_gym:chain_sum" in err
