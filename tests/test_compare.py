@@ -175,6 +175,8 @@ def test_compare_base_rft_dpo_then_resume(tmp_path, tiny_model_dir, prompts_file
     assert rows["rft"]["seconds"] > 0 and rows["base"]["seconds"] is None
     markdown = (out / "results.md").read_text()
     assert "### letters" in markdown and "| dpo |" in markdown and "4 training prompts x 8" in markdown
+    # a finished method keeps its model, not its checkpoints (sft always writes a final one)
+    assert (seed_dir / "rft" / "model").is_dir() and not (seed_dir / "rft" / "checkpoints").exists()
     recorded = json.loads((seed_dir / "results" / "rft.train.json").read_text())
     assert recorded["command"][:3] == ["sft", "--data", str(seed_dir / "sampled" / "best.jsonl")]
 

@@ -454,3 +454,28 @@ def test_real_sentiment_polarity_on_the_held_out_split_matches_its_manifest(real
     assert manifest["texts"]["test"] == len(held_out)
     # batches differ between fitting and scoring, so a score at ~0 may flip sign by rounding
     assert manifest["test"]["polarity_accuracy"] == pytest.approx(accuracy, abs=2 / len(rated))
+
+
+def test_reasoning_gym_task_options_shape_the_questions_and_the_reward_ignores_them():
+    from rlhfkit.data.builtin import load_builtin, parse_task_options
+
+    assert parse_task_options("chain_sum:max_terms=2, max_digits=1,name=x", "data.prompts") == (
+        "chain_sum", {"max_terms": 2, "max_digits": 1, "name": "x"})
+    rows = load_builtin("reasoning_gym:chain_sum:max_terms=2,max_digits=1", "test")
+    for row in rows[:20]:  # "State the final answer ...: 5 - 9 =": two one-digit terms
+        question = row["entry"]["question"].rsplit(":", 1)[1]
+        assert len([t for t in question.replace("=", " ").split() if t.lstrip("-").isdigit()]) == 2
+        assert all(len(t.lstrip("-")) == 1 for t in question.split() if t.lstrip("-").isdigit())
+    verify = load_reward("reasoning_gym:chain_sum:max_terms=2,max_digits=1")
+    entry = rows[0]["entry"]
+    assert verify([rows[0]["prompt"]] * 2, [f"<answer>{entry['answer']}</answer>", "<answer>x</answer>"],
+                  entry=[entry, entry]) == [1.0, 0.0]
+
+
+def test_reasoning_gym_bad_task_options_name_the_option():
+    from rlhfkit.data.builtin import load_builtin
+
+    with pytest.raises(ConfigError, match="max_termz"):
+        load_builtin("reasoning_gym:chain_sum:max_termz=2", "test")
+    with pytest.raises(ConfigError, match="not key=value"):
+        load_builtin("reasoning_gym:chain_sum:max_terms", "test")

@@ -264,7 +264,8 @@ class PromptDataCfg:
 
     prompts: str = "vader:movies"
     """A prompt file (.jsonl/.csv/.parquet/.txt) or a built-in set: vader:movies|tweets|amazon|nyt
-    (openings of human-rated texts, train split) or reasoning_gym:<task>."""
+    (openings of human-rated texts, train split) or reasoning_gym:<task>[:key=value,...]
+    (the task's own options: reasoning_gym:chain_sum:max_terms=2,max_digits=1)."""
     prompt_field: str = "prompt"
     """Column holding the prompt in a prompt file (a chat "messages" column also works)."""
     eval_prompts: str = ""

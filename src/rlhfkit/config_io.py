@@ -170,7 +170,12 @@ def coerce(value: Any, tp: Any, from_cli: bool) -> Any:
 # --- building ------------------------------------------------------------------------------------
 
 
-def _build(cls: type, data: dict, cli_keys: set[str], prefix: str, problems: list[str]) -> Any:
+def build(cls: type, data: dict, cli_keys: set[str], prefix: str, problems: list[str]) -> Any:
+    """``cls`` from a nested dict of raw values, coerced to each field's type.
+
+    Unknown keys and bad values are appended to ``problems`` (named ``prefix`` + key) instead of
+    raised, so one pass reports them all; ``cli_keys`` are the dotted keys that came from flags.
+    """
     fields = _fields(cls)
     for key in data:
         if key not in fields:
@@ -186,7 +191,7 @@ def _build(cls: type, data: dict, cli_keys: set[str], prefix: str, problems: lis
                 problems.append(f"{prefix}{name} = {value!r}: is a group of options; write it as a "
                                 f"[{prefix}{name}] table or set --{prefix}{name}.KEY")
                 continue
-            kwargs[name] = _build(tp, value, cli_keys, f"{prefix}{name}.", problems)
+            kwargs[name] = build(tp, value, cli_keys, f"{prefix}{name}.", problems)
             continue
         try:
             kwargs[name] = coerce(value, tp, from_cli=f"{prefix}{name}" in cli_keys)
@@ -311,11 +316,12 @@ def _resolve_key(key: str, paths: dict, top: dict) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
+def deep_merge(base: dict, extra: dict) -> dict:
+    """``base`` updated by ``extra``, nested tables merged key by key rather than replaced."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -329,9 +335,9 @@ def load(cls: type, args: list[str], command: str = "") -> Any:
     """
     overrides, cli_keys, config_file = parse_overrides(cls, args)
     data = read_file(config_file) if config_file else {}
-    data = _deep_merge(data, overrides)
+    data = deep_merge(data, overrides)
     problems: list[str] = []
-    cfg = _build(cls, data, cli_keys, "", problems)
+    cfg = build(cls, data, cli_keys, "", problems)
     if problems:
         raise ConfigError(problems)
     run = getattr(cfg, "run", None)

@@ -223,7 +223,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     problems: list[str] = []
     # config_io builds a command's config from a file and flags; a recipe's [[tasks]] are tables
     # it has no type for, so each table is built on its own with the same coercion and checks
-    settings = config_io._build(Config, config_io._deep_merge(data, cli_data), cli_keys, "",
+    settings = config_io.build(Config, config_io.deep_merge(data, cli_data), cli_keys, "",
                                 problems)
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
         problems.append("tasks: missing; add a [[tasks]] table per task (see rlhfkit compare --help)")
@@ -233,11 +233,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         where = f"tasks[{i}]."
         table = dict(table)
         method_tables = table.pop("methods", None)
-        cfg = config_io._build(TaskCfg, table, set(), where, problems)
+        cfg = config_io.build(TaskCfg, table, set(), where, problems)
         if not isinstance(method_tables, list) or not method_tables:
             problems.append(f"{where}methods: missing; add [[tasks.methods]] tables, one per method")
             method_tables = []
-        methods = tuple(config_io._build(MethodCfg, m if isinstance(m, dict) else {}, set(),
+        methods = tuple(config_io.build(MethodCfg, m if isinstance(m, dict) else {}, set(),
                                          f"{where}methods[{j}].", problems)
                         for j, m in enumerate(method_tables))
         tasks.append(Task(cfg, methods))
@@ -446,6 +446,9 @@ def run_method(recipe: Recipe, task: Task, method: MethodCfg, seed: int, base: t
                                    f"in {model_dir}; pass its run directory as {{output_dir}}")
             write_text_atomic(train_file, json.dumps({"command": argv, "seconds": seconds},
                                                      indent=2) + "\n")
+            # only an unfinished run resumes from its checkpoints: a finished one's model is
+            # all compare reads, and a comparison's checkpoints run to tens of gigabytes
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         seconds = round(seconds + extra_seconds, 2)
     if result_file.is_file():
         saved = json.loads(result_file.read_text(encoding="utf-8"))

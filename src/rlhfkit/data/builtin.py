@@ -61,13 +61,38 @@ def _vader_openings(corpus: str, split: str, field: str) -> list[dict[str, Any]]
     return rows
 
 
-def _reasoning_gym(task: str, split: str, field: str) -> list[dict[str, Any]]:
+def _reasoning_gym(spec: str, split: str, field: str) -> list[dict[str, Any]]:
+    """A reasoning-gym task's questions; ``task:key=value,...`` sets the task's own options
+    (``chain_sum:max_terms=2,max_digits=1``: sums a 135M model can do)."""
     import reasoning_gym
 
+    task, options = parse_task_options(spec, f"data.{field}")
     try:
         dataset = reasoning_gym.create_dataset(task, size=REASONING_SIZES[split],
-                                               seed=REASONING_SEEDS[split])
-    except Exception as e:  # reasoning_gym raises a bare error for unknown names
-        raise ConfigError(f"data.{field} = 'reasoning_gym:{task}': {e}; see "
-                          "reasoning_gym's task list (e.g. basic_arithmetic, chain_sum)") from None
+                                               seed=REASONING_SEEDS[split], **options)
+    except Exception as e:  # reasoning_gym raises bare errors for unknown names and options
+        raise ConfigError(f"data.{field} = 'reasoning_gym:{spec}': {e}; see "
+                          "reasoning_gym's task list (e.g. basic_arithmetic, chain_sum) and the "
+                          "task's config class for its options") from None
     return [{"prompt": f"{item['question']}\n{ANSWER_FORMAT}", "entry": item} for item in dataset]
+
+
+def parse_task_options(spec: str, option: str) -> tuple[str, dict[str, Any]]:
+    """``"chain_sum:max_terms=2,max_digits=1"`` -> ``("chain_sum", {"max_terms": 2, ...})``.
+
+    Values read as Python literals (numbers, True/False, tuples) and otherwise stay strings.
+    """
+    import ast
+
+    task, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, has_value, value = part.partition("=")
+        if not has_value or not key.strip():
+            raise ConfigError(f"{option} = 'reasoning_gym:{spec}': option {part!r} is not "
+                              "key=value; write reasoning_gym:TASK:key=value,key=value")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return task, options

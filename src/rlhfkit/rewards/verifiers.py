@@ -87,6 +87,8 @@ def reasoning_gym_reward(arg: str | None) -> RewardFn:
     import reasoning_gym
     from reasoning_gym.factory import DATASETS
 
+    # the scorer reads each item, so task options (chain_sum:max_terms=2) need no handling here
+    arg = arg.partition(":")[0]
     if arg not in DATASETS:
         close = difflib.get_close_matches(arg, list(DATASETS), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
