@@ -218,19 +218,8 @@ def fit(cfg: OfflineConfig, command: str, model: Any, examples: Sequence[Any],
             for step in range(start + 1, steps + 1):
                 # 1. this step's micro-batches; each one's mean loss weighs by its share of examples
                 batches = [[examples[i] for i in order.next()] for _ in range(accum)]
-                count = sum(len(b) for b in batches)
-                sums: dict[str, float] = {}
-                loss_finite = True
-                for batch in batches:
-                    # 2. loss and gradients
-                    loss, metrics = loss_fn(batch)
-                    weight = len(batch) / count
-                    if torch.isfinite(loss):
-                        (loss * weight).backward()
-                    else:
-                        loss_finite = False
-                    for key, value in {"loss": float(loss.detach()), **metrics}.items():
-                        sums[key] = sums.get(key, 0.0) + value * weight
+                # 2. loss and gradients
+                loss_finite, sums = accumulate(batches, loss_fn)
                 # 3. clip, guard against NaN/inf, step
                 ok, (grad_norm,) = guard.clip_and_check_all([model], optim.max_grad_norm,
                                                             loss_finite)
@@ -259,6 +248,30 @@ def fit(cfg: OfflineConfig, command: str, model: Any, examples: Sequence[Any],
     return Fitted(run=run, steps=steps, seconds=round(time.perf_counter() - started, 1),
                   eval_before=eval_before, eval_after=eval_after, skipped_steps=guard.skipped,
                   last_train=last)
+
+
+def accumulate(batches: Sequence[Sequence[Any]],
+               loss_fn: Callable[[Any], tuple[Any, dict[str, float]]]) -> tuple[bool, dict[str, float]]:
+    """Backpropagate each micro-batch's mean loss weighted by its share of the examples.
+
+    Returns whether every loss was finite (a non-finite one is not backpropagated) and the
+    example-weighted means of the loss and the metrics over the micro-batches.
+    """
+    import torch
+
+    count = sum(len(batch) for batch in batches)
+    sums: dict[str, float] = {}
+    loss_finite = True
+    for batch in batches:
+        loss, metrics = loss_fn(batch)
+        weight = len(batch) / count
+        if torch.isfinite(loss):
+            (loss * weight).backward()
+        else:
+            loss_finite = False
+        for key, value in {"loss": float(loss.detach()), **metrics}.items():
+            sums[key] = sums.get(key, 0.0) + value * weight
+    return loss_finite, sums
 
 
 def _eval_part(row: dict[str, Any]) -> dict[str, float]:

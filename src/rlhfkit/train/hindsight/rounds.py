@@ -195,9 +195,8 @@ class Rounds:
         mean loss weighs by its share of the step's examples, so accumulation does not change
         the step. A NaN/inf loss or gradient skips the step (``online.NonFiniteGuard``).
         """
-        import torch
 
-        from rlhfkit.train.offline import BatchOrder
+        from rlhfkit.train.offline import BatchOrder, accumulate
 
         cfg = self.cfg
         order = BatchOrder([0] * len(examples), cfg.rounds.batch_size,
@@ -206,17 +205,9 @@ class Rounds:
         means: dict[str, float] = {}
         for _ in range(steps):
             batches = [[examples[i] for i in order.next()] for _ in range(cfg.optim.grad_accum_steps)]
-            count = sum(len(batch) for batch in batches)
-            loss_finite = True
-            for batch in batches:
-                loss, metrics = loss_fn(batch)
-                share = len(batch) / count
-                if torch.isfinite(loss):
-                    (loss * share).backward()
-                else:
-                    loss_finite = False
-                for key, value in {"loss": float(loss.detach()), **metrics}.items():
-                    means[key] = means.get(key, 0.0) + value * share / steps
+            loss_finite, step_means = accumulate(batches, loss_fn)
+            for key, value in step_means.items():
+                means[key] = means.get(key, 0.0) + value / steps
             ok, norms = self.guard.clip_and_check_all(self.models, cfg.optim.max_grad_norm,
                                                       loss_finite)
             for optimizer, scheduler in self.optimizers:
