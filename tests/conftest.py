@@ -93,6 +93,26 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ending_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama that ends its outputs often, as a trained model does: P(EOS) about 0.17
+    per token (a random one's is 1/vocab). Length goals are met by stopping at the right time, and
+    a cut-off sample teaches no EOS, so a model that never ends has nothing to learn from. Read-only.
+    """
+    import torch
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_llama(len(tokenizer), tokenizer.eos_token_id)
+    with torch.no_grad():  # EOS's output row along the mean final hidden state: logit ~2 on average
+        ids = torch.randint(0, len(tokenizer), (16, 32), generator=torch.Generator().manual_seed(0))
+        mean = model.model(ids).last_hidden_state.flatten(0, 1).mean(0)
+        model.lm_head.weight[tokenizer.eos_token_id] = 2.0 * mean / mean.norm() ** 2
+    path = tmp_path_factory.mktemp("ending-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir):
     """(model, tokenizer) loaded from ``tiny_model_dir`` on CPU, shared by the session.
 

@@ -94,6 +94,15 @@ command = ["train", "--run.output_dir", "{output_dir}", "--run.seed", "{seed}", 
 
 [[tasks.methods]]
 name = "nothing"
+
+[[tasks.methods]]
+name = "asked"
+instruction = "Be kind."
+
+[[tasks.methods]]
+name = "both"
+instruction = "{prompt}!"
+command = ["sft", "--run.output_dir", "{output_dir}", "--run.seed", "{seed}"]
 """
     recipe = write_recipe(tmp_path, tiny_model_dir, prompts_file, reward_spec, methods)
     with pytest.raises(ConfigError) as error:
@@ -108,6 +117,9 @@ name = "nothing"
                for p in problems)
     assert any("methods[3].command = '{': " in p and "literal brace" in p for p in problems)
     assert any("methods[4].command = '': is required" in p for p in problems)
+    assert "tasks[0].methods[5].instruction = 'Be kind.': must contain {prompt} exactly once, " \
+        "where the prompt goes, as in '[very positive] {prompt}'" in problems
+    assert any("methods[6].instruction" in p and "not both" in p for p in problems)
 
 
 def test_missing_fields_are_named(tmp_path):
@@ -150,7 +162,8 @@ def test_the_cli_reports_a_bad_recipe_in_one_line(tmp_path, tiny_model_dir, prom
 
 def test_compare_base_rft_dpo_then_resume(tmp_path, tiny_model_dir, prompts_file, reward_spec,
                                           monkeypatch, capsys):
-    recipe = write_recipe(tmp_path, tiny_model_dir, prompts_file, reward_spec)
+    methods = METHODS + '\n[[tasks.methods]]\nname = "asked"\ninstruction = "Say o: {prompt}"\n'
+    recipe = write_recipe(tmp_path, tiny_model_dir, prompts_file, reward_spec, methods)
     out = tmp_path / "compare"
     trained = []
     train = compare._train
@@ -167,8 +180,12 @@ def test_compare_base_rft_dpo_then_resume(tmp_path, tiny_model_dir, prompts_file
     assert len((seed_dir / "sampled" / "samples.jsonl").read_text().splitlines()) == 4 * 8
     results = json.loads((out / "results.json").read_text())
     rows = {row["method"]: row for row in results["tasks"][0]["rows"]}
-    assert list(rows) == ["base", "rft", "dpo"]
+    assert list(rows) == ["base", "rft", "dpo", "asked"]
     assert rows["base"]["kl"] == 0 and rows["base"]["vs_base"] is None
+    # the asked base: the untrained model, prompted through the instruction
+    asked = json.loads((seed_dir / "results" / "asked.json").read_text())
+    assert asked["conditioning"]["instruction"] == "Say o: {prompt}" and asked["seconds"] is None
+    assert rows["asked"]["kl"] == 0 and rows["asked"]["score"] != rows["base"]["score"]
     assert rows["rft"]["kl"] > 0 and rows["dpo"]["kl"] > 0  # trained away from the base
     # rejection sampling on a letter-o reward: the fine-tuned model writes more o's
     assert rows["rft"]["score"]["mean"] > rows["base"]["score"]["mean"]

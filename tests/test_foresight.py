@@ -14,7 +14,7 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.train.hindsight import foresight, relabel, rounds
 from rlhfkit.train.hindsight.rounds import RoundsCfg
 
-SHARED = dict(gen=GenCfg(max_new_tokens=4, temperature=1.0, batch_size=64, chat_template="off"),
+SHARED = dict(gen=GenCfg(max_new_tokens=6, temperature=1.0, batch_size=64, chat_template="off"),
               optim=OptimCfg(lr=1e-2), log=LogCfg(tensorboard=False, progress=False),
               rounds=RoundsCfg(rounds=15, prompts_per_round=64, steps_per_round=8, batch_size=16),
               goal=relabel.GoalCfg(kind="length", max_words=2))
@@ -28,12 +28,13 @@ def make_config(tmp_path, model_dir, prompts_file, coef=1.0, reward="length") ->
         foresight=foresight.ForesightCfg(coef=coef, critic_lr=1e-2), **SHARED)
 
 
-def test_goal_hit_rate_rises(tmp_path, tiny_model_dir, prompts_file):
-    run, summary = foresight.train(make_config(tmp_path, tiny_model_dir, prompts_file))
+def test_goal_hit_rate_rises(tmp_path, ending_model_dir, prompts_file):
+    run, summary = foresight.train(make_config(tmp_path, ending_model_dir, prompts_file))
     rows = run.metrics()
     hits = [row["goal_hit_rate"] for row in rows]
     # three goals: ignoring the goal hits about a third of them
-    assert sum(hits[:3]) / 3 < 0.45 and sum(hits[-3:]) / 3 > 0.6, hits
+    first, last = sum(hits[:3]) / 3, sum(hits[-3:]) / 3
+    assert first < 0.5 and last > 0.6 and last > first + 0.2, hits
     assert rows[-1]["value_loss"] < rows[0]["value_loss"] / 2  # the value head learned the returns
     assert {"hindsight", "foresight", "advantage", "return"} <= set(rows[-1])
     assert load_conditioning(summary["model"]) == Conditioning(

@@ -9,7 +9,7 @@ import pytest
 
 from rlhfkit import cli, config_io
 from rlhfkit.config import FeedbackDataCfg, LogCfg, ModelCfg, OptimCfg, RunCfg
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.train import dpo, offline, reward, sft
 
 # A preference that depends on the prompt, so a model that ignores the prompt scores 50%.
@@ -218,3 +218,27 @@ def test_balance_on_data_without_classes_is_refused(tmp_path, module):
     kto = config_io.load(dpo.Config, ["--data", labeled_file(tmp_path), "--algo.loss", "kto",
                                       "--data.balance", "inverse-frequency"])
     assert kto.data.balance == "inverse-frequency"  # labels have classes: accepted
+
+
+def test_a_cut_off_sample_gets_no_eos_to_learn():
+    from conftest import build_tiny_tokenizer
+    from rlhfkit.train import sequences
+
+    tokenizer = build_tiny_tokenizer()
+    ended = sequences.encode(tokenizer, "The film", " was good", chat=False, max_length=64)
+    cut = sequences.encode(tokenizer, "The film", " was good", chat=False, max_length=64, ends=False)
+    assert ended.ids[-1] == tokenizer.eos_token_id and ended.ids[:-1] == cut.ids
+    assert cut.ids[-1] != tokenizer.eos_token_id and cut.completion_start == ended.completion_start
+
+
+def test_sft_learns_no_eos_after_a_cut_off_demonstration(tmp_path):
+    from rlhfkit.data.feedback import load_demonstrations
+
+    data = tmp_path / "demos.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b", "finished": false}\n'
+                    '{"prompt": "a", "completion": "c"}\n')
+    rows = load_demonstrations(FeedbackDataCfg(path=str(data), eval_fraction=0), "train")
+    assert [row.finished for row in rows] == [False, True]
+    data.write_text('{"prompt": "a", "completion": "b", "finished": "no"}\n')
+    with pytest.raises(DataError, match="non-boolean 'finished'.*give true, or false"):
+        load_demonstrations(FeedbackDataCfg(path=str(data), eval_fraction=0), "train")

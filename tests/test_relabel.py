@@ -18,20 +18,21 @@ def make_config(tmp_path, model_dir, prompts_file, **goal) -> relabel.Config:
         reward="length",
         model=ModelCfg(path=str(model_dir), device="cpu"),
         data=PromptDataCfg(prompts=str(prompts_file), eval_size=0),
-        gen=GenCfg(max_new_tokens=4, temperature=1.0, batch_size=64, chat_template="off"),
+        gen=GenCfg(max_new_tokens=6, temperature=1.0, batch_size=64, chat_template="off"),
         optim=OptimCfg(lr=1e-2),
         log=LogCfg(tensorboard=False, progress=False),
         run=RunCfg(output_dir=str(tmp_path / "run")),
-        rounds=RoundsCfg(rounds=15, prompts_per_round=64, steps_per_round=8, batch_size=16),
+        rounds=RoundsCfg(rounds=25, prompts_per_round=64, steps_per_round=8, batch_size=16),
         goal=relabel.GoalCfg(**{"kind": "length", "max_words": 2, **goal}))
 
 
-def test_goal_hit_rate_rises(tmp_path, tiny_model_dir, prompts_file):
+def test_goal_hit_rate_rises(tmp_path, ending_model_dir, prompts_file):
     # three goals (0, 1, 2+ words): a policy ignoring the goal hits about a third of them, so a
     # hit rate well above that means the model learned to read the goal in its prompt
-    run, summary = relabel.train(make_config(tmp_path, tiny_model_dir, prompts_file))
+    run, summary = relabel.train(make_config(tmp_path, ending_model_dir, prompts_file))
     hits = [row["goal_hit_rate"] for row in run.metrics()]
-    assert sum(hits[:3]) / 3 < 0.45 and sum(hits[-3:]) / 3 > 0.6, hits
+    first, last = sum(hits[:3]) / 3, sum(hits[-3:]) / 3
+    assert first < 0.5 and last > 0.6 and last > first + 0.2, hits
     model_dir = run.path / "model"
     assert summary["model"] == str(model_dir)
     assert load_conditioning(model_dir) == Conditioning(
@@ -56,8 +57,14 @@ def test_sentiment_levels_by_hand():
     assert [space.reached(s) for s in (-1.0, -0.6, -0.5, -0.01, 0.0, 0.49, 0.5, 1.0)] == \
         [1, 1, 2, 2, 3, 3, 4, 4]  # a score on an edge goes up
     assert space.goals == [1, 2, 3, 4] and space.top == 4
-    assert space.ask("The movie was", 4) == "[sentiment level 4 of 4] The movie was"
+    assert space.ask("The movie was", 4) == "[very positive] The movie was"  # words it reads
+    assert [space.describe(g) for g in (1, 2, 3)] == ["very negative", "negative", "positive"]
     assert space.distance(1, 4) == 1.0 and space.distance(3, 3) == 0.0
+    assert GoalSpace("sentiment", levels=7).describe(7) == "sentiment level 7 of 7"  # no names
+    own = GoalSpace("sentiment", levels=2, names=("bad", "good"))
+    assert own.ask("The movie was", 2) == "[good] The movie was"
+    with pytest.raises(ConfigError, match=r"goal\.names = \['bad'\] names 1 levels"):
+        GoalSpace("sentiment", levels=2, names=("bad",))
 
 
 def test_length_goals_by_hand():
@@ -95,10 +102,11 @@ def test_train_refuses_an_unmeasurable_goal_before_loading(tmp_path, prompts_fil
 def test_config_errors():
     problems = "\n".join(config_io.validate(relabel.Config(
         method="hir", reward="vader",
-        goal=relabel.GoalCfg(levels=1, template="{prompt}", desired=5))))
+        goal=relabel.GoalCfg(levels=1, template="{prompt}", desired=5, names=("a", "b")))))
     assert "method = 'hir'" in problems
     assert "goal.template = '{prompt}': must contain {goal} exactly once" in problems
     assert "goal.levels = 1" in problems and "goal.desired = 5: is beyond the top goal 1" in problems
+    assert "goal.names = ['a', 'b']: names 2 levels but goal.levels = 1" in problems
     assert config_io.validate(relabel.Config(reward="sentiment")) == []
 
 

@@ -31,9 +31,9 @@ SAMPLES = [sample(0, 0, 0.2), sample(0, 1, 0.9), sample(0, 2, -0.4),
 
 def test_best_per_prompt_takes_the_top_score_and_the_first_of_a_tie():
     assert best_per_prompt(SAMPLES) == [
-        {"prompt": "p0", "completion": "c0-1", "score": 0.9},
-        {"prompt": "p1", "completion": "c1-0", "score": 0.5},
-        {"prompt": "p2", "completion": "c2-1", "score": 0.3}]
+        {"prompt": "p0", "completion": "c0-1", "finished": True, "score": 0.9},
+        {"prompt": "p1", "completion": "c1-0", "finished": True, "score": 0.5},
+        {"prompt": "p2", "completion": "c2-1", "finished": True, "score": 0.3}]
     assert [b["prompt"] for b in best_per_prompt(SAMPLES, min_score=0.5)] == ["p0", "p1"]
 
 
@@ -74,6 +74,9 @@ def test_sample_and_score_keeps_the_rows_and_is_seeded(tiny_lm):
     assert [(s["prompt_index"], s["sample"], s["id"]) for s in samples] == [
         (0, 0, "a"), (0, 1, "a"), (0, 2, "a"), (1, 0, "b"), (1, 1, "b"), (1, 2, "b")]
     assert all(s["score"] == len(s["completion"]) for s in samples)
+    # a random tiny model almost never ends within 6 tokens: its samples are marked cut off
+    assert all(isinstance(s["finished"], bool) for s in samples) and not all(
+        s["finished"] for s in samples)
     assert seen["id"] == ["a"] * 3 + ["b"] * 3  # the reward reads the rows' columns
     again = sample_and_score(model, tokenizer, rows, gen, reward, samples_per_prompt=3, seed=7)
     assert [s["completion"] for s in again] == [s["completion"] for s in samples]

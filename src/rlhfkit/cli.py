@@ -46,6 +46,9 @@ def _summary(module: str) -> str:
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "Config":
             return (ast.get_docstring(node) or "").strip().splitlines()[0]
+        if isinstance(node, ast.ImportFrom) and node.module and any(
+                alias.name == "Config" and alias.asname is None for alias in node.names):
+            return _summary(node.module)  # defined beside it (compare's is in compare_recipe)
     return ""
 
 

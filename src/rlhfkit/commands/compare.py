@@ -32,241 +32,33 @@ methods. An error stops the comparison with the method named; the finished ones 
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import string
 import sys
 import time
-from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import (
-    GenCfg,
-    ModelCfg,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveInt,
-    Problem,
-    PromptDataCfg,
-    default,
+from rlhfkit.commands.compare_recipe import (
+    EMPTY,
+    PLACEHOLDERS,
+    RECIPE_HELP,
+    SAMPLED,
+    Config,
+    MethodCfg,
+    Recipe,
+    Task,
+    TaskCfg,
+    fill,
+    load_recipe,
+    placeholders,
 )
+from rlhfkit.conditioning import Conditioning
+from rlhfkit.config import GenCfg, ModelCfg
 from rlhfkit.errors import ConfigError, RlhfkitError
 
-BASE = "base"
-PLACEHOLDERS = {
-    "output_dir": "the method's run directory: its trained model must be <output_dir>/model",
-    "seed": "the training seed",
-    "base": "the base model (model.path)",
-    "device": "the device (model.device)",
-    "prompts": "the task's training prompts (data.prompts)",
-    "max_prompts": "how many of them the sampling stage uses (data.max_prompts)",
-    "reward": "the task's reward",
-    "samples": "samples.jsonl of this seed's sampling stage (every scored completion)",
-    "best": "best.jsonl of this seed's sampling stage (the best completion per prompt)",
-    "pairs": "pairs.jsonl of this seed's sampling stage (best vs worst per prompt)",
-}
-SAMPLED = frozenset({"samples", "best", "pairs"})
-EMPTY = {"best": "no prompt's best sample reached min_best_score; lower it, or raise "
-                 "samples_per_prompt or data.max_prompts",
-         "pairs": "no prompt's samples differed by min_margin; lower it, or raise "
-                  "samples_per_prompt or data.max_prompts"}
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-RECIPE_HELP = """
-A recipe (TOML) holds the options above at its top level, then one [[tasks]] table per task,
-each with its own [[tasks.methods]]:
-
-  [[tasks]]                 name, reward, samples_per_prompt, min_margin, [tasks.data], [tasks.gen]
-  [[tasks.methods]]         name = "base" (the starting model, no command), or a name and
-                            command = ["sft", "--data", "{best}", "--run.output_dir", "{output_dir}", ...]
-
-Placeholders in a command:
-""" + "".join(f"  {{{name}}}{' ' * (14 - len(name))}{doc}\n" for name, doc in PLACEHOLDERS.items())
-
-
-@dataclass(frozen=True)
-class Config:
-    """Compare training methods on one sample budget and seed set: a table per task."""
-
-    output_dir: str = ""
-    """Where the comparison lives; empty means runs/compare-<recipe name>."""
-    seeds: PositiveInt = 1
-    """Training seeds 0 .. seeds-1: every method trains once per seed, on that seed's samples."""
-    eval_seed: NonNegativeInt = 1000
-    """Sampling seed of the held-out evaluation (plus the training seed), the same for every method."""
-    overwrite: bool = False
-    """Delete an earlier comparison in output_dir and start afresh (otherwise it continues)."""
-    model: ModelCfg = default(ModelCfg)
-    """The base model every method starts from ({base}), evaluated as the base row."""
-
-
-@dataclass(frozen=True)
-class TaskCfg:
-    """One task: prompts, reward, the shared sample budget and the held-out evaluation."""
-
-    name: str = ""
-    """The task's name: its table's title and its directory (required)."""
-    reward: str = ""
-    """The reward that scores samples and held-out completions (required), as in grpo --reward."""
-    samples_per_prompt: PositiveInt = 8
-    """K: completions the sampling stage draws per training prompt (budget = prompts x K)."""
-    min_margin: NonNegativeFloat = 0.0
-    """pairs.jsonl keeps a prompt's best-vs-worst pair only when their scores differ this much."""
-    min_best_score: float | None = None
-    """best.jsonl keeps a prompt only when its best sample scores this much (1 with a verifier:
-    a correct answer); unset keeps every prompt's best."""
-    data: PromptDataCfg = default(PromptDataCfg)
-    """Training prompts (max_prompts of them are sampled) and held-out ones (eval_size, test split)."""
-    gen: GenCfg = default(GenCfg)
-    """How the sampling stage and the held-out evaluation sample."""
-
-    def check(self) -> Iterable[Problem]:
-        if not NAME.fullmatch(self.name):
-            yield Problem("name", self.name, "is required: letters, digits, '.', '_' or '-'")
-        if not self.reward:
-            yield Problem("reward", self.reward, "is required; name the task's reward, e.g. sentiment")
-        if self.data.eval_size < 2:
-            yield Problem("data.eval_size", self.data.eval_size,
-                          "must be at least 2: a confidence interval needs 2 held-out prompts")
-
-
-@dataclass(frozen=True)
-class MethodCfg:
-    """One method: its row name and the rlhfkit command line that trains it."""
-
-    name: str = ""
-    """Its row in the table and its directory; "base" is the starting model, run as is."""
-    command: tuple[str, ...] = ()
-    """The arguments of an `rlhfkit ...` call, with placeholders such as {output_dir} {seed}."""
-
-
-@dataclass(frozen=True)
-class Task:
-    """A task's settings and its methods, in table order."""
-
-    cfg: TaskCfg
-    methods: tuple[MethodCfg, ...]
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A checked recipe: where it came from, its top-level options, its tasks."""
-
-    path: Path
-    settings: Config
-    tasks: tuple[Task, ...]
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.settings.output_dir or f"runs/compare-{self.path.stem}").expanduser()
-
-
-# --- the recipe ------------------------------------------------------------------------------------
-
-
-def placeholders(command: Sequence[str]) -> set[str]:
-    """The placeholder names in a command line (``{{`` and ``}}`` are literal braces)."""
-    return {name for arg in command for _, name, _, _ in string.Formatter().parse(arg)
-            if name is not None}
-
-
-def fill(command: Sequence[str], values: dict[str, Any]) -> list[str]:
-    """The command line with every placeholder replaced by its value."""
-    return [arg.format_map(values) for arg in command]
-
-
-def _command_problems(method: MethodCfg) -> Iterable[Problem]:
-    if method.name == BASE:
-        if method.command:
-            yield Problem("command", " ".join(method.command),
-                          "base is the starting model, evaluated as is; remove its command")
-        return
-    if not method.command:
-        yield Problem("command", "", 'is required: the rlhfkit arguments that train the method, '
-                      'e.g. ["sft", "--data", "{best}", "--run.output_dir", "{output_dir}"]')
-        return
-    from rlhfkit import cli
-
-    if method.command[0] not in {*cli.COMMANDS, *cli.TOOLS} - {"compare"}:
-        yield Problem("command", " ".join(method.command),
-                      f"starts with {method.command[0]!r}, not an rlhfkit training command")
-    names: set[str] = set()
-    for arg in method.command:  # each wrong argument named on its own
-        try:
-            found = placeholders([arg])
-        except ValueError as e:  # a lone brace
-            yield Problem("command", arg, f"{e}; write a literal brace as {{{{ or }}}}")
-            continue
-        for name in sorted(found - PLACEHOLDERS.keys()):
-            yield Problem("command", arg, f"unknown placeholder {{{name}}}; use one of "
-                          + ", ".join(f"{{{known}}}" for known in PLACEHOLDERS))
-        names |= found
-    for needed in ("output_dir", "seed"):
-        if needed not in names:
-            yield Problem("command", " ".join(method.command),
-                          f"never uses {{{needed}}}; pass it (e.g. --run.{needed} {{{needed}}}) so "
-                          "the run lands where compare evaluates it, once per seed")
-
-
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """The checked recipe: its top-level options (``overrides`` win), its tasks and methods.
-
-    Every problem in the file is reported at once, before any model loads.
-    """
-    from rlhfkit import config_io
-
-    data = config_io.read_file(str(path))
-    tables = data.pop("tasks", None)
-    cli_data, cli_keys, _ = config_io.parse_overrides(Config, list(overrides))
-    problems: list[str] = []
-    # config_io builds a command's config from a file and flags; a recipe's [[tasks]] are tables
-    # it has no type for, so each table is built on its own with the same coercion and checks
-    settings = config_io.build(Config, config_io.deep_merge(data, cli_data), cli_keys, "",
-                                problems)
-    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
-        problems.append("tasks: missing; add a [[tasks]] table per task (see rlhfkit compare --help)")
-        tables = []
-    tasks = []
-    for i, table in enumerate(tables):
-        where = f"tasks[{i}]."
-        table = dict(table)
-        method_tables = table.pop("methods", None)
-        cfg = config_io.build(TaskCfg, table, set(), where, problems)
-        if not isinstance(method_tables, list) or not method_tables:
-            problems.append(f"{where}methods: missing; add [[tasks.methods]] tables, one per method")
-            method_tables = []
-        methods = tuple(config_io.build(MethodCfg, m if isinstance(m, dict) else {}, set(),
-                                         f"{where}methods[{j}].", problems)
-                        for j, m in enumerate(method_tables))
-        tasks.append(Task(cfg, methods))
-    if problems:
-        raise ConfigError(problems)
-    problems = config_io.validate(settings)
-    for i, task in enumerate(tasks):
-        problems += config_io.validate(task.cfg, f"tasks[{i}].")
-        seen: set[str] = set()
-        for j, method in enumerate(task.methods):
-            where = f"tasks[{i}].methods[{j}]."
-            if not NAME.fullmatch(method.name):
-                problems.append(f"{where}name = {method.name!r}: is required: letters, digits, "
-                                "'.', '_' or '-'")
-            elif method.name in seen:
-                problems.append(f"{where}name = {method.name!r}: appears twice in task "
-                                f"{task.cfg.name!r}; give each method its own name")
-            seen.add(method.name)
-            problems += [f"{where}{p.field} = {p.value!r}: {p.message}"
-                         for p in _command_problems(method)]
-        if BASE not in seen:
-            problems.append(f'tasks[{i}].methods: no "base"; add [[tasks.methods]] name = "base", '
-                            "the starting model every method is measured against")
-    names = [task.cfg.name for task in tasks]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"tasks: name {name!r} appears twice; give each task its own name")
-    if problems:
-        raise ConfigError(problems)
-    return Recipe(Path(path), settings, tuple(tasks))
+__all__ = ["PLACEHOLDERS", "Config", "fill", "load_recipe", "main", "placeholders", "run"]
 
 
 # --- running it ------------------------------------------------------------------------------------
@@ -421,7 +213,7 @@ def run_method(recipe: Recipe, task: Task, method: MethodCfg, seed: int, base: t
     result_file = results / f"{method.name}.json"
     model_dir = None
     seconds = None
-    if method.name != BASE:
+    if method.trains:
         run_dir = seed_directory(recipe, task, seed) / method.name
         model_dir = run_dir / "model"
         argv = command_line(recipe, task, method, seed)
@@ -454,8 +246,10 @@ def run_method(recipe: Recipe, task: Task, method: MethodCfg, seed: int, base: t
         saved = json.loads(result_file.read_text(encoding="utf-8"))
     else:
         print(f"[{where}] evaluating on {len(held_out)} held-out prompts")
+        asked = Conditioning("prompt", method.instruction) if method.instruction else None
         evaluation, conditioning = evaluate(model_dir, base, recipe.settings.model, held_out,
-                                            task.cfg.gen, reward, recipe.settings.eval_seed + seed)
+                                            task.cfg.gen, reward, recipe.settings.eval_seed + seed,
+                                            asked)
         saved = {"method": method.name, "seed": seed,
                  "model": str(model_dir or recipe.settings.model.path),
                  "conditioning": conditioning, "seconds": seconds,
@@ -485,17 +279,17 @@ def _train(argv: list[str], where: str) -> float:
 
 def evaluate(model_dir: Path | None, base: tuple[Any, Any], model_cfg: ModelCfg,
              held_out: list[dict[str, Any]], gen: GenCfg, reward: Any,
-             seed: int) -> tuple[Any, dict[str, str] | None]:
-    """Held-out completions of the model in ``model_dir`` (None: the base), scored, with KL to
-    the base; and the conditioning it was asked with, if it recorded one."""
-    from dataclasses import asdict
-
+             seed: int, asked: Conditioning | None = None) -> tuple[Any, dict[str, str] | None]:
+    """Held-out completions of the model in ``model_dir`` (None: the base, ``asked`` through an
+    instruction or not), scored, with KL to the base; and the conditioning it was asked with."""
     from rlhfkit.conditioning import load_conditioning
     from rlhfkit.eval.policy import evaluate_policy
     from rlhfkit.models import load_causal_lm
 
-    if model_dir is None:
-        return evaluate_policy(*base, held_out, gen, {"score": reward}, seed), None
+    if model_dir is None:  # the base itself: KL 0
+        evaluation = evaluate_policy(*base, held_out, gen, {"score": reward}, seed,
+                                     conditioning=asked)
+        return evaluation, None if asked is None else asdict(asked)
     model, tokenizer = load_causal_lm(replace(model_cfg, path=str(model_dir)))
     conditioning = load_conditioning(model_dir)
     evaluation = evaluate_policy(model, tokenizer, held_out, gen, {"score": reward}, seed,

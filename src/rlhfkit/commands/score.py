@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import InputFile, PositiveInt, Problem
-from rlhfkit.errors import ConfigError, DataError, RewardError
+from rlhfkit.errors import DataError, RewardError
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Config:
     """Completions passed to the reward in one call."""
 
     def check(self) -> Iterable[Problem]:
-        from rlhfkit.rewards import resolve_reward
+        from rlhfkit.rewards import spec_problems
 
         if not self.input:
             yield Problem("input", "", "is required; pass --input FILE.jsonl")
@@ -59,12 +59,8 @@ class Config:
         if self.score_field in (self.prompt_field, self.completion_field):
             yield Problem("score_field", self.score_field, "would overwrite the prompt or "
                           "completion column; choose another name")
-        try:
-            resolve_reward(self.reward)
-        except ConfigError as e:
-            for problem in e.problems:
-                yield Problem("reward", self.reward,
-                              problem.removeprefix(f"reward {self.reward.strip()!r}: "))
+        for message in spec_problems(self.reward):
+            yield Problem("reward", self.reward, message)
 
 
 def _is_jsonl(path: str) -> bool:

@@ -59,6 +59,7 @@ class Demonstration:
     completion: str
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
+    finished: bool = True  # False: cut off by a length limit, so no EOS is learned after it
 
 
 @dataclass(frozen=True)
@@ -262,11 +263,12 @@ def _demonstration(row: Row, cfg: FeedbackDataCfg) -> Demonstration:
     if cfg.completion_field not in row and cfg.messages_field in row:
         messages, reply = source.chat(row[cfg.messages_field], cfg.messages_field)
         return Demonstration(messages, reply, source.weight(row, cfg),
-                             source.other_columns(row, cfg, "messages_field", "weight_field"))
+                             source.other_columns(row, cfg, "messages_field", "weight_field"),
+                             source.finished(row))
     completion = source.text(row, cfg, "completion_field")
     return Demonstration(source.prompt(row, cfg), completion, source.weight(row, cfg),
                          source.other_columns(row, cfg, "prompt_field", "completion_field",
-                                              "weight_field"))
+                                              "weight_field"), source.finished(row))
 
 
 def _pair(row: Row, cfg: FeedbackDataCfg) -> Pair:

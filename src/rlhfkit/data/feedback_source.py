@@ -229,6 +229,16 @@ def weight(row: Row, cfg: FeedbackDataCfg) -> float:
     return value
 
 
+def finished(row: Row) -> bool:
+    """The row's ``finished`` column, true without one: false marks a completion cut off by a
+    length limit (a sampled one), after which no end of text is learned."""
+    value = row.get("finished", True)
+    if not isinstance(value, bool):
+        raise BadRow("non-boolean 'finished'", "give true, or false for a completion cut off "
+                     "before its end", f" ({value!r})")
+    return value
+
+
 def chat(value: Any, name: str) -> tuple[tuple[Message, ...], str]:
     """(prompt messages, reply) of a chat that ends with the assistant's reply."""
     if not (isinstance(value, list) and len(value) >= 2 and all(

@@ -6,8 +6,14 @@ Two kinds of relabelling, for the round-based hindsight methods:
   sample fulfilled: the success instruction ("... Answer correctly.") when it passed, the failure
   one ("... Answer incorrectly.") when it did not (Zhang et al. 2023, arXiv 2302.05206).
 - **Goals (hindsight experience replay, Andrychowicz et al. 2017)**: a goal-conditioned prompt
-  ("[sentiment level 2 of 4] The movie was") asked for one goal; the sample is rewritten with the
-  goal it actually reached, measured from the reward's score, and becomes a success for it.
+  ("[negative] The movie was") asked for one goal; the sample is rewritten with the goal it
+  actually reached, measured from the reward's score, and becomes a success for it.
+
+Goals are said in words the pretrained model already reads ("very positive", "length 12 words"), not
+codes ("level 4 of 4"): relabelling then sharpens a meaning the model half knows instead of
+teaching an arbitrary token one from a few hundred samples. Measured on SmolLM2-135M with 64
+held-out movie openings, the untrained model asked "[very positive]" scores +0.17 against +0.08
+unasked, while "[sentiment level 4 of 4]" scores +0.08 (docs/hindsight.md).
 
 The reward's score is the measurement, so a goal kind works only with rewards that measure it:
 
@@ -15,7 +21,8 @@ The reward's score is the measurement, so a goal kind works only with rewards th
 goal kind   rewards that measure   goal reached
 ==========  =====================  ===============================================================
 sentiment   sentiment, vader       level k of K: the score in -1..1 cut into K equal-width bins
-                                   (edges -1 + 2i/K, i = 1..K-1; a score on an edge goes up)
+                                   (edges -1 + 2i/K, i = 1..K-1; a score on an edge goes up),
+                                   named in words (``SENTIMENT_NAMES``, or ``names``)
 length      length (word count)    N words, N = 0..max_words; longer outputs reach "max_words or
                                    more words"
 ==========  =====================  ===============================================================
@@ -26,7 +33,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from rlhfkit.batch import Prompt
 from rlhfkit.conditioning import Conditioning
@@ -37,6 +44,14 @@ GoalKind = Literal["sentiment", "length"]
 # goal kind -> the reward names whose score measures it (a spec's part before ':', and its argument)
 GOAL_MEASURES: dict[str, tuple[str, ...]] = {"sentiment": ("sentiment", "vader"),
                                              "length": ("length",)}
+
+# K sentiment levels -> their names, most negative first (other K: "sentiment level k of K")
+SENTIMENT_NAMES: dict[int, tuple[str, ...]] = {
+    2: ("negative", "positive"),
+    3: ("negative", "neutral", "positive"),
+    4: ("very negative", "negative", "positive", "very positive"),
+    5: ("very negative", "negative", "neutral", "positive", "very positive"),
+}
 
 
 # --- HIR: success or failure ---------------------------------------------------------------------
@@ -89,13 +104,15 @@ def measure_problem(kind: str, reward: str) -> str | None:
 class GoalSpace:
     """The goals of one kind: which one a score reached, and how a prompt asks for one.
 
-    Goals are integers: sentiment levels 1..K, or word counts 0..max_words.
+    Goals are integers: sentiment levels 1..K, or word counts 0..max_words. ``names`` says the
+    sentiment levels in words, most negative first (empty: ``SENTIMENT_NAMES`` for K = 2..5).
     """
 
     kind: GoalKind
     levels: int = 4
     max_words: int = 16
     template: str = "[{goal}] {prompt}"
+    names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in GOAL_MEASURES:
@@ -105,9 +122,13 @@ class GoalSpace:
             if self.template.count(key) != 1:
                 raise ConfigError(f"goal.template = {self.template!r} must contain {key} exactly "
                                   "once, as in '[{goal}] {prompt}'")
+        if self.kind == "sentiment" and self.names and len(self.names) != self.levels:
+            raise ConfigError(f"goal.names = {list(self.names)!r} names {len(self.names)} levels "
+                              f"but goal.levels = {self.levels}; give one name per level, most "
+                              "negative first")
 
     @classmethod
-    def for_reward(cls, kind: GoalKind, reward: str, **settings: int | str) -> GoalSpace:
+    def for_reward(cls, kind: GoalKind, reward: str, **settings: Any) -> GoalSpace:
         """The goal space, after checking that ``reward`` measures ``kind`` (ConfigError if not)."""
         space = cls(kind, **settings)
         problem = measure_problem(kind, reward)
@@ -138,7 +159,8 @@ class GoalSpace:
     def describe(self, goal: int) -> str:
         """The goal in words, as the prompt shows it."""
         if self.kind == "sentiment":
-            return f"sentiment level {goal} of {self.levels}"
+            names = self.names or SENTIMENT_NAMES.get(self.levels)
+            return names[goal - 1] if names else f"sentiment level {goal} of {self.levels}"
         if goal == self.max_words:
             return f"length {goal} or more words"
         return f"length {goal} word" + ("" if goal == 1 else "s")

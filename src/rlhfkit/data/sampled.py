@@ -6,10 +6,11 @@ number of samples. So the offline methods share one sampling stage: the starting
 K completions for each training prompt (seeded), the task's reward scores them, and three files
 come out of it:
 
-  samples.jsonl  every completion: prompt, completion, score, sample (its index among the K),
-                 prompt_index, and the prompt row's other columns (what the reward read)
+  samples.jsonl  every completion: prompt, completion, finished (false: cut off by
+                 max_new_tokens), score, sample (its index among the K), prompt_index, and the
+                 prompt row's other columns (what the reward read)
   best.jsonl     the best-scoring completion of each prompt (optionally only when it scores at
-                 least ``min_best_score``, e.g. a correct answer): {prompt, completion, score};
+                 least ``min_best_score``, e.g. a correct answer): {prompt, completion, finished, score};
                  SFT on it is rejection-sampling fine-tuning (RAFT, Dong et al. 2023; the
                  best-of-K step of Llama 2's rejection sampling, Touvron et al. 2023)
   pairs.jsonl    the best against the worst completion of each prompt when their scores differ
@@ -79,9 +80,10 @@ def sample_and_score(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]],
     expanded = [row for _, _, row in repeated]
     scores = compute_rewards(reward, [prompt_text(p) for p in prompts], rollout.completions,
                              **meta_columns(expanded))
-    return [{**row, "completion": completion, "score": score, "sample": k, "prompt_index": index}
-            for (index, k, row), completion, score in zip(repeated, rollout.completions, scores,
-                                                          strict=True)]
+    return [{**row, "completion": completion, "finished": ended, "score": score, "sample": k,
+             "prompt_index": index}
+            for (index, k, row), completion, ended, score in zip(
+                repeated, rollout.completions, rollout.finished.tolist(), scores, strict=True)]
 
 
 def _by_prompt(samples: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -104,7 +106,7 @@ def best_per_prompt(samples: Sequence[dict[str, Any]],
         top = max(group, key=lambda s: s["score"])  # max keeps the first of equal scores
         if min_score is None or top["score"] >= min_score:
             best.append({"prompt": top["prompt"], "completion": top["completion"],
-                         "score": top["score"]})
+                         "finished": top.get("finished", True), "score": top["score"]})
     return best
 
 

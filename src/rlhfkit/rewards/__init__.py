@@ -24,7 +24,9 @@ from rlhfkit.rewards.registry import (
     no_argument,
     register_reward,
     resolve_reward,
+    spec_problems,
 )
 
 __all__ = ["Reward", "RewardFactory", "RewardFn", "RewardItemError", "compute_rewards",
-           "list_rewards", "load_reward", "no_argument", "register_reward", "resolve_reward"]
+           "list_rewards", "load_reward", "no_argument", "register_reward", "resolve_reward",
+           "spec_problems"]

@@ -126,6 +126,16 @@ def resolve_reward(spec: str) -> tuple[RewardFactory, str | None]:
                       "package.module:function")
 
 
+def spec_problems(spec: str) -> list[str]:
+    """What is wrong with a reward ``spec`` (empty when it resolves), each message without the
+    "reward SPEC: " prefix, for a config's pre-flight ``Problem("reward", spec, message)``."""
+    try:
+        resolve_reward(spec)
+    except ConfigError as e:
+        return [problem.removeprefix(f"reward {spec.strip()!r}: ") for problem in e.problems]
+    return []
+
+
 def load_reward(spec: str) -> Reward:
     """The reward named by ``spec`` (see the module docstring), ready to call.
 

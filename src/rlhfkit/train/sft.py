@@ -51,7 +51,8 @@ def train(cfg: Config) -> tuple[object, dict]:
 
     def encode_all(rows: list) -> list[sequences.Encoded]:
         return [sequences.encode(tokenizer, row.prompt, row.completion, chat and bool(row.prompt),
-                                 cfg.train.max_length, row.weight) for row in rows]
+                                 cfg.train.max_length, row.weight, ends=row.finished)
+                for row in rows]
 
     examples = encode_all(load_demonstrations(cfg.data, "train"))
     offline.report_truncated(sum(e.truncated for e in examples), len(examples), cfg.train.max_length)

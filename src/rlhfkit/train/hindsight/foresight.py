@@ -137,9 +137,10 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
                                                   attention_mask, cfg.rounds.batch_size)  # (B, R)
 
                 # 5. relabel: each prompt also asks for the goal its sample reached
+                ends = rollout.finished.tolist()
                 examples = [Example(rounds.encode(space.ask(sampled.rows[i]["prompt"],
                                                             sampled.reached[i]),
-                                                  rollout.completions[i]),
+                                                  rollout.completions[i], ends[i]),
                                     input_ids[i], attention_mask[i], mask[i], start, returns[i],
                                     old_values[i]) for i in range(len(rollout))]
 

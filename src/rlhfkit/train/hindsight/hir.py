@@ -128,8 +128,9 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
 
                 # 4. relabel each prompt with the instruction its sample fulfilled
                 matching, opposite = relabel_instructions(prompts, successes, success, failure)
-                examples = [Relabelled(rounds.encode(m, c), rounds.encode(o, c))
-                            for m, o, c in zip(matching, opposite, rollout.completions, strict=True)]
+                examples = [Relabelled(rounds.encode(m, c, ends), rounds.encode(o, c, ends))
+                            for m, o, c, ends in zip(matching, opposite, rollout.completions,
+                                                     rollout.finished.tolist(), strict=True)]
 
                 # 5. train offline on the relabelled samples
                 losses = rounds.optimise(examples, loss_fn, round_)

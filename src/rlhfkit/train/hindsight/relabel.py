@@ -1,7 +1,7 @@
 """Goal relabelling: every sample is a success for the goal it actually reached.
 
 Hindsight experience replay (Andrychowicz et al. 2017, arXiv 1707.01495) for language models.
-The policy learns a goal-conditioned task ("[sentiment level 3 of 4] The movie was ...",
+The policy learns a goal-conditioned task ("[positive] The movie was ...",
 "[length 12 words] ..."): a sample asked for one goal that reached another is rewritten as an
 answer to the goal it reached, measured from the reward's score, and trained on as a success.
 No sample is wasted, and no reward model gradient is needed: the reward only measures. Asked
@@ -40,6 +40,10 @@ class GoalCfg:
     count up to goal.max_words, measured by reward length."""
     levels: PositiveInt = 4
     """sentiment: how many levels the -1..1 score is cut into (equal-width bins)."""
+    names: tuple[str, ...] = ()
+    """sentiment: each level in words, most negative first; empty: "very negative", "negative",
+    "positive", "very positive" for 4 levels (2, 3, 5 levels likewise; others "sentiment level
+    k of K"). Words the model already reads give relabelling a head start over codes."""
     max_words: PositiveInt = 16
     """length: the longest goal; longer samples reach "max_words or more words"."""
     template: str = "[{goal}] {prompt}"
@@ -54,6 +58,10 @@ class GoalCfg:
                               "as in '[{goal}] {prompt}'")
         if self.kind == "sentiment" and self.levels < 2:
             yield Problem("levels", self.levels, "one level is no goal to choose; use 2 or more")
+        if self.kind == "sentiment" and self.names and len(self.names) != self.levels:
+            yield Problem("names", list(self.names), f"names {len(self.names)} levels but "
+                          f"goal.levels = {self.levels}; give one name per level, most negative "
+                          "first")
         top = self.levels if self.kind == "sentiment" else self.max_words
         if self.desired > top:
             yield Problem("desired", self.desired, f"is beyond the top goal {top}; use 1..{top} "
@@ -64,7 +72,8 @@ class GoalCfg:
         from rlhfkit.data.relabelling import GoalSpace
 
         return GoalSpace.for_reward(self.kind, reward, levels=self.levels,
-                                    max_words=self.max_words, template=self.template)
+                                    max_words=self.max_words, template=self.template,
+                                    names=self.names)
 
     def desired_goal(self, space: Any) -> int:
         return self.desired or space.top
@@ -160,10 +169,10 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
                 sampled = sample_toward_goals(rounds, space, round_)
 
                 # 4. relabel: ask each prompt for the goal its sample reached
-                examples = [rounds.encode(space.ask(row["prompt"], goal), completion)
-                            for row, goal, completion in zip(sampled.rows, sampled.reached,
-                                                             sampled.rollout.completions,
-                                                             strict=True)]
+                examples = [rounds.encode(space.ask(row["prompt"], goal), completion, ends)
+                            for row, goal, completion, ends in zip(
+                                sampled.rows, sampled.reached, sampled.rollout.completions,
+                                sampled.rollout.finished.tolist(), strict=True)]
 
                 # 5. train offline: maximum likelihood of the relabelled samples
                 losses = rounds.optimise(examples, loss_fn, round_)

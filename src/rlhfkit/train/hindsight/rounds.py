@@ -174,12 +174,13 @@ class Rounds:
         raw, _ = online.score(self.reward, rows, completions, self.device)
         return raw.tolist()
 
-    def encode(self, prompt: Prompt, completion: str) -> Any:
-        """``prompt`` + ``completion`` + EOS as a ``sequences.Encoded``, rendered as sampled."""
+    def encode(self, prompt: Prompt, completion: str, ends: bool = True) -> Any:
+        """``prompt`` + ``completion`` (+ EOS when it ``ends``) as a ``sequences.Encoded``, rendered
+        as sampled. Pass ``rollout.finished``: a sample cut off by max_new_tokens did not end."""
         from rlhfkit.train import sequences
 
         return sequences.encode(self.tokenizer, prompt, completion, self.chat,
-                                self.cfg.rounds.max_length)
+                                self.cfg.rounds.max_length, ends=ends)
 
     def collate(self, encoded: Sequence[Any]) -> Any:
         from rlhfkit.train import sequences
