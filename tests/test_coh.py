@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from itertools import pairwise
 
 import pytest
@@ -95,6 +96,13 @@ def test_plain_prompt_chain_puts_each_phrase_before_its_prompt_and_loss_on_outpu
                                       chat=False, max_length=200)
     assert decode_parts(byte_tokenizer, reversed_order)[0] == (
         "Bad:\nThe movie was boring.<|im_end|>Good:\nThe movie was a delight.<|im_end|>")
+
+    # a cut-off output (sampled up to max_new_tokens) did not end: no EOS follows it
+    cut = coh.encode_chain(byte_tokenizer, (GOOD, replace(BAD, finished=False)), PHRASES,
+                           random.Random(0), chat=False, max_length=200)
+    assert decode_parts(byte_tokenizer, cut) == (
+        "Good:\nThe movie was a delight.<|im_end|>Bad:\nThe movie was boring.",
+        " was a delight.<|im_end|> was boring.")
 
 
 def test_chat_prompt_phrase_opens_the_assistant_turn(byte_tokenizer):

@@ -242,3 +242,13 @@ def test_sft_learns_no_eos_after_a_cut_off_demonstration(tmp_path):
     data.write_text('{"prompt": "a", "completion": "b", "finished": "no"}\n')
     with pytest.raises(DataError, match="non-boolean 'finished'.*give true, or false"):
         load_demonstrations(FeedbackDataCfg(path=str(data), eval_fraction=0), "train")
+
+
+def test_pairs_carry_whether_each_completion_was_cut_off(tmp_path):
+    from rlhfkit.data.feedback import load_pairs
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c", "rejected_finished": false}\n'
+                    '{"prompt": "a", "chosen": "d", "rejected": "e"}\n')
+    pairs = load_pairs(FeedbackDataCfg(path=str(data), eval_fraction=0), "train")
+    assert [(p.chosen_finished, p.rejected_finished) for p in pairs] == [(True, False), (True, True)]

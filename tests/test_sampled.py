@@ -39,8 +39,10 @@ def test_best_per_prompt_takes_the_top_score_and_the_first_of_a_tie():
 
 def test_pairs_are_best_against_worst_and_need_the_margin():
     assert pairs_per_prompt(SAMPLES, min_margin=0.0) == [
-        {"prompt": "p0", "chosen": "c0-1", "rejected": "c0-2", "margin": pytest.approx(1.3)},
-        {"prompt": "p2", "chosen": "c2-1", "rejected": "c2-0", "margin": pytest.approx(0.3)}]
+        {"prompt": "p0", "chosen": "c0-1", "rejected": "c0-2", "margin": pytest.approx(1.3),
+         "chosen_finished": True, "rejected_finished": True},
+        {"prompt": "p2", "chosen": "c2-1", "rejected": "c2-0", "margin": pytest.approx(0.3),
+         "chosen_finished": True, "rejected_finished": True}]
     assert [p["prompt"] for p in pairs_per_prompt(SAMPLES, min_margin=0.5)] == ["p0"]
     with pytest.raises(DataError, match="min_margin"):
         pairs_per_prompt(SAMPLES, min_margin=-1)

@@ -57,6 +57,7 @@ class Judged:
     good: bool | None
     critique: str = ""
     weight: float = 1.0
+    finished: bool = True  # False: cut off by a length limit, so no EOS follows it
 
 
 Chain = tuple[Judged, ...]
@@ -95,8 +96,10 @@ def chains_from_pairs(pairs: Sequence[Pair], chains: bool = True, singles: bool 
     """Per pair: good-bad and bad-good chains (``chains``) and each output alone (``singles``)."""
     built: list[Chain] = []
     for pair in pairs:
-        good = Judged(pair.prompt, pair.chosen, True, weight=pair.weight)
-        bad = Judged(pair.prompt, pair.rejected, False, weight=pair.weight)
+        good = Judged(pair.prompt, pair.chosen, True, weight=pair.weight,
+                      finished=pair.chosen_finished)
+        bad = Judged(pair.prompt, pair.rejected, False, weight=pair.weight,
+                     finished=pair.rejected_finished)
         built += _forms(good, bad, chains, singles)
     return built
 
@@ -196,7 +199,8 @@ def encode_chain(tokenizer: Any, chain: Chain, phrases: Phrases, rng: random.Ran
                  max_length: int) -> CohSequence:
     """Token ids and loss mask of a chain, at most ``max_length`` tokens.
 
-    Each segment is its context (no loss) then its output and EOS (loss). A chain too long loses
+    Each segment is its context (no loss) then its output and EOS (loss; no EOS after an output
+    that was cut off, ``Judged.finished``, which did not end there). A chain too long loses
     whole leading segments first; a segment still too long keeps its output's start and the end
     of its context (prompt cut from the left, as ``sequences.encode`` cuts a demonstration).
     """
@@ -208,7 +212,8 @@ def encode_chain(tokenizer: Any, chain: Chain, phrases: Phrases, rng: random.Ran
     for judged in chain:
         context = segment_context(tokenizer, judged.prompt, phrases.pick(judged, rng), chat)
         segments.append((tokenizer(context, add_special_tokens=False)["input_ids"],
-                         tokenizer(judged.output, add_special_tokens=False)["input_ids"] + [eos]))
+                         tokenizer(judged.output, add_special_tokens=False)["input_ids"]
+                         + [eos] * judged.finished))
     truncated = False
     while len(segments) > 1 and sum(len(c) + len(o) for c, o in segments) > max_length:
         segments.pop(0)

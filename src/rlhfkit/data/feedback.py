@@ -72,6 +72,8 @@ class Pair:
     margin: float = 0.0
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
+    chosen_finished: bool = True  # False: cut off by a length limit, no EOS learned after it
+    rejected_finished: bool = True
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,8 @@ def _pair(row: Row, cfg: FeedbackDataCfg) -> Pair:
     if cfg.margin_field in row:
         margin = source.number(row[cfg.margin_field], cfg.margin_field)
     return Pair(prompt, chosen, rejected, margin, source.weight(row, cfg), source.other_columns(
-        row, cfg, "prompt_field", "chosen_field", "rejected_field", "margin_field", "weight_field"))
+        row, cfg, "prompt_field", "chosen_field", "rejected_field", "margin_field", "weight_field"),
+        source.finished(row, "chosen_finished"), source.finished(row, "rejected_finished"))
 
 
 def _rating(row: Row, cfg: FeedbackDataCfg) -> Rating:

@@ -229,12 +229,13 @@ def weight(row: Row, cfg: FeedbackDataCfg) -> float:
     return value
 
 
-def finished(row: Row) -> bool:
-    """The row's ``finished`` column, true without one: false marks a completion cut off by a
-    length limit (a sampled one), after which no end of text is learned."""
-    value = row.get("finished", True)
+def finished(row: Row, column: str = "finished") -> bool:
+    """The row's ``finished`` column (a pair's ``chosen_finished`` / ``rejected_finished``),
+    true without one: false marks a completion cut off by a length limit (a sampled one), after
+    which no end of text is learned."""
+    value = row.get(column, True)
     if not isinstance(value, bool):
-        raise BadRow("non-boolean 'finished'", "give true, or false for a completion cut off "
+        raise BadRow(f"non-boolean {column!r}", "give true, or false for a completion cut off "
                      "before its end", f" ({value!r})")
     return value
 

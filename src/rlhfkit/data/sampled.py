@@ -14,7 +14,8 @@ come out of it:
                  SFT on it is rejection-sampling fine-tuning (RAFT, Dong et al. 2023; the
                  best-of-K step of Llama 2's rejection sampling, Touvron et al. 2023)
   pairs.jsonl    the best against the worst completion of each prompt when their scores differ
-                 by at least ``min_margin``: {prompt, chosen, rejected, margin}, for DPO and CoH
+                 by at least ``min_margin``: {prompt, chosen, rejected, margin, chosen_finished,
+                 rejected_finished}, for DPO and CoH
 
 A prompt whose K scores all tie gives no pair: there is no preference to learn from.
 ``run_stage`` does all of it once per directory: a finished stage (its ``stage.json`` written
@@ -125,7 +126,9 @@ def pairs_per_prompt(samples: Sequence[dict[str, Any]], min_margin: float) -> li
         margin = top["score"] - bottom["score"]
         if margin > 0 and margin >= min_margin:
             pairs.append({"prompt": top["prompt"], "chosen": top["completion"],
-                          "rejected": bottom["completion"], "margin": margin})
+                          "rejected": bottom["completion"], "margin": margin,
+                          "chosen_finished": top.get("finished", True),
+                          "rejected_finished": bottom.get("finished", True)})
     return pairs
 
 

@@ -104,9 +104,9 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     average = algo.loss == "ipo"  # IPO's squared loss compares per-token mean log-probs
 
-    def encode(prompt: Any, completion: str, weight: float = 1.0) -> Encoded:
+    def encode(prompt: Any, completion: str, weight: float = 1.0, ends: bool = True) -> Encoded:
         return sequences.encode(tokenizer, prompt, completion, chat and bool(prompt),
-                                cfg.train.max_length, weight)
+                                cfg.train.max_length, weight, ends)
 
     def logprobs_of(encoded: Sequence[Encoded]) -> torch.Tensor:
         """The model's log-probability of each completion, one forward pass. (N,)"""
@@ -193,7 +193,8 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
 def _pair_examples(cfg: Config, split: str, encode: Any) -> list[PairExample]:
     from rlhfkit.data.feedback import load_pairs
 
-    return [PairExample(encode(p.prompt, p.chosen), encode(p.prompt, p.rejected), weight=p.weight)
+    return [PairExample(encode(p.prompt, p.chosen, ends=p.chosen_finished),
+                        encode(p.prompt, p.rejected, ends=p.rejected_finished), weight=p.weight)
             for p in load_pairs(cfg.data, split)]
 
 
