@@ -136,12 +136,14 @@ def test_judge_pairs_orients_drops_ties_and_counts():
         def prefer(self, prompt, a, b, outcome_a=None, outcome_b=None):
             return next(self.answers)
 
-    group = [rlhs.Sample("q", text, seed) for seed, text in enumerate(["x", "y", "x"])]
+    group = [rlhs.Sample("q", text, seed, finished=seed != 1)  # "y" was cut off
+             for seed, text in enumerate(["x", "y", "x"])]
     pairs, counts = rlhs.judge_pairs(Scripted([0.2, 0.5]), [group], 0.0)
     # (x, y): 0.2, so y is chosen; (x, x): identical, not judged; (y, x): an exact tie
     assert counts == {"judged": 2, "tie": 1, "identical": 1}
     assert pairs == [{"prompt": "q", "chosen": "y", "rejected": "x", "judge_probability": 0.8,
-                      "chosen_seed": 1, "rejected_seed": 0}]
+                      "chosen_seed": 1, "rejected_seed": 0,
+                      "chosen_finished": False, "rejected_finished": True}]
     pairs, counts = rlhs.judge_pairs(Scripted([0.7, 0.9]), [group], 0.25)
     assert [p["judge_probability"] for p in pairs] == [0.9] and counts["tie"] == 1
 

@@ -347,8 +347,9 @@ def sample_responses(policy: tuple[Any, Any], gen: GenCfg, prompts: list[str], s
     per_prompt: list[list[Sample]] = [[] for _ in prompts]
     for s in range(samples):
         rollout = backend.generate(list(prompts), gen, seed + s)
-        for i, text in enumerate(rollout.completions):
-            per_prompt[i].append(Sample(prompts[i], text, seed + s))
+        for i, (text, ended) in enumerate(zip(rollout.completions, rollout.finished.tolist(),
+                                              strict=True)):
+            per_prompt[i].append(Sample(prompts[i], text, seed + s, finished=ended))
     return per_prompt
 
 

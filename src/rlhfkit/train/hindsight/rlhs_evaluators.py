@@ -39,6 +39,7 @@ class Sample:
     response: str
     seed: int
     outcome: str | None = None
+    finished: bool = True  # False: cut off by max_new_tokens (DPO then learns no EOS after it)
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,8 @@ def judge_pairs(judge: Any, samples: list[list[Sample]],
             chosen, rejected = (a, b) if p_a > 0.5 else (b, a)
             row = {"prompt": a.prompt, "chosen": chosen.response, "rejected": rejected.response,
                    "judge_probability": round(max(p_a, 1.0 - p_a), 6),
-                   "chosen_seed": chosen.seed, "rejected_seed": rejected.seed}
+                   "chosen_seed": chosen.seed, "rejected_seed": rejected.seed,
+                   "chosen_finished": chosen.finished, "rejected_finished": rejected.finished}
             if a.outcome is not None:
                 row.update(chosen_outcome=chosen.outcome, rejected_outcome=rejected.outcome)
             pairs.append(row)
