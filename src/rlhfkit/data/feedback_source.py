@@ -229,6 +229,10 @@ def weight(row: Row, cfg: FeedbackDataCfg) -> float:
     return value
 
 
+# read into the row's ``finished`` flags (``finished``), so not carried again as other columns
+FINISHED_COLUMNS = ("finished", "chosen_finished", "rejected_finished")
+
+
 def finished(row: Row, column: str = "finished") -> bool:
     """The row's ``finished`` column (a pair's ``chosen_finished`` / ``rejected_finished``),
     true without one: false marks a completion cut off by a length limit (a sampled one), after
@@ -259,5 +263,5 @@ def chat(value: Any, name: str) -> tuple[tuple[Message, ...], str]:
 
 def other_columns(row: Row, cfg: FeedbackDataCfg, *options: str) -> dict[str, Any]:
     """The row's other columns: provenance and ids the user may need back."""
-    used = {getattr(cfg, option) for option in options}
+    used = {getattr(cfg, option) for option in options} | set(FINISHED_COLUMNS)
     return {key: value for key, value in row.items() if key not in used}
