@@ -139,6 +139,24 @@ def test_recorded_logprobs_match_token_logprobs(tiny_lm, gen):
     torch.testing.assert_close(rollout.logprobs[mask], recomputed[mask], rtol=0, atol=1e-4)
 
 
+def test_compiled_decoding_matches_eager_and_records_the_same_logprobs(tiny_lm):
+    """gen.compile on: a static cache, a compiled step, the last batch (1 of 3 rows) filled
+    with copies and the prompts padded to a multiple of 64; none of it shows in the rollout."""
+    model, _ = tiny_lm
+    eager = generate(tiny_lm, temperature=0.0, compile="off")
+    compiled = generate(tiny_lm, temperature=0.0, compile="on")
+    assert compiled.completions == eager.completions
+    assert compiled.response_ids.equal(eager.response_ids)
+    assert compiled.prompt_ids.shape == eager.prompt_ids.shape  # the extra padding is dropped
+    assert compiled.prompt_ids.equal(eager.prompt_ids)
+    sampled = generate(tiny_lm, temperature=1.0, compile="on")
+    with torch.no_grad():
+        recomputed = token_logprobs(model, sampled.input_ids, sampled.attention_mask,
+                                    sampled.prompt_ids.shape[1])
+    mask = sampled.response_mask.bool()
+    torch.testing.assert_close(sampled.logprobs[mask], recomputed[mask], rtol=0, atol=1e-4)
+
+
 def test_eos_ends_a_completion_and_is_kept_in_the_mask(tiny_lm, monkeypatch):
     """Declare a token the greedy model emits mid-way an extra EOS (as chat models have several)."""
     model, tokenizer = tiny_lm

@@ -147,6 +147,10 @@ class GenCfg:
     """Wrap prompts in the tokenizer's chat template: auto uses it when the model has one."""
     backend: str = "hf"
     """Generation backend: hf (transformers, default) or one a plug-in registered."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """Decode with a static KV cache and a compiled token step (torch.compile; CUDA graphs on a
+    GPU, where a small model's eager decoding is kernel-launch bound): auto turns it on for CUDA.
+    The first batch pays the compilation (about a minute); on a CPU it gains little."""
 
     def check(self) -> Iterable[Problem]:
         from rlhfkit.generation import backend_names  # stdlib-only at import
