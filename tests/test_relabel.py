@@ -7,8 +7,9 @@ import pytest
 from rlhfkit import cli, config_io
 from rlhfkit.conditioning import Conditioning, load_conditioning
 from rlhfkit.config import GenCfg, LogCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
-from rlhfkit.data.relabelling import GoalSpace
+from rlhfkit.data.relabelling import NO_NUMBER, GoalSpace
 from rlhfkit.errors import ConfigError
+from rlhfkit.rewards import load_reward
 from rlhfkit.train.hindsight import relabel
 from rlhfkit.train.hindsight.rounds import RoundsCfg
 
@@ -77,9 +78,27 @@ def test_length_goals_by_hand():
     assert space.ask(chat, 2) == [{"role": "user", "content": "Hi (in length 2 words)"}]
 
 
+def test_number_goals_by_hand():
+    space = GoalSpace.for_reward("number", "number", max_number=9)
+    assert space.goals == list(range(10)) and space.top == 9
+    scores = load_reward("number")(["Q"] * 5, ["I pick 7.", "seven", "0, then 3", "42", "x"])
+    assert scores == [7.0, -1.0, 0.0, 42.0, -1.0]
+    assert [space.reached(s) for s in scores] == [7, NO_NUMBER, 0, 10, NO_NUMBER]
+    assert space.ask("Pick a number:", 7) == "[the number 7] Pick a number:"
+    # outcomes no prompt asks for are still said in words, so they are learned from too
+    assert space.ask("Pick a number:", NO_NUMBER) == "[no number] Pick a number:"
+    assert space.ask("Pick a number:", 10) == "[a number above 9] Pick a number:"
+    assert space.distance(7, 7) == 0.0 and space.distance(0, 9) == 1.0
+    assert space.distance(3, 6) == pytest.approx(1 / 3)
+    assert space.distance(NO_NUMBER, 0) == 1.0 and space.distance(10, 9) == 1.0
+    with pytest.raises(ConfigError, match=r"reward number:3: the number reward takes no argument"):
+        load_reward("number:3")
+
+
 @pytest.mark.parametrize(("kind", "reward"), [("sentiment", "reasoning_gym:basic_arithmetic"),
                                               ("sentiment", "length"), ("length", "vader"),
-                                              ("length", "length:5")])
+                                              ("length", "length:5"),
+                                              ("number", "length"), ("sentiment", "number")])
 def test_a_reward_that_cannot_measure_the_goal_is_an_error(kind, reward):
     with pytest.raises(ConfigError, match=rf"goal\.kind = '{kind}': .*reward = '{reward}' cannot "
                                           r"measure it; set --reward"):

@@ -25,6 +25,9 @@ sentiment   sentiment, vader       level k of K: the score in -1..1 cut into K e
                                    named in words (``SENTIMENT_NAMES``, or ``names``)
 length      length (word count)    N words, N = 0..max_words; longer outputs reach "max_words or
                                    more words"
+number      number (first number   the number N, N = 0..max_number; a completion without a number
+            in digits)             reaches "no number" and a larger one "a number above
+                                   max_number": outcomes a prompt never asks for, but learns from
 ==========  =====================  ===============================================================
 """
 
@@ -39,11 +42,12 @@ from rlhfkit.batch import Prompt
 from rlhfkit.conditioning import Conditioning
 from rlhfkit.errors import ConfigError
 
-GoalKind = Literal["sentiment", "length"]
+GoalKind = Literal["sentiment", "length", "number"]
 
 # goal kind -> the reward names whose score measures it (a spec's part before ':', and its argument)
 GOAL_MEASURES: dict[str, tuple[str, ...]] = {"sentiment": ("sentiment", "vader"),
-                                             "length": ("length",)}
+                                             "length": ("length",), "number": ("number",)}
+NO_NUMBER = -1  # the goal a completion without a number reached (number goals)
 
 # K sentiment levels -> their names, most negative first (other K: "sentiment level k of K")
 SENTIMENT_NAMES: dict[int, tuple[str, ...]] = {
@@ -104,13 +108,16 @@ def measure_problem(kind: str, reward: str) -> str | None:
 class GoalSpace:
     """The goals of one kind: which one a score reached, and how a prompt asks for one.
 
-    Goals are integers: sentiment levels 1..K, or word counts 0..max_words. ``names`` says the
-    sentiment levels in words, most negative first (empty: ``SENTIMENT_NAMES`` for K = 2..5).
+    Goals are integers: sentiment levels 1..K, word counts 0..max_words, or numbers
+    0..max_number. ``names`` says the sentiment levels in words, most negative first (empty:
+    ``SENTIMENT_NAMES`` for K = 2..5). A number goal's sample can reach two goals no prompt asks
+    for: ``NO_NUMBER`` and max_number + 1 ("a number above max_number").
     """
 
     kind: GoalKind
     levels: int = 4
     max_words: int = 16
+    max_number: int = 9
     template: str = "[{goal}] {prompt}"
     names: tuple[str, ...] = ()
 
@@ -138,12 +145,14 @@ class GoalSpace:
 
     @property
     def goals(self) -> list[int]:
-        return list(range(1, self.levels + 1)) if self.kind == "sentiment" else \
-            list(range(0, self.max_words + 1))
+        """The goals a prompt may ask for."""
+        if self.kind == "sentiment":
+            return list(range(1, self.levels + 1))
+        return list(range(0, (self.max_words if self.kind == "length" else self.max_number) + 1))
 
     @property
     def top(self) -> int:
-        """The most positive level, or the longest length."""
+        """The most positive level, the longest length, or the largest number."""
         return self.goals[-1]
 
     def edges(self) -> list[float]:
@@ -154,6 +163,8 @@ class GoalSpace:
         """The goal a sample with this reward ``score`` reached."""
         if self.kind == "sentiment":
             return 1 + bisect.bisect_right(self.edges(), score)
+        if self.kind == "number":
+            return NO_NUMBER if score < 0 else min(round(score), self.max_number + 1)
         return min(max(round(score), 0), self.max_words)
 
     def describe(self, goal: int) -> str:
@@ -161,6 +172,9 @@ class GoalSpace:
         if self.kind == "sentiment":
             names = self.names or SENTIMENT_NAMES.get(self.levels)
             return names[goal - 1] if names else f"sentiment level {goal} of {self.levels}"
+        if self.kind == "number":
+            return ("no number" if goal == NO_NUMBER else f"a number above {self.max_number}"
+                    if goal > self.max_number else f"the number {goal}")
         if goal == self.max_words:
             return f"length {goal} or more words"
         return f"length {goal} word" + ("" if goal == 1 else "s")
@@ -175,5 +189,8 @@ class GoalSpace:
         return self.conditioning(goal, "relabel").apply(prompt)
 
     def distance(self, reached: int, commanded: int) -> float:
-        """How far the reached goal is from the commanded one, 0 (hit) .. 1 (opposite end)."""
+        """How far the reached goal is from the commanded one, 0 (hit) .. 1 (opposite end, or
+        an outcome outside the goals: no number, or one above max_number)."""
+        if reached not in self.goals:
+            return 1.0
         return abs(reached - commanded) / max(self.top - self.goals[0], 1)

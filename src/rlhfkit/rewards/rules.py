@@ -1,4 +1,4 @@
-"""Rule rewards: completion length and format. Cheap, transparent, and handy as shaping terms
+"""Rule rewards: completion length, format and the number written. Cheap, transparent, and handy as shaping terms
 or as sanity checks of a training loop (a policy should learn to hit a length target fast).
 """
 
@@ -43,6 +43,31 @@ def matches_format(prompts: list[str], completions: list[str], *, pattern: re.Pa
     [1.0, 0.0]
     """
     return [1.0 if pattern.search(text) else 0.0 for text in completions]
+
+
+_WHOLE_NUMBER = re.compile(r"\d+")
+
+
+def first_number(prompts: list[str], completions: list[str], **meta: list[Any]) -> list[float]:
+    """The first whole number written in digits in each completion, -1 when there is none.
+
+    A measurement more than a score: goal relabelling reads from it the number a sample wrote.
+
+    >>> first_number(["Q", "Q", "Q"], ["about 12 or 13", "none", "x7y"])
+    [12.0, -1.0, 7.0]
+    """
+    found = [_WHOLE_NUMBER.search(text) for text in completions]
+    # capped: a run of 400 digits would otherwise be an infinite score
+    return [min(float(match.group()), 1e15) if match else -1.0 for match in found]
+
+
+@register_reward("number")
+def number_reward(arg: str | None) -> RewardFn:
+    """The first whole number in the completion (digits), -1 when none: measures number goals."""
+    if arg is not None:
+        raise ConfigError(f"reward number:{arg}: the number reward takes no argument; use "
+                          "plain number")
+    return first_number
 
 
 @register_reward("length")

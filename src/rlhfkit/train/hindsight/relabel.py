@@ -35,9 +35,10 @@ from rlhfkit.train.hindsight.rounds import RoundsConfig, own_method
 class GoalCfg:
     """The goals a prompt can ask for, and the one the trained model is asked for."""
 
-    kind: Literal["sentiment", "length"] = "sentiment"
+    kind: Literal["sentiment", "length", "number"] = "sentiment"
     """sentiment: level k of goal.levels, measured by reward sentiment or vader; length: a word
-    count up to goal.max_words, measured by reward length."""
+    count up to goal.max_words, measured by reward length; number: a whole number up to
+    goal.max_number, measured by reward number (the first number written in digits)."""
     levels: PositiveInt = 4
     """sentiment: how many levels the -1..1 score is cut into (equal-width bins)."""
     names: tuple[str, ...] = ()
@@ -46,10 +47,13 @@ class GoalCfg:
     k of K"). Words the model already reads give relabelling a head start over codes."""
     max_words: PositiveInt = 16
     """length: the longest goal; longer samples reach "max_words or more words"."""
+    max_number: NonNegativeInt = 9
+    """number: the largest goal; a sample with a larger number reaches "a number above it"."""
     template: str = "[{goal}] {prompt}"
     """How a prompt asks for a goal: {goal} is its description, {prompt} the original prompt."""
     desired: NonNegativeInt = 0
-    """The goal the exported model is asked for: a level or a word count (0 = the top one)."""
+    """The goal the exported model is asked for: a level, a word count or a number (0 = the top
+    one, so a number goal cannot desire the number 0)."""
 
     def check(self) -> Iterable[Problem]:
         for key in ("{goal}", "{prompt}"):
@@ -62,7 +66,8 @@ class GoalCfg:
             yield Problem("names", list(self.names), f"names {len(self.names)} levels but "
                           f"goal.levels = {self.levels}; give one name per level, most negative "
                           "first")
-        top = self.levels if self.kind == "sentiment" else self.max_words
+        top = {"sentiment": self.levels, "length": self.max_words,
+               "number": self.max_number}[self.kind]
         if self.desired > top:
             yield Problem("desired", self.desired, f"is beyond the top goal {top}; use 1..{top} "
                           "(0 = the top one)")
@@ -72,7 +77,8 @@ class GoalCfg:
         from rlhfkit.data.relabelling import GoalSpace
 
         return GoalSpace.for_reward(self.kind, reward, levels=self.levels,
-                                    max_words=self.max_words, template=self.template,
+                                    max_words=self.max_words, max_number=self.max_number,
+                                    template=self.template,
                                     names=self.names)
 
     def desired_goal(self, space: Any) -> int:
