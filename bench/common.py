@@ -44,6 +44,11 @@ def limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def model_name(model: str) -> str:
+    """How a table's title names ``--model``: the embedded alias by its model's name."""
+    return "SmolLM2-135M-Instruct" if model == "smollm2" else model
+
+
 def child_env(threads: int) -> dict[str, str]:
     """Environment for a child run: fixed thread counts, and no model hub ever contacted."""
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),

@@ -148,9 +148,9 @@ def run_trl(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -
 
 def child(args: argparse.Namespace) -> None:
     common.limit_threads(args.threads)
-    from rlhfkit import assets
+    from rlhfkit.models import resolve_model_dir
 
-    model_dir = str(assets.ensure("smollm2"))
+    model_dir = str(resolve_model_dir(args.model))
     clock = common.StepClock(warmup=args.warmup, device=common.resolve_device(args.device))
     (run_rlhfkit if args.child == "rlhfkit" else run_trl)(args, model_dir, clock)
     common.write_result(args.result, clock.result())
@@ -180,6 +180,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chat", action="store_true",
                         help="wrap prompts in the chat template on both sides (default: plain text)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--model", default="smollm2",
+                        help="the embedded alias or a local Hugging Face model directory")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="TRL's default; off by default so both sides do the same compute")
     parser.add_argument("--seed", type=int, default=0)
@@ -211,7 +213,7 @@ def child_argv(args: argparse.Namespace) -> list[str]:
             f"--prompts-per-step={args.prompts_per_step}", f"--group-size={args.group_size}",
             f"--max-new-tokens={args.max_new_tokens}", f"--beta={args.beta}", f"--lr={args.lr}",
             f"--threads={args.threads}", f"--prompts={args.prompts}", f"--reward={args.reward}",
-            f"--device={args.device}", f"--seed={args.seed}"]
+            f"--device={args.device}", f"--seed={args.seed}", f"--model={args.model}"]
     if args.chat:
         argv.append("--chat")
     if args.trl_gradient_checkpointing:
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     device = common.resolve_device(args.device)
-    print(f"GRPO, SmolLM2-135M-Instruct fp32 on {device} ({platform.processor() or platform.machine()}"
+    print(f"GRPO, {common.model_name(args.model)} fp32 on {device} ({platform.processor() or platform.machine()}"
           f", {args.threads} threads): {args.prompts_per_step} prompts x G={args.group_size}, "
           f"{args.max_new_tokens} new tokens, beta={args.beta}, reward={args.reward}, "
           f"{'chat template' if args.chat else 'plain text'}; {args.steps} measured steps after "

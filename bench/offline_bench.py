@@ -42,6 +42,8 @@ def offline_parser(description: str, lr: float) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--model", default="smollm2",
+                        help="the embedded alias or a local Hugging Face model directory")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rlhfkit-group-by-length", action="store_true",
                         help="rlhfkit's default (batches of similar lengths, less padding); off "
@@ -213,7 +215,7 @@ def offline_child(args: argparse.Namespace, runners: dict[str, Callable]) -> Non
     common.limit_threads(args.threads)
     from rlhfkit.models import resolve_model_dir
 
-    model_dir = str(resolve_model_dir("smollm2"))
+    model_dir = str(resolve_model_dir(args.model))
     clock = common.StepClock(warmup=args.warmup, device=common.resolve_device(args.device))
     runners[args.child](args, model_dir, clock)
     common.write_result(args.result, clock.result())
@@ -234,8 +236,8 @@ def compare_offline(script: str, args: argparse.Namespace, argv: list[str], titl
     with tempfile.TemporaryDirectory(prefix="rlhfkit-bench-pairs-") as data_dir:
         pairs = Path(data_dir) / "pairs.jsonl"
         passed_over = write_pairs_file(pairs, count, args.max_length,
-                                       str(resolve_model_dir("smollm2")))
-        print(f"{title}; SmolLM2-135M-Instruct fp32 on {device} "
+                                       str(resolve_model_dir(args.model)))
+        print(f"{title}; {common.model_name(args.model)} fp32 on {device} "
               f"({platform.processor() or platform.machine()}, {args.threads} threads): {count} "
               f"{PAIRS_SOURCE} pairs under a fixed prompt ({passed_over} longer than "
               f"{args.max_length} tokens passed over), batch {args.batch_size}, lr {args.lr:g}; "

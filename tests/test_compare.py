@@ -216,3 +216,22 @@ def test_compare_base_rft_dpo_then_resume(tmp_path, tiny_model_dir, prompts_file
     recipe.write_text(recipe.read_text().replace("max_new_tokens = 8", "max_new_tokens = 9"))
     with pytest.raises(RlhfkitError, match="ran with other settings"):
         compare.main(compare.load_recipe(recipe))
+
+
+def test_settings_saved_before_an_option_was_added_still_compare(tmp_path):
+    """A newer rlhfkit's option at its default changes nothing; a changed value still refuses."""
+    from rlhfkit.commands.compare_recipe import Config, TaskCfg
+
+    task = TaskCfg(name="letters", reward="length")
+    compare._check_settings(tmp_path, task, Config())
+    saved = json.loads((tmp_path / "settings.json").read_text())
+    del saved["task"]["gen"]["compile"]  # as written before gen.compile existed
+    (tmp_path / "settings.json").write_text(json.dumps(saved))
+    compare._check_settings(tmp_path, task, Config())
+    saved["task"]["gen"]["compile"] = "on"
+    (tmp_path / "settings.json").write_text(json.dumps(saved))
+    with pytest.raises(RlhfkitError, match="ran with other settings"):
+        compare._check_settings(tmp_path, task, Config())
+    (tmp_path / "settings.json").write_text(json.dumps({"task": {"no_such_option": 1}}))
+    with pytest.raises(RlhfkitError, match="ran with other settings"):
+        compare._check_settings(tmp_path, task, Config())

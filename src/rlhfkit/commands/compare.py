@@ -167,13 +167,28 @@ def _check_settings(task_dir: Path, cfg: TaskCfg, settings: Config) -> None:
                "eval_seed": settings.eval_seed}
     file = task_dir / "settings.json"
     if file.is_file():
-        saved = json.loads(file.read_text(encoding="utf-8"))
+        saved = _with_defaults(json.loads(file.read_text(encoding="utf-8")))
         if saved != json.loads(json.dumps(current)):
             raise RlhfkitError(f"{file}: task {cfg.name!r} ran with other settings than the recipe "
                                "now gives; its results would not compare. Use another output_dir, "
                                "or --overwrite to start afresh")
         return
     write_text_atomic(file, json.dumps(current, indent=2) + "\n")
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any] | None:
+    """Saved settings with the defaults of options added since filled in (a newer rlhfkit's
+    option at its default changes nothing), or None when they no longer read as settings."""
+    from rlhfkit import config_io
+
+    problems: list[str] = []
+    task = config_io.build(TaskCfg, saved.get("task", {}), set(), "", problems)
+    model = config_io.build(ModelCfg, saved.get("model", {}), set(), "", problems)
+    if problems:
+        return None
+    return json.loads(json.dumps({"task": config_io.to_dict(task),
+                                  "model": config_io.to_dict(model),
+                                  "eval_seed": saved.get("eval_seed")}))
 
 
 def sampling_stage(directory: Path, cfg: TaskCfg, base: tuple[Any, Any], reward: Any,
