@@ -157,20 +157,22 @@ def test_compiled_decoding_matches_eager_and_records_the_same_logprobs(tiny_lm):
     torch.testing.assert_close(sampled.logprobs[mask], recomputed[mask], rtol=0, atol=1e-4)
 
 
-def test_auto_compiles_only_on_cuda_and_from_the_second_call(tiny_lm):
+def test_auto_compiles_in_training_loops_on_cuda_only(tiny_lm, monkeypatch):
+    """online.sample (every RL and hindsight loop) turns auto on for CUDA; one-shot sampling and
+    a CPU stay eager."""
     from types import SimpleNamespace
 
-    model, tokenizer = tiny_lm
-    backend = get_backend("hf", model, tokenizer)
-    backend.generate(PROMPTS[:1], GenCfg(max_new_tokens=2), seed=0)
-    assert backend.calls == 1 and not backend._compiled(GenCfg())
-    backend.calls = 2
-    assert not backend._compiled(GenCfg())  # a CPU never compiles unless told to
-    assert backend._compiled(GenCfg(compile="on")) and not backend._compiled(GenCfg(compile="off"))
-    backend.model = SimpleNamespace(device=torch.device("cuda"))  # only its device is read
-    assert backend._compiled(GenCfg())  # a training loop's second sampling call
-    backend.calls = 1
-    assert not backend._compiled(GenCfg())  # a one-shot generate or evaluation stays eager
+    from rlhfkit.train import online
+
+    model, _ = tiny_lm
+    asked = []
+    backend = SimpleNamespace(generate=lambda prompts, gen, seed: asked.append(gen.compile))
+    online.sample(model, backend, PROMPTS, GenCfg(), seed=0)
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    online.sample(model, backend, PROMPTS, GenCfg(), seed=0)
+    online.sample(model, backend, PROMPTS, GenCfg(compile="off"), seed=0)
+    assert asked == ["auto", "on", "off"]
+    assert model.training  # sample puts the policy back in training mode
 
 
 def test_eos_ends_a_completion_and_is_kept_in_the_mask(tiny_lm, monkeypatch):

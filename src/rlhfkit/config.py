@@ -149,9 +149,9 @@ class GenCfg:
     """Generation backend: hf (transformers, default) or one a plug-in registered."""
     compile: Literal["auto", "on", "off"] = "auto"
     """Decode with a static KV cache and a compiled token step (torch.compile; CUDA graphs on a
-    GPU, where a small model's eager decoding is kernel-launch bound). auto: on CUDA, from the
-    second sampling call of a run (training loops; not one-shot generate or evaluation). The
-    first compiled batch pays the compilation (10-90 s); on a CPU it gains nothing."""
+    GPU, where a small model's eager decoding is kernel-launch bound). auto: on for the sampling
+    of RL and hindsight training loops on CUDA, off for one-shot generate, evaluation and data
+    stages. The first compiled batch pays the compilation (10-90 s); on a CPU it gains nothing."""
 
     def check(self) -> Iterable[Problem]:
         from rlhfkit.generation import backend_names  # stdlib-only at import

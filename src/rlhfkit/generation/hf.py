@@ -5,9 +5,10 @@ left-padded into batches of ``gen.batch_size`` and sampled. The log-probability 
 sampled token under softmax(logits / T) is recorded on the fly, so RL gets the sampling
 policy's logprobs without a second forward pass.
 
-In a training loop on CUDA (``gen.compile auto``: from a backend's second call) decoding uses a
-static KV cache and a compiled one-token step that replays as a CUDA graph: a small model's eager decoding launches a few hundred kernels per token
-and leaves the GPU idle between them (3-4x faster sampling for SmolLM2 on an H100, bench/README.md).
+With ``gen.compile on`` (what ``auto`` means in a training loop on CUDA) decoding uses a static
+KV cache and a compiled one-token step that replays as a CUDA graph: a small model's eager
+decoding launches a few hundred kernels per token and leaves the GPU idle between them (3-4x
+faster sampling for SmolLM2 on an H100, bench/README.md).
 """
 
 from __future__ import annotations
@@ -107,7 +108,6 @@ class HFBackend:
         self.eos_ids = _eos_token_ids(model, tokenizer)
         pad_id = tokenizer.pad_token_id
         self.pad_id = pad_id if pad_id is not None else self.eos_ids[0]
-        self.calls = 0  # generate calls so far: gen.compile auto waits for the second
 
     def generate(self, prompts: list[Prompt], cfg: GenCfg, seed: int,
                  response_prefix: str = "") -> Rollout:
@@ -119,7 +119,6 @@ class HFBackend:
         """
         if not prompts:
             raise DataError("no prompts to generate from; give at least one")
-        self.calls += 1
         prompt_ids = self._encode(prompts, cfg.chat_template, response_prefix)
         self._check_lengths(prompt_ids, cfg.max_new_tokens)
         device = self.model.device
@@ -189,7 +188,7 @@ class HFBackend:
     def _generate_batch(self, prompts: list[Prompt], prompt_ids: list[list[int]],
                         cfg: GenCfg) -> Rollout:
         device = self.model.device
-        compiled = self._compiled(cfg)
+        compiled = cfg.compile == "on"  # a training loop turns auto on for CUDA (online.sample)
         rows = len(prompt_ids)
         if compiled:
             # A compiled step is specialised to its shapes: every batch is cfg.batch_size rows
@@ -254,17 +253,6 @@ class HFBackend:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def _compiled(self, cfg: GenCfg) -> bool:
-        """Whether to decode with a static cache and a compiled step (``gen.compile``).
-
-        ``auto`` compiles on CUDA from this backend's second call on: a training loop samples
-        every step and earns the compilation back many times over; a one-shot ``generate`` or
-        evaluation of a few batches would wait longer for it than eager decoding takes.
-        """
-        if cfg.compile == "auto":
-            return self.model.device.type == "cuda" and self.calls > 1
-        return cfg.compile == "on"
 
     def _generation_config(self, cfg: GenCfg, compiled: bool = False) -> GenerationConfig:
         sampling = {}

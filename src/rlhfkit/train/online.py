@@ -13,7 +13,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,14 @@ def accumulation_weight(micro_mask: Any, minibatch_mask: Any, aggregation: str) 
 
 
 def sample(policy: Any, backend: Any, prompts: list[Prompt], gen: Any, seed: int) -> Any:
-    """Completions from the current policy: eval mode and KV cache on, then back to training."""
+    """Completions from the current policy: eval mode and KV cache on, then back to training.
+
+    A training loop samples every step, so on CUDA ``gen.compile auto`` compiles here (a resumed
+    run compiles from its first step too, so it samples as the uninterrupted run did); one-shot
+    sampling (evaluation, ``generate``, data stages) keeps ``auto`` eager.
+    """
+    if gen.compile == "auto" and policy.device.type == "cuda":
+        gen = replace(gen, compile="on")
     policy.eval()
     policy.config.use_cache = True
     try:
