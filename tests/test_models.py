@@ -75,6 +75,29 @@ def test_token_logprobs_equal_full_logits(tiny_lm, temperature):
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+def test_token_logprobs_chunks_by_a_byte_budget(tiny_lm, monkeypatch):
+    """Unless told a chunk size, positions per chunk follow LOGITS_CHUNK_BYTES and the rows."""
+    model, tokenizer = tiny_lm
+    input_ids, mask, start = _left_padded_batch(
+        tokenizer, ["The movie", "What is two plus three? The answer", "A"], response_len=9)
+    import rlhfkit.models
+
+    vocab = model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(rlhfkit.models, "LOGITS_CHUNK_BYTES", 3 * vocab * 4 * 2)  # 2 positions
+    widths = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: widths.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            got = token_logprobs(model, input_ids, mask, start)
+    finally:
+        hook.remove()
+    assert widths == [2, 2, 2, 2, 1]  # 9 response positions, 2 at a time for 3 rows
+    with torch.no_grad():
+        torch.testing.assert_close(got, _naive_logprobs(model, input_ids, mask, start, 1.0),
+                                   rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("recompute", [True, False])
 def test_token_logprobs_gradients_match_full_logits(tiny_model_dir, monkeypatch, recompute):
     """Chunked logprobs, with the head recomputed in backward or not, give the naive gradients."""

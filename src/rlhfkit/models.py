@@ -122,6 +122,10 @@ RECOMPUTE_LOGITS_ABOVE_BYTES = 256 * 2**20
 """Above this many bytes of float32 logits for a batch, ``token_logprobs`` recomputes them in the
 backward pass instead of keeping them."""
 
+LOGITS_CHUNK_BYTES = 128 * 2**20
+"""The float32 logits ``token_logprobs`` computes at once, rows x positions x vocabulary: a
+fixed number of positions would make a 64-row batch's chunk 800 MB at a 49k vocabulary."""
+
 
 def token_logprobs(
     model: PreTrainedModel,
@@ -129,7 +133,7 @@ def token_logprobs(
     attention_mask: torch.Tensor,
     response_start: int,
     temperature: float = 1.0,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """log p(token | everything before it) for each response token: (B, R), R = T - response_start.
 
@@ -139,7 +143,7 @@ def token_logprobs(
 
     Full (B, T, V) float32 logits would dominate memory (8 x 512 x 150k floats is 2.5 GB), so the
     backbone runs once for hidden states and the LM head is applied to chunks of response positions
-    only. With gradients on, each chunk is checkpointed: its logits are recomputed in the backward
+    only, each at most ``LOGITS_CHUNK_BYTES`` of logits unless ``chunk_size`` (positions) says. With gradients on, each chunk is checkpointed: its logits are recomputed in the backward
     pass instead of being kept, so RL losses can differentiate through this at the same memory.
     Assumes logits = lm_head(last hidden state), true for Llama, Qwen, Mistral, GPT-2 and kin.
     """
@@ -155,6 +159,8 @@ def token_logprobs(
     targets = input_ids[:, response_start:]  # (B, R)
     lm_head = model.get_output_embeddings()
     scale = 1.0 / temperature if temperature > 0 else 1.0
+    if chunk_size is None:  # as many positions as keep one chunk within LOGITS_CHUNK_BYTES
+        chunk_size = max(1, LOGITS_CHUNK_BYTES // (targets.shape[0] * lm_head.weight.shape[0] * 4))
 
     def chunk_logprobs(hidden_chunk: torch.Tensor, target_chunk: torch.Tensor) -> torch.Tensor:
         logits = lm_head(hidden_chunk).float() * scale  # (B, C, V)
