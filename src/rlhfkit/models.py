@@ -143,8 +143,9 @@ def token_logprobs(
 
     Full (B, T, V) float32 logits would dominate memory (8 x 512 x 150k floats is 2.5 GB), so the
     backbone runs once for hidden states and the LM head is applied to chunks of response positions
-    only, each at most ``LOGITS_CHUNK_BYTES`` of logits unless ``chunk_size`` (positions) says. With gradients on, each chunk is checkpointed: its logits are recomputed in the backward
-    pass instead of being kept, so RL losses can differentiate through this at the same memory.
+    only, each at most ``LOGITS_CHUNK_BYTES`` of logits unless ``chunk_size`` (positions) says.
+    With gradients on, each chunk is checkpointed: its logits are recomputed in the backward pass
+    instead of being kept, so RL losses can differentiate through this at the same memory.
     Assumes logits = lm_head(last hidden state), true for Llama, Qwen, Mistral, GPT-2 and kin.
     """
     if temperature < 0:

@@ -104,6 +104,14 @@ def measure_problem(kind: str, reward: str) -> str | None:
             "measures")
 
 
+def goal_range(kind: str, levels: int, max_words: int, max_number: int) -> range:
+    """The goals a prompt of ``kind`` may ask for: sentiment levels 1..levels, word counts
+    0..max_words, or numbers 0..max_number."""
+    if kind == "sentiment":
+        return range(1, levels + 1)
+    return range(0, (max_words if kind == "length" else max_number) + 1)
+
+
 @dataclass(frozen=True)
 class GoalSpace:
     """The goals of one kind: which one a score reached, and how a prompt asks for one.
@@ -146,9 +154,7 @@ class GoalSpace:
     @property
     def goals(self) -> list[int]:
         """The goals a prompt may ask for."""
-        if self.kind == "sentiment":
-            return list(range(1, self.levels + 1))
-        return list(range(0, (self.max_words if self.kind == "length" else self.max_number) + 1))
+        return list(goal_range(self.kind, self.levels, self.max_words, self.max_number))
 
     @property
     def top(self) -> int:

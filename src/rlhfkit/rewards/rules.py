@@ -1,5 +1,6 @@
-"""Rule rewards: completion length, format and the number written. Cheap, transparent, and handy as shaping terms
-or as sanity checks of a training loop (a policy should learn to hit a length target fast).
+"""Rule rewards: completion length, format and the number written. Cheap, transparent, and handy
+as shaping terms, as sanity checks of a training loop (a policy should learn to hit a length
+target fast), or as measurements for goal relabelling.
 """
 
 from __future__ import annotations

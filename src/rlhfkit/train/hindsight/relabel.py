@@ -66,8 +66,9 @@ class GoalCfg:
             yield Problem("names", list(self.names), f"names {len(self.names)} levels but "
                           f"goal.levels = {self.levels}; give one name per level, most negative "
                           "first")
-        top = {"sentiment": self.levels, "length": self.max_words,
-               "number": self.max_number}[self.kind]
+        from rlhfkit.data.relabelling import goal_range
+
+        top = goal_range(self.kind, self.levels, self.max_words, self.max_number)[-1]
         if self.desired > top:
             yield Problem("desired", self.desired, f"is beyond the top goal {top}; use 1..{top} "
                           "(0 = the top one)")
