@@ -235,3 +235,41 @@ def test_settings_saved_before_an_option_was_added_still_compare(tmp_path):
     (tmp_path / "settings.json").write_text(json.dumps({"task": {"no_such_option": 1}}))
     with pytest.raises(RlhfkitError, match="ran with other settings"):
         compare._check_settings(tmp_path, task, Config())
+
+
+def test_a_validation_table_needs_a_built_in_prompt_set(tmp_path, tiny_model_dir, prompts_file,
+                                                        reward_spec):
+    """A user's held-out file has no validation split: say so, rather than score it as one."""
+    recipe = write_recipe(tmp_path, tiny_model_dir, prompts_file, reward_spec,
+                          top='held_out = "validation"')
+    with pytest.raises(ConfigError) as error:
+        compare.load_recipe(recipe)
+    (problem,) = error.value.problems
+    assert problem.startswith("tasks[0].data.eval_prompts = ")
+    assert 'held_out = "validation" needs a built-in prompt set' in problem
+    assert 'or set held_out = "test"' in problem
+
+
+def test_validation_prompts_are_apart_from_train_and_test():
+    from rlhfkit.config import PromptDataCfg
+    from rlhfkit.train.online import prompt_rows
+
+    data = PromptDataCfg(prompts="vader:movies", eval_size=64)
+    texts = {split: {row["prompt"] for row in prompt_rows(data, split)}
+             for split in ("train", "validation", "test")}
+    assert len(texts["validation"]) == len(texts["test"]) == 64
+    assert not texts["validation"] & texts["test"]
+    assert not texts["validation"] & texts["train"]
+
+
+def test_a_table_on_another_split_does_not_mix_with_saved_results(tmp_path):
+    from rlhfkit.commands.compare_recipe import Config, TaskCfg
+
+    task = TaskCfg(name="letters", reward="length")
+    compare._check_settings(tmp_path, task, Config())
+    saved = json.loads((tmp_path / "settings.json").read_text())
+    del saved["held_out"]  # as written before held_out existed: the test split
+    (tmp_path / "settings.json").write_text(json.dumps(saved))
+    compare._check_settings(tmp_path, task, Config())
+    with pytest.raises(RlhfkitError, match="ran with other settings"):
+        compare._check_settings(tmp_path, task, Config(held_out="validation"))

@@ -111,7 +111,7 @@ def compare_task(recipe: Recipe, task: Task, base: tuple[Any, Any]) -> dict[str,
     from rlhfkit.train.online import prompt_rows
 
     cfg = task.cfg
-    held_out = prompt_rows(cfg.data, "test")
+    held_out = prompt_rows(cfg.data, recipe.settings.held_out)
     if len(held_out) < 2:
         raise ConfigError(f"tasks.{cfg.name}: data.eval_prompts gives {len(held_out)} held-out "
                           "prompts; name a file of at least 2 (a prompt file has no test split)")
@@ -130,16 +130,18 @@ def compare_task(recipe: Recipe, task: Task, base: tuple[Any, Any]) -> dict[str,
             results[method.name].append(run_method(recipe, task, method, seed, base, held_out,
                                                    reward, extra))
     rows = summarise(results)
-    notes = _notes(cfg, len(held_out), recipe.settings.seeds, stages)
+    notes = _notes(cfg, len(held_out), recipe.settings.held_out, recipe.settings.seeds, stages)
     return {"name": cfg.name, "prompts": cfg.data.prompts, "reward": cfg.reward,
             "held_out_prompts": len(held_out), "seeds": recipe.settings.seeds,
             "sampling": stages, "rows": [row.to_json() for row in rows],
             "markdown": render_markdown(cfg.name, rows, notes)}
 
 
-def _notes(cfg: TaskCfg, held_out: int, seeds: int, stages: list[dict[str, Any]]) -> list[str]:
+def _notes(cfg: TaskCfg, held_out: int, split: str, seeds: int,
+           stages: list[dict[str, Any]]) -> list[str]:
     """What a reader needs beside a table: the data, the budget, what each column means."""
-    notes = [f"Prompts {cfg.data.prompts}, reward {cfg.reward}; {held_out} held-out prompts x "
+    notes = [f"Prompts {cfg.data.prompts}, reward {cfg.reward}; {held_out} held-out prompts "
+             f"({split} split) x "
              f"{seeds} seed(s), sampled at temperature {cfg.gen.temperature:g}, at most "
              f"{cfg.gen.max_new_tokens} tokens."]
     if stages:
@@ -164,7 +166,7 @@ def _check_settings(task_dir: Path, cfg: TaskCfg, settings: Config) -> None:
     from rlhfkit.runs import write_text_atomic
 
     current = {"task": config_io.to_dict(cfg), "model": config_io.to_dict(settings.model),
-               "eval_seed": settings.eval_seed}
+               "eval_seed": settings.eval_seed, "held_out": settings.held_out}
     file = task_dir / "settings.json"
     if file.is_file():
         saved = _with_defaults(json.loads(file.read_text(encoding="utf-8")))
@@ -188,7 +190,8 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any] | None:
         return None
     return json.loads(json.dumps({"task": config_io.to_dict(task),
                                   "model": config_io.to_dict(model),
-                                  "eval_seed": saved.get("eval_seed")}))
+                                  "eval_seed": saved.get("eval_seed"),
+                                  "held_out": saved.get("held_out", "test")}))
 
 
 def sampling_stage(directory: Path, cfg: TaskCfg, base: tuple[Any, Any], reward: Any,

@@ -15,7 +15,7 @@ import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rlhfkit.config import (
     GenCfg,
@@ -72,6 +72,9 @@ class Config:
     """Training seeds 0 .. seeds-1: every method trains once per seed, on that seed's samples."""
     eval_seed: NonNegativeInt = 1000
     """Sampling seed of the held-out evaluation (plus the training seed), the same for every method."""
+    held_out: Literal["test", "validation"] = "test"
+    """The split a table scores: test for the report; validation to choose a method's settings
+    (learning rate, epochs ...) without looking at the test prompts (built-in prompt sets only)."""
     overwrite: bool = False
     """Delete an earlier comparison in output_dir and start afresh (otherwise it continues)."""
     model: ModelCfg = default(ModelCfg)
@@ -212,6 +215,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     Every problem in the file is reported at once, before any model loads.
     """
     from rlhfkit import config_io
+    from rlhfkit.data.builtin import is_builtin
 
     data = config_io.read_file(str(path))
     tables = data.pop("tasks", None)
@@ -242,6 +246,12 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     problems = config_io.validate(settings)
     for i, task in enumerate(tasks):
         problems += config_io.validate(task.cfg, f"tasks[{i}].")
+        if settings.held_out == "validation" and (task.cfg.data.eval_prompts
+                                                  or not is_builtin(task.cfg.data.prompts)):
+            problems.append(f"tasks[{i}].data.eval_prompts = {task.cfg.data.eval_prompts!r}: "
+                            'held_out = "validation" needs a built-in prompt set (vader:..., '
+                            "reasoning_gym:...) and no eval_prompts file, which has no "
+                            "validation split; or set held_out = \"test\"")
         seen: set[str] = set()
         for j, method in enumerate(task.methods):
             where = f"tasks[{i}].methods[{j}]."
