@@ -141,9 +141,8 @@ def _notes(cfg: TaskCfg, held_out: int, split: str, seeds: int,
            stages: list[dict[str, Any]]) -> list[str]:
     """What a reader needs beside a table: the data, the budget, what each column means."""
     notes = [f"Prompts {cfg.data.prompts}, reward {cfg.reward}; {held_out} held-out prompts "
-             f"({split} split) x "
-             f"{seeds} seed(s), sampled at temperature {cfg.gen.temperature:g}, at most "
-             f"{cfg.gen.max_new_tokens} tokens."]
+             f"({split} split) x {seeds} seed(s), sampled at temperature "
+             f"{cfg.gen.temperature:g}, at most {cfg.gen.max_new_tokens} tokens."]
     if stages:
         best = "/".join(str(stage["best"]) for stage in stages)  # one count per seed
         pairs = "/".join(str(stage["pairs"]) for stage in stages)
