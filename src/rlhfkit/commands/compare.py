@@ -161,20 +161,26 @@ def _notes(cfg: TaskCfg, held_out: int, split: str, seeds: int,
 
 def _check_settings(task_dir: Path, cfg: TaskCfg, settings: Config) -> None:
     """Refuse to mix results made under other task settings (or another base model)."""
-    from rlhfkit import config_io
     from rlhfkit.runs import write_text_atomic
 
-    current = {"task": config_io.to_dict(cfg), "model": config_io.to_dict(settings.model),
-               "eval_seed": settings.eval_seed, "held_out": settings.held_out}
+    current = _settings_record(cfg, settings.model, settings.eval_seed, settings.held_out)
     file = task_dir / "settings.json"
     if file.is_file():
-        saved = _with_defaults(json.loads(file.read_text(encoding="utf-8")))
-        if saved != json.loads(json.dumps(current)):
+        if _with_defaults(json.loads(file.read_text(encoding="utf-8"))) != current:
             raise RlhfkitError(f"{file}: task {cfg.name!r} ran with other settings than the recipe "
                                "now gives; its results would not compare. Use another output_dir, "
                                "or --overwrite to start afresh")
         return
     write_text_atomic(file, json.dumps(current, indent=2) + "\n")
+
+
+def _settings_record(cfg: TaskCfg, model: ModelCfg, eval_seed: Any, held_out: Any
+                     ) -> dict[str, Any]:
+    """What settings.json holds for a task, as it reads back from JSON."""
+    from rlhfkit import config_io
+
+    return json.loads(json.dumps({"task": config_io.to_dict(cfg), "model": config_io.to_dict(model),
+                                  "eval_seed": eval_seed, "held_out": held_out}))
 
 
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any] | None:
@@ -187,10 +193,8 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any] | None:
     model = config_io.build(ModelCfg, saved.get("model", {}), set(), "", problems)
     if problems:
         return None
-    return json.loads(json.dumps({"task": config_io.to_dict(task),
-                                  "model": config_io.to_dict(model),
-                                  "eval_seed": saved.get("eval_seed"),
-                                  "held_out": saved.get("held_out", "test")}))
+    return _settings_record(task, model, saved.get("eval_seed"),
+                            saved.get("held_out", Config.held_out))
 
 
 def sampling_stage(directory: Path, cfg: TaskCfg, base: tuple[Any, Any], reward: Any,

@@ -178,9 +178,11 @@ class GoalSpace:
         if self.kind == "sentiment":
             names = self.names or SENTIMENT_NAMES.get(self.levels)
             return names[goal - 1] if names else f"sentiment level {goal} of {self.levels}"
+        if self.kind == "number" and goal == NO_NUMBER:
+            return "no number"
         if self.kind == "number":
-            return ("no number" if goal == NO_NUMBER else f"a number above {self.max_number}"
-                    if goal > self.max_number else f"the number {goal}")
+            return f"a number above {self.max_number}" if goal > self.max_number else \
+                f"the number {goal}"
         if goal == self.max_words:
             return f"length {goal} or more words"
         return f"length {goal} word" + ("" if goal == 1 else "s")
