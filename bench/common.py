@@ -8,6 +8,7 @@ machine's load falls on both equally.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -42,6 +43,15 @@ def limit_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every peer benchmark takes: threads, device, model and seed."""
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--model", default="smollm2",
+                        help="the embedded alias or a local Hugging Face model directory")
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def model_name(model: str) -> str:

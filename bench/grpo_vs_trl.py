@@ -173,18 +173,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--beta", type=float, default=0.04,
                         help="KL coefficient (0: no reference model on either side)")
     parser.add_argument("--lr", type=float, default=1e-6)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
     parser.add_argument("--prompts", type=int, default=32, help="size of the prompt pool")
     parser.add_argument("--reward", default=LETTER_REWARD,
                         help="'letter' (share of e's), or any rlhfkit reward spec: sentiment, ...")
     parser.add_argument("--chat", action="store_true",
                         help="wrap prompts in the chat template on both sides (default: plain text)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--model", default="smollm2",
-                        help="the embedded alias or a local Hugging Face model directory")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="TRL's default; off by default so both sides do the same compute")
-    parser.add_argument("--seed", type=int, default=0)
+    common.add_run_options(parser)
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings for a smoke check: 2 prompts x 2, 4 tokens, 1 step")
     parser.add_argument("--json", default="", help="also write the comparison to this JSON file")

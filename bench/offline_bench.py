@@ -40,11 +40,7 @@ def offline_parser(description: str, lr: float) -> argparse.ArgumentParser:
                         help="most tokens per sequence (pairs that do not fit are passed over)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternated")
     parser.add_argument("--lr", type=float, default=lr)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--model", default="smollm2",
-                        help="the embedded alias or a local Hugging Face model directory")
-    parser.add_argument("--seed", type=int, default=0)
+    common.add_run_options(parser)
     parser.add_argument("--rlhfkit-group-by-length", action="store_true",
                         help="rlhfkit's default (batches of similar lengths, less padding); off "
                              "by default so both sides batch pairs in random order")
