@@ -67,8 +67,8 @@ def run_rlhfkit(args: argparse.Namespace, model_dir: str, clock: common.StepCloc
     collate = sequences.collate
 
     def collate_and_count(examples, pad_id):
-        batch = collate(examples, pad_id)  # every forward's batch: count its padded tokens
-        clock.add_tokens(batch.input_ids.numel())
+        batch = collate(examples, pad_id)  # every forward's batch: count the tokens it computes
+        clock.add_tokens(offline_bench.computed_tokens(batch.attention_mask, args.device))
         return batch
 
     sequences.collate = collate_and_count

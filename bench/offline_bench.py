@@ -189,6 +189,15 @@ def tick_trl_steps(trainer: Any, clock: common.StepClock) -> None:
     trainer.add_callback(Tick())
 
 
+def computed_tokens(attention_mask: Any, device: str) -> int:
+    """The tokens an rlhfkit forward of this (B, T) batch computes: the real ones where it runs
+    batches packed (SmolLM2 on the CPU, ``rlhfkit.packing``), else the padded grid."""
+    from rlhfkit.packing import PACKED_DEVICES
+
+    packed = common.resolve_device(device) in PACKED_DEVICES
+    return int(attention_mask.sum()) if packed else attention_mask.numel()
+
+
 def tick_rlhfkit_steps(clock: common.StepClock) -> None:
     """Tick ``clock`` at each of rlhfkit's offline optimiser-step ends, with the step's loss.
 

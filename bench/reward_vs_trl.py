@@ -68,8 +68,8 @@ def run_rlhfkit(args: argparse.Namespace, model_dir: str, clock: common.StepCloc
     encode = RewardModel.encode
 
     def encode_and_count(model, texts):
-        batch = encode(model, texts)  # every forward's batch: count its padded tokens
-        clock.add_tokens(batch["input_ids"].numel())
+        batch = encode(model, texts)  # every forward's batch: count the tokens it computes
+        clock.add_tokens(offline_bench.computed_tokens(batch["attention_mask"], args.device))
         return batch
 
     RewardModel.encode = encode_and_count

@@ -76,26 +76,48 @@ def test_token_logprobs_equal_full_logits(tiny_lm, temperature):
 
 
 def test_token_logprobs_chunks_by_a_byte_budget(tiny_lm, monkeypatch):
-    """Unless told a chunk size, positions per chunk follow LOGITS_CHUNK_BYTES and the rows."""
+    """Unless told a chunk size, the LM head sees as many predictions at once as keep their
+    logits within LOGITS_CHUNK_BYTES."""
     model, tokenizer = tiny_lm
     input_ids, mask, start = _left_padded_batch(
         tokenizer, ["The movie", "What is two plus three? The answer", "A"], response_len=9)
     import rlhfkit.models
 
     vocab = model.get_output_embeddings().weight.shape[0]
-    monkeypatch.setattr(rlhfkit.models, "LOGITS_CHUNK_BYTES", 3 * vocab * 4 * 2)  # 2 positions
+    monkeypatch.setattr(rlhfkit.models, "LOGITS_CHUNK_BYTES", vocab * 4 * 6)  # 6 predictions
     widths = []
     hook = model.get_output_embeddings().register_forward_hook(
-        lambda module, args, out: widths.append(args[0].shape[1]))
+        lambda module, args, out: widths.append(args[0].shape[0]))
     try:
         with torch.no_grad():
             got = token_logprobs(model, input_ids, mask, start)
     finally:
         hook.remove()
-    assert widths == [2, 2, 2, 2, 1]  # 9 response positions, 2 at a time for 3 rows
+    assert widths == [6, 6, 6, 6, 3]  # 3 rows x 9 response positions, 6 at a time
     with torch.no_grad():
         torch.testing.assert_close(got, _naive_logprobs(model, input_ids, mask, start, 1.0),
                                    rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_token_logprobs_of_right_padded_rows_packed_or_not(tiny_lm, monkeypatch, packed):
+    """Rows of different lengths padded on the right, as SFT and DPO batch them: every real
+    prediction equals the full-logits one, each padded position is 0, packed or padded."""
+    import rlhfkit.models
+
+    if not packed:
+        monkeypatch.setattr(rlhfkit.models, "packed_forward", lambda *args: None)
+    model, tokenizer = tiny_lm
+    batch = tokenizer(["The movie was long", "A", "What is two plus three? The answer is"],
+                      padding=True, padding_side="right", return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert (mask == 0).any()
+    with torch.no_grad():
+        got = token_logprobs(model, ids, mask, 1, 0.9, chunk_size=2)
+        expected = _naive_logprobs(model, ids, mask, 1, 0.9)
+    real = mask[:, 1:].bool() & mask[:, :-1].bool()
+    torch.testing.assert_close(got[real], expected[real], rtol=0, atol=1e-5)
+    assert (got[~real] == 0).all()
 
 
 @pytest.mark.parametrize("recompute", [True, False])

@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rlhfkit.config import ModelCfg
 from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.packing import packed_forward
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -138,46 +139,63 @@ def token_logprobs(
     """log p(token | everything before it) for each response token: (B, R), R = T - response_start.
 
     The distribution is softmax(logits / temperature), the one the tokens were sampled from
-    (temperature 0, greedy decoding, uses the raw logits). Rows may be left-padded: position ids
-    come from the attention mask, exactly as ``model.generate`` computes them.
+    (temperature 0, greedy decoding, uses the raw logits). Rows may be padded on either side:
+    position ids count real tokens only, exactly as ``model.generate`` computes them. A position
+    whose token or whose predecessor is padding gets 0.
+
+    A causal decoder on SDPA attention runs the batch packed (``rlhfkit.packing``): its padding is
+    neither run through the backbone nor through the LM head. Anything else runs padded.
 
     Full (B, T, V) float32 logits would dominate memory (8 x 512 x 150k floats is 2.5 GB), so the
-    backbone runs once for hidden states and the LM head is applied to chunks of response positions
-    only, each at most ``LOGITS_CHUNK_BYTES`` of logits unless ``chunk_size`` (positions) says.
-    With gradients on, each chunk is checkpointed: its logits are recomputed in the backward pass
-    instead of being kept, so RL losses can differentiate through this at the same memory.
+    backbone runs once for hidden states and the LM head is applied to chunks of the predicting
+    positions only, each at most ``LOGITS_CHUNK_BYTES`` of logits unless ``chunk_size`` (positions
+    of every row) says. With gradients on and more than ``RECOMPUTE_LOGITS_ABOVE_BYTES`` of
+    logits, each chunk is checkpointed: its logits are recomputed in the backward pass instead of
+    being kept, so RL losses can differentiate through this at the same memory.
     Assumes logits = lm_head(last hidden state), true for Llama, Qwen, Mistral, GPT-2 and kin.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    total = input_ids.shape[1]
+    rows, total = input_ids.shape
     if not 1 <= response_start < total:
         raise ValueError(f"response_start must lie in [1, {total}), got {response_start}")
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=position_ids, use_cache=False).last_hidden_state
-    hidden = hidden[:, response_start - 1:-1]  # (B, R, H): position t predicts token t + 1
-    targets = input_ids[:, response_start:]  # (B, R)
+    mask = attention_mask.bool()
+    run = packed_forward(model.get_decoder(), input_ids, attention_mask)
+    if run is not None:  # (N, H) real tokens; (B, T) -> their place in the packed row
+        hidden, _ = run
+        place = (mask.flatten().cumsum(0) - 1).view(rows, total)
+    else:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                     position_ids=position_ids,
+                                     use_cache=False).last_hidden_state.flatten(0, 1)  # (B*T, H)
+        place = torch.arange(rows * total, device=input_ids.device).view(rows, total)
+    # position t - 1 predicts token t: the predictions wanted, both ends real
+    wanted = mask[:, response_start:] & mask[:, response_start - 1:-1]  # (B, R)
+    predicting = hidden[place[:, response_start - 1:-1][wanted]]  # (M, H)
+    targets = input_ids[:, response_start:][wanted]  # (M,)
+
     lm_head = model.get_output_embeddings()
+    vocab = lm_head.weight.shape[0]
     scale = 1.0 / temperature if temperature > 0 else 1.0
-    if chunk_size is None:  # as many positions as keep one chunk within LOGITS_CHUNK_BYTES
-        chunk_size = max(1, LOGITS_CHUNK_BYTES // (targets.shape[0] * lm_head.weight.shape[0] * 4))
+    step = chunk_size * rows if chunk_size else max(1, LOGITS_CHUNK_BYTES // (vocab * 4))
 
     def chunk_logprobs(hidden_chunk: torch.Tensor, target_chunk: torch.Tensor) -> torch.Tensor:
-        logits = lm_head(hidden_chunk).float() * scale  # (B, C, V)
-        picked = logits.gather(-1, target_chunk.unsqueeze(-1)).squeeze(-1)  # (B, C)
-        return picked - logits.logsumexp(dim=-1)  # log_softmax without a second (B, C, V) tensor
+        logits = lm_head(hidden_chunk).float() * scale  # (C, V)
+        picked = logits.gather(-1, target_chunk.unsqueeze(-1)).squeeze(-1)  # (C,)
+        return picked - logits.logsumexp(dim=-1)  # log_softmax without a second (C, V) tensor
 
     # Recomputing the head in the backward pass costs ~10% of a training step; do it only when
     # keeping the chunks' logits would cost real memory.
-    logits_bytes = targets.numel() * lm_head.weight.shape[0] * 4
-    checkpointed = (torch.is_grad_enabled() and hidden.requires_grad
-                    and logits_bytes > RECOMPUTE_LOGITS_ABOVE_BYTES)
+    checkpointed = (torch.is_grad_enabled() and predicting.requires_grad
+                    and targets.numel() * vocab * 4 > RECOMPUTE_LOGITS_ABOVE_BYTES)
     chunks = []
-    for start in range(0, targets.shape[1], chunk_size):
-        args = (hidden[:, start:start + chunk_size], targets[:, start:start + chunk_size])
+    for start in range(0, targets.numel(), step):
+        args = (predicting[start:start + step], targets[start:start + step])
         if checkpointed:
             chunks.append(checkpoint(chunk_logprobs, *args, use_reentrant=False))
         else:
             chunks.append(chunk_logprobs(*args))
-    return torch.cat(chunks, dim=1)  # (B, R)
+    picked = torch.cat(chunks) if chunks else hidden.new_zeros(0, dtype=torch.float32)  # (M,)
+    return torch.zeros(wanted.shape, dtype=torch.float32,
+                       device=picked.device).masked_scatter(wanted, picked)  # (B, R)

@@ -1,0 +1,109 @@
+"""Packed forwards: the same hidden states, scores and gradients as the padded batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import SENTENCES, build_tiny_llama, build_tiny_tokenizer
+from rlhfkit.packing import pack, packed_forward, supports_packing
+from rlhfkit.reward_model import RewardModel
+
+
+def padded_batch(tokenizer, texts, side):
+    tokenizer.pad_token, tokenizer.padding_side = tokenizer.eos_token, side
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def test_pack_lays_out_the_real_tokens_with_restarting_positions():
+    ids = torch.tensor([[5, 6, 7, 0], [0, 0, 8, 9], [1, 2, 3, 4]])
+    mask = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1], [1, 1, 1, 1]])
+    packed = pack(ids, mask)
+    assert packed.input_ids.tolist() == [[5, 6, 7, 8, 9, 1, 2, 3, 4]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
+    assert packed.cu_seq_lens.tolist() == [0, 3, 5, 9]
+    assert packed.max_length == 4
+    assert packed.last.tolist() == [2, 4, 8]
+
+
+def test_pack_declines_what_it_cannot_hold():
+    ids = torch.ones(2, 3, dtype=torch.long)
+    assert pack(ids, torch.tensor([[1, 1, 0], [0, 0, 0]])) is None  # an empty row
+    assert pack(ids, torch.tensor([[1, 0, 1], [1, 1, 1]])) is None  # a gap inside a row
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_packed_hidden_states_and_gradients_equal_the_padded_ones(side):
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_llama(len(tokenizer), tokenizer.eos_token_id).model.train()  # GQA: 4 q, 2 kv
+    ids, mask = padded_batch(tokenizer, [SENTENCES[0], "no", SENTENCES[3], "the sea"], side)
+    assert (mask == 0).any()  # the batch has padding to leave out
+
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    padded = model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    padded_real = padded[mask.bool()]  # (N, H), row by row
+    padded_real.square().sum().backward()
+    padded_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    hidden, packing = packed_forward(model, ids, mask)  # (N, H)
+    assert packing.input_ids.shape[1] == mask.sum() < mask.numel()
+    torch.testing.assert_close(hidden, padded_real, rtol=1e-5, atol=1e-5)
+    hidden.square().sum().backward()
+    for got, want in zip((p.grad for p in model.parameters()), padded_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert model.config._attn_implementation == "sdpa"  # restored for every other forward
+
+
+def test_reward_model_scores_are_the_same_packed_or_padded(tiny_model_dir):
+    torch.manual_seed(0)
+    model = RewardModel.from_backbone(str(tiny_model_dir), max_length=64, device="cpu")
+    assert model.packed
+    batch = model.encode(["Hi.", SENTENCES[0], "no", SENTENCES[3] + " " + SENTENCES[4]])
+    packed_scores = model(**batch)
+    model.packed = False
+    torch.testing.assert_close(packed_scores, model(**batch), rtol=1e-5, atol=1e-5)
+
+
+def test_a_lora_backbone_runs_packed(tiny_model_dir):
+    from rlhfkit.config import LoraCfg
+    from rlhfkit.train.online import attach_lora
+
+    torch.manual_seed(0)
+    model = RewardModel.from_backbone(str(tiny_model_dir), max_length=64, device="cpu")
+    model.backbone = attach_lora(model.backbone, LoraCfg(rank=4), task_type=None)
+    assert supports_packing(model.backbone)
+    batch = model.encode(["Hi.", SENTENCES[0], SENTENCES[2]])
+    packed_scores = model(**batch)
+    packed_scores.sum().backward()  # gradients reach the adapters through the packed attention
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for name, p in model.backbone.named_parameters() if "lora_" in name)
+    model.packed = False
+    torch.testing.assert_close(packed_scores, model(**batch), rtol=1e-5, atol=1e-5)
+
+
+def test_batches_packing_cannot_hold_run_padded():
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_llama(len(tokenizer), tokenizer.eos_token_id).model
+    assert packed_forward(model, torch.ones(2, 3, dtype=torch.long),
+                          torch.tensor([[1, 1, 0], [0, 0, 0]])) is None
+    model.set_attn_implementation("eager")
+    assert not supports_packing(model)  # the user's choice of attention is left alone
+
+
+def test_only_causal_full_attention_decoders_are_packed(tiny_model_dir):
+    from transformers import BertConfig, BertModel, MistralConfig, MistralModel
+
+    tokenizer = build_tiny_tokenizer()
+    assert supports_packing(build_tiny_llama(len(tokenizer), tokenizer.eos_token_id))
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                num_attention_heads=4, intermediate_size=64))
+    assert not supports_packing(bert)  # bidirectional
+    mistral = MistralModel(MistralConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=4,
+                                         num_key_value_heads=2, sliding_window=16))
+    assert not supports_packing(mistral)  # a sliding window the packed grid would not apply
+    mean_pooled = RewardModel.from_backbone(str(tiny_model_dir), pooling="mean", max_length=64,
+                                            device="cpu")
+    assert not mean_pooled.packed  # mean pooling reads every position: it keeps the padded batch
