@@ -65,13 +65,14 @@ def _naive_logprobs(model, input_ids, attention_mask, response_start, temperatur
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
 def test_token_logprobs_equal_full_logits(tiny_lm, temperature):
     model, tokenizer = tiny_lm
-    input_ids, mask, start = _left_padded_batch(
-        tokenizer, ["The movie", "What is two plus three? The answer", "A"], response_len=9)
+    input_ids, mask, start = _left_padded_batch(  # a prompt twice, as GRPO's groups have it
+        tokenizer, ["The movie", "What is two plus three? The answer", "A", "The movie"],
+        response_len=9)
     with torch.no_grad():
         expected = _naive_logprobs(model, input_ids, mask, start, temperature)
         for chunk_size in (1, 4, 64):
             got = token_logprobs(model, input_ids, mask, start, temperature, chunk_size=chunk_size)
-            assert got.shape == (3, 9) and got.dtype == torch.float32
+            assert got.shape == (4, 9) and got.dtype == torch.float32
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
@@ -106,7 +107,7 @@ def test_token_logprobs_of_right_padded_rows_packed_or_not(tiny_lm, monkeypatch,
     import rlhfkit.models
 
     if not packed:
-        monkeypatch.setattr(rlhfkit.models, "packed_forward", lambda *args: None)
+        monkeypatch.setattr(rlhfkit.models, "packed_forward", lambda *args, **kwargs: None)
     model, tokenizer = tiny_lm
     batch = tokenizer(["The movie was long", "A", "What is two plus three? The answer is"],
                       padding=True, padding_side="right", return_tensors="pt")
@@ -127,8 +128,9 @@ def test_token_logprobs_gradients_match_full_logits(tiny_model_dir, monkeypatch,
 
     monkeypatch.setattr(rlhfkit.models, "RECOMPUTE_LOGITS_ABOVE_BYTES", 0 if recompute else 2**62)
     model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu"))
-    input_ids, mask, start = _left_padded_batch(tokenizer, ["The sea", "Count the legs"], 7)
-    weights = torch.linspace(-1.0, 1.0, 2 * 7).reshape(2, 7)  # like advantages, mixed signs
+    input_ids, mask, start = _left_padded_batch(tokenizer, ["The sea", "Count the legs",
+                                                            "The sea"], 7)
+    weights = torch.linspace(-1.0, 1.0, 3 * 7).reshape(3, 7)  # like advantages, mixed signs
 
     def grads(compute):
         model.zero_grad()

@@ -22,9 +22,25 @@ def test_pack_lays_out_the_real_tokens_with_restarting_positions():
     packed = pack(ids, mask)
     assert packed.input_ids.tolist() == [[5, 6, 7, 8, 9, 1, 2, 3, 4]]
     assert packed.position_ids.tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
-    assert packed.cu_seq_lens.tolist() == [0, 3, 5, 9]
-    assert packed.max_length == 4
+    assert packed.place.tolist() == [[0, 1, 2, -1], [-1, -1, 3, 4], [5, 6, 7, 8]]
     assert packed.last.tolist() == [2, 4, 8]
+    n = 9  # the grid's empty cell
+    assert packed.grid_source.view(3, 4).tolist() == [[0, 1, 2, n], [3, 4, n, n], [5, 6, 7, 8]]
+    assert packed.token_cell.tolist() == [0, 1, 2, 4, 5, 8, 9, 10, 11]
+
+
+def test_rows_with_the_same_prompt_pack_it_once():
+    # three samples: two of prompt [5 6], one of prompt [7] (left-padded), responses after col 2
+    ids = torch.tensor([[5, 6, 1, 2], [5, 6, 3, 0], [0, 7, 4, 4]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [0, 1, 1, 1]])
+    packed = pack(ids, mask, shared_prefix=2)
+    assert packed.input_ids.tolist() == [[5, 6, 1, 2, 3, 7, 4, 4]]  # [5 6] once
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 2, 0, 1, 2]]
+    assert packed.place.tolist() == [[0, 1, 2, 3], [0, 1, 4, -1], [-1, 5, 6, 7]]
+    assert packed.last.tolist() == [3, 4, 7]
+    n = 8
+    assert packed.grid_source.view(3, 4).tolist() == [[0, 1, 2, 3], [0, 1, 4, n], [5, 6, 7, n]]
+    assert packed.token_cell.tolist() == [0, 1, 2, 3, 6, 8, 9, 10]  # the packing row's cells
 
 
 def test_pack_declines_what_it_cannot_hold():
@@ -49,11 +65,43 @@ def test_packed_hidden_states_and_gradients_equal_the_padded_ones(side):
 
     hidden, packing = packed_forward(model, ids, mask)  # (N, H)
     assert packing.input_ids.shape[1] == mask.sum() < mask.numel()
+    assert (packing.place[mask.bool()] == torch.arange(int(mask.sum()))).all()
     torch.testing.assert_close(hidden, padded_real, rtol=1e-5, atol=1e-5)
     hidden.square().sum().backward()
     for got, want in zip((p.grad for p in model.parameters()), padded_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert model.config._attn_implementation == "sdpa"  # restored for every other forward
+
+
+def test_a_shared_prompt_gives_the_same_hidden_states_and_gradients():
+    """GRPO's batches: G samples of each prompt, the prompt left-padded, computed once."""
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_llama(len(tokenizer), tokenizer.eos_token_id).model.train()
+    tokenizer.pad_token = tokenizer.eos_token
+    prompts = tokenizer(["The sea", "What is two plus three?"], padding=True,
+                        padding_side="left", return_tensors="pt")
+    width = prompts["input_ids"].shape[1]
+    generator = torch.Generator().manual_seed(0)
+    responses = torch.randint(0, len(tokenizer), (4, 5), generator=generator)
+    ids = torch.cat([prompts["input_ids"].repeat_interleave(2, 0), responses], dim=1)
+    mask = torch.cat([prompts["attention_mask"].repeat_interleave(2, 0),
+                      torch.tensor([[1] * 5, [1, 1, 0, 0, 0], [1] * 5, [1, 1, 1, 0, 0]])], dim=1)
+
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    padded = model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    weights = torch.linspace(0.5, 2.0, padded.shape[-1])  # a loss on every real state
+    (padded[mask.bool()] * weights).sum().backward()
+    padded_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    hidden, packing = packed_forward(model, ids, mask, shared_prefix=width)
+    assert packing.input_ids.shape[1] == mask.sum() - mask[1::2, :width].sum()  # prompts once
+    real = mask.bool()
+    torch.testing.assert_close(hidden[packing.place[real]], padded[real], rtol=1e-5, atol=1e-5)
+    # each shared prompt state counts once per row that reads it, as in the padded batch
+    (hidden[packing.place[real]] * weights).sum().backward()
+    for got, want in zip((p.grad for p in model.parameters()), padded_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_reward_model_scores_are_the_same_packed_or_padded(tiny_model_dir):

@@ -144,7 +144,8 @@ def token_logprobs(
     whose token or whose predecessor is padding gets 0.
 
     A causal decoder on SDPA attention runs the batch packed (``rlhfkit.packing``): its padding is
-    neither run through the backbone nor through the LM head. Anything else runs padded.
+    neither run through the backbone nor through the LM head, and rows with the same prompt (the
+    columns before ``response_start``) compute it once. Anything else runs padded.
 
     Full (B, T, V) float32 logits would dominate memory (8 x 512 x 150k floats is 2.5 GB), so the
     backbone runs once for hidden states and the LM head is applied to chunks of the predicting
@@ -160,10 +161,12 @@ def token_logprobs(
     if not 1 <= response_start < total:
         raise ValueError(f"response_start must lie in [1, {total}), got {response_start}")
     mask = attention_mask.bool()
-    run = packed_forward(model.get_decoder(), input_ids, attention_mask)
+    # packed, the rows sampled from one prompt hold that prompt once (GRPO's groups)
+    run = packed_forward(model.get_decoder(), input_ids, attention_mask,
+                         shared_prefix=response_start)
     if run is not None:  # (N, H) real tokens; (B, T) -> their place in the packed row
-        hidden, _ = run
-        place = (mask.flatten().cumsum(0) - 1).view(rows, total)
+        hidden, packing = run
+        place = packing.place
     else:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
         hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,

@@ -9,18 +9,25 @@ tokens, (1, N), with position ids restarting at each text, so the linear layers 
     packed  (1, N):  [a a a b b b b b c c]   positions 0 1 2 0 1 2 3 4 0 1
 
 Attention is the one place where texts must stay apart. ``packed_sdpa``, registered with
-transformers' attention interface, scatters the packed queries, keys and values back into a
+transformers' attention interface, copies the packed queries, keys and values back into a
 (B, T) grid with each text starting at column 0, runs causal scaled-dot-product attention (the
 causal mask alone keeps a text's real tokens to themselves and their own past: the padding sits
-after them), and gathers the real positions back. The grid costs B x T x T attention, what the
-padded batch paid; the N-row projections are what packing saves.
+after them), and reads each packed token's output back from its cell. The grid costs B x T x T
+attention, what the padded batch paid; the N-row projections are what packing saves.
+
+Rows that start with the same prompt, GRPO's G samples of each prompt, can share it
+(``shared_prefix``): the prompt is packed once, and every row's grid reads its keys and values
+from that one copy, so its projections, MLPs and their gradients are computed once, not G times.
+
+    rows      [p p a a][p p b .]         packed [p p a a b]   positions 0 1 2 3 2
+    grid row 2 reads cells [p p b .] from packed 0 1 4
 
 ``packed_forward`` runs a model this way for one call, on the CPU (``PACKED_DEVICES``), then
 restores its attention setting, so generation and every other forward stay as they were. It
 applies to causal decoders on transformers' SDPA attention (Llama, Qwen, Mistral without a
 sliding window, Phi-3, OLMo and kin) that attend over the whole text; ``supports_packing`` says
-which, and anything else runs padded as before. The forward is the same computation on the same tokens: the tests check
-hidden states and gradients against the padded batch.
+which, and anything else runs padded as before. The forward is the same computation on the
+same tokens: the tests check hidden states and gradients against the padded batch.
 """
 
 from __future__ import annotations
@@ -43,71 +50,103 @@ few index kernels per layer, so it stays off there until bench/*_vs_trl.py --dev
 
 @dataclass(frozen=True)
 class Packed:
-    """A batch with its padding taken out. ``model(**packed.model_inputs())`` runs it."""
+    """A batch with its padding taken out. ``model(**packed.model_inputs())`` runs it.
 
-    input_ids: Tensor  # (1, N) every text's real tokens, one after another
-    position_ids: Tensor  # (1, N) 0.. within each text
-    cu_seq_lens: Tensor  # (B + 1,) where each text starts in the row, then N
-    max_length: int  # the longest text, T of the attention grid
+    Rows that begin with the same prompt (``pack(..., shared_prefix=P)``) hold that prompt's
+    tokens once: each such row's grid row reads them from the same packed positions.
+    """
+
+    input_ids: Tensor  # (1, N) the real tokens, each shared prompt once
+    position_ids: Tensor  # (1, N) 0.. within each text, a shared prompt's continuing after it
+    place: Tensor  # (B, T) where each input token sits in the packed row; -1 for padding
+    grid_source: Tensor  # (B * W,) the packed token in each cell of the attention grid; N if none
+    token_cell: Tensor  # (N,) the grid cell each packed token's output is read from
+    width: int  # W, the longest text (its shared prompt included)
 
     @property
     def last(self) -> Tensor:
-        """(B,) the position in the row of each text's last token."""
-        return self.cu_seq_lens[1:] - 1
+        """(B,) where each row's last real token sits in the packed row."""
+        return self.place.amax(dim=-1)
 
     def model_inputs(self) -> dict[str, Any]:
         return {"input_ids": self.input_ids, "position_ids": self.position_ids,
-                "cu_seq_lens_q": self.cu_seq_lens, "cu_seq_lens_k": self.cu_seq_lens,
-                "max_length_q": self.max_length, "max_length_k": self.max_length}
+                "rlhfkit_packed": self}
 
 
-def pack(input_ids: Tensor, attention_mask: Tensor) -> Packed | None:
+def pack(input_ids: Tensor, attention_mask: Tensor, shared_prefix: int = 0) -> Packed | None:
     """The real tokens of a (B, T) batch packed into one row, or None when packing cannot hold
-    it: a row with no real token, or a row whose real tokens are not one contiguous run."""
+    it: a row with no real token, or a row whose real tokens are not one contiguous run.
+
+    With ``shared_prefix`` P, rows whose first P columns are the same (tokens and padding: the
+    G samples of one prompt in GRPO) share them: that prompt is computed once for all of them.
+    """
     mask = attention_mask.bool()
+    rows, total = mask.shape
     lengths = mask.sum(-1)  # (B,)
     if not bool((lengths > 0).all()):
         return None
     # contiguous when the real tokens of a row span exactly its length (left or right padding)
-    columns = torch.arange(mask.shape[1], device=mask.device)
-    first = torch.where(mask, columns, mask.shape[1]).amin(-1)
+    columns = torch.arange(total, device=mask.device)
+    first = torch.where(mask, columns, total).amin(-1)
     end = torch.where(mask, columns, -1).amax(-1) + 1
     if not bool((end - first == lengths).all()):
         return None
-    cu_seq_lens = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)  # (B + 1,)
-    starts = torch.repeat_interleave(cu_seq_lens[:-1], lengths)  # (N,) each token's text start
-    positions = torch.arange(int(cu_seq_lens[-1]), device=mask.device) - starts  # (N,)
-    return Packed(input_ids=input_ids[mask][None], position_ids=positions[None],
-                  cu_seq_lens=cu_seq_lens, max_length=int(lengths.max()))
+
+    # which rows share their prompt: the same ids where real, the same padding
+    owner = list(range(rows))  # the row that packs each row's prompt: itself, or the first
+    if shared_prefix:
+        prefix = torch.where(mask[:, :shared_prefix], input_ids[:, :shared_prefix], -1)  # (B, P)
+        group = torch.unique(prefix, dim=0, return_inverse=True)[1].tolist()  # (B,)
+        owner = [group.index(g) for g in group]
+    prompt_lengths = mask[:, :shared_prefix].sum(-1).tolist()  # (B,)
+    width = int(lengths.max())
+    place = torch.full((rows, total), -1, dtype=torch.long, device=mask.device)
+    source_rows, source_columns, positions, cells = [], [], [], []
+    count = 0
+    for row in range(rows):  # B is a batch (tens of rows): a few tensor ops per row
+        real = columns[mask[row]]  # (L,) this row's real columns, in order
+        skip = prompt_lengths[row] if owner[row] != row else 0  # tokens another row packed
+        if skip:
+            place[row, real[:skip]] = place[owner[row], columns[mask[owner[row]]][:skip]]
+        own = real[skip:]
+        place[row, own] = torch.arange(count, count + own.numel(), device=mask.device)
+        offsets = torch.arange(skip, skip + own.numel(), device=mask.device)  # in its text
+        source_rows.append(torch.full_like(own, row))
+        source_columns.append(own)
+        positions.append(offsets)
+        cells.append(row * width + offsets)  # its cell in the grid: its output is read there
+        count += own.numel()
+    # the attention grid: row b holds its whole text from column 0, a shared prompt included
+    grid = torch.full((rows, width), count, dtype=torch.long, device=mask.device)  # N: empty
+    grid[mask.nonzero(as_tuple=True)[0], (mask.cumsum(-1) - 1)[mask]] = place[mask]
+    return Packed(input_ids=input_ids[torch.cat(source_rows), torch.cat(source_columns)][None],
+                  position_ids=torch.cat(positions)[None], place=place,
+                  grid_source=grid.flatten(), token_cell=torch.cat(cells), width=width)
 
 
 def packed_sdpa(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
                 attention_mask: Tensor | None, dropout: float = 0.0,
-                scaling: float | None = None, cu_seq_lens_q: Tensor | None = None,
-                max_length_q: int | None = None, **kwargs: Any) -> tuple[Tensor, None]:
+                scaling: float | None = None, rlhfkit_packed: Packed | None = None,
+                **kwargs: Any) -> tuple[Tensor, None]:
     """Attention over packed texts: query (1, Hq, N, d), key and value (1, Hkv, N, d) ->
-    output (1, N, Hq, d), each text attending causally to itself only."""
-    if cu_seq_lens_q is None:
+    output (1, N, Hq, d), each text attending causally to itself (and its shared prompt) only."""
+    if rlhfkit_packed is None:
         raise RuntimeError(f"{ATTENTION} attends over packed batches only: run the model through "
                            "rlhfkit.packing.packed_forward")
-    lengths = cu_seq_lens_q.diff().long()  # (B,)
-    rows, width = lengths.numel(), int(max_length_q or lengths.max())
-    text = torch.repeat_interleave(torch.arange(rows, device=query.device), lengths)  # (N,)
-    column = (torch.arange(query.shape[2], device=query.device)
-              - torch.repeat_interleave(cu_seq_lens_q[:-1].long(), lengths))  # (N,)
-    cell = text * width + column  # (N,) each token's cell in the (B, T) grid
+    packed = rlhfkit_packed
+    rows, width = packed.place.shape[0], packed.width
 
-    def to_grid(packed: Tensor) -> Tensor:  # (1, H, N, d) -> (B, H, T, d), zeros after a text
-        heads, dim = packed.shape[1], packed.shape[3]
-        grid = packed.new_zeros(heads, rows * width, dim).index_copy(1, cell, packed[0])
-        return grid.view(heads, rows, width, dim).transpose(0, 1)
+    def to_grid(x: Tensor) -> Tensor:  # (1, H, N, d) -> (B, H, W, d), zeros in empty cells
+        heads, dim = x.shape[1], x.shape[3]
+        padded = torch.cat([x[0], x.new_zeros(heads, 1, dim)], dim=1)  # (H, N + 1, d)
+        return padded[:, packed.grid_source].view(heads, rows, width, dim).transpose(0, 1)
 
     out = F.scaled_dot_product_attention(
         to_grid(query), to_grid(key), to_grid(value), is_causal=True, scale=scaling,
         dropout_p=dropout if module.training else 0.0,
-        enable_gqa=query.shape[1] != key.shape[1])  # (B, Hq, T, d)
-    out = out.transpose(1, 2).reshape(rows * width, query.shape[1], query.shape[3])[cell]
-    return out.unsqueeze(0), None  # (1, N, Hq, d)
+        enable_gqa=query.shape[1] != key.shape[1])  # (B, Hq, W, d)
+    out = out.transpose(1, 2).reshape(rows * width, query.shape[1], query.shape[3])
+    return out[packed.token_cell].unsqueeze(0), None  # (1, N, Hq, d)
 
 
 def _base(model: Any) -> Any:
@@ -135,7 +174,7 @@ def supports_packing(model: Any) -> bool:
     return bool(causal) and all(causal)
 
 
-def packed_forward(model: Any, input_ids: Tensor, attention_mask: Tensor
+def packed_forward(model: Any, input_ids: Tensor, attention_mask: Tensor, shared_prefix: int = 0
                    ) -> tuple[Tensor, Packed] | None:
     """The last hidden states of a (B, T) batch's real tokens, (N, H), run packed, and the
     packing; None when the model or the batch cannot run packed (run it padded instead).
@@ -146,7 +185,7 @@ def packed_forward(model: Any, input_ids: Tensor, attention_mask: Tensor
     """
     if input_ids.device.type not in PACKED_DEVICES or not supports_packing(model):
         return None
-    packed = pack(input_ids, attention_mask)
+    packed = pack(input_ids, attention_mask, shared_prefix)
     if packed is None:
         return None
     from transformers import AttentionInterface
