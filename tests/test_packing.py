@@ -155,3 +155,24 @@ def test_only_causal_full_attention_decoders_are_packed(tiny_model_dir):
     mean_pooled = RewardModel.from_backbone(str(tiny_model_dir), pooling="mean", max_length=64,
                                             device="cpu")
     assert not mean_pooled.packed  # mean pooling reads every position: it keeps the padded batch
+
+
+def test_critic_values_are_the_same_packed_or_padded(tiny_model_dir, monkeypatch):
+    import rlhfkit.critic
+    from rlhfkit.critic import ValueModel
+    from rlhfkit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    critic = ValueModel(build_tiny_llama(len(tokenizer), tokenizer.eos_token_id).model, 32)
+    torch.nn.init.normal_(critic.head.weight)  # a zero head would give 0 either way
+    prompts = tokenizer(["The sea", "What is two plus three?", "The sea"], padding=True,
+                        return_tensors="pt")  # left-padded; a prompt twice, as in a group
+    start = prompts["input_ids"].shape[1]
+    ids = torch.cat([prompts["input_ids"], torch.randint(0, len(tokenizer), (3, 4))], dim=1)
+    mask = torch.cat([prompts["attention_mask"], torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0],
+                                                               [1, 1, 1, 0]])], dim=1)
+    packed = critic(ids, mask, start)
+    monkeypatch.setattr(rlhfkit.critic, "packed_forward", lambda *args, **kwargs: None)
+    padded = critic(ids, mask, start)
+    real = mask[:, start:].bool()  # the states whose values are used
+    torch.testing.assert_close(packed[real], padded[real], rtol=1e-5, atol=1e-5)

@@ -27,6 +27,7 @@ from torch import Tensor
 from rlhfkit.config import LoraCfg, ModelCfg
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.losses.policy import masked_mean
+from rlhfkit.packing import packed_forward
 
 WEIGHTS_FILE = "critic.safetensors"
 
@@ -50,11 +51,17 @@ class ValueModel(torch.nn.Module):
         """V(s_t) for every response position: (B, T) ids and mask -> (B, R), R = T - response_start.
 
         Rows may be left-padded: position ids come from the attention mask, as in generation.
-        Values at padded response positions are computed but meaningless; mask them.
+        Values at padded response positions are computed but meaningless; mask them. On the CPU
+        a causal backbone runs packed, each group's prompt once (``rlhfkit.packing``).
         """
         total = input_ids.shape[1]
         if not 1 <= response_start < total:
             raise ValueError(f"response_start must lie in [1, {total}), got {response_start}")
+        run = packed_forward(self.backbone, input_ids, attention_mask, shared_prefix=response_start)
+        if run is not None:
+            hidden, packing = run  # (N, H) the real tokens
+            place = packing.place[:, response_start - 1:-1].clamp(min=0)  # (B, R); padding: any
+            return self.head(hidden[place].float()).squeeze(-1)  # (B, R)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids, use_cache=False).last_hidden_state
