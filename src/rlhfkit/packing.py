@@ -57,7 +57,7 @@ class Packed:
     """
 
     input_ids: Tensor  # (1, N) the real tokens, each shared prompt once
-    position_ids: Tensor  # (1, N) 0.. within each text, a shared prompt's continuing after it
+    position_ids: Tensor  # (1, N) 0.. within each text; a row's own tokens go on from its prompt
     place: Tensor  # (B, T) where each input token sits in the packed row; -1 for padding
     grid_source: Tensor  # (B * W,) the packed token in each cell of the attention grid; N if none
     token_cell: Tensor  # (N,) the grid cell each packed token's output is read from
@@ -180,8 +180,10 @@ def packed_forward(model: Any, input_ids: Tensor, attention_mask: Tensor, shared
     packing; None when the model or the batch cannot run packed (run it padded instead).
 
     ``model`` is a decoder or base model (``get_decoder()``, a reward model's backbone) that
-    returns ``last_hidden_state``. Only this call attends with ``packed_sdpa``: the model's own
-    attention setting is restored after it, so generation and other forwards are unchanged.
+    returns ``last_hidden_state``; ``shared_prefix`` as in ``pack``. The states of a shared prompt
+    appear once: index them with ``Packed.place``. Only this call attends with ``packed_sdpa``:
+    the model's own attention setting is restored after it, so generation and other forwards
+    are unchanged.
     """
     if input_ids.device.type not in PACKED_DEVICES or not supports_packing(model):
         return None
