@@ -121,6 +121,23 @@ def test_token_logprobs_of_right_padded_rows_packed_or_not(tiny_lm, monkeypatch,
     assert (got[~real] == 0).all()
 
 
+def test_completion_logprobs_of_pairs_sharing_a_prompt(tiny_lm):
+    """DPO's batches: a pair's chosen and rejected share their prompt, computed once, and give
+    the full-logits log-probs of every completion token."""
+    from rlhfkit.train.sequences import collate, completion_logprobs, encode
+
+    model, tokenizer = tiny_lm
+    pairs = [("The sea", " was calm", " roared loudly at night"), ("Count", " two", " three")]
+    encoded = [encode(tokenizer, prompt, text, False, 64)
+               for prompt, *texts in pairs for text in texts]
+    batch = collate(encoded, tokenizer.pad_token_id)
+    with torch.no_grad():
+        got, mask = completion_logprobs(model, batch)
+        expected = _naive_logprobs(model, batch.input_ids, batch.attention_mask, 1, 1.0)
+    torch.testing.assert_close(got[mask], expected[mask], rtol=0, atol=1e-5)
+    assert mask.sum() == sum(len(e.ids) - e.completion_start for e in encoded)
+
+
 @pytest.mark.parametrize("recompute", [True, False])
 def test_token_logprobs_gradients_match_full_logits(tiny_model_dir, monkeypatch, recompute):
     """Chunked logprobs, with the head recomputed in backward or not, give the naive gradients."""

@@ -73,6 +73,18 @@ def test_packed_hidden_states_and_gradients_equal_the_padded_ones(side):
     assert model.config._attn_implementation == "sdpa"  # restored for every other forward
 
 
+def test_prompts_ending_in_different_columns_are_shared_row_by_row():
+    # DPO's batches: chosen and rejected of two pairs, right-padded, prompts of 2 and 1 tokens
+    ids = torch.tensor([[5, 6, 1, 2], [7, 3, 0, 0], [5, 6, 4, 0], [7, 8, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0]])
+    packed = pack(ids, mask, shared_prefix=torch.tensor([2, 1, 2, 1]))
+    assert packed.input_ids.tolist() == [[5, 6, 1, 2, 7, 3, 4, 8, 9]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 1, 2]]
+    assert packed.place.tolist() == [[0, 1, 2, 3], [4, 5, -1, -1], [0, 1, 6, -1], [4, 7, 8, -1]]
+    # the same tokens but a prompt one column longer: not the same prompt, nothing shared
+    assert pack(ids, mask, shared_prefix=torch.tensor([2, 1, 2, 2])).input_ids.shape[1] == 10
+
+
 def test_a_shared_prompt_gives_the_same_hidden_states_and_gradients():
     """GRPO's batches: G samples of each prompt, the prompt left-padded, computed once."""
     tokenizer = build_tiny_tokenizer()

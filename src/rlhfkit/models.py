@@ -135,6 +135,7 @@ def token_logprobs(
     response_start: int,
     temperature: float = 1.0,
     chunk_size: int | None = None,
+    prompt_columns: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log p(token | everything before it) for each response token: (B, R), R = T - response_start.
 
@@ -145,7 +146,8 @@ def token_logprobs(
 
     A causal decoder on SDPA attention runs the batch packed (``rlhfkit.packing``): its padding is
     neither run through the backbone nor through the LM head, and rows with the same prompt (the
-    columns before ``response_start``) compute it once. Anything else runs padded.
+    columns before ``response_start``, or each row's ``prompt_columns``) compute it once.
+    Anything else runs padded.
 
     Full (B, T, V) float32 logits would dominate memory (8 x 512 x 150k floats is 2.5 GB), so the
     backbone runs once for hidden states and the LM head is applied to chunks of the predicting
@@ -161,9 +163,9 @@ def token_logprobs(
     if not 1 <= response_start < total:
         raise ValueError(f"response_start must lie in [1, {total}), got {response_start}")
     mask = attention_mask.bool()
-    # packed, the rows sampled from one prompt hold that prompt once (GRPO's groups)
+    # packed, the rows sampled from one prompt hold that prompt once (GRPO's groups, DPO's pairs)
     run = packed_forward(model.get_decoder(), input_ids, attention_mask,
-                         shared_prefix=response_start)
+                         response_start if prompt_columns is None else prompt_columns)
     if run is not None:  # (N, H) real tokens; (B, T) -> their place in the packed row
         hidden, packing = run
         place = packing.place

@@ -15,9 +15,10 @@ causal mask alone keeps a text's real tokens to themselves and their own past: t
 after them), and reads each packed token's output back from its cell. The grid costs B x T x T
 attention, what the padded batch paid; the N-row projections are what packing saves.
 
-Rows that start with the same prompt, GRPO's G samples of each prompt, can share it
-(``shared_prefix``): the prompt is packed once, and every row's grid reads its keys and values
-from that one copy, so its projections, MLPs and their gradients are computed once, not G times.
+Rows that start with the same prompt, GRPO's G samples of each prompt or a DPO pair's chosen
+and rejected, can share it (``shared_prefix``): the prompt is packed once, and every row's grid
+reads its keys and values from that one copy, so its projections, MLPs and their gradients are
+computed once, not once per row.
 
     rows      [p p a a][p p b .]         packed [p p a a b]   positions 0 1 2 3 2
     grid row 2 reads cells [p p b .] from packed 0 1 4
@@ -73,12 +74,15 @@ class Packed:
                 "rlhfkit_packed": self}
 
 
-def pack(input_ids: Tensor, attention_mask: Tensor, shared_prefix: int = 0) -> Packed | None:
+def pack(input_ids: Tensor, attention_mask: Tensor, shared_prefix: int | Tensor = 0
+         ) -> Packed | None:
     """The real tokens of a (B, T) batch packed into one row, or None when packing cannot hold
     it: a row with no real token, or a row whose real tokens are not one contiguous run.
 
     With ``shared_prefix`` P, rows whose first P columns are the same (tokens and padding: the
     G samples of one prompt in GRPO) share them: that prompt is computed once for all of them.
+    P may differ by row, a (B,) tensor (right-padded pairs whose prompts end in different
+    columns, as DPO's): rows share when their P and their first P columns are the same.
     """
     mask = attention_mask.bool()
     rows, total = mask.shape
@@ -93,12 +97,15 @@ def pack(input_ids: Tensor, attention_mask: Tensor, shared_prefix: int = 0) -> P
         return None
 
     # which rows share their prompt: the same ids where real, the same padding
+    limit = torch.as_tensor(shared_prefix, device=mask.device).expand(rows)  # (B,) columns
+    widest = int(limit.max())
+    in_prompt = mask[:, :widest] & (columns[:widest] < limit[:, None])  # (B, P)
     owner = list(range(rows))  # the row that packs each row's prompt: itself, or the first
-    if shared_prefix:
-        prefix = torch.where(mask[:, :shared_prefix], input_ids[:, :shared_prefix], -1)  # (B, P)
+    if widest:
+        prefix = torch.where(in_prompt, input_ids[:, :widest], -1)  # (B, P) -1: not prompt
         group = torch.unique(prefix, dim=0, return_inverse=True)[1].tolist()  # (B,)
         owner = [group.index(g) for g in group]
-    prompt_lengths = mask[:, :shared_prefix].sum(-1).tolist()  # (B,)
+    prompt_lengths = in_prompt.sum(-1).tolist()  # (B,)
     width = int(lengths.max())
     place = torch.full((rows, total), -1, dtype=torch.long, device=mask.device)
     source_rows, source_columns, positions, cells = [], [], [], []
@@ -174,8 +181,8 @@ def supports_packing(model: Any) -> bool:
     return bool(causal) and all(causal)
 
 
-def packed_forward(model: Any, input_ids: Tensor, attention_mask: Tensor, shared_prefix: int = 0
-                   ) -> tuple[Tensor, Packed] | None:
+def packed_forward(model: Any, input_ids: Tensor, attention_mask: Tensor,
+                   shared_prefix: int | Tensor = 0) -> tuple[Tensor, Packed] | None:
     """The last hidden states of a (B, T) batch's real tokens, (N, H), run packed, and the
     packing; None when the model or the batch cannot run packed (run it padded instead).
 

@@ -110,11 +110,14 @@ def completion_logprobs(model: Any, batch: SequenceBatch) -> tuple[torch.Tensor,
 
     Position t of the result is log p(token t+1 | tokens <= t); the mask is the loss mask shifted
     the same way. Uses the chunked LM head of ``rlhfkit.models.token_logprobs``, so no
-    (B, T, V) float32 logits are materialised.
+    (B, T, V) float32 logits are materialised; rows with the same prompt (a pair's chosen and
+    rejected) compute it once.
     """
     from rlhfkit.models import token_logprobs
 
-    logprobs = token_logprobs(model, batch.input_ids, batch.attention_mask, response_start=1)
+    prompt_columns = batch.loss_mask.int().argmax(dim=-1)  # (B,) the first loss-carrying column
+    logprobs = token_logprobs(model, batch.input_ids, batch.attention_mask, response_start=1,
+                              prompt_columns=prompt_columns)
     return logprobs, batch.loss_mask[:, 1:]  # (B, T-1) each
 
 
