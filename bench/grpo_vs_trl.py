@@ -20,9 +20,9 @@ turns it on by default: ``--trl-gradient-checkpointing`` measures that too).
 A step is timed as the wall clock between two optimiser-step ends (``common.StepClock``), so
 model loading is never in it, and everything a step costs is. The differences left are each
 framework's own choices: TRL also computes per-token entropies in the training forward, applies
-the LM head to prompt positions too on CPU, keeps more metrics and steps a fused AdamW (its
-default); rlhfkit records the sampled tokens' log-probabilities while generating and steps
-torch's default AdamW. bench/README.md has the settings side by side and the results.
+the LM head to prompt positions too on CPU and keeps more metrics; rlhfkit records the sampled
+tokens' log-probabilities while generating. Both step a fused AdamW. bench/README.md has the
+settings side by side and the results.
 """
 
 from __future__ import annotations

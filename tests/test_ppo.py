@@ -154,11 +154,17 @@ def flaky(prompts, completions, **meta):
     assert _comparable(rows) == _comparable(whole)
 
 
-def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_file, reward_spec):
-    """One step of 8 completions x accumulation 1 == 4 x accumulation 2, policy and critic."""
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_file, reward_spec,
+                                             epochs):
+    """One step of 8 completions x accumulation 1 == 4 x accumulation 2, policy and critic.
+
+    With one epoch, 8 x 1 is one forward/backward per step, which takes the critic's old values
+    from its graded pass; 4 x 2 computes them in a separate no-grad pass, as every other shape.
+    """
     def trained(micro, accum, name):
         cfg = make_config(tmp_path / name, tiny_model_dir, prompts_file, reward_spec,
-                          prompts_per_step=8, micro_batch_size=micro)
+                          prompts_per_step=8, micro_batch_size=micro, epochs=epochs)
         # a stop string gives completions of different lengths, so micro-batches hold
         # different shares of the minibatch's tokens and their weights are not all 1/2
         cfg = replace(cfg, steps=1, optim=replace(cfg.optim, grad_accum_steps=accum),

@@ -53,7 +53,7 @@ class RewardStageCfg:
     """Pair two texts only when their human mean ratings differ by at least this (-4..4 scale)."""
     backbone: ModelPath = "minilm"
     """The reward model's backbone: minilm (fast encoder), smollm2, or a model directory."""
-    steps: PositiveInt = 120
+    steps: PositiveInt = 90
     """Reward-model optimiser steps."""
     batch_size: PositiveInt = 32
     """Pairs per step."""

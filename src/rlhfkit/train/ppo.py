@@ -168,6 +168,9 @@ def train(cfg: Config) -> Outcome:
     guard = online.NonFiniteGuard(optim.max_nonfinite_steps)
     settings = AdvantageSettings(gamma=algo.gamma, lam=algo.lam, whiten=algo.whiten_advantages)
     value_clip = algo.value_clip_eps or float("inf")  # an infinite range never clips
+    # One forward/backward per step: the critic's values with gradients are the old values (same
+    # weights, same batch), so step 4's separate no-grad pass over the critic is not needed.
+    single_pass = updates_per_step == 1 and optim.grad_accum_steps == 1
     run = Run.start(cfg, "ppo")
     # everything besides the weights that an exact resume needs back
     stateful = {"optimizer": optimizer, "scheduler": scheduler,
@@ -226,8 +229,13 @@ def train(cfg: Config) -> Outcome:
                             token_logprobs, policy, response_start=start,
                             temperature=temperature), input_ids, attention_mask,
                             algo.micro_batch_size)  # (B, R)
-                    old_values = online.in_chunks(partial(critic, response_start=start), input_ids,
-                                            attention_mask, algo.micro_batch_size)  # (B, R)
+                    if not single_pass:
+                        old_values = online.in_chunks(partial(critic, response_start=start),
+                                                      input_ids, attention_mask,
+                                                      algo.micro_batch_size)  # (B, R)
+                if single_pass:
+                    graded_values = critic(input_ids, attention_mask, start)  # (B, R)
+                    old_values = graded_values.detach()
                 sample_logprobs = old_logprobs if old_logprobs is not None else rollout.logprobs
                 kl_tokens = (kl_estimate(sample_logprobs, ref_logprobs, "k1") * mask
                              if ref_logprobs is not None else torch.zeros_like(mask))  # (B, R)
@@ -265,7 +273,8 @@ def train(cfg: Config) -> Outcome:
                                                                 algo.kl_estimator),
                                                     mb_tokens, algo.aggregation,
                                                     cfg.gen.max_new_tokens)
-                            values = critic(ids, am, start)  # (b, R)
+                            values = (graded_values[index] if single_pass
+                                      else critic(ids, am, start))  # (b, R)
                             critic_loss, value_stats = value_loss(
                                 values, old_values[index], returns[index], mb_tokens, value_clip,
                                 algo.aggregation, cfg.gen.max_new_tokens)
