@@ -186,7 +186,9 @@ def token_logprobs(
     step = chunk_size * rows if chunk_size else max(1, LOGITS_CHUNK_BYTES // (vocab * 4))
 
     def chunk_logprobs(hidden_chunk: torch.Tensor, target_chunk: torch.Tensor) -> torch.Tensor:
-        logits = lm_head(hidden_chunk).float() * scale  # (C, V)
+        logits = lm_head(hidden_chunk).float()  # (C, V)
+        if scale != 1.0:  # a pass over (C, V) floats, and another in the backward
+            logits = logits * scale
         picked = logits.gather(-1, target_chunk.unsqueeze(-1)).squeeze(-1)  # (C,)
         return picked - logits.logsumexp(dim=-1)  # log_softmax without a second (C, V) tensor
 

@@ -3,7 +3,9 @@
 Prompts are rendered (chat template or plain text), checked against the context length,
 left-padded into batches of ``gen.batch_size`` and sampled. The log-probability of each
 sampled token under softmax(logits / T) is recorded on the fly, so RL gets the sampling
-policy's logprobs without a second forward pass.
+policy's logprobs without a second forward pass. The token itself is drawn by
+``sampling.draw`` (``DrawToken``) rather than by generate's ``torch.multinomial``: the same
+distribution, and on a CPU a sixth less time per decoding step.
 
 With ``gen.compile on`` (what ``auto`` means in a training loop on CUDA) decoding uses a static
 KV cache and a compiled one-token step that replays as a CUDA graph: a small model's eager
@@ -25,12 +27,16 @@ from transformers import (
     LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
 )
 
 from rlhfkit.batch import Prompt, Rollout
 from rlhfkit.config import GenCfg
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.generation import register_backend
+from rlhfkit.generation.sampling import draw
 from rlhfkit.progress import progress
 
 
@@ -65,6 +71,36 @@ class SampledTokenLogprobs(LogitsProcessor):
             raise RuntimeError(f"recorded {len(self.picked)} steps for {response_ids.shape[1]} "
                                "generated tokens; another logits processor ran before this one")
         return torch.stack(self.picked, dim=1)
+
+
+class DrawToken(LogitsProcessor):
+    """Draws the next token from softmax(scores) and hands generate all the mass on it.
+
+    Last in the processor list, after the temperature, top-k and top-p warpers, it sees what
+    generate's own sampling would: generate then runs greedy (``do_sample=False``), and its
+    argmax takes the drawn token. Same distribution as generate's ``torch.multinomial``
+    (``sampling.draw``), without its cost: 26-33 ms a step for 16 rows of a 49k vocabulary on 2
+    CPU cores, against about 1 ms.
+    """
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        tokens = draw(scores.softmax(dim=-1))  # (B,)
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens[:, None], 0.0)
+
+
+def token_choice(cfg: GenCfg) -> list[LogitsProcessor]:
+    """The processors after the recorder that pick each token: greedy decoding needs none;
+    sampling warps the logits as transformers would (in its order), then draws."""
+    if cfg.temperature == 0:
+        return []
+    chain: list[LogitsProcessor] = []
+    if cfg.temperature != 1.0:
+        chain.append(TemperatureLogitsWarper(cfg.temperature))
+    if cfg.top_k:
+        chain.append(TopKLogitsWarper(cfg.top_k))
+    if cfg.top_p < 1.0:
+        chain.append(TopPLogitsWarper(cfg.top_p))
+    return [*chain, DrawToken()]
 
 
 class StopOnStrings(StoppingCriteria):
@@ -205,7 +241,7 @@ class HFBackend:
         sequences = self.model.generate(  # (b, P + R), under torch.no_grad
             input_ids=input_ids, attention_mask=prompt_mask,
             generation_config=self._generation_config(cfg, compiled),
-            logits_processor=LogitsProcessorList([recorder]),
+            logits_processor=LogitsProcessorList([recorder, *token_choice(cfg)]),
             stopping_criteria=StoppingCriteriaList([stopper] if stopper else []))
         response_ids = sequences[:rows, input_ids.shape[1]:]  # (b, R)
         logprobs = recorder.logprobs(sequences[:, input_ids.shape[1]:])[:rows]  # (b, R)
@@ -255,9 +291,8 @@ class HFBackend:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _generation_config(self, cfg: GenCfg, compiled: bool = False) -> GenerationConfig:
-        sampling = {}
-        if cfg.temperature > 0:  # top_k 0 must be explicit: unset, transformers would use 50
-            sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
+        # greedy as far as generate knows: token_choice's processors sample, and generate adds no
+        # warpers of its own (with do_sample it would, and its top_k of 50 where unset)
         caching: dict[str, Any] = {"disable_compile": True}
         if compiled:
             from transformers.generation import CompileConfig
@@ -267,9 +302,8 @@ class HFBackend:
             compile_config = CompileConfig()
             compile_config._compile_all_devices = True
             caching = {"cache_implementation": "static", "compile_config": compile_config}
-        return GenerationConfig(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,
-                                eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
-                                **sampling, **caching)
+        return GenerationConfig(max_new_tokens=cfg.max_new_tokens, do_sample=False,
+                                eos_token_id=self.eos_ids, pad_token_id=self.pad_id, **caching)
 
 
 def _cut_before_first(text: str, stops: tuple[str, ...]) -> str:

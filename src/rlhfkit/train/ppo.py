@@ -169,7 +169,8 @@ def train(cfg: Config) -> Outcome:
     settings = AdvantageSettings(gamma=algo.gamma, lam=algo.lam, whiten=algo.whiten_advantages)
     value_clip = algo.value_clip_eps or float("inf")  # an infinite range never clips
     # One forward/backward per step: the critic's values with gradients are the old values (same
-    # weights, same batch), so step 4's separate no-grad pass over the critic is not needed.
+    # weights, same batch), so step 4's separate no-grad pass over the critic is not needed. Only
+    # with one micro-batch: keeping several micro-batches' graphs alive would undo micro-batching.
     single_pass = updates_per_step == 1 and optim.grad_accum_steps == 1
     run = Run.start(cfg, "ppo")
     # everything besides the weights that an exact resume needs back
