@@ -75,6 +75,17 @@ def test_draw_refuses_a_distribution_that_is_not_finite(bad):
         draw(torch.zeros(1, 4))
 
 
+def test_off_the_cpu_draw_is_torch_multinomial(monkeypatch):
+    calls = []
+    monkeypatch.setattr(sampling.torch, "multinomial",
+                        lambda probs, num_samples: calls.append(probs.device.type)
+                        or torch.zeros(len(probs), 1, dtype=torch.long, device=probs.device))
+    assert draw(torch.ones(3, 5, device="meta")).shape == (3,)
+    assert calls == ["meta"]
+    draw(torch.ones(3, 5))
+    assert calls == ["meta"]  # the CPU inverts the distribution itself
+
+
 def _teacher_forced_logits(model, rollout, row):
     """(R_row, V) logits that predicted each generated token of ``row``."""
     prompt = rollout.prompt_ids[row][rollout.prompt_mask[row] == 1]

@@ -78,9 +78,9 @@ class DrawToken(LogitsProcessor):
 
     Last in the processor list, after the temperature, top-k and top-p warpers, it sees what
     generate's own sampling would: generate then runs greedy (``do_sample=False``), and its
-    argmax takes the drawn token. Same distribution as generate's ``torch.multinomial``
-    (``sampling.draw``), without its cost: 26-33 ms a step for 16 rows of a 49k vocabulary on 2
-    CPU cores, against about 1 ms.
+    argmax takes the drawn token. ``sampling.draw`` keeps generate's distribution without the
+    cost of its ``torch.multinomial`` on a CPU: 26-33 ms a step for 16 rows of a 49k vocabulary
+    on 2 cores, against about 1 ms (on a GPU it calls ``torch.multinomial``).
     """
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

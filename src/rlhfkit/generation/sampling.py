@@ -4,7 +4,7 @@
 an exponential variate for every entry of the vocabulary. On a CPU that costs 26-33 ms for 16
 rows of SmolLM2's 49k-token vocabulary, a sixth of one decoding step of the model. Inverting the
 cumulative distribution draws from the same distribution with one uniform variate per row, about
-1 ms (``bench/draw_vs_multinomial.py``).
+1 ms (``bench/draw_vs_multinomial.py``). On a GPU, where ``torch.multinomial`` is fast, it stays.
 """
 
 from __future__ import annotations
@@ -31,33 +31,32 @@ def draw(probs: Tensor) -> Tensor:
     top-k or top-p removed) is never drawn. The search runs in two stages, so that no (B, V)
     cumulative sum is written: the block of ``BLOCK`` tokens whose cumulative mass passes u, then
     the token inside it whose cumulative mass passes what is left of u. The running sums are
-    float64 where the device has it: in float32 their rounding near 1 (6e-8) would move each of
-    49k tokens' probabilities by up to that. Uses the global random generator of ``probs``' device, like
-    ``torch.multinomial``.
+    float64: in float32 their rounding near 1 (6e-8) would move each of 49k tokens'
+    probabilities by up to that. Uses torch's global random generator, like
+    ``torch.multinomial``, which draws on any device but the CPU, where it is fast.
     """
+    if probs.device.type != "cpu":
+        # a GPU runs torch.multinomial as a few fast kernels; this search would launch two dozen
+        # small ones per token, and decoding a small model there is bound by launches
+        return torch.multinomial(probs, num_samples=1).squeeze(-1)
     rows, vocab = probs.shape
-    exact = torch.float32 if probs.device.type == "mps" else torch.float64  # MPS has no float64
     whole = vocab - vocab % BLOCK
     block_mass = probs[:, :whole].reshape(rows, -1, BLOCK).sum(dim=-1)  # (B, V/BLOCK)
     if whole < vocab:  # the last, shorter block
         block_mass = torch.cat([block_mass, probs[:, whole:].sum(-1, True)], dim=1)
     # each block's mass summed in the input's precision (its error is relative to that block
-    # alone), the running total over blocks in the exact one
-    block_cdf = block_mass.to(exact).cumsum(dim=-1)  # (B, blocks)
+    # alone), the running total over blocks in float64
+    block_cdf = block_mass.double().cumsum(dim=-1)  # (B, blocks)
     total = block_cdf[:, -1:]  # (B, 1)
-    usable = torch.isfinite(total).all() & (total > 0).all()
-    if probs.device.type == "cpu":
-        if not usable:
-            raise RlhfkitError(NOT_A_DISTRIBUTION)
-    else:  # checked on the device: reading the flag back every token would stall the queue
-        torch._assert_async(usable, NOT_A_DISTRIBUTION)
+    if not bool(torch.isfinite(total).all() and (total > 0).all()):
+        raise RlhfkitError(NOT_A_DISTRIBUTION)
 
-    u = _below(torch.rand(total.shape, dtype=exact, device=probs.device) * total, total)  # (B, 1)
+    u = _below(torch.rand(total.shape, dtype=torch.float64) * total, total)  # (B, 1)
     block = torch.searchsorted(block_cdf, u, right=True)  # (B, 1)
     before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), 0.0)  # (B, 1)
-    columns = block * BLOCK + torch.arange(BLOCK, device=probs.device)  # (B, BLOCK)
+    columns = block * BLOCK + torch.arange(BLOCK)  # (B, BLOCK)
     inside = torch.where(columns < vocab, probs.gather(1, columns.clamp(max=vocab - 1)), 0.0)
-    inside_cdf = inside.to(exact).cumsum(dim=-1)  # (B, BLOCK)
+    inside_cdf = inside.double().cumsum(dim=-1)  # (B, BLOCK)
     # u - before lies in [0, the block's mass); summed the other way, the block may come out a
     # rounding error lighter, and a u past it would leave the block
     offset = torch.searchsorted(inside_cdf, _below(u - before, inside_cdf[:, -1:]), right=True)
