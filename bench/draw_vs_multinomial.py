@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     probs = (3 * torch.randn(args.rows, args.vocab)).softmax(dim=-1)
-    sides = {"rlhfkit draw": lambda p: draw(p),
+    sides = {"rlhfkit draw": draw,
              "torch.multinomial": lambda p: torch.multinomial(p, 1).squeeze(-1)}
 
     def timed(fn) -> float:
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"one token per row from {args.rows} x {args.vocab} probabilities on the CPU, "
           f"{args.threads} threads, torch {torch.__version__}; {args.calls} calls per side")
-    ours, theirs = (statistics.median(seconds[name]) for name in sides)
-    rows = [[name, f"{statistics.median(seconds[name]) * 1e3:.2f}",
-             f"{distance[name]:.4f}"] for name in sides]
+    median = {name: statistics.median(times) for name, times in seconds.items()}
+    rows = [[name, f"{median[name] * 1e3:.2f}", f"{distance[name]:.4f}"] for name in sides]
+    ours, theirs = median.values()
     rows.append(["rlhfkit / torch", f"{ours / theirs:.3f}x", ""])
     common.print_table(["", "median ms / draw",
                         f"total variation, {args.check_draws:,} draws of 64 tokens"], rows)
