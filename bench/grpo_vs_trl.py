@@ -5,8 +5,9 @@
 
 The same work on both sides, set field by field (see ``rlhfkit_config`` and ``trl_config``):
 the embedded SmolLM2-135M-Instruct from the same cached directory, fp32, on the same device;
-the first ``--prompts`` movie openings of ``vader:movies`` (plain text on both sides, or the
-chat template on both with ``--chat``); ``--prompts-per-step`` prompts x ``--group-size``
+the first ``--prompts`` movie openings of ``vader:movies``, or with ``--join N`` as many
+prompts of N consecutive openings each (plain text on both sides, or the chat template on both
+with ``--chat``); ``--prompts-per-step`` prompts x ``--group-size``
 completions per step, sampled at temperature 1 (no top-p, no top-k) for at most
 ``--max-new-tokens`` tokens, all in one ``generate`` call; the same reward callable; group
 mean/std advantages; PPO clip 0.2; a k3 KL loss to a frozen reference copy weighted by
@@ -52,10 +53,21 @@ def reward_spec(args: argparse.Namespace) -> str:
     return args.reward
 
 
+def bench_prompts(args: argparse.Namespace) -> list[str]:
+    """Both sides' prompt pool: ``--prompts`` prompts of ``--join`` movie openings each."""
+    from rlhfkit.data.builtin import load_builtin
+
+    openings = [row["prompt"] for row in load_builtin("vader:movies", "train")]
+    if len(openings) < args.prompts * args.join:
+        raise SystemExit(f"--prompts {args.prompts} x --join {args.join} needs "
+                         f"{args.prompts * args.join} openings; vader:movies has {len(openings)}")
+    return [" ".join(openings[i * args.join:(i + 1) * args.join]) for i in range(args.prompts)]
+
+
 # --- the two sides (each runs in its own child process) ----------------------------------------
 
 
-def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path):
+def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path, prompts: Path):
     from rlhfkit.config import GenCfg, LogCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
     from rlhfkit.train import grpo
 
@@ -63,7 +75,7 @@ def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path):
     return grpo.Config(
         reward=reward_spec(args), steps=args.warmup + args.steps,
         model=ModelCfg(path=model_dir, dtype="float32", device=args.device),
-        data=PromptDataCfg(prompts="vader:movies", max_prompts=args.prompts, eval_size=0),
+        data=PromptDataCfg(prompts=str(prompts), eval_size=0),
         gen=GenCfg(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
                    batch_size=batch, chat_template="on" if args.chat else "off"),
         algo=grpo.AlgoCfg(advantage="grpo", group_size=args.group_size,
@@ -77,10 +89,14 @@ def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path):
 
 
 def run_rlhfkit(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -> None:
+    import json
+
     from rlhfkit import runs
     from rlhfkit.train import grpo
 
-    cfg = rlhfkit_config(args, model_dir, Path(args.scratch) / "rlhfkit-run")
+    prompts = Path(args.scratch) / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in bench_prompts(args)))
+    cfg = rlhfkit_config(args, model_dir, Path(args.scratch) / "rlhfkit-run", prompts)
     batch = args.prompts_per_step * args.group_size
     log_metrics = runs.Run.log
 
@@ -115,10 +131,9 @@ def run_trl(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
-    from rlhfkit.data.builtin import load_builtin
     from rlhfkit.rewards import load_reward
 
-    prompts = [row["prompt"] for row in load_builtin("vader:movies", "train")[:args.prompts]]
+    prompts = bench_prompts(args)
     if args.chat:
         prompts = [[{"role": "user", "content": p}] for p in prompts]
     reward = load_reward(reward_spec(args))
@@ -174,6 +189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="KL coefficient (0: no reference model on either side)")
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--prompts", type=int, default=32, help="size of the prompt pool")
+    parser.add_argument("--join", type=int, default=1,
+                        help="movie openings per prompt (20: ~160-token prompts)")
     parser.add_argument("--reward", default=LETTER_REWARD,
                         help="'letter' (share of e's), or any rlhfkit reward spec: sentiment, ...")
     parser.add_argument("--chat", action="store_true",
@@ -192,7 +209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.steps, args.warmup, args.prompts_per_step, args.group_size = 1, 1, 2, 2
         args.max_new_tokens, args.repeats, args.prompts = 4, 1, 4
     for name in ("steps", "warmup", "prompts_per_step", "max_new_tokens", "repeats", "threads",
-                 "prompts"):
+                 "prompts", "join"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.group_size < 2:
@@ -208,7 +225,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     argv = [f"--steps={args.steps}", f"--warmup={args.warmup}",
             f"--prompts-per-step={args.prompts_per_step}", f"--group-size={args.group_size}",
             f"--max-new-tokens={args.max_new_tokens}", f"--beta={args.beta}", f"--lr={args.lr}",
-            f"--threads={args.threads}", f"--prompts={args.prompts}", f"--reward={args.reward}",
+            f"--threads={args.threads}", f"--prompts={args.prompts}", f"--join={args.join}",
+            f"--reward={args.reward}",
             f"--device={args.device}", f"--seed={args.seed}", f"--model={args.model}"]
     if args.chat:
         argv.append("--chat")
@@ -238,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"GRPO, {common.model_name(args.model)} fp32 on {device} ({platform.processor() or platform.machine()}"
           f", {args.threads} threads): {args.prompts_per_step} prompts x G={args.group_size}, "
           f"{args.max_new_tokens} new tokens, beta={args.beta}, reward={args.reward}, "
-          f"{'chat template' if args.chat else 'plain text'}; {args.steps} measured steps after "
+          f"{'chat template' if args.chat else 'plain text'}, {args.join} opening(s) a prompt; "
+          f"{args.steps} measured steps after "
           f"{args.warmup} warm-up, {args.repeats} repeat(s); torch {torch.__version__}", flush=True)
     results = common.run_alternating(__file__, SIDES, child_argv(args), args.repeats,
                                      args.threads, describe_run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -155,6 +156,42 @@ def test_compiled_decoding_matches_eager_and_records_the_same_logprobs(tiny_lm):
                                     sampled.prompt_ids.shape[1])
     mask = sampled.response_mask.bool()
     torch.testing.assert_close(sampled.logprobs[mask], recomputed[mask], rtol=0, atol=1e-4)
+
+
+def test_repeated_prompts_are_prefilled_once_and_sample_as_if_each_ran(tiny_lm, monkeypatch):
+    """GRPO's batches repeat each prompt G times: the cache of its columns but the last is
+    computed for each distinct prompt only (here 2 of 6 rows; "A" is padding in all those
+    columns), copied to its rows, and the rollout is the one every row running its own gives."""
+    from rlhfkit.generation.hf import HFBackend
+
+    model, _ = tiny_lm
+    prompts = [p for p in PROMPTS[1:3] for _ in range(3)]
+    prefill_rows = []
+    decoder_forward = type(model.get_decoder()).forward
+
+    @functools.wraps(decoder_forward)  # keeps the signature the backend reads
+    def counting_forward(self, input_ids=None, **kwargs):
+        prefill_rows.append(input_ids.shape[0])
+        return decoder_forward(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(type(model.get_decoder()), "forward", counting_forward)
+    plain = dict(batch_size=6, chat_template="off")
+    shared = {t: generate(tiny_lm, prompts, temperature=t, **plain) for t in (0.0, 1.0)}
+    assert prefill_rows[0] == 2 and prefill_rows[1] == 6  # the prefill, then generate's first step
+    assert shared[0.0].prompt_mask[3, :-1].eq(0).all()  # "A": one token, left-padded
+    monkeypatch.setattr(HFBackend, "_prefill_once_per_prompt", lambda self, ids, mask: {})
+    for temperature, rollout in shared.items():
+        alone = generate(tiny_lm, prompts, temperature=temperature, **plain)
+        assert rollout.prompt_ids.equal(alone.prompt_ids)
+        assert rollout.response_ids.equal(alone.response_ids)
+        assert rollout.completions == alone.completions
+        torch.testing.assert_close(rollout.logprobs, alone.logprobs, rtol=0, atol=1e-5)
+    distinct = generate(tiny_lm, PROMPTS, temperature=0.0, batch_size=4)
+    with torch.no_grad():
+        recomputed = token_logprobs(model, distinct.input_ids, distinct.attention_mask,
+                                    distinct.prompt_ids.shape[1], temperature=0.0)
+    mask = distinct.response_mask.bool()
+    torch.testing.assert_close(distinct.logprobs[mask], recomputed[mask], rtol=0, atol=1e-4)
 
 
 def test_auto_compiles_in_training_loops_on_cuda_only(tiny_lm, monkeypatch):

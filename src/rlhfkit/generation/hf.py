@@ -11,10 +11,15 @@ With ``gen.compile on`` (what ``auto`` means in a training loop on CUDA) decodin
 KV cache and a compiled one-token step that replays as a CUDA graph: a small model's eager
 decoding launches a few hundred kernels per token and leaves the GPU idle between them (3-4x
 faster sampling for SmolLM2 on an H100, bench/README.md).
+
+Rows of a batch with the same prompt (GRPO's groups) run that prompt through the model once:
+the KV cache of each distinct prompt is computed, copied to the rows that share it, and handed
+to ``generate``, which then decodes from the prompt's last token as usual.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +27,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -31,6 +37,7 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.cache_utils import DynamicLayer
 
 from rlhfkit.batch import Prompt, Rollout
 from rlhfkit.config import GenCfg
@@ -238,11 +245,12 @@ class HFBackend:
         prompt_mask = padded["attention_mask"].to(device)  # (b, P)
         recorder = SampledTokenLogprobs(cfg.temperature)
         stopper = StopOnStrings(self.tokenizer, cfg.stop, input_ids.shape[1]) if cfg.stop else None
+        prefilled = {} if compiled else self._prefill_once_per_prompt(input_ids, prompt_mask)
         sequences = self.model.generate(  # (b, P + R), under torch.no_grad
             input_ids=input_ids, attention_mask=prompt_mask,
             generation_config=self._generation_config(cfg, compiled),
             logits_processor=LogitsProcessorList([recorder, *token_choice(cfg)]),
-            stopping_criteria=StoppingCriteriaList([stopper] if stopper else []))
+            stopping_criteria=StoppingCriteriaList([stopper] if stopper else []), **prefilled)
         response_ids = sequences[:rows, input_ids.shape[1]:]  # (b, R)
         logprobs = recorder.logprobs(sequences[:, input_ids.shape[1]:])[:rows]  # (b, R)
         if compiled:  # drop the fillers and the padding columns every kept row has
@@ -286,6 +294,37 @@ class HFBackend:
             logprobs=logprobs[:, :keep].masked_fill(response_mask == 0, 0.0),
             finished=torch.tensor(finished, device=device),
         )
+
+    @torch.no_grad()
+    def _prefill_once_per_prompt(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor
+                                 ) -> dict[str, Any]:
+        """``generate``'s cache argument when rows repeat a prompt, else nothing: the KV cache of
+        every prompt column but the last, computed once per distinct prompt and copied to each
+        row that has it. The rows' positions are the ones ``generate`` would give them.
+
+        Only for a cache of plain full-attention layers (Llama, Qwen, Mistral without a sliding
+        window...); anything else runs every row, as does a batch without repeats.
+        """
+        rows, width = input_ids.shape
+        if width < 2:
+            return {}
+        distinct, source = torch.unique(torch.cat([input_ids, prompt_mask], dim=1), dim=0,
+                                        return_inverse=True)  # (d, 2P), (b,)
+        if len(distinct) == rows:
+            return {}
+        cache = DynamicCache(config=self.model.config)
+        if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return {}
+        decoder = self.model.get_decoder()
+        # transformers renamed past_key_values to cache (5.2x); take whichever this one uses
+        name = ("cache" if "cache" in inspect.signature(decoder.forward).parameters
+                else "past_key_values")
+        ids, mask = distinct[:, :width - 1], distinct[:, width:-1]  # (d, P - 1) each
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate counts them
+        decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **{name: cache})
+        cache.batch_select_indices(source)
+        return {name: cache}
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
