@@ -89,13 +89,12 @@ def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path, p
 
 
 def run_rlhfkit(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -> None:
-    import json
-
     from rlhfkit import runs
+    from rlhfkit.data.files import write_jsonl
     from rlhfkit.train import grpo
 
     prompts = Path(args.scratch) / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in bench_prompts(args)))
+    write_jsonl(prompts, ({"prompt": prompt} for prompt in bench_prompts(args)))
     cfg = rlhfkit_config(args, model_dir, Path(args.scratch) / "rlhfkit-run", prompts)
     batch = args.prompts_per_step * args.group_size
     log_metrics = runs.Run.log
