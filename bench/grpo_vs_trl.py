@@ -4,7 +4,8 @@
     python bench/grpo_vs_trl.py             # 4 prompts x 4 completions, 24 new tokens, 2 repeats
 
 The same work on both sides, set field by field (see ``rlhfkit_config`` and ``trl_config``):
-the embedded SmolLM2-135M-Instruct from the same cached directory, fp32, on the same device;
+the embedded SmolLM2-135M-Instruct from the same cached directory, fp32 (with ``--bf16``: fp32
+weights and bfloat16 autocast on both sides), on the same device;
 the first ``--prompts`` movie openings of ``vader:movies``, or with ``--join N`` as many
 prompts of N consecutive openings each (plain text on both sides, or the chat template on both
 with ``--chat``); ``--prompts-per-step`` prompts x ``--group-size``
@@ -74,7 +75,8 @@ def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path, p
     batch = args.prompts_per_step * args.group_size
     return grpo.Config(
         reward=reward_spec(args), steps=args.warmup + args.steps,
-        model=ModelCfg(path=model_dir, dtype="float32", device=args.device),
+        model=ModelCfg(path=model_dir, dtype="float32", device=args.device,
+                       autocast="bfloat16" if args.bf16 else "off"),
         data=PromptDataCfg(prompts=str(prompts), eval_size=0),
         gen=GenCfg(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
                    batch_size=batch, chat_template="on" if args.chat else "off"),
@@ -119,8 +121,8 @@ def trl_config(args: argparse.Namespace, output_dir: Path):
         max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
         beta=args.beta, epsilon=0.2, loss_type="dapo", scale_rewards="group",
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, bf16=False, fp16=False, model_init_kwargs={"dtype": "float32"},
-        gradient_checkpointing=args.trl_gradient_checkpointing, use_cpu=args.device == "cpu",
+        max_grad_norm=1.0, bf16=args.bf16, fp16=False, model_init_kwargs={"dtype": "float32"},
+        gradient_checkpointing=args.trl_gradient_checkpointing, use_cpu=common.resolve_device(args.device) == "cpu",
         report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
         dataloader_num_workers=0)
 
@@ -194,6 +196,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="'letter' (share of e's), or any rlhfkit reward spec: sentiment, ...")
     parser.add_argument("--chat", action="store_true",
                         help="wrap prompts in the chat template on both sides (default: plain text)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="mixed precision on both sides: float32 weights, bfloat16 matmuls "
+                             "(TRL bf16=True, rlhfkit --model.autocast bfloat16)")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="TRL's default; off by default so both sides do the same compute")
     common.add_run_options(parser)
@@ -229,6 +234,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
             f"--device={args.device}", f"--seed={args.seed}", f"--model={args.model}"]
     if args.chat:
         argv.append("--chat")
+    if args.bf16:
+        argv.append("--bf16")
     if args.trl_gradient_checkpointing:
         argv.append("--trl-gradient-checkpointing")
     return argv
@@ -252,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     device = common.resolve_device(args.device)
-    print(f"GRPO, {common.model_name(args.model)} fp32 on {device} ({platform.processor() or platform.machine()}"
+    precision = "fp32 weights, bf16 autocast" if args.bf16 else "fp32"
+    print(f"GRPO, {common.model_name(args.model)} {precision} on {device} ({platform.processor() or platform.machine()}"
           f", {args.threads} threads): {args.prompts_per_step} prompts x G={args.group_size}, "
           f"{args.max_new_tokens} new tokens, beta={args.beta}, reward={args.reward}, "
           f"{'chat template' if args.chat else 'plain text'}, {args.join} opening(s) a prompt; "

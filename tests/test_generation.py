@@ -194,6 +194,29 @@ def test_repeated_prompts_are_prefilled_once_and_sample_as_if_each_ran(tiny_lm, 
     torch.testing.assert_close(distinct.logprobs[mask], recomputed[mask], rtol=0, atol=1e-4)
 
 
+def test_sampling_under_autocast_decodes_in_bfloat16_and_records_float32_logprobs(
+        tiny_model_dir):
+    from rlhfkit.config import ModelCfg
+    from rlhfkit.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu",
+                                               autocast="bfloat16"))
+    seen = set()
+    model.get_decoder().layers[0].mlp.up_proj.register_forward_hook(
+        lambda m, args, out: seen.add(out.dtype))
+    prompts = [p for p in PROMPTS[1:3] for _ in range(2)]  # repeats: the shared prefill runs too
+    rollout = generate((model, tokenizer), prompts, temperature=1.0, batch_size=4,
+                       chat_template="off")
+    assert seen == {torch.bfloat16}
+    assert rollout.logprobs.dtype == torch.float32
+    with torch.no_grad():
+        recomputed = token_logprobs(model, rollout.input_ids, rollout.attention_mask,
+                                    rollout.prompt_ids.shape[1])
+    mask = rollout.response_mask
+    # incremental decoding and a packed forward round differently in bfloat16, a little
+    assert ((rollout.logprobs - recomputed).abs() * mask).max() < 0.05
+
+
 def test_auto_compiles_in_training_loops_on_cuda_only(tiny_lm, monkeypatch):
     """online.sample (every RL and hindsight loop) turns auto on for CUDA; one-shot sampling and
     a CPU stay eager."""

@@ -7,7 +7,15 @@ import torch
 
 from rlhfkit.config import ModelCfg
 from rlhfkit.errors import ConfigError, RlhfkitError
-from rlhfkit.models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, token_logprobs
+from rlhfkit.models import (
+    autocast_region,
+    load_causal_lm,
+    load_tokenizer,
+    pick_autocast,
+    pick_device,
+    pick_dtype,
+    token_logprobs,
+)
 
 
 def test_pick_device_and_dtype():
@@ -32,6 +40,63 @@ def test_load_causal_lm_in_eval_mode_with_dtype(tiny_model_dir):
     assert not model.training
     assert model.dtype == torch.bfloat16
     assert tokenizer.pad_token_id is not None
+
+
+def test_pick_autocast_asks_for_amx_and_float32_weights(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not pick_autocast("off", cpu, torch.float32)
+    assert pick_autocast("bfloat16", cpu, torch.float32) and pick_autocast("bfloat16", cuda,
+                                                                          torch.float32)
+    for amx in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert pick_autocast("auto", cpu, torch.float32) is amx
+        assert not pick_autocast("auto", cpu, torch.bfloat16)  # nothing left to speed up
+        assert not pick_autocast("auto", cuda, torch.float32)  # a GPU picks bf16 weights instead
+
+
+def _dtypes_seen(model):
+    """Output dtypes of the first MLP projection and the LM head, recorded on every call."""
+    seen = {"mlp": set(), "head": set()}
+    model.get_decoder().layers[0].mlp.up_proj.register_forward_hook(
+        lambda m, args, out: seen["mlp"].add(out.dtype))
+    model.get_output_embeddings().register_forward_hook(
+        lambda m, args, out: seen["head"].add(out.dtype))
+    return seen
+
+
+def test_autocast_runs_the_decoder_in_bfloat16_and_the_lm_head_in_float32(tiny_model_dir, tiny_lm,
+                                                                          monkeypatch):
+    import copy
+
+    import rlhfkit.packing
+
+    attention = []  # what packed attention computes in (float32: its bf16 backward is slow)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(rlhfkit.packing.F, "scaled_dot_product_attention",
+                        lambda q, *args, **kwargs: attention.append(q.dtype) or sdpa(q, *args, **kwargs))
+    model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu",
+                                               autocast="bfloat16"))
+    assert model.dtype == torch.float32  # the weights stay float32: only the matmuls change
+    seen = _dtypes_seen(model)
+    input_ids, mask, start = _left_padded_batch(tokenizer, ["The movie", "A"], response_len=6)
+    mixed = token_logprobs(model, input_ids, mask, start)
+    with torch.no_grad():
+        exact = token_logprobs(tiny_lm[0], input_ids, mask, start)
+    assert seen == {"mlp": {torch.bfloat16}, "head": {torch.float32}}
+    assert attention and set(attention) == {torch.float32}
+    assert mixed.dtype == torch.float32
+    assert not torch.equal(mixed, exact)  # bfloat16 did round
+    torch.testing.assert_close(mixed.detach(), exact, rtol=0, atol=0.05)
+    mixed.sum().backward()  # gradients reach the float32 weights, in float32
+    grad = model.get_decoder().layers[0].mlp.up_proj.weight.grad
+    assert grad is not None and grad.dtype == torch.float32
+    with autocast_region(model):  # an outer scope (decoding): the head still computes float32
+        seen["head"].clear()
+        model(input_ids=input_ids, attention_mask=mask)
+    assert seen["head"] == {torch.float32}
+    twin = copy.deepcopy(model)  # the copy's wrapped forward runs the copy, not the original
+    assert twin.get_decoder().forward.__self__ is twin.get_decoder()
+    assert autocast_region(tiny_lm[0]).__class__.__name__ == "nullcontext"  # autocast off
 
 
 def test_missing_model_directory_is_an_error_naming_it(tmp_path):

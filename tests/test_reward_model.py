@@ -92,6 +92,17 @@ def test_scores_do_not_depend_on_batching_and_keep_input_order(backbone_dir):
     assert model.score_texts([]) == []
 
 
+def test_autocast_runs_the_backbone_in_bfloat16_and_scores_stay_close(backbone_dir):
+    exact, mixed = build(backbone_dir), build(backbone_dir, autocast="bfloat16")
+    seen = set()
+    linear = next(m for m in mixed.backbone.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda m, args, out: seen.add(out.dtype))
+    scores = mixed.score_texts(TEXTS)
+    assert seen == {torch.bfloat16}
+    assert scores != exact.score_texts(TEXTS)  # bfloat16 did round ...
+    assert scores == pytest.approx(exact.score_texts(TEXTS), abs=0.05)  # ... a little
+
+
 def test_offset_and_scale_normalise_scores(tiny_bert_dir):
     model = build(tiny_bert_dir)
     raw = model.score_texts(TEXTS)

@@ -119,12 +119,13 @@ class ValueModel(torch.nn.Module):
 
 
 def load_value_model(model: ModelCfg, tokenizer: Any, path: str = "",
-                     lora: LoraCfg | None = None) -> ValueModel:
+                     lora: LoraCfg | None = None, train_layers: int = 0) -> ValueModel:
     """A critic in train mode on ``model``'s device and dtype, its head at zero.
 
     The backbone comes from ``path`` (empty: ``model.path``, the policy's starting point). It
     reads the policy's token ids, so a model with another vocabulary is refused. With
     ``lora.rank`` > 0 the backbone trains LoRA adapters only; the head always trains in full.
+    ``train_layers`` > 0 trains only the top that many decoder layers (``freeze_below``).
     """
     from rlhfkit.models import load_causal_lm
     from rlhfkit.train.online import attach_lora
@@ -139,8 +140,43 @@ def load_value_model(model: ModelCfg, tokenizer: Any, path: str = "",
     del lm
     if lora is not None and lora.rank:
         backbone = attach_lora(backbone, lora, task_type=None)
+    if train_layers:
+        freeze_below(backbone, train_layers)
     critic = ValueModel(backbone, hidden_size)
     return critic.train()
+
+
+def freeze_below(backbone: Any, train_layers: int) -> None:
+    """Freeze the embeddings and every decoder layer but the top ``train_layers``.
+
+    What stays trainable (those layers and the final norm; with LoRA, their adapters) is where
+    the backward pass stops: autograd builds no graph below the first trainable layer, so the
+    frozen layers cost one forward without saved activations, no backward and no AdamW state.
+    A pretrained trunk's lower layers already read the text well enough for a value estimate;
+    the top layers and the head adapt to the reward.
+    """
+    layers = decoder_layers(backbone)
+    if train_layers > len(layers):
+        raise RlhfkitError(f"critic.train_layers {train_layers}: the critic's backbone has "
+                           f"{len(layers)} decoder layers; give 1..{len(layers)}, or 0 to train "
+                           "all of them")
+    frozen = {id(p) for p in backbone.get_input_embeddings().parameters()}
+    for layer in layers[:len(layers) - train_layers]:
+        frozen.update(id(p) for p in layer.parameters())
+    for p in backbone.parameters():
+        if id(p) in frozen:
+            p.requires_grad_(False)
+
+
+def decoder_layers(backbone: Any) -> torch.nn.ModuleList:
+    """The backbone's stack of decoder layers: its ModuleList of ``num_hidden_layers`` blocks."""
+    count = backbone.config.get_text_config().num_hidden_layers
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise RlhfkitError(f"critic.train_layers: cannot find the {count} decoder layers of this "
+                       f"{type(backbone).__name__} to freeze the lower ones; set "
+                       "critic.train_layers = 0 to train the whole critic")
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:

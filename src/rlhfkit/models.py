@@ -7,6 +7,8 @@ or a local Hugging Face directory, loaded with ``local_files_only=True``.
 from __future__ import annotations
 
 import os
+import types
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +58,58 @@ def pick_dtype(cfg_dtype: str, device: torch.device) -> torch.dtype:
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16,
             "float16": torch.float16}[cfg_dtype]
+
+
+def pick_autocast(setting: str, device: torch.device, weights: torch.dtype) -> bool:
+    """Whether ``model.autocast`` runs the model's matmuls in bfloat16 (see ``ModelCfg``).
+
+    auto asks for AMX: without it a CPU emulates bfloat16 matmuls, slower than float32.
+    """
+    if setting == "auto":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        return device.type == "cpu" and weights == torch.float32 and bool(amx())
+    return setting == "bfloat16"
+
+
+def enable_autocast(module: torch.nn.Module) -> torch.nn.Module:
+    """Make every call of ``module`` run under bfloat16 autocast, on its own device type.
+
+    The forward is wrapped on the instance, so whoever calls the module (generation, packed
+    forwards, the critic, a reward model) gets mixed precision without knowing of it, and a
+    caller's own outer ``autocast_region`` keeps the cast weights cached across calls. Returns
+    ``module``.
+    """
+    module.forward = types.MethodType(_autocast_forward, module)  # deepcopy rebinds a method
+    return module
+
+
+def keep_float32(module: torch.nn.Module) -> torch.nn.Module:
+    """Make ``module`` compute in float32 even inside an autocast scope (an LM head: log-probs
+    from bfloat16 logits would be off by ~0.1). Returns ``module``."""
+    module.forward = types.MethodType(_float32_forward, module)
+    return module
+
+
+def _autocast_forward(self: torch.nn.Module, *args: object, **kwargs: object) -> object:
+    with torch.autocast(next(self.parameters()).device.type, dtype=torch.bfloat16):
+        return type(self).forward(self, *args, **kwargs)
+
+
+def _float32_forward(self: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(hidden.device.type, enabled=False):
+        return type(self).forward(self, hidden.float())
+
+
+def autocast_region(module: torch.nn.Module) -> AbstractContextManager[object]:
+    """An autocast scope for many calls of ``module`` (a decoding loop), or a no-op.
+
+    Each call's own autocast casts the weights to bfloat16 again; inside one outer scope autocast
+    keeps the casts of trainable weights until the scope ends, so a decoding loop casts once.
+    """
+    decoder = module.get_decoder() if hasattr(module, "get_decoder") else module
+    if getattr(decoder.forward, "__func__", None) is not _autocast_forward:
+        return nullcontext()
+    return torch.autocast(next(decoder.parameters()).device.type, dtype=torch.bfloat16)
 
 
 def resolve_model_dir(path_or_alias: str) -> Path:
@@ -111,6 +165,9 @@ def load_causal_lm(cfg: ModelCfg) -> tuple[PreTrainedModel, PreTrainedTokenizerB
         raise RlhfkitError(f"{path}: cannot load a causal language model from this directory "
                            f"({_one_line(e)}); check that its weights are there and complete"
                            ) from None
+    if pick_autocast(cfg.autocast, device, model.dtype):
+        enable_autocast(model.get_decoder())
+        keep_float32(model.get_output_embeddings())
     return model.to(device).eval(), tokenizer
 
 

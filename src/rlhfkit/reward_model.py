@@ -91,14 +91,18 @@ class RewardModel(torch.nn.Module):
 
     @classmethod
     def from_backbone(cls, path_or_alias: str, pooling: str = "auto", max_length: int = 256,
-                      device: str = "auto", dtype: str = "auto") -> RewardModel:
-        """A fresh reward model for training: pretrained backbone, new head, offset 0, scale 1."""
+                      device: str = "auto", dtype: str = "auto", autocast: str = "off"
+                      ) -> RewardModel:
+        """A fresh reward model for training: pretrained backbone, new head, offset 0, scale 1.
+
+        ``autocast`` as ``model.autocast``: the backbone's matmuls in bfloat16, the head float32.
+        """
         from rlhfkit.models import resolve_model_dir
 
         if pooling not in ("auto", *POOLINGS):
             raise ConfigError(f"pooling {pooling!r}: use auto, last (decoders) or mean (encoders)")
         path = resolve_model_dir(path_or_alias)
-        backbone, tokenizer = _load_backbone(path, device, dtype)
+        backbone, tokenizer = _load_backbone(path, device, dtype, autocast)
         positions = getattr(backbone.config, "max_position_embeddings", None) or math.inf
         if not 1 <= max_length <= positions:
             raise ConfigError(f"max_length {max_length}: {path_or_alias} reads 1 to {positions} "
@@ -260,12 +264,13 @@ def load_reward_model(directory: str | os.PathLike, device: str = "auto",
     return model.eval()
 
 
-def _load_backbone(path: Path, device: str, dtype: str) -> tuple[Any, Any]:
+def _load_backbone(path: Path, device: str, dtype: str, autocast: str = "off"
+                   ) -> tuple[Any, Any]:
     """(base model on the device, tokenizer that pads right) from a local model directory."""
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging
 
-    from rlhfkit.models import pick_device, pick_dtype
+    from rlhfkit.models import enable_autocast, pick_autocast, pick_device, pick_dtype
 
     target = pick_device(device)
     bar_was_on = logging.is_progress_bar_enabled()
@@ -288,6 +293,8 @@ def _load_backbone(path: Path, device: str, dtype: str) -> tuple[Any, Any]:
                                "batches with; add a pad_token to its tokenizer_config.json")
         tokenizer.pad_token = tokenizer.eos_token  # the mask, not the token, marks padding
     backbone.config.use_cache = False  # a reward model never generates
+    if pick_autocast(autocast, target, backbone.dtype):
+        enable_autocast(backbone)
     return backbone.to(target), tokenizer
 
 

@@ -69,6 +69,7 @@ class Config(PpoConfig):
     """Empty trains a reward model on human ratings first (steps 2-3); or name a reward to use
     instead (sentiment, vader, rm:PATH, file.py:fn, ...)."""
     steps: PositiveInt = 60
+    model: ModelCfg = field(default_factory=lambda: ModelCfg(autocast="auto"))
     samples: PositiveInt = 5
     """Before/after sample pairs shown at the end."""
     judge: str = "vader"
@@ -173,7 +174,8 @@ def train_reward_model(cfg: Config, directory: Path, console: Any) -> tuple[Path
         console.print(f"reusing the reward model in {model_dir}")
     else:
         rm_cfg = reward.Config(
-            model=ModelCfg(path=stage.backbone, device=cfg.model.device),
+            model=ModelCfg(path=stage.backbone, device=cfg.model.device,
+                           autocast=cfg.model.autocast),
             data=FeedbackDataCfg(path=stage.data, min_gap=stage.min_gap),
             train=offline.TrainCfg(max_steps=stage.steps, batch_size=stage.batch_size,
                                    eval_batch_size=64, max_eval=500),

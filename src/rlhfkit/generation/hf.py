@@ -44,6 +44,7 @@ from rlhfkit.config import GenCfg
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.generation import register_backend
 from rlhfkit.generation.sampling import draw
+from rlhfkit.models import autocast_region
 from rlhfkit.progress import progress
 
 
@@ -172,6 +173,7 @@ class HFBackend:
         generated, started = 0, time.perf_counter()
         with (torch.random.fork_rng(devices=cuda_devices),
               _own_generation_defaults(self.model, self.eos_ids, self.pad_id),
+              autocast_region(self.model),  # with model.autocast: weights cast once, not per token
               progress("generating", total=len(prompts)) as (bar, task)):
             torch.manual_seed(seed)
             for start in range(0, len(prompts), cfg.batch_size):
@@ -316,8 +318,9 @@ class HFBackend:
         if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
             return {}
         decoder = self.model.get_decoder()
-        # transformers renamed past_key_values to cache (5.2x); take whichever this one uses
-        name = ("cache" if "cache" in inspect.signature(decoder.forward).parameters
+        # transformers renamed past_key_values to cache (5.2x); take whichever this one uses (the
+        # class's signature: model.autocast wraps the instance's forward in (*args, **kwargs))
+        name = ("cache" if "cache" in inspect.signature(type(decoder).forward).parameters
                 else "past_key_values")
         ids, mask = distinct[:, :width - 1], distinct[:, width:-1]  # (d, P - 1) each
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate counts them

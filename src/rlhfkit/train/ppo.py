@@ -28,6 +28,7 @@ from rlhfkit.config import (
     Fraction,
     ModelReference,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     Problem,
@@ -91,6 +92,9 @@ class CriticCfg:
     model.path."""
     lr: NonNegativeFloat = 0.0
     """Critic learning rate (its own AdamW, same schedule); 0 uses optim.lr."""
+    train_layers: NonNegativeInt = 0
+    """Train only the top this many decoder layers (and the head); the rest stay at their
+    starting weights and run without a backward pass. 0 trains every layer."""
 
     def check(self) -> Iterable[Problem]:
         if self.path and (message := ModelReference()(self.path)):
@@ -157,7 +161,8 @@ def train(cfg: Config) -> Outcome:
     stream = online.PromptStream(online.prompt_rows(cfg.data, "train"), cfg.run.seed)
     policy, tokenizer, frozen_ref = online.load_policy_and_reference(
         cfg.model, cfg.lora, need_reference=algo.kl_coef > 0)
-    critic = load_value_model(cfg.model, tokenizer, cfg.critic.path, cfg.lora)
+    critic = load_value_model(cfg.model, tokenizer, cfg.critic.path, cfg.lora,
+                              cfg.critic.train_layers)
     backend = get_backend(cfg.gen.backend, policy, tokenizer)
     minibatch = algo.micro_batch_size * optim.grad_accum_steps
     updates_per_step = algo.epochs * algo.prompts_per_step // minibatch
@@ -168,9 +173,10 @@ def train(cfg: Config) -> Outcome:
     guard = online.NonFiniteGuard(optim.max_nonfinite_steps)
     settings = AdvantageSettings(gamma=algo.gamma, lam=algo.lam, whiten=algo.whiten_advantages)
     value_clip = algo.value_clip_eps or float("inf")  # an infinite range never clips
-    # One forward/backward per step: the critic's values with gradients are the old values (same
-    # weights, same batch), so step 4's separate no-grad pass over the critic is not needed. Only
-    # with one micro-batch: keeping several micro-batches' graphs alive would undo micro-batching.
+    # One forward/backward per step: the critic's values and the policy's log-probs with
+    # gradients are the old ones (same weights, same batch), so step 4 needs no separate no-grad
+    # pass over the critic. Only with one micro-batch: keeping several micro-batches' graphs
+    # alive would undo micro-batching.
     single_pass = updates_per_step == 1 and optim.grad_accum_steps == 1
     run = Run.start(cfg, "ppo")
     # everything besides the weights that an exact resume needs back
@@ -224,21 +230,23 @@ def train(cfg: Config) -> Outcome:
                                 token_logprobs, ref_model, response_start=start,
                                 temperature=temperature), input_ids, attention_mask,
                                 algo.micro_batch_size)  # (B, R)
-                    old_logprobs = None
-                    if updates_per_step > 1:
+                    # Old log-probs come from a forward pass like the reference's, not from
+                    # sampling: its incremental decoding rounds differently (~1e-5 per token in
+                    # float32, ~0.1 under model.autocast), which the KL would count.
+                    if not single_pass:
                         old_logprobs = online.in_chunks(partial(
                             token_logprobs, policy, response_start=start,
                             temperature=temperature), input_ids, attention_mask,
                             algo.micro_batch_size)  # (B, R)
-                    if not single_pass:
                         old_values = online.in_chunks(partial(critic, response_start=start),
                                                       input_ids, attention_mask,
                                                       algo.micro_batch_size)  # (B, R)
-                if single_pass:
+                if single_pass:  # the one graded pass gives the old values and log-probs
                     graded_values = critic(input_ids, attention_mask, start)  # (B, R)
-                    old_values = graded_values.detach()
-                sample_logprobs = old_logprobs if old_logprobs is not None else rollout.logprobs
-                kl_tokens = (kl_estimate(sample_logprobs, ref_logprobs, "k1") * mask
+                    graded_logprobs = token_logprobs(policy, input_ids, attention_mask, start,
+                                                     temperature)  # (B, R)
+                    old_values, old_logprobs = graded_values.detach(), graded_logprobs.detach()
+                kl_tokens = (kl_estimate(old_logprobs, ref_logprobs, "k1") * mask
                              if ref_logprobs is not None else torch.zeros_like(mask))  # (B, R)
 
                 # 5. rewards: with KL in the reward, each token pays its own KL (Ziegler 2019)
@@ -262,9 +270,9 @@ def train(cfg: Config) -> Outcome:
                         for micro_start in range(0, minibatch, algo.micro_batch_size):
                             index = mb_index[micro_start:micro_start + algo.micro_batch_size]
                             ids, am, mb_tokens = input_ids[index], attention_mask[index], mask[index]
-                            logprobs = token_logprobs(policy, ids, am, start, temperature)  # (b, R)
-                            old = (old_logprobs[index] if old_logprobs is not None
-                                   else logprobs.detach())
+                            logprobs = (graded_logprobs[index] if single_pass else
+                                        token_logprobs(policy, ids, am, start, temperature))  # (b, R)
+                            old = old_logprobs[index]
                             policy_loss, policy_stats = ppo_clip_loss(
                                 logprobs, old, advantages[index], mb_tokens, algo.clip_eps, None,
                                 algo.aggregation, cfg.gen.max_new_tokens)
@@ -319,7 +327,7 @@ def train(cfg: Config) -> Outcome:
                     "return_mean": float(masked_mean(returns, mask)),
                     "length": float(rollout.response_lengths.float().mean()),
                     "finished": float(rollout.finished.float().mean()),
-                    "entropy_proxy": float(-masked_mean(sample_logprobs, mask)),
+                    "entropy_proxy": float(-masked_mean(old_logprobs, mask)),
                     "lr": scheduler.get_last_lr()[0],
                     "critic_lr": critic_scheduler.get_last_lr()[0],
                     **{key: value / updates_per_step for key, value in sums.items()},

@@ -90,7 +90,7 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     seed_everything(cfg.run.seed)  # before any random init: the head, LoRA adapters
     model = RewardModel.from_backbone(cfg.model.path, pooling=rm_cfg.pooling,
                                       max_length=rm_cfg.max_length, device=cfg.model.device,
-                                      dtype=cfg.model.dtype)
+                                      dtype=cfg.model.dtype, autocast=cfg.model.autocast)
     if cfg.lora.rank:
         model.backbone = attach_lora(model.backbone, cfg.lora, task_type=None)
     device = next(model.parameters()).device
