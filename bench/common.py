@@ -54,6 +54,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                     names: tuple[str, ...]) -> None:
+    """Stop with argparse's usage error when one of these options is below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
 def model_name(model: str) -> str:
     """How a table's title names ``--model``: the embedded alias by its model's name."""
     return "SmolLM2-135M-Instruct" if model == "smollm2" else model

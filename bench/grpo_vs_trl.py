@@ -212,10 +212,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.steps, args.warmup, args.prompts_per_step, args.group_size = 1, 1, 2, 2
         args.max_new_tokens, args.repeats, args.prompts = 4, 1, 4
-    for name in ("steps", "warmup", "prompts_per_step", "max_new_tokens", "repeats", "threads",
-                 "prompts", "join"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    common.require_positive(parser, args, ("steps", "warmup", "prompts_per_step",
+                                           "max_new_tokens", "repeats", "threads", "prompts",
+                                           "join"))
     if args.group_size < 2:
         parser.error(f"--group-size must be at least 2 (GRPO needs a group baseline), got "
                      f"{args.group_size}")

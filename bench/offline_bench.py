@@ -60,10 +60,8 @@ def parse_offline_args(parser: argparse.ArgumentParser, argv: list[str]) -> argp
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.batch_size, args.max_length, args.repeats = 1, 1, 2, 64, 1
-    for name in ("steps", "warmup", "batch_size", "max_length", "repeats", "threads"):
-        if getattr(args, name) < 1:
-            flag, value = name.replace("_", "-"), getattr(args, name)
-            parser.error(f"--{flag} must be at least 1, got {value}")
+    common.require_positive(parser, args, ("steps", "warmup", "batch_size", "max_length",
+                                           "repeats", "threads"))
     if args.lr <= 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     return args

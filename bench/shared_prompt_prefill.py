@@ -35,9 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=4, help="timed calls per side")
     common.add_run_options(parser)
     args = parser.parse_args(argv)
-    for name in ("prompts", "group_size", "join", "max_new_tokens", "calls"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    common.require_positive(parser, args, ("prompts", "group_size", "join", "max_new_tokens",
+                                           "calls"))
     common.limit_threads(args.threads)
     import torch
 

@@ -160,12 +160,9 @@ def freeze_below(backbone: Any, train_layers: int) -> None:
         raise RlhfkitError(f"critic.train_layers {train_layers}: the critic's backbone has "
                            f"{len(layers)} decoder layers; give 1..{len(layers)}, or 0 to train "
                            "all of them")
-    frozen = {id(p) for p in backbone.get_input_embeddings().parameters()}
+    backbone.get_input_embeddings().requires_grad_(False)
     for layer in layers[:len(layers) - train_layers]:
-        frozen.update(id(p) for p in layer.parameters())
-    for p in backbone.parameters():
-        if id(p) in frozen:
-            p.requires_grad_(False)
+        layer.requires_grad_(False)
 
 
 def decoder_layers(backbone: Any) -> torch.nn.ModuleList:

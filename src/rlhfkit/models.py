@@ -90,8 +90,12 @@ def keep_float32(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def _bfloat16_scope(module: torch.nn.Module) -> torch.autocast:
+    return torch.autocast(next(module.parameters()).device.type, dtype=torch.bfloat16)
+
+
 def _autocast_forward(self: torch.nn.Module, *args: object, **kwargs: object) -> object:
-    with torch.autocast(next(self.parameters()).device.type, dtype=torch.bfloat16):
+    with _bfloat16_scope(self):
         return type(self).forward(self, *args, **kwargs)
 
 
@@ -109,7 +113,7 @@ def autocast_region(module: torch.nn.Module) -> AbstractContextManager[object]:
     decoder = module.get_decoder() if hasattr(module, "get_decoder") else module
     if getattr(decoder.forward, "__func__", None) is not _autocast_forward:
         return nullcontext()
-    return torch.autocast(next(decoder.parameters()).device.type, dtype=torch.bfloat16)
+    return _bfloat16_scope(decoder)
 
 
 def resolve_model_dir(path_or_alias: str) -> Path:

@@ -148,21 +148,16 @@ def packed_sdpa(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tens
         padded = torch.cat([x[0], x.new_zeros(heads, 1, dim)], dim=1)  # (H, N + 1, d)
         return padded[:, packed.grid_source].view(heads, rows, width, dim).transpose(0, 1)
 
-    def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # (B, Hq, W, d)
-        return F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=scaling, dropout_p=dropout if module.training else 0.0,
-            enable_gqa=q.shape[1] != k.shape[1])
-
+    # Packed forwards run on the CPU (PACKED_DEVICES), whose bfloat16 flash-attention backward
+    # takes ~9x as long as float32's (torch 2.13, SmolLM2 at 16 x 32 tokens); attention is a
+    # small share of a step's matmuls, so under model.autocast it runs in float32 (for a float32
+    # model nothing changes).
     dtype = query.dtype
-    grids = (to_grid(query), to_grid(key), to_grid(value))
-    if query.device.type == "cpu":
-        # Under model.autocast the CPU's bfloat16 flash-attention backward takes ~9x as long as
-        # float32's (torch 2.13, SmolLM2 at 16 x 32 tokens), and attention is a small share of
-        # a step's matmuls: it runs in float32 (for a float32 model nothing changes).
-        with torch.autocast("cpu", enabled=False):
-            out = attend(*(grid.float() for grid in grids))
-    else:
-        out = attend(*grids)
+    with torch.autocast(query.device.type, enabled=False):
+        out = F.scaled_dot_product_attention(
+            to_grid(query).float(), to_grid(key).float(), to_grid(value).float(),
+            is_causal=True, scale=scaling, dropout_p=dropout if module.training else 0.0,
+            enable_gqa=query.shape[1] != key.shape[1])  # (B, Hq, W, d)
     out = out.transpose(1, 2).reshape(rows * width, query.shape[1], query.shape[3])
     return out[packed.token_cell].unsqueeze(0).to(dtype), None  # (1, N, Hq, d)
 
