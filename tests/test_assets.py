@@ -318,12 +318,32 @@ def test_minilm_cache_loads_and_embeds_meaning(real_cache):
 
 
 @pytest.mark.slow
-def test_minilm_and_vader_builders_run_from_scratch(home, monkeypatch):
+def test_real_builders_run_from_scratch(home, monkeypatch):
     """The real preparers, into an empty cache (the shared one may be warm and skip them)."""
     monkeypatch.delenv("RLHFKIT_VADER_ARCHIVE", raising=False)
-    for name in ("minilm", "vader"):
+    for name in ("smollm2", "minilm", "vader"):
         assets.prepare(name)
         assert assets.status(name) == "ready"
+    assert assets.manifest("smollm2")["parameters"] == 134_515_008
     assert assets.manifest("minilm")["parameters"] == 22_713_216
     assert assets.manifest("vader")["texts"] == 23_703
     assert hidden_leftovers(home) == []
+
+
+def test_a_gguf_file_is_parsed_once_inside_the_scope_and_per_open_outside(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint32("tiny.answer", 42)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    open_reader = gguf.GGUFReader
+    with assets._gguf_parsed_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(path) is first
+        assert first.fields["tiny.answer"].contents() == 42
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(
+            gguf.MODEL_ARCH.LLAMA, 2)
+    assert gguf.GGUFReader is open_reader
+    assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)

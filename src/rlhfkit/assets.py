@@ -340,6 +340,30 @@ def _quiet_transformers() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
+@contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Let transformers parse a GGUF file once, not once per object it builds from it.
+
+    Loading a tokenizer and a model from one GGUF file makes transformers open it three times
+    (config, tokenizer, weights), and each ``gguf.GGUFReader`` walks the 49k-token vocabulary
+    field by field (~5 s); the weight loader also rebuilds the same tensor-name map for every
+    submodule. Both are pure functions of their arguments, so within this scope they are
+    memoised: SmolLM2's preparation drops from ~40 s to ~20 s. transformers imports both names
+    from ``gguf`` when it loads, so a version that imports them otherwise just runs unshared.
+    """
+    import functools
+
+    import gguf
+
+    open_reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader = functools.cache(open_reader)  # read-only memory maps: safe to share
+    gguf.get_tensor_name_map = functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = open_reader, name_map
+
+
 # --- preparers -----------------------------------------------------------------------------------
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -359,7 +383,7 @@ def _build_smollm2(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
         step("loading and dequantising the GGUF (about 20 s)")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        with _quiet_transformers():
+        with _quiet_transformers(), _gguf_parsed_once():
             tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
             loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
 

@@ -1,0 +1,168 @@
+"""The demo's PPO step under two settings of one knob, alternated in one run: where a step's time goes.
+
+    python bench/demo_ppo_step.py                        # huge pages for tensors on and off
+    python bench/demo_ppo_step.py --compare autocast     # bfloat16 autocast on and off
+
+Each run is ``rlhfkit demo``'s PPO stage as configured (SmolLM2-135M-Instruct, 16 movie openings
+x 24 new tokens, policy + critic + reference, one epoch of one micro-batch), against the
+``sentiment`` reward so that no reward model is trained first, with checkpoints off. The two
+sides differ in one setting only:
+
+- ``huge-pages``: ``THP_MEM_ALLOC_ENABLE=1`` (what every ``rlhfkit`` command sets unless the
+  user did) against ``0``: whether torch backs tensors of 2 MB and more with transparent huge
+  pages, which the kernel must allow (``/sys/kernel/mm/transparent_hugepage/enabled`` is
+  ``always`` or ``madvise``).
+- ``autocast``: ``--model.autocast bfloat16`` against ``off``, the demo's ``auto`` forced each way.
+
+A step is timed between two optimiser-step ends (``common.StepClock``), and each phase of it by
+wrapping the function that does it: sampling, the reward, the policy's and reference's forward
+passes, the critic's forward, the backward pass and the optimiser steps. The table shows the
+median of each over every measured step of every repeat, and the minor page faults of the
+whole child (loading included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (the bench folder is not a package)
+
+SETTINGS = {  # --compare: (side name, what it changes) for each side
+    "huge-pages": (("huge-pages", {"THP_MEM_ALLOC_ENABLE": "1"}),
+                   ("4k-pages", {"THP_MEM_ALLOC_ENABLE": "0"})),
+    "autocast": (("autocast", {"autocast": "bfloat16"}), ("float32", {"autocast": "off"})),
+}
+PHASES = ("sample", "reward", "policy forwards", "critic forward", "backward", "optimiser")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare", choices=tuple(SETTINGS), default="huge-pages")
+    parser.add_argument("--steps", type=int, default=4, help="measured steps per run")
+    parser.add_argument("--warmup", type=int, default=1, help="steps run before measuring")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternated")
+    parser.add_argument("--json", default="", help="also write every figure to this file")
+    common.add_run_options(parser)
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--result", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    common.require_positive(parser, args, ("steps", "warmup", "repeats", "threads"))
+    return args
+
+
+def child(args: argparse.Namespace) -> None:
+    setting = dict(SETTINGS[args.compare])[args.child]
+    for name, value in setting.items():
+        if name.isupper():
+            os.environ[name] = value  # before torch is imported: it reads these at its first allocation
+    common.limit_threads(args.threads)
+    from dataclasses import replace
+
+    import torch
+
+    from rlhfkit import critic, models, runs
+    from rlhfkit.commands import demo
+    from rlhfkit.train import online, ppo
+
+    seconds = dict.fromkeys(PHASES, 0.0)  # this step's time in each phase so far
+    per_step: dict[str, list[float]] = {phase: [] for phase in PHASES}
+
+    def timed(phase, fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            started = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                seconds[phase] += time.perf_counter() - started
+        return wrapper
+
+    for owner, name, phase in ((online, "sample", "sample"), (online, "score", "reward"),
+                               (models, "token_logprobs", "policy forwards"),
+                               (critic.ValueModel, "forward", "critic forward"),
+                               (torch.Tensor, "backward", "backward"),
+                               (torch.optim.AdamW, "step", "optimiser")):
+        setattr(owner, name, timed(phase, getattr(owner, name)))
+
+    clock = common.StepClock(warmup=args.warmup)
+    log_metrics = runs.Run.log
+
+    def log_and_tick(run, step, metrics):
+        clock.tick(round(metrics["length"] * cfg.algo.prompts_per_step), metrics["reward"])
+        if step > args.warmup:
+            for phase in PHASES:
+                per_step[phase].append(seconds[phase])
+        seconds.update(dict.fromkeys(PHASES, 0.0))
+        log_metrics(run, step, metrics)
+
+    runs.Run.log = log_and_tick
+    base = demo.Config()
+    cfg = replace(base, reward="sentiment", steps=args.warmup + args.steps,
+                  model=replace(base.model, path=args.model, device=args.device,
+                                autocast=setting.get("autocast", base.model.autocast)),
+                  run=replace(base.run, output_dir=str(Path(args.scratch) / "run"), overwrite=True,
+                              checkpoint_every=0, seed=args.seed))
+    ppo.train(cfg)
+    common.write_result(args.result, {**clock.result(), "phases": per_step,
+                                      "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt})
+
+
+def child_argv(args: argparse.Namespace) -> list[str]:
+    return ["--compare", args.compare, "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--threads", str(args.threads), "--device", args.device, "--model", args.model,
+            "--seed", str(args.seed)]
+
+
+def describe_run(result: dict) -> str:
+    return (f"{statistics.median(result['step_seconds']):.2f} s/step, "
+            f"{result['minor_faults'] / 1e6:.2f}M minor page faults")
+
+
+def phase_rows(names: tuple[str, str], results: dict[str, list[dict]]) -> list[list[str]]:
+    """Median seconds of each phase per step on each side, and their ratio."""
+    rows = []
+    for phase in PHASES:
+        a, b = (statistics.median(s for r in results[name] for s in r["phases"][phase])
+                for name in names)
+        rows.append([phase, f"{a:.2f}", f"{b:.2f}", f"{a / b:.2f}x" if b else ""])
+    faults = [statistics.median(r["minor_faults"] for r in results[name]) / 1e6 for name in names]
+    rows.append(["minor page faults (M, whole run)", f"{faults[0]:.2f}", f"{faults[1]:.2f}",
+                 f"{faults[0] / faults[1]:.2f}x"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return
+    import platform
+
+    names = tuple(name for name, _ in SETTINGS[args.compare])
+    print(f"rlhfkit demo's PPO step, {common.model_name(args.model)}, {names[0]} against "
+          f"{names[1]} ({platform.processor() or platform.machine()}, {args.threads} threads): "
+          f"{args.steps} measured steps after {args.warmup} warm-up, {args.repeats} repeat(s)",
+          flush=True)
+    results = common.run_alternating(__file__, names, child_argv(args), args.repeats,
+                                     args.threads, describe_run)
+    first, second = (common.summarize(name, results[name]) for name in names)
+    common.print_table(common.comparison_headers(False), common.comparison_rows(first, second, False))
+    print()
+    common.print_table(["median s/step", *names, "ratio"], phase_rows(names, results))
+    if args.json:
+        common.save_json(args.json, {"settings": vars(args), names[0]: first, names[1]: second,
+                                     "runs": results})
+
+
+if __name__ == "__main__":
+    main()
