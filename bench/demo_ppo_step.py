@@ -31,15 +31,23 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (the bench folder is not a package)
 
-SETTINGS = {  # --compare: (side name, what it changes) for each side
-    "huge-pages": (("huge-pages", {"THP_MEM_ALLOC_ENABLE": "1"}),
-                   ("4k-pages", {"THP_MEM_ALLOC_ENABLE": "0"})),
-    "autocast": (("autocast", {"autocast": "bfloat16"}), ("float32", {"autocast": "off"})),
+
+class Side(NamedTuple):
+    name: str
+    env: dict[str, str] = {}  # set in the child before torch is imported
+    autocast: str = ""  # --model.autocast; empty keeps the demo's own
+
+
+SETTINGS = {  # --compare: its two sides
+    "huge-pages": (Side("huge-pages", env={"THP_MEM_ALLOC_ENABLE": "1"}),
+                   Side("4k-pages", env={"THP_MEM_ALLOC_ENABLE": "0"})),
+    "autocast": (Side("autocast", autocast="bfloat16"), Side("float32", autocast="off")),
 }
 PHASES = ("sample", "reward", "policy forwards", "critic forward", "backward", "optimiser")
 
@@ -61,10 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def child(args: argparse.Namespace) -> None:
-    setting = dict(SETTINGS[args.compare])[args.child]
-    for name, value in setting.items():
-        if name.isupper():
-            os.environ[name] = value  # before torch is imported: it reads these at its first allocation
+    side = next(side for side in SETTINGS[args.compare] if side.name == args.child)
+    os.environ.update(side.env)  # torch reads THP_MEM_ALLOC_ENABLE at its first allocation
     common.limit_threads(args.threads)
     from dataclasses import replace
 
@@ -109,7 +115,7 @@ def child(args: argparse.Namespace) -> None:
     base = demo.Config()
     cfg = replace(base, reward="sentiment", steps=args.warmup + args.steps,
                   model=replace(base.model, path=args.model, device=args.device,
-                                autocast=setting.get("autocast", base.model.autocast)),
+                                autocast=side.autocast or base.model.autocast),
                   run=replace(base.run, output_dir=str(Path(args.scratch) / "run"), overwrite=True,
                               checkpoint_every=0, seed=args.seed))
     ppo.train(cfg)
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     import platform
 
-    names = tuple(name for name, _ in SETTINGS[args.compare])
+    names = tuple(side.name for side in SETTINGS[args.compare])
     print(f"rlhfkit demo's PPO step, {common.model_name(args.model)}, {names[0]} against "
           f"{names[1]} ({platform.processor() or platform.machine()}, {args.threads} threads): "
           f"{args.steps} measured steps after {args.warmup} warm-up, {args.repeats} repeat(s)",
