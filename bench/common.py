@@ -73,8 +73,8 @@ def child_env(threads: int) -> dict[str, str]:
     Both sides get torch's huge pages for large tensors, as every ``rlhfkit`` command sets them
     (``rlhfkit.cli.use_huge_pages_for_tensors``), unless the caller's environment says otherwise.
     """
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-            "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "1"),
+    return {"THP_MEM_ALLOC_ENABLE": "1", **os.environ,
+            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
             "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
 

@@ -80,6 +80,12 @@ def child(args: argparse.Namespace) -> None:
     from rlhfkit.commands import demo
     from rlhfkit.train import online, ppo
 
+    base = demo.Config()
+    cfg = replace(base, reward="sentiment", steps=args.warmup + args.steps,
+                  model=replace(base.model, path=args.model, device=args.device,
+                                autocast=side.autocast or base.model.autocast),
+                  run=replace(base.run, output_dir=str(Path(args.scratch) / "run"), overwrite=True,
+                              checkpoint_every=0, seed=args.seed))
     seconds = dict.fromkeys(PHASES, 0.0)  # this step's time in each phase so far
     per_step: dict[str, list[float]] = {phase: [] for phase in PHASES}
 
@@ -112,12 +118,6 @@ def child(args: argparse.Namespace) -> None:
         log_metrics(run, step, metrics)
 
     runs.Run.log = log_and_tick
-    base = demo.Config()
-    cfg = replace(base, reward="sentiment", steps=args.warmup + args.steps,
-                  model=replace(base.model, path=args.model, device=args.device,
-                                autocast=side.autocast or base.model.autocast),
-                  run=replace(base.run, output_dir=str(Path(args.scratch) / "run"), overwrite=True,
-                              checkpoint_every=0, seed=args.seed))
     ppo.train(cfg)
     common.write_result(args.result, {**clock.result(), "phases": per_step,
                                       "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt})
