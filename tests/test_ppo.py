@@ -11,7 +11,13 @@ import torch
 from conftest import LETTER_O_REWARD as REWARD_FILE
 from rlhfkit import cli, config_io
 from rlhfkit.config import GenCfg, LogCfg, LoraCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
-from rlhfkit.critic import ValueModel, explained_variance, load_value_model
+from rlhfkit.critic import (
+    PolicyValueHead,
+    ValueModel,
+    explained_variance,
+    load_value_model,
+    scale_gradient,
+)
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.train import online, ppo
 
@@ -120,6 +126,41 @@ def test_train_layers_with_lora_trains_only_the_top_adapters(tiny_lm, tiny_model
     assert trainable and all("lora_" in n and ".layers.1." in n for n in trainable), trainable
 
 
+def test_a_shared_value_head_reads_the_policys_trunk_in_the_same_pass(tiny_lm):
+    """Its log-probs are token_logprobs'; its values are a separate critic's over the policy's
+    own decoder with the same head, at every real response token, left padding included."""
+    from rlhfkit.models import token_logprobs
+
+    policy = tiny_lm[0].eval()
+    hidden_size = policy.config.hidden_size
+    shared = PolicyValueHead(hidden_size, trunk_coef=0.1)
+    separate = ValueModel(policy.get_decoder(), hidden_size)
+    torch.manual_seed(3)
+    torch.nn.init.normal_(shared.head.weight)
+    separate.head.load_state_dict(shared.head.state_dict())
+    ids = torch.randint(3, 200, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding
+    mask[2, 7:] = 0  # a response that ended early
+    logprobs, values = shared.evaluate(policy, ids, mask, 4, temperature=0.7)
+    torch.testing.assert_close(logprobs, token_logprobs(policy, ids, mask, 4, 0.7))
+    real = mask[:, 4:].bool()
+    torch.testing.assert_close(values[real], separate(ids, mask, 4)[real])
+    assert (values[~real] == 0).all()
+
+
+@pytest.mark.parametrize("coef", [0.0, 0.25, 1.0])
+def test_scale_gradient_keeps_the_value_and_scales_the_gradient(coef):
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    y = scale_gradient(x, coef)
+    torch.testing.assert_close(y.detach(), x.detach())
+    if coef == 0.0:
+        assert not y.requires_grad  # nothing flows back
+    else:
+        (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+        torch.testing.assert_close(x.grad, coef * torch.tensor([1.0, 2.0, 3.0]))
+
+
 def test_explained_variance_by_hand():
     returns = torch.tensor([[1.0, 2.0, 3.0, 99.0]])
     mask = torch.tensor([[1, 1, 1, 0]])  # the last column is padding and must not count
@@ -149,12 +190,30 @@ def test_reward_rises_and_the_critic_learns(tmp_path, tiny_model_dir, prompts_fi
     assert json.loads((outcome.run.path / "summary.json").read_text())["steps"] == 30
 
 
+def test_with_a_shared_trunk_reward_rises_and_the_head_tracks_the_returns(
+        tmp_path, tiny_model_dir, prompts_file, reward_spec):
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec)
+    outcome = ppo.train(replace(cfg, critic=ppo.CriticCfg(share_policy=True)))
+    rows = outcome.run.metrics()
+    rewards = [row["reward"] for row in rows]
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.1, rewards
+    assert isinstance(outcome.critic, PolicyValueHead)
+    # A linear head on a random 32-wide model's features explains little of the variation (its
+    # explained variance stays near 0), but it must follow the returns' level as they rise; a
+    # head that learned nothing would stay at its zero start, off by the whole return.
+    late = rows[-10:]
+    gap = sum(abs(row["value_mean"] - row["return_mean"]) for row in late)
+    assert gap < 0.5 * sum(abs(row["return_mean"]) for row in late), late
+
+
 def _comparable(rows):
     drop = {"time", "step_seconds", "generation_seconds", "tokens_per_second"}
     return [{k: v for k, v in row.items() if k not in drop} for row in rows]
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file):
+@pytest.mark.parametrize("share_policy", [False, True], ids=["critic", "shared-trunk"])
+def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file,
+                                             share_policy):
     reward_file = tmp_path / "flaky.py"
     counter, stop_at = tmp_path / "calls", tmp_path / "stop_at"
     # the stop is read at call time: a reward file is imported once per process
@@ -171,6 +230,7 @@ def flaky(prompts, completions, **meta):
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky",
                       prompts_per_step=8, micro_batch_size=4, kl_target=1.0, kl_horizon=100)
     cfg = replace(cfg, steps=6, optim=replace(cfg.optim, schedule="linear"),
+                  critic=ppo.CriticCfg(share_policy=share_policy),
                   run=replace(cfg.run, checkpoint_every=3, output_dir=str(tmp_path / "whole")))
     whole = ppo.train(cfg).run.metrics()
 
@@ -187,9 +247,10 @@ def flaky(prompts, completions, **meta):
     assert _comparable(rows) == _comparable(whole)
 
 
-@pytest.mark.parametrize("epochs", [1, 2])
+@pytest.mark.parametrize("epochs, share_policy", [(1, False), (2, False), (1, True)],
+                         ids=["one-epoch", "two-epochs", "shared-trunk"])
 def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_file, reward_spec,
-                                             epochs):
+                                             epochs, share_policy):
     """One step of 8 completions x accumulation 1 == 4 x accumulation 2, policy and critic.
 
     With one epoch, 8 x 1 is one forward/backward per step, which takes the critic's old values
@@ -201,7 +262,8 @@ def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_f
         # a stop string gives completions of different lengths, so micro-batches hold
         # different shares of the minibatch's tokens and their weights are not all 1/2
         cfg = replace(cfg, steps=1, optim=replace(cfg.optim, grad_accum_steps=accum),
-                      gen=replace(cfg.gen, stop=("e",)))
+                      gen=replace(cfg.gen, stop=("e",)),
+                      critic=ppo.CriticCfg(share_policy=share_policy))
         outcome = ppo.train(cfg)
         return outcome, outcome.run.metrics()[0]
 
@@ -286,6 +348,29 @@ def test_bad_config_is_one_line_each(tmp_path, prompts_file, capsys, args, probl
     assert cli.main(["ppo", *common, *args]) == 2
     assert capsys.readouterr().err == f"rlhfkit ppo: error: {problem}\n"
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--critic.train_layers", "2"],
+     "critic.train_layers = 2: freezes a separate critic's lower layers, but with "
+     "critic.share_policy those are the policy's; set it to 0 or turn critic.share_policy off"),
+    (["--critic.path", "smollm2"],
+     "critic.path = 'smollm2': names a separate critic's backbone, but critic.share_policy puts "
+     "the value head on the policy's; drop one"),
+])
+def test_a_shared_trunk_refuses_a_separate_critics_settings(prompts_file, args, problem):
+    with pytest.raises(ConfigError) as info:
+        config_io.load(ppo.Config, ["--data.prompts", str(prompts_file),
+                                    "--critic.share_policy", "true", *args])
+    assert info.value.problems == [problem]
+
+
+def test_a_separate_critics_checkpoint_does_not_load_into_a_shared_head(critic, tmp_path):
+    critic.save(tmp_path)
+    head = PolicyValueHead(critic.head.in_features, trunk_coef=0.1)
+    with pytest.raises(RlhfkitError, match="holds a separate critic, but this run shares"):
+        head.load(tmp_path)
+    assert (head.head.weight == 0).all()  # left as it was
 
 
 def test_missing_critic_path_is_refused(tmp_path, prompts_file):

@@ -72,6 +72,15 @@ class ValueModel(torch.nn.Module):
         """The same as calling the model: (B, R) values aligned with ``token_logprobs``."""
         return self(input_ids, attention_mask, response_start)
 
+    def evaluate(self, policy: Any, input_ids: Tensor, attention_mask: Tensor,
+                 response_start: int, temperature: float) -> tuple[Tensor, Tensor]:
+        """The policy's (B, R) log-probs of the response tokens and this critic's (B, R) values:
+        two networks, two passes."""
+        from rlhfkit.models import token_logprobs
+
+        logprobs = token_logprobs(policy, input_ids, attention_mask, response_start, temperature)
+        return logprobs, self(input_ids, attention_mask, response_start)
+
     # --- checkpoints -----------------------------------------------------------------------------
 
     def trainable_state(self) -> dict[str, Tensor]:
@@ -84,13 +93,7 @@ class ValueModel(torch.nn.Module):
 
     def save(self, directory: Path) -> Path:
         """Write the trainable weights to ``directory/critic.safetensors``."""
-        from safetensors.torch import save_file
-
-        path = directory / WEIGHTS_FILE
-        # clone: safetensors refuses tensors that share memory (tied or sliced weights)
-        save_file({k: v.detach().contiguous().clone() for k, v in self.trainable_state().items()},
-                  str(path))
-        return path
+        return save_weights(self.trainable_state(), directory)
 
     def load(self, directory: Path) -> None:
         """Restore what ``save`` wrote into this model (same backbone, same LoRA settings)."""
@@ -116,6 +119,86 @@ class ValueModel(torch.nn.Module):
             raise RlhfkitError(f"{path}: the saved critic does not fit this one "
                                f"({' '.join(str(e).split())[:300]}); resume with the model, "
                                "critic.path and lora settings the run started with") from None
+
+
+class PolicyValueHead(torch.nn.Module):
+    """A value head on the policy's own trunk: one backbone pass gives log-probs and values.
+
+    Against a separate critic (``ValueModel``) it saves a second network's forward and backward
+    pass, its weights and its AdamW state (on the demo about a fifth of a PPO step's time). The
+    price is that the value loss also trains the policy's trunk. ``trunk_coef`` scales that
+    share of its gradient (as ``vf_coef`` does in TRL's original PPOTrainer with its value head):
+    the head itself learns at full strength from its own optimiser, and 0 leaves the trunk to the
+    policy alone (the head then fits the policy's features as they are).
+
+    The module holds only the head; the trunk's weights belong to the policy, its optimiser and
+    its checkpoints.
+    """
+
+    def __init__(self, hidden_size: int, trunk_coef: float, device: Any = None):
+        super().__init__()
+        self.trunk_coef = trunk_coef
+        # float32 and zero for the reasons ValueModel's head is
+        self.head = torch.nn.Linear(hidden_size, 1, dtype=torch.float32, device=device)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def evaluate(self, policy: Any, input_ids: Tensor, attention_mask: Tensor,
+                 response_start: int, temperature: float) -> tuple[Tensor, Tensor]:
+        """(B, R) log-probs and (B, R) values from one pass of the policy's backbone.
+
+        A value is read at the state before each real response token (``models.ResponseStates``),
+        the decision its log-prob belongs to; elsewhere it is 0, which the response mask hides.
+        """
+        from rlhfkit.models import response_states, states_logprobs
+
+        states = response_states(policy, input_ids, attention_mask, response_start)
+        hidden = scale_gradient(states.hidden, self.trunk_coef).float()  # (M, H)
+        values = states.spread(self.head(hidden).squeeze(-1))  # (B, R)
+        return states_logprobs(policy, states, temperature), values
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """The head's weights: all this module trains."""
+        return {f"head.{k}": v for k, v in self.head.state_dict().items()}
+
+    def save(self, directory: Path) -> Path:
+        """Write the head to ``directory/critic.safetensors`` (the trunk is the policy's)."""
+        return save_weights(self.trainable_state(), directory)
+
+    def load(self, directory: Path) -> None:
+        """Restore the head ``save`` wrote."""
+        from safetensors.torch import load_file
+
+        path = directory / WEIGHTS_FILE
+        if not path.is_file():
+            raise RlhfkitError(f"{directory}: no {WEIGHTS_FILE}, so this checkpoint has no value "
+                               "head; resume a `rlhfkit ppo` run from its own run directory")
+        weights = load_file(str(path), device=str(self.head.weight.device))
+        head = {k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")}
+        if set(weights) != {f"head.{k}" for k in head} or not head:
+            raise RlhfkitError(f"{path}: holds a separate critic, but this run shares the policy's "
+                               "trunk; resume with the critic.share_policy setting it started with")
+        self.head.load_state_dict(head)
+
+
+def save_weights(state: dict[str, Tensor], directory: Path) -> Path:
+    """``state`` to ``directory/critic.safetensors``."""
+    from safetensors.torch import save_file
+
+    path = directory / WEIGHTS_FILE
+    # clone: safetensors refuses tensors that share memory (tied or sliced weights)
+    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(path))
+    return path
+
+
+def scale_gradient(tensor: Tensor, coef: float) -> Tensor:
+    """``tensor`` in the forward pass; ``coef`` x its gradient in the backward pass.
+
+        y = c x + (1 - c) stopgrad(x)   =>   y = x,  dy/dx = c
+    """
+    if coef == 1.0:
+        return tensor
+    return tensor.detach() if coef == 0.0 else coef * tensor + (1.0 - coef) * tensor.detach()
 
 
 def load_value_model(model: ModelCfg, tokenizer: Any, path: str = "",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import types
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -205,21 +206,41 @@ def token_logprobs(
     position ids count real tokens only, exactly as ``model.generate`` computes them. A position
     whose token or whose predecessor is padding gets 0.
 
-    A causal decoder on SDPA attention runs the batch packed (``rlhfkit.packing``): its padding is
-    neither run through the backbone nor through the LM head, and rows with the same prompt (the
-    columns before ``response_start``, or each row's ``prompt_columns``) compute it once.
-    Anything else runs padded.
-
-    Full (B, T, V) float32 logits would dominate memory (8 x 512 x 150k floats is 2.5 GB), so the
-    backbone runs once for hidden states and the LM head is applied to chunks of the predicting
-    positions only, each at most ``LOGITS_CHUNK_BYTES`` of logits unless ``chunk_size`` (positions
-    of every row) says. With gradients on and more than ``RECOMPUTE_LOGITS_ABOVE_BYTES`` of
-    logits, each chunk is checkpointed: its logits are recomputed in the backward pass instead of
-    being kept, so RL losses can differentiate through this at the same memory.
-    Assumes logits = lm_head(last hidden state), true for Llama, Qwen, Mistral, GPT-2 and kin.
+    ``response_states`` then ``states_logprobs``: one backbone pass, then the LM head over the
+    predicting positions only, in chunks (see both).
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    states = response_states(model, input_ids, attention_mask, response_start, prompt_columns)
+    return states_logprobs(model, states, temperature, chunk_size)
+
+
+@dataclass(frozen=True)
+class ResponseStates:
+    """A causal LM's last hidden states at the positions that predict real response tokens:
+    what its LM head turns into log-probabilities, and a value head on the same trunk into
+    values (``critic.PolicyValueHead``). Position P + t - 1 predicts response token t."""
+
+    hidden: torch.Tensor
+    """(M, H): one row per predicted real token, in row-major (B, R) order."""
+    targets: torch.Tensor
+    """(M,) the token each row predicts."""
+    wanted: torch.Tensor
+    """(B, R) bool: which response tokens the M rows are (the token and its predecessor real)."""
+
+    def spread(self, per_token: torch.Tensor) -> torch.Tensor:
+        """(M,) figures, one per row, -> (B, R) with 0 where no real token is predicted."""
+        return torch.zeros(self.wanted.shape, dtype=per_token.dtype,
+                           device=per_token.device).masked_scatter(self.wanted, per_token)
+
+
+def response_states(model: PreTrainedModel, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor, response_start: int,
+                    prompt_columns: torch.Tensor | None = None) -> ResponseStates:
+    """Run the backbone once over a (B, T) batch whose responses start at ``response_start``.
+
+    A causal decoder on SDPA attention runs the batch packed (``rlhfkit.packing``): its padding is
+    not run, and rows with the same prompt (the columns before ``response_start``, or each row's
+    ``prompt_columns``) compute it once. Anything else runs padded.
+    """
     rows, total = input_ids.shape
     if not 1 <= response_start < total:
         raise ValueError(f"response_start must lie in [1, {total}), got {response_start}")
@@ -238,12 +259,29 @@ def token_logprobs(
         place = torch.arange(rows * total, device=input_ids.device).view(rows, total)
     # position t - 1 predicts token t: the predictions wanted, both ends real
     wanted = mask[:, response_start:] & mask[:, response_start - 1:-1]  # (B, R)
-    predicting = hidden[place[:, response_start - 1:-1][wanted]]  # (M, H)
-    targets = input_ids[:, response_start:][wanted]  # (M,)
+    return ResponseStates(hidden=hidden[place[:, response_start - 1:-1][wanted]],  # (M, H)
+                          targets=input_ids[:, response_start:][wanted], wanted=wanted)
 
+
+def states_logprobs(model: PreTrainedModel, states: ResponseStates, temperature: float = 1.0,
+                    chunk_size: int | None = None) -> torch.Tensor:
+    """(B, R) log-probabilities of the response tokens under softmax(lm_head(states) / T).
+
+    Full (B, T, V) float32 logits would dominate memory (8 x 512 x 150k floats is 2.5 GB), so the
+    LM head is applied to chunks of the predicting positions only, each at most
+    ``LOGITS_CHUNK_BYTES`` of logits unless ``chunk_size`` (positions of every row) says. With
+    gradients on and more than ``RECOMPUTE_LOGITS_ABOVE_BYTES`` of logits, each chunk is
+    checkpointed: its logits are recomputed in the backward pass instead of being kept, so RL
+    losses can differentiate through this at the same memory.
+    Assumes logits = lm_head(last hidden state), true for Llama, Qwen, Mistral, GPT-2 and kin.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    predicting, targets = states.hidden, states.targets  # (M, H), (M,)
     lm_head = model.get_output_embeddings()
     vocab = lm_head.weight.shape[0]
     scale = 1.0 / temperature if temperature > 0 else 1.0
+    rows = states.wanted.shape[0]
     step = chunk_size * rows if chunk_size else max(1, LOGITS_CHUNK_BYTES // (vocab * 4))
 
     def chunk_logprobs(hidden_chunk: torch.Tensor, target_chunk: torch.Tensor) -> torch.Tensor:
@@ -264,6 +302,5 @@ def token_logprobs(
             chunks.append(checkpoint(chunk_logprobs, *args, use_reentrant=False))
         else:
             chunks.append(chunk_logprobs(*args))
-    picked = torch.cat(chunks) if chunks else hidden.new_zeros(0, dtype=torch.float32)  # (M,)
-    return torch.zeros(wanted.shape, dtype=torch.float32,
-                       device=picked.device).masked_scatter(wanted, picked)  # (B, R)
+    picked = torch.cat(chunks) if chunks else predicting.new_zeros(0, dtype=torch.float32)  # (M,)
+    return states.spread(picked)  # (B, R)

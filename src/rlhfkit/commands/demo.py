@@ -4,8 +4,8 @@
   2. human feedback -> preferences: pairs of movie snippets whose human mean ratings differ
   3. a reward model (MiniLM + scalar head, Bradley-Terry) trained on those pairs; its held-out
      pairwise accuracy is reported next to the human agreement ceiling
-  4. PPO (policy + critic with GAE, KL penalty to the frozen starting model) on SmolLM2, continuing
-     movie-review openings, rewarded by that reward model
+  4. PPO (policy with a value head on its trunk, GAE, KL penalty to the frozen starting model) on
+     SmolLM2, continuing movie-review openings, rewarded by that reward model
   5. before/after on held-out openings, judged by the independent VADER lexicon (not the training
      reward): positive rate, training reward, KL to the reference, length, sample pairs; reward /
      KL / length curves as a PNG
@@ -81,7 +81,9 @@ class Config(PpoConfig):
         max_new_tokens=24, temperature=1.0, batch_size=16, chat_template="off"))
     algo: AlgoCfg = field(default_factory=lambda: AlgoCfg(
         prompts_per_step=16, micro_batch_size=16, epochs=1, kl_coef=0.05))
-    critic: CriticCfg = field(default_factory=lambda: CriticCfg(lr=5e-5))
+    # A value head on the policy's trunk: a PPO step in about two thirds of the time of a separate
+    # critic's, 3 GB less memory, and in the measured run more learning (README).
+    critic: CriticCfg = field(default_factory=lambda: CriticCfg(share_policy=True, lr=1e-3))
     optim: OptimCfg = field(default_factory=lambda: OptimCfg(lr=3e-5, warmup_steps=3))
     log: LogCfg = field(default_factory=LogCfg)
     run: RunCfg = field(default_factory=lambda: RunCfg(checkpoint_every=30))

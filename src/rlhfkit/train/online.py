@@ -293,10 +293,14 @@ class NonFiniteGuard:
 
 
 def in_chunks(forward: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              size: int) -> torch.Tensor:
-    """``forward(ids, mask)`` over the batch, ``size`` rows at a time, concatenated on rows."""
-    return torch.cat([forward(input_ids[i:i + size], attention_mask[i:i + size])
-                      for i in range(0, len(input_ids), size)])
+              size: int) -> Any:
+    """``forward(ids, mask)`` over the batch, ``size`` rows at a time, concatenated on rows (each
+    tensor on its own when ``forward`` returns a tuple of them)."""
+    parts = [forward(input_ids[i:i + size], attention_mask[i:i + size])
+             for i in range(0, len(input_ids), size)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+    return torch.cat(parts)
 
 
 def kl_controller(algo: Any) -> Any:
