@@ -229,6 +229,11 @@ def test_auto_compiles_in_training_loops_on_cuda_only(tiny_lm, monkeypatch):
     backend = SimpleNamespace(generate=lambda prompts, gen, seed: asked.append(gen.compile))
     online.sample(model, backend, PROMPTS, GenCfg(), seed=0)
     monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    # with the `kernels` package installed, transformers' train()/eval() look up kernels for the
+    # model's device, which a CPU-only torch cannot do for a faked CUDA device
+    monkeypatch.setattr(type(model), "train", lambda self, mode=True: torch.nn.Module.train(
+        self, mode))
+    monkeypatch.setattr(type(model), "eval", lambda self: torch.nn.Module.train(self, False))
     online.sample(model, backend, PROMPTS, GenCfg(), seed=0)
     online.sample(model, backend, PROMPTS, GenCfg(compile="off"), seed=0)
     assert asked == ["auto", "on", "off"]
