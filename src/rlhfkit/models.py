@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import types
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -156,6 +157,27 @@ def load_tokenizer(path_or_alias: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+LOCAL_WEIGHTS = {"local_files_only": True, "use_kernels": False}
+"""``from_pretrained`` arguments for every model rlhfkit loads. Since 5.25 transformers swaps layers
+for kernels it downloads from the Hugging Face Hub (on CUDA: RMSNorm, RoPE, activations) unless
+``use_kernels`` is off, and rlhfkit never downloads at run time."""
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' own loading and saving bars, which would be noise inside a stage's;
+    restore the setting after."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
 def load_causal_lm(cfg: ModelCfg) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM in eval mode on the configured device and dtype, with its tokenizer."""
     from transformers import AutoModelForCausalLM
@@ -164,8 +186,9 @@ def load_causal_lm(cfg: ModelCfg) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     device = pick_device(cfg.device)
     tokenizer = load_tokenizer(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(cfg.dtype, device),
-                                                     local_files_only=True)
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(cfg.dtype, device),
+                                                         **LOCAL_WEIGHTS)
     except (OSError, ValueError) as e:
         raise RlhfkitError(f"{path}: cannot load a causal language model from this directory "
                            f"({_one_line(e)}); check that its weights are there and complete"

@@ -198,6 +198,8 @@ class RewardModel(torch.nn.Module):
                     "info": self.info, "rlhfkit": __version__,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         manifest_text = json.dumps(manifest, indent=2) + "\n"  # fails here, before any write
+        from rlhfkit.models import quiet_transformers
+
         directory = Path(directory).expanduser()
         if directory.exists() and not (directory / MANIFEST).is_file() and any(
                 directory.iterdir()):
@@ -210,8 +212,9 @@ class RewardModel(torch.nn.Module):
             backbone = self.backbone
             if hasattr(backbone, "peft_config"):
                 backbone = copy.deepcopy(backbone).merge_and_unload()
-            backbone.save_pretrained(staging)
-            self.tokenizer.save_pretrained(staging)
+            with quiet_transformers():
+                backbone.save_pretrained(staging)
+                self.tokenizer.save_pretrained(staging)
             save_file({k: v.detach().float().contiguous().cpu()
                        for k, v in self.head.state_dict().items()}, str(staging / HEAD_FILE))
             (staging / MANIFEST).write_text(manifest_text, encoding="utf-8")
@@ -268,24 +271,26 @@ def _load_backbone(path: Path, device: str, dtype: str, autocast: str = "off"
                    ) -> tuple[Any, Any]:
     """(base model on the device, tokenizer that pads right) from a local model directory."""
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging
 
-    from rlhfkit.models import enable_autocast, pick_autocast, pick_device, pick_dtype
+    from rlhfkit.models import (
+        LOCAL_WEIGHTS,
+        enable_autocast,
+        pick_autocast,
+        pick_device,
+        pick_dtype,
+        quiet_transformers,
+    )
 
     target = pick_device(device)
-    bar_was_on = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()  # a weight-loading bar on every reward load is noise
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        backbone = AutoModel.from_pretrained(path, dtype=pick_dtype(dtype, target),
-                                             local_files_only=True)
+        with quiet_transformers():  # a weight-loading bar on every reward load is noise
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            backbone = AutoModel.from_pretrained(path, dtype=pick_dtype(dtype, target),
+                                                 **LOCAL_WEIGHTS)
     except (OSError, ValueError) as e:
         raise RlhfkitError(f"{path}: cannot load a model and tokenizer from this directory "
                            f"({' '.join(str(e).split())[:300]}); check that its weights and "
                            "tokenizer files are there and complete") from None
-    finally:
-        if bar_was_on:
-            logging.enable_progress_bar()
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

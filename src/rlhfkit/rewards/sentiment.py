@@ -54,16 +54,12 @@ class SentenceEncoder:
 
     def __init__(self, path: str | os.PathLike, batch_size: int = 64):
         from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging
+
+        from rlhfkit.models import LOCAL_WEIGHTS, quiet_transformers
 
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        bar_was_on = logging.is_progress_bar_enabled()
-        logging.disable_progress_bar()  # a weight-loading bar on every reward load is noise
-        try:
-            self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-        finally:
-            if bar_was_on:
-                logging.enable_progress_bar()
+        with quiet_transformers():  # a weight-loading bar on every reward load is noise
+            self.model = AutoModel.from_pretrained(path, **LOCAL_WEIGHTS).eval()
         self.batch_size = batch_size
 
     def __call__(self, texts: Sequence[str], description: str | None = None) -> torch.Tensor:
