@@ -374,7 +374,7 @@ def _build_smollm2(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
         with quiet_transformers(), _gguf_parsed_once():
             tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
             loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF,
-                                                          use_kernels=False)
+                                                          **LOCAL_WEIGHTS)
 
     step("saving fp32 safetensors")
     # save_pretrained refuses a GGUF-loaded model, and a saved quantization_config would make

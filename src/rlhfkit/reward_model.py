@@ -187,6 +187,7 @@ class RewardModel(torch.nn.Module):
         from safetensors.torch import save_file
 
         from rlhfkit import __version__
+        from rlhfkit.models import quiet_transformers
 
         if not (math.isfinite(self.offset) and math.isfinite(self.scale) and self.scale > 0):
             raise RlhfkitError(f"reward model offset {self.offset} / scale {self.scale}: need a "
@@ -198,8 +199,6 @@ class RewardModel(torch.nn.Module):
                     "info": self.info, "rlhfkit": __version__,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         manifest_text = json.dumps(manifest, indent=2) + "\n"  # fails here, before any write
-        from rlhfkit.models import quiet_transformers
-
         directory = Path(directory).expanduser()
         if directory.exists() and not (directory / MANIFEST).is_file() and any(
                 directory.iterdir()):
