@@ -124,6 +124,11 @@ def tiny_lm(tiny_model_dir):
     return load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu"))
 
 
+# The RL loop tests' device: `RLHFKIT_TEST_DEVICE=cuda pytest tests/test_ppo.py tests/test_grpo.py`
+# runs learning and exact resume on a GPU (passed on an H200); tests whose tolerances are CPU
+# float noise stay on the CPU, as does everything else.
+LOOP_DEVICE = os.environ.get("RLHFKIT_TEST_DEVICE", "cpu")
+
 LETTER_O_REWARD = '''
 def letter_o(prompts, completions, **meta):
     """Share of characters that are the letter o: dense, so a tiny model can learn it."""

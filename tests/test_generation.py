@@ -217,14 +217,27 @@ def test_sampling_under_autocast_decodes_in_bfloat16_and_records_float32_logprob
     assert ((rollout.logprobs - recomputed).abs() * mask).max() < 0.05
 
 
-def test_auto_compiles_in_training_loops_on_cuda_only(tiny_lm, monkeypatch):
-    """online.sample (every RL and hindsight loop) turns auto on for CUDA; one-shot sampling and
-    a CPU stay eager."""
+def test_compiled_decoding_refuses_a_model_under_autocast(tiny_model_dir):
+    """A static KV cache holds one dtype; under autocast keys come out float32 (rotary in float32)
+    and values bfloat16, which on an H200 failed deep in transformers' cache update."""
+    from rlhfkit.models import load_causal_lm
+
+    lm = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu", autocast="bfloat16"))
+    with pytest.raises(ConfigError, match="gen.compile = 'on' cannot decode a model under "
+                                          "model.autocast.*set gen.compile auto"):
+        generate(lm, compile="on")
+
+
+@pytest.mark.parametrize("autocast", ["off", "bfloat16"])
+def test_auto_compiles_in_training_loops_on_cuda_only(tiny_model_dir, monkeypatch, autocast):
+    """online.sample (every RL and hindsight loop) turns auto on for CUDA, unless the model runs
+    under autocast; one-shot sampling and a CPU stay eager."""
     from types import SimpleNamespace
 
+    from rlhfkit.models import load_causal_lm
     from rlhfkit.train import online
 
-    model, _ = tiny_lm
+    model, _ = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu", autocast=autocast))
     asked = []
     backend = SimpleNamespace(generate=lambda prompts, gen, seed: asked.append(gen.compile))
     online.sample(model, backend, PROMPTS, GenCfg(), seed=0)
@@ -236,7 +249,7 @@ def test_auto_compiles_in_training_loops_on_cuda_only(tiny_lm, monkeypatch):
     monkeypatch.setattr(type(model), "eval", lambda self: torch.nn.Module.train(self, False))
     online.sample(model, backend, PROMPTS, GenCfg(), seed=0)
     online.sample(model, backend, PROMPTS, GenCfg(compile="off"), seed=0)
-    assert asked == ["auto", "on", "off"]
+    assert asked == ["auto", "on" if autocast == "off" else "auto", "off"]
     assert model.training  # sample puts the policy back in training mode
 
 

@@ -112,10 +112,15 @@ def autocast_region(module: torch.nn.Module) -> AbstractContextManager[object]:
     Each call's own autocast casts the weights to bfloat16 again; inside one outer scope autocast
     keeps the casts of trainable weights until the scope ends, so a decoding loop casts once.
     """
-    decoder = module.get_decoder() if hasattr(module, "get_decoder") else module
-    if getattr(decoder.forward, "__func__", None) is not _autocast_forward:
+    if not uses_autocast(module):
         return nullcontext()
-    return _bfloat16_scope(decoder)
+    return _bfloat16_scope(module.get_decoder() if hasattr(module, "get_decoder") else module)
+
+
+def uses_autocast(module: torch.nn.Module) -> bool:
+    """Whether ``enable_autocast`` wrapped ``module`` (or its decoder)."""
+    decoder = module.get_decoder() if hasattr(module, "get_decoder") else module
+    return getattr(decoder.forward, "__func__", None) is _autocast_forward
 
 
 def resolve_model_dir(path_or_alias: str) -> Path:

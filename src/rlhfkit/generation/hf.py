@@ -44,7 +44,7 @@ from rlhfkit.config import GenCfg
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.generation import register_backend
 from rlhfkit.generation.sampling import draw
-from rlhfkit.models import autocast_region
+from rlhfkit.models import autocast_region, uses_autocast
 from rlhfkit.progress import progress
 
 
@@ -234,6 +234,11 @@ class HFBackend:
                         cfg: GenCfg) -> Rollout:
         device = self.model.device
         compiled = cfg.compile == "on"  # a training loop turns auto on for CUDA (online.sample)
+        if compiled and uses_autocast(self.model):
+            raise ConfigError("gen.compile = 'on' cannot decode a model under model.autocast: "
+                              "the static KV cache holds one dtype, and autocast makes keys "
+                              "float32 and values bfloat16; set gen.compile auto (eager under "
+                              "autocast) or model.autocast off")
         rows = len(prompt_ids)
         if compiled:
             # A compiled step is specialised to its shapes: every batch is cfg.batch_size rows

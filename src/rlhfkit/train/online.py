@@ -149,9 +149,13 @@ def sample(policy: Any, backend: Any, prompts: list[Prompt], gen: Any, seed: int
 
     A training loop samples every step, so on CUDA ``gen.compile auto`` compiles here (a resumed
     run compiles from its first step too, so it samples as the uninterrupted run did); one-shot
-    sampling (evaluation, ``generate``, data stages) keeps ``auto`` eager.
+    sampling (evaluation, ``generate``, data stages) keeps ``auto`` eager, and so does a model
+    under ``model.autocast`` (the static KV cache holds one dtype; autocast makes keys float32
+    and values bfloat16).
     """
-    if gen.compile == "auto" and policy.device.type == "cuda":
+    from rlhfkit.models import uses_autocast
+
+    if gen.compile == "auto" and policy.device.type == "cuda" and not uses_autocast(policy):
         gen = replace(gen, compile="on")
     policy.eval()
     policy.config.use_cache = True
