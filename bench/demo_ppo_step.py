@@ -2,6 +2,7 @@
 
     python bench/demo_ppo_step.py                        # huge pages for tensors on and off
     python bench/demo_ppo_step.py --compare autocast     # bfloat16 autocast on and off
+    python bench/demo_ppo_step.py --compare critic       # a value head on the policy, or a critic
 
 Each run is ``rlhfkit demo``'s PPO stage as configured (SmolLM2-135M-Instruct, 16 movie openings
 x 24 new tokens, policy + critic + reference, one epoch of one micro-batch), against the
@@ -13,10 +14,13 @@ sides differ in one setting only:
   pages, which the kernel must allow (``/sys/kernel/mm/transparent_hugepage/enabled`` is
   ``always`` or ``madvise``).
 - ``autocast``: ``--model.autocast bfloat16`` against ``off``, the demo's ``auto`` forced each way.
+- ``critic``: ``--critic.share_policy true`` (the demo's default: a value head on the policy's
+  trunk, one backbone pass for log-probs and values) against ``false`` (a separate 135M critic).
 
 A step is timed between two optimiser-step ends (``common.StepClock``), and each phase of it by
 wrapping the function that does it: sampling, the reward, the policy's and reference's forward
-passes, the critic's forward, the backward pass and the optimiser steps. The table shows the
+passes (with a shared trunk, the pass that also gives the values), a separate critic's forward,
+the backward pass and the optimiser steps. The table shows the
 median of each over every measured step of every repeat, and the minor page faults of the
 whole child (loading included).
 """
@@ -42,12 +46,14 @@ class Side(NamedTuple):
     name: str
     env: dict[str, str] = {}  # set in the child before torch is imported
     autocast: str = ""  # --model.autocast; empty keeps the demo's own
+    share_policy: bool | None = None  # --critic.share_policy; None keeps the demo's own
 
 
 SETTINGS = {  # --compare: its two sides
     "huge-pages": (Side("huge-pages", env={"THP_MEM_ALLOC_ENABLE": "1"}),
                    Side("4k-pages", env={"THP_MEM_ALLOC_ENABLE": "0"})),
     "autocast": (Side("autocast", autocast="bfloat16"), Side("float32", autocast="off")),
+    "critic": (Side("shared-trunk", share_policy=True), Side("separate-critic", share_policy=False)),
 }
 PHASES = ("sample", "reward", "policy forwards", "critic forward", "backward", "optimiser")
 
@@ -86,6 +92,8 @@ def child(args: argparse.Namespace) -> None:
                                 autocast=side.autocast or base.model.autocast),
                   run=replace(base.run, output_dir=str(Path(args.scratch) / "run"), overwrite=True,
                               checkpoint_every=0, seed=args.seed))
+    if side.share_policy is not None:
+        cfg = replace(cfg, critic=replace(cfg.critic, share_policy=side.share_policy))
     seconds = dict.fromkeys(PHASES, 0.0)  # this step's time in each phase so far
     per_step: dict[str, list[float]] = {phase: [] for phase in PHASES}
 
@@ -101,6 +109,7 @@ def child(args: argparse.Namespace) -> None:
 
     for owner, name, phase in ((online, "sample", "sample"), (online, "score", "reward"),
                                (models, "token_logprobs", "policy forwards"),
+                               (critic.PolicyValueHead, "evaluate", "policy forwards"),
                                (critic.ValueModel, "forward", "critic forward"),
                                (torch.Tensor, "backward", "backward"),
                                (torch.optim.AdamW, "step", "optimiser")):
