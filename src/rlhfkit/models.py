@@ -114,13 +114,16 @@ def autocast_region(module: torch.nn.Module) -> AbstractContextManager[object]:
     """
     if not uses_autocast(module):
         return nullcontext()
-    return _bfloat16_scope(module.get_decoder() if hasattr(module, "get_decoder") else module)
+    return _bfloat16_scope(_decoder_of(module))
 
 
 def uses_autocast(module: torch.nn.Module) -> bool:
     """Whether ``enable_autocast`` wrapped ``module`` (or its decoder)."""
-    decoder = module.get_decoder() if hasattr(module, "get_decoder") else module
-    return getattr(decoder.forward, "__func__", None) is _autocast_forward
+    return getattr(_decoder_of(module).forward, "__func__", None) is _autocast_forward
+
+
+def _decoder_of(module: torch.nn.Module) -> torch.nn.Module:
+    return module.get_decoder() if hasattr(module, "get_decoder") else module
 
 
 def resolve_model_dir(path_or_alias: str) -> Path:

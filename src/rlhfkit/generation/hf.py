@@ -163,6 +163,11 @@ class HFBackend:
         """
         if not prompts:
             raise DataError("no prompts to generate from; give at least one")
+        if cfg.compile == "on" and uses_autocast(self.model):
+            raise ConfigError("gen.compile = 'on' cannot decode a model under model.autocast: "
+                              "the static KV cache holds one dtype, and autocast makes keys "
+                              "float32 and values bfloat16; set gen.compile auto (eager under "
+                              "autocast) or model.autocast off")
         prompt_ids = self._encode(prompts, cfg.chat_template, response_prefix)
         self._check_lengths(prompt_ids, cfg.max_new_tokens)
         device = self.model.device
@@ -234,11 +239,6 @@ class HFBackend:
                         cfg: GenCfg) -> Rollout:
         device = self.model.device
         compiled = cfg.compile == "on"  # a training loop turns auto on for CUDA (online.sample)
-        if compiled and uses_autocast(self.model):
-            raise ConfigError("gen.compile = 'on' cannot decode a model under model.autocast: "
-                              "the static KV cache holds one dtype, and autocast makes keys "
-                              "float32 and values bfloat16; set gen.compile auto (eager under "
-                              "autocast) or model.autocast off")
         rows = len(prompt_ids)
         if compiled:
             # A compiled step is specialised to its shapes: every batch is cfg.batch_size rows
