@@ -45,6 +45,30 @@ def limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def add_allocator_option(parser: argparse.ArgumentParser) -> None:
+    """``--trl-allocator``: whether TRL's child keeps freed memory too (see ``set_up_child``)."""
+    parser.add_argument("--trl-allocator", choices=("glibc", "rlhfkit"), default="glibc",
+                        help="glibc: TRL as it ships, with glibc's default malloc; rlhfkit: TRL's "
+                             "child also keeps freed memory mapped, as every rlhfkit command does")
+
+
+def allocator_phrase(trl_allocator: str) -> str:
+    """How a table's title says which sides keep freed memory."""
+    return ("both sides keep freed memory" if trl_allocator == "rlhfkit"
+            else "rlhfkit keeps freed memory, TRL has glibc's default malloc")
+
+
+def set_up_child(side: str, threads: int, trl_allocator: str = "glibc") -> None:
+    """A child's process settings, before it imports torch: the rlhfkit side keeps freed memory
+    as every ``rlhfkit`` command does (``rlhfkit.host_memory.keep_freed_memory``), TRL's side
+    only with ``--trl-allocator rlhfkit``; torch's threads pinned."""
+    if side == "rlhfkit" or trl_allocator == "rlhfkit":
+        from rlhfkit.host_memory import keep_freed_memory
+
+        keep_freed_memory()
+    limit_threads(threads)
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options every peer benchmark takes: threads, device, model and seed."""
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
@@ -71,7 +95,8 @@ def child_env(threads: int) -> dict[str, str]:
     """Environment for a child run: fixed thread counts, and no model hub ever contacted.
 
     Both sides get torch's huge pages for large tensors, as every ``rlhfkit`` command sets them
-    (``rlhfkit.cli.use_huge_pages_for_tensors``), unless the caller's environment says otherwise.
+    (``rlhfkit.host_memory.use_huge_pages_for_tensors``), unless the caller's environment says
+    otherwise.
     """
     return {"THP_MEM_ALLOC_ENABLE": "1", **os.environ,
             "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),

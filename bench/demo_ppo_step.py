@@ -3,6 +3,7 @@
     python bench/demo_ppo_step.py                        # huge pages for tensors on and off
     python bench/demo_ppo_step.py --compare autocast     # bfloat16 autocast on and off
     python bench/demo_ppo_step.py --compare critic       # a value head on the policy, or a critic
+    python bench/demo_ppo_step.py --compare allocator    # freed memory kept for reuse, or not
 
 Each run is ``rlhfkit demo``'s PPO stage as configured (SmolLM2-135M-Instruct, 16 movie openings
 x 24 new tokens, policy + critic + reference, one epoch of one micro-batch), against the
@@ -14,6 +15,10 @@ sides differ in one setting only:
   pages, which the kernel must allow (``/sys/kernel/mm/transparent_hugepage/enabled`` is
   ``always`` or ``madvise``).
 - ``autocast``: ``--model.autocast bfloat16`` against ``off``, the demo's ``auto`` forced each way.
+- ``allocator``: glibc's malloc keeping freed memory for the next step
+  (``rlhfkit.host_memory.keep_freed_memory``, what every ``rlhfkit`` command asks for) against
+  its default, which unmaps large freed buffers (the side sets ``MALLOC_TRIM_THRESHOLD_``, the
+  documented way to opt out).
 - ``critic``: ``--critic.share_policy true`` (the demo's default: a value head on the policy's
   trunk, one backbone pass for log-probs and values) against ``false`` (a separate 135M critic).
 
@@ -54,6 +59,7 @@ SETTINGS = {  # --compare: its two sides
                    Side("4k-pages", env={"THP_MEM_ALLOC_ENABLE": "0"})),
     "autocast": (Side("autocast", autocast="bfloat16"), Side("float32", autocast="off")),
     "critic": (Side("shared-trunk", share_policy=True), Side("separate-critic", share_policy=False)),
+    "allocator": (Side("keep-freed"), Side("glibc-malloc", env={"MALLOC_TRIM_THRESHOLD_": "131072"})),
 }
 PHASES = ("sample", "reward", "policy forwards", "critic forward", "backward", "optimiser")
 
@@ -77,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def child(args: argparse.Namespace) -> None:
     side = next(side for side in SETTINGS[args.compare] if side.name == args.child)
     os.environ.update(side.env)  # torch reads THP_MEM_ALLOC_ENABLE at its first allocation
+    from rlhfkit.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # as every rlhfkit command does, unless the side's env opts out
     common.limit_threads(args.threads)
     from dataclasses import replace
 

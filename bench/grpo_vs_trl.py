@@ -164,7 +164,7 @@ def run_trl(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -
 
 
 def child(args: argparse.Namespace) -> None:
-    common.limit_threads(args.threads)
+    common.set_up_child(args.child, args.threads, args.trl_allocator)
     from rlhfkit.models import resolve_model_dir
 
     model_dir = str(resolve_model_dir(args.model))
@@ -203,6 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="TRL's default; off by default so both sides do the same compute")
     common.add_run_options(parser)
+    common.add_allocator_option(parser)
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings for a smoke check: 2 prompts x 2, 4 tokens, 1 step")
     parser.add_argument("--json", default="", help="also write the comparison to this JSON file")
@@ -231,7 +232,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
             f"--max-new-tokens={args.max_new_tokens}", f"--beta={args.beta}", f"--lr={args.lr}",
             f"--threads={args.threads}", f"--prompts={args.prompts}", f"--join={args.join}",
             f"--reward={args.reward}",
-            f"--device={args.device}", f"--seed={args.seed}", f"--model={args.model}"]
+            f"--device={args.device}", f"--seed={args.seed}", f"--model={args.model}",
+            f"--trl-allocator={args.trl_allocator}"]
     if args.chat:
         argv.append("--chat")
     if args.bf16:
@@ -265,7 +267,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.max_new_tokens} new tokens, beta={args.beta}, reward={args.reward}, "
           f"{'chat template' if args.chat else 'plain text'}, {args.join} opening(s) a prompt; "
           f"{args.steps} measured steps after "
-          f"{args.warmup} warm-up, {args.repeats} repeat(s); torch {torch.__version__}", flush=True)
+          f"{args.warmup} warm-up, {args.repeats} repeat(s); "
+          f"{common.allocator_phrase(args.trl_allocator)}; torch {torch.__version__}",
+          flush=True)
     results = common.run_alternating(__file__, SIDES, child_argv(args), args.repeats,
                                      args.threads, describe_run)
     ours, theirs = (common.summarize(side, results[side]) for side in SIDES)

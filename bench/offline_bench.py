@@ -41,6 +41,7 @@ def offline_parser(description: str, lr: float) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternated")
     parser.add_argument("--lr", type=float, default=lr)
     common.add_run_options(parser)
+    common.add_allocator_option(parser)
     parser.add_argument("--rlhfkit-group-by-length", action="store_true",
                         help="rlhfkit's default (batches of similar lengths, less padding); off "
                              "by default so both sides batch pairs in random order")
@@ -215,7 +216,7 @@ def tick_rlhfkit_steps(clock: common.StepClock) -> None:
 
 def offline_child(args: argparse.Namespace, runners: dict[str, Callable]) -> None:
     """A child run: ``runners[side](args, model_dir, clock)`` trains, then the result is written."""
-    common.limit_threads(args.threads)
+    common.set_up_child(args.child, args.threads, args.trl_allocator)
     from rlhfkit.models import resolve_model_dir
 
     model_dir = str(resolve_model_dir(args.model))
@@ -245,7 +246,8 @@ def compare_offline(script: str, args: argparse.Namespace, argv: list[str], titl
               f"{PAIRS_SOURCE} pairs under a fixed prompt ({passed_over} longer than "
               f"{args.max_length} tokens passed over), batch {args.batch_size}, lr {args.lr:g}; "
               f"{args.steps} measured steps after {args.warmup} warm-up, {args.repeats} "
-              f"repeat(s); torch {version('torch')}, transformers {version('transformers')}, "
+              f"repeat(s); {common.allocator_phrase(args.trl_allocator)}; "
+              f"torch {version('torch')}, transformers {version('transformers')}, "
               f"trl {version('trl')}", flush=True)
         results = common.run_alternating(script, OFFLINE_SIDES, [*argv, f"--pairs={pairs}"],
                                          args.repeats, args.threads, describe_offline_run)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tomllib
@@ -75,12 +74,3 @@ def test_unknown_command_suggests(capsys):
 def test_version(capsys):
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == cli.__version__
-
-
-def test_commands_ask_torch_for_huge_pages_unless_the_user_chose(monkeypatch, capsys):
-    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
-    assert cli.main(["--version"]) == 0
-    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
-    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
-    assert cli.main(["--version"]) == 0
-    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"

@@ -10,11 +10,11 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
-import os
 import sys
 
 from rlhfkit import __version__
 from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.host_memory import keep_freed_memory, use_huge_pages_for_tensors
 
 COMMANDS: dict[str, str] = {
     "demo": "rlhfkit.commands.demo",
@@ -135,23 +135,11 @@ def dispatch(argv: list[str]) -> int:
     return run_command(name, args)
 
 
-def use_huge_pages_for_tensors() -> None:
-    """Ask torch to back CPU tensors of 2 MB and more with transparent huge pages.
-
-    Training frees and reallocates large activations every step, and glibc hands each one back to
-    the kernel, so the next one faults its pages in again 4 KB at a time: about 23M page faults in
-    one ``rlhfkit demo``. With ``THP_MEM_ALLOC_ENABLE=1`` torch aligns such tensors to 2 MB and
-    madvises them into huge pages, which halves the faults and made the demo's PPO step about 8%
-    faster (bench/README.md). torch reads the variable at its first allocation, so this runs
-    before any command imports torch; a user's own setting (``THP_MEM_ALLOC_ENABLE=0``) wins.
-    """
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a user error prints as one line per problem, never as a traceback."""
     argv = sys.argv[1:] if argv is None else argv
-    use_huge_pages_for_tensors()
+    use_huge_pages_for_tensors()  # both before any command imports torch
+    keep_freed_memory()
     prog = "rlhfkit" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")
     try:
         return dispatch(argv)
