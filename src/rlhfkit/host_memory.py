@@ -44,9 +44,10 @@ def keep_freed_memory() -> bool:
     heap back to the kernel past 128 KB. So every step the kernel zeroes and faults in again each
     large buffer of the step before. With both thresholds at 2 GB, allocations come from the heap
     and freed ones stay there for the next: on 2 CPU cores the demo's PPO step took 0.80x its
-    time and a GRPO step of SmolLM2 under autocast went from 3.95 to 2.9 s, at the same peak
-    memory (bench/README.md). What changes is that memory freed late in a run is kept until the
-    process ends, as torch's CUDA caching allocator keeps GPU memory.
+    time and a GRPO step of SmolLM2 under autocast went from 3.95 to 2.9 s (bench/README.md).
+    The cost is memory, kept until the process ends as torch's CUDA caching allocator keeps GPU
+    memory: a freed buffer of one size cannot always serve a request of another, so the heap
+    grows past what glibc would keep mapped (the whole demo peaked at 5.7 GB against 4.4).
 
     Takes effect for allocations after the call. Returns whether it applied: not on another C
     library (macOS, musl), and not when the user set one of glibc's malloc variables
