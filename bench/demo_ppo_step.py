@@ -83,10 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def child(args: argparse.Namespace) -> None:
     side = next(side for side in SETTINGS[args.compare] if side.name == args.child)
     os.environ.update(side.env)  # torch reads THP_MEM_ALLOC_ENABLE at its first allocation
-    from rlhfkit.host_memory import keep_freed_memory
-
-    keep_freed_memory()  # as every rlhfkit command does, unless the side's env opts out
-    common.limit_threads(args.threads)
+    common.set_up_child("rlhfkit", args.threads)  # both sides are rlhfkit; an env may opt out
     from dataclasses import replace
 
     import torch
