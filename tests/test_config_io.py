@@ -74,6 +74,21 @@ def test_defaults_and_dotted_overrides():
     assert cfg.run.output_dir == "out"
 
 
+@dataclass(frozen=True)
+class ToyDemoConfig:
+    """A command whose groups have defaults of their own, as `rlhfkit demo`'s do."""
+
+    model: ModelCfg = field(default_factory=lambda: ModelCfg(autocast="auto"))
+    optim: OptimCfg = field(default_factory=lambda: OptimCfg(lr=3e-5, warmup_steps=3))
+
+
+def test_an_override_keeps_the_rest_of_its_groups_command_defaults():
+    cfg = config_io.load(ToyDemoConfig, ["--optim.lr", "1e-4", "--model.head_dtype", "bfloat16"])
+    assert cfg.optim.lr == 1e-4 and cfg.optim.warmup_steps == 3
+    assert cfg.model.autocast == "auto" and cfg.model.head_dtype == "bfloat16"
+    assert config_io.load(ToyDemoConfig, []) == ToyDemoConfig()
+
+
 def test_shorthands_and_bare_unique_names(tmp_path):
     model_dir = tmp_path / "m"
     model_dir.mkdir()

@@ -170,11 +170,15 @@ def coerce(value: Any, tp: Any, from_cli: bool) -> Any:
 # --- building ------------------------------------------------------------------------------------
 
 
-def build(cls: type, data: dict, cli_keys: set[str], prefix: str, problems: list[str]) -> Any:
+def build(cls: type, data: dict, cli_keys: set[str], prefix: str, problems: list[str],
+          base: Any = None) -> Any:
     """``cls`` from a nested dict of raw values, coerced to each field's type.
 
-    Unknown keys and bad values are appended to ``problems`` (named ``prefix`` + key) instead of
-    raised, so one pass reports them all; ``cli_keys`` are the dotted keys that came from flags.
+    Fields the dict leaves out keep ``base``'s values (or the class defaults): a group keeps the
+    defaults its command gave it, so ``rlhfkit demo --optim.lr 1e-4`` changes the demo's learning
+    rate and keeps its warm-up. Unknown keys and bad values are appended to ``problems`` (named
+    ``prefix`` + key) instead of raised, so one pass reports them all; ``cli_keys`` are the
+    dotted keys that came from flags.
     """
     fields = _fields(cls)
     for key in data:
@@ -191,13 +195,22 @@ def build(cls: type, data: dict, cli_keys: set[str], prefix: str, problems: list
                 problems.append(f"{prefix}{name} = {value!r}: is a group of options; write it as a "
                                 f"[{prefix}{name}] table or set --{prefix}{name}.KEY")
                 continue
-            kwargs[name] = build(tp, value, cli_keys, f"{prefix}{name}.", problems)
+            group_base = getattr(base, name) if base is not None else _field_default(cls, name)
+            kwargs[name] = build(tp, value, cli_keys, f"{prefix}{name}.", problems, group_base)
             continue
         try:
             kwargs[name] = coerce(value, tp, from_cli=f"{prefix}{name}" in cli_keys)
         except ValueError as e:
             problems.append(f"{prefix}{name} = {value!r}: {e}")
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def _field_default(cls: type, name: str) -> Any:
+    """The default of ``cls``'s field ``name`` (its factory called), or None when it has none."""
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return None if spec.default is dataclasses.MISSING else spec.default
 
 
 def validate(cfg: Any, prefix: str = "") -> list[str]:
