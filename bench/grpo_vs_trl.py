@@ -5,7 +5,8 @@
 
 The same work on both sides, set field by field (see ``rlhfkit_config`` and ``trl_config``):
 the embedded SmolLM2-135M-Instruct from the same cached directory, fp32 (with ``--bf16``: fp32
-weights and bfloat16 autocast on both sides), on the same device;
+weights and bfloat16 autocast on both sides; ``--bf16-head`` puts rlhfkit's LM head in bfloat16
+too, as TRL's is under autocast), on the same device;
 the first ``--prompts`` movie openings of ``vader:movies``, or with ``--join N`` as many
 prompts of N consecutive openings each (plain text on both sides, or the chat template on both
 with ``--chat``); ``--prompts-per-step`` prompts x ``--group-size``
@@ -76,7 +77,8 @@ def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path, p
     return grpo.Config(
         reward=reward_spec(args), steps=args.warmup + args.steps,
         model=ModelCfg(path=model_dir, dtype="float32", device=args.device,
-                       autocast="bfloat16" if args.bf16 else "off"),
+                       autocast="bfloat16" if args.bf16 else "off",
+                       head_dtype="bfloat16" if args.bf16_head else "float32"),
         data=PromptDataCfg(prompts=str(prompts), eval_size=0),
         gen=GenCfg(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
                    batch_size=batch, chat_template="on" if args.chat else "off"),
@@ -200,6 +202,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true",
                         help="mixed precision on both sides: float32 weights, bfloat16 matmuls "
                              "(TRL bf16=True, rlhfkit --model.autocast bfloat16)")
+    parser.add_argument("--bf16-head", action="store_true",
+                        help="with --bf16: rlhfkit's LM head in bfloat16 too, as TRL's is "
+                             "(--model.head_dtype bfloat16; rlhfkit keeps it float32 by default)")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="TRL's default; off by default so both sides do the same compute")
     common.add_run_options(parser)
@@ -220,6 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.group_size < 2:
         parser.error(f"--group-size must be at least 2 (GRPO needs a group baseline), got "
                      f"{args.group_size}")
+    if args.bf16_head and not args.bf16:
+        parser.error("--bf16-head needs --bf16: without autocast the head is float32 on both sides")
     if args.beta < 0:
         parser.error(f"--beta must be >= 0, got {args.beta}")
     return args
@@ -238,6 +245,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--chat")
     if args.bf16:
         argv.append("--bf16")
+    if args.bf16_head:
+        argv.append("--bf16-head")
     if args.trl_gradient_checkpointing:
         argv.append("--trl-gradient-checkpointing")
     return argv
@@ -262,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
 
     device = common.resolve_device(args.device)
     precision = "fp32 weights, bf16 autocast" if args.bf16 else "fp32"
+    if args.bf16:
+        precision += ", rlhfkit's LM head " + ("bf16 as TRL's" if args.bf16_head else "fp32")
     print(f"GRPO, {common.model_name(args.model)} {precision} on {device} ({platform.processor() or platform.machine()}"
           f", {args.threads} threads): {args.prompts_per_step} prompts x G={args.group_size}, "
           f"{args.max_new_tokens} new tokens, beta={args.beta}, reward={args.reward}, "

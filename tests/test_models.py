@@ -9,6 +9,7 @@ from rlhfkit.config import ModelCfg
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models import (
     autocast_region,
+    freeze,
     load_causal_lm,
     load_tokenizer,
     pick_autocast,
@@ -86,6 +87,14 @@ def _dtypes_seen(model):
     return seen
 
 
+def _against_float32(model, tokenizer, float32_model):
+    """``model``'s log-probs of a small batch (with gradients), the float32 model's, the batch."""
+    input_ids, mask, start = _left_padded_batch(tokenizer, ["The movie", "A"], response_len=6)
+    with torch.no_grad():
+        exact = token_logprobs(float32_model, input_ids, mask, start)
+    return token_logprobs(model, input_ids, mask, start), exact, (input_ids, mask)
+
+
 def test_autocast_runs_the_decoder_in_bfloat16_and_the_lm_head_in_float32(tiny_model_dir, tiny_lm,
                                                                           monkeypatch):
     import copy
@@ -100,10 +109,7 @@ def test_autocast_runs_the_decoder_in_bfloat16_and_the_lm_head_in_float32(tiny_m
                                                autocast="bfloat16"))
     assert model.dtype == torch.float32  # the weights stay float32: only the matmuls change
     seen = _dtypes_seen(model)
-    input_ids, mask, start = _left_padded_batch(tokenizer, ["The movie", "A"], response_len=6)
-    mixed = token_logprobs(model, input_ids, mask, start)
-    with torch.no_grad():
-        exact = token_logprobs(tiny_lm[0], input_ids, mask, start)
+    mixed, exact, (input_ids, mask) = _against_float32(model, tokenizer, tiny_lm[0])
     assert seen == {"mlp": {torch.bfloat16}, "head": {torch.float32}}
     assert attention and set(attention) == {torch.float32}
     assert mixed.dtype == torch.float32
@@ -119,6 +125,59 @@ def test_autocast_runs_the_decoder_in_bfloat16_and_the_lm_head_in_float32(tiny_m
     twin = copy.deepcopy(model)  # the copy's wrapped forward runs the copy, not the original
     assert twin.get_decoder().forward.__self__ is twin.get_decoder()
     assert autocast_region(tiny_lm[0]).__class__.__name__ == "nullcontext"  # autocast off
+
+
+def test_a_bfloat16_head_under_autocast_computes_logits_in_bfloat16(tiny_model_dir, tiny_lm):
+    model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu",
+                                               autocast="bfloat16", head_dtype="bfloat16"))
+    seen = _dtypes_seen(model)
+    mixed, exact, _ = _against_float32(model, tokenizer, tiny_lm[0])
+    assert seen == {"mlp": {torch.bfloat16}, "head": {torch.bfloat16}}
+    assert mixed.dtype == torch.float32  # log-softmax of the bfloat16 logits runs in float32
+    torch.testing.assert_close(mixed.detach(), exact, rtol=0, atol=0.1)
+    mixed.sum().backward()
+    grad = model.get_output_embeddings().weight.grad
+    assert grad is not None and grad.dtype == torch.float32 and bool(grad.abs().sum() > 0)
+
+
+def test_head_dtype_without_autocast_is_an_error_naming_the_fix():
+    from rlhfkit.config_io import validate
+
+    [problem] = validate(ModelCfg(head_dtype="bfloat16"), "model.")
+    assert problem.startswith("model.head_dtype = 'bfloat16': applies under model.autocast")
+    assert "--model.autocast bfloat16" in problem
+    assert validate(ModelCfg(head_dtype="bfloat16", autocast="auto")) == []
+
+
+@pytest.mark.parametrize("autocast", ["off", "bfloat16"])
+def test_a_frozen_reference_computes_the_same_logprobs_in_less_memory(tiny_model_dir, autocast):
+    """Under autocast a reference's decoder linears are stored as the bfloat16 copies autocast
+    makes at every call: the same numbers, half those weights' bytes; the tied head float32."""
+    model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu",
+                                               autocast=autocast))
+    input_ids, mask, start = _left_padded_batch(tokenizer, ["The movie", "A"], response_len=6)
+    with torch.no_grad():
+        before = token_logprobs(model, input_ids, mask, start)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    pointers = {p.data_ptr() for p in model.parameters()}
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert freeze(model) is model
+    with torch.no_grad():
+        after = token_logprobs(model, input_ids, mask, start)
+    assert torch.equal(before, after)
+    assert not any(p.requires_grad for p in model.parameters())
+    linears = [m for m in model.get_decoder().modules() if isinstance(m, torch.nn.Linear)]
+    linear_floats = sum(p.numel() for m in linears for p in m.parameters())
+    frozen_size = sum(p.numel() * p.element_size() for p in model.parameters())
+    head = model.get_output_embeddings().weight
+    assert (head is model.get_input_embeddings().weight) == tied and head.dtype == torch.float32
+    if autocast == "bfloat16":
+        assert frozen_size == size - 2 * linear_floats
+        assert {p.dtype for m in linears for p in m.parameters()} == {torch.bfloat16}
+        # every weight copied: none still points into the loaded file's memory map
+        assert pointers.isdisjoint(p.data_ptr() for p in model.parameters())
+    else:
+        assert frozen_size == size
 
 
 def test_missing_model_directory_is_an_error_naming_it(tmp_path):

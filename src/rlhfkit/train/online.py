@@ -212,15 +212,14 @@ def reference(policy: Any, frozen_copy: Any | None) -> Iterator[Any]:
 def load_policy_and_reference(model_cfg: Any, lora: LoraCfg, need_reference: bool
                               ) -> tuple[Any, Any, Any | None]:
     """(policy in train mode, tokenizer, frozen reference copy or None)."""
-    from rlhfkit.models import load_causal_lm
+    from rlhfkit.models import freeze, load_causal_lm
 
     policy, tokenizer = load_causal_lm(model_cfg)
     frozen = None
     if lora.rank:
         policy = attach_lora(policy, lora)
     elif need_reference:
-        frozen, _ = load_causal_lm(model_cfg)
-        frozen.requires_grad_(False)
+        frozen = freeze(load_causal_lm(model_cfg)[0])
     policy.train()
     # Generation uses the KV cache; training forwards need no cache.
     policy.config.use_cache = False
