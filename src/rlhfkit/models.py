@@ -204,7 +204,10 @@ def load_causal_lm(cfg: ModelCfg) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     if pick_autocast(cfg.autocast, device, model.dtype):
         enable_autocast(model.get_decoder())
         head = model.get_output_embeddings()
-        enable_autocast(head) if cfg.head_dtype == "bfloat16" else keep_float32(head)
+        if cfg.head_dtype == "bfloat16":
+            enable_autocast(head)
+        else:
+            keep_float32(head)
     return model.to(device).eval(), tokenizer
 
 
@@ -233,6 +236,7 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
             for name, buffer in module.named_buffers(recurse=False):
                 setattr(module, name, buffer.clone())
     return model
+
 
 def _one_line(error: Exception) -> str:
     """A library's multi-line message folded into the one line the CLI prints."""
