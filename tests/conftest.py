@@ -7,6 +7,7 @@ fraction of a second, so fast tests exercise the same code paths as the real mod
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,16 @@ def _fast_test_setup(request, tmp_path_factory, monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _no_deterministic_mode_left_behind():
+    """``--run.deterministic`` turns on torch's deterministic kernels for the whole process; a
+    test that trains with it must not leave them on for the tests after it."""
+    yield
+    torch = sys.modules.get("torch")  # not imported here: a config test never loads it
+    if torch is not None and torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(False)
 
 
 def build_tiny_tokenizer():

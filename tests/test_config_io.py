@@ -100,7 +100,7 @@ def test_shorthands_and_bare_unique_names(tmp_path):
 
 def test_bare_boolean_flag_turns_on(tmp_path):
     (tmp_path / "o").mkdir()
-    (tmp_path / "o" / "config.toml").write_text("")
+    (tmp_path / "o" / "config.toml").write_text("# rlhfkit toy\n")  # a run: overwrite may clear it
     cfg = load(["--run.output_dir", "o", "--overwrite"])
     assert cfg.run.overwrite is True
     cfg = load(["--run.output_dir", "o", "--overwrite", "false", "--resume"])
@@ -172,10 +172,10 @@ def test_missing_file_and_bad_model_path(tmp_path):
 def test_output_dir_holding_a_run_is_refused(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
-    (out / "config.toml").write_text("x = 1\n")
+    (out / "config.toml").write_text("# rlhfkit toy\nx = 1\n")
     (problem,) = problems(["--run.output_dir", str(out)])
     assert "holds another run; pass --resume to continue it, --overwrite to replace it" in problem
-    assert (out / "config.toml").read_text() == "x = 1\n"  # nothing written
+    assert (out / "config.toml").read_text() == "# rlhfkit toy\nx = 1\n"  # nothing written
     (problem,) = problems(["--run.output_dir", str(tmp_path / "new"), "--resume"])
     assert "holds no run to resume" in problem
     (problem,) = problems(["--run.output_dir", str(out), "--resume", "--overwrite"])

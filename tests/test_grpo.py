@@ -30,26 +30,44 @@ def make_config(tmp_path, model_dir, prompts_file, reward_spec, device=LOOP_DEVI
         run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0))
 
 
+def seeded(cfg: grpo.Config, seed: int) -> grpo.Config:
+    return replace(cfg, run=replace(cfg.run, seed=seed,
+                                    output_dir=f"{cfg.run.output_dir}-seed{seed}"))
+
+
+# A CPU's float path (AMX or not) sends a tiny model down another trajectory, much as another
+# seed does, so these learning tests average two seeds, with margins from seeds 0-7 measured on
+# a 2-core AMD EPYC (the tests passed on an Intel Xeon with AMX before).
 @pytest.mark.parametrize("advantage", ["grpo", "rloo", "reinforce", "reinforce++"])
 def test_reward_rises(tmp_path, tiny_model_dir, prompts_file, reward_spec, advantage):
-    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec, advantage=advantage)
-    outcome = grpo.train(cfg)
-    rewards = [row["reward"] for row in outcome.run.metrics()]
-    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    assert last > first + 0.1, (advantage, rewards)
-    assert (outcome.run.path / "model" / "config.json").is_file()
-    assert json.loads((outcome.run.path / "summary.json").read_text())["steps"] == 30
+    # mean of the last 5 steps' reward minus the first 5's, per seed: grpo 0.11-0.39, rloo
+    # 0.15-0.38, reinforce 0.09-0.32, reinforce++ 0.17-0.45; any two seeds average >= 0.11,
+    # where a policy that learned nothing averages 0 +- 0.01
+    rises = []
+    for seed in (0, 1):
+        cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec, advantage=advantage)
+        outcome = grpo.train(seeded(cfg, seed))
+        rewards = [row["reward"] for row in outcome.run.metrics()]
+        rises.append(sum(rewards[-5:]) / 5 - sum(rewards[:5]) / 5)
+        assert (outcome.run.path / "model" / "config.json").is_file()
+        assert json.loads((outcome.run.path / "summary.json").read_text())["steps"] == 30
+    assert sum(rises) / 2 > 0.05, (advantage, rises)
 
 
 def test_kl_penalty_holds_the_policy_back(tmp_path, tiny_model_dir, prompts_file, reward_spec):
-    # a negligible coefficient still loads the reference, so KL is measured in both runs
-    free = grpo.train(replace(make_config(tmp_path / "a", tiny_model_dir, prompts_file,
-                                          reward_spec, kl_coef=1e-9), steps=15))
-    held = grpo.train(replace(make_config(tmp_path / "b", tiny_model_dir, prompts_file,
-                                          reward_spec, kl_coef=2.0, kl_in="reward"), steps=15))
-    free_kl = sum(row["kl"] for row in free.run.metrics()[-5:]) / 5
-    held_kl = sum(row["kl"] for row in held.run.metrics()[-5:]) / 5
-    assert free_kl > 0.2 and held_kl < 0.5 * free_kl, (free_kl, held_kl)
+    # a negligible coefficient still loads the reference, so KL is measured in both runs. Over
+    # seeds 0-7 the held run's KL was 0.05-0.81 of the free run's (0.81 where the free run
+    # barely moved); summed over any two seeds, at most 0.64.
+    free_kl = held_kl = 0.0
+    for seed in (0, 1):
+        free = grpo.train(replace(seeded(make_config(tmp_path / "a", tiny_model_dir, prompts_file,
+                                                     reward_spec, kl_coef=1e-9), seed), steps=15))
+        held = grpo.train(replace(seeded(make_config(tmp_path / "b", tiny_model_dir, prompts_file,
+                                                     reward_spec, kl_coef=2.0, kl_in="reward"),
+                                         seed), steps=15))
+        free_kl += sum(row["kl"] for row in free.run.metrics()[-5:]) / 5
+        held_kl += sum(row["kl"] for row in held.run.metrics()[-5:]) / 5
+    assert free_kl > 0.4 and held_kl < 0.7 * free_kl, (free_kl, held_kl)
 
 
 def test_no_kl_loads_no_reference(tmp_path, tiny_model_dir, prompts_file, reward_spec):

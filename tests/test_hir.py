@@ -34,12 +34,22 @@ def make_config(tmp_path, model_dir, prompts_file, reward, **hir_settings) -> hi
 
 
 def test_success_rate_rises(tmp_path, tiny_model_dir, prompts_file, reward_spec):
-    # success: at least 10% of the characters are the letter o (about half the samples at first)
-    run, summary = hir.train(make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec))
-    rates = [row["success_rate"] for row in run.metrics()]
-    assert sum(rates[-3:]) / 3 > sum(rates[:3]) / 3 + 0.2, rates
-    accuracy = [row["matching_accuracy"] for row in run.metrics()]
-    assert accuracy[-1] > 0.7, accuracy  # outputs are likelier under the instruction they fulfilled
+    # success: at least 10% of the characters are the letter o (about half the samples at first).
+    # One round's rate over 32 samples is noisy (sd ~0.08), and a CPU's float path (AMX or not)
+    # sends the run down another trajectory, so two seeds are averaged and the rounds 7-12 are
+    # compared with rounds 1-3. Measured on a 2-core AMD EPYC over seeds 0-7: that rise was
+    # 0.14-0.37 (mean 0.25) per seed, the last round's matching accuracy 0.73-1.0; with no
+    # learning the two-seed rise would be 0 +- 0.04.
+    rises, accuracies = [], []
+    for seed in (0, 1):
+        cfg = make_config(tmp_path / f"seed{seed}", tiny_model_dir, prompts_file, reward_spec)
+        run, summary = hir.train(replace(cfg, run=replace(cfg.run, seed=seed)))
+        rates = [row["success_rate"] for row in run.metrics()]
+        rises.append(sum(rates[6:]) / 6 - sum(rates[:3]) / 3)
+        # outputs are likelier under the instruction they fulfilled (chance is 0.5)
+        accuracies.append(run.metrics()[-1]["matching_accuracy"])
+    assert sum(rises) / 2 > 0.1, rises
+    assert sum(accuracies) / 2 > 0.65, accuracies
     model_dir = run.path / "model"
     assert summary["model"] == str(model_dir) and (model_dir / "config.json").is_file()
     assert load_conditioning(model_dir) == Conditioning("hir", instruction=SUCCESS)

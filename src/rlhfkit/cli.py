@@ -11,9 +11,10 @@ import ast
 import importlib
 import importlib.util
 import sys
+import warnings
 
 from rlhfkit import __version__
-from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.errors import ConfigError, RlhfkitError, RlhfkitWarning
 from rlhfkit.host_memory import keep_freed_memory, use_huge_pages_for_tensors
 
 COMMANDS: dict[str, str] = {
@@ -141,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     use_huge_pages_for_tensors()  # both before any command imports torch
     keep_freed_memory()
     prog = "rlhfkit" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")
+    library_format = warnings.formatwarning
+
+    def one_line(message, category, *where):  # ours say all in one line; no source location
+        if issubclass(category, RlhfkitWarning):
+            return f"{prog}: warning: {message}\n"
+        return library_format(message, category, *where)
+
+    warnings.formatwarning = one_line
     try:
         return dispatch(argv)
     except ConfigError as e:
@@ -154,4 +163,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: interrupted; a run continues from its last checkpoint with --resume",
               file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = library_format
 

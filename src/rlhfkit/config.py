@@ -12,6 +12,7 @@ This module imports only the standard library: ``rlhfkit --help`` must stay inst
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,11 +33,13 @@ class Problem(NamedTuple):
 
 @dataclass(frozen=True)
 class Min:
-    """value >= bound."""
+    """value >= bound, and finite."""
 
     bound: float
 
     def __call__(self, value: Any) -> str | None:
+        if not math.isfinite(value):  # NaN compares false with everything, so it passes `<`
+            return f"must be a finite number; give a value >= {self.bound:g}"
         if value < self.bound:
             return f"must be at least {self.bound:g}; give a value >= {self.bound:g}"
         return None
@@ -44,16 +47,20 @@ class Min:
 
 @dataclass(frozen=True)
 class Range:
-    """low < value <= high (low excluded when ``open_low``)."""
+    """low <= value <= high (low excluded when ``open_low``), and finite."""
 
     low: float
     high: float
     open_low: bool = False
 
     def __call__(self, value: Any) -> str | None:
+        bracket = "(" if self.open_low else "["
+        if not math.isfinite(value):  # also where the range is open-ended: inf is no setting
+            wanted = (f"{'>' if self.open_low else '>='} {self.low:g}" if math.isinf(self.high)
+                      else f"in {bracket}{self.low:g}, {self.high:g}]")
+            return f"must be a finite number; give a value {wanted}"
         low_ok = value > self.low if self.open_low else value >= self.low
         if not (low_ok and value <= self.high):
-            bracket = "(" if self.open_low else "["
             return f"must lie in {bracket}{self.low:g}, {self.high:g}]; give a value in that range"
         return None
 
@@ -215,6 +222,20 @@ class LogCfg:
     """Show live progress bars (turned off automatically when output is not a terminal)."""
 
 
+RUN_MARKER = "# rlhfkit "
+"""First line of the config.toml that a run directory starts with (then the command's name)."""
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds an rlhfkit run: a config.toml that rlhfkit wrote, not merely any
+    file of that name (``rlhfkit config show`` output has no marker line)."""
+    try:
+        with (path / "config.toml").open(encoding="utf-8") as f:
+            return f.readline().startswith(RUN_MARKER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 @dataclass(frozen=True)
 class RunCfg:
     """Where a run lives, its seed, and how it restarts."""
@@ -223,10 +244,18 @@ class RunCfg:
     """Run directory; empty means runs/<command>-<date>-<time>."""
     seed: NonNegativeInt = 0
     """Seed for every random number generator (Python, NumPy, torch)."""
+    deterministic: bool = False
+    """Bitwise-identical runs and resumes on the same machine, software and thread count:
+    deterministic kernels (torch.use_deterministic_algorithms), MKL's reproducible mode and a
+    resumed run's thread count restored. Without it a seeded run can drift from its twin in the
+    last bits (threaded sums), then sample other tokens. Costs step time (bench/README.md)."""
     resume: bool = False
-    """Continue the run in output_dir from its last checkpoint."""
+    """Continue the run in output_dir from its newest intact checkpoint. With --config
+    RUN/config.toml the run continues in RUN, where that file is (a copied run resumes the
+    copy); an explicit --run.output_dir wins."""
     overwrite: bool = False
-    """Delete a previous run in output_dir and start afresh."""
+    """Delete a previous run in output_dir and start afresh (only an rlhfkit run: a directory
+    of other files is never deleted)."""
     checkpoint_every: NonNegativeInt = 50
     """Save a checkpoint every this many steps (0 = only at the end)."""
     keep_checkpoints: PositiveInt = 2
@@ -242,20 +271,22 @@ class RunCfg:
                               "pass --run.output_dir DIR of the run to continue")
             return
         path = Path(os.path.expanduser(self.output_dir))
-        holds_run = (path / "config.toml").is_file()
+        holds_run = is_run_dir(path)
         if path.exists() and not path.is_dir():
             yield Problem("output_dir", self.output_dir, "is a file; give a directory")
         elif holds_run and not (self.resume or self.overwrite):
             yield Problem("output_dir", self.output_dir,
                           "holds another run; pass --resume to continue it, --overwrite to "
                           "replace it, or choose another --run.output_dir")
-        elif self.resume and not holds_run:
+        elif self.resume and not (path / "config.toml").is_file():
             yield Problem("output_dir", self.output_dir,
                           "holds no run to resume (no config.toml); drop --resume to start one")
-        elif path.is_dir() and not holds_run and any(path.iterdir()) and not self.overwrite:
+        elif not self.resume and not holds_run and path.is_dir() and any(path.iterdir()):
+            # --overwrite deletes runs only: a directory of someone's own files is never cleared
             yield Problem("output_dir", self.output_dir,
-                          "is not empty and is not a run directory; choose an empty or new "
-                          "directory (or --overwrite to clear it)")
+                          "is not empty and is not an rlhfkit run (no config.toml written by "
+                          f"rlhfkit){', so --overwrite will not delete it' if self.overwrite else ''}"
+                          "; choose a new or empty directory, or move its files away yourself")
 
 
 def default(factory: type) -> Any:

@@ -28,7 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from rlhfkit.config import FileMustExist, ModelReference, Problem
+from rlhfkit.config import FileMustExist, ModelReference, Problem, is_run_dir
 from rlhfkit.errors import ConfigError
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -344,7 +344,9 @@ def load(cls: type, args: list[str], command: str = "") -> Any:
     """The validated config for ``cls`` from ``--config FILE`` and ``--dotted.key value`` args.
 
     An empty ``run.output_dir`` becomes ``runs/<command>-<date>-<time>`` here, once, so the run
-    directory's saved config names where the run really lives.
+    directory's saved config names where the run really lives. With ``--resume`` and a run's own
+    ``--config RUN/config.toml``, the run is RUN, where the file is now: a copied or moved run
+    resumes itself, not the directory named inside (an explicit ``--run.output_dir`` wins).
     """
     overrides, cli_keys, config_file = parse_overrides(cls, args)
     data = read_file(config_file) if config_file else {}
@@ -354,6 +356,12 @@ def load(cls: type, args: list[str], command: str = "") -> Any:
     if problems:
         raise ConfigError(problems)
     run = getattr(cfg, "run", None)
+    if (run is not None and dataclasses.is_dataclass(run) and getattr(run, "resume", False)
+            and config_file and "run.output_dir" not in cli_keys):
+        home = Path(os.path.expanduser(config_file)).parent
+        if Path(config_file).name == "config.toml" and is_run_dir(home):
+            run = dataclasses.replace(run, output_dir=str(home))
+            cfg = dataclasses.replace(cfg, run=run)
     if run is not None and dataclasses.is_dataclass(run) and not run.output_dir and command:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(run, output_dir=f"runs/{command}-{stamp}"))

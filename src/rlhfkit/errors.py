@@ -34,3 +34,8 @@ class AssetError(RlhfkitError):
 
 class RewardError(RlhfkitError):
     """A reward function that raised, or returned the wrong number or a non-finite score."""
+
+
+class RlhfkitWarning(UserWarning):
+    """Something the user should know that does not stop the command (a damaged checkpoint
+    skipped, a cut-off metrics line dropped); the CLI prints it as one line."""

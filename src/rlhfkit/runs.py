@@ -5,31 +5,38 @@
       metrics.jsonl        one JSON object per logged step
       tensorboard/         the same metrics as TensorBoard events
       checkpoints/
-        step-000100/       complete checkpoints only (written as .tmp-*, then renamed)
+        step-000100/       complete checkpoints only (written as .tmp-*, then renamed), each
+                           with a manifest.json of its files' sizes and SHA-256, written last
         latest             name of the newest complete checkpoint
       summary.json         final figures, written when the run ends
 
 Every write is atomic (temp file or directory, then ``os.replace``): a crash mid-write leaves
-the previous checkpoint and the previous files loadable.
+the previous checkpoint and the previous files loadable. Damage after the fact (a disk that cut
+a file short, a directory emptied by hand) shows against the manifest, and resuming falls back
+to the newest checkpoint that is still intact.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rlhfkit import config_io
+from rlhfkit.config import RUN_MARKER, is_run_dir
 from rlhfkit.data.files import atomic_file
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import RlhfkitError, RlhfkitWarning
 
 CHECKPOINT_PREFIX = "step-"
+MANIFEST = "manifest.json"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -61,13 +68,22 @@ class Run:
         if run_cfg.resume:
             _check_same_config(saved, cfg)
         elif run_cfg.overwrite and path.exists():
+            # only a run is ours to delete: a directory of someone's own files is never cleared
+            if path.is_dir() and any(path.iterdir()) and not is_run_dir(path):
+                raise RlhfkitError(
+                    f"--run.overwrite: {path} is not an rlhfkit run (no config.toml written by "
+                    "rlhfkit), so nothing in it is deleted; choose a new or empty "
+                    "--run.output_dir, or move its files away yourself")
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         if not run_cfg.resume:
-            write_text_atomic(saved, f"# rlhfkit {command}\n" + config_io.to_toml(cfg))
+            write_text_atomic(saved, f"{RUN_MARKER}{command}\n" + config_io.to_toml(cfg))
         log = getattr(cfg, "log", None)
-        return cls(path, tensorboard=bool(log and log.tensorboard),
-                   keep_checkpoints=run_cfg.keep_checkpoints)
+        run = cls(path, tensorboard=bool(log and log.tensorboard),
+                  keep_checkpoints=run_cfg.keep_checkpoints)
+        if run_cfg.resume:
+            run._drop_cut_off_metrics()
+        return run
 
     # --- metrics ---------------------------------------------------------------------------------
 
@@ -86,11 +102,19 @@ class Run:
                     self._writer.add_scalar(key, value, step)
 
     def metrics(self) -> list[dict[str, Any]]:
-        """All logged rows, in order."""
+        """All logged rows, in order; a last line cut off by a crash is left out."""
+        return _read_metrics(self.path / "metrics.jsonl")[0]
+
+    def _drop_cut_off_metrics(self) -> None:
+        """Rewrite metrics.jsonl without a cut-off last line, so the next row starts on its own."""
         file = self.path / "metrics.jsonl"
-        if not file.exists():
-            return []
-        return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line]
+        rows, cut_off = _read_metrics(file)
+        if cut_off:
+            warnings.warn(f"{file}: its last line was cut off (a crash mid-write); dropped it",
+                          RlhfkitWarning, stacklevel=3)
+        # a whole last row without its newline would glue the next row onto it
+        if cut_off or (rows and not file.read_bytes().endswith(b"\n")):
+            write_text_atomic(file, "".join(json.dumps(r) + "\n" for r in rows))
 
     def truncate_metrics(self, step: int) -> None:
         """Drop rows after ``step``: a resumed run logs those steps again, once."""
@@ -107,6 +131,7 @@ class Run:
         tmp = Path(tempfile.mkdtemp(dir=self.checkpoints, prefix=f".tmp-{name}-"))
         try:
             write(tmp)
+            _write_manifest(tmp)  # last: a checkpoint with a manifest was written whole
             if final.exists():  # the same step saved again after a resume
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -118,14 +143,24 @@ class Run:
         return final
 
     def latest_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint, or None."""
-        pointer = self.checkpoints / "latest"
-        if pointer.is_file():
-            candidate = self.checkpoints / pointer.read_text(encoding="utf-8").strip()
-            if candidate.is_dir():
+        """The newest intact checkpoint, or None when the run has none yet.
+
+        A damaged one (a file cut short, changed or missing, an emptied directory) is named in
+        a warning and the one before it is tried; when none is intact, an error says what to do.
+        """
+        problems = []
+        for candidate in reversed(self._complete()):
+            problem = checkpoint_problem(candidate)
+            if problem is None:
                 return candidate
-        complete = self._complete()
-        return complete[-1] if complete else None
+            warnings.warn(f"checkpoint {candidate} is damaged ({problem}); falling back to the "
+                          "one before it", RlhfkitWarning, stacklevel=2)
+            problems.append(f"{candidate.name}: {problem}")
+        if problems:
+            raise RlhfkitError(
+                f"--resume: no intact checkpoint in {self.checkpoints} ({'; '.join(problems)}); "
+                "start the run again with --run.overwrite, or start a new run elsewhere")
+        return None
 
     def _complete(self) -> list[Path]:
         if not self.checkpoints.is_dir():
@@ -148,12 +183,71 @@ class Run:
             self._writer = None
 
 
+def _write_manifest(directory: Path) -> None:
+    files = {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(directory.rglob("*")) if p.is_file()}
+    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n",
+                                      encoding="utf-8")
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """What is wrong with a checkpoint directory (one short phrase), or None when it is intact."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        # a checkpoint from before manifests: check what can be seen without loading it
+        files = [p for p in directory.rglob("*") if p.is_file()]
+        if not files:
+            return "it holds no files"
+        empty = next((p for p in files if p.stat().st_size == 0), None)
+        return f"{empty.relative_to(directory).as_posix()} is empty" if empty else None
+    try:
+        listed = {str(name): (int(meta["bytes"]), str(meta["sha256"]))
+                  for name, meta in json.loads(manifest.read_text(encoding="utf-8"))["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"its {MANIFEST} is unreadable"
+    for name, (size, digest) in listed.items():
+        file = directory / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is {file.stat().st_size} bytes, expected {size}"
+        if _sha256(file) != digest:
+            return f"{name} does not match its SHA-256 in {MANIFEST}"
+    return None
+
+
+def _read_metrics(file: Path) -> tuple[list[dict[str, Any]], bool]:
+    """(rows, whether the last line was cut off). Appends are one write each, so a crash can cut
+    off only the last line; a bad line anywhere else is an error naming it."""
+    if not file.exists():
+        return [], False
+    lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                return rows, True
+            raise RlhfkitError(f"{file}:{number}: not a JSON row; repair or delete that "
+                               "line") from None
+    return rows, False
+
+
 def _check_same_config(saved: Path, cfg: Any) -> None:
     import tomllib
 
     before = _flatten(tomllib.loads(saved.read_text(encoding="utf-8")))
     now = _flatten(config_io.to_dict(cfg))
-    ignore = {"run.resume", "run.overwrite"}
+    # A run is where its directory is: a copied or moved run keeps the old output_dir inside.
+    ignore = {"run.resume", "run.overwrite", "run.output_dir"}
     changed = sorted(k for k in before.keys() | now.keys()
                      if k not in ignore and before.get(k) != now.get(k))
     if changed:
@@ -175,23 +269,54 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 # --- random state --------------------------------------------------------------------------------
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (all devices); ``deterministic`` also fixes the arithmetic
+    (``make_deterministic``), so the same seed gives the same bits, not only the same start."""
     import numpy as np
     import torch
 
+    if deterministic:
+        make_deterministic()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
+MKL_REPRODUCIBLE = {"MKL_CBWR": "AUTO,STRICT", "MKL_DYNAMIC": "FALSE"}
+"""MKL's conditional numerical reproducibility: one code path whatever the memory alignment of
+the operands, and exactly the requested threads (not fewer when MKL thinks it wise)."""
+
+
+def make_deterministic() -> None:
+    """Make this process's torch arithmetic repeat bit for bit, run after run.
+
+    Seeding fixes what is drawn, not how sums are added up: a matmul's result can depend on
+    how its operands happen to be aligned in memory and how many threads MKL chose, and on a
+    GPU on atomics. A difference in the last bit of one log-prob is enough for a later step to
+    sample another token, after which two runs of one seed part ways. So: deterministic torch
+    kernels (an op without one raises instead of silently varying), MKL's reproducible mode
+    (read when MKL starts, so set here before the first matmul; your own MKL_* settings win),
+    cuBLAS's fixed workspace, and no cuDNN autotuning. The thread count is part of the result:
+    a resumed run takes the one its checkpoint recorded (``set_rng_state``).
+    """
+    import torch
+
+    for name, value in MKL_REPRODUCIBLE.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def rng_state() -> dict[str, Any]:
-    """Every generator's state, for an exact resume."""
+    """Every generator's state, for an exact resume, as tensors and plain data only (a
+    checkpoint then loads with ``torch.load(weights_only=True)``, which runs no pickled code)."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    kind, key, *rest = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, key.tolist(), *rest),
+             "torch": torch.get_rng_state(), "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -201,6 +326,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
+    threads = state.get("threads", torch.get_num_threads())
+    if torch.are_deterministic_algorithms_enabled() and threads != torch.get_num_threads():
+        # sums split over another number of threads round differently: resume as it ran
+        warnings.warn(f"run.deterministic: resuming with the {threads} torch threads the run "
+                      f"used, not this process's {torch.get_num_threads()}", stacklevel=2)
+        torch.set_num_threads(threads)
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])

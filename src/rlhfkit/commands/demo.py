@@ -183,7 +183,8 @@ def train_reward_model(cfg: Config, directory: Path, console: Any) -> tuple[Path
                                    eval_batch_size=64, max_eval=500),
             optim=OptimCfg(lr=stage.lr, warmup_steps=10, schedule="linear"),
             log=cfg.log, run=RunCfg(output_dir=str(directory), seed=cfg.run.seed,
-                                    overwrite=True, checkpoint_every=0))
+                                    deterministic=cfg.run.deterministic, overwrite=True,
+                                    checkpoint_every=0))
         _, summary = reward.train(rm_cfg)
     table = Table(title="reward model on held-out (test) preference pairs")
     table.add_column("")

@@ -180,7 +180,7 @@ def fit(cfg: OfflineConfig, command: str, model: Any, examples: Sequence[Any],
     from rlhfkit.train import online
 
     optim, accum = cfg.optim, cfg.optim.grad_accum_steps
-    seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
     order = BatchOrder(lengths, cfg.train.batch_size, cfg.run.seed, cfg.train.group_by_length)
     steps = total_steps(cfg, len(examples))
     optimizer, scheduler = online.build_optimizer(model, optim, steps)

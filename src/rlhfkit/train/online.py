@@ -328,7 +328,8 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 
 
 def save_training_state(directory: Path, model: Any, state: dict[str, Any]) -> None:
-    """Weights (safetensors) plus optimiser, scheduler, RNG and loop state (torch pickle)."""
+    """Weights (safetensors) plus optimiser, scheduler, RNG and loop state (torch pickle of
+    tensors and plain data only, so that it loads with ``weights_only=True``)."""
     from safetensors.torch import save_file
 
     weights = {k: v.detach().contiguous().clone() for k, v in trainable_state(model).items()}
@@ -355,10 +356,20 @@ def restore(state: dict[str, Any], stateful: dict[str, Any]) -> int:
 
 
 def load_training_state(directory: Path, model: Any) -> dict[str, Any]:
-    """Restore the weights into ``model`` and return the rest of the saved state."""
+    """Restore the weights into ``model`` and return the rest of the saved state.
+
+    The trainer state loads with ``weights_only=True``: a run directory is data, and a pickle
+    that would call code (a file swapped in by someone else) is refused, never run.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    weights = load_file(str(directory / "weights.safetensors"))
+    try:
+        weights = load_file(str(directory / "weights.safetensors"))
+    except (OSError, SafetensorError) as e:
+        raise RlhfkitError(f"{directory / 'weights.safetensors'}: cannot be read ({e}); resume "
+                           "from an earlier checkpoint (delete this one) or start afresh with "
+                           "--run.overwrite") from None
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
@@ -369,7 +380,32 @@ def load_training_state(directory: Path, model: Any) -> dict[str, Any]:
         except RuntimeError as e:
             raise RlhfkitError(f"{directory}: checkpoint does not fit this model ({e}); "
                                "resume with the model the run started from") from None
-    return torch.load(directory / "trainer_state.pt", weights_only=False)
+    return load_trainer_state(directory / "trainer_state.pt")
+
+
+def load_trainer_state(file: Path) -> dict[str, Any]:
+    """A ``trainer_state.pt`` as tensors and plain data; anything else is refused unrun."""
+    import pickle
+    import re
+
+    import numpy as np
+
+    # Checkpoints from before rng_state() stored NumPy's state as a list hold one uint32
+    # array; rebuilding an array runs no user code, so those still resume.
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # NumPy 2 | 1
+    torch.serialization.add_safe_globals([np.ndarray, np.dtype, type(np.dtype(np.uint32)),
+                                          multiarray._reconstruct])
+    try:
+        return torch.load(file, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"a reference to {found.group(1)}" if found else "objects beyond tensors and data"
+        raise RlhfkitError(f"{file}: refused to load, it holds {what}, which loading would run; "
+                           "only resume checkpoints that rlhfkit wrote") from None
+    except (OSError, RuntimeError, EOFError) as e:
+        reason = str(e).split(". ")[0] or type(e).__name__
+        raise RlhfkitError(f"{file}: cannot be read ({reason}); resume from an earlier checkpoint "
+                           "(delete this one) or start afresh with --run.overwrite") from None
 
 
 def export_model(directory: Path, model: Any, tokenizer: Any) -> Path:

@@ -171,7 +171,7 @@ def train(cfg: Config) -> Outcome:
     from rlhfkit.runs import Run, seed_everything
 
     algo, optim = cfg.algo, cfg.optim
-    seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
     gae = get_advantage("gae")
     reward = load_reward(cfg.reward)
     stream = online.PromptStream(online.prompt_rows(cfg.data, "train"), cfg.run.seed)

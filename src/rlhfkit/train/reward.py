@@ -87,7 +87,8 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     from rlhfkit.train.online import attach_lora
 
     rm_cfg = cfg.rm
-    seed_everything(cfg.run.seed)  # before any random init: the head, LoRA adapters
+    # before any random init: the head, LoRA adapters
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
     model = RewardModel.from_backbone(cfg.model.path, pooling=rm_cfg.pooling,
                                       max_length=rm_cfg.max_length, device=cfg.model.device,
                                       dtype=cfg.model.dtype, autocast=cfg.model.autocast)

@@ -123,7 +123,7 @@ def train(cfg: Config) -> tuple[object, dict]:
     from rlhfkit.train import offline, sequences
     from rlhfkit.train.online import export_model
 
-    seed_everything(cfg.run.seed)  # before any random init: LoRA adapters
+    seed_everything(cfg.run.seed, cfg.run.deterministic)  # before any random init: LoRA adapters
     model, tokenizer = offline.load_model_with_lora(cfg)
     device = next(model.parameters()).device
     chat = sequences.uses_chat_template(tokenizer, cfg.train.chat_template)

@@ -236,7 +236,7 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     from rlhfkit.data.files import read_rows, write_jsonl
     from rlhfkit.runs import Run, seed_everything
 
-    seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
     rows = _load_prompts(cfg)  # a bad prompt file fails before anything is written
     run = Run.start(cfg, "hindsight-rlhs")
     pairs_path = run.path / PAIRS_FILE

@@ -90,7 +90,7 @@ class Rounds:
         from rlhfkit.train import online, sequences
 
         self.cfg = cfg
-        seed_everything(cfg.run.seed)
+        seed_everything(cfg.run.seed, cfg.run.deterministic)
         self.reward = load_reward(cfg.reward)
         self.stream = online.PromptStream(online.prompt_rows(cfg.data, "train"), cfg.run.seed)
         self.policy, self.tokenizer, _ = online.load_policy_and_reference(
