@@ -34,3 +34,21 @@ def test_short_demo_runs_the_pipeline_and_moves_reward_up(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "one human rater vs the consensus" in printed
     assert "positive rate, judged by vader" in printed and "before vs after" in printed
+
+
+def test_a_demo_stopped_before_ppo_can_be_overwritten_or_resumed(tmp_path, monkeypatch, capsys):
+    # --overwrite clears only a run directory, so the demo's must be one from its first stage on
+    from rlhfkit import assets
+    from rlhfkit.commands import demo
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assets, "ensure", lambda name: name)
+    monkeypatch.setattr(demo, "train_reward_model", stop)
+    out = tmp_path / "demo"
+    args = ["demo", "--run.output_dir", str(out), "--log.progress", "false"]
+    assert cli.main(args) == 130  # stopped in the reward-model stage
+    for again in ("--run.overwrite", "--run.resume"):
+        capsys.readouterr()
+        assert cli.main([*args, again]) == 130, capsys.readouterr().err  # accepted, stopped again

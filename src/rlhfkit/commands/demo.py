@@ -18,7 +18,6 @@ model's own run under ``reward-model/`` (its trained model in ``reward-model/mod
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -101,13 +100,16 @@ def main(cfg: Config) -> None:
     from rlhfkit.generation import describe_conditioning
     from rlhfkit.models import resolve_model_dir
     from rlhfkit.rewards import load_reward
+    from rlhfkit.runs import Run
     from rlhfkit.train import online, ppo
 
     console = Console()
     started = time.perf_counter()
     out = Path(cfg.run.output_dir).expanduser()
-    if cfg.run.overwrite and out.exists():
-        shutil.rmtree(out)  # here, not in the PPO stage, which would delete the reward model
+    # The directory is a run from the start (its config.toml written now, not by the PPO stage),
+    # so a demo stopped in any stage can be resumed or overwritten; --overwrite clears it here,
+    # not in the PPO stage, which would delete the reward model.
+    Run.start(cfg, "demo").close()
     cfg = replace(cfg, run=replace(cfg.run, overwrite=False))
 
     # 1. assets (each is a no-op once cached)
