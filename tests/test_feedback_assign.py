@@ -43,18 +43,20 @@ def test_any_first_n_tasks_hold_ceil_n_times_overlap_items(overlap):
 # --- the next task -------------------------------------------------------------------------------
 
 
-def _expected_next(tasks, labels, skips, annotator_id):
-    """The next task's id as the module docstring defines it, computed in Python."""
+def _expected_next(tasks, labels, skips, holds, annotator_id):
+    """The next task's id as the module docstring defines it, computed in Python; ``holds``
+    maps each annotator id to the task reserved for them."""
+    taken = {task["id"]: sum(1 for task_id, _ in labels if task_id == task["id"])
+             + sum(1 for who, task_id in holds.items() if task_id == task["id"]
+                   and who != annotator_id) for task in tasks}
     candidates = [task for task in tasks if (task["id"], annotator_id) not in labels
-                  and (task["id"], annotator_id) not in skips]
+                  and (task["id"], annotator_id) not in skips
+                  and (task["is_gold"] or taken[task["id"]] < task["required"])]
     if not candidates:
         return None
-    live = {task["id"]: sum(1 for task_id, _ in labels if task_id == task["id"]) for task in tasks}
 
     def order(task):
-        has_its_labels = live[task["id"]] >= task["required"] and not task["is_gold"]
-        position = (task["id"] * TASK_STEP + annotator_id * ANNOTATOR_STEP) % MODULUS
-        return has_its_labels, position, task["id"]
+        return (task["id"] * TASK_STEP + annotator_id * ANNOTATOR_STEP) % MODULUS, task["id"]
 
     return min(candidates, key=order)["id"]
 
@@ -70,27 +72,32 @@ def test_next_task_is_the_defined_one_through_labels_skips_undos_and_gold(store,
     ids = {name: store.get_annotator(name).annotator_id for name in names}
     tasks = [{"id": task_id, "required": required, "is_gold": bool(is_gold)} for
              task_id, required, is_gold in _sql(db_url, "SELECT id, required, is_gold FROM tasks")]
-    labels, skips = set(), set()
+    labels, skips, holds = set(), set(), {}
     rng, served = random.Random(0), {name: [] for name in names}
     for step in range(90):
         name = rng.choice(names)
         task = store.next_task("c", name)
-        expected = _expected_next(tasks, labels, skips, ids[name])
+        expected = _expected_next(tasks, labels, skips, holds, ids[name])
         assert (task and task.task_id) == expected, f"step {step}, {name}"
+        holds.pop(ids[name], None)
         if task is None:
             continue
+        holds[ids[name]] = task.task_id
         action = rng.random()
         if action < 0.15:
-            store.skip(task.task_id, name)
+            store.skip(task.task_id, name, campaign="c")
             skips.add((task.task_id, ids[name]))
+            del holds[ids[name]]
         elif action < 0.25 and served[name]:
             undone = store.undo_last(name, "c")
             labels.discard((undone.task_id, ids[name]))
             served[name].remove(undone.task_id)
         else:
-            store.submit_label(task.task_id, name, f"{name}-{step}", {"choice": "B"})
+            store.submit_label(task.task_id, name, f"{name}-{step}", {"choice": "B"},
+                               campaign="c")
             labels.add((task.task_id, ids[name]))
             served[name].append(task.task_id)
+            del holds[ids[name]]
     for name in names:  # undo aside, never a task twice
         assert len(served[name]) == len(set(served[name]))
     assert set(gold) <= {task_id for task_id, _ in labels}  # gold went to someone early on

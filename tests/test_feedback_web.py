@@ -397,13 +397,13 @@ def test_admin_adds_an_annotator_who_can_sign_in(store):
     client = _signed_in(store, "ada")
     token = _csrf(client.get("/admin").text)
     added = client.post("/admin/annotators", data={"csrf_token": token, "name": "cy",
-                                                   "password": "cy-pass"})
+                                                   "password": "cy-password"})
     assert added.headers["location"] == "/admin"
     assert "added annotator &#39;cy&#39;" in client.get("/admin").text
     assert not store.get_annotator("cy").is_admin
-    assert _login(_client(store), "cy", "cy-pass").status_code == 303
+    assert _login(_client(store), "cy", "cy-password").status_code == 303
     again = client.post("/admin/annotators", data={"csrf_token": token, "name": "cy",
-                                                   "password": "other"})
+                                                   "password": "other-password"})
     assert again.status_code == 409 and "already exists" in again.text
     no_password = client.post("/admin/annotators", data={"csrf_token": token, "name": "dee",
                                                          "password": ""})

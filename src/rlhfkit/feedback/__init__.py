@@ -10,6 +10,9 @@
     agreement.py   how far annotators agree (Cohen's / Fleiss' kappa, Krippendorff's alpha)
                    and how often they match gold answers
     export.py      labels as the datasets that ``sft``, ``reward`` and ``dpo`` read
+    privacy.py     labels without the people: annotators as keyed-hash pseudonyms, dates
+    pii.py         e-mail addresses, phone numbers and names in free text scrubbed (Presidio,
+                   the optional ``pii`` extra)
 
 Only the store needs a database; agreement and export work on records alone.
 """

@@ -12,6 +12,12 @@ Writes on SQLite begin with ``BEGIN IMMEDIATE`` (the ``write`` engine): a transa
 read first and then tries to write could otherwise fail at once with "database is locked",
 since SQLite cannot wait for a lock a reader would need to upgrade. Taking the write lock up
 front makes writers queue on the busy timeout; reads begin plainly and run beside them.
+
+A write that may be lost in a power cut without harm (``LAZY_SYNC``: a task reservation, which
+only holds a task for a while) commits on SQLite without waiting for the disk: ``synchronous =
+NORMAL`` for that transaction (in WAL mode still safe against a crash of the process; the next
+ordinary commit syncs it too). It saves an fsync, about 4 ms on the benchmark machine, on every
+task handed out. (On PostgreSQL ``assign.campaign_lock`` turns ``synchronous_commit`` off.)
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ BUSY_TIMEOUT_S = 30
 CONNECT_TIMEOUT_S = 10
 URL_FORMS = "a file path, sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB"
 _WRITE = "rlhfkit_write"  # execution option: this transaction will write
+LAZY_SYNC = "rlhfkit_lazy_sync"  # execution option: its commit need not wait for the disk
 
 
 def resolve_url(target: str | os.PathLike) -> URL:
@@ -69,6 +76,7 @@ def connect(target: str | os.PathLike) -> tuple[Engine, Engine, str]:
         except OSError as error:
             raise RlhfkitError(f"cannot create the folder of the feedback database "
                                f"{display(url)}: {error}; give another path") from None
+        _create_private(Path(url.database), url)
         engine = _sqlite_engine(url)
     else:
         engine = create_engine(url, pool_pre_ping=True,
@@ -88,6 +96,19 @@ def connect(target: str | os.PathLike) -> tuple[Engine, Engine, str]:
     return engine, engine.execution_options(**{_WRITE: True}), display(url)
 
 
+def _create_private(path: Path, url: URL) -> None:
+    """Create the SQLite file readable and writable by its owner only: it holds password
+    hashes and every label. SQLite gives the -wal and -shm files beside it the same mode. A
+    file that exists keeps the mode its owner gave it."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise RlhfkitError(f"cannot create the feedback database {display(url)}: {error}; "
+                           "give the path of a file you may write") from None
+
+
 def _sqlite_engine(url: URL) -> Engine:
     engine = create_engine(url)
 
@@ -102,7 +123,12 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection) -> None:
-        write = connection.get_execution_options().get(_WRITE, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = connection.get_execution_options()
+        # the level can only change outside a transaction, so each sets its own, when it differs
+        level = "NORMAL" if options.get(LAZY_SYNC, False) else "FULL"
+        if connection.info.get("synchronous") != level:
+            connection.exec_driver_sql(f"PRAGMA synchronous = {level}")
+            connection.info["synchronous"] = level
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE, False) else "BEGIN")
 
     return engine

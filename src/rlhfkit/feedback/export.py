@@ -48,7 +48,9 @@ Every row carries its provenance in columns the loaders keep in ``meta``: ``camp
 label's), and per output shown (``chosen`` / ``rejected`` in pairs, ``output`` elsewhere):
 ``<role>_id``, ``<role>_model``, ``<role>_model_hash``, ``<role>_seed``, ``<role>_generation``,
 ``<role>_created_at``. An sft row also says its ``source`` ("correction" or "chosen"), and a
-correction row keeps the text it corrected as ``output_text``.
+correction row keeps the text it corrected as ``output_text``. To export without the people in
+them, pass the labels through ``rlhfkit.feedback.privacy.pseudonymise`` (annotators as
+pseudonyms, dates for times) and ``rlhfkit.feedback.pii.scrub_records`` first.
 """
 
 from __future__ import annotations

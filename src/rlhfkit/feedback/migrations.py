@@ -28,7 +28,35 @@ from rlhfkit.feedback.schema import Base, SchemaVersion
 
 Migration = Callable[[Connection], None]
 
-MIGRATIONS: list[Migration] = []
+
+def _add_secrets(connection: Connection) -> None:
+    """``secrets`` (``schema.Secret``): keys the store makes for itself."""
+    connection.execute(text("CREATE TABLE secrets (name VARCHAR(100) NOT NULL, "
+                            "value TEXT NOT NULL, PRIMARY KEY (name))"))
+
+
+def _add_session_epoch(connection: Connection) -> None:
+    """``annotators.session_epoch``: signing out and a new password end an account's
+    sessions."""
+    connection.execute(text("ALTER TABLE annotators ADD COLUMN session_epoch INTEGER NOT NULL "
+                            "DEFAULT 0"))
+
+
+def _add_reservations(connection: Connection) -> None:
+    """``reservations`` (``schema.Reservation``): the task each annotator was last offered in a
+    campaign, held for them so that two people are not offered its last place."""
+    connection.execute(text(
+        "CREATE TABLE reservations (campaign_id INTEGER NOT NULL, "
+        "annotator_id INTEGER NOT NULL, task_id INTEGER NOT NULL, "
+        "expires_at TIMESTAMP NOT NULL, "  # naive UTC, as schema.UtcDateTime keeps times
+        "PRIMARY KEY (campaign_id, annotator_id), "
+        "FOREIGN KEY (campaign_id) REFERENCES campaigns (id), "
+        "FOREIGN KEY (annotator_id) REFERENCES annotators (id), "
+        "FOREIGN KEY (task_id) REFERENCES tasks (id))"))
+    connection.execute(text("CREATE INDEX ix_reservations_task_id ON reservations (task_id)"))
+
+
+MIGRATIONS: list[Migration] = [_add_secrets, _add_session_epoch, _add_reservations]
 """Upgrades in order: ``MIGRATIONS[i]`` brings version ``i + 1`` to ``i + 2``."""
 _LOCK_KEY = 0x726C6866_6B697431  # "rlhfkit1": PostgreSQL advisory lock held while upgrading
 

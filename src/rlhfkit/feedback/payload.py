@@ -13,7 +13,9 @@ its own answer, and any kind may carry a free-text note (``critique``) and ``fla
 A field outside its kind's list is refused rather than dropped: an answer that is silently
 lost is worse than a form that has to be fixed. Texts are kept exactly as typed (whitespace
 too); they must hold something besides whitespace, and no NUL character, which PostgreSQL's
-``text`` cannot store (refused on SQLite too, so both stores accept the same labels).
+``text`` cannot store (refused on SQLite too, so both stores accept the same labels), and be
+valid Unicode: a lone surrogate (``"\ud800"``, which JSON can spell) has no UTF-8 form, so
+neither database could store it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ NOTE_FIELDS = ("critique", "flags")
 GOLD_KINDS = ("pairwise", "ranking", "rating")
 """Kinds whose answer can be checked against a known one (``agreement.gold_accuracy``)."""
 REQUEST_ID_MAX = 100
+ID_MAX = 2**63 - 1
+"""The largest row id: ids are signed 64-bit integers in SQLite and PostgreSQL alike."""
 
 
 class PayloadError(RlhfkitError):
@@ -113,6 +117,7 @@ def check_text(field: str, value: Any, *, blank_ok: bool = False) -> str:
     if "\x00" in value:
         raise PayloadError(f"{field} holds a NUL character (\\x00), which the store cannot "
                            "keep: remove it")
+    _check_unicode(field, value)
     return value
 
 
@@ -121,7 +126,18 @@ def check_request_id(request_id: Any) -> str:
     if not isinstance(request_id, str) or not 0 < len(request_id) <= REQUEST_ID_MAX:
         raise PayloadError(f"request_id {request_id!r} must be a string of 1 to "
                            f"{REQUEST_ID_MAX} characters, new for each submission")
+    _check_unicode("request_id", request_id)
     return request_id
+
+
+def _check_unicode(field: str, value: str) -> None:
+    """Refuse text with no UTF-8 form (a lone surrogate), naming where it is."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise PayloadError(f"{field} holds {value[error.start]!r} at character {error.start}, "
+                           "half of a UTF-16 surrogate pair and not a character: send valid "
+                           "UTF-8 text") from None
 
 
 def _choice(value: Any, n_outputs: int) -> str:

@@ -4,8 +4,10 @@
         │                        ▲ tasks.output_ids, in display order
         └───────< tasks ─────────┘
                     ├──< labels >── annotators
-                    └──< skips  >── annotators
+                    ├──< skips  >── annotators
+                    └──< reservations >── annotators   (the task each was last offered)
     schema_version: one row, the version of these tables (``rlhfkit.feedback.migrations``)
+    secrets: keys the store makes for itself (the HMAC key of export pseudonyms)
 
 Outputs keep everything needed to reproduce them (model path, weights hash, generation
 settings, seed, time), so a label can always be traced to the model version it judged. A task
@@ -15,6 +17,9 @@ order. Two constraints carry the store's promises, whatever the web app does:
 - ``labels.request_id`` is unique: a retried or double-clicked submission is stored once;
 - one live (not undone) label per annotator and task, a partial unique index (SQLite and
   PostgreSQL both have them): two tabs cannot label the same task twice.
+- one reservation per annotator and campaign (its primary key): the task the studio offered
+  them last, which counts against the task's ``required`` until it expires
+  (``rlhfkit.feedback.assign``).
 
 Times are stored as naive UTC (``UtcDateTime``): SQLite has no time zones, and one convention
 on both databases gives the same ISO 8601 strings back from either.
@@ -98,6 +103,9 @@ class Annotator(Base):
     name: Mapped[str] = mapped_column(String(NAME_MAX), unique=True)
     password_hash: Mapped[str] = mapped_column(Text)
     is_admin: Mapped[bool] = mapped_column(default=False)
+    session_epoch: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    """Raised to end the account's sessions (signing out, a new password): the studio's
+    cookies carry the epoch they were made in and are refused once it has moved on."""
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 
@@ -179,3 +187,27 @@ class Skip(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class Reservation(Base):
+    """The task an annotator was last offered in a campaign, held for them until ``expires_at``:
+    while it is held, nobody else is offered it beyond the task's ``required``."""
+
+    __tablename__ = "reservations"
+
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    expires_at: Mapped[datetime]
+
+
+class Secret(Base):
+    """A random key the store made for itself, by name: ``pseudonym_key`` keys the HMAC that
+    pseudonymous exports name annotators by (``rlhfkit.feedback.privacy``). Kept in the database
+    so that the CLI and every web worker use one key without a file to share or lose."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    """Hex."""

@@ -7,8 +7,8 @@
     a = store.add_output(prompt, text, model="runs/sft", model_hash=digest, seed=0)
     b = store.add_output(prompt, other_text, model="runs/sft", model_hash=digest, seed=1)
     store.add_task("round-1", "pairwise", [a, b])
-    task = store.next_task("round-1", "ada")
-    store.submit_label(task.task_id, "ada", request_id, {"choice": "A"})
+    task = store.next_task("round-1", "ada")  # offered and reserved for ada
+    store.submit_label(task.task_id, "ada", request_id, {"choice": "A"}, campaign="round-1")
     store.label_records("round-1")          # for rlhfkit.feedback.agreement and .export
 
 SQLite by default, PostgreSQL by URL (``rlhfkit.feedback.engine``). Every method is one
@@ -22,6 +22,10 @@ row (the second insert fails and finds the first). Undo keeps the label, marked 
 Which task an annotator gets next, and how many annotators each task needs (the campaign's
 overlap ratio), is decided in ``rlhfkit.feedback.assign``; gold tasks, with a known answer,
 are made so by ``add_task(gold=...)`` or later by ``set_gold``, and go to every annotator.
+``next_task`` reserves the task it offers, and ``submit_label`` / ``skip`` given the campaign
+(as the studio calls them) take only the task offered, while it has a place: what a client
+posts cannot label another campaign's task, an unoffered one, or one past its count.
+``transaction()`` makes several calls one transaction (``label init`` writes a campaign whole).
 """
 
 from __future__ import annotations
@@ -31,18 +35,30 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
+from secrets import token_hex
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy import text as sql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rlhfkit.errors import ConfigError, RlhfkitError
-from rlhfkit.feedback.assign import annotators_needed, next_task_query, renumber_unlabelled
-from rlhfkit.feedback.engine import connect
+from rlhfkit.feedback.assign import (
+    HOLD_S,
+    annotators_needed,
+    campaign_lock,
+    has_a_place,
+    next_task_query,
+    places_taken,
+    renumber_unlabelled,
+    reserve,
+)
+from rlhfkit.feedback.engine import LAZY_SYNC, connect
 from rlhfkit.feedback.migrations import upgrade
 from rlhfkit.feedback.payload import (
+    ID_MAX,
     PayloadError,
     check_gold,
     check_label,
@@ -58,6 +74,8 @@ from rlhfkit.feedback.schema import (
     Label,
     Output,
     Prompt,
+    Reservation,
+    Secret,
     Skip,
     Task,
     utc_now,
@@ -83,6 +101,15 @@ class ConflictError(RlhfkitError):
     """A write that clashes with what is stored: a name taken, a task already labelled."""
 
 
+class NotAllowedError(RlhfkitError):
+    """A label or skip of a task the studio did not offer this annotator, or with no place left."""
+
+
+_SHARED: ContextVar[tuple[Store, Session] | None] = ContextVar("rlhfkit_store_transaction",
+                                                                default=None)
+"""The store and session of the ``Store.transaction()`` the current thread runs in, if any."""
+
+
 def open_store(target: str | os.PathLike) -> Store:
     """Open the store at a path, directory or URL, creating or upgrading its tables."""
     engine, write_engine, shown_url = connect(target)
@@ -99,6 +126,7 @@ class Store:
 
     def __init__(self, engine: Engine, write_engine: Engine, url: str):
         self._engine, self._write_engine, self.url = engine, write_engine, url
+        self._reserve_engine = write_engine.execution_options(**{LAZY_SYNC: True})
 
     def close(self) -> None:
         self._engine.dispose()
@@ -135,7 +163,28 @@ class Store:
             row = session.scalars(select(Annotator).where(Annotator.name == name)).one_or_none()
             if row is None:
                 return None
-            return AnnotatorInfo(row.id, row.name, row.password_hash, row.is_admin)
+            return AnnotatorInfo(row.id, row.name, row.password_hash, row.is_admin,
+                                 row.session_epoch)
+
+    def set_password(self, name: str, password_hash: str) -> int:
+        """A new password for the account (hash it first); ends its sessions as
+        ``end_sessions`` does and returns the new epoch."""
+        with self._write() as session:
+            row = self._annotator(session, name)
+            row.password_hash = check_text("password_hash", password_hash)
+            return self._next_epoch(session, row)
+
+    def end_sessions(self, name: str) -> int:
+        """Ends every session of the account, wherever it signed in: raises its session epoch,
+        which the studio's cookies must match. Returns the new epoch."""
+        with self._write() as session:
+            return self._next_epoch(session, self._annotator(session, name))
+
+    def _next_epoch(self, session: Session, row: Annotator) -> int:
+        row.session_epoch = Annotator.session_epoch + 1  # in SQL: concurrent raises both count
+        session.flush()
+        session.refresh(row, ["session_epoch"])
+        return row.session_epoch
 
     def add_prompt(self, campaign: str, text: str, meta: Mapping[str, Any] | None = None) -> int:
         prompt = Prompt(text=check_text("prompt text", text), meta=_json_object("meta", meta))
@@ -247,66 +296,106 @@ class Store:
 
     # --- labelling -------------------------------------------------------------------------------
 
-    def next_task(self, campaign: str, annotator: str) -> TaskView | None:
-        """The annotator's next task (``assign.next_task_query``), or None when none is left."""
+    def next_task(self, campaign: str, annotator: str, *,
+                  hold_s: float = HOLD_S) -> TaskView | None:
+        """The annotator's next task (``assign.next_task_query``), reserved for them for
+        ``hold_s`` seconds, or None when none is left.
+
+        The query runs first without the campaign's lock, beside other work; then, holding it
+        (``assign.campaign_lock``), the task found is checked to still have a place for them
+        and reserved, so what is reserved is true when written. Only if the place went
+        meanwhile does the query run again, under the lock. Holding the lock for the check and
+        not the query lets assignments of one campaign run side by side on PostgreSQL."""
         with self._read() as session:
             row = self._campaign(session, campaign)
             who = self._annotator(session, annotator)
-            task_id = session.scalar(next_task_query(row.id, who.id))
+            found = session.scalar(next_task_query(row.id, who.id, utc_now()))
+        with self._write(lazy_sync=True) as session:
+            campaign_lock(session, row.id, lazy_commit=True)
+            now = utc_now()
+            task_id = found
+            if task_id is None or not has_a_place(session, task_id, who.id, now):
+                task_id = session.scalar(next_task_query(row.id, who.id, now))
+            reserve(session, row.id, who.id, task_id, now, hold_s)
             if task_id is None:
                 return None
-            task = session.get(Task, task_id)
-            prompt = session.get(Prompt, task.prompt_id)
-            return TaskView(task.id, row.name, task.kind, prompt.text,
-                            _outputs(session, task.output_ids))
+            kind, output_ids, prompt = session.execute(
+                select(Task.kind, Task.output_ids, Prompt.text)
+                .join(Prompt, Prompt.id == Task.prompt_id).where(Task.id == task_id)).one()
+            return TaskView(task_id, row.name, kind, prompt, _outputs(session, output_ids))
 
     def submit_label(self, task_id: int, annotator: str, request_id: str,
-                     payload: Mapping[str, Any]) -> tuple[int, bool]:
+                     payload: Mapping[str, Any], *,
+                     campaign: str | None = None) -> tuple[int, bool]:
         """Store a label; return its id and whether this call created it.
 
         A second call with the same ``request_id`` (a retry, a double click), even one running
         at the same moment, returns the first label's id and False. A bad payload raises
         ``PayloadError`` and writes nothing; a second label by the same annotator on the same
         task raises ``ConflictError`` (undo the first).
+
+        With ``campaign``, as the studio calls it, the label must be one the studio served: a
+        task of that campaign (else ``NotFoundError``), the one ``next_task`` last offered the
+        annotator there, not skipped, and with a place left: gold, or fewer live labels and
+        other people's live reservations than it requires (else ``NotAllowedError``). An
+        annotator may not label a task of the campaign they were not offered: the assignment,
+        not the client, decides who labels what. Without ``campaign`` (scripts and tools that
+        own the database) any task may be labelled.
         """
         request_id = check_request_id(request_id)
         try:
             with self._write() as session:
-                task = _get(session, Task, task_id)
+                who = self._annotator(session, annotator)
+                if campaign is None:
+                    task = _get(session, Task, task_id)
+                else:
+                    row = self._campaign(session, campaign)
+                    campaign_lock(session, row.id)
+                    repeat = _repeated(session, request_id, task_id, who.id)
+                    if repeat is not None:
+                        return repeat, False
+                    task = _task_of(session, row, task_id)
                 fields = check_label(task.kind, len(task.output_ids), payload)
-                label = Label(task_id=task.id, annotator_id=self._annotator(session, annotator).id,
+                if campaign is not None:
+                    _check_served(session, row, task, who, "label")
+                label = Label(task_id=task.id, annotator_id=who.id,
                               request_id=request_id, choice=fields.choice,
                               ranking=None if fields.ranking is None else list(fields.ranking),
                               rating=fields.rating, thumbs=fields.thumbs, critique=fields.critique,
                               correction=fields.correction, flags=list(fields.flags))
                 session.add(label)
                 session.flush()
+                _release(session, task.id, who.id)
                 return label.id, True
         except IntegrityError as error:
             clash = error  # the request id, or a live label on this task, is already stored
         with self._read() as session:
             who = self._annotator(session, annotator)
-            stored = session.scalars(select(Label).where(Label.request_id == request_id)).first()
-            if stored is not None and (stored.task_id, stored.annotator_id) == (task_id, who.id):
-                return stored.id, False
-            if stored is not None:
-                raise ConflictError(f"request_id {request_id!r} was already used for label "
-                                    f"{stored.id} on task {stored.task_id}: send a new "
-                                    "request_id with each submission")
-            live = session.scalars(select(Label.id).where(
-                Label.task_id == task_id, Label.annotator_id == who.id,
-                Label.undone_at.is_(None))).first()
-            if live is not None:
-                raise ConflictError(f"{annotator!r} has already labelled task {task_id} (label "
-                                    f"{live}): undo that label to label the task again")
+            repeat = _repeated(session, request_id, task_id, who.id)
+            if repeat is not None:
+                return repeat, False
+            _check_not_labelled(session, task_id, who)
         raise clash
 
-    def skip(self, task_id: int, annotator: str) -> None:
-        """Never offer this task to this annotator again (skipping twice is harmless)."""
+    def skip(self, task_id: int, annotator: str, *, campaign: str | None = None) -> None:
+        """Never offer this task to this annotator again (skipping twice is harmless).
+
+        With ``campaign`` (the studio) only the task last offered them there may be skipped,
+        as ``submit_label`` says."""
         try:
             with self._write() as session:
-                session.add(Skip(task_id=_get(session, Task, task_id).id,
-                                 annotator_id=self._annotator(session, annotator).id))
+                who = self._annotator(session, annotator)
+                if campaign is None:
+                    task = _get(session, Task, task_id)
+                else:
+                    row = self._campaign(session, campaign)
+                    campaign_lock(session, row.id)
+                    task = _task_of(session, row, task_id)
+                    if _skipped(session, task.id, who.id):
+                        return
+                    _check_served(session, row, task, who, "skip")
+                _release(session, task.id, who.id)
+                session.add(Skip(task_id=task.id, annotator_id=who.id))
         except IntegrityError:
             with self._read() as session:
                 who = self._annotator(session, annotator)
@@ -432,16 +521,53 @@ class Store:
                                                        Task.is_gold)).all()
             return {task.id: gold_in_output_ids(task) for task in tasks}
 
+    def secret(self, name: str) -> bytes:
+        """The store's random 32-byte key called ``name``, made on first use and kept (the HMAC
+        key of export pseudonyms, ``rlhfkit.feedback.privacy``)."""
+        with self._read() as session:
+            row = session.get(Secret, name)
+        if row is None:
+            try:
+                with self._write() as session:
+                    session.add(Secret(name=name, value=token_hex(32)))
+            except IntegrityError:
+                pass  # another process made it a moment ago: everyone must use that one
+            with self._read() as session:
+                row = session.get(Secret, name)
+        return bytes.fromhex(row.value)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """Make the store calls this thread makes inside one transaction: all are stored when
+        the block ends, none if it raises (``label init`` writes a campaign whole)."""
+        with self._write() as session:
+            token = _SHARED.set((self, session))
+            try:
+                yield self
+            finally:
+                _SHARED.reset(token)
+
     # --- helpers ---------------------------------------------------------------------------------
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
+        shared = _SHARED.get()
+        if shared is not None and shared[0] is self:
+            yield shared[1]
+            return
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             yield session
 
     @contextmanager
-    def _write(self) -> Iterator[Session]:
-        with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+    def _write(self, lazy_sync: bool = False) -> Iterator[Session]:
+        """A write transaction; ``lazy_sync`` for one that writes only reservations, which a
+        power cut may lose without harm (``engine.LAZY_SYNC``)."""
+        shared = _SHARED.get()
+        if shared is not None and shared[0] is self:
+            yield shared[1]
+            return
+        engine = self._reserve_engine if lazy_sync else self._write_engine
+        with Session(engine, expire_on_commit=False) as session, session.begin():
             yield session
 
     def _details(self, session: Session, campaign: str, task: Task) -> TaskDetails:
@@ -482,10 +608,74 @@ class Store:
 
 
 def _get(session: Session, model: type, row_id: int) -> Any:
-    row = session.get(model, row_id) if type(row_id) is int else None
+    # ids are signed 64-bit in both databases: a larger int would overflow the driver (a 500)
+    row = session.get(model, row_id) if type(row_id) is int and 0 < row_id <= ID_MAX else None
     if row is None:
         raise NotFoundError(f"no {model.__tablename__[:-1]} with id {row_id!r}")
     return row
+
+
+def _check_served(session: Session, campaign: Campaign, task: Task, who: Annotator,
+                  action: str) -> None:
+    """Raise ``ConflictError`` or ``NotAllowedError``, naming why, unless ``who`` may
+    ``action`` ("label" or "skip") the campaign's ``task`` now (``Store.submit_label``).
+    Passing on a task needs no place on it."""
+    _check_not_labelled(session, task.id, who)
+    if _skipped(session, task.id, who.id):
+        raise NotAllowedError(f"task {task.id}: {who.name!r} skipped it, so it is not theirs "
+                              "to label; take the task the studio offers next")
+    held = session.get(Reservation, (campaign.id, who.id))
+    if held is None or held.task_id != task.id:
+        raise NotAllowedError(f"task {task.id} was not offered to {who.name!r}: {action} the "
+                              "task the studio offers (GET /api/next or the label page)")
+    if action == "label" and not task.is_gold and (
+            places_taken(session, task, who.id, utc_now()) >= task.required):
+        raise NotAllowedError(f"task {task.id} already has the {task.required} label(s) it "
+                              "needs (your hold on it had expired): take the next task")
+
+
+def _task_of(session: Session, campaign: Campaign, task_id: Any) -> Task:
+    """Task ``task_id`` of ``campaign``; one of another campaign is "not found" too."""
+    task = _get(session, Task, task_id) if type(task_id) is int and task_id > 0 else None
+    if task is None or task.campaign_id != campaign.id:
+        raise NotFoundError(f"task_id {task_id!r}: campaign {campaign.name!r} has no such task; "
+                            "label the task the studio offers you")
+    return task
+
+
+def _repeated(session: Session, request_id: str, task_id: Any, annotator_id: int) -> int | None:
+    """The id of the label this request already stored for this task and annotator (a retry),
+    None if the request id is new; ``ConflictError`` if another submission used it."""
+    stored = session.execute(select(Label.id, Label.task_id, Label.annotator_id)
+                             .where(Label.request_id == request_id)).first()
+    if stored is None:
+        return None
+    if (stored.task_id, stored.annotator_id) != (task_id, annotator_id):
+        # whose label and which task it was is not the sender's business
+        raise ConflictError(f"request_id {request_id!r} is already used: send a new "
+                            "request_id with each submission")
+    return stored.id
+
+
+def _check_not_labelled(session: Session, task_id: Any, who: Annotator) -> None:
+    live = session.scalars(select(Label.id).where(
+        Label.task_id == task_id, Label.annotator_id == who.id,
+        Label.undone_at.is_(None))).first() if type(task_id) is int else None
+    if live is not None:
+        raise ConflictError(f"{who.name!r} has already labelled task {task_id} (label "
+                            f"{live}): undo that label to label the task again")
+
+
+def _release(session: Session, task_id: int, annotator_id: int) -> None:
+    """Drop the annotator's hold on a task they answered or passed: the next ``next_task``
+    reserves anew, and meanwhile the place is not counted twice (label and hold)."""
+    session.execute(delete(Reservation).where(Reservation.task_id == task_id,
+                                              Reservation.annotator_id == annotator_id))
+
+
+def _skipped(session: Session, task_id: int, annotator_id: int) -> bool:
+    return session.scalars(select(Skip.id).where(
+        Skip.task_id == task_id, Skip.annotator_id == annotator_id)).first() is not None
 
 
 def _name(field: str, name: Any) -> str:

@@ -56,6 +56,8 @@ class AnnotatorInfo:
     name: str
     password_hash: str
     is_admin: bool
+    session_epoch: int = 0
+    """Session cookies stamped with another epoch are refused (``Store.end_sessions``)."""
 
 
 @dataclass(frozen=True)

@@ -187,15 +187,17 @@ def init(cfg: InitConfig) -> None:
                 plan.pairs = list(itertools.combinations(range(n), 2))
             source = f"sampled: {n} per prompt from {cfg.model.path}"
 
-    # 3. the campaign, written once everything is in hand
+    # 3. the campaign, written once everything is in hand, in one transaction: an output the
+    #    store refuses (say a NUL in an imported text) leaves no half-made campaign behind
     kinds = _split_kinds(cfg.kinds)
     with open_campaign(cfg, new=True) as store:
-        try:
-            store.create_campaign(cfg.campaign, task_kinds=kinds, overlap=cfg.overlap,
-                                  overlap_annotators=cfg.overlap_annotators)
-        except ConflictError as error:  # made by someone else while we sampled
-            raise ConfigError(f"--campaign = {cfg.campaign!r}: {error}") from None
-        tasks = store_plans(store, cfg.campaign, plans, kinds, random.Random(cfg.seed))
+        with store.transaction():
+            try:
+                store.create_campaign(cfg.campaign, task_kinds=kinds, overlap=cfg.overlap,
+                                      overlap_annotators=cfg.overlap_annotators)
+            except ConflictError as error:  # made by someone else while we sampled
+                raise ConfigError(f"--campaign = {cfg.campaign!r}: {error}") from None
+            tasks = store_plans(store, cfg.campaign, plans, kinds, random.Random(cfg.seed))
         url = store.url
     outputs = sum(len(plan.outputs) for plan in plans)
     print(f"campaign {cfg.campaign!r} in {url}: {len(plans)} prompts, {outputs} outputs "
@@ -258,7 +260,8 @@ def next_round(cfg: NextRoundConfig) -> None:
         for plan, drafts in zip(plans, new, strict=True):
             plan.outputs.append(drafts[0])
             plan.pairs = [(0, 1)]
-        tasks = store_plans(store, cfg.campaign, plans, settings.task_kinds, rng)
+        with store.transaction():  # the whole round or, if the store refuses part, none of it
+            tasks = store_plans(store, cfg.campaign, plans, settings.task_kinds, rng)
     print(f"round {this_round} of campaign {cfg.campaign!r}: {len(plans)} prompts, each a new "
           f"output of {cfg.model.path} against round {previous}; {_tasks_summary(tasks)}")
     print(f"next: rlhfkit label serve --campaign {cfg.campaign}{db_flag(cfg)}")

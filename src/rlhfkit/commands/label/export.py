@@ -28,12 +28,25 @@ class ExportConfig(CampaignOptions):
     """Also export labels of gold tasks (the campaign's quality checks)."""
     include_flagged: bool = False
     """Also make chosen, desirable and sft rows from outputs a label flagged."""
+    pseudonymise: bool = False
+    """Name annotators by pseudonyms (ann-..., a keyed hash, the same throughout the campaign),
+    give dates instead of times, and replace sign-in names written in critiques and corrections
+    (docs/privacy.md)."""
+    scrub_pii: bool = False
+    """Replace e-mail addresses and phone numbers in critiques and corrections by placeholders,
+    and names too with --pii_model (needs pip install 'rlhfkit[pii]')."""
+    pii_model: str = ""
+    """spaCy pipeline that finds names for --scrub_pii: an installed package (en_core_web_lg) or
+    a folder (empty = names are not scrubbed)."""
 
     def check(self) -> Iterable[Problem]:
         yield from CampaignOptions.check(self)
         problem = _output_problem(self.output, self.overwrite)
         if problem:
             yield Problem("output", self.output, problem)
+        if self.pii_model and not self.scrub_pii:
+            yield Problem("pii_model", self.pii_model, "is used by --scrub_pii only; pass "
+                          "--scrub_pii too, or drop --pii_model")
 
 
 def _output_problem(output: str, overwrite: bool) -> str | None:
@@ -52,9 +65,15 @@ def _output_problem(output: str, overwrite: bool) -> str | None:
 def export(cfg: ExportConfig) -> None:
     from rlhfkit.feedback.export import export as export_labels
     from rlhfkit.feedback.export import write_export
+    from rlhfkit.feedback.privacy import campaign_records
 
+    scrubber = _scrubber(cfg)  # before the database: a missing extra fails first
     with open_campaign(cfg) as store:
-        records = store.label_records(cfg.campaign)
+        records, mentions = campaign_records(store, cfg.campaign, pseudonymous=cfg.pseudonymise)
+    if scrubber is not None:
+        from rlhfkit.feedback.pii import scrub_records
+
+        records = scrub_records(records, scrubber)
     result = export_labels(records, cfg.format, include_gold=cfg.include_gold,
                            include_flagged=cfg.include_flagged)
     skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(result.skipped.items()))
@@ -68,3 +87,19 @@ def export(cfg: ExportConfig) -> None:
     write_export(os.path.expanduser(cfg.output), result.rows)
     print(f"wrote {len(result.rows)} {cfg.format} rows from {len(records)} labels to "
           f"{cfg.output}" + (f"; skipped: {skipped}" if skipped else ""))
+    if cfg.pseudonymise:
+        print(f"pseudonymised: annotators as ann-... (stable within {cfg.campaign!r}), dates "
+              f"instead of times, {mentions} sign-in names in free text replaced")
+    if scrubber is not None:
+        replaced = ", ".join(f"{entity} {count}" for entity, count
+                             in sorted(scrubber.replaced.items())) or "nothing found"
+        print(f"scrubbed critiques and corrections: {replaced}; looked for "
+              f"{scrubber.describe()}")
+
+
+def _scrubber(cfg: ExportConfig):
+    if not cfg.scrub_pii:
+        return None
+    from rlhfkit.feedback.pii import PiiScrubber
+
+    return PiiScrubber(cfg.pii_model)

@@ -6,7 +6,8 @@
 
     app.py         the routes (FastAPI, server-rendered Jinja2 pages, a small JSON API)
     admin.py       the admins' routes: progress, agreement, exports, accounts, overlap, gold
-    auth.py        argon2id passwords, CSRF tokens, the login rate limit
+    auth.py        argon2id passwords, CSRF tokens, the sign-in limits and the bound on
+                   password checks running at once
     forms.py       a posted task form as a label payload
     templates/     the pages; static/  their CSS and keyboard shortcuts, served by the app
                    (no CDN: it works offline)

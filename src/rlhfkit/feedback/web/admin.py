@@ -3,7 +3,9 @@ campaign's overlap ratio and gold tasks.
 
     GET  /admin                          progress per annotator, agreement, gold accuracy
     GET  /admin/export?as=pairs|...      a JSONL download (``export.export_rows``)
+         ...&pseudonymise=1              ... with annotators as pseudonyms (``privacy``)
     POST /admin/annotators               a new account
+    POST /admin/password                 a new password for an account (ends its sessions)
     POST /admin/overlap                  a new overlap ratio (``Store.set_overlap``)
     GET  /admin/tasks[?task=N]           task N (default: the first) as annotators see it
     GET  /admin/tasks/N                  ... with its gold answer, and a form to set it
@@ -23,7 +25,8 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.feedback.agreement import agreement_report
 from rlhfkit.feedback.export import EXPORTS, export_rows
 from rlhfkit.feedback.payload import GOLD_KINDS, PayloadError
-from rlhfkit.feedback.store import ConflictError
+from rlhfkit.feedback.privacy import campaign_records
+from rlhfkit.feedback.store import ConflictError, NotFoundError
 from rlhfkit.feedback.views import AnnotatorInfo
 from rlhfkit.feedback.web.app import (
     ERROR_STATUS,
@@ -35,8 +38,9 @@ from rlhfkit.feedback.web.app import (
     see_other,
     studio,
 )
-from rlhfkit.feedback.web.auth import hash_password
+from rlhfkit.feedback.web.auth import MIN_PASSWORD, hash_password, password_problem
 from rlhfkit.feedback.web.forms import label_payload
+from rlhfkit.feedback.web.limits import task_number
 
 router = APIRouter()
 
@@ -51,10 +55,15 @@ def download(request: Request, who: Admin) -> Response:
     form = request.query_params.get("as", "")
     if form not in EXPORTS:
         raise Refused(400, f"export as {form!r}: choose one of {', '.join(EXPORTS)}")
+    pseudonymous = request.query_params.get("pseudonymise", "")
+    if pseudonymous not in ("", "0", "1"):
+        raise Refused(400, f"pseudonymise={pseudonymous!r}: give 1 (annotators as pseudonyms, "
+                      "dates instead of times) or 0")
     store, campaign = studio(request).store, current_campaign(request)
-    lines = [json.dumps(row, ensure_ascii=False) + "\n"
-             for row in export_rows(store.label_records(campaign), form)]
-    filename = f"{campaign}-{form}.jsonl".replace('"', "")
+    records = campaign_records(store, campaign, pseudonymous=pseudonymous == "1").records
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in export_rows(records, form)]
+    suffix = "-pseudonymised" if pseudonymous == "1" else ""
+    filename = f"{campaign}-{form}{suffix}.jsonl".replace('"', "")
     return Response("".join(lines), media_type="application/x-ndjson",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
@@ -62,14 +71,33 @@ def download(request: Request, who: Admin) -> Response:
 @router.post("/admin/annotators")
 def add_annotator(request: Request, who: Admin, form: CheckedForm) -> Response:
     name, password = str(form.get("name", "")), str(form.get("password", ""))
-    if not password:
-        return _admin_page(request, who, status=422, error="give the new account a password")
+    problem = password_problem(password)
+    if problem:
+        return _admin_page(request, who, status=422, error=f"password: {problem}")
     try:
         studio(request).store.add_annotator(name, hash_password(password),
                                             is_admin=form.get("is_admin") == "on")
     except (PayloadError, ConflictError) as error:
         return _admin_page(request, who, status=ERROR_STATUS[type(error)], error=str(error))
     request.session["notice"] = f"added annotator {name!r}"
+    return see_other("/admin")
+
+
+@router.post("/admin/password")
+def set_password(request: Request, who: Admin, form: CheckedForm) -> Response:
+    """A new password for the named account; its sessions end, so a leaked password or
+    cookie stops working. An admin who changes their own keeps this session."""
+    name, password = str(form.get("name", "")), str(form.get("password", ""))
+    problem = password_problem(password)
+    if problem:
+        return _admin_page(request, who, status=422, error=f"password: {problem}")
+    try:
+        epoch = studio(request).store.set_password(name, hash_password(password))
+    except NotFoundError as error:
+        return _admin_page(request, who, status=404, error=str(error))
+    if name == who.name:
+        request.session["epoch"] = epoch
+    request.session["notice"] = f"new password for {name!r}: their other sessions have ended"
     return see_other("/admin")
 
 
@@ -92,10 +120,11 @@ def set_overlap(request: Request, who: Admin, form: CheckedForm) -> Response:
 @router.get("/admin/tasks")
 def find_task(request: Request, who: Admin) -> Response:
     number = request.query_params.get("task", "").strip()
-    if number and not number.isdigit():
-        raise Refused(400, f"task {number!r} is not a task number: give a whole number")
+    if number and task_number(number) is None:
+        raise Refused(400, f"task {number!r} is not a task number: give a whole number in "
+                           "ASCII digits")
     details = studio(request).store.task_details(current_campaign(request),
-                                                 int(number) if number else None)
+                                                 task_number(number) if number else None)
     return see_other(f"/admin/tasks/{details.task.task_id}")
 
 
@@ -124,7 +153,7 @@ def _admin_page(request: Request, who: AnnotatorInfo, *, status: int = 200,
     return page(request, "admin.html", status=status, who=who, campaign=campaign,
                 progress=store.progress(campaign), report=report, gold=gold, exports=EXPORTS,
                 settings=store.campaign_settings(campaign), gold_tasks=store.gold_tasks(campaign),
-                error=error)
+                error=error, min_password=MIN_PASSWORD)
 
 
 def _task_page(request: Request, who: AnnotatorInfo, task_id: int, *, status: int = 200,

@@ -34,7 +34,9 @@ def label_payload(form: FormData) -> dict[str, Any]:
         payload["ranking"] = _ranking(form)
     if form.get("rating"):
         rating = str(form["rating"])
-        payload["rating"] = int(rating) if rating.isdigit() else rating  # a word is refused
+        # ASCII digits only: isdigit() also takes "²" (int() fails) and "١" (int() reads 1)
+        number = rating.isascii() and rating.isdigit() and len(rating) < 4
+        payload["rating"] = int(rating) if number else rating  # anything else is refused
     if form.get("thumbs"):
         payload["thumbs"] = THUMBS.get(str(form["thumbs"]), form["thumbs"])
     if "correction" in form:
