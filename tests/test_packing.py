@@ -68,8 +68,15 @@ def test_packed_hidden_states_and_gradients_equal_the_padded_ones(side):
     assert (packing.place[mask.bool()] == torch.arange(int(mask.sum()))).all()
     torch.testing.assert_close(hidden, padded_real, rtol=1e-5, atol=1e-5)
     hidden.square().sum().backward()
-    for got, want in zip((p.grad for p in model.parameters()), padded_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # The two layouts sum in other orders, so each parameter's gradient is compared as a whole:
+    # element by element, on a 2-core AMD EPYC 2 of 7,136 differed by up to 9e-5 (1.4e-4
+    # relative), past the 1e-5 that held on an Intel Xeon. Whole gradients there: at most 3e-7
+    # relative error with right padding, 3.9e-5 with left (the q/k projections, whose gradient
+    # passes through softmax's backward). A packing fault (attention across sequences, a
+    # wrong position) is off by orders of magnitude more.
+    errors = {name: float((param.grad - want).norm() / want.norm().clamp(min=1e-12))
+              for (name, param), want in zip(model.named_parameters(), padded_grads, strict=True)}
+    assert max(errors.values()) < 1e-3, errors
     assert model.config._attn_implementation == "sdpa"  # restored for every other forward
 
 
