@@ -103,7 +103,7 @@ def _create_private(path: Path, url: URL) -> None:
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
-        pass
+        pass  # an existing database keeps the mode its owner chose; nothing to create
     except OSError as error:
         raise RlhfkitError(f"cannot create the feedback database {display(url)}: {error}; "
                            "give the path of a file you may write") from None
