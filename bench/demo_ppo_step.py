@@ -88,9 +88,10 @@ def child(args: argparse.Namespace) -> None:
 
     import torch
 
-    from rlhfkit import critic, models, runs
+    from rlhfkit import models
     from rlhfkit.commands import demo
-    from rlhfkit.train import online, ppo
+    from rlhfkit.models import critic
+    from rlhfkit.train import kit, ppo, runs
 
     base = demo.Config()
     cfg = replace(base, reward="sentiment", steps=args.warmup + args.steps,
@@ -113,7 +114,7 @@ def child(args: argparse.Namespace) -> None:
                 seconds[phase] += time.perf_counter() - started
         return wrapper
 
-    for owner, name, phase in ((online, "sample", "sample"), (online, "score", "reward"),
+    for owner, name, phase in ((kit, "sample", "sample"), (kit, "score", "reward"),
                                (models, "token_logprobs", "policy forwards"),
                                (critic.PolicyValueHead, "evaluate", "policy forwards"),
                                (critic.ValueModel, "forward", "critic forward"),

@@ -62,7 +62,8 @@ def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path):
 
 
 def run_rlhfkit(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -> None:
-    from rlhfkit.train import dpo, sequences
+    from rlhfkit.data import sequences
+    from rlhfkit.train import dpo
 
     collate = sequences.collate
 

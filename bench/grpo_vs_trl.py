@@ -93,9 +93,8 @@ def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path, p
 
 
 def run_rlhfkit(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -> None:
-    from rlhfkit import runs
     from rlhfkit.data.files import write_jsonl
-    from rlhfkit.train import grpo
+    from rlhfkit.train import grpo, runs
 
     prompts = Path(args.scratch) / "prompts.jsonl"
     write_jsonl(prompts, ({"prompt": prompt} for prompt in bench_prompts(args)))

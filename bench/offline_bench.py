@@ -202,7 +202,7 @@ def tick_rlhfkit_steps(clock: common.StepClock) -> None:
 
     ``offline.fit`` logs one row per step right after the optimiser step (``log.every`` 1),
     the only rows with a "loss" (held-out rows have "eval/..." keys)."""
-    from rlhfkit import runs
+    from rlhfkit.train import runs
 
     log_metrics = runs.Run.log
 

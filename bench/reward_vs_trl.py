@@ -62,7 +62,7 @@ def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path):
 
 
 def run_rlhfkit(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -> None:
-    from rlhfkit.reward_model import RewardModel
+    from rlhfkit.models.reward_model import RewardModel
     from rlhfkit.train import reward
 
     encode = RewardModel.encode

@@ -238,7 +238,7 @@ def test_hide_removes_exactly_the_chosen_tokens_and_keeps_positions():
 
 
 def test_a_hidden_token_is_still_predicted_but_unseen_by_later_positions(tiny_lm):
-    from rlhfkit.train import sequences
+    from rlhfkit.data import sequences
 
     model, _ = tiny_lm
     batch = coh.collate([coh.CohSequence([5, 9, 14, 20, 31, 7], [False] + [True] * 5)], pad_id=0)

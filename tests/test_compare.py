@@ -252,7 +252,7 @@ def test_a_validation_table_needs_a_built_in_prompt_set(tmp_path, tiny_model_dir
 
 def test_validation_prompts_are_apart_from_train_and_test():
     from rlhfkit.config import PromptDataCfg
-    from rlhfkit.train.online import prompt_rows
+    from rlhfkit.data.prompts import prompt_rows
 
     data = PromptDataCfg(prompts="vader:movies", eval_size=64)
     texts = {split: {row["prompt"] for row in prompt_rows(data, split)}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhfkit.runs import make_deterministic
+from rlhfkit.train.runs import make_deterministic
 
 TIMING = {"time", "step_seconds", "generation_seconds", "tokens_per_second"}
 
@@ -87,7 +87,7 @@ def test_deterministic_mode_turns_on_deterministic_kernels(monkeypatch):
 
 
 def test_a_deterministic_resume_takes_the_thread_count_the_run_used():
-    from rlhfkit.runs import rng_state, set_rng_state
+    from rlhfkit.train.runs import rng_state, set_rng_state
 
     threads = torch.get_num_threads()
     state = rng_state()

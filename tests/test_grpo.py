@@ -13,7 +13,7 @@ from conftest import LOOP_DEVICE
 from rlhfkit import cli, config_io
 from rlhfkit.config import GenCfg, LogCfg, LoraCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
 from rlhfkit.errors import ConfigError
-from rlhfkit.train import grpo, online
+from rlhfkit.train import grpo, kit
 
 
 def make_config(tmp_path, model_dir, prompts_file, reward_spec, device=LOOP_DEVICE,
@@ -135,7 +135,7 @@ def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_f
     # Adam's first step hides a constant gradient scale, so the gradient norm is compared too
     assert one_metrics["grad_norm"] == pytest.approx(two_metrics["grad_norm"], rel=1e-5)
     assert one_metrics["loss"] == pytest.approx(two_metrics["loss"], rel=1e-5, abs=1e-7)
-    start = online.load_policy_and_reference(
+    start = kit.load_policy_and_reference(
         ModelCfg(path=str(tiny_model_dir), device="cpu"), LoraCfg(), False)[0].state_dict()
     moved = max((one[k] - start[k]).abs().max().item() for k in one)
     assert moved > 1e-4  # the step did change the weights

@@ -47,7 +47,7 @@ def test_models_load_from_local_files_without_hub_kernels(tiny_model_dir, monkey
     """transformers >= 5.25 fetches kernels from the Hub for a loaded model unless told not to."""
     import transformers
 
-    from rlhfkit.reward_model import _load_backbone
+    from rlhfkit.models.reward_model import _load_backbone
 
     seen = []
     for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
@@ -270,7 +270,7 @@ def test_token_logprobs_of_right_padded_rows_packed_or_not(tiny_lm, monkeypatch,
 def test_completion_logprobs_of_pairs_sharing_a_prompt(tiny_lm):
     """DPO's batches: a pair's chosen and rejected share their prompt, computed once, and give
     the full-logits log-probs of every completion token."""
-    from rlhfkit.train.sequences import collate, completion_logprobs, encode
+    from rlhfkit.data.sequences import collate, completion_logprobs, encode
 
     model, tokenizer = tiny_lm
     pairs = [("The sea", " was calm", " roared loudly at night"), ("Count", " two", " three")]

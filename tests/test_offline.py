@@ -222,7 +222,7 @@ def test_balance_on_data_without_classes_is_refused(tmp_path, module):
 
 def test_a_cut_off_sample_gets_no_eos_to_learn():
     from conftest import build_tiny_tokenizer
-    from rlhfkit.train import sequences
+    from rlhfkit.data import sequences
 
     tokenizer = build_tiny_tokenizer()
     ended = sequences.encode(tokenizer, "The film", " was good", chat=False, max_length=64)

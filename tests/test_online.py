@@ -9,14 +9,15 @@ import torch
 
 import rlhfkit.losses.policy as policy_losses
 from rlhfkit.config import OptimCfg
+from rlhfkit.data.prompts import PromptStream
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.train import grpo, online
+from rlhfkit.train import grpo, kit
 from test_grpo import make_config
 
 
 def test_guard_skips_then_aborts():
     model = torch.nn.Linear(2, 1)
-    guard = online.NonFiniteGuard(limit=2)
+    guard = kit.NonFiniteGuard(limit=2)
     model.weight.grad = torch.ones_like(model.weight)
     assert guard.clip_and_check(model, 1.0)[0] is True
     model.weight.grad = torch.full_like(model.weight, float("nan"))
@@ -54,14 +55,14 @@ def test_loop_skips_a_nan_step_and_aborts_on_a_run_of_them(tmp_path, tiny_model_
 
 def test_prompt_stream_resumes_in_place():
     rows = [{"prompt": str(i)} for i in range(5)]
-    stream = online.PromptStream(rows, seed=1)
+    stream = PromptStream(rows, seed=1)
     stream.take(7)  # into the second epoch
     state = stream.state_dict()
     expected = stream.take(6)
-    again = online.PromptStream(rows, seed=1)
+    again = PromptStream(rows, seed=1)
     again.load_state_dict(state)
     assert again.take(6) == expected
-    first_epoch = online.PromptStream(rows, seed=1).take(5)
+    first_epoch = PromptStream(rows, seed=1).take(5)
     assert sorted(r["prompt"] for r in first_epoch) == [str(i) for i in range(5)]
 
 
@@ -70,7 +71,7 @@ def test_prompt_stream_resumes_in_place():
 def test_warmup_then_schedule(schedule, expected):
     model = torch.nn.Linear(2, 1)
     optim = OptimCfg(lr=1.0, warmup_steps=2, schedule=schedule)
-    optimizer, scheduler = online.build_optimizer(model, optim, total_steps=4)
+    optimizer, scheduler = kit.build_optimizer(model, optim, total_steps=4)
     seen = []
     for _ in range(4):
         seen.append(scheduler.get_last_lr()[0])

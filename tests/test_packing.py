@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import SENTENCES, build_tiny_llama, build_tiny_tokenizer
+from rlhfkit.models.reward_model import RewardModel
 from rlhfkit.packing import pack, packed_forward, supports_packing
-from rlhfkit.reward_model import RewardModel
 
 
 def padded_batch(tokenizer, texts, side):
@@ -135,7 +135,7 @@ def test_reward_model_scores_are_the_same_packed_or_padded(tiny_model_dir):
 
 def test_a_lora_backbone_runs_packed(tiny_model_dir):
     from rlhfkit.config import LoraCfg
-    from rlhfkit.train.online import attach_lora
+    from rlhfkit.models.lora import attach_lora
 
     torch.manual_seed(0)
     model = RewardModel.from_backbone(str(tiny_model_dir), max_length=64, device="cpu")
@@ -177,9 +177,9 @@ def test_only_causal_full_attention_decoders_are_packed(tiny_model_dir):
 
 
 def test_critic_values_are_the_same_packed_or_padded(tiny_model_dir, monkeypatch):
-    import rlhfkit.critic
-    from rlhfkit.critic import ValueModel
+    import rlhfkit.models.critic
     from rlhfkit.models import load_tokenizer
+    from rlhfkit.models.critic import ValueModel
 
     tokenizer = load_tokenizer(tiny_model_dir)
     critic = ValueModel(build_tiny_llama(len(tokenizer), tokenizer.eos_token_id).model, 32)
@@ -191,7 +191,7 @@ def test_critic_values_are_the_same_packed_or_padded(tiny_model_dir, monkeypatch
     mask = torch.cat([prompts["attention_mask"], torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0],
                                                                [1, 1, 1, 0]])], dim=1)
     packed = critic(ids, mask, start)
-    monkeypatch.setattr(rlhfkit.critic, "packed_forward", lambda *args, **kwargs: None)
+    monkeypatch.setattr(rlhfkit.models.critic, "packed_forward", lambda *args, **kwargs: None)
     padded = critic(ids, mask, start)
     real = mask[:, start:].bool()  # the states whose values are used
     torch.testing.assert_close(packed[real], padded[real], rtol=1e-5, atol=1e-5)

@@ -12,15 +12,15 @@ from conftest import LETTER_O_REWARD as REWARD_FILE
 from conftest import LOOP_DEVICE
 from rlhfkit import cli, config_io
 from rlhfkit.config import GenCfg, LogCfg, LoraCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
-from rlhfkit.critic import (
+from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.models.critic import (
     PolicyValueHead,
     ValueModel,
     explained_variance,
     load_value_model,
     scale_gradient,
 )
-from rlhfkit.errors import ConfigError, RlhfkitError
-from rlhfkit.train import online, ppo
+from rlhfkit.train import kit, ppo
 
 
 def make_config(tmp_path, model_dir, prompts_file, reward_spec, device=LOOP_DEVICE,
@@ -279,7 +279,7 @@ def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_f
     # Adam's first step hides a constant gradient scale, so the gradient norms are compared too
     for key in ("grad_norm", "value_grad_norm", "loss", "value_loss"):
         assert one_metrics[key] == pytest.approx(two_metrics[key], rel=1e-5, abs=1e-7), key
-    start = online.load_policy_and_reference(
+    start = kit.load_policy_and_reference(
         ModelCfg(path=str(tiny_model_dir), device="cpu"), LoraCfg(), False)[0].state_dict()
     moved = max((one.policy.state_dict()[k] - start[k]).abs().max().item() for k in start)
     assert moved > 1e-4  # the step did change the weights

@@ -9,7 +9,7 @@ import torch
 
 from conftest import SENTENCES
 from rlhfkit.errors import ConfigError, RlhfkitError
-from rlhfkit.reward_model import (
+from rlhfkit.models.reward_model import (
     FORMAT_VERSION,
     HEAD_FILE,
     MANIFEST,
@@ -151,7 +151,7 @@ def test_save_and_load_give_the_same_model(backbone_dir, tmp_path):
 
 def test_a_lora_backbone_is_saved_merged_and_stays_wrapped(tiny_model_dir, tmp_path):
     from rlhfkit.config import LoraCfg
-    from rlhfkit.train.online import attach_lora
+    from rlhfkit.models.lora import attach_lora
 
     model = build(tiny_model_dir)
     model.backbone = attach_lora(model.backbone, LoraCfg(rank=4), task_type=None)

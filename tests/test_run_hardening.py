@@ -16,9 +16,10 @@ import torch
 
 from rlhfkit import cli, config_io
 from rlhfkit.config import LogCfg, OptimCfg, RunCfg
+from rlhfkit.data.prompts import PromptStream
 from rlhfkit.errors import ConfigError, RlhfkitError
-from rlhfkit.runs import Run, seed_everything
-from rlhfkit.train import online
+from rlhfkit.train import kit
+from rlhfkit.train.runs import Run, seed_everything
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,8 @@ def trained_run(tmp_path: Path, steps: int = 2) -> tuple[Run, torch.nn.Module]:
     """A run with one real training-state checkpoint per step (weights, optimiser, RNG, ...)."""
     seed_everything(0)
     model = torch.nn.Linear(4, 2)
-    optimizer, scheduler = online.build_optimizer(model, OptimCfg(lr=1e-2), total_steps=steps)
-    stream = online.PromptStream([{"prompt": "a"}, {"prompt": "b"}], seed=0)
+    optimizer, scheduler = kit.build_optimizer(model, OptimCfg(lr=1e-2), total_steps=steps)
+    stream = PromptStream([{"prompt": "a"}, {"prompt": "b"}], seed=0)
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "stream": stream}
     run = Run.start(make(tmp_path / "run"), "toy")
     for step in range(1, steps + 1):
@@ -49,8 +50,8 @@ def trained_run(tmp_path: Path, steps: int = 2) -> tuple[Run, torch.nn.Module]:
         scheduler.step()
         stream.take(1)
         run.log(step, {"loss": float(step)})
-        state = online.snapshot(step, stateful)
-        run.save_checkpoint(step, lambda d, s=state: online.save_training_state(d, model, s))
+        state = kit.snapshot(step, stateful)
+        run.save_checkpoint(step, lambda d, s=state: kit.save_training_state(d, model, s))
     return run, model
 
 
@@ -92,7 +93,7 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint(tmp_path, damage, pr
                                          "falling back"):
         checkpoint = resumed(run).latest_checkpoint()
     assert checkpoint.name == "step-000001"
-    state = online.load_training_state(checkpoint, model)
+    state = kit.load_training_state(checkpoint, model)
     assert state["step"] == 1 and state["stream"] == {"epoch": 0, "index": 1}
 
 
@@ -189,7 +190,7 @@ def test_a_checkpoint_from_before_manifests_still_resumes(tmp_path):
     torch.save({**state, "rng": {**state["rng"], "numpy": np.random.get_state()}},
                step / "trainer_state.pt")
     assert resumed(run).latest_checkpoint() == step
-    assert online.restore(online.load_training_state(step, model), {}) == 2
+    assert kit.restore(kit.load_training_state(step, model), {}) == 2
     drawn = np.random.rand()
     np.random.seed(5)
     assert drawn == np.random.rand()
@@ -209,7 +210,7 @@ def test_a_trainer_state_that_would_run_code_is_refused_unrun(tmp_path):
     torch.save({"step": 1, "payload": _RunsCode(marker)}, step / "trainer_state.pt")
     with pytest.raises(RlhfkitError, match=r"trainer_state\.pt: refused to load, it holds a "
                                            r"reference to \S*system"):
-        online.load_training_state(step, model)
+        kit.load_training_state(step, model)
     assert not marker.exists()
 
 

@@ -11,7 +11,7 @@ import torch
 
 from rlhfkit.config import LogCfg, RunCfg
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.runs import Run, rng_state, seed_everything, set_rng_state
+from rlhfkit.train.runs import Run, rng_state, seed_everything, set_rng_state
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import pytest
 
 from rlhfkit.config import GenCfg
 from rlhfkit.data.feedback import load_demonstrations, load_pairs
-from rlhfkit.data.sampled import (
+from rlhfkit.errors import DataError
+from rlhfkit.train.sampled import (
     SampledFiles,
     best_per_prompt,
     pairs_per_prompt,
@@ -16,7 +17,6 @@ from rlhfkit.data.sampled import (
     sample_and_score,
     write_sampled,
 )
-from rlhfkit.errors import DataError
 
 
 def sample(prompt_index, k, score, prompt=None):

@@ -123,7 +123,7 @@ def test_keyboard_labelling_exports_pairs_that_train_a_reward_model(browser, tmp
                                                                     tiny_model_dir):
     from rlhfkit.config import FeedbackDataCfg, LogCfg, ModelCfg, RunCfg
     from rlhfkit.data.feedback import load_pairs
-    from rlhfkit.reward_model import load_reward_model
+    from rlhfkit.models.reward_model import load_reward_model
     from rlhfkit.train import offline, reward
 
     liked = {s: f" {s} was wonderful, truly wonderful." for s in SUBJECTS}

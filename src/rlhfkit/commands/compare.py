@@ -3,7 +3,7 @@
 For each task of the recipe, for each seed:
   1. the shared sampling stage, when a method uses it: the base model writes K completions per
      training prompt, the task's reward scores them -> samples.jsonl, best.jsonl, pairs.jsonl
-     (``rlhfkit.data.sampled``); rejection-sampling fine-tuning, DPO, CoH ... all learn from it
+     (``rlhfkit.train.sampled``); rejection-sampling fine-tuning, DPO, CoH ... all learn from it
   2. each method: its command line, placeholders filled, runs as ``rlhfkit ...`` would; then
      ``<its output_dir>/model`` is sampled on the held-out prompts (asked the way its
      ``conditioning.json`` says) and scored, with the KL of each completion to the base model
@@ -82,7 +82,7 @@ def run(args: list[str]) -> int:
 
 def main(recipe: Recipe) -> None:
     from rlhfkit.models import load_causal_lm
-    from rlhfkit.runs import write_text_atomic
+    from rlhfkit.train.runs import write_text_atomic
 
     out = recipe.output_dir
     if out.exists() and any(out.iterdir()) and not (out / "recipe.toml").is_file():
@@ -106,9 +106,9 @@ def main(recipe: Recipe) -> None:
 
 def compare_task(recipe: Recipe, task: Task, base: tuple[Any, Any]) -> dict[str, Any]:
     """Run (or reuse) every method of ``task`` for every seed; its table as data and markdown."""
+    from rlhfkit.data.prompts import prompt_rows
     from rlhfkit.eval.comparison import render_markdown, summarise
     from rlhfkit.rewards import load_reward
-    from rlhfkit.train.online import prompt_rows
 
     cfg = task.cfg
     held_out = prompt_rows(cfg.data, recipe.settings.held_out)
@@ -161,7 +161,7 @@ def _notes(cfg: TaskCfg, held_out: int, split: str, seeds: int,
 
 def _check_settings(task_dir: Path, cfg: TaskCfg, settings: Config) -> None:
     """Refuse to mix results made under other task settings (or another base model)."""
-    from rlhfkit.runs import write_text_atomic
+    from rlhfkit.train.runs import write_text_atomic
 
     current = _settings_record(cfg, settings.model, settings.eval_seed, settings.held_out)
     file = task_dir / "settings.json"
@@ -200,8 +200,8 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any] | None:
 def sampling_stage(directory: Path, cfg: TaskCfg, base: tuple[Any, Any], reward: Any,
                    seed: int) -> dict[str, Any]:
     """This seed's shared samples (drawn now, or reused when complete): counts and seconds."""
-    from rlhfkit.data.sampled import run_stage
-    from rlhfkit.train.online import prompt_rows
+    from rlhfkit.data.prompts import prompt_rows
+    from rlhfkit.train.sampled import run_stage
 
     print(f"[{cfg.name} seed {seed}] shared sampling stage: {cfg.samples_per_prompt} completions "
           "per training prompt from the base model (reused when already done)")
@@ -227,7 +227,7 @@ def run_method(recipe: Recipe, task: Task, method: MethodCfg, seed: int, base: t
                held_out: list[dict[str, Any]], reward: Any, extra_seconds: float) -> Any:
     """One method, one seed: train unless its model is there, evaluate unless its result is."""
     from rlhfkit.eval.comparison import MethodResult
-    from rlhfkit.runs import write_text_atomic
+    from rlhfkit.train.runs import write_text_atomic
 
     where = f"task {task.cfg.name}, seed {seed}, method {method.name}"
     results = seed_directory(recipe, task, seed) / "results"
@@ -319,7 +319,7 @@ def evaluate(model_dir: Path | None, base: tuple[Any, Any], model_cfg: ModelCfg,
 
 
 def _write_tables(out: Path, recipe: Recipe, tables: list[dict[str, Any]]) -> None:
-    from rlhfkit.runs import write_text_atomic
+    from rlhfkit.train.runs import write_text_atomic
 
     title = f"# rlhfkit compare {recipe.path.name}\n"
     write_text_atomic(out / "results.md", title + "".join("\n" + t["markdown"] for t in tables))

@@ -95,13 +95,14 @@ def main(cfg: Config) -> None:
 
     from rlhfkit import assets
     from rlhfkit.conditioning import load_conditioning
+    from rlhfkit.data.prompts import prompt_rows
     from rlhfkit.eval.policy import evaluate_policy
     from rlhfkit.eval.report import plot_curves
     from rlhfkit.generation import describe_conditioning
-    from rlhfkit.models import resolve_model_dir
+    from rlhfkit.models import lora, resolve_model_dir
     from rlhfkit.rewards import load_reward
-    from rlhfkit.runs import Run
-    from rlhfkit.train import online, ppo
+    from rlhfkit.train import ppo
+    from rlhfkit.train.runs import Run
 
     console = Console()
     started = time.perf_counter()
@@ -125,7 +126,7 @@ def main(cfg: Config) -> None:
                      f"(human means >= {stage.min_gap:g} apart), {stage.backbone} backbone")
         reward_dir, rm_figures = train_reward_model(cfg, out / REWARD_MODEL_DIR, console)
         cfg = replace(cfg, reward=f"rm:{reward_dir}")
-    held_out = online.prompt_rows(cfg.data, "test")
+    held_out = prompt_rows(cfg.data, "test")
     rewards = {"reward": load_reward(cfg.reward), "judge": load_reward(cfg.judge)}
 
     # 4. PPO; the reference is the starting model, so "before" samples come from it
@@ -140,12 +141,12 @@ def main(cfg: Config) -> None:
     conditioning = load_conditioning(resolve_model_dir(cfg.model.path))
     if conditioning is not None:
         console.print(describe_conditioning(conditioning), markup=False)
-    with online.reference(outcome.policy, reference) as before_model:
+    with lora.reference(outcome.policy, reference) as before_model:
         before = evaluate_policy(before_model, outcome.tokenizer, held_out, cfg.gen, rewards,
                                  seed=cfg.run.seed + 17, conditioning=conditioning)
     after = evaluate_policy(outcome.policy, outcome.tokenizer, held_out, cfg.gen, rewards,
                             seed=cfg.run.seed + 17,
-                            reference=lambda: online.reference(outcome.policy, reference),
+                            reference=lambda: lora.reference(outcome.policy, reference),
                             conditioning=conditioning)
     print_before_after(console, cfg, held_out, before, after)
     plot = plot_curves(outcome.run.metrics(), outcome.run.path / "curves.png")

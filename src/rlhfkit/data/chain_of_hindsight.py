@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rlhfkit.data.sequences import render_prompt
 from rlhfkit.errors import ConfigError, DataError
-from rlhfkit.train.sequences import render_prompt
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from rlhfkit.conditioning import Conditioning
     from rlhfkit.config import FeedbackDataCfg
     from rlhfkit.data.feedback import Pair, Rating
-    from rlhfkit.train.sequences import SequenceBatch
+    from rlhfkit.data.sequences import SequenceBatch
 
 SEPARATOR = "\n"  # between a phrase and what it describes
 POSITIVE = ("A good response:", "A better response:", "A response that was rated good:")
@@ -235,7 +235,7 @@ def collate(sequences: Sequence[CohSequence], pad_id: int) -> SequenceBatch:
     """Right-pad sequences into one batch; padding carries neither attention nor loss."""
     import torch
 
-    from rlhfkit.train.sequences import SequenceBatch
+    from rlhfkit.data.sequences import SequenceBatch
 
     width = max(len(s.ids) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)  # (B, T)

@@ -8,11 +8,15 @@ without a ``prompt`` column may instead have a ``messages`` column (the common c
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from rlhfkit.batch import Prompt
+from rlhfkit.config import PromptDataCfg
 from rlhfkit.data.files import read_rows
-from rlhfkit.errors import DataError
+from rlhfkit.errors import DataError, RlhfkitError
 
 CHAT_COLUMN = "messages"
 
@@ -65,3 +69,67 @@ def check_prompt(value: Any, where: str) -> Prompt:
     if not value[-1]["content"].strip():
         raise DataError(f"{where}: the last message of the chat is empty; fill it in")
     return value
+
+
+def prompt_rows(data: PromptDataCfg, split: str) -> list[dict[str, Any]]:
+    """Training (``split="train"``) or held-out prompt rows: ``{"prompt": ..., **meta}``."""
+    from rlhfkit.data.builtin import is_builtin, load_builtin
+    from rlhfkit.data.prompts import load_prompts
+
+    if split == "train":
+        spec, field = data.prompts, "prompts"
+    else:
+        spec, field = (data.eval_prompts or data.prompts), "eval_prompts"
+        if not data.eval_prompts and not is_builtin(data.prompts):
+            return []  # a user's file has no held-out split unless they name one
+    if is_builtin(spec) and not Path(spec).exists():
+        rows = load_builtin(spec, split if not data.eval_prompts else "test", field)
+    else:
+        rows = load_prompts(spec, data.prompt_field, option="--data.prompt_field")
+    if split == "train" and data.max_prompts:
+        rows = rows[:data.max_prompts]
+    if split != "train":
+        rows = rows[:data.eval_size]
+    return rows
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """What a reward sees of a prompt: the text, or a chat's last user message."""
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def meta_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Every column but the prompt, as per-item lists (what rewards receive as ``**meta``)."""
+    keys = [key for key in rows[0] if key != "prompt"] if rows else []
+    return {key: [row.get(key) for row in rows] for key in keys}
+
+
+class PromptStream:
+    """Prompts in a seeded random order, epoch after epoch; its position is checkpointed."""
+
+    def __init__(self, rows: list[dict[str, Any]], seed: int):
+        if not rows:
+            raise RlhfkitError("no training prompts; check --data.prompts")
+        self.rows, self.seed = rows, seed
+        self.epoch, self.index = 0, 0
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(len(self.rows), generator=generator).tolist()
+
+    def take(self, count: int) -> list[dict[str, Any]]:
+        taken = []
+        order = self._order()
+        while len(taken) < count:
+            if self.index == len(order):
+                self.epoch, self.index = self.epoch + 1, 0
+                order = self._order()
+            taken.append(self.rows[order[self.index]])
+            self.index += 1
+        return taken
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]

@@ -55,15 +55,15 @@ def evaluate_policy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], gen:
     then taken on the conditioned prompt for both models: how far training moved the model on
     the input it is actually given.
 
-    With ``reference`` (a context yielding the reference model, e.g. ``train.online.reference``,
+    With ``reference`` (a context yielding the reference model, e.g. ``models.lora.reference``,
     which also covers LoRA's adapters-off base), also the KL of each completion to it:
     Σ_t log π(y_t) - log π_ref(y_t) over the sampled tokens (k1 summed over the completion, an
     unbiased estimate of the sequence-level KL(π || π_ref)).
     """
+    from rlhfkit.data.prompts import meta_columns, prompt_text
     from rlhfkit.generation import generate_conditioned, get_backend
     from rlhfkit.models import token_logprobs
     from rlhfkit.rewards import compute_rewards
-    from rlhfkit.train.online import meta_columns, prompt_text
 
     was_training = model.training
     model.eval()

@@ -238,7 +238,7 @@ class HFBackend:
     def _generate_batch(self, prompts: list[Prompt], prompt_ids: list[list[int]],
                         cfg: GenCfg) -> Rollout:
         device = self.model.device
-        compiled = cfg.compile == "on"  # a training loop turns auto on for CUDA (online.sample)
+        compiled = cfg.compile == "on"  # a training loop turns auto on for CUDA (kit.sample)
         rows = len(prompt_ids)
         if compiled:
             # A compiled step is specialised to its shapes: every batch is cfg.batch_size rows

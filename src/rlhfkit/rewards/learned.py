@@ -17,7 +17,7 @@ from rlhfkit.rewards.registry import RewardFn, register_reward
 def reward_model_reward(arg: str | None) -> RewardFn:
     """A reward model trained with rlhfkit reward: rm:PATH scores prompt + completion."""
     from rlhfkit.data.feedback import join_text
-    from rlhfkit.reward_model import load_reward_model
+    from rlhfkit.models.reward_model import load_reward_model
 
     if arg is None:
         raise ConfigError("reward 'rm': give the reward model directory: rm:PATH")

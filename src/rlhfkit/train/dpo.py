@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from rlhfkit.config import NonNegativeFloat, PositiveFloat, Problem, default
+from rlhfkit.data.sequences import Encoded
 from rlhfkit.train.offline import OfflineConfig, no_classes_to_balance
-from rlhfkit.train.sequences import Encoded
 
 
 @dataclass(frozen=True)
@@ -90,11 +90,12 @@ def main(cfg: Config) -> None:
 def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     import torch
 
+    from rlhfkit.data import sequences
     from rlhfkit.losses import preference as losses
+    from rlhfkit.models.export import export_model
     from rlhfkit.progress import progress
-    from rlhfkit.runs import seed_everything
-    from rlhfkit.train import offline, sequences
-    from rlhfkit.train.online import export_model
+    from rlhfkit.train import offline
+    from rlhfkit.train.runs import seed_everything
 
     algo = cfg.algo
     # before any random init: the head, LoRA adapters

@@ -29,7 +29,10 @@ from rlhfkit.config import (
     Problem,
     default,
 )
-from rlhfkit.train import online
+from rlhfkit.data.prompts import PromptStream, prompt_rows
+from rlhfkit.models.export import export_model
+from rlhfkit.models.lora import reference
+from rlhfkit.train import kit
 
 GROUP_ESTIMATORS = ("grpo", "rloo")
 
@@ -89,7 +92,7 @@ class AlgoCfg:
 
 
 @dataclass(frozen=True)
-class Config(online.OnlineConfig):
+class Config(kit.OnlineConfig):
     """Online RL without a critic: GRPO, RLOO, REINFORCE or REINFORCE++ with KL to a reference."""
 
     algo: AlgoCfg = default(AlgoCfg)
@@ -111,7 +114,7 @@ def main(cfg: Config) -> None:
     print_summary(outcome.run, outcome.summary)
 
 
-def train(cfg: Config) -> online.Outcome:
+def train(cfg: Config) -> kit.Outcome:
     import torch
 
     from rlhfkit.advantages import (
@@ -126,20 +129,20 @@ def train(cfg: Config) -> online.Outcome:
     from rlhfkit.models import token_logprobs
     from rlhfkit.progress import progress
     from rlhfkit.rewards import load_reward
-    from rlhfkit.runs import Run, seed_everything
+    from rlhfkit.train.runs import Run, seed_everything
 
     algo, optim = cfg.algo, cfg.optim
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     estimator = get_advantage(algo.advantage)
     reward = load_reward(cfg.reward)
-    stream = online.PromptStream(online.prompt_rows(cfg.data, "train"), cfg.run.seed)
-    policy, tokenizer, frozen_ref = online.load_policy_and_reference(
+    stream = PromptStream(prompt_rows(cfg.data, "train"), cfg.run.seed)
+    policy, tokenizer, frozen_ref = kit.load_policy_and_reference(
         cfg.model, cfg.lora, need_reference=algo.kl_coef > 0)
     backend = get_backend(cfg.gen.backend, policy, tokenizer)
-    optimizer, scheduler = online.build_optimizer(policy, optim, cfg.steps * _updates_per_step(cfg))
-    kl_ctl = online.kl_controller(algo)
+    optimizer, scheduler = kit.build_optimizer(policy, optim, cfg.steps * _updates_per_step(cfg))
+    kl_ctl = kit.kl_controller(algo)
     baseline = RunningMean()
-    guard = online.NonFiniteGuard(optim.max_nonfinite_steps)
+    guard = kit.NonFiniteGuard(optim.max_nonfinite_steps)
     settings = AdvantageSettings(gamma=algo.gamma, scale_by_std=algo.scale_by_std)
     run = Run.start(cfg, "grpo")
     # everything besides the weights that an exact resume needs back
@@ -147,12 +150,12 @@ def train(cfg: Config) -> online.Outcome:
                 "baseline": baseline}
     start_step = 0
     if cfg.run.resume and (checkpoint := run.latest_checkpoint()) is not None:
-        start_step = online.restore(online.load_training_state(checkpoint, policy), stateful)
+        start_step = kit.restore(kit.load_training_state(checkpoint, policy), stateful)
         run.truncate_metrics(start_step)
 
     def save(step: int) -> None:
-        state = online.snapshot(step, stateful)
-        run.save_checkpoint(step, lambda d: online.save_training_state(d, policy, state))
+        state = kit.snapshot(step, stateful)
+        run.save_checkpoint(step, lambda d: kit.save_training_state(d, policy, state))
 
     started = time.perf_counter()
     try:
@@ -166,7 +169,7 @@ def train(cfg: Config) -> online.Outcome:
                 prompts = [row["prompt"] for row in rows]
 
                 # 2. sample from the current policy
-                rollout = online.sample(policy, backend, prompts, cfg.gen,
+                rollout = kit.sample(policy, backend, prompts, cfg.gen,
                                         seed=cfg.run.seed * 1_000_003 + step)
                 input_ids, attention_mask = rollout.input_ids, rollout.attention_mask  # (B, P+R)
                 mask = rollout.response_mask.float()  # (B, R)
@@ -174,21 +177,21 @@ def train(cfg: Config) -> online.Outcome:
                 temperature = cfg.gen.temperature
 
                 # 3. score
-                raw_scores, scores = online.score(reward, rows, rollout.completions, mask.device,
+                raw_scores, scores = kit.score(reward, rows, rollout.completions, mask.device,
                                                   algo.reward_clip, algo.whiten_scores)  # (B,)
 
                 # 4. reference and old log-probs, without gradients
                 with torch.no_grad():
                     ref_logprobs = None
                     if algo.kl_coef > 0:
-                        with online.reference(policy, frozen_ref) as ref_model:
-                            ref_logprobs = online.in_chunks(partial(
+                        with reference(policy, frozen_ref) as ref_model:
+                            ref_logprobs = kit.in_chunks(partial(
                                 token_logprobs, ref_model, response_start=start,
                                 temperature=temperature), input_ids, attention_mask,
                                 algo.micro_batch_size)  # (B, R)
                     old_logprobs = None
                     if _updates_per_step(cfg) > 1:
-                        old_logprobs = online.in_chunks(partial(
+                        old_logprobs = kit.in_chunks(partial(
                             token_logprobs, policy, response_start=start,
                             temperature=temperature), input_ids, attention_mask,
                             algo.micro_batch_size)  # (B, R)
@@ -229,7 +232,7 @@ def train(cfg: Config) -> online.Outcome:
                                                                 algo.kl_estimator),
                                                     mask[index], algo.aggregation,
                                                     cfg.gen.max_new_tokens)
-                            weight = online.accumulation_weight(mask[index], mb_mask, algo.aggregation)
+                            weight = kit.accumulation_weight(mask[index], mb_mask, algo.aggregation)
                             total = (loss + kl_ctl.coef * kl_loss) * weight
                             if torch.isfinite(total):
                                 total.backward()
@@ -267,7 +270,7 @@ def train(cfg: Config) -> online.Outcome:
                     save(step)
         if not cfg.run.checkpoint_every or cfg.steps % cfg.run.checkpoint_every:
             save(cfg.steps)
-        online.export_model(run.path / "model", policy, tokenizer)
+        export_model(run.path / "model", policy, tokenizer)
     finally:
         run.close()
     history = run.metrics()
@@ -277,7 +280,7 @@ def train(cfg: Config) -> online.Outcome:
                "kl_last": history[-1]["kl"] if history else None,
                "skipped_steps": guard.skipped, "model": str(run.path / "model")}
     run.finish(summary)
-    return online.Outcome(run=run, policy=policy, tokenizer=tokenizer, reference=frozen_ref,
+    return kit.Outcome(run=run, policy=policy, tokenizer=tokenizer, reference=frozen_ref,
                    summary=summary)
 
 

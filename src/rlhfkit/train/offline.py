@@ -128,7 +128,7 @@ class BatchOrder:
 class Fitted:
     """What ``fit`` hands back to its command."""
 
-    run: Any  # rlhfkit.runs.Run (closed for TensorBoard; summary still to write)
+    run: Any  # rlhfkit.train.runs.Run (closed for TensorBoard; summary still to write)
     steps: int
     seconds: float
     eval_before: dict[str, float]
@@ -176,15 +176,15 @@ def fit(cfg: OfflineConfig, command: str, model: Any, examples: Sequence[Any],
     import torch
 
     from rlhfkit.progress import progress
-    from rlhfkit.runs import Run, seed_everything
-    from rlhfkit.train import online
+    from rlhfkit.train import kit
+    from rlhfkit.train.runs import Run, seed_everything
 
     optim, accum = cfg.optim, cfg.optim.grad_accum_steps
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     order = BatchOrder(lengths, cfg.train.batch_size, cfg.run.seed, cfg.train.group_by_length)
     steps = total_steps(cfg, len(examples))
-    optimizer, scheduler = online.build_optimizer(model, optim, steps)
-    guard = online.NonFiniteGuard(optim.max_nonfinite_steps)
+    optimizer, scheduler = kit.build_optimizer(model, optim, steps)
+    guard = kit.NonFiniteGuard(optim.max_nonfinite_steps)
     run = Run.start(cfg, command)
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "order": order, **(state or {})}
 
@@ -198,15 +198,15 @@ def fit(cfg: OfflineConfig, command: str, model: Any, examples: Sequence[Any],
         return {f"eval/{key}": value for key, value in metrics.items()}
 
     def save(step: int) -> None:
-        snapshot = online.snapshot(step, stateful)
-        run.save_checkpoint(step, lambda d: online.save_training_state(d, model, snapshot))
+        snapshot = kit.snapshot(step, stateful)
+        run.save_checkpoint(step, lambda d: kit.save_training_state(d, model, snapshot))
 
     start, eval_before, eval_after, last = 0, {}, {}, {}
     started = time.perf_counter()
     model.train()
     try:
         if cfg.run.resume and (checkpoint := run.latest_checkpoint()) is not None:
-            start = online.restore(online.load_training_state(checkpoint, model), stateful)
+            start = kit.restore(kit.load_training_state(checkpoint, model), stateful)
             run.truncate_metrics(start)
             eval_before = next((_eval_part(row) for row in run.metrics() if row["step"] == 0), {})
         else:
@@ -281,7 +281,7 @@ def _eval_part(row: dict[str, Any]) -> dict[str, float]:
 def load_model_with_lora(cfg: OfflineConfig) -> tuple[Any, Any]:
     """(causal LM in train mode, tokenizer), with LoRA adapters when ``lora.rank`` is set."""
     from rlhfkit.models import load_causal_lm
-    from rlhfkit.train.online import attach_lora
+    from rlhfkit.models.lora import attach_lora
 
     model, tokenizer = load_causal_lm(cfg.model)
     if cfg.lora.rank:

@@ -35,7 +35,10 @@ from rlhfkit.config import (
     Problem,
     default,
 )
-from rlhfkit.train import online
+from rlhfkit.data.prompts import PromptStream, prompt_rows
+from rlhfkit.models.export import export_model
+from rlhfkit.models.lora import reference
+from rlhfkit.train import kit
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class CriticCfg:
 
 
 @dataclass(frozen=True)
-class Config(online.OnlineConfig):
+class Config(kit.OnlineConfig):
     """Online RL with PPO: policy, critic with GAE, and a KL penalty to the reference."""
 
     critic: CriticCfg = default(CriticCfg)
@@ -140,8 +143,8 @@ class Config(online.OnlineConfig):
 
 
 @dataclass
-class Outcome(online.Outcome):
-    """What a finished run leaves (as ``online.Outcome``, so callers can use either loop), plus the critic."""
+class Outcome(kit.Outcome):
+    """What a finished run leaves (as ``kit.Outcome``, so callers can use either loop), plus the critic."""
 
     critic: Any = None
 
@@ -162,20 +165,20 @@ def train(cfg: Config) -> Outcome:
         get_advantage,
         token_rewards,
     )
-    from rlhfkit.critic import PolicyValueHead, explained_variance, load_value_model
     from rlhfkit.generation import get_backend
     from rlhfkit.losses.policy import aggregate, kl_estimate, masked_mean, ppo_clip_loss, value_loss
     from rlhfkit.models import token_logprobs
+    from rlhfkit.models.critic import PolicyValueHead, explained_variance, load_value_model
     from rlhfkit.progress import progress
     from rlhfkit.rewards import load_reward
-    from rlhfkit.runs import Run, seed_everything
+    from rlhfkit.train.runs import Run, seed_everything
 
     algo, optim = cfg.algo, cfg.optim
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     gae = get_advantage("gae")
     reward = load_reward(cfg.reward)
-    stream = online.PromptStream(online.prompt_rows(cfg.data, "train"), cfg.run.seed)
-    policy, tokenizer, frozen_ref = online.load_policy_and_reference(
+    stream = PromptStream(prompt_rows(cfg.data, "train"), cfg.run.seed)
+    policy, tokenizer, frozen_ref = kit.load_policy_and_reference(
         cfg.model, cfg.lora, need_reference=algo.kl_coef > 0)
     if cfg.critic.share_policy:
         critic = PolicyValueHead(policy.config.get_text_config().hidden_size,
@@ -187,11 +190,11 @@ def train(cfg: Config) -> Outcome:
     backend = get_backend(cfg.gen.backend, policy, tokenizer)
     minibatch = algo.micro_batch_size * optim.grad_accum_steps
     updates_per_step = algo.epochs * algo.prompts_per_step // minibatch
-    optimizer, scheduler = online.build_optimizer(policy, optim, cfg.steps * updates_per_step)
-    critic_optimizer, critic_scheduler = online.build_optimizer(
+    optimizer, scheduler = kit.build_optimizer(policy, optim, cfg.steps * updates_per_step)
+    critic_optimizer, critic_scheduler = kit.build_optimizer(
         critic, replace(optim, lr=cfg.critic.lr or optim.lr), cfg.steps * updates_per_step)
-    kl_ctl = online.kl_controller(algo)
-    guard = online.NonFiniteGuard(optim.max_nonfinite_steps)
+    kl_ctl = kit.kl_controller(algo)
+    guard = kit.NonFiniteGuard(optim.max_nonfinite_steps)
     settings = AdvantageSettings(gamma=algo.gamma, lam=algo.lam, whiten=algo.whiten_advantages)
     value_clip = algo.value_clip_eps or float("inf")  # an infinite range never clips
     # One forward/backward per step: the critic's values and the policy's log-probs with
@@ -206,15 +209,15 @@ def train(cfg: Config) -> Outcome:
                 "stream": stream, "kl": kl_ctl}
     start_step = 0
     if cfg.run.resume and (checkpoint := run.latest_checkpoint()) is not None:
-        start_step = online.restore(online.load_training_state(checkpoint, policy), stateful)
+        start_step = kit.restore(kit.load_training_state(checkpoint, policy), stateful)
         critic.load(checkpoint)
         run.truncate_metrics(start_step)
 
     def save(step: int) -> None:
-        state = online.snapshot(step, stateful)
+        state = kit.snapshot(step, stateful)
 
         def write(directory: Any) -> None:
-            online.save_training_state(directory, policy, state)
+            kit.save_training_state(directory, policy, state)
             critic.save(directory)
 
         run.save_checkpoint(step, write)
@@ -230,7 +233,7 @@ def train(cfg: Config) -> Outcome:
                 prompts = [row["prompt"] for row in rows]
 
                 # 2. sample from the current policy
-                rollout = online.sample(policy, backend, prompts, cfg.gen,
+                rollout = kit.sample(policy, backend, prompts, cfg.gen,
                                         seed=cfg.run.seed * 1_000_003 + step)
                 generation_seconds = time.perf_counter() - step_started
                 input_ids, attention_mask = rollout.input_ids, rollout.attention_mask  # (B, P+R)
@@ -239,15 +242,15 @@ def train(cfg: Config) -> Outcome:
                 temperature = cfg.gen.temperature
 
                 # 3. score
-                raw_scores, scores = online.score(reward, rows, rollout.completions, mask.device,
+                raw_scores, scores = kit.score(reward, rows, rollout.completions, mask.device,
                                                   algo.reward_clip, algo.whiten_scores)  # (B,)
 
                 # 4. reference and old log-probs, old values: fixed for this step's updates
                 with torch.no_grad():
                     ref_logprobs = None
                     if algo.kl_coef > 0:
-                        with online.reference(policy, frozen_ref) as ref_model:
-                            ref_logprobs = online.in_chunks(partial(
+                        with reference(policy, frozen_ref) as ref_model:
+                            ref_logprobs = kit.in_chunks(partial(
                                 token_logprobs, ref_model, response_start=start,
                                 temperature=temperature), input_ids, attention_mask,
                                 algo.micro_batch_size)  # (B, R)
@@ -255,7 +258,7 @@ def train(cfg: Config) -> Outcome:
                     # sampling: its incremental decoding rounds differently (~1e-5 per token in
                     # float32, ~0.1 under model.autocast), which the KL would count.
                     if not single_pass:
-                        old_logprobs, old_values = online.in_chunks(partial(
+                        old_logprobs, old_values = kit.in_chunks(partial(
                             evaluate, response_start=start, temperature=temperature),
                             input_ids, attention_mask, algo.micro_batch_size)  # (B, R) each
                 if single_pass:  # the one graded pass gives the old values and log-probs
@@ -305,7 +308,7 @@ def train(cfg: Config) -> Outcome:
                             # Separate networks, so the sum sends each loss to its own weights.
                             # No vf_coef: the critic's own AdamW cancels a constant loss scale;
                             # critic.lr sets its pace.
-                            weight = online.accumulation_weight(mb_tokens, mb_mask, algo.aggregation)
+                            weight = kit.accumulation_weight(mb_tokens, mb_mask, algo.aggregation)
                             total = (policy_loss + kl_ctl.coef * kl_loss + critic_loss) * weight
                             if torch.isfinite(total):
                                 total.backward()
@@ -359,7 +362,7 @@ def train(cfg: Config) -> Outcome:
                     save(step)
         if not cfg.run.checkpoint_every or cfg.steps % cfg.run.checkpoint_every:
             save(cfg.steps)
-        online.export_model(run.path / "model", policy, tokenizer)
+        export_model(run.path / "model", policy, tokenizer)
     finally:
         run.close()
     history = run.metrics()

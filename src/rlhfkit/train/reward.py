@@ -15,7 +15,7 @@ The report puts the model's held-out pairwise accuracy next to the human agreeme
 often one random rater orders a held-out pair as the consensus of all raters does. A model near
 that ceiling agrees with the consensus as well as a single person does.
 
-The saved directory loads with ``rlhfkit.reward_model.load_reward_model`` and plugs into
+The saved directory loads with ``rlhfkit.models.reward_model.load_reward_model`` and plugs into
 ``ppo`` / ``grpo`` / ``score`` as ``--reward rm:PATH``. Scores are normalised to mean 0 and
 standard deviation 1 over training texts, so RL sees rewards of the same scale whatever the
 backbone.
@@ -81,10 +81,10 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
 
     from rlhfkit.data.feedback import join_text, load_pairs, load_ratings
     from rlhfkit.losses import preference as losses
-    from rlhfkit.reward_model import RewardModel
-    from rlhfkit.runs import seed_everything
+    from rlhfkit.models.lora import attach_lora
+    from rlhfkit.models.reward_model import RewardModel
     from rlhfkit.train import offline
-    from rlhfkit.train.online import attach_lora
+    from rlhfkit.train.runs import seed_everything
 
     rm_cfg = cfg.rm
     # before any random init: the head, LoRA adapters

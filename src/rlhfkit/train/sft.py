@@ -38,11 +38,12 @@ def main(cfg: Config) -> None:
 def train(cfg: Config) -> tuple[object, dict]:
     import torch
 
+    from rlhfkit.data import sequences
     from rlhfkit.data.feedback import load_demonstrations
     from rlhfkit.losses.preference import sft_loss
-    from rlhfkit.runs import seed_everything
-    from rlhfkit.train import offline, sequences
-    from rlhfkit.train.online import export_model
+    from rlhfkit.models.export import export_model
+    from rlhfkit.train import offline
+    from rlhfkit.train.runs import seed_everything
 
     # before any random init: the head, LoRA adapters
     seed_everything(cfg.run.seed, cfg.run.deterministic)

@@ -33,7 +33,7 @@ from rlhfkit.train.offline import OfflineConfig, no_classes_to_balance
 
 if TYPE_CHECKING:
     from rlhfkit.data.chain_of_hindsight import Chain, CohSequence, Judged
-    from rlhfkit.train.sequences import Encoded
+    from rlhfkit.data.sequences import Encoded
 
 
 @dataclass(frozen=True)
@@ -118,10 +118,11 @@ def train(cfg: Config) -> tuple[object, dict]:
     import torch
 
     from rlhfkit.data import chain_of_hindsight as coh
+    from rlhfkit.data import sequences
     from rlhfkit.losses.preference import sft_loss
-    from rlhfkit.runs import seed_everything
-    from rlhfkit.train import offline, sequences
-    from rlhfkit.train.online import export_model
+    from rlhfkit.models.export import export_model
+    from rlhfkit.train import offline
+    from rlhfkit.train.runs import seed_everything
 
     seed_everything(cfg.run.seed, cfg.run.deterministic)  # before any random init: LoRA adapters
     model, tokenizer = offline.load_model_with_lora(cfg)

@@ -85,12 +85,13 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
 
     import torch
 
-    from rlhfkit.critic import explained_variance, load_value_model
+    from rlhfkit.data import sequences
     from rlhfkit.losses.hindsight import hindsight_foresight_loss
     from rlhfkit.losses.policy import value_loss
     from rlhfkit.models import token_logprobs
+    from rlhfkit.models.critic import explained_variance, load_value_model
     from rlhfkit.progress import progress
-    from rlhfkit.train import online, sequences
+    from rlhfkit.train import kit
     from rlhfkit.train.hindsight.rounds import Rounds, mean
 
     space = cfg.goal.space(cfg.reward)
@@ -133,7 +134,7 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
 
                 # 4. the value head's estimates at sampling time
                 with torch.no_grad():
-                    old_values = online.in_chunks(partial(critic, response_start=start), input_ids,
+                    old_values = kit.in_chunks(partial(critic, response_start=start), input_ids,
                                                   attention_mask, cfg.rounds.batch_size)  # (B, R)
 
                 # 5. relabel: each prompt also asks for the goal its sample reached

@@ -85,10 +85,10 @@ def main(cfg: Config) -> None:
 
 def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     from rlhfkit.conditioning import Conditioning
+    from rlhfkit.data import sequences
     from rlhfkit.data.relabelling import binary_outcomes, relabel_instructions
     from rlhfkit.losses.hindsight import hir_loss
     from rlhfkit.progress import progress
-    from rlhfkit.train import sequences
     from rlhfkit.train.hindsight.rounds import Rounds, completion_logprobs_and_entropy, mean
 
     hir = cfg.hir

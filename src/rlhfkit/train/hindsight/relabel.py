@@ -154,9 +154,9 @@ def main(cfg: Config) -> None:
 
 
 def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
+    from rlhfkit.data import sequences
     from rlhfkit.losses.preference import sft_loss
     from rlhfkit.progress import progress
-    from rlhfkit.train import sequences
     from rlhfkit.train.hindsight.rounds import Rounds, mean
 
     space = cfg.goal.space(cfg.reward)

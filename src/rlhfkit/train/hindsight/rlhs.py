@@ -234,7 +234,7 @@ def main(cfg: Config) -> None:
 
 def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     from rlhfkit.data.files import read_rows, write_jsonl
-    from rlhfkit.runs import Run, seed_everything
+    from rlhfkit.train.runs import Run, seed_everything
 
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     rows = _load_prompts(cfg)  # a bad prompt file fails before anything is written
@@ -326,7 +326,7 @@ def _release_memory() -> None:
 
 def _load_prompts(cfg: Config) -> list[dict[str, Any]]:
     """The prompt rows ``{"prompt": text, **meta}``, read as the online commands read them."""
-    from rlhfkit.train.online import prompt_rows
+    from rlhfkit.data.prompts import prompt_rows
 
     rows = prompt_rows(cfg.data.online(), "train")
     for number, row in enumerate(rows, start=1):

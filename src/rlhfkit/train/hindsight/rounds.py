@@ -84,16 +84,18 @@ class Rounds:
     """
 
     def __init__(self, cfg: RoundsConfig, command: str):
+        from rlhfkit.data import sequences
+        from rlhfkit.data.prompts import PromptStream, prompt_rows
         from rlhfkit.generation import get_backend
         from rlhfkit.rewards import load_reward
-        from rlhfkit.runs import Run, seed_everything
-        from rlhfkit.train import online, sequences
+        from rlhfkit.train import kit
+        from rlhfkit.train.runs import Run, seed_everything
 
         self.cfg = cfg
         seed_everything(cfg.run.seed, cfg.run.deterministic)
         self.reward = load_reward(cfg.reward)
-        self.stream = online.PromptStream(online.prompt_rows(cfg.data, "train"), cfg.run.seed)
-        self.policy, self.tokenizer, _ = online.load_policy_and_reference(
+        self.stream = PromptStream(prompt_rows(cfg.data, "train"), cfg.run.seed)
+        self.policy, self.tokenizer, _ = kit.load_policy_and_reference(
             cfg.model, cfg.lora, need_reference=False)
         self.device = next(self.policy.parameters()).device
         self.backend = get_backend(cfg.gen.backend, self.policy, self.tokenizer)
@@ -101,10 +103,10 @@ class Rounds:
         self.pad_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                        else self.tokenizer.eos_token_id)
         self.total_steps = cfg.rounds.rounds * cfg.rounds.steps_per_round
-        optimizer, scheduler = online.build_optimizer(self.policy, cfg.optim, self.total_steps)
+        optimizer, scheduler = kit.build_optimizer(self.policy, cfg.optim, self.total_steps)
         self.models: list[Any] = [self.policy]
         self.optimizers = [(optimizer, scheduler)]
-        self.guard = online.NonFiniteGuard(cfg.optim.max_nonfinite_steps)
+        self.guard = kit.NonFiniteGuard(cfg.optim.max_nonfinite_steps)
         self.critic: Any = None
         self.run = Run.start(cfg, command)
         self.started = time.perf_counter()
@@ -117,11 +119,11 @@ class Rounds:
 
     def add_critic(self, critic: Any, optim: OptimCfg) -> None:
         """Train ``critic`` (a ``critic.ValueModel``) alongside the policy, with its own AdamW."""
-        from rlhfkit.train import online
+        from rlhfkit.train import kit
 
         self.critic = critic
         self.models.append(critic)
-        self.optimizers.append(online.build_optimizer(critic, optim, self.total_steps))
+        self.optimizers.append(kit.build_optimizer(critic, optim, self.total_steps))
 
     # --- resume and checkpoints ------------------------------------------------------------------
 
@@ -133,11 +135,11 @@ class Rounds:
 
     def resume(self) -> int:
         """The last finished round (0 on a fresh run); with ``--resume``, its state restored."""
-        from rlhfkit.train import online
+        from rlhfkit.train import kit
 
         if not self.cfg.run.resume or (checkpoint := self.run.latest_checkpoint()) is None:
             return 0
-        done = online.restore(online.load_training_state(checkpoint, self.policy), self._stateful())
+        done = kit.restore(kit.load_training_state(checkpoint, self.policy), self._stateful())
         if self.critic is not None:
             self.critic.load(checkpoint)
         self.run.truncate_metrics(done)
@@ -145,14 +147,14 @@ class Rounds:
 
     def end_round(self, round_: int, metrics: dict[str, float]) -> None:
         """Log the round's metrics and checkpoint it."""
-        from rlhfkit.train import online
+        from rlhfkit.train import kit
 
         self.run.log(round_, {**metrics, "skipped_steps": self.guard.skipped,
                               "lr": self.optimizers[0][1].get_last_lr()[0]})
-        state = online.snapshot(round_, self._stateful())
+        state = kit.snapshot(round_, self._stateful())
 
         def write(directory: Path) -> None:
-            online.save_training_state(directory, self.policy, state)
+            kit.save_training_state(directory, self.policy, state)
             if self.critic is not None:
                 self.critic.save(directory)
 
@@ -162,28 +164,28 @@ class Rounds:
 
     def sample(self, prompts: list[Prompt], round_: int) -> Any:
         """One completion per prompt from the current policy (a ``batch.Rollout``)."""
-        from rlhfkit.train import online
+        from rlhfkit.train import kit
 
-        return online.sample(self.policy, self.backend, prompts, self.cfg.gen,
+        return kit.sample(self.policy, self.backend, prompts, self.cfg.gen,
                              seed=self.cfg.run.seed * 1_000_003 + round_)
 
     def score(self, rows: list[dict[str, Any]], completions: list[str]) -> list[float]:
         """The reward's raw score of each completion (the original, unconditioned prompts)."""
-        from rlhfkit.train import online
+        from rlhfkit.train import kit
 
-        raw, _ = online.score(self.reward, rows, completions, self.device)
+        raw, _ = kit.score(self.reward, rows, completions, self.device)
         return raw.tolist()
 
     def encode(self, prompt: Prompt, completion: str, ends: bool = True) -> Any:
         """``prompt`` + ``completion`` (+ EOS when it ``ends``) as a ``sequences.Encoded``, rendered
         as sampled. Pass ``rollout.finished``: a sample cut off by max_new_tokens did not end."""
-        from rlhfkit.train import sequences
+        from rlhfkit.data import sequences
 
         return sequences.encode(self.tokenizer, prompt, completion, self.chat,
                                 self.cfg.rounds.max_length, ends=ends)
 
     def collate(self, encoded: Sequence[Any]) -> Any:
-        from rlhfkit.train import sequences
+        from rlhfkit.data import sequences
 
         return sequences.collate(encoded, self.pad_id).to(self.device)
 
@@ -194,7 +196,7 @@ class Rounds:
 
         Batches are drawn in a seeded random order (a new one each round); each micro-batch's
         mean loss weighs by its share of the step's examples, so accumulation does not change
-        the step. A NaN/inf loss or gradient skips the step (``online.NonFiniteGuard``).
+        the step. A NaN/inf loss or gradient skips the step (``kit.NonFiniteGuard``).
         """
 
         from rlhfkit.train.offline import BatchOrder, accumulate
@@ -223,7 +225,7 @@ class Rounds:
 
     def finish(self, conditioning: Any, summary: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         """Export the policy to ``<run>/model`` with its conditioning; write the summary."""
-        from rlhfkit.train.online import export_model
+        from rlhfkit.models.export import export_model
 
         model_dir = export_model(self.run.path / "model", self.policy, self.tokenizer)
         conditioning.save(model_dir)

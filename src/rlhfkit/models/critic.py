@@ -85,7 +85,7 @@ class ValueModel(torch.nn.Module):
 
     def trainable_state(self) -> dict[str, Tensor]:
         """What training changes: the head, plus the LoRA adapters or the whole backbone."""
-        from rlhfkit.train.online import trainable_state
+        from rlhfkit.models.lora import trainable_state
 
         backbone = {f"backbone.{k}": v for k, v in trainable_state(self.backbone).items()}
         head = {f"head.{k}": v for k, v in self.head.state_dict().items()}
@@ -211,7 +211,7 @@ def load_value_model(model: ModelCfg, tokenizer: Any, path: str = "",
     ``train_layers`` > 0 trains only the top that many decoder layers (``freeze_below``).
     """
     from rlhfkit.models import load_causal_lm
-    from rlhfkit.train.online import attach_lora
+    from rlhfkit.models.lora import attach_lora
 
     lm, own_tokenizer = load_causal_lm(replace(model, path=path or model.path))
     if path and own_tokenizer.get_vocab() != tokenizer.get_vocab():

@@ -59,12 +59,12 @@ def sample_and_score(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]],
                      reward: Any, samples_per_prompt: int, seed: int) -> list[dict[str, Any]]:
     """``samples_per_prompt`` completions of every prompt row, each with the reward's score.
 
-    Rows are ``{"prompt": ..., **meta}`` as ``train.online.prompt_rows`` gives them; the meta
+    Rows are ``{"prompt": ..., **meta}`` as ``data.prompts.prompt_rows`` gives them; the meta
     columns reach the reward (a verifier's item) and are kept in each sample.
     """
+    from rlhfkit.data.prompts import meta_columns, prompt_text
     from rlhfkit.generation import get_backend
     from rlhfkit.rewards import compute_rewards
-    from rlhfkit.train.online import meta_columns, prompt_text
 
     if not rows:
         raise DataError("no prompts to sample from; check the task's prompts")

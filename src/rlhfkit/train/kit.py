@@ -6,13 +6,8 @@ pieces here are the ones that would otherwise be copied between them.
 
 from __future__ import annotations
 
-import copy
 import math
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +26,9 @@ from rlhfkit.config import (
     RunCfg,
     default,
 )
+from rlhfkit.data.prompts import meta_columns, prompt_text
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.lora import attach_lora, trainable_state
 
 
 @dataclass(frozen=True)
@@ -53,70 +50,6 @@ class OnlineConfig:
 
 
 # --- prompts -------------------------------------------------------------------------------------
-
-
-def prompt_rows(data: PromptDataCfg, split: str) -> list[dict[str, Any]]:
-    """Training (``split="train"``) or held-out prompt rows: ``{"prompt": ..., **meta}``."""
-    from rlhfkit.data.builtin import is_builtin, load_builtin
-    from rlhfkit.data.prompts import load_prompts
-
-    if split == "train":
-        spec, field = data.prompts, "prompts"
-    else:
-        spec, field = (data.eval_prompts or data.prompts), "eval_prompts"
-        if not data.eval_prompts and not is_builtin(data.prompts):
-            return []  # a user's file has no held-out split unless they name one
-    if is_builtin(spec) and not Path(spec).exists():
-        rows = load_builtin(spec, split if not data.eval_prompts else "test", field)
-    else:
-        rows = load_prompts(spec, data.prompt_field, option="--data.prompt_field")
-    if split == "train" and data.max_prompts:
-        rows = rows[:data.max_prompts]
-    if split != "train":
-        rows = rows[:data.eval_size]
-    return rows
-
-
-def prompt_text(prompt: Prompt) -> str:
-    """What a reward sees of a prompt: the text, or a chat's last user message."""
-    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
-
-
-def meta_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Every column but the prompt, as per-item lists (what rewards receive as ``**meta``)."""
-    keys = [key for key in rows[0] if key != "prompt"] if rows else []
-    return {key: [row.get(key) for row in rows] for key in keys}
-
-
-class PromptStream:
-    """Prompts in a seeded random order, epoch after epoch; its position is checkpointed."""
-
-    def __init__(self, rows: list[dict[str, Any]], seed: int):
-        if not rows:
-            raise RlhfkitError("no training prompts; check --data.prompts")
-        self.rows, self.seed = rows, seed
-        self.epoch, self.index = 0, 0
-
-    def _order(self) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(len(self.rows), generator=generator).tolist()
-
-    def take(self, count: int) -> list[dict[str, Any]]:
-        taken = []
-        order = self._order()
-        while len(taken) < count:
-            if self.index == len(order):
-                self.epoch, self.index = self.epoch + 1, 0
-                order = self._order()
-            taken.append(self.rows[order[self.index]])
-            self.index += 1
-        return taken
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.index = state["epoch"], state["index"]
 
 
 @dataclass
@@ -180,33 +113,6 @@ def score(reward: Any, rows: list[dict[str, Any]], completions: list[str], devic
 
 
 # --- policy, reference ---------------------------------------------------------------------------
-
-
-def attach_lora(model: Any, lora: LoraCfg, task_type: str | None = "CAUSAL_LM") -> Any:
-    """Wrap ``model`` with trainable LoRA adapters (peft); the base weights freeze.
-
-    ``task_type=None`` suits a bare backbone with no LM head (the critic's decoder).
-    """
-    from peft import LoraConfig, get_peft_model
-
-    targets = lora.target_modules
-    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules="all-linear" if targets == ("all-linear",) else list(targets),
-                        task_type=task_type)
-    return get_peft_model(model, config)
-
-
-@contextmanager
-def reference(policy: Any, frozen_copy: Any | None) -> Iterator[Any]:
-    """The reference model: a frozen copy, or with LoRA the policy with its adapters off.
-
-    LoRA's base weights are the starting model, so no second copy needs to sit in memory.
-    """
-    if frozen_copy is not None:
-        yield frozen_copy
-        return
-    with policy.disable_adapter():
-        yield policy
 
 
 def load_policy_and_reference(model_cfg: Any, lora: LoraCfg, need_reference: bool
@@ -318,15 +224,6 @@ def kl_controller(algo: Any) -> Any:
 # --- checkpoints ---------------------------------------------------------------------------------
 
 
-def trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    """The weights that training changes: LoRA adapters only, or every weight."""
-    if hasattr(model, "peft_config"):
-        from peft import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(model)
-    return model.state_dict()
-
-
 def save_training_state(directory: Path, model: Any, state: dict[str, Any]) -> None:
     """Weights (safetensors) plus optimiser, scheduler, RNG and loop state (torch pickle of
     tensors and plain data only, so that it loads with ``weights_only=True``)."""
@@ -339,7 +236,7 @@ def save_training_state(directory: Path, model: Any, state: dict[str, Any]) -> N
 
 def snapshot(step: int, stateful: dict[str, Any]) -> dict[str, Any]:
     """A loop's resumable state: the step, RNG states and each part's ``state_dict()``."""
-    from rlhfkit.runs import rng_state
+    from rlhfkit.train.runs import rng_state
 
     return {"step": step, "rng": rng_state(),
             **{name: part.state_dict() for name, part in stateful.items()}}
@@ -347,7 +244,7 @@ def snapshot(step: int, stateful: dict[str, Any]) -> dict[str, Any]:
 
 def restore(state: dict[str, Any], stateful: dict[str, Any]) -> int:
     """Load ``snapshot``'s output back into the parts and RNGs; returns the step it was taken at."""
-    from rlhfkit.runs import set_rng_state
+    from rlhfkit.train.runs import set_rng_state
 
     for name, part in stateful.items():
         part.load_state_dict(state[name])
@@ -408,23 +305,3 @@ def load_trainer_state(file: Path) -> dict[str, Any]:
                            "(delete this one) or start afresh with --run.overwrite") from None
 
 
-def export_model(directory: Path, model: Any, tokenizer: Any) -> Path:
-    """Save the trained policy as a plain Hugging Face model directory (LoRA merged in)."""
-    from rlhfkit.models import quiet_transformers
-
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
-    try:
-        # merging LoRA changes the model in place: merge a copy, keep training the original
-        to_save = copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
-        to_save.config.use_cache = True
-        with quiet_transformers():
-            to_save.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
