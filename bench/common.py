@@ -47,15 +47,22 @@ def limit_threads(threads: int) -> None:
 
 def add_allocator_option(parser: argparse.ArgumentParser) -> None:
     """``--trl-allocator``: whether TRL's child keeps freed memory too (see ``set_up_child``)."""
-    parser.add_argument("--trl-allocator", choices=("glibc", "rlhfkit"), default="glibc",
-                        help="glibc: TRL as it ships, with glibc's default malloc; rlhfkit: TRL's "
-                             "child also keeps freed memory mapped, as every rlhfkit command does")
+    parser.add_argument(
+        "--trl-allocator",
+        choices=("glibc", "rlhfkit"),
+        default="glibc",
+        help="glibc: TRL as it ships, with glibc's default malloc; rlhfkit: TRL's "
+        "child also keeps freed memory mapped, as every rlhfkit command does",
+    )
 
 
 def allocator_phrase(trl_allocator: str) -> str:
     """How a table's title says which sides keep freed memory."""
-    return ("both sides keep freed memory" if trl_allocator == "rlhfkit"
-            else "rlhfkit keeps freed memory, TRL has glibc's default malloc")
+    return (
+        "both sides keep freed memory"
+        if trl_allocator == "rlhfkit"
+        else "rlhfkit keeps freed memory, TRL has glibc's default malloc"
+    )
 
 
 def set_up_child(side: str, threads: int, trl_allocator: str = "glibc") -> None:
@@ -73,17 +80,23 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options every peer benchmark takes: threads, device, model and seed."""
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--model", default="smollm2",
-                        help="the embedded alias or a local Hugging Face model directory")
+    parser.add_argument(
+        "--model",
+        default="smollm2",
+        help="the embedded alias or a local Hugging Face model directory",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
-def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                     names: tuple[str, ...]) -> None:
+def require_positive(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...]
+) -> None:
     """Stop with argparse's usage error when one of these options is below 1."""
     for name in names:
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+            parser.error(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}"
+            )
 
 
 def model_name(model: str) -> str:
@@ -98,10 +111,17 @@ def child_env(threads: int) -> dict[str, str]:
     (``rlhfkit.host_memory.use_huge_pages_for_tensors``), unless the caller's environment says
     otherwise.
     """
-    return {"THP_MEM_ALLOC_ENABLE": "1", **os.environ,
-            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    return {
+        "THP_MEM_ALLOC_ENABLE": "1",
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRL_EXPERIMENTAL_SILENCE": "1",
+    }
 
 
 @dataclass
@@ -135,8 +155,9 @@ class StepClock:
         """Count tokens toward the step under way (offline: padded tokens of each forward)."""
         self.pending_tokens += count
 
-    def tick(self, tokens: int | None = None, reward: float | None = None,
-             loss: float | None = None) -> None:
+    def tick(
+        self, tokens: int | None = None, reward: float | None = None, loss: float | None = None
+    ) -> None:
         """Call once at the end of every optimiser step, with the step's tokens (default: those
         counted by ``add_tokens`` since the last tick) and its reward or loss when known."""
         if self.device.startswith("cuda"):
@@ -158,16 +179,24 @@ class StepClock:
         """Measured steps only: seconds and tokens of each, memory peaks; and, over the whole
         run, seconds from the start to the first and last step ends and every step's loss."""
         if len(self.ends) <= self.warmup:
-            raise RuntimeError(f"only {len(self.ends)} steps ticked; need more than the "
-                               f"{self.warmup} warm-up steps")
-        seconds = [b - a for a, b in itertools.pairwise(self.ends[self.warmup - 1:])]
-        cpu_seconds = [b - a for a, b in itertools.pairwise(self.cpu_ends[self.warmup - 1:])]
-        return {"step_seconds": seconds, "cpu_seconds": cpu_seconds,
-                "tokens": self.tokens[self.warmup:],
-                "rewards": self.rewards[self.warmup:], "losses": self.losses,
-                "first_step_seconds": self.ends[0] - self.started,
-                "last_step_seconds": self.ends[-1] - self.started, "steps_run": len(self.ends),
-                "peak_rss": self.peak_rss, "peak_gpu": self.peak_gpu}
+            raise RuntimeError(
+                f"only {len(self.ends)} steps ticked; need more than the "
+                f"{self.warmup} warm-up steps"
+            )
+        seconds = [b - a for a, b in itertools.pairwise(self.ends[self.warmup - 1 :])]
+        cpu_seconds = [b - a for a, b in itertools.pairwise(self.cpu_ends[self.warmup - 1 :])]
+        return {
+            "step_seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+            "tokens": self.tokens[self.warmup :],
+            "rewards": self.rewards[self.warmup :],
+            "losses": self.losses,
+            "first_step_seconds": self.ends[0] - self.started,
+            "last_step_seconds": self.ends[-1] - self.started,
+            "steps_run": len(self.ends),
+            "peak_rss": self.peak_rss,
+            "peak_gpu": self.peak_gpu,
+        }
 
 
 def resolve_device(device: str) -> str:
@@ -191,14 +220,30 @@ def run_child(script: str, side: str, argv: list[str], threads: int) -> dict:
     """Run ``script --child SIDE ARGV`` in a fresh interpreter and return its result dict."""
     with tempfile.TemporaryDirectory(prefix="rlhfkit-bench-") as scratch:
         out = str(Path(scratch) / "result.json")
-        command = [sys.executable, script, "--child", side, "--result", out, "--scratch", scratch,
-                   *argv]
+        command = [
+            sys.executable,
+            script,
+            "--child",
+            side,
+            "--result",
+            out,
+            "--scratch",
+            scratch,
+            *argv,
+        ]
         started = time.perf_counter()
-        completed = subprocess.run(command, env=child_env(threads), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+        completed = subprocess.run(
+            command,
+            env=child_env(threads),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         if completed.returncode != 0 or not Path(out).exists():
             sys.stderr.write(completed.stdout[-6000:])
-            raise SystemExit(f"{side} run failed (exit {completed.returncode}); its output is above")
+            raise SystemExit(
+                f"{side} run failed (exit {completed.returncode}); its output is above"
+            )
         result = json.loads(Path(out).read_text(encoding="utf-8"))
         result["run_seconds"] = time.perf_counter() - started  # loading and saving included
         return result
@@ -213,8 +258,14 @@ def alternating_order(sides: tuple[str, str], repeats: int) -> list[tuple[int, s
     return order
 
 
-def run_alternating(script: str, sides: tuple[str, str], argv: list[str], repeats: int,
-                    threads: int, describe: Callable[[dict], str]) -> dict[str, list[dict]]:
+def run_alternating(
+    script: str,
+    sides: tuple[str, str],
+    argv: list[str],
+    repeats: int,
+    threads: int,
+    describe: Callable[[dict], str],
+) -> dict[str, list[dict]]:
     """Every run of both sides in alternating order, each side's results in run order; prints
     ``describe(result)`` for each run as it ends."""
     results: dict[str, list[dict]] = {side: [] for side in sides}
@@ -245,13 +296,16 @@ def summarize(name: str, results: list[dict]) -> SideSummary:
     tokens = [t for r in results for t in r["tokens"]]
     rewards = [x for r in results for x in r["rewards"]]
     return SideSummary(
-        name=name, median_step_seconds=statistics.median(seconds),
+        name=name,
+        median_step_seconds=statistics.median(seconds),
         median_cpu_seconds=statistics.median(c for r in results for c in r["cpu_seconds"]),
         run_medians=[statistics.median(r["step_seconds"]) for r in results],
         tokens_per_second=sum(tokens) / sum(seconds),
-        mean_completion_tokens=statistics.mean(tokens), mean_reward=statistics.mean(rewards),
+        mean_completion_tokens=statistics.mean(tokens),
+        mean_reward=statistics.mean(rewards),
         peak_rss_gib=max(r["peak_rss"] for r in results) / 2**30,
-        peak_gpu_gib=max(r["peak_gpu"] for r in results) / 2**30)
+        peak_gpu_gib=max(r["peak_gpu"] for r in results) / 2**30,
+    )
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
@@ -266,32 +320,50 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 def comparison_rows(ours: SideSummary, theirs: SideSummary, gpu: bool) -> list[list[str]]:
     """Rows of the summary table: each side, then ours / theirs."""
+
     def row(s: SideSummary) -> list[str]:
         spread = ", ".join(f"{m:.2f}" for m in s.run_medians)
-        cells = [s.name, f"{s.median_step_seconds:.2f}", spread, f"{s.median_cpu_seconds:.2f}",
-                 f"{s.tokens_per_second:.1f}",
-                 f"{s.mean_completion_tokens:.0f}", f"{s.peak_rss_gib:.2f}"]
+        cells = [
+            s.name,
+            f"{s.median_step_seconds:.2f}",
+            spread,
+            f"{s.median_cpu_seconds:.2f}",
+            f"{s.tokens_per_second:.1f}",
+            f"{s.mean_completion_tokens:.0f}",
+            f"{s.peak_rss_gib:.2f}",
+        ]
         return cells + ([f"{s.peak_gpu_gib:.2f}"] if gpu else [])
 
-    ratio = [f"{ours.name} / {theirs.name}",
-             f"{ours.median_step_seconds / theirs.median_step_seconds:.2f}x", "",
-             f"{ours.median_cpu_seconds / theirs.median_cpu_seconds:.2f}x",
-             f"{ours.tokens_per_second / theirs.tokens_per_second:.2f}x",
-             f"{ours.mean_completion_tokens / theirs.mean_completion_tokens:.2f}x",
-             f"{ours.peak_rss_gib / theirs.peak_rss_gib:.2f}x"]
+    ratio = [
+        f"{ours.name} / {theirs.name}",
+        f"{ours.median_step_seconds / theirs.median_step_seconds:.2f}x",
+        "",
+        f"{ours.median_cpu_seconds / theirs.median_cpu_seconds:.2f}x",
+        f"{ours.tokens_per_second / theirs.tokens_per_second:.2f}x",
+        f"{ours.mean_completion_tokens / theirs.mean_completion_tokens:.2f}x",
+        f"{ours.peak_rss_gib / theirs.peak_rss_gib:.2f}x",
+    ]
     if gpu:
         ratio.append(f"{ours.peak_gpu_gib / max(theirs.peak_gpu_gib, 1e-9):.2f}x")
     return [row(ours), row(theirs), ratio]
 
 
 def comparison_headers(gpu: bool) -> list[str]:
-    headers = ["", "median s/step", "per-run medians", "median CPU s/step", "completion tok/s",
-               "completion tok/step", "peak RSS GiB"]
+    headers = [
+        "",
+        "median s/step",
+        "per-run medians",
+        "median CPU s/step",
+        "completion tok/s",
+        "completion tok/step",
+        "peak RSS GiB",
+    ]
     return headers + (["peak GPU GiB"] if gpu else [])
 
 
 def save_json(path: str, payload: dict) -> None:
     """The whole comparison, for the record (written atomically)."""
-    write_result(path, {key: asdict(v) if hasattr(v, "__dataclass_fields__") else v
-                        for key, v in payload.items()})
-
+    write_result(
+        path,
+        {key: asdict(v) if hasattr(v, "__dataclass_fields__") else v for key, v in payload.items()},
+    )

@@ -55,11 +55,19 @@ class Side(NamedTuple):
 
 
 SETTINGS = {  # --compare: its two sides
-    "huge-pages": (Side("huge-pages", env={"THP_MEM_ALLOC_ENABLE": "1"}),
-                   Side("4k-pages", env={"THP_MEM_ALLOC_ENABLE": "0"})),
+    "huge-pages": (
+        Side("huge-pages", env={"THP_MEM_ALLOC_ENABLE": "1"}),
+        Side("4k-pages", env={"THP_MEM_ALLOC_ENABLE": "0"}),
+    ),
     "autocast": (Side("autocast", autocast="bfloat16"), Side("float32", autocast="off")),
-    "critic": (Side("shared-trunk", share_policy=True), Side("separate-critic", share_policy=False)),
-    "allocator": (Side("keep-freed"), Side("glibc-malloc", env={"MALLOC_TRIM_THRESHOLD_": "131072"})),
+    "critic": (
+        Side("shared-trunk", share_policy=True),
+        Side("separate-critic", share_policy=False),
+    ),
+    "allocator": (
+        Side("keep-freed"),
+        Side("glibc-malloc", env={"MALLOC_TRIM_THRESHOLD_": "131072"}),
+    ),
 }
 PHASES = ("sample", "reward", "policy forwards", "critic forward", "backward", "optimiser")
 
@@ -94,11 +102,24 @@ def child(args: argparse.Namespace) -> None:
     from rlhfkit.train import kit, ppo, runs
 
     base = demo.Config()
-    cfg = replace(base, reward="sentiment", steps=args.warmup + args.steps,
-                  model=replace(base.model, path=args.model, device=args.device,
-                                autocast=side.autocast or base.model.autocast),
-                  run=replace(base.run, output_dir=str(Path(args.scratch) / "run"), overwrite=True,
-                              checkpoint_every=0, seed=args.seed))
+    cfg = replace(
+        base,
+        reward="sentiment",
+        steps=args.warmup + args.steps,
+        model=replace(
+            base.model,
+            path=args.model,
+            device=args.device,
+            autocast=side.autocast or base.model.autocast,
+        ),
+        run=replace(
+            base.run,
+            output_dir=str(Path(args.scratch) / "run"),
+            overwrite=True,
+            checkpoint_every=0,
+            seed=args.seed,
+        ),
+    )
     if side.share_policy is not None:
         cfg = replace(cfg, critic=replace(cfg.critic, share_policy=side.share_policy))
     seconds = dict.fromkeys(PHASES, 0.0)  # this step's time in each phase so far
@@ -112,14 +133,18 @@ def child(args: argparse.Namespace) -> None:
                 return fn(*a, **k)
             finally:
                 seconds[phase] += time.perf_counter() - started
+
         return wrapper
 
-    for owner, name, phase in ((kit, "sample", "sample"), (kit, "score", "reward"),
-                               (models, "token_logprobs", "policy forwards"),
-                               (critic.PolicyValueHead, "evaluate", "policy forwards"),
-                               (critic.ValueModel, "forward", "critic forward"),
-                               (torch.Tensor, "backward", "backward"),
-                               (torch.optim.AdamW, "step", "optimiser")):
+    for owner, name, phase in (
+        (kit, "sample", "sample"),
+        (kit, "score", "reward"),
+        (models, "token_logprobs", "policy forwards"),
+        (critic.PolicyValueHead, "evaluate", "policy forwards"),
+        (critic.ValueModel, "forward", "critic forward"),
+        (torch.Tensor, "backward", "backward"),
+        (torch.optim.AdamW, "step", "optimiser"),
+    ):
         setattr(owner, name, timed(phase, getattr(owner, name)))
 
     clock = common.StepClock(warmup=args.warmup)
@@ -135,31 +160,60 @@ def child(args: argparse.Namespace) -> None:
 
     runs.Run.log = log_and_tick
     ppo.train(cfg)
-    common.write_result(args.result, {**clock.result(), "phases": per_step,
-                                      "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt})
+    common.write_result(
+        args.result,
+        {
+            **clock.result(),
+            "phases": per_step,
+            "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
+        },
+    )
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
-    return ["--compare", args.compare, "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--threads", str(args.threads), "--device", args.device, "--model", args.model,
-            "--seed", str(args.seed)]
+    return [
+        "--compare",
+        args.compare,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--model",
+        args.model,
+        "--seed",
+        str(args.seed),
+    ]
 
 
 def describe_run(result: dict) -> str:
-    return (f"{statistics.median(result['step_seconds']):.2f} s/step, "
-            f"{result['minor_faults'] / 1e6:.2f}M minor page faults")
+    return (
+        f"{statistics.median(result['step_seconds']):.2f} s/step, "
+        f"{result['minor_faults'] / 1e6:.2f}M minor page faults"
+    )
 
 
 def phase_rows(names: tuple[str, str], results: dict[str, list[dict]]) -> list[list[str]]:
     """Median seconds of each phase per step on each side, and their ratio."""
     rows = []
     for phase in PHASES:
-        a, b = (statistics.median(s for r in results[name] for s in r["phases"][phase])
-                for name in names)
+        a, b = (
+            statistics.median(s for r in results[name] for s in r["phases"][phase])
+            for name in names
+        )
         rows.append([phase, f"{a:.2f}", f"{b:.2f}", f"{a / b:.2f}x" if b else ""])
     faults = [statistics.median(r["minor_faults"] for r in results[name]) / 1e6 for name in names]
-    rows.append(["minor page faults (M, whole run)", f"{faults[0]:.2f}", f"{faults[1]:.2f}",
-                 f"{faults[0] / faults[1]:.2f}x"])
+    rows.append(
+        [
+            "minor page faults (M, whole run)",
+            f"{faults[0]:.2f}",
+            f"{faults[1]:.2f}",
+            f"{faults[0] / faults[1]:.2f}x",
+        ]
+    )
     return rows
 
 
@@ -171,19 +225,25 @@ def main(argv: list[str] | None = None) -> None:
     import platform
 
     names = tuple(side.name for side in SETTINGS[args.compare])
-    print(f"rlhfkit demo's PPO step, {common.model_name(args.model)}, {names[0]} against "
-          f"{names[1]} ({platform.processor() or platform.machine()}, {args.threads} threads): "
-          f"{args.steps} measured steps after {args.warmup} warm-up, {args.repeats} repeat(s)",
-          flush=True)
-    results = common.run_alternating(__file__, names, child_argv(args), args.repeats,
-                                     args.threads, describe_run)
+    print(
+        f"rlhfkit demo's PPO step, {common.model_name(args.model)}, {names[0]} against "
+        f"{names[1]} ({platform.processor() or platform.machine()}, {args.threads} threads): "
+        f"{args.steps} measured steps after {args.warmup} warm-up, {args.repeats} repeat(s)",
+        flush=True,
+    )
+    results = common.run_alternating(
+        __file__, names, child_argv(args), args.repeats, args.threads, describe_run
+    )
     first, second = (common.summarize(name, results[name]) for name in names)
-    common.print_table(common.comparison_headers(False), common.comparison_rows(first, second, False))
+    common.print_table(
+        common.comparison_headers(False), common.comparison_rows(first, second, False)
+    )
     print()
     common.print_table(["median s/step", *names, "ratio"], phase_rows(names, results))
     if args.json:
-        common.save_json(args.json, {"settings": vars(args), names[0]: first, names[1]: second,
-                                     "runs": results})
+        common.save_json(
+            args.json, {"settings": vars(args), names[0]: first, names[1]: second, "runs": results}
+        )
 
 
 if __name__ == "__main__":

@@ -27,15 +27,33 @@ SIDES = ("default", "deterministic")
 
 def run(side: str, args: argparse.Namespace, directory: Path) -> list[float]:
     """One ``rlhfkit grpo`` run; its step times after the first, in seconds."""
-    command = [sys.executable, "-m", "rlhfkit", "grpo", "--steps", str(args.steps),
-               "--model.path", args.model, "--model.autocast", args.autocast,
-               "--run.seed", str(args.seed), "--data.eval_size", "0",
-               "--run.checkpoint_every", "0", "--log.tensorboard", "false",
-               "--log.progress", "false", "--run.output_dir", str(directory)]
+    command = [
+        sys.executable,
+        "-m",
+        "rlhfkit",
+        "grpo",
+        "--steps",
+        str(args.steps),
+        "--model.path",
+        args.model,
+        "--model.autocast",
+        args.autocast,
+        "--run.seed",
+        str(args.seed),
+        "--data.eval_size",
+        "0",
+        "--run.checkpoint_every",
+        "0",
+        "--log.tensorboard",
+        "false",
+        "--log.progress",
+        "false",
+        "--run.output_dir",
+        str(directory),
+    ]
     if side == "deterministic":
         command.append("--run.deterministic")
-    completed = subprocess.run(command, env=child_env(args.threads), capture_output=True,
-                               text=True)
+    completed = subprocess.run(command, env=child_env(args.threads), capture_output=True, text=True)
     if completed.returncode != 0:
         sys.stderr.write(completed.stderr[-6000:])
         raise SystemExit(f"{side} run failed (exit {completed.returncode}); its output is above")
@@ -45,8 +63,9 @@ def run(side: str, args: argparse.Namespace, directory: Path) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6, help="GRPO steps per run (the first "
-                        "is not timed)")
+    parser.add_argument(
+        "--steps", type=int, default=6, help="GRPO steps per run (the first is not timed)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="runs per side")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
     parser.add_argument("--model", default="smollm2")
@@ -61,13 +80,19 @@ def main() -> None:
         for repeat, side in alternating_order(SIDES, args.repeats):
             steps = run(side, args, Path(tmp) / f"{side}-{repeat}")
             seconds[side] += steps
-            print(f"  repeat {repeat + 1} {side:13s} median step {statistics.median(steps):.2f} s",
-                  flush=True)
+            print(
+                f"  repeat {repeat + 1} {side:13s} median step {statistics.median(steps):.2f} s",
+                flush=True,
+            )
     medians = {side: statistics.median(values) for side, values in seconds.items()}
-    print(f"\nrlhfkit grpo, {args.model}, autocast {args.autocast}, {args.threads} threads, "
-          f"{args.repeats} x {args.steps - 1} timed steps per side")
-    print_table(["side", "median s/step", "steps timed"],
-                [[side, f"{medians[side]:.2f}", str(len(seconds[side]))] for side in SIDES])
+    print(
+        f"\nrlhfkit grpo, {args.model}, autocast {args.autocast}, {args.threads} threads, "
+        f"{args.repeats} x {args.steps - 1} timed steps per side"
+    )
+    print_table(
+        ["side", "median s/step", "steps timed"],
+        [[side, f"{medians[side]:.2f}", str(len(seconds[side]))] for side in SIDES],
+    )
     print(f"\ndeterministic / default: {medians['deterministic'] / medians['default']:.2f}x")
 
 

@@ -57,8 +57,10 @@ BETA = 0.1
 def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path):
     from rlhfkit.train import dpo
 
-    return dpo.Config(**offline_bench.rlhfkit_offline_groups(args, model_dir, output_dir),
-                      algo=dpo.AlgoCfg(loss="dpo", beta=BETA, label_smoothing=0.0))
+    return dpo.Config(
+        **offline_bench.rlhfkit_offline_groups(args, model_dir, output_dir),
+        algo=dpo.AlgoCfg(loss="dpo", beta=BETA, label_smoothing=0.0),
+    )
 
 
 def run_rlhfkit(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -> None:
@@ -80,10 +82,15 @@ def run_rlhfkit(args: argparse.Namespace, model_dir: str, clock: common.StepCloc
 def trl_config(args: argparse.Namespace, output_dir: Path):
     from trl import DPOConfig
 
-    return DPOConfig(**offline_bench.trl_training_args(args, output_dir), beta=BETA,
-                     loss_type=["sigmoid"], label_smoothing=0.0, padding_free=False,
-                     precompute_ref_log_probs=args.trl_precompute_ref,
-                     precompute_ref_batch_size=offline_bench.PRECOMPUTE_BATCH)
+    return DPOConfig(
+        **offline_bench.trl_training_args(args, output_dir),
+        beta=BETA,
+        loss_type=["sigmoid"],
+        label_smoothing=0.0,
+        padding_free=False,
+        precompute_ref_log_probs=args.trl_precompute_ref,
+        precompute_ref_batch_size=offline_bench.PRECOMPUTE_BATCH,
+    )
 
 
 def run_trl(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -> None:
@@ -91,8 +98,11 @@ def run_trl(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -
     from trl import DPOTrainer
 
     rows = offline_bench.read_pairs(args.pairs)
-    trainer = DPOTrainer(model=model_dir, args=trl_config(args, Path(args.scratch) / "trl-run"),
-                         train_dataset=Dataset.from_list(rows))
+    trainer = DPOTrainer(
+        model=model_dir,
+        args=trl_config(args, Path(args.scratch) / "trl-run"),
+        train_dataset=Dataset.from_list(rows),
+    )
     offline_bench.check_all_kept(trainer, len(rows))
     offline_bench.tick_trl_steps(trainer, clock)
     trainer.train()
@@ -100,9 +110,12 @@ def run_trl(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = offline_bench.offline_parser(__doc__.split("\n\n")[0], lr=1e-6)
-    parser.add_argument("--trl-precompute-ref", action="store_true",
-                        help="TRL computes reference log-probs before training too, as rlhfkit "
-                             "does (default: a frozen reference model run in every step)")
+    parser.add_argument(
+        "--trl-precompute-ref",
+        action="store_true",
+        help="TRL computes reference log-probs before training too, as rlhfkit "
+        "does (default: a frozen reference model run in every step)",
+    )
     return offline_bench.parse_offline_args(parser, argv)
 
 
@@ -114,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     reference = "precomputed" if args.trl_precompute_ref else "a frozen copy run every step"
     offline_bench.compare_offline(
-        __file__, args, argv, f"DPO (sigmoid loss, beta {BETA}; TRL reference: {reference})")
+        __file__, args, argv, f"DPO (sigmoid loss, beta {BETA}; TRL reference: {reference})"
+    )
 
 
 if __name__ == "__main__":

@@ -27,13 +27,18 @@ import common  # noqa: E402  (the bench folder is not a package)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=16, help="distributions per call (batch)")
     parser.add_argument("--vocab", type=int, default=49_152, help="tokens per distribution")
     parser.add_argument("--calls", type=int, default=50, help="timed calls per side")
-    parser.add_argument("--check-draws", type=int, default=400_000,
-                        help="draws of one small distribution for the frequency check")
+    parser.add_argument(
+        "--check-draws",
+        type=int,
+        default=400_000,
+        help="draws of one small distribution for the frequency check",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -44,8 +49,10 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     probs = (3 * torch.randn(args.rows, args.vocab)).softmax(dim=-1)
-    sides = {"rlhfkit draw": draw,
-             "torch.multinomial": lambda p: torch.multinomial(p, 1).squeeze(-1)}
+    sides = {
+        "rlhfkit draw": draw,
+        "torch.multinomial": lambda p: torch.multinomial(p, 1).squeeze(-1),
+    }
 
     def timed(fn) -> float:
         start = time.perf_counter()
@@ -67,14 +74,17 @@ def main(argv: list[str] | None = None) -> None:
         counts = torch.bincount(fn(many), minlength=64).double()
         distance[name] = 0.5 * float((counts / args.check_draws - small.double()).abs().sum())
 
-    print(f"one token per row from {args.rows} x {args.vocab} probabilities on the CPU, "
-          f"{args.threads} threads, torch {torch.__version__}; {args.calls} calls per side")
+    print(
+        f"one token per row from {args.rows} x {args.vocab} probabilities on the CPU, "
+        f"{args.threads} threads, torch {torch.__version__}; {args.calls} calls per side"
+    )
     median = {name: statistics.median(times) for name, times in seconds.items()}
     rows = [[name, f"{median[name] * 1e3:.2f}", f"{distance[name]:.4f}"] for name in sides]
     ours, theirs = median.values()
     rows.append(["rlhfkit / torch", f"{ours / theirs:.3f}x", ""])
-    common.print_table(["", "median ms / draw",
-                        f"total variation, {args.check_draws:,} draws of 64 tokens"], rows)
+    common.print_table(
+        ["", "median ms / draw", f"total variation, {args.check_draws:,} draws of 64 tokens"], rows
+    )
     # a perfect sampler's expected distance: 1/2 sum_i E|f_i - p_i|, E|f_i - p_i| ~ sqrt(2 p_i
     # (1 - p_i) / (pi n)) for n draws (the normal approximation of a binomial frequency)
     p = small.double()

@@ -61,9 +61,11 @@ def bench_prompts(args: argparse.Namespace) -> list[str]:
 
     openings = [row["prompt"] for row in load_builtin("vader:movies", "train")]
     if len(openings) < args.prompts * args.join:
-        raise SystemExit(f"--prompts {args.prompts} x --join {args.join} needs "
-                         f"{args.prompts * args.join} openings; vader:movies has {len(openings)}")
-    return [" ".join(openings[i * args.join:(i + 1) * args.join]) for i in range(args.prompts)]
+        raise SystemExit(
+            f"--prompts {args.prompts} x --join {args.join} needs "
+            f"{args.prompts * args.join} openings; vader:movies has {len(openings)}"
+        )
+    return [" ".join(openings[i * args.join : (i + 1) * args.join]) for i in range(args.prompts)]
 
 
 # --- the two sides (each runs in its own child process) ----------------------------------------
@@ -75,21 +77,43 @@ def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path, p
 
     batch = args.prompts_per_step * args.group_size
     return grpo.Config(
-        reward=reward_spec(args), steps=args.warmup + args.steps,
-        model=ModelCfg(path=model_dir, dtype="float32", device=args.device,
-                       autocast="bfloat16" if args.bf16 else "off",
-                       head_dtype="bfloat16" if args.bf16_head else "float32"),
+        reward=reward_spec(args),
+        steps=args.warmup + args.steps,
+        model=ModelCfg(
+            path=model_dir,
+            dtype="float32",
+            device=args.device,
+            autocast="bfloat16" if args.bf16 else "off",
+            head_dtype="bfloat16" if args.bf16_head else "float32",
+        ),
         data=PromptDataCfg(prompts=str(prompts), eval_size=0),
-        gen=GenCfg(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-                   batch_size=batch, chat_template="on" if args.chat else "off"),
-        algo=grpo.AlgoCfg(advantage="grpo", group_size=args.group_size,
-                          prompts_per_step=args.prompts_per_step, micro_batch_size=batch,
-                          epochs=1, clip_eps=0.2, kl_coef=args.beta, kl_estimator="k3",
-                          kl_in="loss", scale_by_std=True, aggregation="token"),
-        optim=OptimCfg(lr=args.lr, schedule="constant", warmup_steps=0, weight_decay=0.0,
-                       max_grad_norm=1.0),
+        gen=GenCfg(
+            max_new_tokens=args.max_new_tokens,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            batch_size=batch,
+            chat_template="on" if args.chat else "off",
+        ),
+        algo=grpo.AlgoCfg(
+            advantage="grpo",
+            group_size=args.group_size,
+            prompts_per_step=args.prompts_per_step,
+            micro_batch_size=batch,
+            epochs=1,
+            clip_eps=0.2,
+            kl_coef=args.beta,
+            kl_estimator="k3",
+            kl_in="loss",
+            scale_by_std=True,
+            aggregation="token",
+        ),
+        optim=OptimCfg(
+            lr=args.lr, schedule="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0
+        ),
         log=LogCfg(tensorboard=False, progress=False),
-        run=RunCfg(output_dir=str(output_dir), seed=args.seed, checkpoint_every=0))
+        run=RunCfg(output_dir=str(output_dir), seed=args.seed, checkpoint_every=0),
+    )
 
 
 def run_rlhfkit(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -> None:
@@ -116,17 +140,38 @@ def trl_config(args: argparse.Namespace, output_dir: Path):
 
     batch = args.prompts_per_step * args.group_size
     return GRPOConfig(
-        output_dir=str(output_dir), max_steps=args.warmup + args.steps, seed=args.seed,
-        per_device_train_batch_size=batch, gradient_accumulation_steps=1,
-        steps_per_generation=1, num_iterations=1, num_generations=args.group_size,
-        max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-        beta=args.beta, epsilon=0.2, loss_type="dapo", scale_rewards="group",
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, bf16=args.bf16, fp16=False,
+        output_dir=str(output_dir),
+        max_steps=args.warmup + args.steps,
+        seed=args.seed,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        num_iterations=1,
+        num_generations=args.group_size,
+        max_completion_length=args.max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=args.beta,
+        epsilon=0.2,
+        loss_type="dapo",
+        scale_rewards="group",
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16=args.bf16,
+        fp16=False,
         model_init_kwargs={"dtype": "float32", "use_kernels": False},  # as rlhfkit loads it
-        gradient_checkpointing=args.trl_gradient_checkpointing, use_cpu=common.resolve_device(args.device) == "cpu",
-        report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
-        dataloader_num_workers=0)
+        gradient_checkpointing=args.trl_gradient_checkpointing,
+        use_cpu=common.resolve_device(args.device) == "cpu",
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
 
 
 def run_trl(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -> None:
@@ -148,17 +193,19 @@ def run_trl(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -
         return reward([text(p) for p in prompts], [text(c) for c in completions])
 
     score.__name__ = reward.name.rpartition(":")[2] or "reward"
-    trainer = GRPOTrainer(model=model_dir, reward_funcs=score,
-                          args=trl_config(args, Path(args.scratch) / "trl-run"),
-                          train_dataset=Dataset.from_dict({"prompt": prompts}))
+    trainer = GRPOTrainer(
+        model=model_dir,
+        reward_funcs=score,
+        args=trl_config(args, Path(args.scratch) / "trl-run"),
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+    )
     batch = args.prompts_per_step * args.group_size
 
     class Tick(TrainerCallback):
         def on_step_end(self, training_args, state, control, **kwargs):
             # GRPOTrainer appends this step's metrics before on_step_end; log() clears them after
             metrics = trainer._metrics["train"]
-            clock.tick(round(metrics["completions/mean_length"][-1] * batch),
-                       metrics["reward"][-1])
+            clock.tick(round(metrics["completions/mean_length"][-1] * batch), metrics["reward"][-1])
 
     trainer.add_callback(Tick())
     trainer.train()
@@ -178,38 +225,66 @@ def child(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=5, help="measured steps per run")
-    parser.add_argument("--warmup", type=int, default=1,
-                        help="steps run before the measured ones (at least 1: a step is timed "
-                             "from the previous step's end)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="steps run before the measured ones (at least 1: a step is timed "
+        "from the previous step's end)",
+    )
     parser.add_argument("--prompts-per-step", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=4, help="completions per prompt (G)")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternated")
-    parser.add_argument("--beta", type=float, default=0.04,
-                        help="KL coefficient (0: no reference model on either side)")
+    parser.add_argument(
+        "--beta",
+        type=float,
+        default=0.04,
+        help="KL coefficient (0: no reference model on either side)",
+    )
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--prompts", type=int, default=32, help="size of the prompt pool")
-    parser.add_argument("--join", type=int, default=1,
-                        help="movie openings per prompt (20: ~160-token prompts)")
-    parser.add_argument("--reward", default=LETTER_REWARD,
-                        help="'letter' (share of e's), or any rlhfkit reward spec: sentiment, ...")
-    parser.add_argument("--chat", action="store_true",
-                        help="wrap prompts in the chat template on both sides (default: plain text)")
-    parser.add_argument("--bf16", action="store_true",
-                        help="mixed precision on both sides: float32 weights, bfloat16 matmuls "
-                             "(TRL bf16=True, rlhfkit --model.autocast bfloat16)")
-    parser.add_argument("--bf16-head", action="store_true",
-                        help="with --bf16: rlhfkit's LM head in bfloat16 too, as TRL's is "
-                             "(--model.head_dtype bfloat16; rlhfkit keeps it float32 by default)")
-    parser.add_argument("--trl-gradient-checkpointing", action="store_true",
-                        help="TRL's default; off by default so both sides do the same compute")
+    parser.add_argument(
+        "--join", type=int, default=1, help="movie openings per prompt (20: ~160-token prompts)"
+    )
+    parser.add_argument(
+        "--reward",
+        default=LETTER_REWARD,
+        help="'letter' (share of e's), or any rlhfkit reward spec: sentiment, ...",
+    )
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap prompts in the chat template on both sides (default: plain text)",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="mixed precision on both sides: float32 weights, bfloat16 matmuls "
+        "(TRL bf16=True, rlhfkit --model.autocast bfloat16)",
+    )
+    parser.add_argument(
+        "--bf16-head",
+        action="store_true",
+        help="with --bf16: rlhfkit's LM head in bfloat16 too, as TRL's is "
+        "(--model.head_dtype bfloat16; rlhfkit keeps it float32 by default)",
+    )
+    parser.add_argument(
+        "--trl-gradient-checkpointing",
+        action="store_true",
+        help="TRL's default; off by default so both sides do the same compute",
+    )
     common.add_run_options(parser)
     common.add_allocator_option(parser)
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny settings for a smoke check: 2 prompts x 2, 4 tokens, 1 step")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny settings for a smoke check: 2 prompts x 2, 4 tokens, 1 step",
+    )
     parser.add_argument("--json", default="", help="also write the comparison to this JSON file")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -218,12 +293,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.steps, args.warmup, args.prompts_per_step, args.group_size = 1, 1, 2, 2
         args.max_new_tokens, args.repeats, args.prompts = 4, 1, 4
-    common.require_positive(parser, args, ("steps", "warmup", "prompts_per_step",
-                                           "max_new_tokens", "repeats", "threads", "prompts",
-                                           "join"))
+    common.require_positive(
+        parser,
+        args,
+        (
+            "steps",
+            "warmup",
+            "prompts_per_step",
+            "max_new_tokens",
+            "repeats",
+            "threads",
+            "prompts",
+            "join",
+        ),
+    )
     if args.group_size < 2:
-        parser.error(f"--group-size must be at least 2 (GRPO needs a group baseline), got "
-                     f"{args.group_size}")
+        parser.error(
+            f"--group-size must be at least 2 (GRPO needs a group baseline), got {args.group_size}"
+        )
     if args.bf16_head and not args.bf16:
         parser.error("--bf16-head needs --bf16: without autocast the head is float32 on both sides")
     if args.beta < 0:
@@ -233,13 +320,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def child_argv(args: argparse.Namespace) -> list[str]:
     """The parent's settings, passed on unchanged (``--quick`` already expanded)."""
-    argv = [f"--steps={args.steps}", f"--warmup={args.warmup}",
-            f"--prompts-per-step={args.prompts_per_step}", f"--group-size={args.group_size}",
-            f"--max-new-tokens={args.max_new_tokens}", f"--beta={args.beta}", f"--lr={args.lr}",
-            f"--threads={args.threads}", f"--prompts={args.prompts}", f"--join={args.join}",
-            f"--reward={args.reward}",
-            f"--device={args.device}", f"--seed={args.seed}", f"--model={args.model}",
-            f"--trl-allocator={args.trl_allocator}"]
+    argv = [
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+        f"--prompts-per-step={args.prompts_per_step}",
+        f"--group-size={args.group_size}",
+        f"--max-new-tokens={args.max_new_tokens}",
+        f"--beta={args.beta}",
+        f"--lr={args.lr}",
+        f"--threads={args.threads}",
+        f"--prompts={args.prompts}",
+        f"--join={args.join}",
+        f"--reward={args.reward}",
+        f"--device={args.device}",
+        f"--seed={args.seed}",
+        f"--model={args.model}",
+        f"--trl-allocator={args.trl_allocator}",
+    ]
     if args.chat:
         argv.append("--chat")
     if args.bf16:
@@ -254,9 +351,11 @@ def child_argv(args: argparse.Namespace) -> list[str]:
 def describe_run(result: dict) -> str:
     """One run's line: its step times, their median, CPU time, memory and total time."""
     steps = ", ".join(f"{s:.2f}" for s in result["step_seconds"])
-    return (f"s/step: {steps}  (median {statistics.median(result['step_seconds']):.2f}, CPU "
-            f"{statistics.median(result['cpu_seconds']):.2f}; peak RSS "
-            f"{result['peak_rss'] / 2**30:.2f} GiB; {result['run_seconds']:.0f} s in all)")
+    return (
+        f"s/step: {steps}  (median {statistics.median(result['step_seconds']):.2f}, CPU "
+        f"{statistics.median(result['cpu_seconds']):.2f}; peak RSS "
+        f"{result['peak_rss'] / 2**30:.2f} GiB; {result['run_seconds']:.0f} s in all)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,22 +371,26 @@ def main(argv: list[str] | None = None) -> None:
     precision = "fp32 weights, bf16 autocast" if args.bf16 else "fp32"
     if args.bf16:
         precision += ", rlhfkit's LM head " + ("bf16 as TRL's" if args.bf16_head else "fp32")
-    print(f"GRPO, {common.model_name(args.model)} {precision} on {device} ({platform.processor() or platform.machine()}"
-          f", {args.threads} threads): {args.prompts_per_step} prompts x G={args.group_size}, "
-          f"{args.max_new_tokens} new tokens, beta={args.beta}, reward={args.reward}, "
-          f"{'chat template' if args.chat else 'plain text'}, {args.join} opening(s) a prompt; "
-          f"{args.steps} measured steps after "
-          f"{args.warmup} warm-up, {args.repeats} repeat(s); "
-          f"{common.allocator_phrase(args.trl_allocator)}; torch {torch.__version__}",
-          flush=True)
-    results = common.run_alternating(__file__, SIDES, child_argv(args), args.repeats,
-                                     args.threads, describe_run)
+    print(
+        f"GRPO, {common.model_name(args.model)} {precision} on {device} ({platform.processor() or platform.machine()}"
+        f", {args.threads} threads): {args.prompts_per_step} prompts x G={args.group_size}, "
+        f"{args.max_new_tokens} new tokens, beta={args.beta}, reward={args.reward}, "
+        f"{'chat template' if args.chat else 'plain text'}, {args.join} opening(s) a prompt; "
+        f"{args.steps} measured steps after "
+        f"{args.warmup} warm-up, {args.repeats} repeat(s); "
+        f"{common.allocator_phrase(args.trl_allocator)}; torch {torch.__version__}",
+        flush=True,
+    )
+    results = common.run_alternating(
+        __file__, SIDES, child_argv(args), args.repeats, args.threads, describe_run
+    )
     ours, theirs = (common.summarize(side, results[side]) for side in SIDES)
     gpu = device == "cuda"
     common.print_table(common.comparison_headers(gpu), common.comparison_rows(ours, theirs, gpu))
     if args.json:
-        common.save_json(args.json, {"settings": vars(args), "rlhfkit": ours, "trl": theirs,
-                                     "runs": results})
+        common.save_json(
+            args.json, {"settings": vars(args), "rlhfkit": ours, "trl": theirs, "runs": results}
+        )
 
 
 if __name__ == "__main__":

@@ -56,9 +56,12 @@ import offline_bench  # noqa: E402
 def rlhfkit_config(args: argparse.Namespace, model_dir: str, output_dir: Path):
     from rlhfkit.train import reward
 
-    return reward.Config(**offline_bench.rlhfkit_offline_groups(args, model_dir, output_dir),
-                         rm=reward.RewardCfg(objective="pairs", use_margin=False, pooling="last",
-                                             max_length=args.max_length))
+    return reward.Config(
+        **offline_bench.rlhfkit_offline_groups(args, model_dir, output_dir),
+        rm=reward.RewardCfg(
+            objective="pairs", use_margin=False, pooling="last", max_length=args.max_length
+        ),
+    )
 
 
 def run_rlhfkit(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -> None:
@@ -80,8 +83,9 @@ def run_rlhfkit(args: argparse.Namespace, model_dir: str, clock: common.StepCloc
 def trl_config(args: argparse.Namespace, output_dir: Path):
     from trl import RewardConfig
 
-    return RewardConfig(**offline_bench.trl_training_args(args, output_dir),
-                        center_rewards_coefficient=None)
+    return RewardConfig(
+        **offline_bench.trl_training_args(args, output_dir), center_rewards_coefficient=None
+    )
 
 
 def run_trl(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -> None:
@@ -89,9 +93,11 @@ def run_trl(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -
     from trl import RewardTrainer
 
     rows = offline_bench.read_pairs(args.pairs)
-    trainer = RewardTrainer(model=model_dir,
-                            args=trl_config(args, Path(args.scratch) / "trl-run"),
-                            train_dataset=Dataset.from_list(rows))
+    trainer = RewardTrainer(
+        model=model_dir,
+        args=trl_config(args, Path(args.scratch) / "trl-run"),
+        train_dataset=Dataset.from_list(rows),
+    )
     offline_bench.check_all_kept(trainer, len(rows))
     offline_bench.tick_trl_steps(trainer, clock)
     trainer.train()
@@ -100,7 +106,8 @@ def run_trl(args: argparse.Namespace, model_dir: str, clock: common.StepClock) -
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = offline_bench.parse_offline_args(
-        offline_bench.offline_parser(__doc__.split("\n\n")[0].replace("\n", " "), lr=1e-5), argv)
+        offline_bench.offline_parser(__doc__.split("\n\n")[0].replace("\n", " "), lr=1e-5), argv
+    )
     if args.child:
         offline_bench.offline_child(args, {"rlhfkit": run_rlhfkit, "trl": run_trl})
         return

@@ -25,8 +25,9 @@ import common  # noqa: E402  (the bench folder is not a package)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--prompts", type=int, default=4, help="distinct prompts per batch")
     parser.add_argument("--group-size", type=int, default=4, help="completions per prompt (G)")
     parser.add_argument("--join", type=int, default=1, help="movie openings per prompt")
@@ -35,8 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=4, help="timed calls per side")
     common.add_run_options(parser)
     args = parser.parse_args(argv)
-    common.require_positive(parser, args, ("prompts", "group_size", "join", "max_new_tokens",
-                                           "calls"))
+    common.require_positive(
+        parser, args, ("prompts", "group_size", "join", "max_new_tokens", "calls")
+    )
     common.limit_threads(args.threads)
     import torch
 
@@ -51,20 +53,33 @@ def main(argv: list[str] | None = None) -> None:
         def _prefill_once_per_prompt(self, input_ids, prompt_mask):
             return {}
 
-    model, tokenizer = load_causal_lm(ModelCfg(path=args.model, dtype="float32",
-                                               device=common.resolve_device(args.device)))
+    model, tokenizer = load_causal_lm(
+        ModelCfg(path=args.model, dtype="float32", device=common.resolve_device(args.device))
+    )
     openings = [row["prompt"] for row in load_builtin("vader:movies", "train")]
     if len(openings) < args.prompts * args.join:
-        parser.error(f"--prompts x --join needs {args.prompts * args.join} openings; "
-                     f"vader:movies has {len(openings)}")
-    distinct = [" ".join(openings[i * args.join:(i + 1) * args.join]) for i in range(args.prompts)]
+        parser.error(
+            f"--prompts x --join needs {args.prompts * args.join} openings; "
+            f"vader:movies has {len(openings)}"
+        )
+    distinct = [
+        " ".join(openings[i * args.join : (i + 1) * args.join]) for i in range(args.prompts)
+    ]
     prompts = [prompt for prompt in distinct for _ in range(args.group_size)]
-    sides = {"prefill once per prompt": HFBackend(model, tokenizer),
-             "every row": EveryRow(model, tokenizer)}
+    sides = {
+        "prefill once per prompt": HFBackend(model, tokenizer),
+        "every row": EveryRow(model, tokenizer),
+    }
 
     def cfg(temperature: float) -> GenCfg:
-        return GenCfg(max_new_tokens=args.max_new_tokens, temperature=temperature, top_p=1.0,
-                      top_k=0, batch_size=len(prompts), chat_template="on" if args.chat else "off")
+        return GenCfg(
+            max_new_tokens=args.max_new_tokens,
+            temperature=temperature,
+            top_p=1.0,
+            top_k=0,
+            batch_size=len(prompts),
+            chat_template="on" if args.chat else "off",
+        )
 
     greedy = [backend.generate(prompts, cfg(0.0), args.seed) for backend in sides.values()]
     agree = greedy[0].response_ids.equal(greedy[1].response_ids)
@@ -77,12 +92,16 @@ def main(argv: list[str] | None = None) -> None:
             seconds[name].append(time.perf_counter() - start)
 
     width = greedy[0].prompt_ids.shape[1]
-    print(f"{common.model_name(args.model)} fp32 on {model.device}, {args.threads} threads, "
-          f"torch {torch.__version__}: {args.prompts} prompts x G={args.group_size}, prompts "
-          f"padded to {width} tokens, {args.max_new_tokens} new tokens; {args.calls} calls a side")
+    print(
+        f"{common.model_name(args.model)} fp32 on {model.device}, {args.threads} threads, "
+        f"torch {torch.__version__}: {args.prompts} prompts x G={args.group_size}, prompts "
+        f"padded to {width} tokens, {args.max_new_tokens} new tokens; {args.calls} calls a side"
+    )
     median = {name: statistics.median(times) for name, times in seconds.items()}
-    rows = [[name, f"{median[name]:.2f}", ", ".join(f"{s:.2f}" for s in seconds[name])]
-            for name in sides]
+    rows = [
+        [name, f"{median[name]:.2f}", ", ".join(f"{s:.2f}" for s in seconds[name])]
+        for name in sides
+    ]
     ours, theirs = median.values()
     rows.append(["once / every row", f"{ours / theirs:.2f}x", ""])
     common.print_table(["", "median s / batch", "each call"], rows)

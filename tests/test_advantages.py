@@ -55,8 +55,9 @@ def test_gae_by_hand():
 
 def test_gae_discounts_by_hand():
     # V = 0, lam = 1, gamma 0.5: returns are discounted sums, R0 = 1 + 0.5 * 0 + 0.25 * 2 = 1.5
-    advantages, returns = gae(torch.tensor([[1.0, 0.0, 2.0]]), torch.zeros(1, 3), torch.ones(1, 3),
-                              gamma=0.5, lam=1.0)
+    advantages, returns = gae(
+        torch.tensor([[1.0, 0.0, 2.0]]), torch.zeros(1, 3), torch.ones(1, 3), gamma=0.5, lam=1.0
+    )
     torch.testing.assert_close(returns, torch.tensor([[1.5, 1.0, 2.0]]))
     torch.testing.assert_close(advantages, returns)
 
@@ -101,8 +102,9 @@ def test_grpo_by_hand():
     std = math.sqrt(48 / 9)
     expected = torch.tensor([-1.0, 0.0, 1.0, 8 / 3 / std, -4 / 3 / std, -4 / 3 / std])
     torch.testing.assert_close(grpo(scores, 3, eps=0.0), expected)
-    torch.testing.assert_close(grpo(scores, 3, scale_by_std=False),
-                               torch.tensor([-1.0, 0.0, 1.0, 8 / 3, -4 / 3, -4 / 3]))
+    torch.testing.assert_close(
+        grpo(scores, 3, scale_by_std=False), torch.tensor([-1.0, 0.0, 1.0, 8 / 3, -4 / 3, -4 / 3])
+    )
 
 
 def test_grpo_matches_a_loop_and_centres_each_group():
@@ -110,7 +112,7 @@ def test_grpo_matches_a_loop_and_centres_each_group():
     scores = torch.randn(12, dtype=torch.float64)
     expected = []
     for start in range(0, 12, 4):
-        group = scores[start:start + 4].tolist()
+        group = scores[start : start + 4].tolist()
         mean = sum(group) / 4
         std = math.sqrt(sum((s - mean) ** 2 for s in group) / 3)
         expected += [(s - mean) / (std + 1e-6) for s in group]
@@ -121,8 +123,9 @@ def test_grpo_matches_a_loop_and_centres_each_group():
 
 def test_rloo_by_hand_and_against_a_loop():
     # [1, 2, 3]: 1 - (2 + 3) / 2 = -1.5, 2 - (1 + 3) / 2 = 0, 3 - (1 + 2) / 2 = 1.5
-    torch.testing.assert_close(rloo(torch.tensor([1.0, 2.0, 3.0]), 3),
-                               torch.tensor([-1.5, 0.0, 1.5]))
+    torch.testing.assert_close(
+        rloo(torch.tensor([1.0, 2.0, 3.0]), 3), torch.tensor([-1.5, 0.0, 1.5])
+    )
     torch.manual_seed(2)
     scores = torch.randn(15, dtype=torch.float64)
     expected = [
@@ -212,13 +215,17 @@ def test_token_rewards_by_hand():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     kl = torch.tensor([[0.1, 0.2, NAN], [0.3, 0.4, 0.5]])
     # -0.5 KL on each valid token; the score added on the last one
-    torch.testing.assert_close(token_rewards(scores, mask, kl, kl_coef=0.5),
-                               torch.tensor([[-0.05, 0.9, 0.0], [-0.15, -0.2, 1.75]]))
-    torch.testing.assert_close(token_rewards(scores, mask),
-                               torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]))
+    torch.testing.assert_close(
+        token_rewards(scores, mask, kl, kl_coef=0.5),
+        torch.tensor([[-0.05, 0.9, 0.0], [-0.15, -0.2, 1.75]]),
+    )
+    torch.testing.assert_close(
+        token_rewards(scores, mask), torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    )
     holes = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0]])
-    torch.testing.assert_close(token_rewards(scores, holes),
-                               torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 2.0, 0.0, 0.0]]))
+    torch.testing.assert_close(
+        token_rewards(scores, holes), torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 2.0, 0.0, 0.0]])
+    )
 
 
 def test_token_rewards_sum_to_score_minus_kl_penalty():
@@ -236,8 +243,9 @@ def test_token_rewards_need_a_token_per_completion():
 def test_whiten_and_clip_scores():
     whitened = whiten_scores(torch.tensor([1.0, 3.0]))  # mean 2, population std 1
     torch.testing.assert_close(whitened, torch.tensor([-1.0, 1.0]))
-    torch.testing.assert_close(whiten_scores(torch.tensor([1.0, 3.0]), shift_mean=False),
-                               torch.tensor([1.0, 3.0]))
+    torch.testing.assert_close(
+        whiten_scores(torch.tensor([1.0, 3.0]), shift_mean=False), torch.tensor([1.0, 3.0])
+    )
     assert clip_scores(torch.tensor([-9.0, 0.5, 9.0]), 5.0).tolist() == [-5.0, 0.5, 5.0]
     with pytest.raises(ConfigError, match="bound=0"):
         clip_scores(torch.ones(2), 0)
@@ -251,7 +259,10 @@ def test_every_registered_estimator_gives_token_level_advantages():
     mask = random_mask(6, 5, holes=False)
     scores = torch.randn(6)
     inputs = AdvantageInputs(
-        response_mask=mask, scores=scores, group_size=3, baseline=RunningMean(),
+        response_mask=mask,
+        scores=scores,
+        group_size=3,
+        baseline=RunningMean(),
         token_rewards=token_rewards(scores, mask, torch.rand(6, 5), 0.1),
         values=torch.randn(6, 5),
     )
@@ -271,14 +282,16 @@ def test_every_registered_estimator_gives_token_level_advantages():
 
 
 def test_settings_reach_the_estimators():
-    inputs = AdvantageInputs(response_mask=torch.ones(4, 2), scores=torch.tensor([0., 2., 1., 5.]),
-                             group_size=2)
+    inputs = AdvantageInputs(
+        response_mask=torch.ones(4, 2), scores=torch.tensor([0.0, 2.0, 1.0, 5.0]), group_size=2
+    )
     dr_grpo = get_advantage("grpo")(inputs, AdvantageSettings(scale_by_std=False))
     torch.testing.assert_close(dr_grpo.advantages[:, 0], torch.tensor([-1.0, 1.0, -2.0, 2.0]))
     whitened = get_advantage("grpo")(inputs, AdvantageSettings(scale_by_std=False, whiten=True))
     # (-1, 1, -2, 2) over 8 tokens: mean 0, population std sqrt(2.5)
-    torch.testing.assert_close(whitened.advantages[:, 0], torch.tensor([-1.0, 1.0, -2.0, 2.0])
-                               / math.sqrt(2.5 + 1e-6))
+    torch.testing.assert_close(
+        whitened.advantages[:, 0], torch.tensor([-1.0, 1.0, -2.0, 2.0]) / math.sqrt(2.5 + 1e-6)
+    )
 
 
 def test_registry_errors_name_the_fix():
@@ -299,9 +312,11 @@ def test_a_plugin_estimator_is_called_like_the_built_ins(monkeypatch):
 
     @register_advantage("raw-score", needs=("scores",))
     def raw_score(inputs, settings):
-        return adv.Advantages(torch.where(inputs.response_mask.bool(), inputs.scores[:, None], 0.0),
-                              None)
+        return adv.Advantages(
+            torch.where(inputs.response_mask.bool(), inputs.scores[:, None], 0.0), None
+        )
 
-    result = get_advantage("raw-score")(AdvantageInputs(response_mask=torch.tensor([[1, 0]]),
-                                                        scores=torch.tensor([3.0])))
+    result = get_advantage("raw-score")(
+        AdvantageInputs(response_mask=torch.tensor([[1, 0]]), scores=torch.tensor([3.0]))
+    )
     assert result.advantages.tolist() == [[3.0, 0.0]]

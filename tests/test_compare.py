@@ -11,10 +11,12 @@ from rlhfkit import cli
 from rlhfkit.commands import compare
 from rlhfkit.errors import ConfigError, RlhfkitError
 
-COMMON = ('"--model", "{base}", "--model.device", "{device}", "--data.eval_fraction", "0", '
-          '"--train.max_steps", "15", "--train.batch_size", "4", "--train.chat_template", "off", '
-          '"--optim.lr", "1e-2", "--log.tensorboard", "false", "--log.progress", "false", '
-          '"--run.checkpoint_every", "0", "--run.output_dir", "{output_dir}", "--run.seed", "{seed}"')
+COMMON = (
+    '"--model", "{base}", "--model.device", "{device}", "--data.eval_fraction", "0", '
+    '"--train.max_steps", "15", "--train.batch_size", "4", "--train.chat_template", "off", '
+    '"--optim.lr", "1e-2", "--log.tensorboard", "false", "--log.progress", "false", '
+    '"--run.checkpoint_every", "0", "--run.output_dir", "{output_dir}", "--run.seed", "{seed}"'
+)
 METHODS = f"""
 [[tasks.methods]]
 name = "base"
@@ -31,11 +33,13 @@ command = ["dpo", "--data", "{{pairs}}", {COMMON}]
 
 def write_recipe(tmp_path, model_dir, prompts_file, reward_spec, methods=METHODS, top=""):
     held_out = tmp_path / "held_out.txt"
-    held_out.write_text("The food was\nA small model\nCount the legs\nReward models learn\n"
-                        "I did not\nThe answer is\n")
+    held_out.write_text(
+        "The food was\nA small model\nCount the legs\nReward models learn\n"
+        "I did not\nThe answer is\n"
+    )
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(f"""# rlhfkit compare recipe.toml
-output_dir = "{tmp_path / 'compare'}"
+output_dir = "{tmp_path / "compare"}"
 {top}
 [model]
 path = "{model_dir}"
@@ -63,7 +67,14 @@ def test_placeholders_are_found_and_filled():
     command = ["sft", "--data", "{best}", "--run.output_dir", "{output_dir}/x", "--stop", "{{a}}"]
     assert compare.placeholders(command) == {"best", "output_dir"}
     assert compare.fill(command, {"best": "b.jsonl", "output_dir": "runs/r"}) == [
-        "sft", "--data", "b.jsonl", "--run.output_dir", "runs/r/x", "--stop", "{a}"]
+        "sft",
+        "--data",
+        "b.jsonl",
+        "--run.output_dir",
+        "runs/r/x",
+        "--stop",
+        "{a}",
+    ]
 
 
 def test_help_explains_the_recipe_and_its_placeholders(capsys):
@@ -73,8 +84,9 @@ def test_help_explains_the_recipe_and_its_placeholders(capsys):
     assert all(f"{{{name}}}" in out for name in compare.PLACEHOLDERS)
 
 
-def test_recipe_problems_are_all_reported_at_once(tmp_path, tiny_model_dir, prompts_file,
-                                                  reward_spec):
+def test_recipe_problems_are_all_reported_at_once(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec
+):
     methods = """
 [[tasks.methods]]
 name = "base"
@@ -109,16 +121,25 @@ command = ["sft", "--run.output_dir", "{output_dir}", "--run.seed", "{seed}"]
         compare.load_recipe(recipe)
     problems = error.value.problems
     assert any("methods[0].command" in p and "base is the starting model" in p for p in problems)
-    assert any(p.startswith("tasks[0].methods[1].command = '{bset}': unknown placeholder {bset}; "
-                            "use one of {output_dir}, {seed}") for p in problems)
+    assert any(
+        p.startswith(
+            "tasks[0].methods[1].command = '{bset}': unknown placeholder {bset}; "
+            "use one of {output_dir}, {seed}"
+        )
+        for p in problems
+    )
     assert any("methods[2].name = 'rft': appears twice" in p for p in problems)
     assert any("methods[2].command" in p and "never uses {seed}" in p for p in problems)
-    assert any("methods[3].command" in p and "'train', not an rlhfkit training command" in p
-               for p in problems)
+    assert any(
+        "methods[3].command" in p and "'train', not an rlhfkit training command" in p
+        for p in problems
+    )
     assert any("methods[3].command = '{': " in p and "literal brace" in p for p in problems)
     assert any("methods[4].command = '': is required" in p for p in problems)
-    assert "tasks[0].methods[5].instruction = 'Be kind.': must contain {prompt} exactly once, " \
+    assert (
+        "tasks[0].methods[5].instruction = 'Be kind.': must contain {prompt} exactly once, "
         "where the prompt goes, as in '[very positive] {prompt}'" in problems
+    )
     assert any("methods[6].instruction" in p and "not both" in p for p in problems)
 
 
@@ -127,8 +148,10 @@ def test_missing_fields_are_named(tmp_path):
     recipe.write_text("seeds = 2\n")
     with pytest.raises(ConfigError, match=r"tasks: missing; add a \[\[tasks\]\] table"):
         compare.load_recipe(recipe)
-    recipe.write_text('seeds = 0\n[[tasks]]\nsamples_per_prompt = 4\n[tasks.data]\neval_size = 1\n'
-                      '[[tasks.methods]]\nname = "base"\n')
+    recipe.write_text(
+        "seeds = 0\n[[tasks]]\nsamples_per_prompt = 4\n[tasks.data]\neval_size = 1\n"
+        '[[tasks.methods]]\nname = "base"\n'
+    )
     with pytest.raises(ConfigError) as error:
         compare.load_recipe(recipe)
     assert error.value.problems == [
@@ -136,21 +159,26 @@ def test_missing_fields_are_named(tmp_path):
         "tasks[0].name = '': is required: letters, digits, '.', '_' or '-'",
         "tasks[0].reward = '': is required; name the task's reward, e.g. sentiment",
         "tasks[0].data.eval_size = 1: must be at least 2: a confidence interval needs 2 held-out "
-        "prompts"]
+        "prompts",
+    ]
     recipe.write_text('[[tasks]]\nname = "t"\nreward = "length"\nsamples = 4\n')
     with pytest.raises(ConfigError) as error:
         compare.load_recipe(recipe)
-    assert error.value.problems[0].startswith("tasks[0].samples: unknown key (valid keys: name, "
-                                              "reward, samples_per_prompt")
+    assert error.value.problems[0].startswith(
+        "tasks[0].samples: unknown key (valid keys: name, reward, samples_per_prompt"
+    )
     assert error.value.problems[1].startswith("tasks[0].methods: missing")
-    recipe.write_text('[[tasks]]\nname = "t"\nreward = "length"\n[[tasks.methods]]\nname = "sft"\n'
-                      'command = ["sft", "--run.output_dir", "{output_dir}", "--seed", "{seed}"]\n')
+    recipe.write_text(
+        '[[tasks]]\nname = "t"\nreward = "length"\n[[tasks.methods]]\nname = "sft"\n'
+        'command = ["sft", "--run.output_dir", "{output_dir}", "--seed", "{seed}"]\n'
+    )
     with pytest.raises(ConfigError, match='tasks.0..methods: no "base"; add'):
         compare.load_recipe(recipe)
 
 
-def test_the_cli_reports_a_bad_recipe_in_one_line(tmp_path, tiny_model_dir, prompts_file,
-                                                  reward_spec, capsys):
+def test_the_cli_reports_a_bad_recipe_in_one_line(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec, capsys
+):
     methods = METHODS.replace("{best}", "{bset}")
     recipe = write_recipe(tmp_path, tiny_model_dir, prompts_file, reward_spec, methods)
     assert cli.main(["compare", str(recipe)]) == 2
@@ -160,23 +188,27 @@ def test_the_cli_reports_a_bad_recipe_in_one_line(tmp_path, tiny_model_dir, prom
     assert "no recipe" in capsys.readouterr().err
 
 
-def test_compare_base_rft_dpo_then_resume(tmp_path, tiny_model_dir, prompts_file, reward_spec,
-                                          monkeypatch, capsys):
+def test_compare_base_rft_dpo_then_resume(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec, monkeypatch, capsys
+):
     methods = METHODS + '\n[[tasks.methods]]\nname = "asked"\ninstruction = "Say o: {prompt}"\n'
     recipe = write_recipe(tmp_path, tiny_model_dir, prompts_file, reward_spec, methods)
     out = tmp_path / "compare"
     trained = []
     train = compare._train
-    monkeypatch.setattr(compare, "_train", lambda argv, where: trained.append(argv[0]) or
-                        train(argv, where))
+    monkeypatch.setattr(
+        compare, "_train", lambda argv, where: trained.append(argv[0]) or train(argv, where)
+    )
 
     # 1. the whole comparison: sampling stage, two trained methods, the base, one table
     assert cli.main(["compare", str(recipe)]) == 0
     assert trained == ["sft", "dpo"]
     assert "| rft |" in capsys.readouterr().out
     seed_dir = out / "letters" / "seed-0"
-    assert all((seed_dir / "sampled" / name).is_file()
-               for name in ("samples.jsonl", "best.jsonl", "pairs.jsonl", "stage.json"))
+    assert all(
+        (seed_dir / "sampled" / name).is_file()
+        for name in ("samples.jsonl", "best.jsonl", "pairs.jsonl", "stage.json")
+    )
     assert len((seed_dir / "sampled" / "samples.jsonl").read_text().splitlines()) == 4 * 8
     results = json.loads((out / "results.json").read_text())
     rows = {row["method"]: row for row in results["tasks"][0]["rows"]}
@@ -191,7 +223,9 @@ def test_compare_base_rft_dpo_then_resume(tmp_path, tiny_model_dir, prompts_file
     assert rows["rft"]["score"]["mean"] > rows["base"]["score"]["mean"]
     assert rows["rft"]["seconds"] > 0 and rows["base"]["seconds"] is None
     markdown = (out / "results.md").read_text()
-    assert "### letters" in markdown and "| dpo |" in markdown and "4 training prompts x 8" in markdown
+    assert (
+        "### letters" in markdown and "| dpo |" in markdown and "4 training prompts x 8" in markdown
+    )
     # a finished method keeps its model, not its checkpoints (sft always writes a final one)
     assert (seed_dir / "rft" / "model").is_dir() and not (seed_dir / "rft" / "checkpoints").exists()
     recorded = json.loads((seed_dir / "results" / "rft.train.json").read_text())
@@ -237,11 +271,13 @@ def test_settings_saved_before_an_option_was_added_still_compare(tmp_path):
         compare._check_settings(tmp_path, task, Config())
 
 
-def test_a_validation_table_needs_a_built_in_prompt_set(tmp_path, tiny_model_dir, prompts_file,
-                                                        reward_spec):
+def test_a_validation_table_needs_a_built_in_prompt_set(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec
+):
     """A user's held-out file has no validation split: say so, rather than score it as one."""
-    recipe = write_recipe(tmp_path, tiny_model_dir, prompts_file, reward_spec,
-                          top='held_out = "validation"')
+    recipe = write_recipe(
+        tmp_path, tiny_model_dir, prompts_file, reward_spec, top='held_out = "validation"'
+    )
     with pytest.raises(ConfigError) as error:
         compare.load_recipe(recipe)
     (problem,) = error.value.problems
@@ -255,8 +291,10 @@ def test_validation_prompts_are_apart_from_train_and_test():
     from rlhfkit.data.prompts import prompt_rows
 
     data = PromptDataCfg(prompts="vader:movies", eval_size=64)
-    texts = {split: {row["prompt"] for row in prompt_rows(data, split)}
-             for split in ("train", "validation", "test")}
+    texts = {
+        split: {row["prompt"] for row in prompt_rows(data, split)}
+        for split in ("train", "validation", "test")
+    }
     assert len(texts["validation"]) == len(texts["test"]) == 64
     assert not texts["validation"] & texts["test"]
     assert not texts["validation"] & texts["train"]

@@ -16,8 +16,9 @@ from rlhfkit.eval.comparison import (
 )
 
 
-@pytest.mark.parametrize(("df", "expected"), [(1, 12.7062), (3, 3.1824), (9, 2.2622),
-                                              (29, 2.0452), (100_000, 1.9600)])
+@pytest.mark.parametrize(
+    ("df", "expected"), [(1, 12.7062), (3, 3.1824), (9, 2.2622), (29, 2.0452), (100_000, 1.9600)]
+)
 def test_t_quantile_matches_the_printed_tables(df, expected):
     assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
 
@@ -40,11 +41,15 @@ def test_seeds_are_pooled_per_prompt_and_paired_against_the_base():
     results = {
         "base": [result("base", 0, [0.0, 1.0, 0.0]), result("base", 1, [0.0, 0.0, 1.0])],
         # prompt means 1, 1, 0.5 against the base's 0, 0.5, 0.5: differences 1, 0.5, 0
-        "good": [result("good", 0, [1.0, 1.0, 0.0], kl=[1.0, 2.0, 3.0], seconds=10.0),
-                 result("good", 1, [1.0, 1.0, 1.0], kl=[0.0, 0.0, 0.0], seconds=20.0)],
+        "good": [
+            result("good", 0, [1.0, 1.0, 0.0], kl=[1.0, 2.0, 3.0], seconds=10.0),
+            result("good", 1, [1.0, 1.0, 1.0], kl=[0.0, 0.0, 0.0], seconds=20.0),
+        ],
         # the same as the base on every prompt, so no difference at all
-        "same": [result("same", 0, [0.0, 1.0, 0.0], seconds=1.0),
-                 result("same", 1, [0.0, 0.0, 1.0], seconds=1.0)],
+        "same": [
+            result("same", 0, [0.0, 1.0, 0.0], seconds=1.0),
+            result("same", 1, [0.0, 0.0, 1.0], seconds=1.0),
+        ],
     }
     base, good, same = summarise(results)
     assert base.score.mean == pytest.approx(1 / 3) and base.vs_base is None
@@ -60,8 +65,10 @@ def test_seeds_are_pooled_per_prompt_and_paired_against_the_base():
 
 def test_a_clear_paired_gain_beats_the_base_even_when_the_intervals_overlap():
     base_scores = [0.1 * i for i in range(10)]
-    results = {"base": [result("base", 0, base_scores)],
-               "better": [result("better", 0, [s + 0.05 for s in base_scores], seconds=1.0)]}
+    results = {
+        "base": [result("base", 0, base_scores)],
+        "better": [result("better", 0, [s + 0.05 for s in base_scores], seconds=1.0)],
+    }
     base, better = summarise(results)
     assert better.score.low < base.score.high  # unpaired, the two would look alike
     assert better.vs_base.half_width == pytest.approx(0.0, abs=1e-9) and better.beats_base
@@ -73,8 +80,12 @@ def test_seeds_must_score_the_same_prompts():
 
 
 def test_markdown_table():
-    rows = summarise({"base": [result("base", 0, [0.0, 0.2])],
-                      "rft": [result("rft", 0, [0.5, 0.7], kl=[2.0, 4.0], seconds=123.4)]})
+    rows = summarise(
+        {
+            "base": [result("base", 0, [0.0, 0.2])],
+            "rft": [result("rft", 0, [0.5, 0.7], kl=[2.0, 4.0], seconds=123.4)],
+        }
+    )
     text = render_markdown("sentiment", rows, ["Prompts vader:movies."])
     lines = text.splitlines()
     assert lines[:3] == ["### sentiment", "", "Prompts vader:movies."]

@@ -43,9 +43,11 @@ class ToyConfig:
     def check(self) -> Iterable[Problem]:
         step = self.minibatch * self.optim.grad_accum_steps
         if self.rollout_batch % step:
-            yield Problem("rollout_batch", self.rollout_batch,
-                          f"is not a multiple of minibatch x optim.grad_accum_steps = {step}; "
-                          "make it one")
+            yield Problem(
+                "rollout_batch",
+                self.rollout_batch,
+                f"is not a multiple of minibatch x optim.grad_accum_steps = {step}; make it one",
+            )
 
 
 def load(args, tmp_path=None):
@@ -65,8 +67,21 @@ def _in_tmp(tmp_path, monkeypatch):
 
 
 def test_defaults_and_dotted_overrides():
-    cfg = load(["--gen.temperature", "0.7", "--gen.stop", "\n\n", "--gen.stop", "END",
-                "--optim.lr=3e-4", "--mode", "exact", "--run.output_dir", "out"])
+    cfg = load(
+        [
+            "--gen.temperature",
+            "0.7",
+            "--gen.stop",
+            "\n\n",
+            "--gen.stop",
+            "END",
+            "--optim.lr=3e-4",
+            "--mode",
+            "exact",
+            "--run.output_dir",
+            "out",
+        ]
+    )
     assert cfg.gen.temperature == 0.7
     assert cfg.gen.stop == ("\n\n", "END")
     assert cfg.optim.lr == 3e-4
@@ -93,7 +108,9 @@ def test_shorthands_and_bare_unique_names(tmp_path):
     model_dir = tmp_path / "m"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
-    cfg = load(["--model", str(model_dir), "--seed", "7", "--temperature", "0", "--run.output_dir", "o"])
+    cfg = load(
+        ["--model", str(model_dir), "--seed", "7", "--temperature", "0", "--run.output_dir", "o"]
+    )
     assert cfg.model.path == str(model_dir)
     assert cfg.run.seed == 7 and cfg.gen.temperature == 0.0
 
@@ -133,11 +150,15 @@ def test_unknown_keys_suggest_the_right_one(tmp_path):
 
 
 def test_wrong_types_name_field_value_and_fix(tmp_path):
-    found = problems(["--gen.temperature", "hot", "--gen.max_new_tokens", "1.5", "--mode", "exactt"])
+    found = problems(
+        ["--gen.temperature", "hot", "--gen.max_new_tokens", "1.5", "--mode", "exactt"]
+    )
     assert "gen.temperature = 'hot': is not a number; give a value such as 0.5 or 1e-5" in found
     assert "gen.max_new_tokens = '1.5': is not a whole number; give an integer such as 8" in found
-    assert any(p.startswith("mode = 'exactt': is not one of fast, exact; did you mean 'exact'?")
-               for p in found)
+    assert any(
+        p.startswith("mode = 'exactt': is not one of fast, exact; did you mean 'exact'?")
+        for p in found
+    )
     file = tmp_path / "c.toml"
     file.write_text('[gen]\nmax_new_tokens = "ten"\ntemperature = true\n')
     found = problems(["--config", str(file)])
@@ -153,17 +174,24 @@ def test_non_positive_sizes_and_ranges():
 
 
 def test_batch_sizes_that_do_not_divide():
-    (problem,) = problems(["--rollout_batch", "6", "--minibatch", "2", "--optim.grad_accum_steps", "2"])
-    assert problem == ("rollout_batch = 6: is not a multiple of minibatch x optim.grad_accum_steps "
-                       "= 4; make it one")
+    (problem,) = problems(
+        ["--rollout_batch", "6", "--minibatch", "2", "--optim.grad_accum_steps", "2"]
+    )
+    assert problem == (
+        "rollout_batch = 6: is not a multiple of minibatch x optim.grad_accum_steps "
+        "= 4; make it one"
+    )
 
 
 def test_missing_file_and_bad_model_path(tmp_path):
     found = problems(["--prompts", "nope.jsonl", "--model", "no/such/model"])
-    assert ("prompts = 'nope.jsonl': no such file; check the path (relative paths start at the "
-            "current directory)") in found
-    assert any(p.startswith("model.path = 'no/such/model': is neither an embedded alias (")
-               for p in found)
+    assert (
+        "prompts = 'nope.jsonl': no such file; check the path (relative paths start at the "
+        "current directory)"
+    ) in found
+    assert any(
+        p.startswith("model.path = 'no/such/model': is neither an embedded alias (") for p in found
+    )
     (tmp_path / "empty").mkdir()
     (problem,) = problems(["--model", str(tmp_path / "empty")])
     assert "is a directory without config.json" in problem

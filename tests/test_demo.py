@@ -17,11 +17,33 @@ def test_short_demo_runs_the_pipeline_and_moves_reward_up(tmp_path, capsys):
     # 10 PPO steps judged on 32 held-out openings passed on an Intel Xeon with AMX, but on a
     # 2-core AMD EPYC the held-out reward fell (0.399 -> 0.322): the training reward had not yet
     # moved, and 32 samples are noisy. With 20 steps and 64 openings it rose 0.143 -> 0.464.
-    code = cli.main(["demo", "--steps", "20", "--reward_model.steps", "20", "--optim.lr", "1e-4",
-                     "--algo.prompts_per_step", "8", "--algo.micro_batch_size", "8",
-                     "--gen.max_new_tokens", "16", "--data.eval_size", "64", "--samples", "2",
-                     "--log.tensorboard", "false", "--run.checkpoint_every", "0",
-                     "--run.output_dir", str(out)])
+    code = cli.main(
+        [
+            "demo",
+            "--steps",
+            "20",
+            "--reward_model.steps",
+            "20",
+            "--optim.lr",
+            "1e-4",
+            "--algo.prompts_per_step",
+            "8",
+            "--algo.micro_batch_size",
+            "8",
+            "--gen.max_new_tokens",
+            "16",
+            "--data.eval_size",
+            "64",
+            "--samples",
+            "2",
+            "--log.tensorboard",
+            "false",
+            "--run.checkpoint_every",
+            "0",
+            "--run.output_dir",
+            str(out),
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     # the reward model: trained on human-rated pairs, judged on the fixed test split

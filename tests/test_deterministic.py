@@ -25,15 +25,40 @@ TIMING = {"time", "step_seconds", "generation_seconds", "tokens_per_second"}
 
 
 def grpo(run_dir: Path, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "rlhfkit", "grpo", "--run.deterministic", "--run.seed", "3",
-            "--steps", "3", "--algo.prompts_per_step", "2", "--algo.group_size", "2",
-            "--algo.micro_batch_size", "4",
-            "--gen.max_new_tokens", "12", "--data.eval_size", "0", "--run.checkpoint_every", "1",
-            "--log.tensorboard", "false", "--log.progress", "false",
-            "--run.output_dir", str(run_dir), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "rlhfkit",
+        "grpo",
+        "--run.deterministic",
+        "--run.seed",
+        "3",
+        "--steps",
+        "3",
+        "--algo.prompts_per_step",
+        "2",
+        "--algo.group_size",
+        "2",
+        "--algo.micro_batch_size",
+        "4",
+        "--gen.max_new_tokens",
+        "12",
+        "--data.eval_size",
+        "0",
+        "--run.checkpoint_every",
+        "1",
+        "--log.tensorboard",
+        "false",
+        "--log.progress",
+        "false",
+        "--run.output_dir",
+        str(run_dir),
+        *extra,
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "OMP_"))}
-    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(process: subprocess.Popen) -> None:

@@ -16,8 +16,15 @@ def test_evaluate_policy_scores_and_kl_to_itself_is_zero(tiny_lm):
     model, tokenizer = tiny_lm
     rows = [{"prompt": p} for p in ("The movie was", "What is two", "She said the")]
     gen = GenCfg(max_new_tokens=6, batch_size=2, chat_template="off")
-    result = evaluate_policy(model, tokenizer, rows, gen, {"words": load_reward("length")},
-                             seed=3, reference=lambda: nullcontext(model))
+    result = evaluate_policy(
+        model,
+        tokenizer,
+        rows,
+        gen,
+        {"words": load_reward("length")},
+        seed=3,
+        reference=lambda: nullcontext(model),
+    )
     assert len(result.completions) == 3 and len(result.scores["words"]) == 3
     assert result.kl == pytest.approx([0.0, 0.0, 0.0], abs=1e-3)  # the policy is its own reference
     assert all(1 <= n <= 6 for n in result.lengths)
@@ -36,18 +43,35 @@ def test_evaluate_policy_conditions_sampling_but_rewards_see_the_original_prompt
         return [float(len(p)) for p in prompts]
 
     asked = Conditioning("coh", instruction="The movie was {prompt}", response_prefix=" and")
-    result = evaluate_policy(model, tokenizer, rows, gen, {"seen": prompt_length}, seed=0,
-                             conditioning=asked, reference=lambda: nullcontext(model))
+    result = evaluate_policy(
+        model,
+        tokenizer,
+        rows,
+        gen,
+        {"seen": prompt_length},
+        seed=0,
+        conditioning=asked,
+        reference=lambda: nullcontext(model),
+    )
     assert result.scores["seen"] == [7.0, 8.0]  # "The sea", "She said": not the asked text
     assert result.kl == pytest.approx([0.0, 0.0], abs=1e-3)
-    direct = evaluate_policy(model, tokenizer, [{"prompt": "The movie was The sea and"}], gen,
-                             {"seen": prompt_length}, seed=0)
+    direct = evaluate_policy(
+        model,
+        tokenizer,
+        [{"prompt": "The movie was The sea and"}],
+        gen,
+        {"seen": prompt_length},
+        seed=0,
+    )
     assert result.completions[0] == direct.completions[0]
 
 
 def test_positive_rate_uses_vader_threshold():
-    result = PolicyEval(completions=["a", "b", "c", "d"], lengths=[1, 1, 1, 1],
-                        scores={"judge": [0.05, 0.049, -0.3, 0.9]})
+    result = PolicyEval(
+        completions=["a", "b", "c", "d"],
+        lengths=[1, 1, 1, 1],
+        scores={"judge": [0.05, 0.049, -0.3, 0.9]},
+    )
     assert result.positive_rate("judge") == 0.5
     assert result.mean("judge") == pytest.approx((0.05 + 0.049 - 0.3 + 0.9) / 4)
 

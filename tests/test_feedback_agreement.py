@@ -21,9 +21,18 @@ from rlhfkit.feedback.records import LabelRecord, OutputRecord
 # Fleiss (1971), as worked in Wikipedia's "Fleiss' kappa": 10 subjects, 14 raters each, 5
 # categories; row i holds how many raters put subject i in each category. P = 0.378,
 # P_e = 0.213, kappa = 0.210.
-FLEISS_COUNTS = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0],
-                 [2, 2, 8, 1, 1], [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2],
-                 [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+FLEISS_COUNTS = [
+    [0, 0, 0, 0, 14],
+    [0, 2, 6, 4, 2],
+    [0, 0, 3, 5, 6],
+    [0, 3, 9, 2, 0],
+    [2, 2, 8, 1, 1],
+    [7, 7, 0, 0, 0],
+    [3, 2, 6, 3, 0],
+    [2, 5, 3, 2, 2],
+    [6, 5, 2, 1, 0],
+    [0, 2, 2, 3, 7],
+]
 
 # Krippendorff (2011), "Computing Krippendorff's alpha-reliability", example C: 4 coders, 12
 # units, values 1..5, None missing. Unit 12 has one value (not pairable). Nominal alpha 0.743,
@@ -39,8 +48,9 @@ KRIPPENDORFF_UNITS = list(zip(*KRIPPENDORFF_CODERS, strict=True))
 
 
 def test_fleiss_kappa_of_the_1971_worked_example():
-    items = [[category for category, n in enumerate(row) for _ in range(n)]
-             for row in FLEISS_COUNTS]
+    items = [
+        [category for category, n in enumerate(row) for _ in range(n)] for row in FLEISS_COUNTS
+    ]
     result = fleiss_kappa(items)
     assert result.value == pytest.approx(0.210, abs=5e-4)
     assert (result.items, result.dropped, result.reason) == (10, 0, "")
@@ -92,11 +102,13 @@ def test_undefined_coefficients_come_back_as_none_with_a_reason():
     assert cohen_kappa([], []) == Agreement(None, 0, 0, "no item labelled by both annotators")
     one = cohen_kappa(["A", "A"], ["A", "A"])
     assert one.value is None and "one category only" in one.reason
-    assert fleiss_kappa([["A"], ["B", None]]) == Agreement(None, 0, 2,
-                                                           "no item has two or more labels")
+    assert fleiss_kappa([["A"], ["B", None]]) == Agreement(
+        None, 0, 2, "no item has two or more labels"
+    )
     assert "one category only" in fleiss_kappa([["A", "A"], ["A", "A", "A"]]).reason
     assert krippendorff_alpha([[3], []], "interval") == Agreement(
-        None, 0, 2, "no unit has two or more values")
+        None, 0, 2, "no unit has two or more values"
+    )
     same = krippendorff_alpha([[4, 4.0], [4, 4, 4]], "interval")
     assert same.value is None and "one value only" in same.reason
 
@@ -127,26 +139,42 @@ def labels() -> list[LabelRecord]:
     ids = iter(range(1, 100))
 
     def label(task, kind, annotator, outputs, created_at=NOW, **answer):
-        return LabelRecord(next(ids), "c", task, kind, annotator, "p", outputs,
-                           created_at=created_at, **answer)
+        return LabelRecord(
+            next(ids), "c", task, kind, annotator, "p", outputs, created_at=created_at, **answer
+        )
 
     def pairwise(task, annotator, choice, outputs=None):
-        return label(task, "pairwise", annotator, outputs or shown(10 * task + 1, 10 * task + 2),
-                     choice=choice)
+        return label(
+            task,
+            "pairwise",
+            annotator,
+            outputs or shown(10 * task + 1, 10 * task + 2),
+            choice=choice,
+        )
 
     def rating(task, annotator, score, thumbs=None, created_at=NOW):
-        return label(task, "rating", annotator, shown(10 * task + 1), created_at, rating=score,
-                     thumbs=thumbs)
+        return label(
+            task, "rating", annotator, shown(10 * task + 1), created_at, rating=score, thumbs=thumbs
+        )
 
     return [
-        pairwise(1, "alice", "A"), pairwise(1, "bob", "B", shown(12, 11)),
-        pairwise(2, "alice", "B"), pairwise(2, "bob", "B"),
-        pairwise(3, "alice", "A"), pairwise(3, "bob", "B"),
-        pairwise(4, "alice", "tie"), pairwise(4, "bob", "tie"), pairwise(4, "carol", "tie"),
+        pairwise(1, "alice", "A"),
+        pairwise(1, "bob", "B", shown(12, 11)),
+        pairwise(2, "alice", "B"),
+        pairwise(2, "bob", "B"),
+        pairwise(3, "alice", "A"),
+        pairwise(3, "bob", "B"),
+        pairwise(4, "alice", "tie"),
+        pairwise(4, "bob", "tie"),
+        pairwise(4, "carol", "tie"),
         pairwise(5, "carol", "A"),
-        rating(6, "alice", 5.0, True), rating(6, "bob", 6.0, True),
-        rating(7, "alice", 2.0, False), rating(7, "bob", 2.0, True),
-        rating(8, "alice", 7.0, created_at=LATER), rating(8, "alice", 1.0), rating(8, "bob", 5.0),
+        rating(6, "alice", 5.0, True),
+        rating(6, "bob", 6.0, True),
+        rating(7, "alice", 2.0, False),
+        rating(7, "bob", 2.0, True),
+        rating(8, "alice", 7.0, created_at=LATER),
+        rating(8, "alice", 1.0),
+        rating(8, "bob", 5.0),
         label(9, "ranking", "alice", shown(91, 92, 93), ranking=(0, 1, 2)),
         label(9, "ranking", "bob", shown(93, 92, 91), ranking=(2, 1, 0)),
         label(9, "ranking", "carol", shown(91, 92, 93), ranking=(0, 2, 1)),
@@ -167,17 +195,29 @@ def test_report_on_pairwise_choices_by_hand():
     # tie; carol tie on task 4; task 5 carol alone.
     block = agreement_report(labels(), GOLD)["pairwise"]
     assert (block["metric"], block["items"], block["overlapping_items"], block["labels"]) == (
-        "nominal", 5, 4, 10)
+        "nominal",
+        5,
+        4,
+        10,
+    )
     # P_i = 1, 1, 0, 1: P = 3/4; first 3, second 3, tie 3 of 9: P_e = 1/3; kappa = 5/8.
-    assert block["fleiss_kappa"] == {"value": pytest.approx(5 / 8), "items": 4, "dropped": 1,
-                                     "reason": ""}
+    assert block["fleiss_kappa"] == {
+        "value": pytest.approx(5 / 8),
+        "items": 4,
+        "dropped": 1,
+        "reason": "",
+    }
     # o_ff = 2, o_ss = 2, o_fs = o_sf = 1, o_tt = 3; n_c = 3 each, n = 9;
     # alpha = 1 - 8 * 2 / (81 - 27) = 19/27.
     assert block["krippendorff_alpha"]["value"] == pytest.approx(19 / 27)
     # alice-bob on 4 tasks, 3 agreed; sum_k n_ak n_bk = 2*1 + 1*2 + 1*1 = 5: (12-5)/(16-5).
     pairs = {tuple(pair["annotators"]): pair["cohen_kappa"] for pair in block["annotator_pairs"]}
-    assert pairs[("alice", "bob")] == {"value": pytest.approx(7 / 11), "items": 4, "dropped": 0,
-                                       "reason": ""}
+    assert pairs[("alice", "bob")] == {
+        "value": pytest.approx(7 / 11),
+        "items": 4,
+        "dropped": 0,
+        "reason": "",
+    }
     assert pairs[("alice", "carol")]["value"] is None
     assert "one category only" in pairs[("bob", "carol")]["reason"]
 
@@ -211,8 +251,10 @@ def test_report_on_ratings_thumbs_and_rankings_by_hand():
 def test_gold_accuracy_per_annotator():
     # Task 100: alice A right, bob B wrong; task 101: alice 4 right, bob 5 wrong, carol's note
     # is not an answer.
-    expected = {"alice": {"labels": 2, "correct": 2, "accuracy": 1.0},
-                "bob": {"labels": 2, "correct": 0, "accuracy": 0.0}}
+    expected = {
+        "alice": {"labels": 2, "correct": 2, "accuracy": 1.0},
+        "bob": {"labels": 2, "correct": 0, "accuracy": 0.0},
+    }
     assert gold_accuracy(labels(), GOLD) == expected
     assert agreement_report(labels(), GOLD)["gold_accuracy"] == expected
 
@@ -223,14 +265,18 @@ def test_gold_answers_of_rankings_and_thumbs_by_output_id():
     assert gold_accuracy(labels(), {**GOLD, 9: [91, 92, 93], 7: True}) == {
         "alice": {"labels": 4, "correct": 3, "accuracy": 0.75},
         "bob": {"labels": 4, "correct": 2, "accuracy": 0.5},
-        "carol": {"labels": 1, "correct": 0, "accuracy": 0.0}}
+        "carol": {"labels": 1, "correct": 0, "accuracy": 0.0},
+    }
 
 
 def test_gold_labels_need_their_answers():
     with pytest.raises(DataError, match="gold task 101, which has no answer"):
         agreement_report(labels(), {100: 1001})
-    with pytest.raises(DataError, match=r"gold answer 'A' of pairwise task 100: give the "
-                       r"better output's id \(one of \[1001, 1002\]\)"):
+    with pytest.raises(
+        DataError,
+        match=r"gold answer 'A' of pairwise task 100: give the "
+        r"better output's id \(one of \[1001, 1002\]\)",
+    ):
         gold_accuracy(labels(), {**GOLD, 100: "A"})
     with pytest.raises(DataError, match=r"gold answer \[91, 92\] of ranking task 9"):
         gold_accuracy(labels(), {**GOLD, 9: [91, 92]})
@@ -240,4 +286,5 @@ def test_gold_tasks_stay_out_of_agreement():
     without_gold = [label for label in labels() if not label.is_gold]
     report = agreement_report(labels(), GOLD)
     assert agreement_report(without_gold) == {
-        kind: block for kind, block in report.items() if kind != "gold_accuracy"}
+        kind: block for kind, block in report.items() if kind != "gold_accuracy"
+    }

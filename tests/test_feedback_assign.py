@@ -46,12 +46,18 @@ def test_any_first_n_tasks_hold_ceil_n_times_overlap_items(overlap):
 def _expected_next(tasks, labels, skips, holds, annotator_id):
     """The next task's id as the module docstring defines it, computed in Python; ``holds``
     maps each annotator id to the task reserved for them."""
-    taken = {task["id"]: sum(1 for task_id, _ in labels if task_id == task["id"])
-             + sum(1 for who, task_id in holds.items() if task_id == task["id"]
-                   and who != annotator_id) for task in tasks}
-    candidates = [task for task in tasks if (task["id"], annotator_id) not in labels
-                  and (task["id"], annotator_id) not in skips
-                  and (task["is_gold"] or taken[task["id"]] < task["required"])]
+    taken = {
+        task["id"]: sum(1 for task_id, _ in labels if task_id == task["id"])
+        + sum(1 for who, task_id in holds.items() if task_id == task["id"] and who != annotator_id)
+        for task in tasks
+    }
+    candidates = [
+        task
+        for task in tasks
+        if (task["id"], annotator_id) not in labels
+        and (task["id"], annotator_id) not in skips
+        and (task["is_gold"] or taken[task["id"]] < task["required"])
+    ]
     if not candidates:
         return None
 
@@ -70,8 +76,10 @@ def test_next_task_is_the_defined_one_through_labels_skips_undos_and_gold(store,
     names = ["ada", "bob", "cy"]
     _people(store, *names)
     ids = {name: store.get_annotator(name).annotator_id for name in names}
-    tasks = [{"id": task_id, "required": required, "is_gold": bool(is_gold)} for
-             task_id, required, is_gold in _sql(db_url, "SELECT id, required, is_gold FROM tasks")]
+    tasks = [
+        {"id": task_id, "required": required, "is_gold": bool(is_gold)}
+        for task_id, required, is_gold in _sql(db_url, "SELECT id, required, is_gold FROM tasks")
+    ]
     labels, skips, holds = set(), set(), {}
     rng, served = random.Random(0), {name: [] for name in names}
     for step in range(90):
@@ -93,8 +101,7 @@ def test_next_task_is_the_defined_one_through_labels_skips_undos_and_gold(store,
             labels.discard((undone.task_id, ids[name]))
             served[name].remove(undone.task_id)
         else:
-            store.submit_label(task.task_id, name, f"{name}-{step}", {"choice": "B"},
-                               campaign="c")
+            store.submit_label(task.task_id, name, f"{name}-{step}", {"choice": "B"}, campaign="c")
             labels.add((task.task_id, ids[name]))
             served[name].append(task.task_id)
             del holds[ids[name]]
@@ -169,10 +176,13 @@ def test_set_gold_marks_tasks_and_scores_the_labels_they_already_have(store):
 
     assert store.gold_answers("c") == {tasks[0]: shown[0].output_id, tasks[1]: "tie"}
     assert [(d.task.task_id, d.gold, d.labels) for d in store.gold_tasks("c")] == [
-        (tasks[0], {"choice": "A"}, 2), (tasks[1], {"choice": "tie"}, 1)]
+        (tasks[0], {"choice": "A"}, 2),
+        (tasks[1], {"choice": "tie"}, 1),
+    ]
     report = agreement_report(store.label_records("c"), store.gold_answers("c"))
-    assert {name: (row["labels"], row["correct"]) for name, row in
-            report["gold_accuracy"].items()} == {"ada": (2, 1), "bob": (1, 0)}
+    assert {
+        name: (row["labels"], row["correct"]) for name, row in report["gold_accuracy"].items()
+    } == {"ada": (2, 1), "bob": (1, 0)}
     # every task has its one label, but gold tasks go to everyone: they come first
     first = store.next_task("c", "new").task_id
     store.skip(first, "new")
@@ -190,10 +200,16 @@ def test_set_gold_checks_every_answer_and_writes_none_if_one_is_wrong(store):
     output = store.add_output(prompt, "text", model="m", model_hash="h")
     critique = store.add_task("other", "critique", [output])
     cases = [
-        ({tasks[0]: {"choice": "A"}, tasks[1]: {"choice": "C"}},
-         PayloadError, rf"task {tasks[1]}: label field 'choice': 'C' is not one of"),
-        ({tasks[0]: {"choice": "A", "critique": "why"}},
-         PayloadError, "a gold answer holds only choice, not 'critique'"),
+        (
+            {tasks[0]: {"choice": "A"}, tasks[1]: {"choice": "C"}},
+            PayloadError,
+            rf"task {tasks[1]}: label field 'choice': 'C' is not one of",
+        ),
+        (
+            {tasks[0]: {"choice": "A", "critique": "why"}},
+            PayloadError,
+            "a gold answer holds only choice, not 'critique'",
+        ),
         ({tasks[0]: {}}, PayloadError, "a pairwise label needs choice"),
         ({critique: {"choice": "A"}}, NotFoundError, f"task {critique} is not one of"),
         ({999: {"choice": "A"}}, NotFoundError, "no task with id 999"),

@@ -17,8 +17,15 @@ GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64}
 
 
 def output(output_id: int, text: str, model: str = "smollm2") -> OutputRecord:
-    return OutputRecord(output_id, text, model, f"sha256:{model}", GENERATION, 1000 + output_id,
-                        "2026-11-20T09:00:00Z")
+    return OutputRecord(
+        output_id,
+        text,
+        model,
+        f"sha256:{model}",
+        GENERATION,
+        1000 + output_id,
+        "2026-11-20T09:00:00Z",
+    )
 
 
 GOOD, BAD, MEH = output(1, "Paris."), output(2, "Lyon, I think.", "tiny"), output(3, "France?")
@@ -26,10 +33,20 @@ EMPTY = output(4, "  ")
 _label_ids = itertools.count(1)
 
 
-def label(task: int, kind: str, outputs: tuple[OutputRecord, ...], annotator: str = "alice",
-          **answer) -> LabelRecord:
-    return LabelRecord(next(_label_ids), "capitals", task, kind, annotator,
-                       "Capital of France?", outputs, created_at="2026-11-21T12:00:00Z", **answer)
+def label(
+    task: int, kind: str, outputs: tuple[OutputRecord, ...], annotator: str = "alice", **answer
+) -> LabelRecord:
+    return LabelRecord(
+        next(_label_ids),
+        "capitals",
+        task,
+        kind,
+        annotator,
+        "Capital of France?",
+        outputs,
+        created_at="2026-11-21T12:00:00Z",
+        **answer,
+    )
 
 
 PAIRWISE = [
@@ -61,8 +78,12 @@ def texts(rows, *columns):
 def test_pairs_from_choices_and_rankings():
     pairs = export(LABELS, "pairs")
     assert texts(pairs.rows, "chosen", "rejected", "task_id") == [
-        ("Paris.", "Lyon, I think.", 1), ("Paris.", "Lyon, I think.", 2),
-        ("Paris.", "France?", 8), ("Paris.", "Lyon, I think.", 8), ("France?", "Lyon, I think.", 8)]
+        ("Paris.", "Lyon, I think.", 1),
+        ("Paris.", "Lyon, I think.", 2),
+        ("Paris.", "France?", 8),
+        ("Paris.", "Lyon, I think.", 8),
+        ("France?", "Lyon, I think.", 8),
+    ]
     assert pairs.skipped == {"tie": 1, "both_bad": 1, "flagged": 1, "gold": 1}
     assert len(export_rows(LABELS, "pairs", include_flagged=True, include_gold=True)) == 7
     twins = label(15, "pairwise", (GOOD, output(5, "Paris.")), choice="B")
@@ -73,32 +94,53 @@ def test_every_row_carries_its_provenance():
     row = export_rows(LABELS, "pairs")[1]  # bob's choice of B on task 2: GOOD over BAD
     label_two = PAIRWISE[1]
     assert row == {
-        "prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon, I think.",
-        "campaign": "capitals", "task_id": 2, "label_id": label_two.label_id, "annotator": "bob",
-        "kind": "pairwise", "flags": [], "is_gold": False, "created_at": "2026-11-21T12:00:00Z",
-        "chosen_id": 1, "chosen_model": "smollm2", "chosen_model_hash": "sha256:smollm2",
-        "chosen_seed": 1001, "chosen_generation": GENERATION,
+        "prompt": "Capital of France?",
+        "chosen": "Paris.",
+        "rejected": "Lyon, I think.",
+        "campaign": "capitals",
+        "task_id": 2,
+        "label_id": label_two.label_id,
+        "annotator": "bob",
+        "kind": "pairwise",
+        "flags": [],
+        "is_gold": False,
+        "created_at": "2026-11-21T12:00:00Z",
+        "chosen_id": 1,
+        "chosen_model": "smollm2",
+        "chosen_model_hash": "sha256:smollm2",
+        "chosen_seed": 1001,
+        "chosen_generation": GENERATION,
         "chosen_created_at": "2026-11-20T09:00:00Z",
-        "rejected_id": 2, "rejected_model": "tiny", "rejected_model_hash": "sha256:tiny",
-        "rejected_seed": 1002, "rejected_generation": GENERATION,
-        "rejected_created_at": "2026-11-20T09:00:00Z"}
+        "rejected_id": 2,
+        "rejected_model": "tiny",
+        "rejected_model_hash": "sha256:tiny",
+        "rejected_seed": 1002,
+        "rejected_generation": GENERATION,
+        "rejected_created_at": "2026-11-20T09:00:00Z",
+    }
 
 
 def test_ratings_one_row_per_annotator_and_output():
     ratings = export(LABELS, "ratings")
     assert texts(ratings.rows, "completion", "rating", "annotator", "output_model") == [
-        ("Paris.", 6.0, "alice", "smollm2"), ("Paris.", 4.0, "bob", "smollm2")]
+        ("Paris.", 6.0, "alice", "smollm2"),
+        ("Paris.", 4.0, "bob", "smollm2"),
+    ]
     assert ratings.skipped == {}
 
 
 def test_binary_from_thumbs_and_choices():
     binary = export(LABELS, "binary")
     assert texts(binary.rows, "completion", "label", "task_id") == [
-        ("Paris.", True, 1), ("Lyon, I think.", False, 1),
-        ("Paris.", True, 2), ("Lyon, I think.", False, 2),
-        ("Lyon, I think.", False, 4), ("France?", False, 4),  # both bad
+        ("Paris.", True, 1),
+        ("Lyon, I think.", False, 1),
+        ("Paris.", True, 2),
+        ("Lyon, I think.", False, 2),
+        ("Lyon, I think.", False, 4),
+        ("France?", False, 4),  # both bad
         ("Paris.", False, 5),  # flagged: its chosen output is left out, its rejected kept
-        ("Paris.", True, 9)]
+        ("Paris.", True, 9),
+    ]
     assert binary.skipped == {"tie": 1, "flagged": 2, "gold": 1, "empty text": 1}
     only_thumbs = export(LABELS, "binary", binary_from_choices=False)
     assert texts(only_thumbs.rows, "task_id") == [(9,)]
@@ -108,7 +150,8 @@ def test_binary_from_thumbs_and_choices():
 def test_critiques_of_single_outputs():
     critiques = export(LABELS, "critiques")
     assert texts(critiques.rows, "completion", "critique", "output_id") == [
-        ("France?", "Answer with the city, not the country.", 3)]
+        ("France?", "Answer with the city, not the country.", 3)
+    ]
     assert critiques.skipped == {"about several outputs": 1}  # the note on task 2's choice
 
 
@@ -116,12 +159,17 @@ def test_sft_from_corrections_and_optionally_chosen_outputs():
     sft = export(LABELS, "sft")
     assert texts(sft.rows, "completion", "source", "output_text", "task_id") == [
         ("Paris.", "correction", "Lyon, I think.", 13),  # flagged, but the correction repairs it
-        ("The capital of France is Paris.", "correction", "France?", 14)]
+        ("The capital of France is Paris.", "correction", "France?", 14),
+    ]
     assert sft.skipped == {}
     with_chosen = export(LABELS, "sft", sft_from_chosen=True)
     assert texts(with_chosen.rows, "completion", "source", "task_id") == [
-        ("Paris.", "chosen", 1), ("Paris.", "chosen", 2), ("Paris.", "chosen", 8),
-        ("Paris.", "correction", 13), ("The capital of France is Paris.", "correction", 14)]
+        ("Paris.", "chosen", 1),
+        ("Paris.", "chosen", 2),
+        ("Paris.", "chosen", 8),
+        ("Paris.", "correction", 13),
+        ("The capital of France is Paris.", "correction", 14),
+    ]
     assert with_chosen.skipped == {"tie": 1, "both_bad": 1, "flagged": 1, "gold": 1}
 
 
@@ -140,15 +188,17 @@ def written(tmp_path, as_, **options):
     rows = export_rows(LABELS, as_, **options)
     write_export(tmp_path / f"{as_}.jsonl", rows)
     write_export(tmp_path / f"{as_}_eval.jsonl", rows[:1])
-    return FeedbackDataCfg(path=str(tmp_path / f"{as_}.jsonl"),
-                           eval_path=str(tmp_path / f"{as_}_eval.jsonl"))
+    return FeedbackDataCfg(
+        path=str(tmp_path / f"{as_}.jsonl"), eval_path=str(tmp_path / f"{as_}_eval.jsonl")
+    )
 
 
 def test_pairs_load_with_provenance_in_meta(tmp_path):
     cfg = written(tmp_path, "pairs")
     pairs = load_pairs(cfg, "train")
     assert [(p.chosen, p.rejected) for p in pairs] == [
-        (row["chosen"], row["rejected"]) for row in export_rows(LABELS, "pairs")]
+        (row["chosen"], row["rejected"]) for row in export_rows(LABELS, "pairs")
+    ]
     assert pairs[0].meta["chosen_generation"] == GENERATION
     assert (pairs[0].meta["rejected_model"], pairs[0].meta["annotator"]) == ("tiny", "alice")
     assert len(load_pairs(cfg, "eval")) == 1
@@ -165,7 +215,8 @@ def test_ratings_load_merged_across_annotators(tmp_path):
 def test_binary_loads_as_labeled(tmp_path):
     labeled = load_labeled(written(tmp_path, "binary"), "train")
     assert [(row.completion, row.desirable) for row in labeled] == [
-        (row["completion"], row["label"]) for row in export_rows(LABELS, "binary")]
+        (row["completion"], row["label"]) for row in export_rows(LABELS, "binary")
+    ]
     assert labeled[0].meta["output_seed"] == 1001
 
 
@@ -174,6 +225,7 @@ def test_sft_and_critiques_load_as_demonstrations(tmp_path, as_):
     options = {"sft_from_chosen": True} if as_ == "sft" else {}
     demonstrations = load_demonstrations(written(tmp_path, as_, **options), "train")
     assert [d.completion for d in demonstrations] == [
-        row["completion"] for row in export_rows(LABELS, as_, **options)]
+        row["completion"] for row in export_rows(LABELS, as_, **options)
+    ]
     assert all(d.prompt == "Capital of France?" for d in demonstrations)
     assert demonstrations[-1].meta["campaign"] == "capitals"

@@ -70,8 +70,16 @@ def output(output_id: int, at: str = "2026-11-20T23:59:59.123456+00:00") -> Outp
 
 def record(label_id: int, annotator: str, campaign: str = "c", **fields) -> LabelRecord:
     fields = {"choice": "A", "created_at": "2026-11-21T08:30:01.654321+00:00", **fields}
-    return LabelRecord(label_id, campaign, label_id, "pairwise", annotator, "prompt",
-                       (output(2 * label_id), output(2 * label_id + 1)), **fields)
+    return LabelRecord(
+        label_id,
+        campaign,
+        label_id,
+        "pairwise",
+        annotator,
+        "prompt",
+        (output(2 * label_id), output(2 * label_id + 1)),
+        **fields,
+    )
 
 
 def build_campaigns(db: str = DB, admin_hash: str = "not-a-real-hash") -> None:
@@ -83,14 +91,19 @@ def build_campaigns(db: str = DB, admin_hash: str = "not-a-real-hash") -> None:
         for name in PEOPLE:
             store.add_annotator(name, admin_hash, is_admin=name == "ada.lovelace")
         store.create_campaign("c", task_kinds=("pairwise", "rating", "critique", "correction"))
-        answers = {"ada.lovelace": (["A", "A", "B", "A"], [6, 3, 5, 2]),
-                   "bob": (["A", "B", "B", "A"], [5, 3, 6, 1]),
-                   "carol": (["A", "tie"], [7, 2])}
+        answers = {
+            "ada.lovelace": (["A", "A", "B", "A"], [6, 3, 5, 2]),
+            "bob": (["A", "B", "B", "A"], [5, 3, 6, 1]),
+            "carol": (["A", "tie"], [7, 2]),
+        }
         for i in range(4):
             prompt = store.add_prompt("c", f"Review film {i}.")
-            first, second = (store.add_output(prompt, f"Film {i} was {word}.", model="m",
-                                              model_hash="h", seed=seed)
-                             for seed, word in enumerate(("good", "slow")))
+            first, second = (
+                store.add_output(
+                    prompt, f"Film {i} was {word}.", model="m", model_hash="h", seed=seed
+                )
+                for seed, word in enumerate(("good", "slow"))
+            )
             pairwise = store.add_task("c", "pairwise", [first, second])
             ratings_of = [store.add_task("c", "rating", [shown]) for shown in (first, second)]
             critique = store.add_task("c", "critique", [second])
@@ -100,14 +113,24 @@ def build_campaigns(db: str = DB, admin_hash: str = "not-a-real-hash") -> None:
                     _label(store, pairwise, name, choice=choices[i])
                     _label(store, ratings_of[0], name, rating=ratings[i])
                     _label(store, ratings_of[1], name, rating=8 - ratings[i])
-            _label(store, critique, "ada.lovelace",
-                   critique=f"Too vague, as Bob said; write to {EMAIL} or call {PHONE}.")
-            _label(store, correction, "bob",
-                   correction=f"Film {i} was slow, says Carol Smith (carol@example.com).")
+            _label(
+                store,
+                critique,
+                "ada.lovelace",
+                critique=f"Too vague, as Bob said; write to {EMAIL} or call {PHONE}.",
+            )
+            _label(
+                store,
+                correction,
+                "bob",
+                correction=f"Film {i} was slow, says Carol Smith (carol@example.com).",
+            )
         store.create_campaign("d")
         prompt = store.add_prompt("d", "Review a play.")
-        outputs = [store.add_output(prompt, text, model="m", model_hash="h", seed=0)
-                   for text in ("Fine.", "Long.")]
+        outputs = [
+            store.add_output(prompt, text, model="m", model_hash="h", seed=0)
+            for text in ("Fine.", "Long.")
+        ]
         task = store.add_task("d", "pairwise", outputs)
         _label(store, task, "ada.lovelace", choice="B")
 
@@ -117,8 +140,21 @@ def _label(store, task_id: int, annotator: str, **payload) -> None:
 
 
 def export(form: str, output: str, *options: str, campaign: str = "c") -> int:
-    return main(["label", "export", "--campaign", campaign, "--db", DB, "--as", form,
-                 "--output", output, *options])
+    return main(
+        [
+            "label",
+            "export",
+            "--campaign",
+            campaign,
+            "--db",
+            DB,
+            "--as",
+            form,
+            "--output",
+            output,
+            *options,
+        ]
+    )
 
 
 def rows_of(path: str) -> list[dict]:
@@ -146,14 +182,21 @@ def test_pseudonyms_are_stable_within_a_campaign_and_differ_across_campaigns_and
     labels = [record(1, "ada"), record(2, "bob"), record(3, "ada"), record(4, "ada", "d")]
     hidden = pseudonymise(labels, key).records
     assert [label.annotator for label in hidden] == [
-        alias, pseudonym(key, "c", "bob"), alias, pseudonym(key, "d", "ada")]
+        alias,
+        pseudonym(key, "c", "bob"),
+        alias,
+        pseudonym(key, "d", "ada"),
+    ]
     assert [label.choice for label in hidden] == ["A"] * 4  # only names and times change
 
 
 def test_pseudonymised_labels_carry_dates_and_names_in_free_text_become_pseudonyms():
     key = b"k" * 32
-    [hidden] = pseudonymise([record(1, "ada", critique="Ada and BOB agree; adam, bo and "
-                                    "bob.smith do not.")], key, known_names=["bob", "bo"]).records
+    [hidden] = pseudonymise(
+        [record(1, "ada", critique="Ada and BOB agree; adam, bo and bob.smith do not.")],
+        key,
+        known_names=["bob", "bo"],
+    ).records
     ada, bob = pseudonym(key, "c", "ada"), pseudonym(key, "c", "bob")
     # whole words, any case; "bo" is too short to look for, "adam" is another word
     assert hidden.critique == f"{ada} and {bob} agree; adam, bo and {bob}.smith do not."
@@ -182,8 +225,9 @@ def test_the_store_keeps_one_random_key_per_database(tmp_path):
 
     stores = [open_store(tmp_path / "three.db") for _ in range(4)]  # first use, all at once
     keys: list[bytes] = []
-    threads = [threading.Thread(target=lambda s=s: keys.append(s.secret(PSEUDONYM_KEY)))
-               for s in stores]
+    threads = [
+        threading.Thread(target=lambda s=s: keys.append(s.secret(PSEUDONYM_KEY))) for s in stores
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -226,16 +270,21 @@ def test_pseudonymised_exports_name_nobody_and_give_dates(capsys):
     assert "pseudonymised: annotators as ann-... (stable within 'c')" in out
 
     [critique] = {row["critique"] for row in rows_of("critiques.jsonl")}
-    assert critique.startswith(f"Too vague, as {aliases['bob']} said; write to "
-                               f"{aliases['ada.lovelace']}@example.org")
+    assert critique.startswith(
+        f"Too vague, as {aliases['bob']} said; write to {aliases['ada.lovelace']}@example.org"
+    )
     assert {row["completion"] for row in rows_of("sft.jsonl")} >= {
-        f"Film 0 was slow, says {aliases['carol']} Smith ({aliases['carol']}@example.com)."}
+        f"Film 0 was slow, says {aliases['carol']} Smith ({aliases['carol']}@example.com)."
+    }
 
     assert export("pairs", "again.jsonl", "--pseudonymise") == 0  # stable across exports
     assert Path("again.jsonl").read_bytes() == Path("pairs.jsonl").read_bytes()
     assert export("pairs", "d.jsonl", "--pseudonymise", campaign="d") == 0
-    assert {row["annotator"] for row in rows_of("d.jsonl")} == {
-        pseudonym(key, "d", "ada.lovelace")} != {aliases["ada.lovelace"]}
+    assert (
+        {row["annotator"] for row in rows_of("d.jsonl")}
+        == {pseudonym(key, "d", "ada.lovelace")}
+        != {aliases["ada.lovelace"]}
+    )
 
     assert export("pairs", "plain.jsonl") == 0  # without the option, nothing changes
     assert b"ada.lovelace" in Path("plain.jsonl").read_bytes()
@@ -266,18 +315,28 @@ def test_agreement_and_the_loaders_see_the_same_data_pseudonymised(capsys):
     def data(form, suffix):
         return FeedbackDataCfg(path=f"{form}-{suffix}.jsonl", eval_fraction=0.0)
 
-    ceilings = {suffix: agreement_ceiling(load_pairs(data("ratings", suffix), "train"))
-                for suffix in ("plain", "hidden")}
+    ceilings = {
+        suffix: agreement_ceiling(load_pairs(data("ratings", suffix), "train"))
+        for suffix in ("plain", "hidden")
+    }
     assert ceilings["plain"] == ceilings["hidden"] and ceilings["plain"].pairs > 0
-    merged = {suffix: [(r.prompt, r.completion, r.ratings,
-                        r.meta.get("annotators", (r.annotator,)))
-                       for r in load_ratings(data("ratings", suffix), "train")]
-              for suffix in ("plain", "hidden")}
+    merged = {
+        suffix: [
+            (r.prompt, r.completion, r.ratings, r.meta.get("annotators", (r.annotator,)))
+            for r in load_ratings(data("ratings", suffix), "train")
+        ]
+        for suffix in ("plain", "hidden")
+    }
     assert [row[:3] for row in merged["plain"]] == [row[:3] for row in merged["hidden"]]
     assert [tuple(aliases[name] for name in row[3]) for row in merged["plain"]] == [
-        row[3] for row in merged["hidden"]]
-    for load, form in ((load_pairs, "pairs"), (load_labeled, "binary"),
-                       (load_demonstrations, "sft"), (load_demonstrations, "critiques")):
+        row[3] for row in merged["hidden"]
+    ]
+    for load, form in (
+        (load_pairs, "pairs"),
+        (load_labeled, "binary"),
+        (load_demonstrations, "sft"),
+        (load_demonstrations, "critiques"),
+    ):
         assert len(load(data(form, "hidden"), "train")) == len(load(data(form, "plain"), "train"))
 
 
@@ -287,24 +346,32 @@ def _pairs_as_sets(report: dict) -> dict:
         if isinstance(block, dict) and "annotator_pairs" in block:
             block["annotator_pairs"] = sorted(
                 json.dumps({**pair, "annotators": sorted(pair["annotators"])}, sort_keys=True)
-                for pair in block["annotator_pairs"])
+                for pair in block["annotator_pairs"]
+            )
     return report
 
 
 def test_admin_download_pseudonymised_matches_the_command_line():
     build_campaigns(admin_hash=hash_password("ada-pass"))
     with open_store(DB) as store:
-        client = TestClient(create_app(store, secret_key="test-secret-key-0123456789",
-                                       campaign="c"), follow_redirects=False)
+        client = TestClient(
+            create_app(store, secret_key="test-secret-key-0123456789", campaign="c"),
+            follow_redirects=False,
+        )
         login = client.get("/login").text
         token = re.search(r'name="csrf_token" value="([^"]+)"', login).group(1)
-        assert client.post("/login", data={"csrf_token": token, "name": "ada.lovelace",
-                                           "password": "ada-pass"}).status_code == 303
+        assert (
+            client.post(
+                "/login", data={"csrf_token": token, "name": "ada.lovelace", "password": "ada-pass"}
+            ).status_code
+            == 303
+        )
         assert "pseudonymise=1" in client.get("/admin").text
         response = client.get("/admin/export?as=ratings&pseudonymise=1")
         assert response.status_code == 200
         assert response.headers["content-disposition"] == (
-            'attachment; filename="c-ratings-pseudonymised.jsonl"')
+            'attachment; filename="c-ratings-pseudonymised.jsonl"'
+        )
         assert_no_sign_in_names(response.content)
         plain = client.get("/admin/export?as=ratings&pseudonymise=0")
         assert b"ada.lovelace" in plain.content
@@ -330,17 +397,24 @@ def test_scrub_pii_without_the_extra_names_the_install_command(capsys, monkeypat
     monkeypatch.setitem(sys.modules, "presidio_analyzer", None)  # import fails as if missing
     assert export("critiques", "x.jsonl", "--scrub_pii") == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("--scrub_pii needs Presidio, the optional extra 'pii': "
-                        "pip install 'rlhfkit[pii]'") and "\n" not in err
+    assert (
+        err.endswith(
+            "--scrub_pii needs Presidio, the optional extra 'pii': pip install 'rlhfkit[pii]'"
+        )
+        and "\n" not in err
+    )
     assert not Path("x.jsonl").exists()
 
 
 def test_scrubber_replaces_real_emails_and_phone_numbers(scrubber):
-    text = (f"Mail {EMAIL}, or call {PHONE} or (212) 555-0143; Tokyo is +81 3-3224-5000. "
-            "Keep 2024, 3.14159, 12345 and 'x@y.notarealtld'. Ada Lovelace stays.")
+    text = (
+        f"Mail {EMAIL}, or call {PHONE} or (212) 555-0143; Tokyo is +81 3-3224-5000. "
+        "Keep 2024, 3.14159, 12345 and 'x@y.notarealtld'. Ada Lovelace stays."
+    )
     assert scrubber(text) == (
         "Mail <EMAIL_ADDRESS>, or call <PHONE_NUMBER> or <PHONE_NUMBER>; Tokyo is <PHONE_NUMBER>. "
-        "Keep 2024, 3.14159, 12345 and 'x@y.notarealtld'. Ada Lovelace stays.")
+        "Keep 2024, 3.14159, 12345 and 'x@y.notarealtld'. Ada Lovelace stays."
+    )
     assert scrubber(None) is None and scrubber("") == ""
     assert "names are not detected without --pii_model" in scrubber.describe()
 
@@ -355,7 +429,8 @@ def test_scrubber_replaces_names_found_by_a_spacy_pipeline(presidio, tmp_path):
 
     nlp = spacy.blank("en")
     nlp.add_pipe("entity_ruler").add_patterns(
-        [{"label": "PERSON", "pattern": [{"LOWER": "ada"}, {"LOWER": "lovelace"}]}])
+        [{"label": "PERSON", "pattern": [{"LOWER": "ada"}, {"LOWER": "lovelace"}]}]
+    )
     nlp.to_disk(tmp_path / "names")
     with_names = PiiScrubber(str(tmp_path / "names"))
     assert with_names(f"Ada Lovelace ({EMAIL}) liked it.") == "<PERSON> (<EMAIL_ADDRESS>) liked it."
@@ -366,8 +441,10 @@ def test_an_unknown_spacy_pipeline_is_refused_not_downloaded(presidio):
     from rlhfkit.errors import ConfigError
     from rlhfkit.feedback.pii import PiiScrubber
 
-    with pytest.raises(ConfigError, match="--pii_model = 'en_core_web_nope': no spaCy pipeline "
-                                          "of that name is installed"):
+    with pytest.raises(
+        ConfigError,
+        match="--pii_model = 'en_core_web_nope': no spaCy pipeline of that name is installed",
+    ):
         PiiScrubber("en_core_web_nope")
 
 

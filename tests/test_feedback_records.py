@@ -24,17 +24,20 @@ def test_valid_labels_of_every_kind():
     label("correction", 1, correction="better text")
 
 
-@pytest.mark.parametrize(("kind", "shown", "answer", "problem"), [
-    ("poll", 1, {}, "kind 'poll'"),
-    ("rating", 0, {"rating": 3.0}, "shows no outputs"),
-    ("pairwise", 2, {"choice": "C"}, "choice 'C'"),
-    ("pairwise", 3, {"choice": "A"}, "over 3 outputs"),
-    ("ranking", 3, {"ranking": (0, 1)}, "ranking [0, 1]"),
-    ("ranking", 3, {"ranking": (0, 1, 1)}, "ranking [0, 1, 1]"),
-    ("rating", 1, {"rating": 8.0}, "rating 8.0"),
-    ("rating", 1, {"rating": float("nan")}, "rating nan"),
-    ("rating", 1, {"flags": ("rude",)}, "flags ['rude']"),
-])
+@pytest.mark.parametrize(
+    ("kind", "shown", "answer", "problem"),
+    [
+        ("poll", 1, {}, "kind 'poll'"),
+        ("rating", 0, {"rating": 3.0}, "shows no outputs"),
+        ("pairwise", 2, {"choice": "C"}, "choice 'C'"),
+        ("pairwise", 3, {"choice": "A"}, "over 3 outputs"),
+        ("ranking", 3, {"ranking": (0, 1)}, "ranking [0, 1]"),
+        ("ranking", 3, {"ranking": (0, 1, 1)}, "ranking [0, 1, 1]"),
+        ("rating", 1, {"rating": 8.0}, "rating 8.0"),
+        ("rating", 1, {"rating": float("nan")}, "rating nan"),
+        ("rating", 1, {"flags": ("rude",)}, "flags ['rude']"),
+    ],
+)
 def test_impossible_labels_are_refused_by_id(kind, shown, answer, problem):
     with pytest.raises(DataError, match="label 7 .campaign 'c', task 3.: ") as error:
         label(kind, shown, **answer)

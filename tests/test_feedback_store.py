@@ -76,8 +76,12 @@ def _pairs(store, campaign: str = "c", n: int = 4, *, overlap: float = 0.0) -> l
     tasks = []
     for i in range(n):
         prompt = store.add_prompt(campaign, f"prompt {i}")
-        outputs = [store.add_output(prompt, f"answer {i}{side}", model="runs/sft",
-                                    model_hash="sha256:abc", seed=i) for side in "ab"]
+        outputs = [
+            store.add_output(
+                prompt, f"answer {i}{side}", model="runs/sft", model_hash="sha256:abc", seed=i
+            )
+            for side in "ab"
+        ]
         tasks.append(store.add_task(campaign, "pairwise", outputs))
     return tasks
 
@@ -138,8 +142,11 @@ def test_a_database_newer_than_the_code_is_refused(db_url):
     open_store(db_url).close()
     _sql(db_url, "UPDATE schema_version SET version = 99")
     latest = migrations.latest_version()
-    with pytest.raises(RlhfkitError, match=rf"schema version 99, newer than this rlhfkit knows "
-                                           rf"\({latest}\): upgrade rlhfkit"):
+    with pytest.raises(
+        RlhfkitError,
+        match=rf"schema version 99, newer than this rlhfkit knows "
+        rf"\({latest}\): upgrade rlhfkit",
+    ):
         open_store(db_url)
 
 
@@ -154,8 +161,9 @@ def test_an_unreachable_database_is_named_with_the_password_masked():
     with pytest.raises(RlhfkitError) as raised:
         open_store(url)
     message = str(raised.value)
-    assert ("cannot connect to the feedback database postgresql+psycopg://ada:***@127.0.0.1"
-            in message)
+    assert (
+        "cannot connect to the feedback database postgresql+psycopg://ada:***@127.0.0.1" in message
+    )
     assert "s3cret-pw" not in message
 
 
@@ -199,7 +207,11 @@ def test_names_are_unique_and_unknown_names_listed(store):
     admin = store.add_annotator("root", "h", is_admin=True)
     root = store.get_annotator("root")
     assert (root.annotator_id, root.name, root.password_hash, root.is_admin) == (
-        admin, "root", "h", True)
+        admin,
+        "root",
+        "h",
+        True,
+    )
     with pytest.raises(ConfigError, match="overlap 1.5 is not a fraction"):
         store.create_campaign("bad", overlap=1.5)
 
@@ -241,16 +253,24 @@ def test_overlap_sets_how_many_annotators_each_task_needs(db_url):
 # --- labelling -----------------------------------------------------------------------------------
 
 
-SHOWN_AS_TEXT = ("<script>alert('x')</script>\n\n  indented\ttab \r\nline  \n"
-                 "\u00e9\u6f22\U0001f600 &amp; <!-- -->  ")
+SHOWN_AS_TEXT = (
+    "<script>alert('x')</script>\n\n  indented\ttab \r\nline  \n"
+    "\u00e9\u6f22\U0001f600 &amp; <!-- -->  "
+)
 
 
 def test_model_text_round_trips_byte_exact(store):
     store.create_campaign("c", task_kinds=("pairwise", "correction"))
     _people(store, "ada")
     prompt = store.add_prompt("c", " <b>prompt</b>\n", meta={"source": "<i>"})
-    a = store.add_output(prompt, SHOWN_AS_TEXT, model="runs/sft", model_hash="h", seed=7,
-                         generation={"temperature": 0.7, "top_p": 0.9})
+    a = store.add_output(
+        prompt,
+        SHOWN_AS_TEXT,
+        model="runs/sft",
+        model_hash="h",
+        seed=7,
+        generation={"temperature": 0.7, "top_p": 0.9},
+    )
     b = store.add_output(prompt, " ", model="runs/sft", model_hash="h")
     task = store.add_task("c", "correction", [a])
     store.add_task("c", "pairwise", [a, b])
@@ -265,17 +285,22 @@ def test_model_text_round_trips_byte_exact(store):
 
 
 def test_labels_of_every_kind_come_back_as_records(store):
-    store.create_campaign("c", task_kinds=("pairwise", "ranking", "rating", "critique",
-                                           "correction"))
+    store.create_campaign(
+        "c", task_kinds=("pairwise", "ranking", "rating", "critique", "correction")
+    )
     _people(store, "ada")
     prompt = store.add_prompt("c", "Say hi.")
-    a, b, c = (store.add_output(prompt, t, model="m", model_hash="h", seed=i)
-               for i, t in enumerate(["hi", "hello", "hey"]))
-    answers = [("pairwise", [b, a], {"choice": "A", "flags": ["off_topic", "unsafe"]}),
-               ("ranking", [a, b, c], {"ranking": [2, 0, 1], "critique": "c is best"}),
-               ("rating", [a], {"rating": 6, "thumbs": True}),
-               ("critique", [c], {"critique": "too short", "flags": ["factually_wrong"]}),
-               ("correction", [b], {"correction": "Hello!"})]
+    a, b, c = (
+        store.add_output(prompt, t, model="m", model_hash="h", seed=i)
+        for i, t in enumerate(["hi", "hello", "hey"])
+    )
+    answers = [
+        ("pairwise", [b, a], {"choice": "A", "flags": ["off_topic", "unsafe"]}),
+        ("ranking", [a, b, c], {"ranking": [2, 0, 1], "critique": "c is best"}),
+        ("rating", [a], {"rating": 6, "thumbs": True}),
+        ("critique", [c], {"critique": "too short", "flags": ["factually_wrong"]}),
+        ("correction", [b], {"correction": "Hello!"}),
+    ]
     for i, (kind, outputs, payload) in enumerate(answers):
         task = store.add_task("c", kind, outputs)
         assert store.submit_label(task, "ada", f"r{i}", payload)[1] is True
@@ -288,8 +313,9 @@ def test_labels_of_every_kind_come_back_as_records(store):
     assert (rating.rating, rating.thumbs, rating.choice) == (6.0, True, None)
     assert (critique.critique, critique.flags) == ("too short", ("factually_wrong",))
     assert correction.correction == "Hello!"
-    assert all(r.annotator == "ada" and r.campaign == "c" and r.prompt == "Say hi."
-               for r in records)
+    assert all(
+        r.annotator == "ada" and r.campaign == "c" and r.prompt == "Say hi." for r in records
+    )
     assert ranking.outputs[1].model == "m" and ranking.outputs[1].seed == 1
     assert records[0].created_at.endswith("+00:00") and "T" in records[0].created_at
 
@@ -333,14 +359,17 @@ def test_concurrent_submissions_of_one_request_are_stored_once(db_url):
     assert _sql(db_url, "SELECT count(*) FROM labels") == [(1,)]
 
 
-@pytest.mark.parametrize(("payload", "message"), [
-    ({"choice": "C"}, "'choice': 'C' is not one of A, B, tie, both_bad"),
-    ({"rating": 9}, "'rating' is not part of a pairwise label: use choice, critique, flags"),
-    ({"choice": "A", "flags": ["rude"]}, "'flags': .* from unsafe, factually_wrong, off_topic"),
-    ({"choice": "A", "critique": "a\x00b"}, "'critique' holds a NUL character"),
-    ({"critique": "no answer"}, "a pairwise label needs choice"),
-    ({"choice": "A", "critique": "   "}, "'critique' is empty"),
-])
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"choice": "C"}, "'choice': 'C' is not one of A, B, tie, both_bad"),
+        ({"rating": 9}, "'rating' is not part of a pairwise label: use choice, critique, flags"),
+        ({"choice": "A", "flags": ["rude"]}, "'flags': .* from unsafe, factually_wrong, off_topic"),
+        ({"choice": "A", "critique": "a\x00b"}, "'critique' holds a NUL character"),
+        ({"critique": "no answer"}, "a pairwise label needs choice"),
+        ({"choice": "A", "critique": "   "}, "'critique' is empty"),
+    ],
+)
 def test_a_bad_pairwise_label_names_the_field_and_writes_nothing(db_url, payload, message):
     with open_store(db_url) as store:
         (task, *_) = _pairs(store)
@@ -351,18 +380,27 @@ def test_a_bad_pairwise_label_names_the_field_and_writes_nothing(db_url, payload
     assert _sql(db_url, "SELECT count(*) FROM labels") == [(0,)]
 
 
-@pytest.mark.parametrize(("kind", "payload", "message"), [
-    ("rating", {"rating": 9}, "'rating': 9 is not on the scale: give a number from 1 to 7"),
-    ("rating", {"thumbs": "yes"}, "'thumbs': 'yes' is not true"),
-    ("ranking", {"ranking": [0, 0, 1]}, r"'ranking': \[0, 0, 1\] is not an order of the 3 outputs"),
-    ("ranking", {"ranking": [0, 1]}, "give each position 0..2 once, best first"),
-])
+@pytest.mark.parametrize(
+    ("kind", "payload", "message"),
+    [
+        ("rating", {"rating": 9}, "'rating': 9 is not on the scale: give a number from 1 to 7"),
+        ("rating", {"thumbs": "yes"}, "'thumbs': 'yes' is not true"),
+        (
+            "ranking",
+            {"ranking": [0, 0, 1]},
+            r"'ranking': \[0, 0, 1\] is not an order of the 3 outputs",
+        ),
+        ("ranking", {"ranking": [0, 1]}, "give each position 0..2 once, best first"),
+    ],
+)
 def test_bad_ratings_and_rankings_are_refused(store, kind, payload, message):
     store.create_campaign("c", task_kinds=(kind,))
     _people(store, "ada")
     prompt = store.add_prompt("c", "p")
-    outputs = [store.add_output(prompt, t, model="m", model_hash="h")
-               for t in ("abc" if kind == "ranking" else "a")]
+    outputs = [
+        store.add_output(prompt, t, model="m", model_hash="h")
+        for t in ("abc" if kind == "ranking" else "a")
+    ]
     task = store.add_task("c", kind, outputs)
     with pytest.raises(PayloadError, match=message):
         store.submit_label(task, "ada", "req", payload)
@@ -394,7 +432,9 @@ def test_undo_marks_the_latest_label_and_offers_its_task_again(store):
     assert (undone.task_id, undone.choice, undone.annotator) == (second, "B", "ada")
     assert store.next_task("c", "ada").task_id == second
     assert [(r.annotator, r.task_id) for r in store.label_records("c")] == [
-        ("ada", first), ("bob", second)]
+        ("ada", first),
+        ("bob", second),
+    ]
     assert store.submit_label(second, "ada", "r4", {"choice": "A"})[1] is True  # labels again
     assert store.undo_last("ada", "c").label_id != undone.label_id
     assert store.undo_last("ada", "c").task_id == first
@@ -424,7 +464,9 @@ def test_next_task_serves_tasks_that_need_annotators_first(store):
     progress = store.progress("c")
     assert (progress.tasks, progress.complete, progress.labels) == (4, 3, 5)
     assert [(p.annotator, p.labelled, p.skipped, p.remaining) for p in progress.annotators] == [
-        ("ada", 4, 0, 0), ("bob", 1, 1, 2)]
+        ("ada", 4, 0, 0),
+        ("bob", 1, 1, 2),
+    ]
 
 
 def test_gold_tasks_go_to_everyone_and_their_answers_are_in_output_ids(store):
@@ -436,8 +478,12 @@ def test_gold_tasks_go_to_everyone_and_their_answers_are_in_output_ids(store):
     gold = store.add_task("c", "pairwise", [b, a], gold={"choice": "A"})
     ranked = store.add_task("c", "ranking", [a, b, c], gold={"ranking": [2, 0, 1]})
     for task_id in [*plain, gold, ranked]:
-        store.submit_label(task_id, "ada", f"ada-{task_id}", {"choice": "A"} if task_id != ranked
-                           else {"ranking": [0, 1, 2]})
+        store.submit_label(
+            task_id,
+            "ada",
+            f"ada-{task_id}",
+            {"choice": "A"} if task_id != ranked else {"ranking": [0, 1, 2]},
+        )
     # for bob, the three plain tasks are complete; the gold ones come first
     firsts = []
     for _ in range(2):

@@ -41,15 +41,18 @@ def _pairwise(store, campaign="c", n=3, overlap=0.0, texts=None) -> list[int]:
     for i in range(n):
         prompt = store.add_prompt(campaign, f"prompt {i}")
         a, b = texts or (f"answer {i}A", f"answer {i}B")
-        outputs = [store.add_output(prompt, text, model="m", model_hash="h", seed=seed)
-                   for seed, text in enumerate((a, b))]
+        outputs = [
+            store.add_output(prompt, text, model="m", model_hash="h", seed=seed)
+            for seed, text in enumerate((a, b))
+        ]
         tasks.append(store.add_task(campaign, "pairwise", outputs))
     return tasks
 
 
 def _client(store, campaign="c", **kwargs) -> TestClient:
-    return TestClient(create_app(store, secret_key=SECRET, campaign=campaign, **kwargs),
-                      follow_redirects=False)
+    return TestClient(
+        create_app(store, secret_key=SECRET, campaign=campaign, **kwargs), follow_redirects=False
+    )
 
 
 def _csrf(html: str) -> str:
@@ -62,8 +65,9 @@ def _field(html: str, name: str) -> str:
 
 def _login(client: TestClient, name: str = "bob", password: str | None = None):
     token = _csrf(client.get("/login").text)
-    return client.post("/login", data={"csrf_token": token, "name": name,
-                                       "password": password or PASSWORDS[name]})
+    return client.post(
+        "/login", data={"csrf_token": token, "name": name, "password": password or PASSWORDS[name]}
+    )
 
 
 def _signed_in(store, name="bob", campaign="c") -> TestClient:
@@ -84,12 +88,27 @@ def _task_form(client: TestClient) -> dict[str, str]:
 def test_every_route_but_login_and_static_needs_a_session(store):
     _pairwise(store)
     client = _client(store)
-    for path in ("/", "/label", "/campaigns", "/admin", "/admin/export?as=pairs", "/admin/tasks",
-                 "/admin/tasks/1"):
+    for path in (
+        "/",
+        "/label",
+        "/campaigns",
+        "/admin",
+        "/admin/export?as=pairs",
+        "/admin/tasks",
+        "/admin/tasks/1",
+    ):
         response = client.get(path)
         assert (response.status_code, response.headers["location"]) == (303, "/login"), path
-    for path in ("/label", "/skip", "/undo", "/admin/annotators", "/logout", "/campaigns",
-                 "/admin/overlap", "/admin/tasks/1/gold"):
+    for path in (
+        "/label",
+        "/skip",
+        "/undo",
+        "/admin/annotators",
+        "/logout",
+        "/campaigns",
+        "/admin/overlap",
+        "/admin/tasks/1/gold",
+    ):
         response = client.post(path, data={"task_id": "1", "request_id": "r", "choice": "A"})
         assert (response.status_code, response.headers["location"]) == (303, "/login"), path
     assert client.get("/api/next").status_code == 401
@@ -167,15 +186,41 @@ def test_posts_without_the_csrf_token_are_refused_and_write_nothing(store):
     for token in (None, "forged"):
         fields = {**form, "choice": "A", "csrf_token": token}
         fields = {name: value for name, value in fields.items() if value is not None}
-        for path in ("/label", "/skip", "/undo", "/logout", "/campaigns", "/admin/annotators",
-                     "/admin/overlap", f"/admin/tasks/{form['task_id']}/gold"):
-            assert client.post(path, data={**fields, "name": "eve", "password": "x",
-                                           "overlap": "1", "overlap_annotators": "3"}
-                               ).status_code == 403, (path, token)
-        assert client.post("/api/label", json={"task_id": int(form["task_id"]),
-                                               "request_id": "r1", "label": {"choice": "A"}},
-                           headers={} if token is None else {"X-CSRF-Token": token}
-                           ).status_code == 403
+        for path in (
+            "/label",
+            "/skip",
+            "/undo",
+            "/logout",
+            "/campaigns",
+            "/admin/annotators",
+            "/admin/overlap",
+            f"/admin/tasks/{form['task_id']}/gold",
+        ):
+            assert (
+                client.post(
+                    path,
+                    data={
+                        **fields,
+                        "name": "eve",
+                        "password": "x",
+                        "overlap": "1",
+                        "overlap_annotators": "3",
+                    },
+                ).status_code
+                == 403
+            ), (path, token)
+        assert (
+            client.post(
+                "/api/label",
+                json={
+                    "task_id": int(form["task_id"]),
+                    "request_id": "r1",
+                    "label": {"choice": "A"},
+                },
+                headers={} if token is None else {"X-CSRF-Token": token},
+            ).status_code
+            == 403
+        )
     assert store.label_records("c") == []
     assert store.progress("c").annotators[0].skipped == 0
     assert store.get_annotator("eve") is None
@@ -191,8 +236,9 @@ def test_model_text_is_shown_escaped_with_its_whitespace(store):
     _pairwise(store, n=1, texts=(TRICKY, "fine"))
     store.create_campaign("fix", task_kinds=("correction",))
     prompt = store.add_prompt("fix", TRICKY)
-    store.add_task("fix", "correction",
-                   [store.add_output(prompt, TRICKY, model="m", model_hash="h")])
+    store.add_task(
+        "fix", "correction", [store.add_output(prompt, TRICKY, model="m", model_hash="h")]
+    )
     client = _signed_in(store)
     html = client.get("/label").text
     assert "<script>alert(1)</script>" not in html
@@ -200,7 +246,7 @@ def test_model_text_is_shown_escaped_with_its_whitespace(store):
     assert "default-src 'self'" in client.get("/label").headers["content-security-policy"]
     correction = _signed_in(store, campaign="fix").get("/label").text
     # The parser drops one newline after <textarea>: the page adds it, the text keeps its own.
-    assert f'>\n{escape(TRICKY)}</textarea>' in correction
+    assert f">\n{escape(TRICKY)}</textarea>" in correction
     assert f'<div class="text">{escape(TRICKY)}</div>' in correction  # the prompt
 
 
@@ -232,8 +278,9 @@ def test_concurrent_submissions_of_one_request_store_one_label(store):
     _pairwise(store)
     client = _signed_in(store)
     form = {**_task_form(client), "choice": "tie"}
-    clients = [TestClient(client.app, cookies=client.cookies, follow_redirects=False)
-               for _ in range(6)]
+    clients = [
+        TestClient(client.app, cookies=client.cookies, follow_redirects=False) for _ in range(6)
+    ]
     start, statuses = threading.Barrier(len(clients)), []
 
     def post(other: TestClient) -> None:
@@ -260,8 +307,7 @@ def test_a_bad_label_shows_the_page_again_and_writes_nothing(store):
     wrong = client.post("/label", data={**form, "choice": "C"})
     assert wrong.status_code == 422 and "is not one of A, B, tie, both_bad" in wrong.text
     assert client.post("/label", data={**form, "task_id": "x", "choice": "A"}).status_code == 400
-    assert client.post("/label", data={**form, "task_id": "999", "choice": "A"}
-                       ).status_code == 404
+    assert client.post("/label", data={**form, "task_id": "999", "choice": "A"}).status_code == 404
     assert store.label_records("c") == []
 
 
@@ -294,10 +340,12 @@ def test_every_kind_of_task_through_its_form(store):
     store.add_task("k", "rating", out[:1])
     store.add_task("k", "critique", out[1:2])
     store.add_task("k", "correction", out[2:])
-    answers = {"ranking": {"rank_0": "2", "rank_1": "3", "rank_2": "1"},
-               "rating": {"rating": "6", "thumbs": "up", "flags": ["off_topic"]},
-               "critique": {"critique": "too\r\nshort"},
-               "correction": {"correction": "hi there\r\n", "critique": "friendlier"}}
+    answers = {
+        "ranking": {"rank_0": "2", "rank_1": "3", "rank_2": "1"},
+        "rating": {"rating": "6", "thumbs": "up", "flags": ["off_topic"]},
+        "critique": {"critique": "too\r\nshort"},
+        "correction": {"correction": "hi there\r\n", "critique": "friendlier"},
+    }
     client = _signed_in(store, campaign="k")
     for _ in answers:
         html = client.get("/label").text
@@ -310,17 +358,23 @@ def test_every_kind_of_task_through_its_form(store):
     assert labels["rating"].flags == ("off_topic",)
     assert labels["critique"].critique == "too\nshort"
     assert (labels["correction"].correction, labels["correction"].critique) == (
-        "hi there\n", "friendlier")
+        "hi there\n",
+        "friendlier",
+    )
 
 
 def test_a_ranking_that_repeats_a_place_is_refused(store):
     store.create_campaign("k", task_kinds=("ranking",))
     prompt = store.add_prompt("k", "Say hi.")
-    store.add_task("k", "ranking", [store.add_output(prompt, f"hi {i}", model="m",
-                                                     model_hash="h") for i in range(3)])
+    store.add_task(
+        "k",
+        "ranking",
+        [store.add_output(prompt, f"hi {i}", model="m", model_hash="h") for i in range(3)],
+    )
     client = _signed_in(store, campaign="k")
-    response = client.post("/label", data={**_task_form(client), "rank_0": "1", "rank_1": "1",
-                                           "rank_2": "2"})
+    response = client.post(
+        "/label", data={**_task_form(client), "rank_0": "1", "rank_1": "1", "rank_2": "2"}
+    )
     assert response.status_code == 422 and "a different place" in response.text
     assert store.label_records("k") == []
 
@@ -348,15 +402,27 @@ def test_admin_pages_refuse_annotators(store):
     token = _csrf(client.get("/label").text)
     assert client.get("/admin").status_code == 403
     assert client.get("/admin/export?as=pairs").status_code == 403
-    assert client.post("/admin/annotators", data={"csrf_token": token, "name": "eve",
-                                                  "password": "x"}).status_code == 403
+    assert (
+        client.post(
+            "/admin/annotators", data={"csrf_token": token, "name": "eve", "password": "x"}
+        ).status_code
+        == 403
+    )
     assert store.get_annotator("eve") is None
     task_id = _field(client.get("/label").text, "task_id")
     assert client.get(f"/admin/tasks/{task_id}").status_code == 403
-    assert client.post(f"/admin/tasks/{task_id}/gold", data={"csrf_token": token,
-                                                              "choice": "A"}).status_code == 403
-    assert client.post("/admin/overlap", data={"csrf_token": token, "overlap": "1",
-                                               "overlap_annotators": "2"}).status_code == 403
+    assert (
+        client.post(
+            f"/admin/tasks/{task_id}/gold", data={"csrf_token": token, "choice": "A"}
+        ).status_code
+        == 403
+    )
+    assert (
+        client.post(
+            "/admin/overlap", data={"csrf_token": token, "overlap": "1", "overlap_annotators": "2"}
+        ).status_code
+        == 403
+    )
     assert store.gold_answers("c") == {} and store.campaign_settings("c").overlap == 0.0
 
 
@@ -386,7 +452,8 @@ def test_export_downloads_jsonl_that_load_pairs_reads(store, tmp_path):
     path.write_text(response.text, encoding="utf-8")
     pairs = load_pairs(FeedbackDataCfg(path=str(path), eval_fraction=0.0), "train")
     assert sorted((pair.chosen, pair.rejected) for pair in pairs) == sorted(
-        (row["chosen"], row["rejected"]) for row in rows)
+        (row["chosen"], row["rejected"]) for row in rows
+    )
     for form in ("ratings", "binary", "critiques", "sft"):
         assert client.get(f"/admin/export?as={form}").status_code == 200
     assert client.get("/admin/export?as=csv").status_code == 400
@@ -396,17 +463,20 @@ def test_admin_adds_an_annotator_who_can_sign_in(store):
     _pairwise(store)
     client = _signed_in(store, "ada")
     token = _csrf(client.get("/admin").text)
-    added = client.post("/admin/annotators", data={"csrf_token": token, "name": "cy",
-                                                   "password": "cy-password"})
+    added = client.post(
+        "/admin/annotators", data={"csrf_token": token, "name": "cy", "password": "cy-password"}
+    )
     assert added.headers["location"] == "/admin"
     assert "added annotator &#39;cy&#39;" in client.get("/admin").text
     assert not store.get_annotator("cy").is_admin
     assert _login(_client(store), "cy", "cy-password").status_code == 303
-    again = client.post("/admin/annotators", data={"csrf_token": token, "name": "cy",
-                                                   "password": "other-password"})
+    again = client.post(
+        "/admin/annotators", data={"csrf_token": token, "name": "cy", "password": "other-password"}
+    )
     assert again.status_code == 409 and "already exists" in again.text
-    no_password = client.post("/admin/annotators", data={"csrf_token": token, "name": "dee",
-                                                         "password": ""})
+    no_password = client.post(
+        "/admin/annotators", data={"csrf_token": token, "name": "dee", "password": ""}
+    )
     assert no_password.status_code == 422 and store.get_annotator("dee") is None
 
 
@@ -417,8 +487,10 @@ def test_admin_gives_a_task_a_known_answer_and_sees_accuracy_on_it(store):
         bob.post("/label", data={**_task_form(bob), "choice": choice})
     client = _signed_in(store, "ada")
     assert client.get("/admin/tasks").headers["location"] == f"/admin/tasks/{tasks[0]}"
-    assert client.get(f"/admin/tasks?task={tasks[1]}").headers["location"] == \
-        f"/admin/tasks/{tasks[1]}"
+    assert (
+        client.get(f"/admin/tasks?task={tasks[1]}").headers["location"]
+        == f"/admin/tasks/{tasks[1]}"
+    )
     page = client.get(f"/admin/tasks/{tasks[1]}").text
     assert str(escape(TRICKY)) in page and "<script>alert" not in page
     assert f'href="/admin/tasks/{tasks[0]}">previous' in page
@@ -428,21 +500,21 @@ def test_admin_gives_a_task_a_known_answer_and_sees_accuracy_on_it(store):
     for task_id in tasks:  # the same answer on each: bob's labels are right on two of three
         shown = store.task_details("c", task_id).task.outputs
         answer = "A" if shown[0].text == TRICKY else "B"
-        marked = client.post(f"/admin/tasks/{task_id}/gold", data={"csrf_token": token,
-                                                                   "choice": answer})
+        marked = client.post(
+            f"/admin/tasks/{task_id}/gold", data={"csrf_token": token, "choice": answer}
+        )
         assert marked.headers["location"] == f"/admin/tasks/{task_id}"
-    bob_right = sum(r.choice == ("A" if r.outputs[0].text == TRICKY else "B")
-                    for r in store.label_records("c"))
+    bob_right = sum(
+        r.choice == ("A" if r.outputs[0].text == TRICKY else "B") for r in store.label_records("c")
+    )
     admin = client.get("/admin").text
     assert re.search(rf"<td>bob</td><td>3</td><td>{bob_right}</td>", admin)
     assert f'href="/admin/tasks/{tasks[0]}">#{tasks[0]}</a>' in admin
     assert 'value="A" required checked' in client.get(f"/admin/tasks/{tasks[0]}").text
 
-    wrong = client.post(f"/admin/tasks/{tasks[0]}/gold", data={"csrf_token": token,
-                                                               "choice": "C"})
+    wrong = client.post(f"/admin/tasks/{tasks[0]}/gold", data={"csrf_token": token, "choice": "C"})
     assert wrong.status_code == 422 and "&#39;C&#39; is not one of" in wrong.text
-    cleared = client.post(f"/admin/tasks/{tasks[0]}/gold", data={"csrf_token": token,
-                                                                 "clear": "1"})
+    cleared = client.post(f"/admin/tasks/{tasks[0]}/gold", data={"csrf_token": token, "clear": "1"})
     assert cleared.status_code == 303 and tasks[0] not in store.gold_answers("c")
     assert client.get("/admin/tasks/999").status_code == 404
     assert client.get("/admin/tasks?task=first").status_code == 400
@@ -457,19 +529,30 @@ def test_admin_ranks_and_rates_gold_through_the_form(store):
     critique = store.add_task("r", "critique", outputs[:1])
     client = _signed_in(store, "ada", campaign="r")
     token = _csrf(client.get(f"/admin/tasks/{ranking}").text)
-    client.post(f"/admin/tasks/{ranking}/gold", data={"csrf_token": token, "rank_0": "2",
-                                                     "rank_1": "3", "rank_2": "1"})
-    client.post(f"/admin/tasks/{rating}/gold", data={"csrf_token": token, "rating": "6",
-                                                    "thumbs": "up"})
+    client.post(
+        f"/admin/tasks/{ranking}/gold",
+        data={"csrf_token": token, "rank_0": "2", "rank_1": "3", "rank_2": "1"},
+    )
+    client.post(
+        f"/admin/tasks/{rating}/gold", data={"csrf_token": token, "rating": "6", "thumbs": "up"}
+    )
     assert [d.gold for d in store.gold_tasks("r")] == [
-        {"ranking": [2, 0, 1]}, {"rating": 6.0, "thumbs": True}]
-    repeated = client.post(f"/admin/tasks/{ranking}/gold", data={
-        "csrf_token": token, "rank_0": "1", "rank_1": "1", "rank_2": "2"})
-    assert repeated.status_code == 422 and "give each of the 3 outputs a different place" in \
-        repeated.text and "Known answer" in repeated.text  # the task page again, with the error
+        {"ranking": [2, 0, 1]},
+        {"rating": 6.0, "thumbs": True},
+    ]
+    repeated = client.post(
+        f"/admin/tasks/{ranking}/gold",
+        data={"csrf_token": token, "rank_0": "1", "rank_1": "1", "rank_2": "2"},
+    )
+    assert (
+        repeated.status_code == 422
+        and "give each of the 3 outputs a different place" in repeated.text
+        and "Known answer" in repeated.text
+    )  # the task page again, with the error
     assert "cannot be gold" in client.get(f"/admin/tasks/{critique}").text
-    refused = client.post(f"/admin/tasks/{critique}/gold", data={"csrf_token": token,
-                                                                 "critique": "too long"})
+    refused = client.post(
+        f"/admin/tasks/{critique}/gold", data={"csrf_token": token, "critique": "too long"}
+    )
     assert refused.status_code == 422 and store.task_details("r", critique).gold is None
 
 
@@ -480,18 +563,26 @@ def test_admin_changes_the_overlap_of_tasks_nobody_has_labelled(store):
     labelled = store.label_records("c")[0].task_id
     client = _signed_in(store, "ada")
     token = _csrf(client.get("/admin").text)
-    changed = client.post("/admin/overlap", data={"csrf_token": token, "overlap": "1",
-                                                  "overlap_annotators": "3"})
+    changed = client.post(
+        "/admin/overlap", data={"csrf_token": token, "overlap": "1", "overlap_annotators": "3"}
+    )
     assert changed.headers["location"] == "/admin"
-    assert "of the 3 tasks nobody has labelled yet, 3 now go to 3 annotators" in \
-        client.get("/admin").text
+    assert (
+        "of the 3 tasks nobody has labelled yet, 3 now go to 3 annotators"
+        in client.get("/admin").text
+    )
     assert {task_id: store.task_details("c", task_id).required for task_id in tasks} == {
-        task_id: 1 if task_id == labelled else 3 for task_id in tasks}
-    for overlap, annotators, message in (("2", "3", "overlap 2.0 is not a fraction"),
-                                         ("half", "3", "give the overlap as a fraction"),
-                                         ("0.5", "1", "overlap_annotators 1: give 2 or more")):
-        refused = client.post("/admin/overlap", data={"csrf_token": token, "overlap": overlap,
-                                                      "overlap_annotators": annotators})
+        task_id: 1 if task_id == labelled else 3 for task_id in tasks
+    }
+    for overlap, annotators, message in (
+        ("2", "3", "overlap 2.0 is not a fraction"),
+        ("half", "3", "give the overlap as a fraction"),
+        ("0.5", "1", "overlap_annotators 1: give 2 or more"),
+    ):
+        refused = client.post(
+            "/admin/overlap",
+            data={"csrf_token": token, "overlap": overlap, "overlap_annotators": annotators},
+        )
         assert refused.status_code == 422 and message in refused.text
     assert store.campaign_settings("c").overlap == 1.0
 
@@ -505,14 +596,18 @@ def test_the_json_api_labels_once_per_request_id(store):
     body = client.get("/api/next").json()
     assert body["progress"] == {"labelled": 0, "skipped": 0, "remaining": 2}
     assert body["task"]["kind"] == "pairwise" and len(body["task"]["outputs"]) == 2
-    label = {"task_id": body["task"]["task_id"], "request_id": body["request_id"],
-             "label": {"choice": "A"}}
+    label = {
+        "task_id": body["task"]["task_id"],
+        "request_id": body["request_id"],
+        "label": {"choice": "A"},
+    }
     headers = {"X-CSRF-Token": body["csrf_token"]}
     first = client.post("/api/label", json=label, headers=headers)
     again = client.post("/api/label", json=label, headers=headers)
     assert (first.status_code, first.json()["created"]) == (201, True)
     assert (again.status_code, again.json()) == (200, {**first.json(), "created": False})
-    bad = client.post("/api/label", json={**label, "request_id": "r2", "label": {"x": 1}},
-                      headers=headers)
+    bad = client.post(
+        "/api/label", json={**label, "request_id": "r2", "label": {"x": 1}}, headers=headers
+    )
     assert bad.status_code == 422 and "not part of a pairwise label" in bad.json()["error"]
     assert len(store.label_records("c")) == 1

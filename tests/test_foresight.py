@@ -14,18 +14,24 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.train.hindsight import foresight, relabel, rounds
 from rlhfkit.train.hindsight.rounds import RoundsCfg
 
-SHARED = dict(gen=GenCfg(max_new_tokens=6, temperature=1.0, batch_size=64, chat_template="off"),
-              optim=OptimCfg(lr=1e-2), log=LogCfg(tensorboard=False, progress=False),
-              rounds=RoundsCfg(rounds=15, prompts_per_round=64, steps_per_round=8, batch_size=16),
-              goal=relabel.GoalCfg(kind="length", max_words=2))
+SHARED = dict(
+    gen=GenCfg(max_new_tokens=6, temperature=1.0, batch_size=64, chat_template="off"),
+    optim=OptimCfg(lr=1e-2),
+    log=LogCfg(tensorboard=False, progress=False),
+    rounds=RoundsCfg(rounds=15, prompts_per_round=64, steps_per_round=8, batch_size=16),
+    goal=relabel.GoalCfg(kind="length", max_words=2),
+)
 
 
 def make_config(tmp_path, model_dir, prompts_file, coef=1.0, reward="length") -> foresight.Config:
     return foresight.Config(
-        reward=reward, model=ModelCfg(path=str(model_dir), device="cpu"),
+        reward=reward,
+        model=ModelCfg(path=str(model_dir), device="cpu"),
         data=PromptDataCfg(prompts=str(prompts_file), eval_size=0),
         run=RunCfg(output_dir=str(tmp_path / "run")),
-        foresight=foresight.ForesightCfg(coef=coef, critic_lr=1e-2), **SHARED)
+        foresight=foresight.ForesightCfg(coef=coef, critic_lr=1e-2),
+        **SHARED,
+    )
 
 
 def test_goal_hit_rate_rises(tmp_path, ending_model_dir, prompts_file):
@@ -39,17 +45,24 @@ def test_goal_hit_rate_rises(tmp_path, ending_model_dir, prompts_file):
     assert rows[-1]["value_loss"] < rows[0]["value_loss"] / 2  # the value head learned the returns
     assert {"hindsight", "foresight", "advantage", "return"} <= set(rows[-1])
     assert load_conditioning(summary["model"]) == Conditioning(
-        "hindsight-foresight", instruction="[length 2 or more words] {prompt}")
+        "hindsight-foresight", instruction="[length 2 or more words] {prompt}"
+    )
 
 
 def test_zero_lambda_is_goal_relabelling(tmp_path, tiny_model_dir, prompts_file):
     rounds = replace(SHARED["rounds"], rounds=4)
-    both, _ = foresight.train(replace(make_config(tmp_path / "a", tiny_model_dir, prompts_file,
-                                                  coef=0.0), rounds=rounds))
-    alone, _ = relabel.train(relabel.Config(
-        reward="length", model=ModelCfg(path=str(tiny_model_dir), device="cpu"),
-        data=PromptDataCfg(prompts=str(prompts_file), eval_size=0),
-        run=RunCfg(output_dir=str(tmp_path / "b")), **{**SHARED, "rounds": rounds}))
+    both, _ = foresight.train(
+        replace(make_config(tmp_path / "a", tiny_model_dir, prompts_file, coef=0.0), rounds=rounds)
+    )
+    alone, _ = relabel.train(
+        relabel.Config(
+            reward="length",
+            model=ModelCfg(path=str(tiny_model_dir), device="cpu"),
+            data=PromptDataCfg(prompts=str(prompts_file), eval_size=0),
+            run=RunCfg(output_dir=str(tmp_path / "b")),
+            **{**SHARED, "rounds": rounds},
+        )
+    )
     # the value head trains beside the policy but never reaches its gradient
     for mixed, pure in zip(both.metrics(), alone.metrics(), strict=True):
         assert mixed["goal_hit_rate"] == pure["goal_hit_rate"]
@@ -57,9 +70,13 @@ def test_zero_lambda_is_goal_relabelling(tmp_path, tiny_model_dir, prompts_file)
 
 
 def test_resume_restores_the_value_head(tmp_path, tiny_model_dir, prompts_file, monkeypatch):
-    cfg = replace(make_config(tmp_path, tiny_model_dir, prompts_file),
-                  rounds=RoundsCfg(rounds=3, prompts_per_round=8, steps_per_round=2, batch_size=4))
-    whole, _ = foresight.train(replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "whole"))))
+    cfg = replace(
+        make_config(tmp_path, tiny_model_dir, prompts_file),
+        rounds=RoundsCfg(rounds=3, prompts_per_round=8, steps_per_round=2, batch_size=4),
+    )
+    whole, _ = foresight.train(
+        replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "whole")))
+    )
     calls, score = [], rounds.Rounds.score
 
     def interrupted(self, rows, completions):

@@ -31,15 +31,19 @@ def manual_rollout(prompt_rows, response_rows):
     response_width = max(map(len, response_rows))
     prompt_ids = torch.tensor([[0] * (prompt_width - len(r)) + r for r in prompt_rows])
     response_ids = torch.tensor([r + [0] * (response_width - len(r)) for r in response_rows])
-    response_mask = torch.tensor([[1] * len(r) + [0] * (response_width - len(r))
-                                  for r in response_rows])
+    response_mask = torch.tensor(
+        [[1] * len(r) + [0] * (response_width - len(r)) for r in response_rows]
+    )
     return Rollout(
         prompts=[f"p{i}" for i in range(len(prompt_rows))],
         completions=[f"c{i}" for i in range(len(prompt_rows))],
-        prompt_ids=prompt_ids, prompt_mask=(prompt_ids != 0).long(),
-        response_ids=response_ids, response_mask=response_mask,
-        logprobs=-response_ids.float() * response_mask, finished=torch.tensor(
-            [len(r) < response_width for r in response_rows]))
+        prompt_ids=prompt_ids,
+        prompt_mask=(prompt_ids != 0).long(),
+        response_ids=response_ids,
+        response_mask=response_mask,
+        logprobs=-response_ids.float() * response_mask,
+        finished=torch.tensor([len(r) < response_width for r in response_rows]),
+    )
 
 
 # --- Rollout -------------------------------------------------------------------------------------
@@ -51,8 +55,11 @@ def test_rollout_concat_repads_and_indexing_selects_rows():
     both = Rollout.concat([first, second])
     assert both.prompt_ids.tolist() == [[0, 5, 6], [0, 0, 7], [1, 2, 3]]
     assert both.response_ids.tolist() == [[8, 9, 10], [11, 0, 0], [4, 0, 0]]
-    assert both.attention_mask.tolist() == [[0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0],
-                                            [1, 1, 1, 1, 0, 0]]
+    assert both.attention_mask.tolist() == [
+        [0, 1, 1, 1, 1, 1],
+        [0, 0, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+    ]
     assert both.input_ids.shape == (3, 6)
     assert both.response_lengths.tolist() == [3, 1, 1]
     assert both.logprobs.tolist() == [[-8, -9, -10], [-11, 0, 0], [-4, 0, 0]]
@@ -94,12 +101,13 @@ def test_rollout_shapes_masks_and_padding(tiny_lm):
     assert (rollout.logprobs[rollout.response_mask == 1] < 0).all()
     assert rollout.logprobs.dtype == torch.float32 and rollout.finished.dtype == torch.bool
     # the prompt columns hold exactly the chat-templated prompts
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[2]}],
-                                         add_generation_prompt=True, tokenize=False)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPTS[2]}], add_generation_prompt=True, tokenize=False
+    )
     expected = tokenizer(chat, add_special_tokens=False)["input_ids"]
     assert rollout.prompt_ids[2][rollout.prompt_mask[2] == 1].tolist() == expected
     for row in range(batch):
-        kept = rollout.response_ids[row, :rollout.response_lengths[row]].tolist()
+        kept = rollout.response_ids[row, : rollout.response_lengths[row]].tolist()
         assert tokenizer.decode(kept, skip_special_tokens=True) == rollout.completions[row]
 
 
@@ -125,17 +133,24 @@ def test_greedy_equals_argmax_decoding_without_padding_or_cache(tiny_lm):
                 next_id = int(model(ids).logits[0, -1].argmax())
                 expected.append(next_id)
                 ids = torch.cat([ids, torch.tensor([[next_id]])], dim=1)
-        assert rollout.response_ids[row, :len(expected)].tolist() == expected
+        assert rollout.response_ids[row, : len(expected)].tolist() == expected
 
 
-@pytest.mark.parametrize("gen", [dict(temperature=0.7, top_k=30, top_p=0.9),
-                                 dict(temperature=1.3), dict(temperature=0.0)])
+@pytest.mark.parametrize(
+    "gen",
+    [dict(temperature=0.7, top_k=30, top_p=0.9), dict(temperature=1.3), dict(temperature=0.0)],
+)
 def test_recorded_logprobs_match_token_logprobs(tiny_lm, gen):
     model, _ = tiny_lm
     rollout = generate(tiny_lm, **gen)  # two batches (3 + 1), re-padded by concat
     with torch.no_grad():
-        recomputed = token_logprobs(model, rollout.input_ids, rollout.attention_mask,
-                                    rollout.prompt_ids.shape[1], temperature=gen["temperature"])
+        recomputed = token_logprobs(
+            model,
+            rollout.input_ids,
+            rollout.attention_mask,
+            rollout.prompt_ids.shape[1],
+            temperature=gen["temperature"],
+        )
     mask = rollout.response_mask.bool()
     torch.testing.assert_close(rollout.logprobs[mask], recomputed[mask], rtol=0, atol=1e-4)
 
@@ -152,8 +167,9 @@ def test_compiled_decoding_matches_eager_and_records_the_same_logprobs(tiny_lm):
     assert compiled.prompt_ids.equal(eager.prompt_ids)
     sampled = generate(tiny_lm, temperature=1.0, compile="on")
     with torch.no_grad():
-        recomputed = token_logprobs(model, sampled.input_ids, sampled.attention_mask,
-                                    sampled.prompt_ids.shape[1])
+        recomputed = token_logprobs(
+            model, sampled.input_ids, sampled.attention_mask, sampled.prompt_ids.shape[1]
+        )
     mask = sampled.response_mask.bool()
     torch.testing.assert_close(sampled.logprobs[mask], recomputed[mask], rtol=0, atol=1e-4)
 
@@ -188,30 +204,38 @@ def test_repeated_prompts_are_prefilled_once_and_sample_as_if_each_ran(tiny_lm, 
         torch.testing.assert_close(rollout.logprobs, alone.logprobs, rtol=0, atol=1e-5)
     distinct = generate(tiny_lm, PROMPTS, temperature=0.0, batch_size=4)
     with torch.no_grad():
-        recomputed = token_logprobs(model, distinct.input_ids, distinct.attention_mask,
-                                    distinct.prompt_ids.shape[1], temperature=0.0)
+        recomputed = token_logprobs(
+            model,
+            distinct.input_ids,
+            distinct.attention_mask,
+            distinct.prompt_ids.shape[1],
+            temperature=0.0,
+        )
     mask = distinct.response_mask.bool()
     torch.testing.assert_close(distinct.logprobs[mask], recomputed[mask], rtol=0, atol=1e-4)
 
 
-def test_sampling_under_autocast_decodes_in_bfloat16_and_records_float32_logprobs(
-        tiny_model_dir):
+def test_sampling_under_autocast_decodes_in_bfloat16_and_records_float32_logprobs(tiny_model_dir):
     from rlhfkit.config import ModelCfg
     from rlhfkit.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu",
-                                               autocast="bfloat16"))
+    model, tokenizer = load_causal_lm(
+        ModelCfg(path=str(tiny_model_dir), device="cpu", autocast="bfloat16")
+    )
     seen = set()
     model.get_decoder().layers[0].mlp.up_proj.register_forward_hook(
-        lambda m, args, out: seen.add(out.dtype))
+        lambda m, args, out: seen.add(out.dtype)
+    )
     prompts = [p for p in PROMPTS[1:3] for _ in range(2)]  # repeats: the shared prefill runs too
-    rollout = generate((model, tokenizer), prompts, temperature=1.0, batch_size=4,
-                       chat_template="off")
+    rollout = generate(
+        (model, tokenizer), prompts, temperature=1.0, batch_size=4, chat_template="off"
+    )
     assert seen == {torch.bfloat16}
     assert rollout.logprobs.dtype == torch.float32
     with torch.no_grad():
-        recomputed = token_logprobs(model, rollout.input_ids, rollout.attention_mask,
-                                    rollout.prompt_ids.shape[1])
+        recomputed = token_logprobs(
+            model, rollout.input_ids, rollout.attention_mask, rollout.prompt_ids.shape[1]
+        )
     mask = rollout.response_mask
     # incremental decoding and a packed forward round differently in bfloat16, a little
     assert ((rollout.logprobs - recomputed).abs() * mask).max() < 0.05
@@ -223,8 +247,10 @@ def test_compiled_decoding_refuses_a_model_under_autocast(tiny_model_dir):
     from rlhfkit.models import load_causal_lm
 
     lm = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu", autocast="bfloat16"))
-    with pytest.raises(ConfigError, match="gen.compile = 'on' cannot decode a model under "
-                                          "model.autocast.*set gen.compile auto"):
+    with pytest.raises(
+        ConfigError,
+        match="gen.compile = 'on' cannot decode a model under model.autocast.*set gen.compile auto",
+    ):
         generate(lm, compile="on")
 
 
@@ -244,8 +270,9 @@ def test_auto_compiles_in_training_loops_on_cuda_only(tiny_model_dir, monkeypatc
     monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
     # with the `kernels` package installed, transformers' train()/eval() look up kernels for the
     # model's device, which a CPU-only torch cannot do for a faked CUDA device
-    monkeypatch.setattr(type(model), "train", lambda self, mode=True: torch.nn.Module.train(
-        self, mode))
+    monkeypatch.setattr(
+        type(model), "train", lambda self, mode=True: torch.nn.Module.train(self, mode)
+    )
     monkeypatch.setattr(type(model), "eval", lambda self: torch.nn.Module.train(self, False))
     kit.sample(model, backend, PROMPTS, GenCfg(), seed=0)
     kit.sample(model, backend, PROMPTS, GenCfg(compile="off"), seed=0)
@@ -259,16 +286,17 @@ def test_eos_ends_a_completion_and_is_kept_in_the_mask(tiny_lm, monkeypatch):
     plain = generate(tiny_lm, temperature=0.0)
     row0 = plain.response_ids[0].tolist()
     stop_token = next(t for i, t in enumerate(row0) if i >= 2 and t not in row0[:i])
-    monkeypatch.setattr(model.generation_config, "eos_token_id",
-                        [tokenizer.eos_token_id, stop_token])
+    monkeypatch.setattr(
+        model.generation_config, "eos_token_id", [tokenizer.eos_token_id, stop_token]
+    )
     ended = generate(tiny_lm, temperature=0.0)
     for row in range(len(PROMPTS)):
-        tokens = plain.response_ids[row, :plain.response_lengths[row]].tolist()
+        tokens = plain.response_ids[row, : plain.response_lengths[row]].tolist()
         length = tokens.index(stop_token) + 1 if stop_token in tokens else len(tokens)
         assert ended.response_lengths[row] == length
         assert ended.response_ids[row, :length].tolist() == tokens[:length]
         assert bool(ended.finished[row]) == (stop_token in tokens or bool(plain.finished[row]))
-        text_tokens = tokens[:length - 1] if stop_token in tokens else tokens
+        text_tokens = tokens[: length - 1] if stop_token in tokens else tokens
         assert ended.completions[row] == tokenizer.decode(text_tokens, skip_special_tokens=True)
     assert ended.response_lengths[0] == row0.index(stop_token) + 1
 
@@ -282,20 +310,23 @@ def test_stop_strings_cut_text_and_tokens(tiny_lm):
     stopped = generate(tiny_lm, temperature=0.0, max_new_tokens=16, stop=(stop, "never-seen"))
 
     for row in range(len(PROMPTS)):
-        tokens = plain.response_ids[row, :plain.response_lengths[row]].tolist()
+        tokens = plain.response_ids[row, : plain.response_lengths[row]].tolist()
         full = plain.completions[row]
         if stop not in full:  # untouched
             assert stopped.completions[row] == full
             assert stopped.response_lengths[row] == len(tokens)
             continue
         # the fewest tokens whose text holds the stop string, found by a plain scan
-        needed = next(k for k in range(1, len(tokens) + 1)
-                      if stop in tokenizer.decode(tokens[:k], skip_special_tokens=True))
-        assert stopped.completions[row] == full[:full.index(stop)]
+        needed = next(
+            k
+            for k in range(1, len(tokens) + 1)
+            if stop in tokenizer.decode(tokens[:k], skip_special_tokens=True)
+        )
+        assert stopped.completions[row] == full[: full.index(stop)]
         assert stopped.response_lengths[row] == needed
         assert stopped.response_ids[row, :needed].tolist() == tokens[:needed]
         assert stopped.finished[row]
-    assert stopped.completions[1] == text[:text.index(stop)]
+    assert stopped.completions[1] == text[: text.index(stop)]
 
 
 def test_stop_strings_match_generated_text_only(tiny_lm):
@@ -311,8 +342,11 @@ def test_stop_strings_match_generated_text_only(tiny_lm):
 
 def test_too_long_prompt_names_index_and_lengths(tiny_lm):
     long_prompt = "The movie was a delight from start to finish. " * 20
-    with pytest.raises(DataError, match=r"prompt 1 is \d+ tokens.*context of 128 tokens minus "
-                                        r"gen.max_new_tokens 10 leaves room for 118"):
+    with pytest.raises(
+        DataError,
+        match=r"prompt 1 is \d+ tokens.*context of 128 tokens minus "
+        r"gen.max_new_tokens 10 leaves room for 118",
+    ):
         generate(tiny_lm, prompts=["fine", long_prompt])
     with pytest.raises(ConfigError, match="gen.max_new_tokens 128 leaves no room"):
         generate(tiny_lm, max_new_tokens=128)
@@ -322,8 +356,10 @@ def test_chat_prompts_and_template_modes(tiny_lm):
     _, tokenizer = tiny_lm
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The sea"}]
     rollout = generate(tiny_lm, prompts=[chat, "The sea"], chat_template="on")
-    expected = tokenizer(tokenizer.apply_chat_template(chat, add_generation_prompt=True,
-                                                       tokenize=False), add_special_tokens=False)
+    expected = tokenizer(
+        tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False),
+        add_special_tokens=False,
+    )
     assert rollout.prompt_ids[0][rollout.prompt_mask[0] == 1].tolist() == expected["input_ids"]
     assert rollout.prompts[0] == chat
 
@@ -337,8 +373,9 @@ def test_response_prefix_ends_the_prompt_tokens_and_is_not_in_the_completion(tin
     model, tokenizer = tiny_lm
     backend = get_backend("hf", model, tokenizer)
     chat = [{"role": "user", "content": "The sea"}]
-    prefixed = backend.generate([chat], GenCfg(max_new_tokens=6, chat_template="on"), 0,
-                                response_prefix="The movie")
+    prefixed = backend.generate(
+        [chat], GenCfg(max_new_tokens=6, chat_template="on"), 0, response_prefix="The movie"
+    )
     rendered = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     expected = tokenizer(rendered + "The movie", add_special_tokens=False)["input_ids"]
     assert prefixed.prompt_ids[0][prefixed.prompt_mask[0] == 1].tolist() == expected
@@ -365,8 +402,9 @@ def test_generate_conditioned_asks_with_the_words_and_keeps_the_original_prompts
     assert rollout.completions == direct.completions
     assert rollout.prompt_ids.equal(direct.prompt_ids)  # the model saw the conditioned text
     assert generate_conditioned(backend, ["A"], cfg, 0, None).prompts == ["A"]
-    assert describe_conditioning(asked) == ("conditioning.json (coh): prompts as "
-                                            "'The movie {prompt}', answers start with ' was'")
+    assert describe_conditioning(asked) == (
+        "conditioning.json (coh): prompts as 'The movie {prompt}', answers start with ' was'"
+    )
 
 
 def test_unknown_backend_suggests_the_closest_name(tiny_lm):
@@ -382,14 +420,22 @@ def test_generate_command_writes_jsonl(tiny_model_dir, tmp_path, capsys):
     from rlhfkit.commands.generate import Config, main
 
     prompts = tmp_path / "prompts.jsonl"
-    rows = [{"prompt": "The movie", "id": 1},
-            {"messages": [{"role": "user", "content": "Count the legs"}], "id": 2},
-            {"prompt": "not used: beyond the limit", "id": 3}]
+    rows = [
+        {"prompt": "The movie", "id": 1},
+        {"messages": [{"role": "user", "content": "Count the legs"}], "id": 2},
+        {"prompt": "not used: beyond the limit", "id": 3},
+    ]
     prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
     output = tmp_path / "out" / "completions.jsonl"
-    cfg = Config(prompts=str(prompts), output=str(output), limit=2, samples_per_prompt=2, seed=3,
-                 model=ModelCfg(path=str(tiny_model_dir), device="cpu"),
-                 gen=GenCfg(max_new_tokens=6, batch_size=3))
+    cfg = Config(
+        prompts=str(prompts),
+        output=str(output),
+        limit=2,
+        samples_per_prompt=2,
+        seed=3,
+        model=ModelCfg(path=str(tiny_model_dir), device="cpu"),
+        gen=GenCfg(max_new_tokens=6, batch_size=3),
+    )
     assert list(cfg.check()) == []
     main(cfg)
 
@@ -415,8 +461,9 @@ def test_generate_command_writes_jsonl(tiny_model_dir, tmp_path, capsys):
     assert output.read_text() == before
 
 
-def test_generate_command_applies_the_model_directorys_conditioning(tiny_model_dir, tmp_path,
-                                                                    capsys):
+def test_generate_command_applies_the_model_directorys_conditioning(
+    tiny_model_dir, tmp_path, capsys
+):
     import shutil
 
     from rlhfkit.commands.generate import Config, main
@@ -428,9 +475,13 @@ def test_generate_command_applies_the_model_directorys_conditioning(tiny_model_d
     prompts.write_text("a delight\n")
 
     def run(model_path, name):
-        cfg = Config(prompts=str(prompts), output=str(tmp_path / name), seed=0,
-                     model=ModelCfg(path=str(model_path), device="cpu"),
-                     gen=GenCfg(max_new_tokens=5, temperature=0, chat_template="off"))
+        cfg = Config(
+            prompts=str(prompts),
+            output=str(tmp_path / name),
+            seed=0,
+            model=ModelCfg(path=str(model_path), device="cpu"),
+            gen=GenCfg(max_new_tokens=5, temperature=0, chat_template="off"),
+        )
         main(cfg)
         return json.loads((tmp_path / name).read_text())
 
@@ -456,8 +507,10 @@ def test_smollm2_answers_chat_prompts_in_english():
     from rlhfkit.models import load_causal_lm
 
     model, tokenizer = load_causal_lm(ModelCfg(path="smollm2", device="cpu"))
-    prompts = ["What is the capital of France? Answer in one sentence.",
-               "Give me one tip for sleeping better."]
+    prompts = [
+        "What is the capital of France? Answer in one sentence.",
+        "Give me one tip for sleeping better.",
+    ]
     backend = get_backend("hf", model, tokenizer)
     started = time.perf_counter()
     rollout = backend.generate(prompts, GenCfg(max_new_tokens=40, temperature=0.0), seed=0)

@@ -16,23 +16,34 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.train import grpo, kit
 
 
-def make_config(tmp_path, model_dir, prompts_file, reward_spec, device=LOOP_DEVICE,
-                **algo) -> grpo.Config:
+def make_config(
+    tmp_path, model_dir, prompts_file, reward_spec, device=LOOP_DEVICE, **algo
+) -> grpo.Config:
     return grpo.Config(
-        reward=reward_spec, steps=30,
+        reward=reward_spec,
+        steps=30,
         model=ModelCfg(path=str(model_dir), device=device),
         data=PromptDataCfg(prompts=str(prompts_file), eval_size=0),
         gen=GenCfg(max_new_tokens=8, temperature=1.0, batch_size=16, chat_template="off"),
-        algo=grpo.AlgoCfg(**{"group_size": 4, "prompts_per_step": 4, "micro_batch_size": 16,
-                             "kl_coef": 0.01, **algo}),
+        algo=grpo.AlgoCfg(
+            **{
+                "group_size": 4,
+                "prompts_per_step": 4,
+                "micro_batch_size": 16,
+                "kl_coef": 0.01,
+                **algo,
+            }
+        ),
         optim=OptimCfg(lr=1e-2),
         log=LogCfg(tensorboard=False, progress=False),
-        run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0))
+        run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0),
+    )
 
 
 def seeded(cfg: grpo.Config, seed: int) -> grpo.Config:
-    return replace(cfg, run=replace(cfg.run, seed=seed,
-                                    output_dir=f"{cfg.run.output_dir}-seed{seed}"))
+    return replace(
+        cfg, run=replace(cfg.run, seed=seed, output_dir=f"{cfg.run.output_dir}-seed{seed}")
+    )
 
 
 # A CPU's float path (AMX or not) sends a tiny model down another trajectory, much as another
@@ -60,11 +71,33 @@ def test_kl_penalty_holds_the_policy_back(tmp_path, tiny_model_dir, prompts_file
     # barely moved); summed over any two seeds, at most 0.64.
     free_kl = held_kl = 0.0
     for seed in (0, 1):
-        free = grpo.train(replace(seeded(make_config(tmp_path / "a", tiny_model_dir, prompts_file,
-                                                     reward_spec, kl_coef=1e-9), seed), steps=15))
-        held = grpo.train(replace(seeded(make_config(tmp_path / "b", tiny_model_dir, prompts_file,
-                                                     reward_spec, kl_coef=2.0, kl_in="reward"),
-                                         seed), steps=15))
+        free = grpo.train(
+            replace(
+                seeded(
+                    make_config(
+                        tmp_path / "a", tiny_model_dir, prompts_file, reward_spec, kl_coef=1e-9
+                    ),
+                    seed,
+                ),
+                steps=15,
+            )
+        )
+        held = grpo.train(
+            replace(
+                seeded(
+                    make_config(
+                        tmp_path / "b",
+                        tiny_model_dir,
+                        prompts_file,
+                        reward_spec,
+                        kl_coef=2.0,
+                        kl_in="reward",
+                    ),
+                    seed,
+                ),
+                steps=15,
+            )
+        )
         free_kl += sum(row["kl"] for row in free.run.metrics()[-5:]) / 5
         held_kl += sum(row["kl"] for row in held.run.metrics()[-5:]) / 5
     assert free_kl > 0.4 and held_kl < 0.7 * free_kl, (free_kl, held_kl)
@@ -86,7 +119,9 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_f
     # once per process, so rewriting its source would not take effect).
     counter, stop_at = tmp_path / "calls", tmp_path / "stop_at"
     reward_file = tmp_path / "flaky.py"
-    reward_file.write_text(REWARD_FILE + f'''
+    reward_file.write_text(
+        REWARD_FILE
+        + f"""
 import pathlib
 def flaky(prompts, completions, **meta):
     calls, stop_at = pathlib.Path({str(counter)!r}), pathlib.Path({str(stop_at)!r})
@@ -95,11 +130,14 @@ def flaky(prompts, completions, **meta):
     if stop_at.exists() and n == int(stop_at.read_text()):
         raise KeyboardInterrupt  # the user presses Ctrl-C during step 4
     return letter_o(prompts, completions)
-''')
-    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky",
-                      epochs=2, micro_batch_size=8)
-    cfg = replace(cfg, steps=6, run=replace(cfg.run, checkpoint_every=3,
-                                            output_dir=str(tmp_path / "whole")))
+"""
+    )
+    cfg = make_config(
+        tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky", epochs=2, micro_batch_size=8
+    )
+    cfg = replace(
+        cfg, steps=6, run=replace(cfg.run, checkpoint_every=3, output_dir=str(tmp_path / "whole"))
+    )
     whole = grpo.train(cfg).run.metrics()
 
     counter.unlink()
@@ -119,15 +157,27 @@ def flaky(prompts, completions, **meta):
 
 def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_file, reward_spec):
     """One step of 8 completions x accumulation 1 == 4 x accumulation 2."""
+
     def trained(micro, accum, name):
         # on the CPU: CUDA picks GEMM kernels by batch shape, and a loss summing to ~0 then
         # differs by ~1e-6 (seen on an H200), past these tolerances
-        cfg = make_config(tmp_path / name, tiny_model_dir, prompts_file, reward_spec, "cpu",
-                          prompts_per_step=2, micro_batch_size=micro)
+        cfg = make_config(
+            tmp_path / name,
+            tiny_model_dir,
+            prompts_file,
+            reward_spec,
+            "cpu",
+            prompts_per_step=2,
+            micro_batch_size=micro,
+        )
         # a stop string gives completions of different lengths, so micro-batches hold different
         # token counts and a wrong accumulation weight would show
-        cfg = replace(cfg, steps=1, optim=replace(cfg.optim, grad_accum_steps=accum),
-                      gen=replace(cfg.gen, stop=("e",)))
+        cfg = replace(
+            cfg,
+            steps=1,
+            optim=replace(cfg.optim, grad_accum_steps=accum),
+            gen=replace(cfg.gen, stop=("e",)),
+        )
         outcome = grpo.train(cfg)
         return outcome.policy.state_dict(), outcome.run.metrics()[0]
 
@@ -136,7 +186,8 @@ def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_f
     assert one_metrics["grad_norm"] == pytest.approx(two_metrics["grad_norm"], rel=1e-5)
     assert one_metrics["loss"] == pytest.approx(two_metrics["loss"], rel=1e-5, abs=1e-7)
     start = kit.load_policy_and_reference(
-        ModelCfg(path=str(tiny_model_dir), device="cpu"), LoraCfg(), False)[0].state_dict()
+        ModelCfg(path=str(tiny_model_dir), device="cpu"), LoraCfg(), False
+    )[0].state_dict()
     moved = max((one[k] - start[k]).abs().max().item() for k in one)
     assert moved > 1e-4  # the step did change the weights
     for key in one:
@@ -158,38 +209,77 @@ def test_lora_trains_adapters_only(tmp_path, tiny_model_dir, prompts_file, rewar
 
 
 def test_group_of_one_is_refused(tmp_path, tiny_model_dir, prompts_file, reward_spec):
-    args = ["--model", str(tiny_model_dir), "--data.prompts", str(prompts_file),
-            "--reward", reward_spec, "--algo.group_size", "1", "--run.output_dir",
-            str(tmp_path / "r")]
+    args = [
+        "--model",
+        str(tiny_model_dir),
+        "--data.prompts",
+        str(prompts_file),
+        "--reward",
+        reward_spec,
+        "--algo.group_size",
+        "1",
+        "--run.output_dir",
+        str(tmp_path / "r"),
+    ]
     with pytest.raises(ConfigError) as info:
         config_io.load(grpo.Config, args, command="grpo")
-    assert any(p.startswith("algo.group_size = 1: grpo compares completions of the same prompt, "
-                            "so a group of 1 has no baseline") for p in info.value.problems)
+    assert any(
+        p.startswith(
+            "algo.group_size = 1: grpo compares completions of the same prompt, "
+            "so a group of 1 has no baseline"
+        )
+        for p in info.value.problems
+    )
     assert not (tmp_path / "r").exists()
 
 
 def test_rollout_that_does_not_divide_is_refused(tmp_path, prompts_file):
     with pytest.raises(ConfigError) as info:
-        config_io.load(grpo.Config, ["--data.prompts", str(prompts_file), "--algo.prompts_per_step",
-                                     "3", "--algo.micro_batch_size", "8"])
+        config_io.load(
+            grpo.Config,
+            [
+                "--data.prompts",
+                str(prompts_file),
+                "--algo.prompts_per_step",
+                "3",
+                "--algo.micro_batch_size",
+                "8",
+            ],
+        )
     assert info.value.problems == [
         "algo.prompts_per_step = 3: x algo.group_size 4 = 12 completions per step is not a "
-        "multiple of algo.micro_batch_size x optim.grad_accum_steps = 8; make it one"]
+        "multiple of algo.micro_batch_size x optim.grad_accum_steps = 8; make it one"
+    ]
 
 
-def test_cli_runs_two_steps_and_reports_bad_rewards(tmp_path, tiny_model_dir, prompts_file,
-                                                     reward_spec, capsys):
-    common = ["--model", str(tiny_model_dir), "--data.prompts", str(prompts_file), "--steps", "2",
-              "--gen.max_new_tokens", "6", "--gen.chat_template", "off", "--log.progress", "false",
-              "--model.device", "cpu"]
+def test_cli_runs_two_steps_and_reports_bad_rewards(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec, capsys
+):
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--data.prompts",
+        str(prompts_file),
+        "--steps",
+        "2",
+        "--gen.max_new_tokens",
+        "6",
+        "--gen.chat_template",
+        "off",
+        "--log.progress",
+        "false",
+        "--model.device",
+        "cpu",
+    ]
     out = tmp_path / "cli-run"
     assert cli.main(["grpo", *common, "--reward", reward_spec, "--run.output_dir", str(out)]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
     short = tmp_path / "short.py"
     short.write_text("def one(prompts, completions, **meta):\n    return [1.0]\n")
-    code = cli.main(["grpo", *common, "--reward", f"{short}:one",
-                     "--run.output_dir", str(tmp_path / "bad")])
+    code = cli.main(
+        ["grpo", *common, "--reward", f"{short}:one", "--run.output_dir", str(tmp_path / "bad")]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert "returned 1 scores for 16 completions" in err or "1 score" in err, err
@@ -198,9 +288,26 @@ def test_cli_runs_two_steps_and_reports_bad_rewards(tmp_path, tiny_model_dir, pr
 def test_prompt_longer_than_context_is_a_clear_error(tmp_path, tiny_model_dir, reward_spec, capsys):
     long_prompts = tmp_path / "long.txt"
     long_prompts.write_text(" ".join(["The movie was a delight"] * 60) + "\n")
-    code = cli.main(["grpo", "--model", str(tiny_model_dir), "--data.prompts", str(long_prompts),
-                     "--reward", reward_spec, "--steps", "1", "--log.progress", "false",
-                     "--gen.chat_template", "off", "--model.device", "cpu",
-                     "--run.output_dir", str(tmp_path / "r")])
+    code = cli.main(
+        [
+            "grpo",
+            "--model",
+            str(tiny_model_dir),
+            "--data.prompts",
+            str(long_prompts),
+            "--reward",
+            reward_spec,
+            "--steps",
+            "1",
+            "--log.progress",
+            "false",
+            "--gen.chat_template",
+            "off",
+            "--model.device",
+            "cpu",
+            "--run.output_dir",
+            str(tmp_path / "r"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "prompt 0 is" in err and "context of 128 tokens" in err, err

@@ -17,8 +17,13 @@ def test_split_method_takes_the_flag_in_either_form():
 def test_method_read_from_the_config_file(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text('method = "relabel"\n')
-    assert hindsight.split_method(["--config", str(recipe)]) == ("relabel", ["--config", str(recipe)])
-    assert hindsight.split_method([f"--config={recipe}", "--method", "coh"])[0] == "coh"  # flag wins
+    assert hindsight.split_method(["--config", str(recipe)]) == (
+        "relabel",
+        ["--config", str(recipe)],
+    )
+    assert (
+        hindsight.split_method([f"--config={recipe}", "--method", "coh"])[0] == "coh"
+    )  # flag wins
 
 
 def test_unknown_method_suggests_the_closest():

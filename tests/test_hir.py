@@ -29,8 +29,15 @@ def make_config(tmp_path, model_dir, prompts_file, reward, **hir_settings) -> hi
         log=LogCfg(tensorboard=False, progress=False),
         run=RunCfg(output_dir=str(tmp_path / "run")),
         rounds=RoundsCfg(rounds=12, prompts_per_round=32, steps_per_round=4, batch_size=16),
-        hir=hir.HIRCfg(**{"success_instruction": SUCCESS, "failure_instruction": FAILURE,
-                          "threshold": 0.1, **hir_settings}))
+        hir=hir.HIRCfg(
+            **{
+                "success_instruction": SUCCESS,
+                "failure_instruction": FAILURE,
+                "threshold": 0.1,
+                **hir_settings,
+            }
+        ),
+    )
 
 
 def test_success_rate_rises(tmp_path, tiny_model_dir, prompts_file, reward_spec):
@@ -65,12 +72,15 @@ def test_relabelling_by_hand():
     assert binary_outcomes([0.2, 0.5, 0.9], 0.5, "r") == [False, True, True]
 
 
-def test_non_binary_reward_without_threshold_is_an_error(tmp_path, tiny_model_dir, prompts_file,
-                                                         reward_spec):
-    with pytest.raises(ConfigError, match=r"hir\.threshold is not set.*non-binary.*"
-                                          r"--hir\.threshold"):
-        hir.train(make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec,
-                              threshold=None))
+def test_non_binary_reward_without_threshold_is_an_error(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec
+):
+    with pytest.raises(
+        ConfigError,
+        match=r"hir\.threshold is not set.*non-binary.*"
+        r"--hir\.threshold",
+    ):
+        hir.train(make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec, threshold=None))
     with pytest.raises(ConfigError, match=r"non-binary score 0\.5"):
         binary_outcomes([1.0, 0.5], None, "reasoning_gym:basic_arithmetic")
 
@@ -79,7 +89,9 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_f
     # the reward reads when to interrupt from a file: Ctrl-C while scoring round 3
     counter, stop_at = tmp_path / "calls", tmp_path / "stop_at"
     reward_file = tmp_path / "flaky.py"
-    reward_file.write_text(LETTER_O_REWARD + f'''
+    reward_file.write_text(
+        LETTER_O_REWARD
+        + f"""
 import pathlib
 def flaky(prompts, completions, **meta):
     calls, stop_at = pathlib.Path({str(counter)!r}), pathlib.Path({str(stop_at)!r})
@@ -88,9 +100,12 @@ def flaky(prompts, completions, **meta):
     if stop_at.exists() and n == int(stop_at.read_text()):
         raise KeyboardInterrupt
     return letter_o(prompts, completions)
-''')
-    cfg = replace(make_config(tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky"),
-                  rounds=RoundsCfg(rounds=4, prompts_per_round=8, steps_per_round=2, batch_size=4))
+"""
+    )
+    cfg = replace(
+        make_config(tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky"),
+        rounds=RoundsCfg(rounds=4, prompts_per_round=8, steps_per_round=2, batch_size=4),
+    )
     whole, _ = hir.train(replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "whole"))))
     counter.unlink()
     stop_at.write_text("3")
@@ -106,31 +121,60 @@ def flaky(prompts, completions, **meta):
 
 
 def test_config_errors(tmp_path):
-    problems = config_io.validate(hir.Config(
-        method="coh", hir=hir.HIRCfg(success_instruction="no slot", failure_instruction="no slot")))
+    problems = config_io.validate(
+        hir.Config(
+            method="coh",
+            hir=hir.HIRCfg(success_instruction="no slot", failure_instruction="no slot"),
+        )
+    )
     text = "\n".join(problems)
     assert "method = 'coh'" in text and "hir.success_instruction = 'no slot'" in text
     assert "hir.failure_instruction = 'no slot': is the success instruction" in text
 
 
 def test_summary_file(tmp_path, tiny_model_dir, prompts_file, reward_spec):
-    cfg = replace(make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec),
-                  rounds=RoundsCfg(rounds=1, prompts_per_round=4, steps_per_round=1, batch_size=4))
+    cfg = replace(
+        make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec),
+        rounds=RoundsCfg(rounds=1, prompts_per_round=4, steps_per_round=1, batch_size=4),
+    )
     run, _ = hir.train(cfg)
     summary = json.loads((run.path / "summary.json").read_text())
     assert summary["rounds"] == 1 and 0.0 <= summary["success_rate_last"] <= 1.0
 
 
-def test_cli_runs_and_reports_a_missing_threshold(tmp_path, tiny_model_dir, prompts_file,
-                                                  reward_spec, capsys):
-    common = ["hindsight", "--method", "hir", "--reward", reward_spec,
-              "--model.path", str(tiny_model_dir), "--model.device", "cpu",
-              "--data.prompts", str(prompts_file), "--gen.max_new_tokens", "4",
-              "--gen.chat_template", "off", "--rounds.rounds", "1",
-              "--rounds.prompts_per_round", "4", "--rounds.steps_per_round", "1",
-              "--log.tensorboard", "false", "--log.progress", "false"]
-    assert cli.main([*common, "--hir.threshold", "0.1",
-                     "--run.output_dir", str(tmp_path / "ok")]) == 0
+def test_cli_runs_and_reports_a_missing_threshold(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec, capsys
+):
+    common = [
+        "hindsight",
+        "--method",
+        "hir",
+        "--reward",
+        reward_spec,
+        "--model.path",
+        str(tiny_model_dir),
+        "--model.device",
+        "cpu",
+        "--data.prompts",
+        str(prompts_file),
+        "--gen.max_new_tokens",
+        "4",
+        "--gen.chat_template",
+        "off",
+        "--rounds.rounds",
+        "1",
+        "--rounds.prompts_per_round",
+        "4",
+        "--rounds.steps_per_round",
+        "1",
+        "--log.tensorboard",
+        "false",
+        "--log.progress",
+        "false",
+    ]
+    assert (
+        cli.main([*common, "--hir.threshold", "0.1", "--run.output_dir", str(tmp_path / "ok")]) == 0
+    )
     assert load_conditioning(tmp_path / "ok" / "model").method == "hir"
     capsys.readouterr()
     assert cli.main([*common, "--run.output_dir", str(tmp_path / "bad")]) == 2

@@ -30,10 +30,18 @@ print(applied, (held - resident()) / 2**20)
 
 
 def free_in_child(mode: str, **user_env: str) -> tuple[bool, float]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in host_memory.GLIBC_MALLOC_VARIABLES and key != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-c", FREE_AND_MEASURE, mode], env={**env, **user_env},
-                         capture_output=True, text=True, check=True).stdout.split()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in host_memory.GLIBC_MALLOC_VARIABLES and key != "GLIBC_TUNABLES"
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", FREE_AND_MEASURE, mode],
+        env={**env, **user_env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return out[0] == "True", float(out[1])
 
 

@@ -28,11 +28,13 @@ def save_judge_capable_tiny(path):
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_end|>", "<|im_start|>"],
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|im_end|>", "<|im_start|>"], show_progress=False
+    )
     core.train_from_iterator([*SENTENCES, "Answer A or B. Yes or No?"], trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>",
-                                        chat_template=CHAT_TEMPLATE)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE
+    )
     build_tiny_llama(len(tokenizer), tokenizer.eos_token_id).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -60,8 +62,10 @@ class ScriptedJudge(Judge):
 
     def choice_probabilities(self, texts, first, second):
         self.seen += texts
-        return [self.table[tuple(part.split("=", 1)[1] for part in text.split("|")[1:])]
-                for text in texts]
+        return [
+            self.table[tuple(part.split("=", 1)[1] for part in text.split("|")[1:])]
+            for text in texts
+        ]
 
 
 def test_prefer_averages_both_orders_by_hand():
@@ -82,19 +86,26 @@ def test_outcomes_reach_the_prompt_only_when_given():
     foresight = judge.pair_prompt("q", "buy it", "wait")
     hindsight = judge.pair_prompt("q", "buy it", "wait", "it broke", "saved money")
     assert "What happened next" not in foresight and "it broke" not in foresight
-    assert hindsight == ("q|A=buy it\n\nWhat happened next:\nit broke"
-                         "|B=wait\n\nWhat happened next:\nsaved money")
+    assert hindsight == (
+        "q|A=buy it\n\nWhat happened next:\nit broke|B=wait\n\nWhat happened next:\nsaved money"
+    )
     with pytest.raises(ValueError, match="both outcomes"):
         judge.pair_prompt("q", "a", "b", "only one", None)
 
 
 def test_templates_are_checked():
-    assert template_problem("{prompt} {response_a} {response_b}",
-                            ("prompt", "response_a", "response_b")) is None
-    assert "lacks {response_b}" in template_problem("{prompt} {response_a}",
-                                                    ("prompt", "response_a", "response_b"))
-    assert "unknown {answer}" in template_problem("{prompt}{response}{answer}",
-                                                  ("prompt", "response"))
+    assert (
+        template_problem(
+            "{prompt} {response_a} {response_b}", ("prompt", "response_a", "response_b")
+        )
+        is None
+    )
+    assert "lacks {response_b}" in template_problem(
+        "{prompt} {response_a}", ("prompt", "response_a", "response_b")
+    )
+    assert "unknown {answer}" in template_problem(
+        "{prompt}{response}{answer}", ("prompt", "response")
+    )
     assert "malformed" in template_problem("{prompt", ("prompt",))
     with pytest.raises(ConfigError, match="judge.template: the template lacks"):
         LocalJudge(None, None, pair_template="{prompt} {response_a}")
@@ -130,8 +141,9 @@ def test_local_judge_biased_toward_a_letter_cancels_out(judge_model_dir):
     """A model that always says "A" prefers neither response once both orders are averaged."""
     import torch
 
-    judge = LocalJudge.load(str(judge_model_dir), device="cpu",
-                            pair_template="{prompt} {response_a} {response_b}")
+    judge = LocalJudge.load(
+        str(judge_model_dir), device="cpu", pair_template="{prompt} {response_a} {response_b}"
+    )
     weight = judge.model.lm_head.weight
     biased = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=True)
     with torch.no_grad():
@@ -164,9 +176,16 @@ class FakeServer:
             def do_POST(self):
                 time.sleep(delay)
                 length = int(self.headers["Content-Length"])
-                server.requests.append({"path": self.path, "headers": dict(self.headers),
-                                        "body": json.loads(self.rfile.read(length))})
-                status, body = server.replies.pop(0) if len(server.replies) > 1 else server.replies[0]
+                server.requests.append(
+                    {
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "body": json.loads(self.rfile.read(length)),
+                    }
+                )
+                status, body = (
+                    server.replies.pop(0) if len(server.replies) > 1 else server.replies[0]
+                )
                 raw = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -186,8 +205,9 @@ class FakeServer:
 
         self.httpd = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self):
         self.thread.start()
@@ -201,14 +221,22 @@ class FakeServer:
 def reply(content, top=None):
     choice = {"index": 0, "message": {"role": "assistant", "content": content}}
     if top is not None:
-        choice["logprobs"] = {"content": [{"token": content, "logprob": 0.0, "top_logprobs": [
-            {"token": token, "logprob": math.log(p)} for token, p in top]}]}
+        choice["logprobs"] = {
+            "content": [
+                {
+                    "token": content,
+                    "logprob": 0.0,
+                    "top_logprobs": [{"token": token, "logprob": math.log(p)} for token, p in top],
+                }
+            ]
+        }
     return 200, {"choices": [choice]}
 
 
 def endpoint(server, **options):
-    return EndpointJudge(server.url, "judge-model", api_key_env="RLHFKIT_TEST_JUDGE_KEY",
-                         backoff=0.0, **options)
+    return EndpointJudge(
+        server.url, "judge-model", api_key_env="RLHFKIT_TEST_JUDGE_KEY", backoff=0.0, **options
+    )
 
 
 def test_endpoint_reads_the_answer_probability_from_logprobs(monkeypatch):
@@ -236,16 +264,20 @@ def test_endpoint_reads_the_text_when_there_are_no_logprobs(monkeypatch):
 
 
 def test_endpoint_retries_a_server_error_then_succeeds():
-    with FakeServer([(503, {"error": "busy"}), (429, {"error": "slow down"}),
-                     reply("Yes")]) as server:
+    with FakeServer(
+        [(503, {"error": "busy"}), (429, {"error": "slow down"}), reply("Yes")]
+    ) as server:
         assert endpoint(server, retries=2).score(["q"], ["r"]) == [1.0]
     assert len(server.requests) == 3
 
 
 def test_endpoint_gives_up_naming_the_url():
     with FakeServer([(500, {"error": "boom"})]) as server:
-        with pytest.raises(RewardError, match=rf"{server.url}/chat/completions: no answer after "
-                                              r"3 tries \(HTTP 500"):
+        with pytest.raises(
+            RewardError,
+            match=rf"{server.url}/chat/completions: no answer after "
+            r"3 tries \(HTTP 500",
+        ):
             endpoint(server, retries=2).choice_probabilities(["q"], "A", "B")
     assert len(server.requests) == 3
 
@@ -260,12 +292,15 @@ def test_endpoint_client_errors_are_not_retried():
             endpoint(server).choice_probabilities(["q"], "A", "B")
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"id": "x", "object": "chat.completion"}, "malformed reply.*choices"),
-    (b"<html>gateway</html>", "not JSON"),
-    (reply("I cannot decide")[1], "names neither of 'A' and 'B'"),
-    (reply("Both A and B are fine")[1], "names both"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"id": "x", "object": "chat.completion"}, "malformed reply.*choices"),
+        (b"<html>gateway</html>", "not JSON"),
+        (reply("I cannot decide")[1], "names neither of 'A' and 'B'"),
+        (reply("Both A and B are fine")[1], "names both"),
+    ],
+)
 def test_endpoint_malformed_replies_are_clear_errors(body, message):
     with FakeServer([(200, body)]) as server:
         with pytest.raises(RewardError, match=f"judge endpoint {server.url}.*{message}"):

@@ -68,8 +68,23 @@ def all_tasks(store, campaign: str):
 
 
 def test_init_samples_one_model_with_provenance(tiny_model_dir, prompts, capsys):
-    assert label("init", "--campaign", "c", "--prompts", prompts, "--model", tiny_model_dir,
-                 "--kinds", "pairwise,rating", "--seed", "3", *GEN) == 0
+    assert (
+        label(
+            "init",
+            "--campaign",
+            "c",
+            "--prompts",
+            prompts,
+            "--model",
+            tiny_model_dir,
+            "--kinds",
+            "pairwise,rating",
+            "--seed",
+            "3",
+            *GEN,
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "3 prompts, 6 outputs" in out and "9 tasks (pairwise 3, rating 6)" in out
     assert "next: rlhfkit label serve --campaign c" in out
@@ -93,8 +108,21 @@ def test_init_samples_one_model_with_provenance(tiny_model_dir, prompts, capsys)
 
 
 def test_init_compares_two_models_side_by_side(tiny_model_dir, other_model_dir, prompts, capsys):
-    assert label("init", "--campaign", "c", "--prompts", prompts, "--model", tiny_model_dir,
-                 "--model2", other_model_dir, *GEN) == 0
+    assert (
+        label(
+            "init",
+            "--campaign",
+            "c",
+            "--prompts",
+            prompts,
+            "--model",
+            tiny_model_dir,
+            "--model2",
+            other_model_dir,
+            *GEN,
+        )
+        == 0
+    )
     assert "3 prompts, 6 outputs" in capsys.readouterr().out
     with db() as store:
         tasks = all_tasks(store, "c")
@@ -137,10 +165,18 @@ def test_display_order_is_random_and_reproducible():
 
 
 def test_init_imports_outputs_with_their_provenance(tmp_path, capsys):
-    rows = [{"prompt": "Say hi", "completion": "hi", "model": "gpt-x", "seed": 7,
-             "completion_tokens": 1, "logprobs": [-0.1]},
-            {"prompt": "Say hi", "completion": "hello", "model": "gpt-y", "model_hash": "abc"},
-            {"prompt": "Count", "completions": ["1 2 3", "one two", "uno"]}]
+    rows = [
+        {
+            "prompt": "Say hi",
+            "completion": "hi",
+            "model": "gpt-x",
+            "seed": 7,
+            "completion_tokens": 1,
+            "logprobs": [-0.1],
+        },
+        {"prompt": "Say hi", "completion": "hello", "model": "gpt-y", "model_hash": "abc"},
+        {"prompt": "Count", "completions": ["1 2 3", "one two", "uno"]},
+    ]
     path = tmp_path / "outputs.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert label("init", "--campaign", "c", "--import", path) == 0
@@ -149,9 +185,10 @@ def test_init_imports_outputs_with_their_provenance(tmp_path, capsys):
     with db() as store:
         (_, _, hi), (_, _, count) = store.campaign_outputs("c")
         assert [(o.text, o.model, o.model_hash, o.seed) for o in hi] == [
-            ("hi", "gpt-x", "unknown", 7), ("hello", "gpt-y", "abc", None)]
-        assert hi[0].generation == {"completion_tokens": 1, "round": 1,
-                                    "imported_from": str(path)}
+            ("hi", "gpt-x", "unknown", 7),
+            ("hello", "gpt-y", "abc", None),
+        ]
+        assert hi[0].generation == {"completion_tokens": 1, "round": 1, "imported_from": str(path)}
         assert [o.text for o in count] == ["1 2 3", "one two", "uno"]
         assert len(all_tasks(store, "c")) == 1 + 3  # every two outputs of a prompt
 
@@ -185,8 +222,19 @@ def test_annotator_adds_accounts(tiny_model_dir, prompts, capsys, monkeypatch):
     from rlhfkit.feedback.web.auth import verify_password
 
     label("init", "--campaign", "c", "--prompts", prompts, "--model", tiny_model_dir, *GEN)
-    assert label("annotator", "--campaign", "c", "--name", "ada", "--password",
-                 "correct horse", "--admin") == 0
+    assert (
+        label(
+            "annotator",
+            "--campaign",
+            "c",
+            "--name",
+            "ada",
+            "--password",
+            "correct horse",
+            "--admin",
+        )
+        == 0
+    )
     answers = iter(["battery staple"] * 2)
     monkeypatch.setattr("getpass.getpass", lambda prompt: next(answers))
     assert label("annotator", "--campaign", "c", "--name", "bob") == 0
@@ -199,17 +247,39 @@ def test_annotator_adds_accounts(tiny_model_dir, prompts, capsys, monkeypatch):
     assert "'ada': already has an account" in capsys.readouterr().err
 
 
-def test_next_round_pairs_new_model_against_previous_round(tiny_model_dir, other_model_dir,
-                                                           prompts, tmp_path, capsys):
-    label("init", "--campaign", "c", "--prompts", prompts, "--model", tiny_model_dir,
-          "--kinds", "pairwise,rating", *GEN)
+def test_next_round_pairs_new_model_against_previous_round(
+    tiny_model_dir, other_model_dir, prompts, tmp_path, capsys
+):
+    label(
+        "init",
+        "--campaign",
+        "c",
+        "--prompts",
+        prompts,
+        "--model",
+        tiny_model_dir,
+        "--kinds",
+        "pairwise,rating",
+        *GEN,
+    )
     assert label("next-round", "--campaign", "c", "--model", other_model_dir, *GEN) == 0
     assert "round 2 of campaign 'c': 3 prompts" in capsys.readouterr().out
 
     new_prompts = tmp_path / "new.txt"
     new_prompts.write_text("Please write a\n")
-    assert label("next-round", "--campaign", "c", "--model", other_model_dir,
-                 "--prompts", new_prompts, *GEN) == 0
+    assert (
+        label(
+            "next-round",
+            "--campaign",
+            "c",
+            "--model",
+            other_model_dir,
+            "--prompts",
+            new_prompts,
+            *GEN,
+        )
+        == 0
+    )
 
     with db() as store:
         stored = store.campaign_outputs("c")
@@ -218,7 +288,7 @@ def test_next_round_pairs_new_model_against_previous_round(tiny_model_dir, other
     for _, _, outputs in stored[:3]:
         assert (output_round(outputs[-1]), outputs[-1].model) == (2, str(other_model_dir))
     # a new prompt has no round-2 output: one is sampled from round 2's model to compare with
-    (_, text, fresh), = stored[3:]
+    ((_, text, fresh),) = stored[3:]
     assert text == "Please write a" and [output_round(o) for o in fresh] == [2, 3]
 
     later = [t for t in tasks if output_round(max(t.outputs, key=output_round)) > 1]
@@ -232,19 +302,37 @@ def test_failed_sampling_leaves_no_campaign(tiny_model_dir, prompts, tmp_path, c
     broken = tmp_path / "broken-model"  # a config but no weights: loads only after model 1 ran
     broken.mkdir()
     (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
-    assert label("init", "--campaign", "c", "--prompts", prompts, "--model", tiny_model_dir,
-                 "--model2", broken, *GEN) == 1
+    assert (
+        label(
+            "init",
+            "--campaign",
+            "c",
+            "--prompts",
+            prompts,
+            "--model",
+            tiny_model_dir,
+            "--model2",
+            broken,
+            *GEN,
+        )
+        == 1
+    )
     assert "cannot load" in capsys.readouterr().err
     assert not Path("campaigns/c/feedback.db").exists()
-    assert label("init", "--campaign", "c", "--prompts", prompts, "--model", tiny_model_dir,
-                 *GEN) == 0  # the name is still free
+    assert (
+        label("init", "--campaign", "c", "--prompts", prompts, "--model", tiny_model_dir, *GEN) == 0
+    )  # the name is still free
 
 
 def _imported(tmp_path, *extra: str) -> None:
     """Campaign "c" of four imported prompts, two outputs each: four pairwise tasks."""
     path = tmp_path / "outputs.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"p{i}", "completions": [f"a{i}", f"b{i}"]})
-                            + "\n" for i in range(4)))
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"p{i}", "completions": [f"a{i}", f"b{i}"]}) + "\n"
+            for i in range(4)
+        )
+    )
     assert label("init", "--campaign", "c", "--import", path, *extra) == 0
 
 
@@ -262,11 +350,15 @@ def test_gold_marks_tasks_from_a_file_all_or_nothing(tmp_path, capsys):
     assert "marked gold: pairwise 2; it has 2 gold tasks now" in capsys.readouterr().out
     with db() as store:
         assert [(d.task.task_id, d.gold) for d in store.gold_tasks("c")] == [
-            (tasks[0], {"choice": "A"}), (tasks[1], {"choice": "both_bad"})]
+            (tasks[0], {"choice": "A"}),
+            (tasks[1], {"choice": "both_bad"}),
+        ]
 
     for rows, message in [
-        (({"task_id": tasks[2], "choice": "A"}, {"task_id": tasks[3], "choice": "C"}),
-         f"task {tasks[3]}: label field 'choice': 'C' is not one of"),
+        (
+            ({"task_id": tasks[2], "choice": "A"}, {"task_id": tasks[3], "choice": "C"}),
+            f"task {tasks[3]}: label field 'choice': 'C' is not one of",
+        ),
         (({"task_id": "first", "choice": "A"},), "row 1: task_id 'first' is not a task number"),
         (({"task_id": tasks[2], "choice": "A"},) * 2, f"row 2: task {tasks[2]} is given twice"),
         (({"task_id": 999, "choice": "A"},), "no task with id 999"),
@@ -290,20 +382,21 @@ def test_overlap_changes_the_tasks_nobody_has_labelled(tmp_path, capsys):
         store.add_annotator("ada", "not-a-real-hash")
         first = store.next_task("c", "ada").task_id
         store.submit_label(first, "ada", "ada-1", {"choice": "A"})
-    assert label("overlap", "--campaign", "c", "--overlap", "0.5",
-                 "--overlap_annotators", "3") == 0
+    assert label("overlap", "--campaign", "c", "--overlap", "0.5", "--overlap_annotators", "3") == 0
     out = capsys.readouterr().out
-    assert "overlap 0.5, 3 annotators per overlap task. Of the 3 tasks nobody has labelled " \
-           "yet, 2 now go to 3 annotators" in out
+    assert (
+        "overlap 0.5, 3 annotators per overlap task. Of the 3 tasks nobody has labelled "
+        "yet, 2 now go to 3 annotators" in out
+    )
     with db() as store:
         progress = store.progress("c")
         assert (progress.tasks, progress.complete) == (4, 1)  # the labelled task keeps its 1
-        assert sorted(store.task_details("c", t.task_id).required
-                      for t in all_tasks(store, "c")) == [1, 1, 3, 3]
+        assert sorted(
+            store.task_details("c", t.task_id).required for t in all_tasks(store, "c")
+        ) == [1, 1, 3, 3]
     assert label("overlap", "--campaign", "c") == 2
     assert "overlap = None: is required; pass --overlap 0.2" in capsys.readouterr().err
-    assert label("overlap", "--campaign", "c", "--overlap", "0.5",
-                 "--overlap_annotators", "1") == 2
+    assert label("overlap", "--campaign", "c", "--overlap", "0.5", "--overlap_annotators", "1") == 2
     assert "overlap_annotators = 1" in capsys.readouterr().err
 
 
@@ -322,32 +415,45 @@ def test_bad_input_is_one_line_with_exit_code_2(tiny_model_dir, prompts, capsys)
 
     assert "label 'int': unknown verb; did you mean 'init'? use one of init, serve" in error("int")
     assert "no feedback database at campaigns/nope/feedback.db" in error(
-        "export", "--campaign", "nope", "--as", "pairs", "--output", "x.jsonl")
+        "export", "--campaign", "nope", "--as", "pairs", "--output", "x.jsonl"
+    )
     assert "'ratng' is not a task kind; did you mean 'rating'?" in error(
-        "init", "--campaign", "c", "--prompts", prompts, "--kinds", "pairwise,ratng")
+        "init", "--campaign", "c", "--prompts", prompts, "--kinds", "pairwise,ratng"
+    )
     assert "host = '0.0.0.0': opens the app to the network; add --allow_remote" in error(
-        "serve", "--campaign", "c", "--host", "0.0.0.0")
+        "serve", "--campaign", "c", "--host", "0.0.0.0"
+    )
 
     label("init", "--campaign", "c", "--prompts", prompts, "--model", tiny_model_dir, *GEN)
     capsys.readouterr()
     assert "--campaign = 'c': already exists" in error(
-        "init", "--campaign", "c", "--prompts", prompts, "--model", tiny_model_dir, *GEN)
-    message = error("annotator", "--campaign", "other", "--db", "campaigns/c", "--name", "x",
-                    "--password", "long enough")
+        "init", "--campaign", "c", "--prompts", prompts, "--model", tiny_model_dir, *GEN
+    )
+    message = error(
+        "annotator",
+        "--campaign",
+        "other",
+        "--db",
+        "campaigns/c",
+        "--name",
+        "x",
+        "--password",
+        "long enough",
+    )
     assert "--campaign = 'other': no campaign 'other'" in message and "known: c" in message
     assert len(message.splitlines()) == 1
 
 
-def test_serve_creates_admin_once_and_keeps_its_key(tiny_model_dir, prompts, capsys,
-                                                    monkeypatch):
+def test_serve_creates_admin_once_and_keeps_its_key(tiny_model_dir, prompts, capsys, monkeypatch):
     web = pytest.importorskip("rlhfkit.feedback.web", reason="the web app is not written yet")
     if not hasattr(web, "create_app"):
         pytest.skip("rlhfkit.feedback.web does not export create_app yet")
     from rlhfkit.feedback.web.auth import verify_password
 
     served = []
-    monkeypatch.setattr("uvicorn.run",
-                        lambda app, host, port, **options: served.append((app, host, port)))
+    monkeypatch.setattr(
+        "uvicorn.run", lambda app, host, port, **options: served.append((app, host, port))
+    )
     label("init", "--campaign", "c", "--prompts", prompts, "--model", tiny_model_dir, *GEN)
     capsys.readouterr()
 
@@ -367,4 +473,3 @@ def test_serve_creates_admin_once_and_keeps_its_key(tiny_model_dir, prompts, cap
     assert label("serve", "--campaign", "c") == 0
     assert password not in capsys.readouterr().out  # printed once, at creation
     assert key_file.read_text() == key  # sessions survive a restart
-

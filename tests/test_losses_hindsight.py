@@ -17,8 +17,9 @@ MASK = torch.tensor([[1, 1], [1, 0]])
 def test_hir_loss_by_hand():
     opposite = torch.tensor([-4.0, -0.5])  # log p(o | q-): row 0 less likely, row 1 equally likely
     entropy = torch.tensor([[1.0, 2.0], [3.0, 100.0]])
-    loss, stats = hir_loss(LOGPROBS, MASK, opposite, entropy, contrastive_coef=0.5,
-                           entropy_coef=0.1)
+    loss, stats = hir_loss(
+        LOGPROBS, MASK, opposite, entropy, contrastive_coef=0.5, entropy_coef=0.1
+    )
     nll = (1.0 + 2.0 + 0.5) / 3
     # matching sums: -3 and -0.5; -log softmax([m, o])[0] = log(1 + exp(o - m))
     contrastive = (math.log1p(math.exp(-4.0 + 3.0)) + math.log(2.0)) / 2
@@ -68,8 +69,9 @@ VALUES = torch.tensor([[0.5, 0.0], [0.0, 7.0]])
 
 
 def test_hindsight_foresight_by_hand():
-    loss, stats = hindsight_foresight_loss(RELABELLED, RELABELLED_MASK, LOGPROBS, MASK, RETURNS,
-                                           VALUES, foresight_coef=2.0)
+    loss, stats = hindsight_foresight_loss(
+        RELABELLED, RELABELLED_MASK, LOGPROBS, MASK, RETURNS, VALUES, foresight_coef=2.0
+    )
     hindsight = (1.0 + 3.0) / 2
     # A = R - V: [0.5, 1.0] and [-1.0, (padding)]; -A log pi over the 3 valid tokens
     foresight = (0.5 * 1.0 + 1.0 * 2.0 + -1.0 * 0.5) / 3
@@ -83,15 +85,17 @@ def _grads(coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     relabelled = RELABELLED.clone().requires_grad_(True)
     logprobs = torch.tensor([[-1.0, -2.0], [-0.5, -0.1]], requires_grad=True)
     values = VALUES.clone().requires_grad_(True)
-    loss, _ = hindsight_foresight_loss(relabelled, RELABELLED_MASK, logprobs, MASK, RETURNS,
-                                       values, foresight_coef=coef)
+    loss, _ = hindsight_foresight_loss(
+        relabelled, RELABELLED_MASK, logprobs, MASK, RETURNS, values, foresight_coef=coef
+    )
     loss.backward()
     return relabelled.grad, logprobs.grad, values.grad
 
 
 def test_zero_lambda_is_pure_hindsight():
-    loss, stats = hindsight_foresight_loss(RELABELLED, RELABELLED_MASK, LOGPROBS, MASK, RETURNS,
-                                           VALUES, foresight_coef=0.0)
+    loss, stats = hindsight_foresight_loss(
+        RELABELLED, RELABELLED_MASK, LOGPROBS, MASK, RETURNS, VALUES, foresight_coef=0.0
+    )
     assert loss.item() == pytest.approx(stats.hindsight.item())
     relabelled_grad, logprobs_grad, values_grad = _grads(0.0)
     assert torch.equal(logprobs_grad, torch.zeros_like(logprobs_grad))
@@ -101,8 +105,9 @@ def test_zero_lambda_is_pure_hindsight():
 
 def test_large_lambda_is_the_policy_gradient():
     coef = 1e6
-    loss, stats = hindsight_foresight_loss(RELABELLED, RELABELLED_MASK, LOGPROBS, MASK, RETURNS,
-                                           VALUES, foresight_coef=coef)
+    loss, stats = hindsight_foresight_loss(
+        RELABELLED, RELABELLED_MASK, LOGPROBS, MASK, RETURNS, VALUES, foresight_coef=coef
+    )
     assert (loss / coef).item() == pytest.approx(stats.foresight.item(), rel=1e-5)
     relabelled_grad, logprobs_grad, _ = _grads(coef)
     # REINFORCE with a baseline: d/d log pi_t of -A_t log pi_t / N is -A_t / N

@@ -126,8 +126,9 @@ def test_ppo_clip_higher_lets_positive_advantages_rise_further():
     advantages, mask = torch.ones(1, 1), torch.ones(1, 1)
     symmetric, stats = ppo_clip_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2)
     assert symmetric.item() == pytest.approx(-1.2) and stats.clip_fraction.item() == 1.0
-    higher, stats = ppo_clip_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2,
-                                  clip_eps_high=0.28)
+    higher, stats = ppo_clip_loss(
+        logprobs, old_logprobs, advantages, mask, clip_eps=0.2, clip_eps_high=0.28
+    )
     assert higher.item() == pytest.approx(-1.25) and stats.clip_fraction.item() == 0.0
     with pytest.raises(ConfigError, match="clip_eps=0"):
         ppo_clip_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0)
@@ -143,8 +144,9 @@ def test_ppo_padding_reaches_neither_loss_nor_gradient():
     assert torch.isfinite(loss) and torch.isfinite(logprobs.grad).all()
     assert logprobs.grad[0, 1] == 0.0
     kept = torch.tensor([[-1.0, -2.0, -1.5]], requires_grad=True)
-    expected, _ = ppo_clip_loss(kept, torch.tensor([[-1.1, -2.0, -1.0]]),
-                                torch.tensor([[1.0, -1.0, 2.0]]), torch.ones(1, 3))
+    expected, _ = ppo_clip_loss(
+        kept, torch.tensor([[-1.1, -2.0, -1.0]]), torch.tensor([[1.0, -1.0, 2.0]]), torch.ones(1, 3)
+    )
     torch.testing.assert_close(loss, expected)
 
 
@@ -167,8 +169,13 @@ def test_value_loss_by_hand():
 
 def test_value_loss_is_half_squared_error_inside_the_clip():
     values = torch.tensor([[1.1, 2.9]])
-    loss, _ = value_loss(values, torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 1.0]]),
-                         torch.ones(1, 2), clip_eps=0.2)
+    loss, _ = value_loss(
+        values,
+        torch.tensor([[1.0, 3.0]]),
+        torch.tensor([[0.0, 1.0]]),
+        torch.ones(1, 2),
+        clip_eps=0.2,
+    )
     assert loss.item() == pytest.approx(0.5 * (1.1**2 + 1.9**2) / 2)
 
 
@@ -181,10 +188,12 @@ def test_kl_estimators_by_hand():
     ref_logprobs = torch.tensor([0.25, 0.5]).log()
     ln2 = math.log(2)
     torch.testing.assert_close(kl_estimate(logprobs, ref_logprobs, "k1"), torch.tensor([ln2, -ln2]))
-    torch.testing.assert_close(kl_estimate(logprobs, ref_logprobs, "k2"),
-                               torch.tensor([0.5 * ln2**2, 0.5 * ln2**2]))
-    torch.testing.assert_close(kl_estimate(logprobs, ref_logprobs, "k3"),
-                               torch.tensor([-0.5 + ln2, 1 - ln2]))
+    torch.testing.assert_close(
+        kl_estimate(logprobs, ref_logprobs, "k2"), torch.tensor([0.5 * ln2**2, 0.5 * ln2**2])
+    )
+    torch.testing.assert_close(
+        kl_estimate(logprobs, ref_logprobs, "k3"), torch.tensor([-0.5 + ln2, 1 - ln2])
+    )
 
 
 def test_k1_and_k3_are_unbiased_k2_is_not():
@@ -193,8 +202,10 @@ def test_k1_and_k3_are_unbiased_k2_is_not():
     logprobs = torch.log_softmax(torch.randn(6, dtype=torch.float64), 0)
     ref_logprobs = torch.log_softmax(torch.randn(6, dtype=torch.float64), 0)
     kl = (logprobs.exp() * (logprobs - ref_logprobs)).sum()
-    expectation = {k: (logprobs.exp() * kl_estimate(logprobs, ref_logprobs, k)).sum()
-                   for k in ("k1", "k2", "k3")}
+    expectation = {
+        k: (logprobs.exp() * kl_estimate(logprobs, ref_logprobs, k)).sum()
+        for k in ("k1", "k2", "k3")
+    }
     torch.testing.assert_close(expectation["k1"], kl)
     torch.testing.assert_close(expectation["k3"], kl)
     assert abs(expectation["k2"] - kl) > 1e-3
@@ -224,8 +235,9 @@ def test_entropy_by_hand_and_against_torch():
 
 
 def test_entropy_is_stable_for_huge_and_masked_logits():
-    logits = torch.tensor([[1000.0, 1000.0, -INF, -INF], [0.0, -INF, -INF, -INF]],
-                          requires_grad=True)
+    logits = torch.tensor(
+        [[1000.0, 1000.0, -INF, -INF], [0.0, -INF, -INF, -INF]], requires_grad=True
+    )
     entropy = entropy_from_logits(logits)
     torch.testing.assert_close(entropy.detach(), torch.tensor([math.log(2), 0.0]))
     entropy.sum().backward()

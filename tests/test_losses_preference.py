@@ -47,8 +47,9 @@ def test_sft_loss_by_hand():
 
 
 def test_sft_padding_and_zero_weight_rows_reach_neither_loss_nor_gradient():
-    logprobs = torch.tensor([[-1.0, -3.0, NAN], [NAN, INF, -INF], [-2.0, INF, NAN]],
-                            requires_grad=True)
+    logprobs = torch.tensor(
+        [[-1.0, -3.0, NAN], [NAN, INF, -INF], [-2.0, INF, NAN]], requires_grad=True
+    )
     mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]])
     loss, stats = sft_loss(logprobs, mask, weight=torch.tensor([1.0, 0.0, 1.0]))
     loss.backward()
@@ -128,8 +129,9 @@ def test_soft_preference_loss_is_bradley_terry_at_target_one():
 def test_soft_preference_loss_is_least_at_the_target_logit(target):
     best_gap = math.log(target / (1 - target))  # sigmoid^-1(target)
     gaps = torch.tensor([best_gap - 0.1, best_gap, best_gap + 0.1], requires_grad=True)
-    losses = [soft_preference_loss(gap[None], torch.zeros(1), torch.tensor([target]))[0]
-              for gap in gaps]
+    losses = [
+        soft_preference_loss(gap[None], torch.zeros(1), torch.tensor([target]))[0] for gap in gaps
+    ]
     assert losses[1].item() < losses[0].item() and losses[1].item() < losses[2].item()
     losses[1].backward()
     assert gaps.grad[1].item() == pytest.approx(0.0, abs=1e-6)
@@ -151,8 +153,9 @@ def test_rater_preference_probability_matches_all_pairs_and_is_symmetric():
         b = [rng.randint(-4, 4) / 2 for _ in range(rng.randint(1, 12))]
         wins = sum((x > y) + 0.5 * (x == y) for x in a for y in b)
         assert rater_preference_probability(a, b) == pytest.approx(wins / (len(a) * len(b)))
-        assert rater_preference_probability(a, b) + rater_preference_probability(b, a) == \
-            pytest.approx(1.0)
+        assert rater_preference_probability(a, b) + rater_preference_probability(
+            b, a
+        ) == pytest.approx(1.0)
 
 
 def test_rater_preference_probability_rejects_empty_and_non_finite_ratings():
@@ -183,13 +186,16 @@ def test_dpo_matches_its_formula_on_random_inputs(label_smoothing):
     torch.manual_seed(0)
     policy_chosen, policy_rejected, ref_chosen, ref_rejected = -20 * torch.rand(4, 16)
     beta = 0.1
-    loss, stats = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta,
-                           label_smoothing)
+    loss, stats = dpo_loss(
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, label_smoothing
+    )
     chosen_reward = beta * (policy_chosen - ref_chosen)
     rejected_reward = beta * (policy_rejected - ref_rejected)
     h = chosen_reward - rejected_reward
-    expected = (-(1 - label_smoothing) * torch.log(torch.sigmoid(h))
-                - label_smoothing * torch.log(torch.sigmoid(-h))).mean()
+    expected = (
+        -(1 - label_smoothing) * torch.log(torch.sigmoid(h))
+        - label_smoothing * torch.log(torch.sigmoid(-h))
+    ).mean()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(stats.chosen_reward, chosen_reward.mean())
     torch.testing.assert_close(stats.rejected_reward, rejected_reward.mean())
@@ -243,8 +249,9 @@ def test_kto_by_hand():
     # r = 0.5 (desirable) and -1.0 (undesirable), beta 0.5, z0 0.2
     policy, ref = torch.tensor([-3.0, -4.0]), torch.tensor([-3.5, -3.0])
     desirable = torch.tensor([True, False])
-    loss, stats = kto_loss(policy, ref, desirable, beta=0.5, kl_baseline=torch.tensor(0.2),
-                           undesirable_weight=2.0)
+    loss, stats = kto_loss(
+        policy, ref, desirable, beta=0.5, kl_baseline=torch.tensor(0.2), undesirable_weight=2.0
+    )
     desirable_loss = 1 - sigmoid(0.5 * (0.5 - 0.2))
     undesirable_loss = 2.0 * (1 - sigmoid(0.5 * (0.2 + 1.0)))
     assert loss.item() == pytest.approx((desirable_loss + undesirable_loss) / 2)

@@ -36,8 +36,9 @@ def test_load_tokenizer_pads_left_with_eos(tiny_model_dir):
 
 
 def test_load_causal_lm_in_eval_mode_with_dtype(tiny_model_dir):
-    model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), dtype="bfloat16",
-                                               device="cpu"))
+    model, tokenizer = load_causal_lm(
+        ModelCfg(path=str(tiny_model_dir), dtype="bfloat16", device="cpu")
+    )
     assert not model.training
     assert model.dtype == torch.bfloat16
     assert tokenizer.pad_token_id is not None
@@ -68,8 +69,9 @@ def test_models_load_from_local_files_without_hub_kernels(tiny_model_dir, monkey
 def test_pick_autocast_asks_for_amx_and_float32_weights(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not pick_autocast("off", cpu, torch.float32)
-    assert pick_autocast("bfloat16", cpu, torch.float32) and pick_autocast("bfloat16", cuda,
-                                                                          torch.float32)
+    assert pick_autocast("bfloat16", cpu, torch.float32) and pick_autocast(
+        "bfloat16", cuda, torch.float32
+    )
     for amx in (True, False):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
         assert pick_autocast("auto", cpu, torch.float32) is amx
@@ -81,9 +83,11 @@ def _dtypes_seen(model):
     """Output dtypes of the first MLP projection and the LM head, recorded on every call."""
     seen = {"mlp": set(), "head": set()}
     model.get_decoder().layers[0].mlp.up_proj.register_forward_hook(
-        lambda m, args, out: seen["mlp"].add(out.dtype))
+        lambda m, args, out: seen["mlp"].add(out.dtype)
+    )
     model.get_output_embeddings().register_forward_hook(
-        lambda m, args, out: seen["head"].add(out.dtype))
+        lambda m, args, out: seen["head"].add(out.dtype)
+    )
     return seen
 
 
@@ -95,18 +99,23 @@ def _against_float32(model, tokenizer, float32_model):
     return token_logprobs(model, input_ids, mask, start), exact, (input_ids, mask)
 
 
-def test_autocast_runs_the_decoder_in_bfloat16_and_the_lm_head_in_float32(tiny_model_dir, tiny_lm,
-                                                                          monkeypatch):
+def test_autocast_runs_the_decoder_in_bfloat16_and_the_lm_head_in_float32(
+    tiny_model_dir, tiny_lm, monkeypatch
+):
     import copy
 
     import rlhfkit.packing
 
     attention = []  # what packed attention computes in (float32: its bf16 backward is slow)
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(rlhfkit.packing.F, "scaled_dot_product_attention",
-                        lambda q, *args, **kwargs: attention.append(q.dtype) or sdpa(q, *args, **kwargs))
-    model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu",
-                                               autocast="bfloat16"))
+    monkeypatch.setattr(
+        rlhfkit.packing.F,
+        "scaled_dot_product_attention",
+        lambda q, *args, **kwargs: attention.append(q.dtype) or sdpa(q, *args, **kwargs),
+    )
+    model, tokenizer = load_causal_lm(
+        ModelCfg(path=str(tiny_model_dir), device="cpu", autocast="bfloat16")
+    )
     assert model.dtype == torch.float32  # the weights stay float32: only the matmuls change
     seen = _dtypes_seen(model)
     mixed, exact, (input_ids, mask) = _against_float32(model, tokenizer, tiny_lm[0])
@@ -128,8 +137,9 @@ def test_autocast_runs_the_decoder_in_bfloat16_and_the_lm_head_in_float32(tiny_m
 
 
 def test_a_bfloat16_head_under_autocast_computes_logits_in_bfloat16(tiny_model_dir, tiny_lm):
-    model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu",
-                                               autocast="bfloat16", head_dtype="bfloat16"))
+    model, tokenizer = load_causal_lm(
+        ModelCfg(path=str(tiny_model_dir), device="cpu", autocast="bfloat16", head_dtype="bfloat16")
+    )
     seen = _dtypes_seen(model)
     mixed, exact, _ = _against_float32(model, tokenizer, tiny_lm[0])
     assert seen == {"mlp": {torch.bfloat16}, "head": {torch.bfloat16}}
@@ -153,8 +163,9 @@ def test_head_dtype_without_autocast_is_an_error_naming_the_fix():
 def test_a_frozen_reference_computes_the_same_logprobs_in_less_memory(tiny_model_dir, autocast):
     """Under autocast a reference's decoder linears are stored as the bfloat16 copies autocast
     makes at every call: the same numbers, half those weights' bytes; the tied head float32."""
-    model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu",
-                                               autocast=autocast))
+    model, tokenizer = load_causal_lm(
+        ModelCfg(path=str(tiny_model_dir), device="cpu", autocast=autocast)
+    )
     input_ids, mask, start = _left_padded_batch(tokenizer, ["The movie", "A"], response_len=6)
     with torch.no_grad():
         before = token_logprobs(model, input_ids, mask, start)
@@ -200,11 +211,12 @@ def _left_padded_batch(tokenizer, prompts, response_len, seed=0):
 def _naive_logprobs(model, input_ids, attention_mask, response_start, temperature):
     """Reference: full (B, T, V) logits, then log-softmax and pick each next token."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids).logits.float()  # (B, T, V)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+    ).logits.float()  # (B, T, V)
     if temperature > 0:
         logits = logits / temperature
-    logprobs = logits[:, response_start - 1:-1].log_softmax(-1)  # (B, R, V)
+    logprobs = logits[:, response_start - 1 : -1].log_softmax(-1)  # (B, R, V)
     return logprobs.gather(-1, input_ids[:, response_start:, None]).squeeze(-1)  # (B, R)
 
 
@@ -212,8 +224,10 @@ def _naive_logprobs(model, input_ids, attention_mask, response_start, temperatur
 def test_token_logprobs_equal_full_logits(tiny_lm, temperature):
     model, tokenizer = tiny_lm
     input_ids, mask, start = _left_padded_batch(  # a prompt twice, as GRPO's groups have it
-        tokenizer, ["The movie", "What is two plus three? The answer", "A", "The movie"],
-        response_len=9)
+        tokenizer,
+        ["The movie", "What is two plus three? The answer", "A", "The movie"],
+        response_len=9,
+    )
     with torch.no_grad():
         expected = _naive_logprobs(model, input_ids, mask, start, temperature)
         for chunk_size in (1, 4, 64):
@@ -227,14 +241,16 @@ def test_token_logprobs_chunks_by_a_byte_budget(tiny_lm, monkeypatch):
     logits within LOGITS_CHUNK_BYTES."""
     model, tokenizer = tiny_lm
     input_ids, mask, start = _left_padded_batch(
-        tokenizer, ["The movie", "What is two plus three? The answer", "A"], response_len=9)
+        tokenizer, ["The movie", "What is two plus three? The answer", "A"], response_len=9
+    )
     import rlhfkit.models
 
     vocab = model.get_output_embeddings().weight.shape[0]
     monkeypatch.setattr(rlhfkit.models, "LOGITS_CHUNK_BYTES", vocab * 4 * 6)  # 6 predictions
     widths = []
     hook = model.get_output_embeddings().register_forward_hook(
-        lambda module, args, out: widths.append(args[0].shape[0]))
+        lambda module, args, out: widths.append(args[0].shape[0])
+    )
     try:
         with torch.no_grad():
             got = token_logprobs(model, input_ids, mask, start)
@@ -242,8 +258,9 @@ def test_token_logprobs_chunks_by_a_byte_budget(tiny_lm, monkeypatch):
         hook.remove()
     assert widths == [6, 6, 6, 6, 3]  # 3 rows x 9 response positions, 6 at a time
     with torch.no_grad():
-        torch.testing.assert_close(got, _naive_logprobs(model, input_ids, mask, start, 1.0),
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            got, _naive_logprobs(model, input_ids, mask, start, 1.0), rtol=0, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("packed", [True, False])
@@ -255,8 +272,12 @@ def test_token_logprobs_of_right_padded_rows_packed_or_not(tiny_lm, monkeypatch,
     if not packed:
         monkeypatch.setattr(rlhfkit.models, "packed_forward", lambda *args, **kwargs: None)
     model, tokenizer = tiny_lm
-    batch = tokenizer(["The movie was long", "A", "What is two plus three? The answer is"],
-                      padding=True, padding_side="right", return_tensors="pt")
+    batch = tokenizer(
+        ["The movie was long", "A", "What is two plus three? The answer is"],
+        padding=True,
+        padding_side="right",
+        return_tensors="pt",
+    )
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert (mask == 0).any()
     with torch.no_grad():
@@ -274,8 +295,9 @@ def test_completion_logprobs_of_pairs_sharing_a_prompt(tiny_lm):
 
     model, tokenizer = tiny_lm
     pairs = [("The sea", " was calm", " roared loudly at night"), ("Count", " two", " three")]
-    encoded = [encode(tokenizer, prompt, text, False, 64)
-               for prompt, *texts in pairs for text in texts]
+    encoded = [
+        encode(tokenizer, prompt, text, False, 64) for prompt, *texts in pairs for text in texts
+    ]
     batch = collate(encoded, tokenizer.pad_token_id)
     with torch.no_grad():
         got, mask = completion_logprobs(model, batch)
@@ -291,8 +313,9 @@ def test_token_logprobs_gradients_match_full_logits(tiny_model_dir, monkeypatch,
 
     monkeypatch.setattr(rlhfkit.models, "RECOMPUTE_LOGITS_ABOVE_BYTES", 0 if recompute else 2**62)
     model, tokenizer = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu"))
-    input_ids, mask, start = _left_padded_batch(tokenizer, ["The sea", "Count the legs",
-                                                            "The sea"], 7)
+    input_ids, mask, start = _left_padded_batch(
+        tokenizer, ["The sea", "Count the legs", "The sea"], 7
+    )
     weights = torch.linspace(-1.0, 1.0, 3 * 7).reshape(3, 7)  # like advantages, mixed signs
 
     def grads(compute):

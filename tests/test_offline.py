@@ -13,8 +13,10 @@ from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.train import dpo, offline, reward, sft
 
 # A preference that depends on the prompt, so a model that ignores the prompt scores 50%.
-PROMPTS = {"movie": ["The movie was", "I think the movie was", "Honestly, the movie was"],
-           "service": ["She said the service was", "The service was", "He said the service was"]}
+PROMPTS = {
+    "movie": ["The movie was", "I think the movie was", "Honestly, the movie was"],
+    "service": ["She said the service was", "The service was", "He said the service was"],
+}
 LIKED = {"movie": " a delight", "service": " slow"}
 DISLIKED = {"movie": " slow", "service": " a delight"}
 
@@ -25,33 +27,56 @@ def write_jsonl(path, rows):
 
 
 def pairs_file(tmp_path):
-    return write_jsonl(tmp_path / "pairs.jsonl", [
-        {"prompt": p, "chosen": LIKED[kind], "rejected": DISLIKED[kind]}
-        for kind, prompts in PROMPTS.items() for p in prompts])
+    return write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": p, "chosen": LIKED[kind], "rejected": DISLIKED[kind]}
+            for kind, prompts in PROMPTS.items()
+            for p in prompts
+        ],
+    )
 
 
 def labeled_file(tmp_path):
-    return write_jsonl(tmp_path / "labeled.jsonl", [
-        {"prompt": p, "completion": text, "label": good}
-        for kind, prompts in PROMPTS.items() for p in prompts
-        for text, good in ((LIKED[kind], True), (DISLIKED[kind], False))])
+    return write_jsonl(
+        tmp_path / "labeled.jsonl",
+        [
+            {"prompt": p, "completion": text, "label": good}
+            for kind, prompts in PROMPTS.items()
+            for p in prompts
+            for text, good in ((LIKED[kind], True), (DISLIKED[kind], False))
+        ],
+    )
 
 
 def common(tmp_path, model_dir, data: str, steps: int, **train) -> dict:
-    return dict(model=ModelCfg(path=str(model_dir), device="cpu"),
-                data=FeedbackDataCfg(path=data, eval_path=data),
-                train=offline.TrainCfg(**{"max_steps": steps, "batch_size": 6,
-                                          "max_length": 64, **train}),
-                optim=OptimCfg(lr=1e-2),
-                log=LogCfg(tensorboard=False, progress=False),
-                run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0))
+    return dict(
+        model=ModelCfg(path=str(model_dir), device="cpu"),
+        data=FeedbackDataCfg(path=data, eval_path=data),
+        train=offline.TrainCfg(**{"max_steps": steps, "batch_size": 6, "max_length": 64, **train}),
+        optim=OptimCfg(lr=1e-2),
+        log=LogCfg(tensorboard=False, progress=False),
+        run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0),
+    )
 
 
 def test_sft_learns_the_demonstrations(tmp_path, tiny_model_dir):
-    data = write_jsonl(tmp_path / "demos.jsonl", [
-        {"prompt": p, "completion": LIKED[kind]} for kind, prompts in PROMPTS.items()
-        for p in prompts] + [{"messages": [{"role": "user", "content": "The movie was"},
-                                           {"role": "assistant", "content": " a delight"}]}])
+    data = write_jsonl(
+        tmp_path / "demos.jsonl",
+        [
+            {"prompt": p, "completion": LIKED[kind]}
+            for kind, prompts in PROMPTS.items()
+            for p in prompts
+        ]
+        + [
+            {
+                "messages": [
+                    {"role": "user", "content": "The movie was"},
+                    {"role": "assistant", "content": " a delight"},
+                ]
+            }
+        ],
+    )
     run, summary = sft.train(sft.Config(**common(tmp_path, tiny_model_dir, data, steps=30)))
     assert summary["eval_nll_after"] < 0.5 * summary["eval_nll_before"]
     assert (run.path / "model" / "config.json").is_file()
@@ -61,8 +86,10 @@ def test_sft_learns_the_demonstrations(tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo"])
 def test_pair_losses_learn_a_prompt_dependent_preference(tmp_path, tiny_model_dir, loss):
-    cfg = dpo.Config(**common(tmp_path, tiny_model_dir, pairs_file(tmp_path), steps=25),
-                     algo=dpo.AlgoCfg(loss=loss, beta=0.5))
+    cfg = dpo.Config(
+        **common(tmp_path, tiny_model_dir, pairs_file(tmp_path), steps=25),
+        algo=dpo.AlgoCfg(loss=loss, beta=0.5),
+    )
     _, summary = dpo.train(cfg)
     # the starting model is its own reference: every implicit reward starts at exactly 0
     assert summary["eval/margin_before"] == pytest.approx(0.0, abs=1e-5)
@@ -71,8 +98,10 @@ def test_pair_losses_learn_a_prompt_dependent_preference(tmp_path, tiny_model_di
 
 
 def test_kto_separates_desirable_from_undesirable(tmp_path, tiny_model_dir):
-    cfg = dpo.Config(**common(tmp_path, tiny_model_dir, labeled_file(tmp_path), steps=25),
-                     algo=dpo.AlgoCfg(loss="kto", beta=0.5))
+    cfg = dpo.Config(
+        **common(tmp_path, tiny_model_dir, labeled_file(tmp_path), steps=25),
+        algo=dpo.AlgoCfg(loss="kto", beta=0.5),
+    )
     _, summary = dpo.train(cfg)
     gap_before = summary["eval/desirable_reward_before"] - summary["eval/undesirable_reward_before"]
     gap_after = summary["eval/desirable_reward_after"] - summary["eval/undesirable_reward_after"]
@@ -84,26 +113,43 @@ def test_reward_model_learns_pairs_and_plugs_in_as_a_reward(tmp_path, tiny_model
     from rlhfkit.rewards import compute_rewards, load_reward
 
     words = ["delight", "fine", "good", "joy"]
-    rows = [{"prompt": f"Review {i}:", "chosen": f" a {words[i % 4]} of a movie",
-             "rejected": f" a {['boring', 'slow', 'bad', 'dull'][i % 4]} movie"} for i in range(24)]
+    rows = [
+        {
+            "prompt": f"Review {i}:",
+            "chosen": f" a {words[i % 4]} of a movie",
+            "rejected": f" a {['boring', 'slow', 'bad', 'dull'][i % 4]} movie",
+        }
+        for i in range(24)
+    ]
     data = write_jsonl(tmp_path / "rm.jsonl", rows)
-    cfg = reward.Config(**common(tmp_path, tiny_model_dir, data, steps=30),
-                        rm=reward.RewardCfg(max_length=32))
+    cfg = reward.Config(
+        **common(tmp_path, tiny_model_dir, data, steps=30), rm=reward.RewardCfg(max_length=32)
+    )
     run, summary = reward.train(cfg)
     assert summary["validation_accuracy"] >= 0.9
     spec = f"rm:{run.path / 'model'}"
-    scores = compute_rewards(load_reward(spec), ["Review 1:", "Review 1:"],
-                             [" a joy of a movie", " a dull movie"])
+    scores = compute_rewards(
+        load_reward(spec), ["Review 1:", "Review 1:"], [" a joy of a movie", " a dull movie"]
+    )
     assert scores[0] > scores[1]
 
 
 def test_rating_objective_regresses_ratings(tmp_path, tiny_model_dir):
-    rows = [{"prompt": "", "completion": text, "rating": rating}
-            for text, rating in [("a delight", 3.0), ("good movie", 2.0), ("slow", -2.0),
-                                 ("boring second half", -3.0)] * 3]
+    rows = [
+        {"prompt": "", "completion": text, "rating": rating}
+        for text, rating in [
+            ("a delight", 3.0),
+            ("good movie", 2.0),
+            ("slow", -2.0),
+            ("boring second half", -3.0),
+        ]
+        * 3
+    ]
     data = write_jsonl(tmp_path / "ratings.jsonl", rows)
-    cfg = reward.Config(**common(tmp_path, tiny_model_dir, data, steps=40),
-                        rm=reward.RewardCfg(objective="ratings", max_length=32))
+    cfg = reward.Config(
+        **common(tmp_path, tiny_model_dir, data, steps=40),
+        rm=reward.RewardCfg(objective="ratings", max_length=32),
+    )
     run, summary = reward.train(cfg)
     losses = [row["loss"] for row in run.metrics() if "loss" in row]
     assert losses[-1] < 0.2 * losses[0]
@@ -114,8 +160,9 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, monkeypat
     from rlhfkit.losses import preference
 
     data = pairs_file(tmp_path)
-    base = dpo.Config(**common(tmp_path, tiny_model_dir, data, steps=6, batch_size=2),
-                      algo=dpo.AlgoCfg(beta=0.5))
+    base = dpo.Config(
+        **common(tmp_path, tiny_model_dir, data, steps=6, batch_size=2), algo=dpo.AlgoCfg(beta=0.5)
+    )
     base = replace(base, run=replace(base.run, checkpoint_every=3))
     whole = dpo.train(replace(base, run=replace(base.run, output_dir=str(tmp_path / "whole"))))
 
@@ -158,23 +205,40 @@ def test_batch_order_is_seeded_grouped_and_resumable():
 
 def test_cli_runs_dpo_and_reports_bad_settings(tmp_path, tiny_model_dir, capsys):
     data = pairs_file(tmp_path)
-    args = ["--model", str(tiny_model_dir), "--model.device", "cpu", "--data", data,
-            "--train.max_steps", "2", "--train.batch_size", "4",
-            "--run.output_dir", str(tmp_path / "cli"), "--log.progress", "false"]
+    args = [
+        "--model",
+        str(tiny_model_dir),
+        "--model.device",
+        "cpu",
+        "--data",
+        data,
+        "--train.max_steps",
+        "2",
+        "--train.batch_size",
+        "4",
+        "--run.output_dir",
+        str(tmp_path / "cli"),
+        "--log.progress",
+        "false",
+    ]
     assert cli.main(["dpo", *args]) == 0
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["steps"] == 2
     assert cli.main(["dpo", *args[:-4], "--algo.label_smoothing", "0.7"]) == 2
     assert "algo.label_smoothing = 0.7: must be below 0.5" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="applies to the dpo loss only"):
-        config_io.load(dpo.Config, ["--algo.loss", "ipo", "--algo.label_smoothing", "0.1",
-                                    "--data", data])
+        config_io.load(
+            dpo.Config, ["--algo.loss", "ipo", "--algo.label_smoothing", "0.1", "--data", data]
+        )
 
 
 def test_dpo_with_lora_trains_adapters_and_exports_a_plain_model(tmp_path, tiny_model_dir):
     from rlhfkit.config import LoraCfg
 
-    cfg = dpo.Config(**common(tmp_path, tiny_model_dir, pairs_file(tmp_path), steps=15),
-                     lora=LoraCfg(rank=4, alpha=8.0), algo=dpo.AlgoCfg(beta=0.5))
+    cfg = dpo.Config(
+        **common(tmp_path, tiny_model_dir, pairs_file(tmp_path), steps=15),
+        lora=LoraCfg(rank=4, alpha=8.0),
+        algo=dpo.AlgoCfg(beta=0.5),
+    )
     run, summary = dpo.train(cfg)
     assert summary["eval/accuracy_after"] == 1.0
     exported = json.loads((run.path / "model" / "config.json").read_text())
@@ -185,8 +249,10 @@ def test_dpo_with_lora_trains_adapters_and_exports_a_plain_model(tmp_path, tiny_
 def test_missing_column_is_a_clear_error(tmp_path, tiny_model_dir):
     from rlhfkit.errors import DataError
 
-    data = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "The movie was", "answer_a": " fine",
-                                                  "rejected": " slow"}] * 4)
+    data = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [{"prompt": "The movie was", "answer_a": " fine", "rejected": " slow"}] * 4,
+    )
     cfg = dpo.Config(**common(tmp_path, tiny_model_dir, data, steps=2))
     with pytest.raises(DataError, match="chosen_field"):
         dpo.train(cfg)
@@ -203,7 +269,8 @@ def test_reward_model_on_a_few_hundred_human_rated_pairs(tmp_path):
         train=offline.TrainCfg(max_steps=50, batch_size=16, eval_batch_size=64, max_eval=200),
         optim=OptimCfg(lr=5e-5, warmup_steps=5, schedule="linear"),
         log=LogCfg(tensorboard=False, progress=False),
-        run=RunCfg(output_dir=str(tmp_path / "rm"), checkpoint_every=0))
+        run=RunCfg(output_dir=str(tmp_path / "rm"), checkpoint_every=0),
+    )
     _, summary = reward.train(cfg)
     assert summary["train_examples"] == 400
     assert summary["test_accuracy"] > 0.70, summary
@@ -215,8 +282,17 @@ def test_balance_on_data_without_classes_is_refused(tmp_path, module):
     data = pairs_file(tmp_path)
     with pytest.raises(ConfigError, match="data.balance = 'inverse-frequency': weighs ratings"):
         config_io.load(module.Config, ["--data", data, "--data.balance", "inverse-frequency"])
-    kto = config_io.load(dpo.Config, ["--data", labeled_file(tmp_path), "--algo.loss", "kto",
-                                      "--data.balance", "inverse-frequency"])
+    kto = config_io.load(
+        dpo.Config,
+        [
+            "--data",
+            labeled_file(tmp_path),
+            "--algo.loss",
+            "kto",
+            "--data.balance",
+            "inverse-frequency",
+        ],
+    )
     assert kto.data.balance == "inverse-frequency"  # labels have classes: accepted
 
 
@@ -226,7 +302,9 @@ def test_a_cut_off_sample_gets_no_eos_to_learn():
 
     tokenizer = build_tiny_tokenizer()
     ended = sequences.encode(tokenizer, "The film", " was good", chat=False, max_length=64)
-    cut = sequences.encode(tokenizer, "The film", " was good", chat=False, max_length=64, ends=False)
+    cut = sequences.encode(
+        tokenizer, "The film", " was good", chat=False, max_length=64, ends=False
+    )
     assert ended.ids[-1] == tokenizer.eos_token_id and ended.ids[:-1] == cut.ids
     assert cut.ids[-1] != tokenizer.eos_token_id and cut.completion_start == ended.completion_start
 
@@ -235,8 +313,10 @@ def test_sft_learns_no_eos_after_a_cut_off_demonstration(tmp_path):
     from rlhfkit.data.feedback import load_demonstrations
 
     data = tmp_path / "demos.jsonl"
-    data.write_text('{"prompt": "a", "completion": "b", "finished": false}\n'
-                    '{"prompt": "a", "completion": "c"}\n')
+    data.write_text(
+        '{"prompt": "a", "completion": "b", "finished": false}\n'
+        '{"prompt": "a", "completion": "c"}\n'
+    )
     rows = load_demonstrations(FeedbackDataCfg(path=str(data), eval_fraction=0), "train")
     assert [row.finished for row in rows] == [False, True]
     data.write_text('{"prompt": "a", "completion": "b", "finished": "no"}\n')
@@ -248,7 +328,12 @@ def test_pairs_carry_whether_each_completion_was_cut_off(tmp_path):
     from rlhfkit.data.feedback import load_pairs
 
     data = tmp_path / "pairs.jsonl"
-    data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c", "rejected_finished": false}\n'
-                    '{"prompt": "a", "chosen": "d", "rejected": "e"}\n')
+    data.write_text(
+        '{"prompt": "a", "chosen": "b", "rejected": "c", "rejected_finished": false}\n'
+        '{"prompt": "a", "chosen": "d", "rejected": "e"}\n'
+    )
     pairs = load_pairs(FeedbackDataCfg(path=str(data), eval_fraction=0), "train")
-    assert [(p.chosen_finished, p.rejected_finished) for p in pairs] == [(True, False), (True, True)]
+    assert [(p.chosen_finished, p.rejected_finished) for p in pairs] == [
+        (True, False),
+        (True, True),
+    ]

@@ -29,8 +29,9 @@ def test_guard_skips_then_aborts():
         guard.clip_and_check(model, 1.0)
 
 
-def test_loop_skips_a_nan_step_and_aborts_on_a_run_of_them(tmp_path, tiny_model_dir, prompts_file,
-                                                           reward_spec, monkeypatch):
+def test_loop_skips_a_nan_step_and_aborts_on_a_run_of_them(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec, monkeypatch
+):
     real = policy_losses.ppo_clip_loss
     calls = {"n": 0}
 
@@ -45,10 +46,16 @@ def test_loop_skips_a_nan_step_and_aborts_on_a_run_of_them(tmp_path, tiny_model_
         rows = grpo.train(cfg).run.metrics()
     assert [row["skipped_steps"] for row in rows] == [1, 1, 1]
 
-    monkeypatch.setattr(policy_losses, "ppo_clip_loss",
-                        lambda *a, **k: (real(*a, **k)[0] * float("nan"), real(*a, **k)[1]))
-    cfg = replace(make_config(tmp_path / "b", tiny_model_dir, prompts_file, reward_spec), steps=5,
-                  optim=OptimCfg(lr=1e-2, max_nonfinite_steps=2))
+    monkeypatch.setattr(
+        policy_losses,
+        "ppo_clip_loss",
+        lambda *a, **k: (real(*a, **k)[0] * float("nan"), real(*a, **k)[1]),
+    )
+    cfg = replace(
+        make_config(tmp_path / "b", tiny_model_dir, prompts_file, reward_spec),
+        steps=5,
+        optim=OptimCfg(lr=1e-2, max_nonfinite_steps=2),
+    )
     with pytest.warns(UserWarning), pytest.raises(RlhfkitError, match="max_nonfinite_steps = 2"):
         grpo.train(cfg)
 
@@ -66,8 +73,9 @@ def test_prompt_stream_resumes_in_place():
     assert sorted(r["prompt"] for r in first_epoch) == [str(i) for i in range(5)]
 
 
-@pytest.mark.parametrize("schedule,expected", [("constant", [0.5, 1.0, 1.0, 1.0]),
-                                               ("linear", [0.5, 1.0, 1.0, 0.5])])
+@pytest.mark.parametrize(
+    "schedule,expected", [("constant", [0.5, 1.0, 1.0, 1.0]), ("linear", [0.5, 1.0, 1.0, 0.5])]
+)
 def test_warmup_then_schedule(schedule, expected):
     model = torch.nn.Linear(2, 1)
     optim = OptimCfg(lr=1.0, warmup_steps=2, schedule=schedule)

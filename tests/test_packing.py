@@ -74,8 +74,10 @@ def test_packed_hidden_states_and_gradients_equal_the_padded_ones(side):
     # relative error with right padding, 3.9e-5 with left (the q/k projections, whose gradient
     # passes through softmax's backward). A packing fault (attention across sequences, a
     # wrong position) is off by orders of magnitude more.
-    errors = {name: float((param.grad - want).norm() / want.norm().clamp(min=1e-12))
-              for (name, param), want in zip(model.named_parameters(), padded_grads, strict=True)}
+    errors = {
+        name: float((param.grad - want).norm() / want.norm().clamp(min=1e-12))
+        for (name, param), want in zip(model.named_parameters(), padded_grads, strict=True)
+    }
     assert max(errors.values()) < 1e-3, errors
     assert model.config._attn_implementation == "sdpa"  # restored for every other forward
 
@@ -97,14 +99,23 @@ def test_a_shared_prompt_gives_the_same_hidden_states_and_gradients():
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_llama(len(tokenizer), tokenizer.eos_token_id).model.train()
     tokenizer.pad_token = tokenizer.eos_token
-    prompts = tokenizer(["The sea", "What is two plus three?"], padding=True,
-                        padding_side="left", return_tensors="pt")
+    prompts = tokenizer(
+        ["The sea", "What is two plus three?"],
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
     width = prompts["input_ids"].shape[1]
     generator = torch.Generator().manual_seed(0)
     responses = torch.randint(0, len(tokenizer), (4, 5), generator=generator)
     ids = torch.cat([prompts["input_ids"].repeat_interleave(2, 0), responses], dim=1)
-    mask = torch.cat([prompts["attention_mask"].repeat_interleave(2, 0),
-                      torch.tensor([[1] * 5, [1, 1, 0, 0, 0], [1] * 5, [1, 1, 1, 0, 0]])], dim=1)
+    mask = torch.cat(
+        [
+            prompts["attention_mask"].repeat_interleave(2, 0),
+            torch.tensor([[1] * 5, [1, 1, 0, 0, 0], [1] * 5, [1, 1, 1, 0, 0]]),
+        ],
+        dim=1,
+    )
 
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     padded = model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
@@ -144,8 +155,11 @@ def test_a_lora_backbone_runs_packed(tiny_model_dir):
     batch = model.encode(["Hi.", SENTENCES[0], SENTENCES[2]])
     packed_scores = model(**batch)
     packed_scores.sum().backward()  # gradients reach the adapters through the packed attention
-    assert any(p.grad is not None and p.grad.abs().sum() > 0
-               for name, p in model.backbone.named_parameters() if "lora_" in name)
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for name, p in model.backbone.named_parameters()
+        if "lora_" in name
+    )
     model.packed = False
     torch.testing.assert_close(packed_scores, model(**batch), rtol=1e-5, atol=1e-5)
 
@@ -153,8 +167,12 @@ def test_a_lora_backbone_runs_packed(tiny_model_dir):
 def test_batches_packing_cannot_hold_run_padded():
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_llama(len(tokenizer), tokenizer.eos_token_id).model
-    assert packed_forward(model, torch.ones(2, 3, dtype=torch.long),
-                          torch.tensor([[1, 1, 0], [0, 0, 0]])) is None
+    assert (
+        packed_forward(
+            model, torch.ones(2, 3, dtype=torch.long), torch.tensor([[1, 1, 0], [0, 0, 0]])
+        )
+        is None
+    )
     model.set_attn_implementation("eager")
     assert not supports_packing(model)  # the user's choice of attention is left alone
 
@@ -164,15 +182,31 @@ def test_only_causal_full_attention_decoders_are_packed(tiny_model_dir):
 
     tokenizer = build_tiny_tokenizer()
     assert supports_packing(build_tiny_llama(len(tokenizer), tokenizer.eos_token_id))
-    bert = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
-                                num_attention_heads=4, intermediate_size=64))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+        )
+    )
     assert not supports_packing(bert)  # bidirectional
-    mistral = MistralModel(MistralConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=4,
-                                         num_key_value_heads=2, sliding_window=16))
+    mistral = MistralModel(
+        MistralConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=16,
+        )
+    )
     assert not supports_packing(mistral)  # a sliding window the packed grid would not apply
-    mean_pooled = RewardModel.from_backbone(str(tiny_model_dir), pooling="mean", max_length=64,
-                                            device="cpu")
+    mean_pooled = RewardModel.from_backbone(
+        str(tiny_model_dir), pooling="mean", max_length=64, device="cpu"
+    )
     assert not mean_pooled.packed  # mean pooling reads every position: it keeps the padded batch
 
 
@@ -184,12 +218,14 @@ def test_critic_values_are_the_same_packed_or_padded(tiny_model_dir, monkeypatch
     tokenizer = load_tokenizer(tiny_model_dir)
     critic = ValueModel(build_tiny_llama(len(tokenizer), tokenizer.eos_token_id).model, 32)
     torch.nn.init.normal_(critic.head.weight)  # a zero head would give 0 either way
-    prompts = tokenizer(["The sea", "What is two plus three?", "The sea"], padding=True,
-                        return_tensors="pt")  # left-padded; a prompt twice, as in a group
+    prompts = tokenizer(
+        ["The sea", "What is two plus three?", "The sea"], padding=True, return_tensors="pt"
+    )  # left-padded; a prompt twice, as in a group
     start = prompts["input_ids"].shape[1]
     ids = torch.cat([prompts["input_ids"], torch.randint(0, len(tokenizer), (3, 4))], dim=1)
-    mask = torch.cat([prompts["attention_mask"], torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0],
-                                                               [1, 1, 1, 0]])], dim=1)
+    mask = torch.cat(
+        [prompts["attention_mask"], torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]])], dim=1
+    )
     packed = critic(ids, mask, start)
     monkeypatch.setattr(rlhfkit.models.critic, "packed_forward", lambda *args, **kwargs: None)
     padded = critic(ids, mask, start)

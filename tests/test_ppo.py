@@ -23,18 +23,22 @@ from rlhfkit.models.critic import (
 from rlhfkit.train import kit, ppo
 
 
-def make_config(tmp_path, model_dir, prompts_file, reward_spec, device=LOOP_DEVICE,
-                **algo) -> ppo.Config:
+def make_config(
+    tmp_path, model_dir, prompts_file, reward_spec, device=LOOP_DEVICE, **algo
+) -> ppo.Config:
     return ppo.Config(
-        reward=reward_spec, steps=30,
+        reward=reward_spec,
+        steps=30,
         model=ModelCfg(path=str(model_dir), device=device),
         data=PromptDataCfg(prompts=str(prompts_file), eval_size=0),
         gen=GenCfg(max_new_tokens=8, temperature=1.0, batch_size=16, chat_template="off"),
-        algo=ppo.AlgoCfg(**{"prompts_per_step": 16, "micro_batch_size": 8, "kl_coef": 0.01,
-                            **algo}),
+        algo=ppo.AlgoCfg(
+            **{"prompts_per_step": 16, "micro_batch_size": 8, "kl_coef": 0.01, **algo}
+        ),
         optim=OptimCfg(lr=1e-2),
         log=LogCfg(tensorboard=False, progress=False),
-        run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0))
+        run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0),
+    )
 
 
 # --- the value model -----------------------------------------------------------------------------
@@ -68,8 +72,9 @@ def test_left_padding_does_not_change_values(critic):
     alone = critic.values(ids, torch.ones_like(ids), response_start=3)
     padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), ids], dim=1)
     mask = torch.cat([torch.zeros(1, 2, dtype=torch.long), torch.ones_like(ids)], dim=1)
-    torch.testing.assert_close(critic.values(padded, mask, response_start=5), alone,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        critic.values(padded, mask, response_start=5), alone, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_head_starts_at_zero_and_save_load_round_trips(tiny_lm, tiny_model_dir, critic, tmp_path):
@@ -78,8 +83,9 @@ def test_head_starts_at_zero_and_save_load_round_trips(tiny_lm, tiny_model_dir, 
     assert torch.equal(fresh(ids, torch.ones_like(ids), 2), torch.zeros(2, 4))
     critic.save(tmp_path)
     fresh.load(tmp_path)
-    torch.testing.assert_close(fresh(ids, torch.ones_like(ids), 2),
-                               critic(ids, torch.ones_like(ids), 2))
+    torch.testing.assert_close(
+        fresh(ids, torch.ones_like(ids), 2), critic(ids, torch.ones_like(ids), 2)
+    )
     with pytest.raises(RlhfkitError, match="no critic.safetensors"):
         fresh.load(tmp_path / "elsewhere")
 
@@ -94,18 +100,21 @@ def test_critic_with_another_tokenizer_is_refused(tiny_lm, tiny_model_dir, tmp_p
     changed.add_tokens(["<extra>"])
     changed.save_pretrained(other)
     with pytest.raises(RlhfkitError, match="its tokenizer differs from the policy's"):
-        load_value_model(ModelCfg(path=str(tiny_model_dir), device="cpu"), tokenizer,
-                         path=str(other))
+        load_value_model(
+            ModelCfg(path=str(tiny_model_dir), device="cpu"), tokenizer, path=str(other)
+        )
 
 
-def test_train_layers_freezes_the_lower_layers_and_stops_the_backward_there(tiny_lm,
-                                                                           tiny_model_dir):
+def test_train_layers_freezes_the_lower_layers_and_stops_the_backward_there(
+    tiny_lm, tiny_model_dir
+):
     cfg = ModelCfg(path=str(tiny_model_dir), device="cpu")
     whole = load_value_model(cfg, tiny_lm[1])
     top = load_value_model(cfg, tiny_lm[1], train_layers=1)  # the tiny model has 2 layers
     trainable = {n for n, p in top.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(("backbone.layers.1.", "backbone.norm.", "head."))
-                             for n in trainable), trainable
+    assert trainable and all(
+        n.startswith(("backbone.layers.1.", "backbone.norm.", "head.")) for n in trainable
+    ), trainable
     assert {"head.weight", "backbone.norm.weight"} <= trainable
     torch.manual_seed(3)
     torch.nn.init.normal_(whole.head.weight)
@@ -121,10 +130,16 @@ def test_train_layers_freezes_the_lower_layers_and_stops_the_backward_there(tiny
 
 
 def test_train_layers_with_lora_trains_only_the_top_adapters(tiny_lm, tiny_model_dir):
-    critic = load_value_model(ModelCfg(path=str(tiny_model_dir), device="cpu"), tiny_lm[1],
-                              lora=LoraCfg(rank=4, alpha=8.0), train_layers=1)
+    critic = load_value_model(
+        ModelCfg(path=str(tiny_model_dir), device="cpu"),
+        tiny_lm[1],
+        lora=LoraCfg(rank=4, alpha=8.0),
+        train_layers=1,
+    )
     trainable = {n for n, p in critic.named_parameters() if p.requires_grad} - {
-        "head.weight", "head.bias"}
+        "head.weight",
+        "head.bias",
+    }
     assert trainable and all("lora_" in n and ".layers.1." in n for n in trainable), trainable
 
 
@@ -197,7 +212,8 @@ def test_reward_rises_and_the_critic_learns(tmp_path, tiny_model_dir, prompts_fi
 
 
 def test_with_a_shared_trunk_reward_rises_and_the_head_tracks_the_returns(
-        tmp_path, tiny_model_dir, prompts_file, reward_spec):
+    tmp_path, tiny_model_dir, prompts_file, reward_spec
+):
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec)
     outcome = ppo.train(replace(cfg, critic=ppo.CriticCfg(share_policy=True)))
     rows = outcome.run.metrics()
@@ -218,12 +234,13 @@ def _comparable(rows):
 
 
 @pytest.mark.parametrize("share_policy", [False, True], ids=["critic", "shared-trunk"])
-def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file,
-                                             share_policy):
+def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file, share_policy):
     reward_file = tmp_path / "flaky.py"
     counter, stop_at = tmp_path / "calls", tmp_path / "stop_at"
     # the stop is read at call time: a reward file is imported once per process
-    reward_file.write_text(REWARD_FILE + f'''
+    reward_file.write_text(
+        REWARD_FILE
+        + f"""
 import pathlib
 def flaky(prompts, completions, **meta):
     calls, stop_at = pathlib.Path({str(counter)!r}), pathlib.Path({str(stop_at)!r})
@@ -232,12 +249,25 @@ def flaky(prompts, completions, **meta):
     if stop_at.exists() and n == int(stop_at.read_text()):
         raise KeyboardInterrupt  # the user presses Ctrl-C during step 4
     return letter_o(prompts, completions)
-''')
-    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky",
-                      prompts_per_step=8, micro_batch_size=4, kl_target=1.0, kl_horizon=100)
-    cfg = replace(cfg, steps=6, optim=replace(cfg.optim, schedule="linear"),
-                  critic=ppo.CriticCfg(share_policy=share_policy),
-                  run=replace(cfg.run, checkpoint_every=3, output_dir=str(tmp_path / "whole")))
+"""
+    )
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        prompts_file,
+        f"{reward_file}:flaky",
+        prompts_per_step=8,
+        micro_batch_size=4,
+        kl_target=1.0,
+        kl_horizon=100,
+    )
+    cfg = replace(
+        cfg,
+        steps=6,
+        optim=replace(cfg.optim, schedule="linear"),
+        critic=ppo.CriticCfg(share_policy=share_policy),
+        run=replace(cfg.run, checkpoint_every=3, output_dir=str(tmp_path / "whole")),
+    )
     whole = ppo.train(cfg).run.metrics()
 
     counter.unlink()
@@ -253,24 +283,41 @@ def flaky(prompts, completions, **meta):
     assert _comparable(rows) == _comparable(whole)
 
 
-@pytest.mark.parametrize("epochs, share_policy", [(1, False), (2, False), (1, True)],
-                         ids=["one-epoch", "two-epochs", "shared-trunk"])
-def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_file, reward_spec,
-                                             epochs, share_policy):
+@pytest.mark.parametrize(
+    "epochs, share_policy",
+    [(1, False), (2, False), (1, True)],
+    ids=["one-epoch", "two-epochs", "shared-trunk"],
+)
+def test_batch_times_accumulation_invariance(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec, epochs, share_policy
+):
     """One step of 8 completions x accumulation 1 == 4 x accumulation 2, policy and critic.
 
     With one epoch, 8 x 1 is one forward/backward per step, which takes the critic's old values
     from its graded pass; 4 x 2 computes them in a separate no-grad pass, as every other shape.
     """
+
     def trained(micro, accum, name):
         # on the CPU: on CUDA the loss (~0) differs by ~1e-6 between the shapes (an H200)
-        cfg = make_config(tmp_path / name, tiny_model_dir, prompts_file, reward_spec, "cpu",
-                          prompts_per_step=8, micro_batch_size=micro, epochs=epochs)
+        cfg = make_config(
+            tmp_path / name,
+            tiny_model_dir,
+            prompts_file,
+            reward_spec,
+            "cpu",
+            prompts_per_step=8,
+            micro_batch_size=micro,
+            epochs=epochs,
+        )
         # a stop string gives completions of different lengths, so micro-batches hold
         # different shares of the minibatch's tokens and their weights are not all 1/2
-        cfg = replace(cfg, steps=1, optim=replace(cfg.optim, grad_accum_steps=accum),
-                      gen=replace(cfg.gen, stop=("e",)),
-                      critic=ppo.CriticCfg(share_policy=share_policy))
+        cfg = replace(
+            cfg,
+            steps=1,
+            optim=replace(cfg.optim, grad_accum_steps=accum),
+            gen=replace(cfg.gen, stop=("e",)),
+            critic=ppo.CriticCfg(share_policy=share_policy),
+        )
         outcome = ppo.train(cfg)
         return outcome, outcome.run.metrics()[0]
 
@@ -280,7 +327,8 @@ def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_f
     for key in ("grad_norm", "value_grad_norm", "loss", "value_loss"):
         assert one_metrics[key] == pytest.approx(two_metrics[key], rel=1e-5, abs=1e-7), key
     start = kit.load_policy_and_reference(
-        ModelCfg(path=str(tiny_model_dir), device="cpu"), LoraCfg(), False)[0].state_dict()
+        ModelCfg(path=str(tiny_model_dir), device="cpu"), LoraCfg(), False
+    )[0].state_dict()
     moved = max((one.policy.state_dict()[k] - start[k]).abs().max().item() for k in start)
     assert moved > 1e-4  # the step did change the weights
     assert one.critic.head.weight.abs().max() > 1e-4
@@ -292,8 +340,9 @@ def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_f
             torch.testing.assert_close(mine[key], theirs[key], atol=5e-5, rtol=1e-4)
 
 
-def test_lora_trains_adapters_and_the_value_head(tmp_path, tiny_model_dir, prompts_file,
-                                                 reward_spec):
+def test_lora_trains_adapters_and_the_value_head(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec
+):
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec, kl_in="loss")
     outcome = ppo.train(replace(cfg, steps=2, lora=LoraCfg(rank=4, alpha=8.0)))
     assert outcome.reference is None  # the base weights with adapters off are the reference
@@ -311,24 +360,48 @@ def test_lora_trains_adapters_and_the_value_head(tmp_path, tiny_model_dir, promp
 
 
 def test_a_critic_training_its_top_layer_leaves_the_rest_as_it_started(
-        tmp_path, tiny_model_dir, prompts_file, reward_spec, tiny_lm):
+    tmp_path, tiny_model_dir, prompts_file, reward_spec, tiny_lm
+):
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec)
     outcome = ppo.train(replace(cfg, steps=2, critic=ppo.CriticCfg(train_layers=1)))
     start = tiny_lm[0].model.state_dict()
     trained = outcome.critic.backbone.state_dict()
     assert torch.equal(trained["layers.0.mlp.up_proj.weight"], start["layers.0.mlp.up_proj.weight"])
     assert torch.equal(trained["embed_tokens.weight"], start["embed_tokens.weight"])
-    assert not torch.equal(trained["layers.1.mlp.up_proj.weight"],
-                           start["layers.1.mlp.up_proj.weight"])
+    assert not torch.equal(
+        trained["layers.1.mlp.up_proj.weight"], start["layers.1.mlp.up_proj.weight"]
+    )
 
 
 def test_cli_runs_two_steps(tmp_path, tiny_model_dir, prompts_file, reward_spec):
     out = tmp_path / "cli-run"
-    code = cli.main(["ppo", "--model", str(tiny_model_dir), "--data.prompts", str(prompts_file),
-                     "--reward", reward_spec, "--steps", "2", "--gen.max_new_tokens", "6",
-                     "--gen.chat_template", "off", "--log.progress", "false",
-                     "--model.device", "cpu", "--algo.prompts_per_step", "8",
-                     "--critic.lr", "0.001", "--run.output_dir", str(out)])
+    code = cli.main(
+        [
+            "ppo",
+            "--model",
+            str(tiny_model_dir),
+            "--data.prompts",
+            str(prompts_file),
+            "--reward",
+            reward_spec,
+            "--steps",
+            "2",
+            "--gen.max_new_tokens",
+            "6",
+            "--gen.chat_template",
+            "off",
+            "--log.progress",
+            "false",
+            "--model.device",
+            "cpu",
+            "--algo.prompts_per_step",
+            "8",
+            "--critic.lr",
+            "0.001",
+            "--run.output_dir",
+            str(out),
+        ]
+    )
     assert code == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2]
@@ -336,17 +409,26 @@ def test_cli_runs_two_steps(tmp_path, tiny_model_dir, prompts_file, reward_spec)
     assert (out / "checkpoints" / "step-000002" / "critic.safetensors").is_file()
 
 
-@pytest.mark.parametrize("args, problem", [
-    (["--algo.prompts_per_step", "12", "--algo.micro_batch_size", "8"],
-     "algo.prompts_per_step = 12: (one completion each) is not a multiple of the minibatch, "
-     "algo.micro_batch_size x optim.grad_accum_steps = 8; make it one"),
-    (["--algo.kl_coef", "0", "--algo.kl_target", "6"],
-     "algo.kl_target = 6.0: adapts algo.kl_coef by multiplying it, so it needs a start above 0; "
-     "set algo.kl_coef (e.g. 0.05) or drop algo.kl_target"),
-    (["--algo.kl_target", "6", "--algo.kl_horizon", "8"],
-     "algo.kl_horizon = 8: is shorter than one step's 16 completions, so one update could flip "
-     "the KL coefficient's sign; make it many steps long (the paper: 10000)"),
-])
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (
+            ["--algo.prompts_per_step", "12", "--algo.micro_batch_size", "8"],
+            "algo.prompts_per_step = 12: (one completion each) is not a multiple of the minibatch, "
+            "algo.micro_batch_size x optim.grad_accum_steps = 8; make it one",
+        ),
+        (
+            ["--algo.kl_coef", "0", "--algo.kl_target", "6"],
+            "algo.kl_target = 6.0: adapts algo.kl_coef by multiplying it, so it needs a start above 0; "
+            "set algo.kl_coef (e.g. 0.05) or drop algo.kl_target",
+        ),
+        (
+            ["--algo.kl_target", "6", "--algo.kl_horizon", "8"],
+            "algo.kl_horizon = 8: is shorter than one step's 16 completions, so one update could flip "
+            "the KL coefficient's sign; make it many steps long (the paper: 10000)",
+        ),
+    ],
+)
 def test_bad_config_is_one_line_each(tmp_path, prompts_file, capsys, args, problem):
     common = ["--data.prompts", str(prompts_file), "--run.output_dir", str(tmp_path / "r")]
     with pytest.raises(ConfigError) as info:
@@ -357,18 +439,27 @@ def test_bad_config_is_one_line_each(tmp_path, prompts_file, capsys, args, probl
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("args, problem", [
-    (["--critic.train_layers", "2"],
-     "critic.train_layers = 2: freezes a separate critic's lower layers, but with "
-     "critic.share_policy those are the policy's; set it to 0 or turn critic.share_policy off"),
-    (["--critic.path", "smollm2"],
-     "critic.path = 'smollm2': names a separate critic's backbone, but critic.share_policy puts "
-     "the value head on the policy's; drop one"),
-])
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (
+            ["--critic.train_layers", "2"],
+            "critic.train_layers = 2: freezes a separate critic's lower layers, but with "
+            "critic.share_policy those are the policy's; set it to 0 or turn critic.share_policy off",
+        ),
+        (
+            ["--critic.path", "smollm2"],
+            "critic.path = 'smollm2': names a separate critic's backbone, but critic.share_policy puts "
+            "the value head on the policy's; drop one",
+        ),
+    ],
+)
 def test_a_shared_trunk_refuses_a_separate_critics_settings(prompts_file, args, problem):
     with pytest.raises(ConfigError) as info:
-        config_io.load(ppo.Config, ["--data.prompts", str(prompts_file),
-                                    "--critic.share_policy", "true", *args])
+        config_io.load(
+            ppo.Config,
+            ["--data.prompts", str(prompts_file), "--critic.share_policy", "true", *args],
+        )
     assert info.value.problems == [problem]
 
 
@@ -382,8 +473,11 @@ def test_a_separate_critics_checkpoint_does_not_load_into_a_shared_head(critic, 
 
 def test_missing_critic_path_is_refused(tmp_path, prompts_file):
     with pytest.raises(ConfigError) as info:
-        config_io.load(ppo.Config, ["--data.prompts", str(prompts_file),
-                                    "--critic.path", str(tmp_path / "nowhere")])
+        config_io.load(
+            ppo.Config,
+            ["--data.prompts", str(prompts_file), "--critic.path", str(tmp_path / "nowhere")],
+        )
     assert len(info.value.problems) == 1
-    assert info.value.problems[0].startswith(f"critic.path = {str(tmp_path / 'nowhere')!r}: "
-                                             "is neither an embedded alias")
+    assert info.value.problems[0].startswith(
+        f"critic.path = {str(tmp_path / 'nowhere')!r}: is neither an embedded alias"
+    )

@@ -17,8 +17,9 @@ def write_jsonl(path, rows):
 
 def test_prompt_and_messages_columns_with_other_columns_kept(tmp_path):
     chat = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]
-    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Tell a joke", "id": 1},
-                                             {"messages": chat, "id": 2}])
+    path = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": "Tell a joke", "id": 1}, {"messages": chat, "id": 2}]
+    )
     assert load_prompts(path) == [{"prompt": "Tell a joke", "id": 1}, {"prompt": chat, "id": 2}]
 
 
@@ -30,16 +31,29 @@ def test_custom_column_and_text_files(tmp_path):
     assert [row["prompt"] for row in load_prompts(text)] == ["first prompt", "second prompt"]
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"prompt": "  "}, r"p.jsonl: row 2: the prompt is empty"),
-    ({"prompt": 7}, r"row 2: the prompt is a int; give a string or a chat"),
-    ({"text": "hi"}, r"row 2 has no 'prompt' column \(columns: text\); name the prompt "
-                     r"column with --prompt_field"),
-    ({"messages": []}, r"row 2: the chat has no messages"),
-    ({"messages": [{"role": "user"}]}, r"row 2: message 0 of the chat is not"),
-    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]},
-     r"row 2: the chat ends with an assistant message"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"prompt": "  "}, r"p.jsonl: row 2: the prompt is empty"),
+        ({"prompt": 7}, r"row 2: the prompt is a int; give a string or a chat"),
+        (
+            {"text": "hi"},
+            r"row 2 has no 'prompt' column \(columns: text\); name the prompt "
+            r"column with --prompt_field",
+        ),
+        ({"messages": []}, r"row 2: the chat has no messages"),
+        ({"messages": [{"role": "user"}]}, r"row 2: message 0 of the chat is not"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hey"},
+                ]
+            },
+            r"row 2: the chat ends with an assistant message",
+        ),
+    ],
+)
 def test_bad_rows_name_file_and_row(tmp_path, row, message):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "fine"}, row])
     with pytest.raises(DataError, match=message):

@@ -31,7 +31,7 @@ def load_command(argv: list[str]) -> None:
         from rlhfkit.commands import hindsight
 
         method, args = hindsight.split_method(args)
-        assert method in hindsight.METHODS, f"{argv}: name the method (method = \"...\")"
+        assert method in hindsight.METHODS, f'{argv}: name the method (method = "...")'
         module = importlib.import_module(hindsight.METHODS[method])
     else:
         module = cli._command(command)

@@ -24,7 +24,8 @@ def make_config(tmp_path, model_dir, prompts_file, **goal) -> relabel.Config:
         log=LogCfg(tensorboard=False, progress=False),
         run=RunCfg(output_dir=str(tmp_path / "run")),
         rounds=RoundsCfg(rounds=25, prompts_per_round=64, steps_per_round=8, batch_size=16),
-        goal=relabel.GoalCfg(**{"kind": "length", "max_words": 2, **goal}))
+        goal=relabel.GoalCfg(**{"kind": "length", "max_words": 2, **goal}),
+    )
 
 
 def test_goal_hit_rate_rises(tmp_path, ending_model_dir, prompts_file):
@@ -37,7 +38,8 @@ def test_goal_hit_rate_rises(tmp_path, ending_model_dir, prompts_file):
     model_dir = run.path / "model"
     assert summary["model"] == str(model_dir)
     assert load_conditioning(model_dir) == Conditioning(
-        "relabel", instruction="[length 2 or more words] {prompt}")
+        "relabel", instruction="[length 2 or more words] {prompt}"
+    )
 
 
 def test_desired_goal_is_what_the_model_is_asked(tmp_path, tiny_model_dir, prompts_file):
@@ -55,8 +57,16 @@ def replace_rounds(cfg: relabel.Config, **settings: int) -> relabel.Config:
 def test_sentiment_levels_by_hand():
     space = GoalSpace("sentiment", levels=4)
     assert space.edges() == [-0.5, 0.0, 0.5]
-    assert [space.reached(s) for s in (-1.0, -0.6, -0.5, -0.01, 0.0, 0.49, 0.5, 1.0)] == \
-        [1, 1, 2, 2, 3, 3, 4, 4]  # a score on an edge goes up
+    assert [space.reached(s) for s in (-1.0, -0.6, -0.5, -0.01, 0.0, 0.49, 0.5, 1.0)] == [
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+        4,
+        4,
+    ]  # a score on an edge goes up
     assert space.goals == [1, 2, 3, 4] and space.top == 4
     assert space.ask("The movie was", 4) == "[very positive] The movie was"  # words it reads
     assert [space.describe(g) for g in (1, 2, 3)] == ["very negative", "negative", "positive"]
@@ -95,42 +105,72 @@ def test_number_goals_by_hand():
         load_reward("number:3")
 
 
-@pytest.mark.parametrize(("kind", "reward"), [("sentiment", "reasoning_gym:basic_arithmetic"),
-                                              ("sentiment", "length"), ("length", "vader"),
-                                              ("length", "length:5"),
-                                              ("number", "length"), ("sentiment", "number")])
+@pytest.mark.parametrize(
+    ("kind", "reward"),
+    [
+        ("sentiment", "reasoning_gym:basic_arithmetic"),
+        ("sentiment", "length"),
+        ("length", "vader"),
+        ("length", "length:5"),
+        ("number", "length"),
+        ("sentiment", "number"),
+    ],
+)
 def test_a_reward_that_cannot_measure_the_goal_is_an_error(kind, reward):
-    with pytest.raises(ConfigError, match=rf"goal\.kind = '{kind}': .*reward = '{reward}' cannot "
-                                          r"measure it; set --reward"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"goal\.kind = '{kind}': .*reward = '{reward}' cannot "
+        r"measure it; set --reward",
+    ):
         GoalSpace.for_reward(kind, reward)
     problems = config_io.validate(relabel.Config(reward=reward, goal=relabel.GoalCfg(kind=kind)))
-    assert any(p.startswith(f"goal.kind = '{kind}': ") and f"reward = '{reward}'" in p
-               for p in problems), problems
+    assert any(
+        p.startswith(f"goal.kind = '{kind}': ") and f"reward = '{reward}'" in p for p in problems
+    ), problems
 
 
 def test_train_refuses_an_unmeasurable_goal_before_loading(tmp_path, prompts_file):
-    cfg = relabel.Config(reward="reasoning_gym:basic_arithmetic",
-                         model=ModelCfg(path=str(tmp_path / "no-model")),
-                         data=PromptDataCfg(prompts=str(prompts_file)),
-                         run=RunCfg(output_dir=str(tmp_path / "run")))
+    cfg = relabel.Config(
+        reward="reasoning_gym:basic_arithmetic",
+        model=ModelCfg(path=str(tmp_path / "no-model")),
+        data=PromptDataCfg(prompts=str(prompts_file)),
+        run=RunCfg(output_dir=str(tmp_path / "run")),
+    )
     with pytest.raises(ConfigError, match=r"goal\.kind = 'sentiment'.*reasoning_gym"):
         relabel.train(cfg)
     assert not (tmp_path / "run").exists()
 
 
 def test_config_errors():
-    problems = "\n".join(config_io.validate(relabel.Config(
-        method="hir", reward="vader",
-        goal=relabel.GoalCfg(levels=1, template="{prompt}", desired=5, names=("a", "b")))))
+    problems = "\n".join(
+        config_io.validate(
+            relabel.Config(
+                method="hir",
+                reward="vader",
+                goal=relabel.GoalCfg(levels=1, template="{prompt}", desired=5, names=("a", "b")),
+            )
+        )
+    )
     assert "method = 'hir'" in problems
     assert "goal.template = '{prompt}': must contain {goal} exactly once" in problems
-    assert "goal.levels = 1" in problems and "goal.desired = 5: is beyond the top goal 1" in problems
+    assert (
+        "goal.levels = 1" in problems and "goal.desired = 5: is beyond the top goal 1" in problems
+    )
     assert "goal.names = ['a', 'b']: names 2 levels but goal.levels = 1" in problems
     assert config_io.validate(relabel.Config(reward="sentiment")) == []
 
 
 def test_cli_refuses_a_goal_the_reward_cannot_measure(tmp_path, capsys):
-    code = cli.main(["hindsight", "--method", "relabel", "--reward", "reasoning_gym:chain_sum",
-                     "--run.output_dir", str(tmp_path / "run")])
+    code = cli.main(
+        [
+            "hindsight",
+            "--method",
+            "relabel",
+            "--reward",
+            "reasoning_gym:chain_sum",
+            "--run.output_dir",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "goal.kind = 'sentiment'" in err and "reasoning_gym:chain_sum" in err

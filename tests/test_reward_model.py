@@ -33,8 +33,14 @@ def tiny_bert_dir(tmp_path_factory):
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", ":", "!", *words]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)})
     assert tokenizer("The sea.")["input_ids"] == [2, tokens.index("the"), tokens.index("sea"), 5, 3]
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -74,8 +80,7 @@ def test_last_token_pooling_reads_the_last_real_token(tiny_model_dir):
         alone = torch.cat([model(**model.encode([text])) for text in (SENTENCES[0], "Hi.")])
         # left padding: the last real token is found from the mask as well
         ids, mask = batch["input_ids"][1], batch["attention_mask"][1]
-        left = model(ids.roll(int((mask == 0).sum())).unsqueeze(0),
-                     mask.flip(0).unsqueeze(0))
+        left = model(ids.roll(int((mask == 0).sum())).unsqueeze(0), mask.flip(0).unsqueeze(0))
     torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
     torch.testing.assert_close(left, alone[1:], rtol=0, atol=1e-5)
     assert batched[0] != batched[1]
@@ -85,8 +90,7 @@ def test_scores_do_not_depend_on_batching_and_keep_input_order(backbone_dir):
     model = build(backbone_dir)
     one_by_one = [model.score_texts([text])[0] for text in TEXTS]
     assert model.score_texts(TEXTS, batch_size=4) == pytest.approx(one_by_one, abs=1e-5)
-    assert model.score_texts(TEXTS[::-1], batch_size=3) == pytest.approx(one_by_one[::-1],
-                                                                         abs=1e-5)
+    assert model.score_texts(TEXTS[::-1], batch_size=3) == pytest.approx(one_by_one[::-1], abs=1e-5)
     assert len(set(one_by_one)) == len(TEXTS)  # distinct, so a shuffled order would show
     assert model.training  # score_texts restored the mode it found
     assert model.score_texts([]) == []
@@ -113,8 +117,10 @@ def test_offset_and_scale_normalise_scores(tiny_bert_dir):
 
 def test_a_pairwise_step_raises_the_chosen_margin(tiny_model_dir):
     model = build(tiny_model_dir)
-    chosen, rejected = model.encode([SENTENCES[0], SENTENCES[2]]), model.encode(
-        [SENTENCES[1], SENTENCES[3]])
+    chosen, rejected = (
+        model.encode([SENTENCES[0], SENTENCES[2]]),
+        model.encode([SENTENCES[1], SENTENCES[3]]),
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     margin = model(**chosen) - model(**rejected)  # (2,)
     loss = -torch.nn.functional.logsigmoid(margin).mean()  # Bradley–Terry
@@ -145,7 +151,10 @@ def test_save_and_load_give_the_same_model(backbone_dir, tmp_path):
     assert loaded.score_texts(TEXTS) == pytest.approx(model.score_texts(TEXTS), abs=1e-6)
     assert (loaded.offset, loaded.scale, loaded.info) == (0.25, 3.0, info)
     assert (loaded.pooling, loaded.max_length, loaded.source) == (
-        model.pooling, 64, str(backbone_dir))
+        model.pooling,
+        64,
+        str(backbone_dir),
+    )
     assert not loaded.training
 
 
@@ -206,8 +215,10 @@ def test_saving_over_a_directory_that_is_not_a_reward_model_is_refused(tiny_bert
 def test_load_errors_say_what_to_do(tiny_bert_dir, tmp_path):
     with pytest.raises(RlhfkitError, match="no such directory"):
         load_reward_model(tmp_path / "missing")
-    with pytest.raises(RlhfkitError, match="not a reward model directory saved by rlhfkit "
-                                           "reward; train one with rlhfkit reward"):
+    with pytest.raises(
+        RlhfkitError,
+        match="not a reward model directory saved by rlhfkit reward; train one with rlhfkit reward",
+    ):
         load_reward_model(tiny_bert_dir)  # a plain model directory
     build(tiny_bert_dir).save(tmp_path / "rm")
     manifest_path = tmp_path / "rm" / MANIFEST
@@ -235,7 +246,8 @@ def test_rm_reward_scores_prompt_and_completion(tiny_model_dir, tmp_path):
     prompts, completions = ["The movie was", "", "Q: "], [" great.", "Hi.", "four"]
     scores = compute_rewards(reward, prompts, completions)
     assert scores == pytest.approx(
-        model.score_texts(["The movie was great.", "Hi.", "Q: four"]), abs=1e-5)
+        model.score_texts(["The movie was great.", "Hi.", "Q: four"]), abs=1e-5
+    )
 
 
 def test_rm_spec_errors_name_the_fix(tmp_path):
@@ -245,4 +257,3 @@ def test_rm_spec_errors_name_the_fix(tmp_path):
         load_reward("rm")
     with pytest.raises(ConfigError, match=f"reward 'rm:{tmp_path}': .*not a reward model"):
         load_reward(f"rm:{tmp_path}")
-

@@ -65,7 +65,10 @@ def test_unknown_name_suggests_and_lists_the_registered_ones():
         load_reward("sentimnet")
     message = str(error.value)
     assert "reward 'sentimnet': not registered; did you mean 'sentiment'?" in message
-    assert "registered rewards: format, judge, length, number, reasoning_gym, rm, sentiment, vader" in message
+    assert (
+        "registered rewards: format, judge, length, number, reasoning_gym, rm, sentiment, vader"
+        in message
+    )
     with pytest.raises(ConfigError, match="empty"):
         load_reward("  ")
 
@@ -73,10 +76,12 @@ def test_unknown_name_suggests_and_lists_the_registered_ones():
 def test_a_function_in_a_user_file(tmp_path):
     file = tmp_path / "my_rewards.py"
     imports = tmp_path / "imports.log"
-    file.write_text(f"open({str(imports)!r}, 'a').write('imported\\n')\n"
-                    "def shout(prompts, completions, **meta):\n"
-                    "    return [float(c.count('!')) for c in completions]\n"
-                    "def _helper():\n    pass\n")
+    file.write_text(
+        f"open({str(imports)!r}, 'a').write('imported\\n')\n"
+        "def shout(prompts, completions, **meta):\n"
+        "    return [float(c.count('!')) for c in completions]\n"
+        "def _helper():\n    pass\n"
+    )
     reward = load_reward(f"{file}:shout")
     assert reward.name == f"{file}:shout"
     assert reward(["Q", "Q"], ["hi!", "hey!!"]) == [1.0, 2.0]
@@ -109,7 +114,8 @@ def test_a_module_function_and_a_name_the_module_registers(tmp_path, monkeypatch
         "def make_exclaim(arg):\n"
         "    weight = float(arg or 1)\n"
         "    return lambda prompts, completions, **meta: [\n"
-        "        weight * c.count('!') for c in completions]\n")
+        "        weight * c.count('!') for c in completions]\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert load_reward("user_reward_pkg.scoring:shout")(["Q"], ["a!!"]) == [2.0]
     # the registered name works through the module, and afterwards on its own, with arguments
@@ -148,8 +154,10 @@ def test_a_raising_reward_is_traced_to_its_item():
     with pytest.raises(RewardItemError) as error:
         compute_rewards(reward, ["Q"] * 4, ["fine", "ok", "a boom here", "fine"])
     assert error.value.item == 2
-    assert str(error.value) == ("reward 'exploding' on item 2 (completion 'a boom here'): "
-                                "raised ValueError: cannot score this")
+    assert str(error.value) == (
+        "reward 'exploding' on item 2 (completion 'a boom here'): "
+        "raised ValueError: cannot score this"
+    )
 
 
 def test_a_long_completion_is_shortened_in_the_error():
@@ -169,25 +177,35 @@ def test_a_failure_only_in_a_batch_is_reported_as_such():
             raise RuntimeError("out of memory")
         return [0.0]
 
-    with pytest.raises(RewardError, match="failed on a batch of 2 although every item alone "
-                                          "scores: RuntimeError: out of memory"):
+    with pytest.raises(
+        RewardError,
+        match="failed on a batch of 2 although every item alone "
+        "scores: RuntimeError: out of memory",
+    ):
         compute_rewards(Reward("picky", only_single), ["Q", "Q"], ["a", "b"])
 
 
 def test_wrong_number_of_scores_names_expected_and_got():
     reward = Reward("short", lambda prompts, completions, **meta: [1.0, 2.0])
-    with pytest.raises(RewardError, match=re.escape(
-            "reward 'short' returned 2 scores for 3 completions; expected one per completion")):
+    with pytest.raises(
+        RewardError,
+        match=re.escape(
+            "reward 'short' returned 2 scores for 3 completions; expected one per completion"
+        ),
+    ):
         compute_rewards(reward, ["Q"] * 3, ["a", "b", "c"])
 
 
-@pytest.mark.parametrize("bad, problem", [
-    (math.nan, "returned nan; scores must be finite"),
-    (math.inf, "returned inf; scores must be finite"),
-    ("high", "returned 'high' (str); scores must be floats"),
-    (None, "returned None (NoneType); scores must be floats"),
-    (True, "returned True (bool); scores must be floats"),
-])
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        (math.nan, "returned nan; scores must be finite"),
+        (math.inf, "returned inf; scores must be finite"),
+        ("high", "returned 'high' (str); scores must be floats"),
+        (None, "returned None (NoneType); scores must be floats"),
+        (True, "returned True (bool); scores must be floats"),
+    ],
+)
 def test_a_bad_score_names_its_item(bad, problem):
     reward = Reward("odd", lambda prompts, completions, **meta: [0.5, bad, 0.1])
     with pytest.raises(RewardItemError) as error:
@@ -243,11 +261,14 @@ def test_format_default_needs_answer_tags_and_a_custom_regex_works():
 
 def test_vader_scores_positive_above_neutral_above_negative():
     score = load_reward("vader")
-    positive, neutral, negative = score(["Q"] * 3, [
-        "A wonderful, moving film. I loved every minute!",
-        "The film is 104 minutes long.",
-        "A dull, ugly and painfully boring mess.",
-    ])
+    positive, neutral, negative = score(
+        ["Q"] * 3,
+        [
+            "A wonderful, moving film. I loved every minute!",
+            "The film is 104 minutes long.",
+            "A dull, ugly and painfully boring mess.",
+        ],
+    )
     assert positive > 0.8 and neutral == 0.0 and negative < -0.8
 
 
@@ -264,11 +285,17 @@ def arithmetic_items():
 def test_reasoning_gym_scores_right_and_wrong_answers(arithmetic_items):
     verify = load_reward("reasoning_gym:basic_arithmetic")
     right, wrong = arithmetic_items[0], arithmetic_items[1]
-    completions = [f"Working... <answer>{right['answer']}</answer>",
-                   f"<answer>{int(wrong['answer']) + 1}</answer>",
-                   f"I add them up.\nSo the result is {right['answer']}."]
-    scores = compute_rewards(verify, [i["question"] for i in (right, wrong, right)], completions,
-                             entry=[right, wrong, right])
+    completions = [
+        f"Working... <answer>{right['answer']}</answer>",
+        f"<answer>{int(wrong['answer']) + 1}</answer>",
+        f"I add them up.\nSo the result is {right['answer']}.",
+    ]
+    scores = compute_rewards(
+        verify,
+        [i["question"] for i in (right, wrong, right)],
+        completions,
+        entry=[right, wrong, right],
+    )
     assert scores == [1.0, 0.0, 1.0]
 
 
@@ -277,8 +304,12 @@ def test_reasoning_gym_reads_answer_and_metadata_columns_and_json_text(arithmeti
     item = arithmetic_items[2]
     prompts = [item["question"]] * 2
     completions = [f"<answer>{item['answer']}</answer>"] * 2
-    assert verify(prompts, completions, answer=[item["answer"], int(item["answer"])],
-                  metadata=[item["metadata"], json.dumps(item["metadata"])]) == [1.0, 1.0]
+    assert verify(
+        prompts,
+        completions,
+        answer=[item["answer"], int(item["answer"])],
+        metadata=[item["metadata"], json.dumps(item["metadata"])],
+    ) == [1.0, 1.0]
     assert verify(prompts, completions, entry=[json.dumps(item), item]) == [1.0, 1.0]
 
 
@@ -289,8 +320,11 @@ def test_reasoning_gym_without_its_columns_names_them(arithmetic_items):
     message = str(error.value)
     assert "needs each completion's dataset item: a column 'entry'" in message
     assert "or 'answer'" in message and "the data has extra columns: id" in message
-    with pytest.raises(RewardItemError, match=r"on item 1 \(completion '3'\): column 'entry' "
-                                              "holds int, expected a JSON object"):
+    with pytest.raises(
+        RewardItemError,
+        match=r"on item 1 \(completion '3'\): column 'entry' "
+        "holds int, expected a JSON object",
+    ):
         verify(["Q", "Q"], ["<answer>-4</answer>", "3"], entry=[arithmetic_items[0], 3])
 
 
@@ -310,9 +344,13 @@ def test_ridge_recovers_a_linear_rule_and_picks_the_strength_by_validation():
     torch.manual_seed(0)
     weight = torch.tensor([1.5, -2.0, 0.5, 0.0], dtype=torch.float64)
     x_train, x_val = torch.randn(200, 4), torch.randn(50, 4)  # (N, D)
-    head, strength, mse = sentiment.fit_ridge(x_train, x_train.double() @ weight + 0.7,
-                                              x_val, x_val.double() @ weight + 0.7,
-                                              strengths=(1e-6, 1e3))
+    head, strength, mse = sentiment.fit_ridge(
+        x_train,
+        x_train.double() @ weight + 0.7,
+        x_val,
+        x_val.double() @ weight + 0.7,
+        strengths=(1e-6, 1e3),
+    )
     assert strength == 1e-6 and mse[1e-6] < 1e-9 < mse[1e3]
     assert torch.allclose(head.weight, weight, atol=1e-5)
     assert head.bias == pytest.approx(0.7, abs=1e-5)
@@ -343,8 +381,12 @@ class FakeEncoder:
         import torch
 
         FakeEncoder.texts_embedded += len(texts)
-        return torch.tensor([[t.split().count("good") - t.split().count("bad"),
-                              len(t.split()) / 10, 1.0] for t in texts])  # (N, 3)
+        return torch.tensor(
+            [
+                [t.split().count("good") - t.split().count("bad"), len(t.split()) / 10, 1.0]
+                for t in texts
+            ]
+        )  # (N, 3)
 
 
 def fake_splits(bias: float = 0.0) -> dict[str, list]:
@@ -460,7 +502,9 @@ def test_reasoning_gym_task_options_shape_the_questions_and_the_reward_ignores_t
     from rlhfkit.data.builtin import load_builtin, parse_task_options
 
     assert parse_task_options("chain_sum:max_terms=2, max_digits=1,name=x", "data.prompts") == (
-        "chain_sum", {"max_terms": 2, "max_digits": 1, "name": "x"})
+        "chain_sum",
+        {"max_terms": 2, "max_digits": 1, "name": "x"},
+    )
     rows = load_builtin("reasoning_gym:chain_sum:max_terms=2,max_digits=1", "test")
     for row in rows[:20]:  # "State the final answer ...: 5 - 9 =": two one-digit terms
         question = row["entry"]["question"].rsplit(":", 1)[1]
@@ -468,8 +512,11 @@ def test_reasoning_gym_task_options_shape_the_questions_and_the_reward_ignores_t
         assert all(len(t.lstrip("-")) == 1 for t in question.split() if t.lstrip("-").isdigit())
     verify = load_reward("reasoning_gym:chain_sum:max_terms=2,max_digits=1")
     entry = rows[0]["entry"]
-    assert verify([rows[0]["prompt"]] * 2, [f"<answer>{entry['answer']}</answer>", "<answer>x</answer>"],
-                  entry=[entry, entry]) == [1.0, 0.0]
+    assert verify(
+        [rows[0]["prompt"]] * 2,
+        [f"<answer>{entry['answer']}</answer>", "<answer>x</answer>"],
+        entry=[entry, entry],
+    ) == [1.0, 0.0]
 
 
 def test_reasoning_gym_bad_task_options_name_the_option():

@@ -43,7 +43,8 @@ def cfg(tiny_dir, tmp_path):
         judge=rlhs.JudgeCfg(template=JUDGING),
         train=TrainCfg(batch_size=2, max_length=128),
         log=LogCfg(tensorboard=False, progress=False),
-        run=RunCfg(output_dir=str(tmp_path / "run")))
+        run=RunCfg(output_dir=str(tmp_path / "run")),
+    )
 
 
 def rows(path):
@@ -61,19 +62,44 @@ class RecordingJudge(Judge):
 
     def choice_probabilities(self, texts, first, second):
         self.seen += texts
-        return [0.9 if len(text.split("|")[1]) > len(text.split("|")[2]) else 0.1
-                for text in texts]
+        return [0.9 if len(text.split("|")[1]) > len(text.split("|")[2]) else 0.1 for text in texts]
 
 
 def test_end_to_end_from_the_command_line(cfg, tmp_path):
     """Tiny policy, simulator and judge: a pairs file with provenance and a trained model."""
-    code = cli.main(["hindsight", "--method", "rlhs", "--model", cfg.model.path,
-                     "--model.device", "cpu", "--data", cfg.data.prompts,
-                     "--data.eval_fraction", "0", "--gen.max_new_tokens", "4",
-                     "--simulator.template", SIMULATION, "--simulator.max_new_tokens", "4",
-                     "--judge.template", JUDGING, "--train.batch_size", "2",
-                     "--train.max_length", "128", "--log.tensorboard", "false",
-                     "--log.progress", "false", "--run.output_dir", cfg.run.output_dir])
+    code = cli.main(
+        [
+            "hindsight",
+            "--method",
+            "rlhs",
+            "--model",
+            cfg.model.path,
+            "--model.device",
+            "cpu",
+            "--data",
+            cfg.data.prompts,
+            "--data.eval_fraction",
+            "0",
+            "--gen.max_new_tokens",
+            "4",
+            "--simulator.template",
+            SIMULATION,
+            "--simulator.max_new_tokens",
+            "4",
+            "--judge.template",
+            JUDGING,
+            "--train.batch_size",
+            "2",
+            "--train.max_length",
+            "128",
+            "--log.tensorboard",
+            "false",
+            "--log.progress",
+            "false",
+            "--run.output_dir",
+            cfg.run.output_dir,
+        ]
+    )
     assert code == 0
     run = tmp_path / "run"
     pairs = rows(run / "pairs.jsonl")
@@ -90,7 +116,7 @@ def test_end_to_end_from_the_command_line(cfg, tmp_path):
     assert summary["model"] == str(run / "model") and summary["pairs"] == len(pairs)
     assert summary["steps"] >= 1
     assert summary["judge/judged"] == len(pairs) + summary["judge/tie"]
-    assert "method = \"rlhs\"" in (run / "config.toml").read_text()
+    assert 'method = "rlhs"' in (run / "config.toml").read_text()
 
 
 def test_outcomes_reach_the_judge_only_in_hindsight(cfg, monkeypatch):
@@ -104,26 +130,32 @@ def test_outcomes_reach_the_judge_only_in_hindsight(cfg, monkeypatch):
     _, summary = rlhs.train(cfg)
     hindsight_pairs = rows(Path(summary["pairs_file"]))
     foresight_cfg = dataclasses.replace(
-        cfg, rlhs=rlhs.RlhsCfg(feedback="foresight"),
-        run=dataclasses.replace(cfg.run, output_dir=cfg.run.output_dir + "-foresight"))
+        cfg,
+        rlhs=rlhs.RlhsCfg(feedback="foresight"),
+        run=dataclasses.replace(cfg.run, output_dir=cfg.run.output_dir + "-foresight"),
+    )
     _, summary = rlhs.train(foresight_cfg)
     foresight_pairs = rows(Path(summary["pairs_file"]))
 
     hindsight, foresight = judges
     for pair in hindsight_pairs:
-        assert any(pair["chosen_outcome"] in text and "What happened next" in text
-                   for text in hindsight.seen)
+        assert any(
+            pair["chosen_outcome"] in text and "What happened next" in text
+            for text in hindsight.seen
+        )
     assert all("What happened next" in text for text in hindsight.seen)
     assert not any("What happened next" in text for text in foresight.seen)
     for pair in foresight_pairs:
         assert pair["outcomes_shown"] is False and pair["simulator"] is None
         assert "chosen_outcome" not in pair
+
     # the same seed samples the same responses: foresight judges exactly hindsight's pairs
     def shown_responses(text):
         return [part.split("\n\nWhat happened next:")[0] for part in text.split("|")[:3]]
 
-    assert ([shown_responses(text) for text in hindsight.seen]
-            == [shown_responses(text) for text in foresight.seen])
+    assert [shown_responses(text) for text in hindsight.seen] == [
+        shown_responses(text) for text in foresight.seen
+    ]
     # the judge prefers the longer text it is shown: in foresight, the longer response
     assert all(len(p["chosen"]) > len(p["rejected"]) for p in foresight_pairs)
 
@@ -136,14 +168,25 @@ def test_judge_pairs_orients_drops_ties_and_counts():
         def prefer(self, prompt, a, b, outcome_a=None, outcome_b=None):
             return next(self.answers)
 
-    group = [rlhs.Sample("q", text, seed, finished=seed != 1)  # "y" was cut off
-             for seed, text in enumerate(["x", "y", "x"])]
+    group = [
+        rlhs.Sample("q", text, seed, finished=seed != 1)  # "y" was cut off
+        for seed, text in enumerate(["x", "y", "x"])
+    ]
     pairs, counts = rlhs.judge_pairs(Scripted([0.2, 0.5]), [group], 0.0)
     # (x, y): 0.2, so y is chosen; (x, x): identical, not judged; (y, x): an exact tie
     assert counts == {"judged": 2, "tie": 1, "identical": 1}
-    assert pairs == [{"prompt": "q", "chosen": "y", "rejected": "x", "judge_probability": 0.8,
-                      "chosen_seed": 1, "rejected_seed": 0,
-                      "chosen_finished": False, "rejected_finished": True}]
+    assert pairs == [
+        {
+            "prompt": "q",
+            "chosen": "y",
+            "rejected": "x",
+            "judge_probability": 0.8,
+            "chosen_seed": 1,
+            "rejected_seed": 0,
+            "chosen_finished": False,
+            "rejected_finished": True,
+        }
+    ]
     pairs, counts = rlhs.judge_pairs(Scripted([0.7, 0.9]), [group], 0.25)
     assert [p["judge_probability"] for p in pairs] == [0.9] and counts["tie"] == 1
 
@@ -204,18 +247,22 @@ def problems(cfg, **changes):
 
 def test_bad_settings_are_named(cfg):
     assert "method = 'coh': this config is for rlhs" in problems(
-        dataclasses.replace(cfg, method="coh"))
+        dataclasses.replace(cfg, method="coh")
+    )
     assert "algo.loss = 'kto'" in problems(cfg, algo__loss="kto")
     assert "gen.temperature = 0" in problems(cfg, gen__temperature=0.0)
     assert "rlhs.min_confidence = 0.5: must be below 0.5" in problems(cfg, rlhs__min_confidence=0.5)
     assert "rlhs.samples_per_prompt = 1: must be at least 2" in problems(
-        cfg, rlhs__samples_per_prompt=1)
+        cfg, rlhs__samples_per_prompt=1
+    )
     assert "data.prompts = '': is required" in problems(cfg, data__prompts="")
     assert "data.prompts = 'no/such.jsonl'" in problems(cfg, data__prompts="no/such.jsonl")
     assert "judge.endpoint_model = '': is required with judge.url" in problems(
-        cfg, judge__url="http://localhost:8000/v1")
+        cfg, judge__url="http://localhost:8000/v1"
+    )
     assert "judge.url = 'localhost:8000': is not an http(s) URL" in problems(
-        cfg, judge__url="localhost:8000", judge__endpoint_model="m")
+        cfg, judge__url="localhost:8000", judge__endpoint_model="m"
+    )
     assert "lacks {response}" in problems(cfg, simulator__template="{prompt} then")
     assert "judge.model = 'no/such/model'" in problems(cfg, judge__model="no/such/model")
     with pytest.raises(ConfigError, match="rlhs.feedback = 'sometimes'"):
@@ -227,9 +274,14 @@ def test_bad_data_is_a_clear_error(cfg, tmp_path):
     chats.write_text(json.dumps({"prompt": [{"role": "user", "content": "hi"}]}) + "\n")
     with pytest.raises(DataError, match="row 1 holds a chat; rlhs takes plain-text"):
         rlhs.train(dataclasses.replace(cfg, data=rlhs.PromptsCfg(prompts=str(chats))))
-    picky = dataclasses.replace(cfg, rlhs=rlhs.RlhsCfg(min_confidence=0.49),
-                                run=dataclasses.replace(cfg.run, overwrite=True))
-    with pytest.raises(DataError, match="the evaluator kept no pair of .*lower --rlhs.min_confidence"):
+    picky = dataclasses.replace(
+        cfg,
+        rlhs=rlhs.RlhsCfg(min_confidence=0.49),
+        run=dataclasses.replace(cfg.run, overwrite=True),
+    )
+    with pytest.raises(
+        DataError, match="the evaluator kept no pair of .*lower --rlhs.min_confidence"
+    ):
         rlhs.train(picky)  # a random tiny judge is never that sure
 
 
@@ -239,12 +291,16 @@ def test_bad_data_is_a_clear_error(cfg, tmp_path):
 def ppo_cfg(cfg):
     """PPO on the tiny model: a 2-step reward model on its own backbone, then 2 PPO steps."""
     return dataclasses.replace(
-        cfg, rlhs=rlhs.RlhsCfg(optimiser="ppo"),
+        cfg,
+        rlhs=rlhs.RlhsCfg(optimiser="ppo"),
         reward_model=rlhs.RewardModelCfg(
-            model=cfg.model.path, rm=RewardCfg(max_length=32),
-            train=TrainCfg(max_steps=2, batch_size=2, eval_batch_size=4)),
+            model=cfg.model.path,
+            rm=RewardCfg(max_length=32),
+            train=TrainCfg(max_steps=2, batch_size=2, eval_batch_size=4),
+        ),
         ppo=rlhs.PpoStageCfg(steps=2, algo=PpoAlgoCfg(prompts_per_step=4, micro_batch_size=2)),
-        run=dataclasses.replace(cfg.run, checkpoint_every=1))
+        run=dataclasses.replace(cfg.run, checkpoint_every=1),
+    )
 
 
 def test_ppo_trains_a_reward_model_then_ppo_and_resumes(cfg, monkeypatch):
@@ -273,8 +329,8 @@ def test_ppo_trains_a_reward_model_then_ppo_and_resumes(cfg, monkeypatch):
     monkeypatch.setattr(rlhs, "sample_responses", must_not_sample)
     ppo_metrics = (ppo_run / "metrics.jsonl").read_text()
     resumed = ppo_cfg(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=True)))
-    assert 'resume = true' in config_io.to_toml(rlhs.ppo_config(resumed, run.path))
-    assert 'resume = true' in config_io.to_toml(rlhs.reward_config(resumed, run.path))
+    assert "resume = true" in config_io.to_toml(rlhs.ppo_config(resumed, run.path))
+    assert "resume = true" in config_io.to_toml(rlhs.reward_config(resumed, run.path))
     run, summary = rlhs.train(resumed)
     assert (ppo_run / "metrics.jsonl").read_text() == ppo_metrics  # finished: nothing redone
     assert (run.path / "model" / "config.json").is_file() and summary["pairs"] == len(pairs)
@@ -290,22 +346,29 @@ def test_reward_judge_scores_the_response_then_its_outcome():
         scored.extend(zip(prompts, completions, meta["answer"], strict=True))
         return [float(len(text)) for text in completions]
 
-    group = [rlhs.Sample("q", "short", 0, "and it ended very well"),
-             rlhs.Sample("q", "a longer reply", 1, "bad")]
+    group = [
+        rlhs.Sample("q", "short", 0, "and it ended very well"),
+        rlhs.Sample("q", "a longer reply", 1, "bad"),
+    ]
     judge = rlhs.RewardJudge(letters, [group], temperature=2.0, meta={"q": {"answer": 7}})
     assert scored == [("q", "short and it ended very well", 7), ("q", "a longer reply bad", 7)]
     # 28 - 18 characters = 10 points apart; P = sigmoid(10 / 2)
     assert judge.prefer("q", "short", "a longer reply", group[0].outcome, group[1].outcome) == (
-        pytest.approx(1 / (1 + math.exp(-5.0))))
+        pytest.approx(1 / (1 + math.exp(-5.0)))
+    )
     pairs, _ = rlhs.judge_pairs(judge, [group], 0.0)
     assert pairs[0]["chosen"] == "short" and pairs[0]["chosen_outcome"] == group[0].outcome
     # in foresight there is no outcome: the response alone is scored, and the longer one wins
     foresight = [dataclasses.replace(one, outcome=None) for one in group]
-    pairs, _ = rlhs.judge_pairs(rlhs.RewardJudge(letters, [foresight], 2.0, {"q": {"answer": 7}}), [foresight], 0.0)
+    pairs, _ = rlhs.judge_pairs(
+        rlhs.RewardJudge(letters, [foresight], 2.0, {"q": {"answer": 7}}), [foresight], 0.0
+    )
     assert pairs[0]["chosen"] == "a longer reply" and "chosen_outcome" not in pairs[0]
 
 
-LENGTH_REWARD = "def score(prompts, completions, **meta):\n    return [float(len(c)) for c in completions]\n"
+LENGTH_REWARD = (
+    "def score(prompts, completions, **meta):\n    return [float(len(c)) for c in completions]\n"
+)
 
 
 def test_reward_evaluator_from_the_command_line(cfg, tmp_path):
@@ -314,21 +377,51 @@ def test_reward_evaluator_from_the_command_line(cfg, tmp_path):
     (tmp_path / "rule.py").write_text(LENGTH_REWARD)
     for feedback in ("hindsight", "foresight"):
         out = tmp_path / feedback
-        code = cli.main(["hindsight", "--method", "rlhs", "--model", cfg.model.path,
-                         "--model.device", "cpu", "--data", cfg.data.prompts,
-                         "--data.eval_fraction", "0", "--gen.max_new_tokens", "4",
-                         "--simulator.template", SIMULATION, "--simulator.max_new_tokens", "4",
-                         "--rlhs.evaluator", "reward", "--reward", f"{tmp_path / 'rule.py'}:score",
-                         "--rlhs.feedback", feedback, "--train.batch_size", "2",
-                         "--train.max_length", "128", "--log.tensorboard", "false",
-                         "--log.progress", "false", "--run.output_dir", str(out)])
+        code = cli.main(
+            [
+                "hindsight",
+                "--method",
+                "rlhs",
+                "--model",
+                cfg.model.path,
+                "--model.device",
+                "cpu",
+                "--data",
+                cfg.data.prompts,
+                "--data.eval_fraction",
+                "0",
+                "--gen.max_new_tokens",
+                "4",
+                "--simulator.template",
+                SIMULATION,
+                "--simulator.max_new_tokens",
+                "4",
+                "--rlhs.evaluator",
+                "reward",
+                "--reward",
+                f"{tmp_path / 'rule.py'}:score",
+                "--rlhs.feedback",
+                feedback,
+                "--train.batch_size",
+                "2",
+                "--train.max_length",
+                "128",
+                "--log.tensorboard",
+                "false",
+                "--log.progress",
+                "false",
+                "--run.output_dir",
+                str(out),
+            ]
+        )
         assert code == 0
         pairs = rows(out / "pairs.jsonl")
         assert pairs and all(p["judge"] == f"reward:{tmp_path / 'rule.py'}:score" for p in pairs)
         for p in pairs:
             if feedback == "hindsight":
-                assert (len(p["chosen"] + " " + p["chosen_outcome"])
-                        > len(p["rejected"] + " " + p["rejected_outcome"]))
+                assert len(p["chosen"] + " " + p["chosen_outcome"]) > len(
+                    p["rejected"] + " " + p["rejected_outcome"]
+                )
             else:
                 assert len(p["chosen"]) > len(p["rejected"]) and "chosen_outcome" not in p
         assert (out / "model" / "config.json").is_file()
@@ -343,22 +436,33 @@ def test_builtin_prompt_sets_are_read_as_the_online_commands_read_them(cfg):
 
 
 def test_bad_evaluator_and_optimiser_settings_are_named(cfg):
-    assert ("reward = '': is required with rlhs.evaluator = reward; name the reward that judges"
-            in problems(cfg, rlhs__evaluator="reward"))
+    assert (
+        "reward = '': is required with rlhs.evaluator = reward; name the reward that judges"
+        in problems(cfg, rlhs__evaluator="reward")
+    )
     assert "reward = 'sentiment': judges only with rlhs.evaluator = reward, not judge" in problems(
-        dataclasses.replace(cfg, reward="sentiment"))
+        dataclasses.replace(cfg, reward="sentiment")
+    )
     assert "reward = 'sentimnt': not registered; did you mean 'sentiment'?" in problems(
-        dataclasses.replace(cfg, reward="sentimnt", rlhs=rlhs.RlhsCfg(evaluator="reward")))
+        dataclasses.replace(cfg, reward="sentimnt", rlhs=rlhs.RlhsCfg(evaluator="reward"))
+    )
     assert "rlhs.optimiser = 'adam'" in "\n".join(_load_problems(cfg, "--rlhs.optimiser", "adam"))
     ppo = ppo_cfg(cfg)
     assert not problems(ppo)
-    assert ("reward_model.rm.objective = 'ratings': needs human ratings, and RLHS's judged pairs "
-            "carry none; use pairs" in problems(ppo, reward_model__rm=RewardCfg(objective="ratings")))
+    assert (
+        "reward_model.rm.objective = 'ratings': needs human ratings, and RLHS's judged pairs "
+        "carry none; use pairs" in problems(ppo, reward_model__rm=RewardCfg(objective="ratings"))
+    )
     assert "reward_model.rm.use_margin = True: the judged pairs have no margin column" in problems(
-        ppo, reward_model__rm=RewardCfg(use_margin=True))
-    assert "ppo.algo.prompts_per_step = 3: (one completion each) is not a multiple of the minibatch" in (
-        problems(ppo, ppo__algo=PpoAlgoCfg(prompts_per_step=3, micro_batch_size=2)))
-    assert "reward_model.model = 'no/such/model'" in problems(ppo, reward_model__model="no/such/model")
+        ppo, reward_model__rm=RewardCfg(use_margin=True)
+    )
+    assert (
+        "ppo.algo.prompts_per_step = 3: (one completion each) is not a multiple of the minibatch"
+        in (problems(ppo, ppo__algo=PpoAlgoCfg(prompts_per_step=3, micro_batch_size=2)))
+    )
+    assert "reward_model.model = 'no/such/model'" in problems(
+        ppo, reward_model__model="no/such/model"
+    )
     # DPO's kto loss is an error only when DPO trains
     assert "algo.loss" not in problems(ppo, algo__loss="kto")
 

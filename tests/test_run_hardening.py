@@ -80,17 +80,23 @@ def empty_directory(step: Path) -> None:
         file.unlink()
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (truncate_weights, r"weights\.safetensors is 40 bytes, expected \d+"),
-    (drop_trainer_state, r"trainer_state\.pt is missing"),
-    (empty_trainer_state, r"trainer_state\.pt is 0 bytes, expected \d+"),
-    (empty_directory, r"it holds no files"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (truncate_weights, r"weights\.safetensors is 40 bytes, expected \d+"),
+        (drop_trainer_state, r"trainer_state\.pt is missing"),
+        (empty_trainer_state, r"trainer_state\.pt is 0 bytes, expected \d+"),
+        (empty_directory, r"it holds no files"),
+    ],
+)
 def test_resume_falls_back_past_a_damaged_newest_checkpoint(tmp_path, damage, problem):
     run, model = trained_run(tmp_path)
     damage(run.checkpoints / "step-000002")
-    with pytest.warns(UserWarning, match=rf"checkpoint .*step-000002 is damaged \({problem}\); "
-                                         "falling back"):
+    with pytest.warns(
+        UserWarning,
+        match=rf"checkpoint .*step-000002 is damaged \({problem}\); "
+        "falling back",
+    ):
         checkpoint = resumed(run).latest_checkpoint()
     assert checkpoint.name == "step-000001"
     state = kit.load_training_state(checkpoint, model)
@@ -120,8 +126,9 @@ def test_a_changed_byte_is_found_by_its_checksum(tmp_path):
         assert resumed(run).latest_checkpoint().name == "step-000001"
 
 
-def test_a_copied_grpo_run_resumes_past_its_damaged_checkpoint(tmp_path, tiny_model_dir,
-                                                               prompts_file, reward_spec):
+def test_a_copied_grpo_run_resumes_past_its_damaged_checkpoint(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec
+):
     """Through the CLI: the copy resumes (not the original), from step 1, each warning one line."""
     from rlhfkit.train import grpo
     from test_grpo import make_config
@@ -135,15 +142,29 @@ def test_a_copied_grpo_run_resumes_past_its_damaged_checkpoint(tmp_path, tiny_mo
     with (copy / "metrics.jsonl").open("a") as f:
         f.write('{"step": 3, "rew')  # the crash cut the last line off
 
-    result = subprocess.run([sys.executable, "-m", "rlhfkit", "grpo", "--config",
-                             str(copy / "config.toml"), "--resume"], capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit",
+            "grpo",
+            "--config",
+            str(copy / "config.toml"),
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     ours = [line for line in result.stderr.splitlines() if line.startswith("rlhfkit grpo: warn")]
     assert len(ours) == 2, result.stderr
     assert "metrics.jsonl: its last line was cut off" in ours[0]
-    assert ours[1].startswith(f"rlhfkit grpo: warning: checkpoint {copy}/checkpoints/step-000002 "
-                              "is damaged (weights.safetensors is 40 bytes, expected ")
+    assert ours[1].startswith(
+        f"rlhfkit grpo: warning: checkpoint {copy}/checkpoints/step-000002 "
+        "is damaged (weights.safetensors is 40 bytes, expected "
+    )
     lines = (copy / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
     assert (copy / "checkpoints" / "step-000002" / "manifest.json").is_file()  # written again
@@ -187,8 +208,10 @@ def test_a_checkpoint_from_before_manifests_still_resumes(tmp_path):
     (step / "manifest.json").unlink()
     state = torch.load(step / "trainer_state.pt", weights_only=True)
     np.random.seed(5)
-    torch.save({**state, "rng": {**state["rng"], "numpy": np.random.get_state()}},
-               step / "trainer_state.pt")
+    torch.save(
+        {**state, "rng": {**state["rng"], "numpy": np.random.get_state()}},
+        step / "trainer_state.pt",
+    )
     assert resumed(run).latest_checkpoint() == step
     assert kit.restore(kit.load_training_state(step, model), {}) == 2
     drawn = np.random.rand()
@@ -208,8 +231,11 @@ def test_a_trainer_state_that_would_run_code_is_refused_unrun(tmp_path):
     run, model = trained_run(tmp_path, steps=1)
     step, marker = run.checkpoints / "step-000001", tmp_path / "ran"
     torch.save({"step": 1, "payload": _RunsCode(marker)}, step / "trainer_state.pt")
-    with pytest.raises(RlhfkitError, match=r"trainer_state\.pt: refused to load, it holds a "
-                                           r"reference to \S*system"):
+    with pytest.raises(
+        RlhfkitError,
+        match=r"trainer_state\.pt: refused to load, it holds a "
+        r"reference to \S*system",
+    ):
         kit.load_training_state(step, model)
     assert not marker.exists()
 
@@ -217,8 +243,9 @@ def test_a_trainer_state_that_would_run_code_is_refused_unrun(tmp_path):
 # --- 10. overwrite deletes runs only; a copied run resumes where it is --------------------------
 
 
-@pytest.mark.parametrize("own_files", [{"important.txt": "keep me"},
-                                       {"config.toml": "[model]\npath = 'mine'\n"}])
+@pytest.mark.parametrize(
+    "own_files", [{"important.txt": "keep me"}, {"config.toml": "[model]\npath = 'mine'\n"}]
+)
 def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path, own_files):
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -226,8 +253,12 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path, own_fil
         (folder / name).write_text(text)
     cfg = make(folder, overwrite=True)
     [problem] = config_io.validate(cfg)
-    assert problem.startswith(f"run.output_dir = {str(folder)!r}: is not empty and is not an "
-                              "rlhfkit run") and "--overwrite will not delete it" in problem
+    assert (
+        problem.startswith(
+            f"run.output_dir = {str(folder)!r}: is not empty and is not an rlhfkit run"
+        )
+        and "--overwrite will not delete it" in problem
+    )
     with pytest.raises(RlhfkitError, match="is not an rlhfkit run"):
         Run.start(cfg, "toy")
     assert {p.name: p.read_text() for p in folder.iterdir()} == own_files
@@ -241,8 +272,9 @@ def test_overwrite_replaces_a_run(tmp_path):
 
 
 def test_a_copied_run_resumes_the_copy_and_leaves_the_original(tmp_path):
-    original = Run.start(config_io.load(Cfg, ["--run.output_dir", str(tmp_path / "a")], "toy"),
-                         "toy")
+    original = Run.start(
+        config_io.load(Cfg, ["--run.output_dir", str(tmp_path / "a")], "toy"), "toy"
+    )
     original.log(1, {"loss": 1.0})
     copy = tmp_path / "b"
     shutil.copytree(original.path, copy)
@@ -256,8 +288,11 @@ def test_a_copied_run_resumes_the_copy_and_leaves_the_original(tmp_path):
     assert (original.path / "metrics.jsonl").read_text() == before
 
     # an explicit --run.output_dir is what the user asked for
-    cfg = config_io.load(Cfg, ["--config", str(copy / "config.toml"), "--resume",
-                               "--run.output_dir", str(original.path)], "toy")
+    cfg = config_io.load(
+        Cfg,
+        ["--config", str(copy / "config.toml"), "--resume", "--run.output_dir", str(original.path)],
+        "toy",
+    )
     assert cfg.run.output_dir == str(original.path)
 
 
@@ -285,22 +320,40 @@ def broken_json_array(path: Path) -> None:
 
 
 def lone_surrogate(path: Path) -> None:
-    path.write_text('{"prompt": "fine", "completion": "ok"}\n'
-                    '{"prompt": "half a pair: \\ud83d here", "completion": "ok"}\n')
+    path.write_text(
+        '{"prompt": "fine", "completion": "ok"}\n'
+        '{"prompt": "half a pair: \\ud83d here", "completion": "ok"}\n'
+    )
 
 
 BAD_FILES = [
-    ("prompts.jsonl", binary, r"prompts\.jsonl:1: holds NUL bytes, so it is a binary file \(or UTF-16 "
-                                   r"text\), not \.jsonl text; give a UTF-8 text file"),
+    (
+        "prompts.jsonl",
+        binary,
+        r"prompts\.jsonl:1: holds NUL bytes, so it is a binary file \(or UTF-16 "
+        r"text\), not \.jsonl text; give a UTF-8 text file",
+    ),
     ("prompts.txt", binary, r"prompts\.txt:1: holds NUL bytes"),
     ("prompts.csv", binary, r"prompts\.csv:1: holds NUL bytes"),
-    ("prompts.csv", not_utf8, r"prompts\.csv:2: not UTF-8 text \(byte 0xe9\); save the file as "
-                              "UTF-8"),
+    (
+        "prompts.csv",
+        not_utf8,
+        r"prompts\.csv:2: not UTF-8 text \(byte 0xe9\); save the file as "
+        "UTF-8",
+    ),
     ("prompts.parquet", broken_parquet, r"prompts\.parquet: not a readable Parquet file"),
-    ("prompts.json", broken_json_array, r"prompts\.json:3: malformed JSON \(Expecting ',' "
-                                        "delimiter"),
-    ("prompts.jsonl", lone_surrogate, r"prompts\.jsonl:2: column 'prompt' holds a lone surrogate "
-                                      r"\(\\ud83d"),
+    (
+        "prompts.json",
+        broken_json_array,
+        r"prompts\.json:3: malformed JSON \(Expecting ',' "
+        "delimiter",
+    ),
+    (
+        "prompts.jsonl",
+        lone_surrogate,
+        r"prompts\.jsonl:2: column 'prompt' holds a lone surrogate "
+        r"\(\\ud83d",
+    ),
 ]
 
 
@@ -313,8 +366,9 @@ def one_line_error(argv: list[str], capsys) -> str:
 
 @pytest.mark.parametrize("name, write, expected", BAD_FILES)
 @pytest.mark.parametrize("command", ["generate", "score", "label init"])
-def test_a_bad_input_file_is_one_line_naming_it(tmp_path, tiny_model_dir, monkeypatch, capsys,
-                                                command, name, write, expected):
+def test_a_bad_input_file_is_one_line_naming_it(
+    tmp_path, tiny_model_dir, monkeypatch, capsys, command, name, write, expected
+):
     import re
 
     monkeypatch.chdir(tmp_path)
@@ -325,31 +379,54 @@ def test_a_bad_input_file_is_one_line_naming_it(tmp_path, tiny_model_dir, monkey
     elif command == "score":
         argv = ["score", "--input", str(file), "--reward", "length:5", "--output", "out.jsonl"]
     else:
-        argv = ["label", "init", "--campaign", "c", "--prompts", str(file),
-                "--model", str(tiny_model_dir), "--model.device", "cpu"]
+        argv = [
+            "label",
+            "init",
+            "--campaign",
+            "c",
+            "--prompts",
+            str(file),
+            "--model",
+            str(tiny_model_dir),
+            "--model.device",
+            "cpu",
+        ]
     err = one_line_error(argv, capsys)
     assert err.startswith(f"rlhfkit {command.split()[0]}: error: ")
     assert re.search(expected, err), err
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_a_non_finite_temperature_is_refused(tmp_path, tiny_model_dir, monkeypatch, capsys,
-                                             value):
+def test_a_non_finite_temperature_is_refused(tmp_path, tiny_model_dir, monkeypatch, capsys, value):
     monkeypatch.chdir(tmp_path)
     prompts = tmp_path / "p.txt"
     prompts.write_text("hello\n")
-    err = one_line_error(["generate", "--prompts", str(prompts), "--model", str(tiny_model_dir),
-                          "--gen.temperature", value], capsys)
-    assert err == (f"rlhfkit generate: error: gen.temperature = {float(value)!r}: must be a "
-                   "finite number; give a value >= 0")
+    err = one_line_error(
+        [
+            "generate",
+            "--prompts",
+            str(prompts),
+            "--model",
+            str(tiny_model_dir),
+            "--gen.temperature",
+            value,
+        ],
+        capsys,
+    )
+    assert err == (
+        f"rlhfkit generate: error: gen.temperature = {float(value)!r}: must be a "
+        "finite number; give a value >= 0"
+    )
 
 
 def test_every_bounded_float_refuses_nan_and_inf(tmp_path):
     from rlhfkit.train import grpo
 
     config = tmp_path / "c.toml"
-    config.write_text("[optim]\nlr = inf\nadam_beta1 = nan\nmax_grad_norm = nan\n"
-                      "[gen]\ntop_p = nan\n[lora]\nalpha = inf\n")
+    config.write_text(
+        "[optim]\nlr = inf\nadam_beta1 = nan\nmax_grad_norm = nan\n"
+        "[gen]\ntop_p = nan\n[lora]\nalpha = inf\n"
+    )
     with pytest.raises(ConfigError) as error:
         config_io.load(grpo.Config, ["--config", str(config)], "grpo")
     assert sorted(error.value.problems) == [

@@ -20,29 +20,54 @@ from rlhfkit.train.sampled import (
 
 
 def sample(prompt_index, k, score, prompt=None):
-    return {"prompt": prompt or f"p{prompt_index}", "completion": f"c{prompt_index}-{k}",
-            "score": score, "sample": k, "prompt_index": prompt_index}
+    return {
+        "prompt": prompt or f"p{prompt_index}",
+        "completion": f"c{prompt_index}-{k}",
+        "score": score,
+        "sample": k,
+        "prompt_index": prompt_index,
+    }
 
 
-SAMPLES = [sample(0, 0, 0.2), sample(0, 1, 0.9), sample(0, 2, -0.4),
-           sample(1, 1, 0.5), sample(1, 0, 0.5),  # a tie, listed out of order
-           sample(2, 0, 0.0), sample(2, 1, 0.3)]
+SAMPLES = [
+    sample(0, 0, 0.2),
+    sample(0, 1, 0.9),
+    sample(0, 2, -0.4),
+    sample(1, 1, 0.5),
+    sample(1, 0, 0.5),  # a tie, listed out of order
+    sample(2, 0, 0.0),
+    sample(2, 1, 0.3),
+]
 
 
 def test_best_per_prompt_takes_the_top_score_and_the_first_of_a_tie():
     assert best_per_prompt(SAMPLES) == [
         {"prompt": "p0", "completion": "c0-1", "finished": True, "score": 0.9},
         {"prompt": "p1", "completion": "c1-0", "finished": True, "score": 0.5},
-        {"prompt": "p2", "completion": "c2-1", "finished": True, "score": 0.3}]
+        {"prompt": "p2", "completion": "c2-1", "finished": True, "score": 0.3},
+    ]
     assert [b["prompt"] for b in best_per_prompt(SAMPLES, min_score=0.5)] == ["p0", "p1"]
 
 
 def test_pairs_are_best_against_worst_and_need_the_margin():
     assert pairs_per_prompt(SAMPLES, min_margin=0.0) == [
-        {"prompt": "p0", "chosen": "c0-1", "rejected": "c0-2", "margin": pytest.approx(1.3),
-         "chosen_finished": True, "rejected_finished": True},
-        {"prompt": "p2", "chosen": "c2-1", "rejected": "c2-0", "margin": pytest.approx(0.3),
-         "chosen_finished": True, "rejected_finished": True}]
+        {
+            "prompt": "p0",
+            "chosen": "c0-1",
+            "rejected": "c0-2",
+            "margin": pytest.approx(1.3),
+            "chosen_finished": True,
+            "rejected_finished": True,
+        },
+        {
+            "prompt": "p2",
+            "chosen": "c2-1",
+            "rejected": "c2-0",
+            "margin": pytest.approx(0.3),
+            "chosen_finished": True,
+            "rejected_finished": True,
+        },
+    ]
     assert [p["prompt"] for p in pairs_per_prompt(SAMPLES, min_margin=0.5)] == ["p0"]
     with pytest.raises(DataError, match="min_margin"):
         pairs_per_prompt(SAMPLES, min_margin=-1)
@@ -56,8 +81,11 @@ def test_written_files_load_as_demonstrations_and_pairs(tmp_path):
     rows = [json.loads(line) for line in files.samples.read_text().splitlines()]
     assert rows == SAMPLES
     best = load_demonstrations(FeedbackDataCfg(path=str(files.best), eval_fraction=0.0), "train")
-    assert [(d.prompt, d.completion) for d in best] == [("p0", "c0-1"), ("p1", "c1-0"),
-                                                        ("p2", "c2-1")]
+    assert [(d.prompt, d.completion) for d in best] == [
+        ("p0", "c0-1"),
+        ("p1", "c1-0"),
+        ("p2", "c2-1"),
+    ]
     pairs = load_pairs(FeedbackDataCfg(path=str(files.pairs), eval_fraction=0.0), "train")
     assert [(p.chosen, p.rejected) for p in pairs] == [("c0-1", "c0-2"), ("c2-1", "c2-0")]
 
@@ -74,11 +102,18 @@ def test_sample_and_score_keeps_the_rows_and_is_seeded(tiny_lm):
 
     samples = sample_and_score(model, tokenizer, rows, gen, reward, samples_per_prompt=3, seed=7)
     assert [(s["prompt_index"], s["sample"], s["id"]) for s in samples] == [
-        (0, 0, "a"), (0, 1, "a"), (0, 2, "a"), (1, 0, "b"), (1, 1, "b"), (1, 2, "b")]
+        (0, 0, "a"),
+        (0, 1, "a"),
+        (0, 2, "a"),
+        (1, 0, "b"),
+        (1, 1, "b"),
+        (1, 2, "b"),
+    ]
     assert all(s["score"] == len(s["completion"]) for s in samples)
     # a random tiny model almost never ends within 6 tokens: its samples are marked cut off
     assert all(isinstance(s["finished"], bool) for s in samples) and not all(
-        s["finished"] for s in samples)
+        s["finished"] for s in samples
+    )
     assert seen["id"] == ["a"] * 3 + ["b"] * 3  # the reward reads the rows' columns
     again = sample_and_score(model, tokenizer, rows, gen, reward, samples_per_prompt=3, seed=7)
     assert [s["completion"] for s in again] == [s["completion"] for s in samples]
@@ -99,7 +134,12 @@ def test_a_finished_stage_is_reused(tiny_lm, tmp_path):
     stage = run_stage(tmp_path, model, tokenizer, rows, gen, reward, 3, seed=1, min_margin=1.5)
     assert calls == [6]
     assert {k: stage[k] for k in ("prompts", "samples", "best", "pairs", "seed")} == {
-        "prompts": 2, "samples": 6, "best": 2, "pairs": 1, "seed": 1}
+        "prompts": 2,
+        "samples": 6,
+        "best": 2,
+        "pairs": 1,
+        "seed": 1,
+    }
     assert json.loads((tmp_path / "stage.json").read_text()) == stage
     assert run_stage(tmp_path, model, tokenizer, rows, gen, reward, 3, seed=1) == stage
     assert calls == [6]  # nothing sampled or scored again

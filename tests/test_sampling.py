@@ -45,9 +45,13 @@ def test_draw_across_blocks_edges_and_the_short_last_block():
 
 
 def test_draw_takes_unnormalised_rows_and_never_draws_a_zero():
-    probs = torch.tensor([[0.0, 0.0, 3.0, 0.0, 1.0, 0.0],  # zeros first, between and last
-                          [2.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-                          [0.0, 0.0, 0.0, 0.0, 0.0, 5.0]])
+    probs = torch.tensor(
+        [
+            [0.0, 0.0, 3.0, 0.0, 1.0, 0.0],  # zeros first, between and last
+            [2.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 5.0],
+        ]
+    )
     torch.manual_seed(1)
     drawn = draw(probs.repeat(2000, 1)).view(2000, 3)
     assert set(drawn[:, 0].tolist()) == {2, 4}
@@ -77,9 +81,14 @@ def test_draw_refuses_a_distribution_that_is_not_finite(bad):
 
 def test_off_the_cpu_draw_is_torch_multinomial(monkeypatch):
     calls = []
-    monkeypatch.setattr(sampling.torch, "multinomial",
-                        lambda probs, num_samples: calls.append(probs.device.type)
-                        or torch.zeros(len(probs), 1, dtype=torch.long, device=probs.device))
+    monkeypatch.setattr(
+        sampling.torch,
+        "multinomial",
+        lambda probs, num_samples: (
+            calls.append(probs.device.type)
+            or torch.zeros(len(probs), 1, dtype=torch.long, device=probs.device)
+        ),
+    )
     assert draw(torch.ones(3, 5, device="meta")).shape == (3,)
     assert calls == ["meta"]
     draw(torch.ones(3, 5))
@@ -89,19 +98,21 @@ def test_off_the_cpu_draw_is_torch_multinomial(monkeypatch):
 def _teacher_forced_logits(model, rollout, row):
     """(R_row, V) logits that predicted each generated token of ``row``."""
     prompt = rollout.prompt_ids[row][rollout.prompt_mask[row] == 1]
-    response = rollout.response_ids[row, :rollout.response_lengths[row]]
+    response = rollout.response_ids[row, : rollout.response_lengths[row]]
     ids = torch.cat([prompt, response])[None]
     with torch.no_grad():
         logits = model(ids).logits[0]
-    return logits[len(prompt) - 1:-1], response
+    return logits[len(prompt) - 1 : -1], response
 
 
 def test_sampled_tokens_lie_inside_top_k_and_top_p(tiny_lm):
     model, tokenizer = tiny_lm
     backend = get_backend("hf", model, tokenizer)
     prompts = ["The movie", "A", "Please write a short poem", "What is"]
-    for gen in (GenCfg(max_new_tokens=12, top_k=3, temperature=1.5),
-                GenCfg(max_new_tokens=12, top_p=0.3, temperature=1.0)):
+    for gen in (
+        GenCfg(max_new_tokens=12, top_k=3, temperature=1.5),
+        GenCfg(max_new_tokens=12, top_p=0.3, temperature=1.0),
+    ):
         rollout = backend.generate(prompts, gen, seed=3)
         for row in range(len(prompts)):
             logits, response = _teacher_forced_logits(model, rollout, row)

@@ -19,8 +19,9 @@ ROWS = [
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
-                    encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8"
+    )
     return path
 
 
@@ -64,10 +65,18 @@ def test_other_columns_reach_the_reward_as_meta(tmp_path):
     import reasoning_gym
 
     items = list(reasoning_gym.create_dataset("chain_sum", size=2, seed=3))
-    rows = [{"prompt": items[0]["question"], "completion": f"<answer>{items[0]['answer']}</answer>",
-             "entry": items[0]},
-            {"prompt": items[1]["question"], "completion": "<answer>not a number</answer>",
-             "entry": items[1]}]
+    rows = [
+        {
+            "prompt": items[0]["question"],
+            "completion": f"<answer>{items[0]['answer']}</answer>",
+            "entry": items[0],
+        },
+        {
+            "prompt": items[1]["question"],
+            "completion": "<answer>not a number</answer>",
+            "entry": items[1],
+        },
+    ]
     data = write_rows(tmp_path / "math.jsonl", rows)
     main(Config(input=str(data), reward="reasoning_gym:chain_sum", batch_size=1))
     assert [row["reward"] for row in read_rows(data)] == [1.0, 0.0]
@@ -79,22 +88,25 @@ def test_other_columns_reach_the_reward_as_meta(tmp_path):
 
 def test_a_failing_reward_names_the_row_and_leaves_the_file_unchanged(tmp_path):
     rewards = tmp_path / "my_reward.py"
-    rewards.write_text("def picky(prompts, completions, **meta):\n"
-                       "    if 'dull' in completions:\n"
-                       "        raise ValueError('too dull to score')\n"
-                       "    return [1.0] * len(completions)\n"
-                       "def not_finite(prompts, completions, **meta):\n"
-                       "    return [float('nan') if c == 'bad' else 0.0 for c in completions]\n")
+    rewards.write_text(
+        "def picky(prompts, completions, **meta):\n"
+        "    if 'dull' in completions:\n"
+        "        raise ValueError('too dull to score')\n"
+        "    return [1.0] * len(completions)\n"
+        "def not_finite(prompts, completions, **meta):\n"
+        "    return [float('nan') if c == 'bad' else 0.0 for c in completions]\n"
+    )
     extra = [{"prompt": "Review:", "completion": c, "id": i} for i, c in ((4, "ok"), (5, "bad"))]
     data = write_rows(tmp_path / "samples.jsonl", ROWS + extra)
     before = data.read_bytes()
     with pytest.raises(RewardError) as error:
         main(Config(input=str(data), reward=f"{rewards}:picky", batch_size=4))
-    assert str(error.value) == (f"reward '{rewards}:picky' on row 2 of {data} (completion 'dull'): "
-                                "raised ValueError: too dull to score")
+    assert str(error.value) == (
+        f"reward '{rewards}:picky' on row 2 of {data} (completion 'dull'): "
+        "raised ValueError: too dull to score"
+    )
     with pytest.raises(RewardError, match=f"on row 5 of {data} .*scores must be finite"):
-        main(Config(input=str(data), reward=f"{rewards}:not_finite", batch_size=4,
-                    prompt_field=""))
+        main(Config(input=str(data), reward=f"{rewards}:not_finite", batch_size=4, prompt_field=""))
     assert data.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my_reward.py", "samples.jsonl"]
 
@@ -114,14 +126,18 @@ def test_preflight_check_names_each_bad_field(tmp_path):
     assert problems(Config()) == ["input: is required; pass --input FILE.jsonl"]
     assert problems(Config(input=str(csv))) == [
         f"output: is empty, so the input would be rewritten, but {csv} is not JSONL; "
-        "pass --output FILE.jsonl"]
+        "pass --output FILE.jsonl"
+    ]
     assert problems(Config(input=str(csv), output=str(tmp_path))) == [
         "output: scores are written as JSONL; give a .jsonl path",
-        "output: is a directory; give a file name"]
-    found = problems(Config(input=str(csv), output="out.jsonl", reward="lenght:3",
-                            score_field="completion"))
-    assert found[0] == ("score_field: would overwrite the prompt or completion column; "
-                        "choose another name")
+        "output: is a directory; give a file name",
+    ]
+    found = problems(
+        Config(input=str(csv), output="out.jsonl", reward="lenght:3", score_field="completion")
+    )
+    assert found[0] == (
+        "score_field: would overwrite the prompt or completion column; choose another name"
+    )
     assert found[1].startswith("reward: not registered; did you mean 'length'?")
 
 
@@ -140,4 +156,5 @@ def test_the_cli_runs_score_and_reports_errors_in_one_line(tmp_path, capsys):
     assert cli_main(["score", "--input", str(data), "--reward", "vadr"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
-        "rlhfkit score: error: reward = 'vadr': not registered; did you mean 'vader'?")
+        "rlhfkit score: error: reward = 'vadr': not registered; did you mean 'vader'?"
+    )

@@ -45,8 +45,10 @@ class _QuickHasher:
         return f"quick:{password}"
 
     def verify(self, password_hash: str, password: str) -> bool:
-        if password_hash not in (f"quick:{password}", *[h for h, known in self.passwords.items()
-                                                       if known == password]):
+        if password_hash not in (
+            f"quick:{password}",
+            *[h for h, known in self.passwords.items() if known == password],
+        ):
             raise VerificationError()
         return True
 
@@ -66,8 +68,11 @@ def store(tmp_path):
 
 
 def _client(app_or_store, address: str = "testclient") -> TestClient:
-    app = app_or_store if not hasattr(app_or_store, "get_annotator") else create_app(
-        app_or_store, secret_key=SECRET, campaign="c")
+    app = (
+        app_or_store
+        if not hasattr(app_or_store, "get_annotator")
+        else create_app(app_or_store, secret_key=SECRET, campaign="c")
+    )
     return TestClient(app, follow_redirects=False, client=(address, 50000))
 
 
@@ -77,8 +82,11 @@ def _csrf(html: str) -> str:
 
 def _login(client: TestClient, name: str = "bob", password: str | None = None, **headers):
     token = _csrf(client.get("/login").text)
-    return client.post("/login", headers=headers, data={
-        "csrf_token": token, "name": name, "password": password or PASSWORDS[name]})
+    return client.post(
+        "/login",
+        headers=headers,
+        data={"csrf_token": token, "name": name, "password": password or PASSWORDS[name]},
+    )
 
 
 def _signed_in(client: TestClient, name: str = "bob") -> TestClient:
@@ -143,8 +151,22 @@ def test_a_new_password_from_the_command_line_ends_sessions(tmp_path, monkeypatc
         store.create_campaign("c")
         store.add_annotator("bob", HASHES["bob"])
         bob = _signed_in(_client(store))
-        assert main(["label", "annotator", "--campaign", "c", "--name", "bob",
-                     "--reset_password", "--password", "new bob password"]) == 0
+        assert (
+            main(
+                [
+                    "label",
+                    "annotator",
+                    "--campaign",
+                    "c",
+                    "--name",
+                    "bob",
+                    "--reset_password",
+                    "--password",
+                    "new bob password",
+                ]
+            )
+            == 0
+        )
         assert "their sessions have ended" in capsys.readouterr().out
         assert not _is_signed_in(bob)
         assert verify_password(store.get_annotator("bob").password_hash, "new bob password")
@@ -152,11 +174,14 @@ def test_a_new_password_from_the_command_line_ends_sessions(tmp_path, monkeypatc
     def error(*args: str) -> str:
         assert main(["label", "annotator", "--campaign", "c", *args]) == 2
         return capsys.readouterr().err
-    assert "no such account" in error("--name", "eve", "--reset_password", "--password",
-                                      "long enough")
+
+    assert "no such account" in error(
+        "--name", "eve", "--reset_password", "--password", "long enough"
+    )
     assert "add --reset_password" in error("--name", "bob", "--password", "long enough")
-    assert "password = '***': is shorter than 8 characters" in error("--name", "cy",
-                                                                   "--password", "x")
+    assert "password = '***': is shorter than 8 characters" in error(
+        "--name", "cy", "--password", "x"
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -184,8 +209,9 @@ def test_a_database_from_before_session_epochs_upgrades_with_its_accounts(db_url
     engine = create_engine(resolve_url(db_url))
     with engine.begin() as connection:
         connection.execute(text("ALTER TABLE annotators DROP COLUMN session_epoch"))
-        connection.execute(text("UPDATE schema_version SET version = :version"),
-                           {"version": before})
+        connection.execute(
+            text("UPDATE schema_version SET version = :version"), {"version": before}
+        )
     engine.dispose()
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:before])
     with open_store(db_url) as store:
@@ -219,12 +245,15 @@ def _serve(monkeypatch, tmp_path, *options: str) -> tuple[object, dict]:
     return config.loaded_app, options
 
 
-def test_x_forwarded_for_cannot_dodge_the_limit_unless_a_proxy_is_trusted(monkeypatch, tmp_path,
-                                                                          quick_hashing):
+def test_x_forwarded_for_cannot_dodge_the_limit_unless_a_proxy_is_trusted(
+    monkeypatch, tmp_path, quick_hashing
+):
     app, options = _serve(monkeypatch, tmp_path)
     attacker = _client(app, "127.0.0.1")  # on the machine, where uvicorn's default trusts it
-    statuses = [_login(attacker, "bob", "guess", **{"X-Forwarded-For": f"10.0.0.{i}"})
-                .status_code for i in range(6)]
+    statuses = [
+        _login(attacker, "bob", "guess", **{"X-Forwarded-For": f"10.0.0.{i}"}).status_code
+        for i in range(6)
+    ]
     assert statuses == [401] * 5 + [429]
     assert options["proxy_headers"] is False
 
@@ -238,7 +267,8 @@ def test_x_forwarded_for_cannot_dodge_the_limit_unless_a_proxy_is_trusted(monkey
 
 
 def test_guesses_from_many_addresses_are_limited_per_name_without_locking_out_others(
-        store, quick_hashing):
+    store, quick_hashing
+):
     app = create_app(store, secret_key=SECRET, campaign="c")
     addresses = [f"10.0.1.{i}" for i in range(25)]  # more than the name's limit
     for address in addresses:
@@ -252,8 +282,7 @@ def test_guesses_from_many_addresses_are_limited_per_name_without_locking_out_ot
 
 def test_the_limiter_counts_per_name_across_addresses_and_per_pair():
     now = [0.0]
-    limiter = LoginLimiter(max_failures=3, name_max_failures=4, window_s=60,
-                           clock=lambda: now[0])
+    limiter = LoginLimiter(max_failures=3, name_max_failures=4, window_s=60, clock=lambda: now[0])
     for second, address in enumerate(["a", "b", "c", "d"]):
         now[0] = float(second)
         assert limiter.retry_after("bob", address) == 0
@@ -304,8 +333,7 @@ class _BlockingHasher:
         raise VerificationError()
 
 
-def test_a_flood_of_sign_ins_runs_few_password_checks_and_the_labelling_goes_on(store,
-                                                                                monkeypatch):
+def test_a_flood_of_sign_ins_runs_few_password_checks_and_the_labelling_goes_on(store, monkeypatch):
     app = create_app(store, secret_key=SECRET, campaign="c")
     annotator = _signed_in(_client(app), "bob")
     hasher = _BlockingHasher()
@@ -328,8 +356,11 @@ def test_a_flood_of_sign_ins_runs_few_password_checks_and_the_labelling_goes_on(
         # Wait (by events, not by time) until the slots are full and the attempts beyond the
         # queue have been turned away, or until more checks run than there are slots.
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and hasher.running <= slots and (
-                hasher.running < slots or len(statuses) < flood - slots - queue):
+        while (
+            time.monotonic() < deadline
+            and hasher.running <= slots
+            and (hasher.running < slots or len(statuses) < flood - slots - queue)
+        ):
             time.sleep(0.01)
         assert hasher.running == slots  # the rest wait on the event loop or were turned away
         assert statuses.count(503) >= flood - slots - queue
@@ -354,8 +385,7 @@ def test_the_admin_form_refuses_a_short_password(store):
     assert short.status_code == 422
     assert "password: is shorter than 8 characters; choose a longer one" in short.text
     assert store.get_annotator("cy") is None
-    assert _post_form(admin, "/admin/annotators", name="cy",
-                      password="12345678").status_code == 303
+    assert _post_form(admin, "/admin/annotators", name="cy", password="12345678").status_code == 303
 
 
 def test_secure_cookie_marks_the_session_cookie_secure(store, monkeypatch, tmp_path):
@@ -369,14 +399,20 @@ def test_secure_cookie_marks_the_session_cookie_secure(store, monkeypatch, tmp_p
 
 def test_serve_passes_access_log_and_no_proxy_trust_to_uvicorn(monkeypatch, tmp_path, capsys):
     _, options = _serve(monkeypatch, tmp_path)
-    assert options == {"host": "127.0.0.1", "port": 8000, "proxy_headers": False,
-                       "access_log": True}  # today's default: requests are logged
+    assert options == {
+        "host": "127.0.0.1",
+        "port": 8000,
+        "proxy_headers": False,
+        "access_log": True,
+    }  # today's default: requests are logged
     _, options = _serve(monkeypatch, tmp_path, "--access_log", "false")
     assert options["access_log"] is False
     capsys.readouterr()
     assert main(["label", "serve", "--campaign", "c", "--trusted_proxies", "10.0.0.0/8,proxy"]) == 2
-    assert "trusted_proxies = '10.0.0.0/8,proxy': 'proxy' is not an IP address" in \
-        capsys.readouterr().err
+    assert (
+        "trusted_proxies = '10.0.0.0/8,proxy': 'proxy' is not an IP address"
+        in capsys.readouterr().err
+    )
     assert main(["label", "serve", "--help"]) == 0
     out = capsys.readouterr().out
     assert all(flag in out for flag in ("--trusted_proxies", "--secure_cookie", "--access_log"))
@@ -401,7 +437,8 @@ def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path):
 
 
 def test_the_admin_password_goes_to_a_private_file_unless_output_is_a_terminal(
-        monkeypatch, tmp_path, capsys):
+    monkeypatch, tmp_path, capsys
+):
     _serve(monkeypatch, tmp_path)
     out = capsys.readouterr().out
     path = Path(out.split("with the password in ")[1].split()[0])

@@ -45,7 +45,9 @@ SUBJECTS = ["the film", "the soundtrack", "the acting", "the ending", "the scrip
 def browser():
     """Headless Chromium, or a skip (a failure where RLHFKIT_REQUIRE_BROWSER=1) without one."""
     required = os.environ.get("RLHFKIT_REQUIRE_BROWSER") == "1"
-    missing = f"no Chromium at {CHROMIUM} (apt-get install chromium)" if not CHROMIUM.is_file() else ""
+    missing = (
+        f"no Chromium at {CHROMIUM} (apt-get install chromium)" if not CHROMIUM.is_file() else ""
+    )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -94,8 +96,10 @@ def _campaign(store: Store, prompts_and_outputs: list[tuple[str, tuple[str, str]
     store.create_campaign(CAMPAIGN, task_kinds=("pairwise",))
     for prompt, texts in prompts_and_outputs:
         prompt_id = store.add_prompt(CAMPAIGN, prompt)
-        outputs = [store.add_output(prompt_id, text, model="tiny", model_hash="h", seed=seed)
-                   for seed, text in enumerate(texts)]
+        outputs = [
+            store.add_output(prompt_id, text, model="tiny", model_hash="h", seed=seed)
+            for seed, text in enumerate(texts)
+        ]
         store.add_task(CAMPAIGN, "pairwise", outputs)
     store.add_annotator(NAME, hash_password(PASSWORD), is_admin=True)
 
@@ -119,8 +123,9 @@ def _expect_progress(page, labelled: int, remaining: int) -> None:
 # --- the tests -----------------------------------------------------------------------------------
 
 
-def test_keyboard_labelling_exports_pairs_that_train_a_reward_model(browser, tmp_path,
-                                                                    tiny_model_dir):
+def test_keyboard_labelling_exports_pairs_that_train_a_reward_model(
+    browser, tmp_path, tiny_model_dir
+):
     from rlhfkit.config import FeedbackDataCfg, LogCfg, ModelCfg, RunCfg
     from rlhfkit.data.feedback import load_pairs
     from rlhfkit.models.reward_model import load_reward_model
@@ -131,8 +136,13 @@ def test_keyboard_labelling_exports_pairs_that_train_a_reward_model(browser, tmp
     prompts = {f"Review: {s}": s for s in SUBJECTS}
     with open_store(tmp_path / "feedback.db") as store:
         # the disliked text comes first for half the prompts, so both A and B get chosen
-        _campaign(store, [(prompt, (liked[s], disliked[s]) if i % 2 else (disliked[s], liked[s]))
-                          for i, (prompt, s) in enumerate(prompts.items())])
+        _campaign(
+            store,
+            [
+                (prompt, (liked[s], disliked[s]) if i % 2 else (disliked[s], liked[s]))
+                for i, (prompt, s) in enumerate(prompts.items())
+            ],
+        )
         with serving(store, CAMPAIGN) as base_url:
             page = browser.new_page(accept_downloads=True)
             _sign_in(page, base_url)
@@ -143,8 +153,10 @@ def test_keyboard_labelling_exports_pairs_that_train_a_reward_model(browser, tmp
             for step in range(5):
                 task_id = page.locator("#label-form input[name=task_id]").input_value()
                 a, b = page.locator(".output .text").all_inner_texts()
-                assert {a, b} == {liked[prompts[page.inner_text(".prompt .text")]],
-                                  disliked[prompts[page.inner_text(".prompt .text")]]}
+                assert {a, b} == {
+                    liked[prompts[page.inner_text(".prompt .text")]],
+                    disliked[prompts[page.inner_text(".prompt .text")]],
+                }
                 choice = "A" if "wonderful" in a else "B"
                 page.keyboard.press(keys[choice][step % 2])  # both keys of each answer
                 assert page.is_checked(f"input[name=choice][value={choice}]")
@@ -181,11 +193,14 @@ def test_keyboard_labelling_exports_pairs_that_train_a_reward_model(browser, tmp
 
     data = FeedbackDataCfg(path=str(export), eval_path=str(export))
     assert len(load_pairs(data, "train")) == 4
-    cfg = reward.Config(model=ModelCfg(path=str(tiny_model_dir), device="cpu"), data=data,
-                        train=offline.TrainCfg(max_steps=3, batch_size=2, max_length=64),
-                        log=LogCfg(tensorboard=False, progress=False),
-                        run=RunCfg(output_dir=str(tmp_path / "rm"), checkpoint_every=0),
-                        rm=reward.RewardCfg(max_length=32))
+    cfg = reward.Config(
+        model=ModelCfg(path=str(tiny_model_dir), device="cpu"),
+        data=data,
+        train=offline.TrainCfg(max_steps=3, batch_size=2, max_length=64),
+        log=LogCfg(tensorboard=False, progress=False),
+        run=RunCfg(output_dir=str(tmp_path / "rm"), checkpoint_every=0),
+        rm=reward.RewardCfg(max_length=32),
+    )
     run, summary = reward.train(cfg)
     assert (summary["steps"], summary["train_examples"]) == (3, 4)
     model = load_reward_model(run.path / "model", device="cpu")
@@ -193,18 +208,26 @@ def test_keyboard_labelling_exports_pairs_that_train_a_reward_model(browser, tmp
     assert len(scores) == 1 and math.isfinite(scores[0])
 
 
-@pytest.mark.skipif(os.environ.get("RLHFKIT_UPDATE_SCREENSHOTS") != "1",
-                    reason="rewrites docs/images only when RLHFKIT_UPDATE_SCREENSHOTS=1")
+@pytest.mark.skipif(
+    os.environ.get("RLHFKIT_UPDATE_SCREENSHOTS") != "1",
+    reason="rewrites docs/images only when RLHFKIT_UPDATE_SCREENSHOTS=1",
+)
 def test_update_labelling_screenshot(browser, tmp_path):
-    prompt = ("Continue this movie review:\n"
-              "I went into Paper Lanterns expecting a quiet festival drama, and")
-    kind = (" came out having seen one of the most moving films of the year. The two leads have "
-            "an easy, lived-in chemistry, and the final scene on the river is earned rather "
-            "than forced.\n\nNot flawless: the middle third drags. Still, go and see it.")
-    unkind = (" that is what it is, only slower. The script explains every feeling twice, the "
-              "score never stops swelling, and the festival print even had a subtitle that "
-              "read <b>not bold</b>, tags and all, which the audience found funnier than "
-              "any of the jokes.")
+    prompt = (
+        "Continue this movie review:\n"
+        "I went into Paper Lanterns expecting a quiet festival drama, and"
+    )
+    kind = (
+        " came out having seen one of the most moving films of the year. The two leads have "
+        "an easy, lived-in chemistry, and the final scene on the river is earned rather "
+        "than forced.\n\nNot flawless: the middle third drags. Still, go and see it."
+    )
+    unkind = (
+        " that is what it is, only slower. The script explains every feeling twice, the "
+        "score never stops swelling, and the festival print even had a subtitle that "
+        "read <b>not bold</b>, tags and all, which the audience found funnier than "
+        "any of the jokes."
+    )
     with open_store(tmp_path / "feedback.db") as store:
         _campaign(store, [(prompt, (kind, unkind))])
         with serving(store, CAMPAIGN) as base_url:

@@ -44,22 +44,28 @@ def studio_store(tmp_path):
             opened.create_campaign(campaign, task_kinds=("pairwise", "critique"))
             for i in range(n):
                 prompt = opened.add_prompt(campaign, f"{campaign} prompt {i}")
-                outputs = [opened.add_output(prompt, f"{campaign} answer {i}{side}", model="m",
-                                             model_hash="h", seed=i) for side in "ab"]
+                outputs = [
+                    opened.add_output(
+                        prompt, f"{campaign} answer {i}{side}", model="m", model_hash="h", seed=i
+                    )
+                    for side in "ab"
+                ]
                 opened.add_task(campaign, "pairwise", outputs)
         yield opened
 
 
 def _client(store, **kwargs) -> TestClient:
-    return TestClient(create_app(store, secret_key=SECRET, campaign="c", **kwargs),
-                      follow_redirects=False)
+    return TestClient(
+        create_app(store, secret_key=SECRET, campaign="c", **kwargs), follow_redirects=False
+    )
 
 
 def _signed_in(store, name="bob", **kwargs) -> TestClient:
     client = _client(store, **kwargs)
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
-    answer = client.post("/login", data={"csrf_token": token, "name": name,
-                                         "password": PASSWORDS[name]})
+    answer = client.post(
+        "/login", data={"csrf_token": token, "name": name, "password": PASSWORDS[name]}
+    )
     assert answer.status_code == 303
     return client
 
@@ -67,15 +73,20 @@ def _signed_in(store, name="bob", **kwargs) -> TestClient:
 def _offered(client: TestClient) -> tuple[int, dict[str, str], dict[str, str]]:
     """GET /api/next: the task offered, a fresh request body base, the CSRF header."""
     body = client.get("/api/next").json()
-    return (body["task"]["task_id"], {"request_id": body["request_id"]},
-            {"X-CSRF-Token": body["csrf_token"]})
+    return (
+        body["task"]["task_id"],
+        {"request_id": body["request_id"]},
+        {"X-CSRF-Token": body["csrf_token"]},
+    )
 
 
 def _form(client: TestClient) -> dict[str, str]:
     """The hidden fields of the labelling form now shown."""
     html = client.get("/label").text
-    return {name: re.search(rf'name="{name}" value="([^"]+)"', html).group(1)
-            for name in ("csrf_token", "task_id", "request_id")}
+    return {
+        name: re.search(rf'name="{name}" value="([^"]+)"', html).group(1)
+        for name in ("csrf_token", "task_id", "request_id")
+    }
 
 
 def _task_ids(store, campaign: str) -> list[int]:
@@ -100,8 +111,9 @@ def test_a_task_of_another_campaign_is_404_and_nothing_is_stored(studio_store):
     client = _signed_in(studio_store)
     _, base, headers = _offered(client)
     other = _task_ids(studio_store, "d")[0]
-    answer = client.post("/api/label", json={**base, "task_id": other, "label": {"choice": "A"}},
-                         headers=headers)
+    answer = client.post(
+        "/api/label", json={**base, "task_id": other, "label": {"choice": "A"}}, headers=headers
+    )
     assert answer.status_code == 404 and "campaign 'c' has no such task" in answer.json()["error"]
     form = _form(client)
     skipped = client.post("/skip", data={**form, "task_id": str(other)})
@@ -116,8 +128,9 @@ def test_a_task_never_offered_cannot_be_labelled_or_skipped(studio_store):
     client = _signed_in(studio_store)
     offered, base, headers = _offered(client)
     unoffered = next(task for task in _task_ids(studio_store, "c") if task != offered)
-    answer = client.post("/api/label", json={**base, "task_id": unoffered,
-                                             "label": {"choice": "A"}}, headers=headers)
+    answer = client.post(
+        "/api/label", json={**base, "task_id": unoffered, "label": {"choice": "A"}}, headers=headers
+    )
     assert answer.status_code == 403 and "was not offered to 'bob'" in answer.json()["error"]
     form = _form(client)
     for path, extra in (("/label", {"choice": "A"}), ("/skip", {})):
@@ -127,31 +140,39 @@ def test_a_task_never_offered_cannot_be_labelled_or_skipped(studio_store):
     assert studio_store.label_records("c") == []
     assert studio_store.progress("c").annotators[1].skipped == 0
     # the offered one still goes through
-    done = client.post("/api/label", json={**base, "task_id": offered, "label": {"choice": "A"}},
-                       headers=headers)
+    done = client.post(
+        "/api/label", json={**base, "task_id": offered, "label": {"choice": "A"}}, headers=headers
+    )
     assert done.status_code == 201
 
 
 def test_counts_cannot_be_stuffed_past_required_gold_or_a_second_label(studio_store):
     ada, bob = _signed_in(studio_store, "ada"), _signed_in(studio_store, "bob")
     task, base, headers = _offered(ada)
-    assert ada.post("/api/label", json={**base, "task_id": task, "label": {"choice": "A"}},
-                    headers=headers).status_code == 201
+    assert (
+        ada.post(
+            "/api/label", json={**base, "task_id": task, "label": {"choice": "A"}}, headers=headers
+        ).status_code
+        == 201
+    )
     # the task has its one label: bob may not add a second, ada not relabel it
     _, base, headers = _offered(bob)
-    full = bob.post("/api/label", json={**base, "task_id": task, "label": {"choice": "B"}},
-                    headers=headers)
+    full = bob.post(
+        "/api/label", json={**base, "task_id": task, "label": {"choice": "B"}}, headers=headers
+    )
     assert full.status_code == 403
     _, base, headers = _offered(ada)
-    again = ada.post("/api/label", json={**base, "task_id": task, "label": {"choice": "B"}},
-                     headers=headers)
+    again = ada.post(
+        "/api/label", json={**base, "task_id": task, "label": {"choice": "B"}}, headers=headers
+    )
     assert again.status_code == 409 and "already labelled" in again.json()["error"]
     # a gold task is everyone's once, but only when it is offered
     offered, base, headers = _offered(bob)
     gold = next(t for t in _task_ids(studio_store, "c") if t not in (task, offered))
     studio_store.set_gold("c", {gold: {"choice": "A"}})
-    stuffed = bob.post("/api/label", json={**base, "task_id": gold, "label": {"choice": "A"}},
-                       headers=headers)
+    stuffed = bob.post(
+        "/api/label", json={**base, "task_id": gold, "label": {"choice": "A"}}, headers=headers
+    )
     assert stuffed.status_code == 403 and "was not offered" in stuffed.json()["error"]
     assert Counter(r.task_id for r in studio_store.label_records("c")) == {task: 1}
 
@@ -220,8 +241,9 @@ def test_annotators_labelling_at_once_never_exceed_required(store, db_url):
         rng = random.Random(name)
         try:
             while (task := store.next_task("c", name)) is not None:
-                store.submit_label(task.task_id, name, f"{name}-{task.task_id}",
-                                   {"choice": rng.choice("AB")})
+                store.submit_label(
+                    task.task_id, name, f"{name}-{task.task_id}", {"choice": rng.choice("AB")}
+                )
         except Exception as error:
             errors.append(error)
 
@@ -266,8 +288,9 @@ def test_a_body_over_the_limit_gets_413_before_anything_is_stored(studio_store):
         for _ in range(5):
             yield b"y" * 4_000
 
-    chunked = client.post("/api/label", content=chunks(),
-                          headers={**headers, "content-type": "application/json"})
+    chunked = client.post(
+        "/api/label", content=chunks(), headers={**headers, "content-type": "application/json"}
+    )
     assert chunked.status_code == 413 and "over 10,000 bytes" in chunked.json()["error"]
     assert studio_store.label_records("c") == []
 
@@ -281,8 +304,11 @@ def test_a_text_over_the_limit_gets_422_naming_the_field(studio_store):
     assert "'critique' is 101 characters" in answer.json()["error"]
     page = client.post("/label", data={**_form(client), "choice": "A", "critique": "y" * 101})
     assert page.status_code == 422 and _is_html(page) and "--max_text_chars" in page.text
-    ok = client.post("/api/label", json={**long, "label": {"choice": "A", "critique": "y" * 100}},
-                     headers=headers)
+    ok = client.post(
+        "/api/label",
+        json={**long, "label": {"choice": "A", "critique": "y" * 100}},
+        headers=headers,
+    )
     assert ok.status_code == 201
 
 
@@ -309,8 +335,9 @@ def test_a_form_task_id_that_is_not_an_ascii_64_bit_number_gets_400(studio_store
 def test_a_json_task_id_that_is_not_a_64_bit_integer_gets_400(studio_store, task_id):
     client = _signed_in(studio_store)
     _, base, headers = _offered(client)
-    answer = client.post("/api/label", json={**base, "task_id": task_id,
-                                             "label": {"choice": "A"}}, headers=headers)
+    answer = client.post(
+        "/api/label", json={**base, "task_id": task_id, "label": {"choice": "A"}}, headers=headers
+    )
     assert answer.status_code == 400 and "is not a task number" in answer.json()["error"]
 
 
@@ -340,10 +367,10 @@ def test_a_lone_surrogate_in_a_critique_gets_422(studio_store):
     client = _signed_in(studio_store)
     task, base, headers = _offered(client)
     for critique in ("\ud800", "fine\udfff"):
-        body = json.dumps({**base, "task_id": task, "label": {"choice": "A",
-                                                              "critique": critique}})
-        answer = client.post("/api/label", content=body,
-                             headers={**headers, "content-type": "application/json"})
+        body = json.dumps({**base, "task_id": task, "label": {"choice": "A", "critique": critique}})
+        answer = client.post(
+            "/api/label", content=body, headers={**headers, "content-type": "application/json"}
+        )
         assert answer.status_code == 422 and "surrogate" in answer.json()["error"]
     assert studio_store.label_records("c") == []
 
@@ -352,8 +379,9 @@ def test_a_body_that_is_not_an_object_gets_the_apis_json_error(studio_store):
     client = _signed_in(studio_store)
     _, _, headers = _offered(client)
     for body in (b"[]", b"{not json", b'"text"'):
-        answer = client.post("/api/label", content=body,
-                             headers={**headers, "content-type": "application/json"})
+        answer = client.post(
+            "/api/label", content=body, headers={**headers, "content-type": "application/json"}
+        )
         assert answer.status_code in (400, 422) and set(answer.json()) == {"error"}, body
 
 
@@ -367,14 +395,17 @@ def test_a_reused_request_id_names_no_other_label_or_task(store):
     with pytest.raises(ConflictError) as refused:
         store.submit_label(second, "bob", "shared-id", {"choice": "B"})
     message = str(refused.value)
-    assert message == ("request_id 'shared-id' is already used: send a new request_id with "
-                       "each submission")
+    assert message == (
+        "request_id 'shared-id' is already used: send a new request_id with each submission"
+    )
 
 
 def test_a_failed_import_leaves_no_campaign_and_a_rerun_works(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    rows = [{"prompt": "Say hi", "completions": ["hi", "hello"]},
-            {"prompt": "Count", "completions": ["1 2 3", "one \x00 two"]}]  # NUL: refused
+    rows = [
+        {"prompt": "Say hi", "completions": ["hi", "hello"]},
+        {"prompt": "Count", "completions": ["1 2 3", "one \x00 two"]},
+    ]  # NUL: refused
     path = tmp_path / "outputs.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert main(["label", "init", "--campaign", "c", "--import_file", str(path)]) != 0

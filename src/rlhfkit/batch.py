@@ -41,12 +41,16 @@ class Rollout:
         if set(rows.values()) != {batch}:
             raise ValueError(f"Rollout fields disagree on the batch size: {rows}")
         if self.prompt_ids.shape != self.prompt_mask.shape:
-            raise ValueError(f"prompt_ids {tuple(self.prompt_ids.shape)} != prompt_mask "
-                             f"{tuple(self.prompt_mask.shape)}")
+            raise ValueError(
+                f"prompt_ids {tuple(self.prompt_ids.shape)} != prompt_mask "
+                f"{tuple(self.prompt_mask.shape)}"
+            )
         for name in ("response_mask", "logprobs"):
             if getattr(self, name).shape != self.response_ids.shape:
-                raise ValueError(f"{name} {tuple(getattr(self, name).shape)} != response_ids "
-                                 f"{tuple(self.response_ids.shape)}")
+                raise ValueError(
+                    f"{name} {tuple(getattr(self, name).shape)} != response_ids "
+                    f"{tuple(self.response_ids.shape)}"
+                )
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -104,8 +108,9 @@ class Rollout:
             padded = []
             for t in tensors:  # (b, w) -> (b, width)
                 extra = width - t.shape[1]
-                padded.append(torch.nn.functional.pad(t, (extra, 0) if left else (0, extra),
-                                                      value=value))
+                padded.append(
+                    torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
+                )
             return torch.cat(padded, dim=0)
 
         return Rollout(
@@ -113,8 +118,9 @@ class Rollout:
             completions=[c for r in rollouts for c in r.completions],
             prompt_ids=pad([r.prompt_ids for r in rollouts], prompt_width, pad_token_id, left=True),
             prompt_mask=pad([r.prompt_mask for r in rollouts], prompt_width, 0, left=True),
-            response_ids=pad([r.response_ids for r in rollouts], response_width, pad_token_id,
-                             left=False),
+            response_ids=pad(
+                [r.response_ids for r in rollouts], response_width, pad_token_id, left=False
+            ),
             response_mask=pad([r.response_mask for r in rollouts], response_width, 0, left=False),
             logprobs=pad([r.logprobs for r in rollouts], response_width, 0.0, left=False),
             finished=torch.cat([r.finished for r in rollouts]),

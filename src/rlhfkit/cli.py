@@ -35,7 +35,7 @@ TOOLS: dict[str, str] = {
     "config": "Print a command's effective config as TOML (config show CMD [--config FILE] ...).",
     "label": "Human feedback: a labelling web app and its datasets (label init | serve | export ...).",
     "hindsight": "Learn from feedback in hindsight (hindsight --method coh|hir|relabel|"
-                 "hindsight-foresight|rlhs ...).",
+    "hindsight-foresight|rlhs ...).",
 }
 
 
@@ -48,16 +48,23 @@ def _summary(module: str) -> str:
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "Config":
             return (ast.get_docstring(node) or "").strip().splitlines()[0]
-        if isinstance(node, ast.ImportFrom) and node.module and any(
-                alias.name == "Config" and alias.asname is None for alias in node.names):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and any(alias.name == "Config" and alias.asname is None for alias in node.names)
+        ):
             return _summary(node.module)  # defined beside it (compare's is in compare_recipe)
     return ""
 
 
 def overview() -> str:
-    lines = [f"rlhfkit {__version__}: reinforcement learning from human feedback for language models",
-             "", "usage: rlhfkit COMMAND [--config FILE] [--KEY VALUE ...]   (rlhfkit COMMAND --help)",
-             "", "commands:"]
+    lines = [
+        f"rlhfkit {__version__}: reinforcement learning from human feedback for language models",
+        "",
+        "usage: rlhfkit COMMAND [--config FILE] [--KEY VALUE ...]   (rlhfkit COMMAND --help)",
+        "",
+        "commands:",
+    ]
     for name, module in COMMANDS.items():
         lines.append(f"  {name:<10} {_summary(module)}")
     for name, summary in TOOLS.items():
@@ -100,7 +107,9 @@ def config_show(args: list[str]) -> int:
     from rlhfkit import config_io
 
     if not args or args[0] != "show" or len(args) < 2 or args[1].startswith("-"):
-        raise ConfigError("config: usage is `rlhfkit config show COMMAND [--config FILE] [--KEY VALUE ...]`")
+        raise ConfigError(
+            "config: usage is `rlhfkit config show COMMAND [--config FILE] [--KEY VALUE ...]`"
+        )
     name = args[1]
     cfg = config_io.load(_command(name).Config, args[2:])
     print(config_io.to_toml(cfg), end="")
@@ -160,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; a run continues from its last checkpoint with --resume",
-              file=sys.stderr)
+        print(
+            f"{prog}: interrupted; a run continues from its last checkpoint with --resume",
+            file=sys.stderr,
+        )
         return 130
     finally:
         warnings.formatwarning = library_format
-

@@ -41,8 +41,10 @@ class Conditioning:
 
     def __post_init__(self) -> None:
         if self.instruction.count("{prompt}") != 1:
-            raise DataError(f"conditioning instruction {self.instruction!r} must contain "
-                            "{prompt} exactly once, where the original prompt goes")
+            raise DataError(
+                f"conditioning instruction {self.instruction!r} must contain "
+                "{prompt} exactly once, where the original prompt goes"
+            )
 
     def apply_to_text(self, prompt: str) -> str:
         """The instruction template filled with a plain-text prompt."""
@@ -71,8 +73,13 @@ def load_conditioning(model_dir: str | os.PathLike) -> Conditioning | None:
         return None
     try:
         data: Any = json.loads(path.read_text(encoding="utf-8"))
-        return Conditioning(method=str(data["method"]), instruction=str(data.get("instruction", "{prompt}")),
-                            response_prefix=str(data.get("response_prefix", "")))
+        return Conditioning(
+            method=str(data["method"]),
+            instruction=str(data.get("instruction", "{prompt}")),
+            response_prefix=str(data.get("response_prefix", "")),
+        )
     except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: not a valid conditioning file ({e}); delete it to use the model "
-                        "without conditioning, or retrain") from None
+        raise DataError(
+            f"{path}: not a valid conditioning file ({e}); delete it to use the model "
+            "without conditioning, or retrain"
+        ) from None

@@ -56,8 +56,11 @@ class Range:
     def __call__(self, value: Any) -> str | None:
         bracket = "(" if self.open_low else "["
         if not math.isfinite(value):  # also where the range is open-ended: inf is no setting
-            wanted = (f"{'>' if self.open_low else '>='} {self.low:g}" if math.isinf(self.high)
-                      else f"in {bracket}{self.low:g}, {self.high:g}]")
+            wanted = (
+                f"{'>' if self.open_low else '>='} {self.low:g}"
+                if math.isinf(self.high)
+                else f"in {bracket}{self.low:g}, {self.high:g}]"
+            )
             return f"must be a finite number; give a value {wanted}"
         low_ok = value > self.low if self.open_low else value >= self.low
         if not (low_ok and value <= self.high):
@@ -94,10 +97,14 @@ class ModelReference:
             return None
         aliases = ", ".join(sorted(MODEL_ALIASES))
         if path.is_dir():
-            return ("is a directory without config.json, so not a Hugging Face model; "
-                    f"give a model directory or an alias ({aliases})")
-        return (f"is neither an embedded alias ({aliases}) nor a local model directory; "
-                "no model hub is contacted, so pass a directory that exists")
+            return (
+                "is a directory without config.json, so not a Hugging Face model; "
+                f"give a model directory or an alias ({aliases})"
+            )
+        return (
+            f"is neither an embedded alias ({aliases}) nor a local model directory; "
+            "no model hub is contacted, so pass a directory that exists"
+        )
 
 
 PositiveInt = Annotated[int, Min(1)]
@@ -140,13 +147,18 @@ class ModelCfg:
 
     def check(self) -> Iterable[Problem]:
         if self.head_dtype != "float32" and self.autocast == "off":
-            yield Problem("head_dtype", self.head_dtype,
-                          "applies under model.autocast only; set --model.autocast bfloat16 (or "
-                          "auto), or leave model.head_dtype float32")
+            yield Problem(
+                "head_dtype",
+                self.head_dtype,
+                "applies under model.autocast only; set --model.autocast bfloat16 (or "
+                "auto), or leave model.head_dtype float32",
+            )
         base = self.device.split(":")[0]
         index = self.device.partition(":")[2]
         if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
-            yield Problem("device", self.device, "is not a device; use auto, cpu, cuda, cuda:N or mps")
+            yield Problem(
+                "device", self.device, "is not a device; use auto, cpu, cuda, cuda:N or mps"
+            )
 
 
 @dataclass(frozen=True)
@@ -180,8 +192,11 @@ class GenCfg:
         from rlhfkit.generation import backend_names  # stdlib-only at import
 
         if self.backend not in backend_names():
-            yield Problem("backend", self.backend,
-                          f"is not a generation backend; choose one of {', '.join(backend_names())}")
+            yield Problem(
+                "backend",
+                self.backend,
+                f"is not a generation backend; choose one of {', '.join(backend_names())}",
+            )
 
 
 @dataclass(frozen=True)
@@ -267,26 +282,39 @@ class RunCfg:
             return
         if not self.output_dir:
             if self.resume:
-                yield Problem("output_dir", "", "is empty, so there is no run to resume; "
-                              "pass --run.output_dir DIR of the run to continue")
+                yield Problem(
+                    "output_dir",
+                    "",
+                    "is empty, so there is no run to resume; "
+                    "pass --run.output_dir DIR of the run to continue",
+                )
             return
         path = Path(os.path.expanduser(self.output_dir))
         holds_run = is_run_dir(path)
         if path.exists() and not path.is_dir():
             yield Problem("output_dir", self.output_dir, "is a file; give a directory")
         elif holds_run and not (self.resume or self.overwrite):
-            yield Problem("output_dir", self.output_dir,
-                          "holds another run; pass --resume to continue it, --overwrite to "
-                          "replace it, or choose another --run.output_dir")
+            yield Problem(
+                "output_dir",
+                self.output_dir,
+                "holds another run; pass --resume to continue it, --overwrite to "
+                "replace it, or choose another --run.output_dir",
+            )
         elif self.resume and not (path / "config.toml").is_file():
-            yield Problem("output_dir", self.output_dir,
-                          "holds no run to resume (no config.toml); drop --resume to start one")
+            yield Problem(
+                "output_dir",
+                self.output_dir,
+                "holds no run to resume (no config.toml); drop --resume to start one",
+            )
         elif not self.resume and not holds_run and path.is_dir() and any(path.iterdir()):
             # --overwrite deletes runs only: a directory of someone's own files is never cleared
-            yield Problem("output_dir", self.output_dir,
-                          "is not empty and is not an rlhfkit run (no config.toml written by "
-                          f"rlhfkit){', so --overwrite will not delete it' if self.overwrite else ''}"
-                          "; choose a new or empty directory, or move its files away yourself")
+            yield Problem(
+                "output_dir",
+                self.output_dir,
+                "is not empty and is not an rlhfkit run (no config.toml written by "
+                f"rlhfkit){', so --overwrite will not delete it' if self.overwrite else ''}"
+                "; choose a new or empty directory, or move its files away yourself",
+            )
 
 
 def default(factory: type) -> Any:
@@ -334,7 +362,9 @@ class PromptDataCfg:
                 continue  # a built-in set: resolved (and checked) by rlhfkit.data.builtin
             message = FileMustExist()(value)
             if message:
-                yield Problem(name, value, message + "; or name a built-in set such as vader:movies")
+                yield Problem(
+                    name, value, message + "; or name a built-in set such as vader:movies"
+                )
 
 
 @dataclass(frozen=True)
@@ -404,17 +434,24 @@ def _feedback_source_problem(value: str) -> str | None:
     close = difflib.get_close_matches(value, builtins, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     if value.startswith("vader:"):
-        return None if value in builtins else (
-            f"is not a built-in set; {hint}choose one of {', '.join(builtins)}")
+        return (
+            None
+            if value in builtins
+            else (f"is not a built-in set; {hint}choose one of {', '.join(builtins)}")
+        )
     path = Path(os.path.expanduser(value))
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             return None
-        return ("is a directory but not a dataset saved by datasets' save_to_disk (no "
-                "dataset_dict.json or state.json); give such a directory or a data file")
+        return (
+            "is a directory but not a dataset saved by datasets' save_to_disk (no "
+            "dataset_dict.json or state.json); give such a directory or a data file"
+        )
     if path.is_file():
         if path.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
             return None
         return "is not a .jsonl, .json, .csv or .parquet file; convert it to one of those"
-    return (f"is neither a file nor a built-in set; {hint}check the path (relative paths start "
-            f"at the current directory) or name a built-in set: {', '.join(builtins)}")
+    return (
+        f"is neither a file nor a built-in set; {hint}check the path (relative paths start "
+        f"at the current directory) or name a built-in set: {', '.join(builtins)}"
+    )

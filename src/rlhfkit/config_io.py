@@ -54,9 +54,13 @@ def field_docs(cls: type) -> dict[str, str]:
         return docs
     body = tree.body[0].body  # type: ignore[attr-defined]
     for node, after in zip(body, body[1:], strict=False):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                and isinstance(after.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
             docs[node.target.id] = " ".join(after.value.value.split())
     return docs
 
@@ -133,8 +137,9 @@ def coerce(value: Any, tp: Any, from_cli: bool) -> Any:
         choices = typing.get_args(tp)
         if value in choices:
             return value
-        raise ValueError(f"is not one of {', '.join(map(str, choices))}"
-                         f"{_suggest(str(value), map(str, choices))}")
+        raise ValueError(
+            f"is not one of {', '.join(map(str, choices))}{_suggest(str(value), map(str, choices))}"
+        )
     if typing.get_origin(tp) is tuple:
         items = value if isinstance(value, (list, tuple)) else [value]
         if not all(isinstance(item, str) for item in items):
@@ -170,8 +175,9 @@ def coerce(value: Any, tp: Any, from_cli: bool) -> Any:
 # --- building ------------------------------------------------------------------------------------
 
 
-def build(cls: type, data: dict, cli_keys: set[str], prefix: str, problems: list[str],
-          base: Any = None) -> Any:
+def build(
+    cls: type, data: dict, cli_keys: set[str], prefix: str, problems: list[str], base: Any = None
+) -> Any:
     """``cls`` from a nested dict of raw values, coerced to each field's type.
 
     Fields the dict leaves out keep ``base``'s values (or the class defaults): a group keeps the
@@ -183,8 +189,10 @@ def build(cls: type, data: dict, cli_keys: set[str], prefix: str, problems: list
     fields = _fields(cls)
     for key in data:
         if key not in fields:
-            problems.append(f"{prefix}{key}: unknown key{_suggest(key, fields)}"
-                            f" (valid keys: {', '.join(fields)})")
+            problems.append(
+                f"{prefix}{key}: unknown key{_suggest(key, fields)}"
+                f" (valid keys: {', '.join(fields)})"
+            )
     kwargs = {}
     for name, (tp, _) in fields.items():
         if name not in data:
@@ -192,8 +200,10 @@ def build(cls: type, data: dict, cli_keys: set[str], prefix: str, problems: list
         value = data[name]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                problems.append(f"{prefix}{name} = {value!r}: is a group of options; write it as a "
-                                f"[{prefix}{name}] table or set --{prefix}{name}.KEY")
+                problems.append(
+                    f"{prefix}{name} = {value!r}: is a group of options; write it as a "
+                    f"[{prefix}{name}] table or set --{prefix}{name}.KEY"
+                )
                 continue
             group_base = getattr(base, name) if base is not None else _field_default(cls, name)
             kwargs[name] = build(tp, value, cli_keys, f"{prefix}{name}.", problems, group_base)
@@ -254,12 +264,16 @@ def read_file(path: str) -> dict:
 
             data = yaml.safe_load(text) or {}
             if not isinstance(data, dict):
-                raise ConfigError(f"--config = {path!r}: the top level must be a mapping of options")
+                raise ConfigError(
+                    f"--config = {path!r}: the top level must be a mapping of options"
+                )
             return data
     except ConfigError:
         raise
     except Exception as e:  # tomllib / yaml parse errors carry the line number
-        raise ConfigError(f"--config = {path!r}: not valid {file.suffix[1:].upper()}: {e}") from None
+        raise ConfigError(
+            f"--config = {path!r}: not valid {file.suffix[1:].upper()}: {e}"
+        ) from None
     raise ConfigError(f"--config = {path!r}: unknown format; use a .toml, .yaml or .yml file")
 
 
@@ -289,8 +303,9 @@ def parse_overrides(cls: type, args: list[str]) -> tuple[dict, set[str], str | N
             continue
         path = _resolve_key(key, paths, top)
         if path is None:
-            problems.append(f"--{key}: unknown option{_suggest(key, paths)}"
-                            " (see --help for all options)")
+            problems.append(
+                f"--{key}: unknown option{_suggest(key, paths)} (see --help for all options)"
+            )
             if not has_value and i < len(args) and not args[i].startswith("--"):
                 i += 1  # its value: not a second problem
             continue
@@ -356,15 +371,22 @@ def load(cls: type, args: list[str], command: str = "") -> Any:
     if problems:
         raise ConfigError(problems)
     run = getattr(cfg, "run", None)
-    if (run is not None and dataclasses.is_dataclass(run) and getattr(run, "resume", False)
-            and config_file and "run.output_dir" not in cli_keys):
+    if (
+        run is not None
+        and dataclasses.is_dataclass(run)
+        and getattr(run, "resume", False)
+        and config_file
+        and "run.output_dir" not in cli_keys
+    ):
         home = Path(os.path.expanduser(config_file)).parent
         if Path(config_file).name == "config.toml" and is_run_dir(home):
             run = dataclasses.replace(run, output_dir=str(home))
             cfg = dataclasses.replace(cfg, run=run)
     if run is not None and dataclasses.is_dataclass(run) and not run.output_dir and command:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(run, output_dir=f"runs/{command}-{stamp}"))
+        cfg = dataclasses.replace(
+            cfg, run=dataclasses.replace(run, output_dir=f"runs/{command}-{stamp}")
+        )
     problems = validate(cfg)
     if problems:
         raise ConfigError(problems)
@@ -396,19 +418,31 @@ def to_toml(cfg: Any) -> str:
 def render_help(cls: type, command: str) -> str:
     """``--help`` text: the command's summary, then every option with its type, default and doc."""
     summary = (inspect.getdoc(cls) or "").strip()
-    lines = [f"usage: rlhfkit {command} [--config FILE] [--KEY VALUE ...]", "", summary, "",
-             "Options may also come from a TOML/YAML file (--config); flags override it.",
-             "A bare name works when unique (--seed = --run.seed); booleans may omit the value.", ""]
+    lines = [
+        f"usage: rlhfkit {command} [--config FILE] [--KEY VALUE ...]",
+        "",
+        summary,
+        "",
+        "Options may also come from a TOML/YAML file (--config); flags override it.",
+        "A bare name works when unique (--seed = --run.seed); booleans may omit the value.",
+        "",
+    ]
 
     def describe(owner: type, name: str, tp: Any, path: str, default: Any) -> list[str]:
         constraints = _fields(owner)[name][1]
-        kind = ("FILE" if any(isinstance(c, FileMustExist) for c in constraints)
-                else "MODEL" if any(isinstance(c, ModelReference) for c in constraints)
-                else _type_name(tp))
+        kind = (
+            "FILE"
+            if any(isinstance(c, FileMustExist) for c in constraints)
+            else "MODEL"
+            if any(isinstance(c, ModelReference) for c in constraints)
+            else _type_name(tp)
+        )
         shown = "" if default in ("", (), None) else f" (default: {default})"
         doc = field_docs(owner).get(name, "")
-        return [f"  --{path} {kind}{shown}", *textwrap.wrap(doc, 92, initial_indent="      ",
-                                                            subsequent_indent="      ")]
+        return [
+            f"  --{path} {kind}{shown}",
+            *textwrap.wrap(doc, 92, initial_indent="      ", subsequent_indent="      "),
+        ]
 
     def section(instance: Any, prefix: str, title: str) -> None:
         owner = type(instance)  # defaults shown are the instance's: a preset shows its own
@@ -420,9 +454,14 @@ def render_help(cls: type, command: str) -> str:
         for name, (tp, _) in _fields(owner).items():
             if dataclasses.is_dataclass(tp):
                 doc = (inspect.getdoc(tp) or "").splitlines()[0] if inspect.getdoc(tp) else ""
-                short = f"; --{prefix}{name} X sets --{prefix}{name}.{tp.shorthand}" if getattr(
-                    tp, "shorthand", None) else ""
-                section(getattr(instance, name), f"{prefix}{name}.", f"[{prefix}{name}] {doc}{short}")
+                short = (
+                    f"; --{prefix}{name} X sets --{prefix}{name}.{tp.shorthand}"
+                    if getattr(tp, "shorthand", None)
+                    else ""
+                )
+                section(
+                    getattr(instance, name), f"{prefix}{name}.", f"[{prefix}{name}] {doc}{short}"
+                )
 
     section(cls(), "", "options:")
     return "\n".join(lines).rstrip() + "\n"

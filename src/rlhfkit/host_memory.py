@@ -13,8 +13,13 @@ import ctypes
 import os
 import platform
 
-GLIBC_MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
-                          "MALLOC_MMAP_MAX_", "MALLOC_ARENA_MAX")
+GLIBC_MALLOC_VARIABLES = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_ARENA_MAX",
+)
 """glibc's own malloc variables: a user who set one has chosen, and ``keep_freed_memory`` stays
 out of it."""
 
@@ -56,11 +61,13 @@ def keep_freed_memory() -> bool:
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    if (any(name in os.environ for name in GLIBC_MALLOC_VARIABLES)
-            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
+    if any(
+        name in os.environ for name in GLIBC_MALLOC_VARIABLES
+    ) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     mallopt = ctypes.CDLL(None).mallopt  # the process's own glibc
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # the mmap threshold first: setting it also stops glibc from adjusting it by itself
-    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD,
-                                                                         KEEP_BYTES))
+    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(
+        mallopt(M_TRIM_THRESHOLD, KEEP_BYTES)
+    )

@@ -59,8 +59,10 @@ class AdaptiveKL:
 
     def __init__(self, init_coef: float, target: float, horizon: int):
         if not init_coef > 0:
-            raise ConfigError(f"KL init_coef={init_coef!r} must be > 0: a multiplicative "
-                              "controller cannot move a coefficient of 0 (e.g. 0.1)")
+            raise ConfigError(
+                f"KL init_coef={init_coef!r} must be > 0: a multiplicative "
+                "controller cannot move a coefficient of 0 (e.g. 0.1)"
+            )
         if not target > 0:
             raise ConfigError(f"KL target={target!r} must be > 0 (KL per completion, e.g. 6.0)")
         if not horizon > 0:
@@ -73,12 +75,16 @@ class AdaptiveKL:
         """Adapt ``coef`` after a batch of ``n_samples`` completions with mean KL ``observed_kl``."""
         observed_kl = float(observed_kl)
         if not math.isfinite(observed_kl):
-            raise RlhfkitError(f"observed KL is {observed_kl}: the policy diverged from the "
-                               "reference; lower the learning rate or raise the KL coefficient")
+            raise RlhfkitError(
+                f"observed KL is {observed_kl}: the policy diverged from the "
+                "reference; lower the learning rate or raise the KL coefficient"
+            )
         if n_samples > self.horizon:
-            raise ConfigError(f"KL horizon={self.horizon} is shorter than a batch of {n_samples} "
-                              "samples, so one update could flip the coefficient's sign; set the "
-                              "horizon to many batches (the paper: 10000)")
+            raise ConfigError(
+                f"KL horizon={self.horizon} is shorter than a batch of {n_samples} "
+                "samples, so one update could flip the coefficient's sign; set the "
+                "horizon to many batches (the paper: 10000)"
+            )
         error = min(max(observed_kl / self.target - 1.0, -0.2), 0.2)
         self.coef *= 1.0 + error * n_samples / self.horizon
 
@@ -91,6 +97,8 @@ class AdaptiveKL:
 
 def _read_coef(state: dict[str, float]) -> float:
     if "coef" not in state:
-        raise RlhfkitError(f"KL controller state {state!r} lacks 'coef'; the checkpoint is "
-                           "damaged or not from a KL-controlled run")
+        raise RlhfkitError(
+            f"KL controller state {state!r} lacks 'coef'; the checkpoint is "
+            "damaged or not from a KL-controlled run"
+        )
     return float(state["coef"])

@@ -70,12 +70,16 @@ class Packed:
         return self.place.amax(dim=-1)
 
     def model_inputs(self) -> dict[str, Any]:
-        return {"input_ids": self.input_ids, "position_ids": self.position_ids,
-                "rlhfkit_packed": self}
+        return {
+            "input_ids": self.input_ids,
+            "position_ids": self.position_ids,
+            "rlhfkit_packed": self,
+        }
 
 
-def pack(input_ids: Tensor, attention_mask: Tensor, shared_prefix: int | Tensor = 0
-         ) -> Packed | None:
+def pack(
+    input_ids: Tensor, attention_mask: Tensor, shared_prefix: int | Tensor = 0
+) -> Packed | None:
     """The real tokens of a (B, T) batch packed into one row, or None when packing cannot hold
     it: a row with no real token, or a row whose real tokens are not one contiguous run.
 
@@ -126,20 +130,34 @@ def pack(input_ids: Tensor, attention_mask: Tensor, shared_prefix: int | Tensor 
     # the attention grid: row b holds its whole text from column 0, a shared prompt included
     grid = torch.full((rows, width), count, dtype=torch.long, device=mask.device)  # N: empty
     grid[mask.nonzero(as_tuple=True)[0], (mask.cumsum(-1) - 1)[mask]] = place[mask]
-    return Packed(input_ids=input_ids[torch.cat(source_rows), torch.cat(source_columns)][None],
-                  position_ids=torch.cat(positions)[None], place=place,
-                  grid_source=grid.flatten(), token_cell=torch.cat(cells), width=width)
+    return Packed(
+        input_ids=input_ids[torch.cat(source_rows), torch.cat(source_columns)][None],
+        position_ids=torch.cat(positions)[None],
+        place=place,
+        grid_source=grid.flatten(),
+        token_cell=torch.cat(cells),
+        width=width,
+    )
 
 
-def packed_sdpa(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
-                attention_mask: Tensor | None, dropout: float = 0.0,
-                scaling: float | None = None, rlhfkit_packed: Packed | None = None,
-                **kwargs: Any) -> tuple[Tensor, None]:
+def packed_sdpa(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    rlhfkit_packed: Packed | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
     """Attention over packed texts: query (1, Hq, N, d), key and value (1, Hkv, N, d) ->
     output (1, N, Hq, d), each text attending causally to itself (and its shared prompt) only."""
     if rlhfkit_packed is None:
-        raise RuntimeError(f"{ATTENTION} attends over packed batches only: run the model through "
-                           "rlhfkit.packing.packed_forward")
+        raise RuntimeError(
+            f"{ATTENTION} attends over packed batches only: run the model through "
+            "rlhfkit.packing.packed_forward"
+        )
     packed = rlhfkit_packed
     rows, width = packed.place.shape[0], packed.width
 
@@ -155,9 +173,14 @@ def packed_sdpa(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tens
     dtype = query.dtype
     with torch.autocast(query.device.type, enabled=False):
         out = F.scaled_dot_product_attention(
-            to_grid(query).float(), to_grid(key).float(), to_grid(value).float(),
-            is_causal=True, scale=scaling, dropout_p=dropout if module.training else 0.0,
-            enable_gqa=query.shape[1] != key.shape[1])  # (B, Hq, W, d)
+            to_grid(query).float(),
+            to_grid(key).float(),
+            to_grid(value).float(),
+            is_causal=True,
+            scale=scaling,
+            dropout_p=dropout if module.training else 0.0,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )  # (B, Hq, W, d)
     out = out.transpose(1, 2).reshape(rows * width, query.shape[1], query.shape[3])
     return out[packed.token_cell].unsqueeze(0).to(dtype), None  # (1, N, Hq, d)
 
@@ -187,8 +210,9 @@ def supports_packing(model: Any) -> bool:
     return bool(causal) and all(causal)
 
 
-def packed_forward(model: Any, input_ids: Tensor, attention_mask: Tensor,
-                   shared_prefix: int | Tensor = 0) -> tuple[Tensor, Packed] | None:
+def packed_forward(
+    model: Any, input_ids: Tensor, attention_mask: Tensor, shared_prefix: int | Tensor = 0
+) -> tuple[Tensor, Packed] | None:
     """The last hidden states of a (B, T) batch's real tokens, (N, H), run packed, and the
     packing; None when the model or the batch cannot run packed (run it padded instead).
 

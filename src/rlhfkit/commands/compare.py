@@ -86,8 +86,10 @@ def main(recipe: Recipe) -> None:
 
     out = recipe.output_dir
     if out.exists() and any(out.iterdir()) and not (out / "recipe.toml").is_file():
-        raise RlhfkitError(f"output_dir {str(out)!r} holds files but no comparison; choose an "
-                           "empty or new directory")
+        raise RlhfkitError(
+            f"output_dir {str(out)!r} holds files but no comparison; choose an "
+            "empty or new directory"
+        )
     if recipe.settings.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,8 +115,10 @@ def compare_task(recipe: Recipe, task: Task, base: tuple[Any, Any]) -> dict[str,
     cfg = task.cfg
     held_out = prompt_rows(cfg.data, recipe.settings.held_out)
     if len(held_out) < 2:
-        raise ConfigError(f"tasks.{cfg.name}: data.eval_prompts gives {len(held_out)} held-out "
-                          "prompts; name a file of at least 2 (a prompt file has no test split)")
+        raise ConfigError(
+            f"tasks.{cfg.name}: data.eval_prompts gives {len(held_out)} held-out "
+            "prompts; name a file of at least 2 (a prompt file has no test split)"
+        )
     reward = load_reward(cfg.reward)
     uses_samples = {m.name: bool(placeholders(m.command) & SAMPLED) for m in task.methods}
     results: dict[str, list[Any]] = {m.name: [] for m in task.methods}
@@ -122,40 +126,57 @@ def compare_task(recipe: Recipe, task: Task, base: tuple[Any, Any]) -> dict[str,
     for seed in range(recipe.settings.seeds):
         stage_seconds = 0.0
         if any(uses_samples.values()):
-            stages.append(sampling_stage(seed_directory(recipe, task, seed) / "sampled", cfg,
-                                         base, reward, seed))
+            stages.append(
+                sampling_stage(
+                    seed_directory(recipe, task, seed) / "sampled", cfg, base, reward, seed
+                )
+            )
             stage_seconds = stages[-1]["seconds"]
         for method in task.methods:
             extra = stage_seconds if uses_samples[method.name] else 0.0
-            results[method.name].append(run_method(recipe, task, method, seed, base, held_out,
-                                                   reward, extra))
+            results[method.name].append(
+                run_method(recipe, task, method, seed, base, held_out, reward, extra)
+            )
     rows = summarise(results)
     notes = _notes(cfg, len(held_out), recipe.settings.held_out, recipe.settings.seeds, stages)
-    return {"name": cfg.name, "prompts": cfg.data.prompts, "reward": cfg.reward,
-            "held_out_prompts": len(held_out), "seeds": recipe.settings.seeds,
-            "sampling": stages, "rows": [row.to_json() for row in rows],
-            "markdown": render_markdown(cfg.name, rows, notes)}
+    return {
+        "name": cfg.name,
+        "prompts": cfg.data.prompts,
+        "reward": cfg.reward,
+        "held_out_prompts": len(held_out),
+        "seeds": recipe.settings.seeds,
+        "sampling": stages,
+        "rows": [row.to_json() for row in rows],
+        "markdown": render_markdown(cfg.name, rows, notes),
+    }
 
 
-def _notes(cfg: TaskCfg, held_out: int, split: str, seeds: int,
-           stages: list[dict[str, Any]]) -> list[str]:
+def _notes(
+    cfg: TaskCfg, held_out: int, split: str, seeds: int, stages: list[dict[str, Any]]
+) -> list[str]:
     """What a reader needs beside a table: the data, the budget, what each column means."""
-    notes = [f"Prompts {cfg.data.prompts}, reward {cfg.reward}; {held_out} held-out prompts "
-             f"({split} split) x {seeds} seed(s), sampled at temperature "
-             f"{cfg.gen.temperature:g}, at most {cfg.gen.max_new_tokens} tokens."]
+    notes = [
+        f"Prompts {cfg.data.prompts}, reward {cfg.reward}; {held_out} held-out prompts "
+        f"({split} split) x {seeds} seed(s), sampled at temperature "
+        f"{cfg.gen.temperature:g}, at most {cfg.gen.max_new_tokens} tokens."
+    ]
     if stages:
         best = "/".join(str(stage["best"]) for stage in stages)  # one count per seed
         pairs = "/".join(str(stage["pairs"]) for stage in stages)
-        notes.append(f"Shared sample budget per seed: {stages[0]['prompts']} training prompts x "
-                     f"{cfg.samples_per_prompt} = {stages[0]['samples']} scored samples, giving "
-                     f"{best} best completions and {pairs} pairs with margin >= "
-                     f"{cfg.min_margin:g} (per seed).")
-    notes.append("Score: the mean held-out reward with a 95% Student-t interval over prompts "
-                 "(each prompt's score averaged over the seeds). vs base: the paired per-prompt "
-                 "difference and its 95% t-interval; beats base = that interval lies above 0. "
-                 "KL: Σ_t log π - log π_base over each sampled completion, averaged. Wall time: "
-                 "training per seed, plus the shared sampling stage for the methods that learn "
-                 "from it.")
+        notes.append(
+            f"Shared sample budget per seed: {stages[0]['prompts']} training prompts x "
+            f"{cfg.samples_per_prompt} = {stages[0]['samples']} scored samples, giving "
+            f"{best} best completions and {pairs} pairs with margin >= "
+            f"{cfg.min_margin:g} (per seed)."
+        )
+    notes.append(
+        "Score: the mean held-out reward with a 95% Student-t interval over prompts "
+        "(each prompt's score averaged over the seeds). vs base: the paired per-prompt "
+        "difference and its 95% t-interval; beats base = that interval lies above 0. "
+        "KL: Σ_t log π - log π_base over each sampled completion, averaged. Wall time: "
+        "training per seed, plus the shared sampling stage for the methods that learn "
+        "from it."
+    )
     return notes
 
 
@@ -167,20 +188,31 @@ def _check_settings(task_dir: Path, cfg: TaskCfg, settings: Config) -> None:
     file = task_dir / "settings.json"
     if file.is_file():
         if _with_defaults(json.loads(file.read_text(encoding="utf-8"))) != current:
-            raise RlhfkitError(f"{file}: task {cfg.name!r} ran with other settings than the recipe "
-                               "now gives; its results would not compare. Use another output_dir, "
-                               "or --overwrite to start afresh")
+            raise RlhfkitError(
+                f"{file}: task {cfg.name!r} ran with other settings than the recipe "
+                "now gives; its results would not compare. Use another output_dir, "
+                "or --overwrite to start afresh"
+            )
         return
     write_text_atomic(file, json.dumps(current, indent=2) + "\n")
 
 
-def _settings_record(cfg: TaskCfg, model: ModelCfg, eval_seed: Any, held_out: Any
-                     ) -> dict[str, Any]:
+def _settings_record(
+    cfg: TaskCfg, model: ModelCfg, eval_seed: Any, held_out: Any
+) -> dict[str, Any]:
     """What settings.json holds for a task, as it reads back from JSON."""
     from rlhfkit import config_io
 
-    return json.loads(json.dumps({"task": config_io.to_dict(cfg), "model": config_io.to_dict(model),
-                                  "eval_seed": eval_seed, "held_out": held_out}))
+    return json.loads(
+        json.dumps(
+            {
+                "task": config_io.to_dict(cfg),
+                "model": config_io.to_dict(model),
+                "eval_seed": eval_seed,
+                "held_out": held_out,
+            }
+        )
+    )
 
 
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any] | None:
@@ -193,20 +225,33 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any] | None:
     model = config_io.build(ModelCfg, saved.get("model", {}), set(), "", problems)
     if problems:
         return None
-    return _settings_record(task, model, saved.get("eval_seed"),
-                            saved.get("held_out", Config.held_out))
+    return _settings_record(
+        task, model, saved.get("eval_seed"), saved.get("held_out", Config.held_out)
+    )
 
 
-def sampling_stage(directory: Path, cfg: TaskCfg, base: tuple[Any, Any], reward: Any,
-                   seed: int) -> dict[str, Any]:
+def sampling_stage(
+    directory: Path, cfg: TaskCfg, base: tuple[Any, Any], reward: Any, seed: int
+) -> dict[str, Any]:
     """This seed's shared samples (drawn now, or reused when complete): counts and seconds."""
     from rlhfkit.data.prompts import prompt_rows
     from rlhfkit.train.sampled import run_stage
 
-    print(f"[{cfg.name} seed {seed}] shared sampling stage: {cfg.samples_per_prompt} completions "
-          "per training prompt from the base model (reused when already done)")
-    return run_stage(directory, *base, prompt_rows(cfg.data, "train"), cfg.gen, reward,
-                     cfg.samples_per_prompt, seed, cfg.min_margin, cfg.min_best_score)
+    print(
+        f"[{cfg.name} seed {seed}] shared sampling stage: {cfg.samples_per_prompt} completions "
+        "per training prompt from the base model (reused when already done)"
+    )
+    return run_stage(
+        directory,
+        *base,
+        prompt_rows(cfg.data, "train"),
+        cfg.gen,
+        reward,
+        cfg.samples_per_prompt,
+        seed,
+        cfg.min_margin,
+        cfg.min_best_score,
+    )
 
 
 def seed_directory(recipe: Recipe, task: Task, seed: int) -> Path:
@@ -216,15 +261,29 @@ def seed_directory(recipe: Recipe, task: Task, seed: int) -> Path:
 def command_line(recipe: Recipe, task: Task, method: MethodCfg, seed: int) -> list[str]:
     """The arguments ``method`` runs with for ``seed``: its command, placeholders filled."""
     directory, model = seed_directory(recipe, task, seed), recipe.settings.model
-    values = {"output_dir": directory / method.name, "seed": seed, "base": model.path,
-              "device": model.device, "prompts": task.cfg.data.prompts,
-              "max_prompts": task.cfg.data.max_prompts, "reward": task.cfg.reward,
-              **{key: directory / "sampled" / f"{key}.jsonl" for key in SAMPLED}}
+    values = {
+        "output_dir": directory / method.name,
+        "seed": seed,
+        "base": model.path,
+        "device": model.device,
+        "prompts": task.cfg.data.prompts,
+        "max_prompts": task.cfg.data.max_prompts,
+        "reward": task.cfg.reward,
+        **{key: directory / "sampled" / f"{key}.jsonl" for key in SAMPLED},
+    }
     return fill(method.command, values)
 
 
-def run_method(recipe: Recipe, task: Task, method: MethodCfg, seed: int, base: tuple[Any, Any],
-               held_out: list[dict[str, Any]], reward: Any, extra_seconds: float) -> Any:
+def run_method(
+    recipe: Recipe,
+    task: Task,
+    method: MethodCfg,
+    seed: int,
+    base: tuple[Any, Any],
+    held_out: list[dict[str, Any]],
+    reward: Any,
+    extra_seconds: float,
+) -> Any:
     """One method, one seed: train unless its model is there, evaluate unless its result is."""
     from rlhfkit.eval.comparison import MethodResult
     from rlhfkit.train.runs import write_text_atomic
@@ -242,8 +301,10 @@ def run_method(recipe: Recipe, task: Task, method: MethodCfg, seed: int, base: t
         if train_file.is_file() and (model_dir / "config.json").is_file():
             recorded = json.loads(train_file.read_text(encoding="utf-8"))
             if recorded["command"] != argv:
-                raise RlhfkitError(f"{where}: its command changed since it ran ({train_file} "
-                                   f"holds the old one); delete {run_dir} to run it again")
+                raise RlhfkitError(
+                    f"{where}: its command changed since it ran ({train_file} "
+                    f"holds the old one); delete {run_dir} to run it again"
+                )
             seconds = recorded["seconds"]
         else:
             result_file.unlink(missing_ok=True)
@@ -255,10 +316,13 @@ def run_method(recipe: Recipe, task: Task, method: MethodCfg, seed: int, base: t
                 shutil.rmtree(run_dir)  # a run that stopped half way: start it again
             seconds = _train(argv, where)
             if not (model_dir / "config.json").is_file():
-                raise RlhfkitError(f"{where}: `rlhfkit {' '.join(argv)}` finished without a model "
-                                   f"in {model_dir}; pass its run directory as {{output_dir}}")
-            write_text_atomic(train_file, json.dumps({"command": argv, "seconds": seconds},
-                                                     indent=2) + "\n")
+                raise RlhfkitError(
+                    f"{where}: `rlhfkit {' '.join(argv)}` finished without a model "
+                    f"in {model_dir}; pass its run directory as {{output_dir}}"
+                )
+            write_text_atomic(
+                train_file, json.dumps({"command": argv, "seconds": seconds}, indent=2) + "\n"
+            )
             # only an unfinished run resumes from its checkpoints: a finished one's model is
             # all compare reads, and a comparison's checkpoints run to tens of gigabytes
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -268,17 +332,36 @@ def run_method(recipe: Recipe, task: Task, method: MethodCfg, seed: int, base: t
     else:
         print(f"[{where}] evaluating on {len(held_out)} held-out prompts")
         asked = Conditioning("prompt", method.instruction) if method.instruction else None
-        evaluation, conditioning = evaluate(model_dir, base, recipe.settings.model, held_out,
-                                            task.cfg.gen, reward, recipe.settings.eval_seed + seed,
-                                            asked)
-        saved = {"method": method.name, "seed": seed,
-                 "model": str(model_dir or recipe.settings.model.path),
-                 "conditioning": conditioning, "seconds": seconds,
-                 "scores": evaluation.scores["score"], "kl": evaluation.kl,
-                 "lengths": evaluation.lengths, "completions": evaluation.completions}
+        evaluation, conditioning = evaluate(
+            model_dir,
+            base,
+            recipe.settings.model,
+            held_out,
+            task.cfg.gen,
+            reward,
+            recipe.settings.eval_seed + seed,
+            asked,
+        )
+        saved = {
+            "method": method.name,
+            "seed": seed,
+            "model": str(model_dir or recipe.settings.model.path),
+            "conditioning": conditioning,
+            "seconds": seconds,
+            "scores": evaluation.scores["score"],
+            "kl": evaluation.kl,
+            "lengths": evaluation.lengths,
+            "completions": evaluation.completions,
+        }
         write_text_atomic(result_file, json.dumps(saved, indent=1) + "\n")
-    return MethodResult(method=method.name, seed=seed, scores=saved["scores"], kl=saved["kl"],
-                        lengths=saved["lengths"], seconds=saved["seconds"])
+    return MethodResult(
+        method=method.name,
+        seed=seed,
+        scores=saved["scores"],
+        kl=saved["kl"],
+        lengths=saved["lengths"],
+        seconds=saved["seconds"],
+    )
 
 
 def _train(argv: list[str], where: str) -> float:
@@ -290,17 +373,27 @@ def _train(argv: list[str], where: str) -> float:
     try:
         code = cli.dispatch(argv)
     except (RlhfkitError, KeyboardInterrupt):
-        print(f"rlhfkit compare: {where} stopped; fix it and run the same compare again (the "
-              "finished methods are kept)", file=sys.stderr)
+        print(
+            f"rlhfkit compare: {where} stopped; fix it and run the same compare again (the "
+            "finished methods are kept)",
+            file=sys.stderr,
+        )
         raise
     if code != 0:
         raise RlhfkitError(f"{where}: `rlhfkit {' '.join(argv)}` exited with {code}")
     return time.perf_counter() - started
 
 
-def evaluate(model_dir: Path | None, base: tuple[Any, Any], model_cfg: ModelCfg,
-             held_out: list[dict[str, Any]], gen: GenCfg, reward: Any,
-             seed: int, asked: Conditioning | None = None) -> tuple[Any, dict[str, str] | None]:
+def evaluate(
+    model_dir: Path | None,
+    base: tuple[Any, Any],
+    model_cfg: ModelCfg,
+    held_out: list[dict[str, Any]],
+    gen: GenCfg,
+    reward: Any,
+    seed: int,
+    asked: Conditioning | None = None,
+) -> tuple[Any, dict[str, str] | None]:
     """Held-out completions of the model in ``model_dir`` (None: the base, ``asked`` through an
     instruction or not), scored, with KL to the base; and the conditioning it was asked with."""
     from rlhfkit.conditioning import load_conditioning
@@ -308,13 +401,22 @@ def evaluate(model_dir: Path | None, base: tuple[Any, Any], model_cfg: ModelCfg,
     from rlhfkit.models import load_causal_lm
 
     if model_dir is None:  # the base itself: KL 0
-        evaluation = evaluate_policy(*base, held_out, gen, {"score": reward}, seed,
-                                     conditioning=asked)
+        evaluation = evaluate_policy(
+            *base, held_out, gen, {"score": reward}, seed, conditioning=asked
+        )
         return evaluation, None if asked is None else asdict(asked)
     model, tokenizer = load_causal_lm(replace(model_cfg, path=str(model_dir)))
     conditioning = load_conditioning(model_dir)
-    evaluation = evaluate_policy(model, tokenizer, held_out, gen, {"score": reward}, seed,
-                                 reference=lambda: nullcontext(base[0]), conditioning=conditioning)
+    evaluation = evaluate_policy(
+        model,
+        tokenizer,
+        held_out,
+        gen,
+        {"score": reward},
+        seed,
+        reference=lambda: nullcontext(base[0]),
+        conditioning=conditioning,
+    )
     return evaluation, None if conditioning is None else asdict(conditioning)
 
 
@@ -323,6 +425,8 @@ def _write_tables(out: Path, recipe: Recipe, tables: list[dict[str, Any]]) -> No
 
     title = f"# rlhfkit compare {recipe.path.name}\n"
     write_text_atomic(out / "results.md", title + "".join("\n" + t["markdown"] for t in tables))
-    data = {"recipe": str(recipe.path), "tasks": [{k: v for k, v in t.items() if k != "markdown"}
-                                                  for t in tables]}
+    data = {
+        "recipe": str(recipe.path),
+        "tasks": [{k: v for k, v in t.items() if k != "markdown"} for t in tables],
+    }
     write_text_atomic(out / "results.json", json.dumps(data, indent=2) + "\n")

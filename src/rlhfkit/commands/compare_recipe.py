@@ -43,10 +43,12 @@ PLACEHOLDERS = {
     "pairs": "pairs.jsonl of this seed's sampling stage (best vs worst per prompt)",
 }
 SAMPLED = frozenset({"samples", "best", "pairs"})
-EMPTY = {"best": "no prompt's best sample reached min_best_score; lower it, or raise "
-                 "samples_per_prompt or data.max_prompts",
-         "pairs": "no prompt's samples differed by min_margin; lower it, or raise "
-                  "samples_per_prompt or data.max_prompts"}
+EMPTY = {
+    "best": "no prompt's best sample reached min_best_score; lower it, or raise "
+    "samples_per_prompt or data.max_prompts",
+    "pairs": "no prompt's samples differed by min_margin; lower it, or raise "
+    "samples_per_prompt or data.max_prompts",
+}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 RECIPE_HELP = """
 A recipe (TOML) holds the options above at its top level, then one [[tasks]] table per task,
@@ -105,10 +107,15 @@ class TaskCfg:
         if not NAME.fullmatch(self.name):
             yield Problem("name", self.name, "is required: letters, digits, '.', '_' or '-'")
         if not self.reward:
-            yield Problem("reward", self.reward, "is required; name the task's reward, e.g. sentiment")
+            yield Problem(
+                "reward", self.reward, "is required; name the task's reward, e.g. sentiment"
+            )
         if self.data.eval_size < 2:
-            yield Problem("data.eval_size", self.data.eval_size,
-                          "must be at least 2: a confidence interval needs 2 held-out prompts")
+            yield Problem(
+                "data.eval_size",
+                self.data.eval_size,
+                "must be at least 2: a confidence interval needs 2 held-out prompts",
+            )
 
 
 @dataclass(frozen=True)
@@ -156,8 +163,12 @@ class Recipe:
 
 def placeholders(command: Sequence[str]) -> set[str]:
     """The placeholder names in a command line (``{{`` and ``}}`` are literal braces)."""
-    return {name for arg in command for _, name, _, _ in string.Formatter().parse(arg)
-            if name is not None}
+    return {
+        name
+        for arg in command
+        for _, name, _, _ in string.Formatter().parse(arg)
+        if name is not None
+    }
 
 
 def fill(command: Sequence[str], values: dict[str, Any]) -> list[str]:
@@ -169,28 +180,47 @@ def _command_problems(method: MethodCfg) -> Iterable[Problem]:
     if method.name == BASE:
         if method.command or method.instruction:
             field = "command" if method.command else "instruction"
-            yield Problem(field, " ".join(method.command) or method.instruction,
-                          "base is the starting model, evaluated as is; remove its " + field
-                          + " (an asked base is a method of its own name with an instruction)")
+            yield Problem(
+                field,
+                " ".join(method.command) or method.instruction,
+                "base is the starting model, evaluated as is; remove its "
+                + field
+                + " (an asked base is a method of its own name with an instruction)",
+            )
         return
     if method.instruction:
         if method.command:
-            yield Problem("instruction", method.instruction, "a method either trains (command) "
-                          "or asks the base model (instruction), not both; remove one")
+            yield Problem(
+                "instruction",
+                method.instruction,
+                "a method either trains (command) "
+                "or asks the base model (instruction), not both; remove one",
+            )
         elif method.instruction.count("{prompt}") != 1:
-            yield Problem("instruction", method.instruction, "must contain {prompt} exactly once, "
-                          "where the prompt goes, as in '[very positive] {prompt}'")
+            yield Problem(
+                "instruction",
+                method.instruction,
+                "must contain {prompt} exactly once, "
+                "where the prompt goes, as in '[very positive] {prompt}'",
+            )
         return
     if not method.command:
-        yield Problem("command", "", 'is required: the rlhfkit arguments that train the method, '
-                      'e.g. ["sft", "--data", "{best}", "--run.output_dir", "{output_dir}"], or '
-                      'an instruction = "... {prompt}" that asks the base model')
+        yield Problem(
+            "command",
+            "",
+            "is required: the rlhfkit arguments that train the method, "
+            'e.g. ["sft", "--data", "{best}", "--run.output_dir", "{output_dir}"], or '
+            'an instruction = "... {prompt}" that asks the base model',
+        )
         return
     from rlhfkit import cli
 
     if method.command[0] not in {*cli.COMMANDS, *cli.TOOLS} - {"compare"}:
-        yield Problem("command", " ".join(method.command),
-                      f"starts with {method.command[0]!r}, not an rlhfkit training command")
+        yield Problem(
+            "command",
+            " ".join(method.command),
+            f"starts with {method.command[0]!r}, not an rlhfkit training command",
+        )
     names: set[str] = set()
     for arg in method.command:  # each wrong argument named on its own
         try:
@@ -199,14 +229,21 @@ def _command_problems(method: MethodCfg) -> Iterable[Problem]:
             yield Problem("command", arg, f"{e}; write a literal brace as {{{{ or }}}}")
             continue
         for name in sorted(found - PLACEHOLDERS.keys()):
-            yield Problem("command", arg, f"unknown placeholder {{{name}}}; use one of "
-                          + ", ".join(f"{{{known}}}" for known in PLACEHOLDERS))
+            yield Problem(
+                "command",
+                arg,
+                f"unknown placeholder {{{name}}}; use one of "
+                + ", ".join(f"{{{known}}}" for known in PLACEHOLDERS),
+            )
         names |= found
     for needed in ("output_dir", "seed"):
         if needed not in names:
-            yield Problem("command", " ".join(method.command),
-                          f"never uses {{{needed}}}; pass it (e.g. --run.{needed} {{{needed}}}) so "
-                          "the run lands where compare evaluates it, once per seed")
+            yield Problem(
+                "command",
+                " ".join(method.command),
+                f"never uses {{{needed}}}; pass it (e.g. --run.{needed} {{{needed}}}) so "
+                "the run lands where compare evaluates it, once per seed",
+            )
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
@@ -223,10 +260,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     problems: list[str] = []
     # config_io builds a command's config from a file and flags; a recipe's [[tasks]] are tables
     # it has no type for, so each table is built on its own with the same coercion and checks
-    settings = config_io.build(Config, config_io.deep_merge(data, cli_data), cli_keys, "",
-                                problems)
+    settings = config_io.build(Config, config_io.deep_merge(data, cli_data), cli_keys, "", problems)
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
-        problems.append("tasks: missing; add a [[tasks]] table per task (see rlhfkit compare --help)")
+        problems.append(
+            "tasks: missing; add a [[tasks]] table per task (see rlhfkit compare --help)"
+        )
         tables = []
     tasks = []
     for i, table in enumerate(tables):
@@ -235,38 +273,56 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         method_tables = table.pop("methods", None)
         cfg = config_io.build(TaskCfg, table, set(), where, problems)
         if not isinstance(method_tables, list) or not method_tables:
-            problems.append(f"{where}methods: missing; add [[tasks.methods]] tables, one per method")
+            problems.append(
+                f"{where}methods: missing; add [[tasks.methods]] tables, one per method"
+            )
             method_tables = []
-        methods = tuple(config_io.build(MethodCfg, m if isinstance(m, dict) else {}, set(),
-                                         f"{where}methods[{j}].", problems)
-                        for j, m in enumerate(method_tables))
+        methods = tuple(
+            config_io.build(
+                MethodCfg,
+                m if isinstance(m, dict) else {},
+                set(),
+                f"{where}methods[{j}].",
+                problems,
+            )
+            for j, m in enumerate(method_tables)
+        )
         tasks.append(Task(cfg, methods))
     if problems:
         raise ConfigError(problems)
     problems = config_io.validate(settings)
     for i, task in enumerate(tasks):
         problems += config_io.validate(task.cfg, f"tasks[{i}].")
-        if settings.held_out == "validation" and (task.cfg.data.eval_prompts
-                                                  or not is_builtin(task.cfg.data.prompts)):
-            problems.append(f"tasks[{i}].data.eval_prompts = {task.cfg.data.eval_prompts!r}: "
-                            'held_out = "validation" needs a built-in prompt set (vader:..., '
-                            "reasoning_gym:...) and no eval_prompts file, which has no "
-                            "validation split; or set held_out = \"test\"")
+        if settings.held_out == "validation" and (
+            task.cfg.data.eval_prompts or not is_builtin(task.cfg.data.prompts)
+        ):
+            problems.append(
+                f"tasks[{i}].data.eval_prompts = {task.cfg.data.eval_prompts!r}: "
+                'held_out = "validation" needs a built-in prompt set (vader:..., '
+                "reasoning_gym:...) and no eval_prompts file, which has no "
+                'validation split; or set held_out = "test"'
+            )
         seen: set[str] = set()
         for j, method in enumerate(task.methods):
             where = f"tasks[{i}].methods[{j}]."
             if not NAME.fullmatch(method.name):
-                problems.append(f"{where}name = {method.name!r}: is required: letters, digits, "
-                                "'.', '_' or '-'")
+                problems.append(
+                    f"{where}name = {method.name!r}: is required: letters, digits, '.', '_' or '-'"
+                )
             elif method.name in seen:
-                problems.append(f"{where}name = {method.name!r}: appears twice in task "
-                                f"{task.cfg.name!r}; give each method its own name")
+                problems.append(
+                    f"{where}name = {method.name!r}: appears twice in task "
+                    f"{task.cfg.name!r}; give each method its own name"
+                )
             seen.add(method.name)
-            problems += [f"{where}{p.field} = {p.value!r}: {p.message}"
-                         for p in _command_problems(method)]
+            problems += [
+                f"{where}{p.field} = {p.value!r}: {p.message}" for p in _command_problems(method)
+            ]
         if BASE not in seen:
-            problems.append(f'tasks[{i}].methods: no "base"; add [[tasks.methods]] name = "base", '
-                            "the starting model every method is measured against")
+            problems.append(
+                f'tasks[{i}].methods: no "base"; add [[tasks.methods]] name = "base", '
+                "the starting model every method is measured against"
+            )
     names = [task.cfg.name for task in tasks]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"tasks: name {name!r} appears twice; give each task its own name")

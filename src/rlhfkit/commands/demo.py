@@ -74,12 +74,19 @@ class Config(PpoConfig):
     judge: str = "vader"
     """Independent judge for the before/after table (not the training reward)."""
     reward_model: RewardStageCfg = default(RewardStageCfg)
-    data: PromptDataCfg = field(default_factory=lambda: PromptDataCfg(
-        prompts="vader:movies", eval_size=64))
-    gen: GenCfg = field(default_factory=lambda: GenCfg(
-        max_new_tokens=24, temperature=1.0, batch_size=16, chat_template="off"))
-    algo: AlgoCfg = field(default_factory=lambda: AlgoCfg(
-        prompts_per_step=16, micro_batch_size=16, epochs=1, kl_coef=0.05))
+    data: PromptDataCfg = field(
+        default_factory=lambda: PromptDataCfg(prompts="vader:movies", eval_size=64)
+    )
+    gen: GenCfg = field(
+        default_factory=lambda: GenCfg(
+            max_new_tokens=24, temperature=1.0, batch_size=16, chat_template="off"
+        )
+    )
+    algo: AlgoCfg = field(
+        default_factory=lambda: AlgoCfg(
+            prompts_per_step=16, micro_batch_size=16, epochs=1, kl_coef=0.05
+        )
+    )
     # A value head on the policy's trunk: a PPO step in about two thirds of the time of a separate
     # critic's, 3 GB less memory, and in the measured run more learning (README).
     critic: CriticCfg = field(default_factory=lambda: CriticCfg(share_policy=True, lr=1e-3))
@@ -122,16 +129,20 @@ def main(cfg: Config) -> None:
     rm_figures: dict[str, Any] = {}
     if not cfg.reward:
         stage = cfg.reward_model
-        console.rule(f"2-3/5 reward model on {stage.data} preference pairs "
-                     f"(human means >= {stage.min_gap:g} apart), {stage.backbone} backbone")
+        console.rule(
+            f"2-3/5 reward model on {stage.data} preference pairs "
+            f"(human means >= {stage.min_gap:g} apart), {stage.backbone} backbone"
+        )
         reward_dir, rm_figures = train_reward_model(cfg, out / REWARD_MODEL_DIR, console)
         cfg = replace(cfg, reward=f"rm:{reward_dir}")
     held_out = prompt_rows(cfg.data, "test")
     rewards = {"reward": load_reward(cfg.reward), "judge": load_reward(cfg.judge)}
 
     # 4. PPO; the reference is the starting model, so "before" samples come from it
-    console.rule(f"4/5 PPO for {cfg.steps} steps ({cfg.algo.prompts_per_step} prompts, reward "
-                 f"{cfg.reward}, KL coefficient {cfg.algo.kl_coef:g})")
+    console.rule(
+        f"4/5 PPO for {cfg.steps} steps ({cfg.algo.prompts_per_step} prompts, reward "
+        f"{cfg.reward}, KL coefficient {cfg.algo.kl_coef:g})"
+    )
     outcome = ppo.train(cfg)
     reference = outcome.reference  # None with LoRA: the policy with adapters off
 
@@ -142,25 +153,45 @@ def main(cfg: Config) -> None:
     if conditioning is not None:
         console.print(describe_conditioning(conditioning), markup=False)
     with lora.reference(outcome.policy, reference) as before_model:
-        before = evaluate_policy(before_model, outcome.tokenizer, held_out, cfg.gen, rewards,
-                                 seed=cfg.run.seed + 17, conditioning=conditioning)
-    after = evaluate_policy(outcome.policy, outcome.tokenizer, held_out, cfg.gen, rewards,
-                            seed=cfg.run.seed + 17,
-                            reference=lambda: lora.reference(outcome.policy, reference),
-                            conditioning=conditioning)
+        before = evaluate_policy(
+            before_model,
+            outcome.tokenizer,
+            held_out,
+            cfg.gen,
+            rewards,
+            seed=cfg.run.seed + 17,
+            conditioning=conditioning,
+        )
+    after = evaluate_policy(
+        outcome.policy,
+        outcome.tokenizer,
+        held_out,
+        cfg.gen,
+        rewards,
+        seed=cfg.run.seed + 17,
+        reference=lambda: lora.reference(outcome.policy, reference),
+        conditioning=conditioning,
+    )
     print_before_after(console, cfg, held_out, before, after)
     plot = plot_curves(outcome.run.metrics(), outcome.run.path / "curves.png")
     figures = {
-        "reward": cfg.reward, "judge": cfg.judge, **rm_figures,
+        "reward": cfg.reward,
+        "judge": cfg.judge,
+        **rm_figures,
         "positive_rate_before": before.positive_rate("judge"),
         "positive_rate_after": after.positive_rate("judge"),
-        "reward_before": before.mean("reward"), "reward_after": after.mean("reward"),
-        "kl_after": after.mean_kl, "length_before": before.mean_length,
-        "length_after": after.mean_length, "minutes": round((time.perf_counter() - started) / 60, 1),
+        "reward_before": before.mean("reward"),
+        "reward_after": after.mean("reward"),
+        "kl_after": after.mean_kl,
+        "length_before": before.mean_length,
+        "length_after": after.mean_length,
+        "minutes": round((time.perf_counter() - started) / 60, 1),
     }
     outcome.run.finish({**outcome.summary, **figures})
-    console.print(f"run directory: {outcome.run.path}  (curves: {plot}, trained model: "
-                  f"{outcome.run.path / 'model'})")
+    console.print(
+        f"run directory: {outcome.run.path}  (curves: {plot}, trained model: "
+        f"{outcome.run.path / 'model'})"
+    )
 
 
 def train_reward_model(cfg: Config, directory: Path, console: Any) -> tuple[Path, dict[str, Any]]:
@@ -179,35 +210,58 @@ def train_reward_model(cfg: Config, directory: Path, console: Any) -> tuple[Path
         console.print(f"reusing the reward model in {model_dir}")
     else:
         rm_cfg = reward.Config(
-            model=ModelCfg(path=stage.backbone, device=cfg.model.device,
-                           autocast=cfg.model.autocast),
+            model=ModelCfg(
+                path=stage.backbone, device=cfg.model.device, autocast=cfg.model.autocast
+            ),
             data=FeedbackDataCfg(path=stage.data, min_gap=stage.min_gap),
-            train=offline.TrainCfg(max_steps=stage.steps, batch_size=stage.batch_size,
-                                   eval_batch_size=64, max_eval=500),
+            train=offline.TrainCfg(
+                max_steps=stage.steps, batch_size=stage.batch_size, eval_batch_size=64, max_eval=500
+            ),
             optim=OptimCfg(lr=stage.lr, warmup_steps=10, schedule="linear"),
-            log=cfg.log, run=RunCfg(output_dir=str(directory), seed=cfg.run.seed,
-                                    deterministic=cfg.run.deterministic, overwrite=True,
-                                    checkpoint_every=0))
+            log=cfg.log,
+            run=RunCfg(
+                output_dir=str(directory),
+                seed=cfg.run.seed,
+                deterministic=cfg.run.deterministic,
+                overwrite=True,
+                checkpoint_every=0,
+            ),
+        )
         _, summary = reward.train(rm_cfg)
     table = Table(title="reward model on held-out (test) preference pairs")
     table.add_column("")
     table.add_column("all pairs", justify="right")
     table.add_column(f"human means >= {reward.RewardCfg.report_gap:g} apart", justify="right")
-    table.add_row("reward model accuracy", f"{summary['test_accuracy']:.1%}",
-                  f"{summary.get('test_accuracy_gap', float('nan')):.1%}")
-    table.add_row("one human rater vs the consensus (ceiling)",
-                  f"{summary.get('test_human_single_rater', float('nan')):.1%}",
-                  f"{summary.get('test_human_single_rater_gap', float('nan')):.1%}")
-    table.add_row("pairs", f"{summary['test_pairs']:.0f}", f"{summary.get('test_pairs_gap', 0):.0f}")
+    table.add_row(
+        "reward model accuracy",
+        f"{summary['test_accuracy']:.1%}",
+        f"{summary.get('test_accuracy_gap', float('nan')):.1%}",
+    )
+    table.add_row(
+        "one human rater vs the consensus (ceiling)",
+        f"{summary.get('test_human_single_rater', float('nan')):.1%}",
+        f"{summary.get('test_human_single_rater_gap', float('nan')):.1%}",
+    )
+    table.add_row(
+        "pairs", f"{summary['test_pairs']:.0f}", f"{summary.get('test_pairs_gap', 0):.0f}"
+    )
     console.print(table)
-    figures = {f"rm_{key}": summary.get(key) for key in (
-        "test_accuracy", "test_accuracy_gap", "test_human_single_rater",
-        "test_human_single_rater_gap", "seconds")}
+    figures = {
+        f"rm_{key}": summary.get(key)
+        for key in (
+            "test_accuracy",
+            "test_accuracy_gap",
+            "test_human_single_rater",
+            "test_human_single_rater_gap",
+            "seconds",
+        )
+    }
     return model_dir, figures
 
 
-def print_before_after(console: Any, cfg: Config, held_out: list[dict[str, Any]], before: Any,
-                       after: Any) -> None:
+def print_before_after(
+    console: Any, cfg: Config, held_out: list[dict[str, Any]], before: Any, after: Any
+) -> None:
     """The before/after table and the sample pairs."""
     from rich.table import Table
 
@@ -215,10 +269,16 @@ def print_before_after(console: Any, cfg: Config, held_out: list[dict[str, Any]]
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    table.add_row(f"training reward ({cfg.reward})", f"{before.mean('reward'):+.3f}",
-                  f"{after.mean('reward'):+.3f}")
-    table.add_row(f"positive rate, judged by {cfg.judge}", f"{before.positive_rate('judge'):.0%}",
-                  f"{after.positive_rate('judge'):.0%}")
+    table.add_row(
+        f"training reward ({cfg.reward})",
+        f"{before.mean('reward'):+.3f}",
+        f"{after.mean('reward'):+.3f}",
+    )
+    table.add_row(
+        f"positive rate, judged by {cfg.judge}",
+        f"{before.positive_rate('judge'):.0%}",
+        f"{after.positive_rate('judge'):.0%}",
+    )
     table.add_row("KL to reference (nats / completion)", "0", f"{after.mean_kl:.2f}")
     table.add_row("mean length (tokens)", f"{before.mean_length:.1f}", f"{after.mean_length:.1f}")
     console.print(table)
@@ -227,6 +287,6 @@ def print_before_after(console: Any, cfg: Config, held_out: list[dict[str, Any]]
     pairs.add_column("before")
     pairs.add_column("after")
     shown = zip(held_out, before.completions, after.completions, strict=True)
-    for row, old, new in list(shown)[:cfg.samples]:
+    for row, old, new in list(shown)[: cfg.samples]:
         pairs.add_row(row["prompt"], old, new)
     console.print(pairs, markup=False)

@@ -77,7 +77,7 @@ def main(cfg: Config) -> None:
     # 1. read the prompts: a bad file fails before the model loads
     rows = load_prompts(os.path.expanduser(cfg.prompts), cfg.prompt_field)
     if cfg.limit:
-        rows = rows[:cfg.limit]
+        rows = rows[: cfg.limit]
     rows = [row for row in rows for _ in range(cfg.samples_per_prompt)]
 
     # 2. sample, asking a hindsight-trained model with the words it was trained on
@@ -87,8 +87,9 @@ def main(cfg: Config) -> None:
         print(describe_conditioning(conditioning))
     backend = get_backend(cfg.gen.backend, model, tokenizer)
     started = time.perf_counter()
-    rollout = generate_conditioned(backend, [row["prompt"] for row in rows], cfg.gen, cfg.seed,
-                                   conditioning)
+    rollout = generate_conditioned(
+        backend, [row["prompt"] for row in rows], cfg.gen, cfg.seed, conditioning
+    )
     seconds = time.perf_counter() - started
 
     # 3. write every row at once, atomically; the output may have appeared while we sampled
@@ -101,16 +102,23 @@ def main(cfg: Config) -> None:
     logprobs = rollout.logprobs.tolist()
     records = []
     for i, row in enumerate(rows):
-        record = {**row, "completion": rollout.completions[i],
-                  "prompt_tokens": prompt_tokens[i], "completion_tokens": completion_tokens[i],
-                  "finished": finished[i], "model": cfg.model.path,
-                  # 6 decimals: float32 holds about 7 significant digits
-                  "logprobs": [round(x, 6) for x in logprobs[i][:completion_tokens[i]]]}
+        record = {
+            **row,
+            "completion": rollout.completions[i],
+            "prompt_tokens": prompt_tokens[i],
+            "completion_tokens": completion_tokens[i],
+            "finished": finished[i],
+            "model": cfg.model.path,
+            # 6 decimals: float32 holds about 7 significant digits
+            "logprobs": [round(x, 6) for x in logprobs[i][: completion_tokens[i]]],
+        }
         if cfg.samples_per_prompt > 1:
             record["sample"] = i % cfg.samples_per_prompt
         records.append(record)
     write_jsonl(os.path.expanduser(cfg.output), records)
 
     total = sum(completion_tokens)
-    print(f"wrote {len(records)} completions to {cfg.output}: {total} tokens in {seconds:.1f} s "
-          f"({total / seconds:.1f} tokens/s), {sum(finished)} of {len(records)} ended on their own")
+    print(
+        f"wrote {len(records)} completions to {cfg.output}: {total} tokens in {seconds:.1f} s "
+        f"({total / seconds:.1f} tokens/s), {sum(finished)} of {len(records)} ended on their own"
+    )

@@ -19,8 +19,10 @@ METHODS: dict[str, str] = {
     "rlhs": "rlhfkit.train.hindsight.rlhs",
 }
 
-USAGE = ("usage: rlhfkit hindsight --method {" + "|".join(METHODS) + "} [--config FILE] "
-         "[--KEY VALUE ...]")
+USAGE = (
+    "usage: rlhfkit hindsight --method {" + "|".join(METHODS) + "} [--config FILE] "
+    "[--KEY VALUE ...]"
+)
 
 
 def split_method(args: list[str]) -> tuple[str | None, list[str]]:
@@ -68,8 +70,11 @@ def run(args: list[str]) -> int:
         if "-h" in args or "--help" in args:
             print(USAGE + "\n\nmethods:\n" + "\n".join(f"  {name}" for name in METHODS))
             return 0
-        raise ConfigError("hindsight: no method; pass --method " + "|".join(METHODS)
-                          + " or set method = \"...\" in the --config file")
+        raise ConfigError(
+            "hindsight: no method; pass --method "
+            + "|".join(METHODS)
+            + ' or set method = "..." in the --config file'
+        )
     if method not in METHODS:
         import difflib
 

@@ -47,8 +47,12 @@ class Config:
         if not self.input:
             yield Problem("input", "", "is required; pass --input FILE.jsonl")
         elif not self.output and not _is_jsonl(self.input):
-            yield Problem("output", "", f"is empty, so the input would be rewritten, but "
-                          f"{self.input} is not JSONL; pass --output FILE.jsonl")
+            yield Problem(
+                "output",
+                "",
+                f"is empty, so the input would be rewritten, but "
+                f"{self.input} is not JSONL; pass --output FILE.jsonl",
+            )
         if self.output and not _is_jsonl(self.output):
             yield Problem("output", self.output, "scores are written as JSONL; give a .jsonl path")
         if self.output and Path(os.path.expanduser(self.output)).is_dir():
@@ -57,8 +61,11 @@ class Config:
             if not getattr(self, name):
                 yield Problem(name, "", "is empty; give a column name")
         if self.score_field in (self.prompt_field, self.completion_field):
-            yield Problem("score_field", self.score_field, "would overwrite the prompt or "
-                          "completion column; choose another name")
+            yield Problem(
+                "score_field",
+                self.score_field,
+                "would overwrite the prompt or completion column; choose another name",
+            )
         for message in spec_problems(self.reward):
             yield Problem("reward", self.reward, message)
 
@@ -78,12 +85,17 @@ def main(cfg: Config) -> None:
     if not rows:
         raise DataError(f"{cfg.input}: no rows to score")
     completions = column(rows, cfg.completion_field, cfg.input, "--completion_field")
-    prompts = column(rows, cfg.prompt_field, cfg.input, "--prompt_field") if cfg.prompt_field \
+    prompts = (
+        column(rows, cfg.prompt_field, cfg.input, "--prompt_field")
+        if cfg.prompt_field
         else [""] * len(rows)
+    )
     for number, value in enumerate(completions, start=1):
         if not isinstance(value, str):
-            raise DataError(f"{cfg.input}: row {number}: {cfg.completion_field!r} is "
-                            f"{type(value).__name__}, expected text")
+            raise DataError(
+                f"{cfg.input}: row {number}: {cfg.completion_field!r} is "
+                f"{type(value).__name__}, expected text"
+            )
     meta = _meta_columns(rows, exclude={cfg.prompt_field, cfg.completion_field, cfg.score_field})
 
     # 2. score in batches; compute_rewards names the row that breaks a reward
@@ -94,19 +106,23 @@ def main(cfg: Config) -> None:
             end = start + cfg.batch_size
             batch_meta = {key: values[start:end] for key, values in meta.items()}
             try:
-                scores += compute_rewards(reward, prompts[start:end], completions[start:end],
-                                          **batch_meta)
+                scores += compute_rewards(
+                    reward, prompts[start:end], completions[start:end], **batch_meta
+                )
             except RewardItemError as e:  # name the row of the file, not the item of the batch
                 raise RewardError(e.describe(f"row {start + e.item + 1} of {cfg.input}")) from e
             bar.advance(task, len(scores) - start)
 
     # 3. write all rows at once, atomically (the input itself unless --output is given)
     output = os.path.expanduser(cfg.output) if cfg.output else source
-    write_jsonl(output, ({**row, cfg.score_field: score}
-                         for row, score in zip(rows, scores, strict=True)))
-    print(f"scored {len(scores)} completions with {reward.name} -> {output} "
-          f"(column {cfg.score_field!r}): mean {statistics.fmean(scores):.4f}, "
-          f"min {min(scores):.4f}, max {max(scores):.4f}")
+    write_jsonl(
+        output, ({**row, cfg.score_field: score} for row, score in zip(rows, scores, strict=True))
+    )
+    print(
+        f"scored {len(scores)} completions with {reward.name} -> {output} "
+        f"(column {cfg.score_field!r}): mean {statistics.fmean(scores):.4f}, "
+        f"min {min(scores):.4f}, max {max(scores):.4f}"
+    )
 
 
 def _meta_columns(rows: list[dict[str, Any]], exclude: set[str]) -> dict[str, list[Any]]:

@@ -52,9 +52,11 @@ def rater_consensus_probabilities(pairs: Sequence[Pair]) -> list[float]:
     for index, pair in enumerate(pairs):
         chosen, rejected = pair.meta.get("chosen_ratings"), pair.meta.get("rejected_ratings")
         if not chosen or not rejected:
-            raise DataError(f"pair {index} has no individual ratings (meta['chosen_ratings'], "
-                            "meta['rejected_ratings']); agreement needs pairs made from "
-                            "ratings by several raters, e.g. by pairs_from_ratings")
+            raise DataError(
+                f"pair {index} has no individual ratings (meta['chosen_ratings'], "
+                "meta['rejected_ratings']); agreement needs pairs made from "
+                "ratings by several raters, e.g. by pairs_from_ratings"
+            )
         probabilities.append(rater_preference_probability(chosen, rejected))
     return probabilities
 
@@ -77,4 +79,5 @@ def agreement_ceiling(pairs: Sequence[Pair]) -> AgreementCeiling:
     return AgreementCeiling(
         single_rater_accuracy=sum(probabilities) / len(probabilities),
         rater_agreement=sum(p * p + (1 - p) * (1 - p) for p in probabilities) / len(probabilities),
-        pairs=len(probabilities))
+        pairs=len(probabilities),
+    )

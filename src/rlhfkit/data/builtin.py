@@ -36,8 +36,10 @@ def load_builtin(spec: str, split: str, field: str = "prompts") -> list[dict[str
         return _reasoning_gym(name, split, field)
     close = difflib.get_close_matches(kind, SETS, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ConfigError(f"data.{field} = {spec!r}: not a file nor a built-in set; {hint}"
-                      "use vader:<corpus> or reasoning_gym:<task>")
+    raise ConfigError(
+        f"data.{field} = {spec!r}: not a file nor a built-in set; {hint}"
+        "use vader:<corpus> or reasoning_gym:<task>"
+    )
 
 
 def opening(text: str, words: int = OPENING_WORDS) -> str:
@@ -49,8 +51,10 @@ def _vader_openings(corpus: str, split: str, field: str) -> list[dict[str, Any]]
     from rlhfkit.data.vader import CORPORA, load_vader
 
     if corpus not in CORPORA:
-        raise ConfigError(f"data.{field} = 'vader:{corpus}': unknown corpus; use one of "
-                          + ", ".join(f"vader:{c}" for c in CORPORA))
+        raise ConfigError(
+            f"data.{field} = 'vader:{corpus}': unknown corpus; use one of "
+            + ", ".join(f"vader:{c}" for c in CORPORA)
+        )
     rows, seen = [], set()
     for text in load_vader((corpus,), split=split):
         prompt = opening(text.text)
@@ -68,12 +72,15 @@ def _reasoning_gym(spec: str, split: str, field: str) -> list[dict[str, Any]]:
 
     task, options = parse_task_options(spec, f"data.{field}")
     try:
-        dataset = reasoning_gym.create_dataset(task, size=REASONING_SIZES[split],
-                                               seed=REASONING_SEEDS[split], **options)
+        dataset = reasoning_gym.create_dataset(
+            task, size=REASONING_SIZES[split], seed=REASONING_SEEDS[split], **options
+        )
     except Exception as e:  # reasoning_gym raises bare errors for unknown names and options
-        raise ConfigError(f"data.{field} = 'reasoning_gym:{spec}': {e}; see "
-                          "reasoning_gym's task list (e.g. basic_arithmetic, chain_sum) and the "
-                          "task's config class for its options") from None
+        raise ConfigError(
+            f"data.{field} = 'reasoning_gym:{spec}': {e}; see "
+            "reasoning_gym's task list (e.g. basic_arithmetic, chain_sum) and the "
+            "task's config class for its options"
+        ) from None
     return [{"prompt": f"{item['question']}\n{ANSWER_FORMAT}", "entry": item} for item in dataset]
 
 
@@ -89,8 +96,10 @@ def parse_task_options(spec: str, option: str) -> tuple[str, dict[str, Any]]:
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, has_value, value = part.partition("=")
         if not has_value or not key.strip():
-            raise ConfigError(f"{option} = 'reasoning_gym:{spec}': option {part!r} is not "
-                              "key=value; write reasoning_gym:TASK:key=value,key=value")
+            raise ConfigError(
+                f"{option} = 'reasoning_gym:{spec}': option {part!r} is not "
+                "key=value; write reasoning_gym:TASK:key=value,key=value"
+            )
         try:
             options[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):

@@ -91,31 +91,39 @@ class CohSequence:
 # --- chains from feedback ------------------------------------------------------------------------
 
 
-def chains_from_pairs(pairs: Sequence[Pair], chains: bool = True, singles: bool = True
-                      ) -> list[Chain]:
+def chains_from_pairs(
+    pairs: Sequence[Pair], chains: bool = True, singles: bool = True
+) -> list[Chain]:
     """Per pair: good-bad and bad-good chains (``chains``) and each output alone (``singles``)."""
     built: list[Chain] = []
     for pair in pairs:
-        good = Judged(pair.prompt, pair.chosen, True, weight=pair.weight,
-                      finished=pair.chosen_finished)
-        bad = Judged(pair.prompt, pair.rejected, False, weight=pair.weight,
-                     finished=pair.rejected_finished)
+        good = Judged(
+            pair.prompt, pair.chosen, True, weight=pair.weight, finished=pair.chosen_finished
+        )
+        bad = Judged(
+            pair.prompt, pair.rejected, False, weight=pair.weight, finished=pair.rejected_finished
+        )
         built += _forms(good, bad, chains, singles)
     return built
 
 
-def judged_from_ratings(ratings: Sequence[Rating], good_min: float, bad_max: float
-                        ) -> list[Judged]:
+def judged_from_ratings(ratings: Sequence[Rating], good_min: float, bad_max: float) -> list[Judged]:
     """Texts rated at least ``good_min`` are good, at most ``bad_max`` bad; the rest neither."""
     if good_min < bad_max:
-        raise ConfigError(f"good_min = {good_min:g} is below bad_max = {bad_max:g}: a text would "
-                          "be both good and bad; give good_min >= bad_max")
-    return [Judged(r.prompt, r.completion, r.rating >= good_min, weight=r.weight)
-            for r in ratings if r.rating >= good_min or r.rating <= bad_max]
+        raise ConfigError(
+            f"good_min = {good_min:g} is below bad_max = {bad_max:g}: a text would "
+            "be both good and bad; give good_min >= bad_max"
+        )
+    return [
+        Judged(r.prompt, r.completion, r.rating >= good_min, weight=r.weight)
+        for r in ratings
+        if r.rating >= good_min or r.rating <= bad_max
+    ]
 
 
-def load_critiques(cfg: FeedbackDataCfg, split: str, critique_field: str = "critique"
-                   ) -> list[Judged]:
+def load_critiques(
+    cfg: FeedbackDataCfg, split: str, critique_field: str = "critique"
+) -> list[Judged]:
     """Critiqued outputs of one split: ``{prompt, completion, critique}`` rows, as the feedback
     studio exports them (``rlhfkit label export --as critiques``). A row without critique text
     stops the load naming the file and row (or, with ``on_bad_row="skip"``, is counted and
@@ -124,26 +132,41 @@ def load_critiques(cfg: FeedbackDataCfg, split: str, critique_field: str = "crit
 
     name, rows = source.split_rows(cfg, split)
     if rows is None:
-        raise DataError(f"{name}: a built-in set holds ratings, not critiques; give a critiques "
-                        "file (rlhfkit label export --as critiques) or use --coh.data ratings")
+        raise DataError(
+            f"{name}: a built-in set holds ratings, not critiques; give a critiques "
+            "file (rlhfkit label export --as critiques) or use --coh.data ratings"
+        )
 
     def parse(row: dict[str, Any], cfg: FeedbackDataCfg) -> Judged:
         critique = row.get(critique_field)
         if not isinstance(critique, str) or not critique.strip():
-            found = ("no" if critique_field not in row else "an empty"
-                     if critique is None or isinstance(critique, str) else "a non-text")
-            raise source.BadRow(f"{found} {critique_field!r}",
-                                "give each row its critique text (or name the column with "
-                                "--coh.critique_field)", f" (columns: {', '.join(map(str, row))})")
-        return Judged(source.prompt(row, cfg), source.text(row, cfg, "completion_field"), None,
-                      critique.strip(), source.weight(row, cfg))
+            found = (
+                "no"
+                if critique_field not in row
+                else "an empty"
+                if critique is None or isinstance(critique, str)
+                else "a non-text"
+            )
+            raise source.BadRow(
+                f"{found} {critique_field!r}",
+                "give each row its critique text (or name the column with --coh.critique_field)",
+                f" (columns: {', '.join(map(str, row))})",
+            )
+        return Judged(
+            source.prompt(row, cfg),
+            source.text(row, cfg, "completion_field"),
+            None,
+            critique.strip(),
+            source.weight(row, cfg),
+        )
 
     judged = source.parse_rows(name, split, rows, cfg, parse)
     return judged[: cfg.max_rows] if split == "train" and cfg.max_rows else judged
 
 
-def chains_from_judged(judged: Sequence[Judged], rng: random.Random, chains: bool = True,
-                       singles: bool = True) -> list[Chain]:
+def chains_from_judged(
+    judged: Sequence[Judged], rng: random.Random, chains: bool = True, singles: bool = True
+) -> list[Chain]:
     """Chains from outputs judged one at a time (ratings, critiques).
 
     Each output alone (``singles``); and (``chains``) each output paired with one random partner
@@ -159,8 +182,11 @@ def chains_from_judged(judged: Sequence[Judged], rng: random.Random, chains: boo
     for outputs in by_prompt.values():
         seen: set[tuple[int, int]] = set()
         for i, one in enumerate(outputs):
-            partners = [j for j, other in enumerate(outputs) if j != i and (
-                other.good != one.good or one.good is None)]
+            partners = [
+                j
+                for j, other in enumerate(outputs)
+                if j != i and (other.good != one.good or one.good is None)
+            ]
             if not partners:
                 continue
             j = rng.choice(partners)
@@ -172,7 +198,8 @@ def chains_from_judged(judged: Sequence[Judged], rng: random.Random, chains: boo
 
 def _forms(first: Judged, second: Judged, chains: bool, singles: bool) -> list[Chain]:
     return ([(first, second), (second, first)] if chains else []) + (
-        [(first,), (second,)] if singles else [])
+        [(first,), (second,)] if singles else []
+    )
 
 
 # --- tokens --------------------------------------------------------------------------------------
@@ -195,8 +222,9 @@ def segment_context(tokenizer: Any, prompt: str, phrase: str, chat: bool) -> str
     return phrase + SEPARATOR + prompt
 
 
-def encode_chain(tokenizer: Any, chain: Chain, phrases: Phrases, rng: random.Random, chat: bool,
-                 max_length: int) -> CohSequence:
+def encode_chain(
+    tokenizer: Any, chain: Chain, phrases: Phrases, rng: random.Random, chat: bool, max_length: int
+) -> CohSequence:
     """Token ids and loss mask of a chain, at most ``max_length`` tokens.
 
     Each segment is its context (no loss) then its output and EOS (loss; no EOS after an output
@@ -206,22 +234,28 @@ def encode_chain(tokenizer: Any, chain: Chain, phrases: Phrases, rng: random.Ran
     """
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ConfigError("the tokenizer has no EOS token, so an output's end cannot be learned; "
-                          "give a model whose tokenizer defines eos_token")
+        raise ConfigError(
+            "the tokenizer has no EOS token, so an output's end cannot be learned; "
+            "give a model whose tokenizer defines eos_token"
+        )
     segments = []
     for judged in chain:
         context = segment_context(tokenizer, judged.prompt, phrases.pick(judged, rng), chat)
-        segments.append((tokenizer(context, add_special_tokens=False)["input_ids"],
-                         tokenizer(judged.output, add_special_tokens=False)["input_ids"]
-                         + [eos] * judged.finished))
+        segments.append(
+            (
+                tokenizer(context, add_special_tokens=False)["input_ids"],
+                tokenizer(judged.output, add_special_tokens=False)["input_ids"]
+                + [eos] * judged.finished,
+            )
+        )
     truncated = False
     while len(segments) > 1 and sum(len(c) + len(o) for c, o in segments) > max_length:
         segments.pop(0)
         truncated = True
     context_ids, output_ids = segments[-1]
     if len(context_ids) + len(output_ids) > max_length:
-        output_ids = output_ids[:max_length - 1]
-        context_ids = context_ids[len(context_ids) - (max_length - len(output_ids)):]
+        output_ids = output_ids[: max_length - 1]
+        context_ids = context_ids[len(context_ids) - (max_length - len(output_ids)) :]
         segments[-1], truncated = (context_ids, output_ids), True
     ids: list[int] = []
     loss_mask: list[bool] = []
@@ -249,8 +283,9 @@ def collate(sequences: Sequence[CohSequence], pad_id: int) -> SequenceBatch:
     return SequenceBatch(input_ids, attention_mask, loss_mask)
 
 
-def sample_hidden(attention_mask: torch.Tensor, fraction: float,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_hidden(
+    attention_mask: torch.Tensor, fraction: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """CoH's random masking: which past tokens later positions may not attend to. (B, T) bool
 
     Each real token but the first is hidden with probability ``fraction`` (the paper hides a
@@ -284,8 +319,9 @@ def hide(batch: SequenceBatch, hidden: torch.Tensor) -> tuple[torch.Tensor, torc
     return attention_mask, position_ids
 
 
-def output_logprobs(model: Any, batch: SequenceBatch, hidden: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def output_logprobs(
+    model: Any, batch: SequenceBatch, hidden: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs (B, T-1), their mask (B, T-1)) of the loss-carrying tokens, ``hidden`` tokens
     masked from attention. Position t holds log p(token t+1 | visible tokens <= t); the LM head
     runs on the loss positions only, so no (B, T, V) logits are materialised."""
@@ -294,8 +330,12 @@ def output_logprobs(model: Any, batch: SequenceBatch, hidden: torch.Tensor | Non
     if hidden is None:
         hidden = torch.zeros_like(batch.loss_mask)
     attention_mask, position_ids = hide(batch, hidden)
-    states = model.get_decoder()(input_ids=batch.input_ids, attention_mask=attention_mask,
-                                 position_ids=position_ids, use_cache=False).last_hidden_state
+    states = model.get_decoder()(
+        input_ids=batch.input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+    ).last_hidden_state
     mask = batch.loss_mask[:, 1:]  # (B, T-1)
     targets = batch.input_ids[:, 1:][mask]  # (N,)
     logits = model.get_output_embeddings()(states[:, :-1][mask]).float()  # (N, V)

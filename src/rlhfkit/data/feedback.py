@@ -128,8 +128,10 @@ def load_demonstrations(cfg: FeedbackDataCfg, split: str) -> list[Demonstration]
     """
     name, rows = source.split_rows(cfg, split)
     if rows is None:
-        demonstrations = [Demonstration("", r.completion, meta={**r.meta, "rating": r.rating})
-                          for r in _vader_ratings(name, split)]
+        demonstrations = [
+            Demonstration("", r.completion, meta={**r.meta, "rating": r.rating})
+            for r in _vader_ratings(name, split)
+        ]
     else:
         source.file_kind(name, rows, cfg, ("completion_field", "messages_field"))
         demonstrations = source.parse_rows(name, split, rows, cfg, _demonstration)
@@ -144,15 +146,20 @@ def load_pairs(cfg: FeedbackDataCfg, split: str, seed: int = 0) -> list[Pair]:
     seed)``. Keep ``seed`` fixed for eval pairs, so that runs are evaluated on the same pairs.
     """
     name, rows = source.split_rows(cfg, split)
-    holds_pairs = rows is not None and source.file_kind(
-        name, rows, cfg, ("chosen_field", "rating_field")) == "chosen_field"
+    holds_pairs = (
+        rows is not None
+        and source.file_kind(name, rows, cfg, ("chosen_field", "rating_field")) == "chosen_field"
+    )
     if holds_pairs:
         return _first_rows(source.parse_rows(name, split, rows, cfg, _pair), cfg, split)
-    pairs = pairs_from_ratings(_ratings(name, split, rows, cfg), cfg.min_gap,
-                               cfg.pairs_per_text, seed)
+    pairs = pairs_from_ratings(
+        _ratings(name, split, rows, cfg), cfg.min_gap, cfg.pairs_per_text, seed
+    )
     if not pairs and not source.no_held_out(cfg, split, rows):
-        raise DataError(f"{name}: no two {split} texts of one prompt have ratings at least "
-                        f"{cfg.min_gap:g} apart, so there are no pairs; lower --data.min_gap")
+        raise DataError(
+            f"{name}: no two {split} texts of one prompt have ratings at least "
+            f"{cfg.min_gap:g} apart, so there are no pairs; lower --data.min_gap"
+        )
     return _first_rows(pairs, cfg, split)
 
 
@@ -180,22 +187,31 @@ def load_labeled(cfg: FeedbackDataCfg, split: str) -> list[Labeled]:
     weighs desirable and undesirable rows equally.
     """
     name, rows = source.split_rows(cfg, split)
-    kind = "rating_field" if rows is None else source.file_kind(
-        name, rows, cfg, ("label_field", "chosen_field", "rating_field"))
+    kind = (
+        "rating_field"
+        if rows is None
+        else source.file_kind(name, rows, cfg, ("label_field", "chosen_field", "rating_field"))
+    )
     if kind == "label_field":
         labeled = source.parse_rows(name, split, rows, cfg, _labeled)
     elif kind == "chosen_field":
-        labeled = [Labeled(pair.prompt, text, desirable, pair.weight, pair.meta)
-                   for pair in source.parse_rows(name, split, rows, cfg, _pair)
-                   for text, desirable in ((pair.chosen, True), (pair.rejected, False))]
+        labeled = [
+            Labeled(pair.prompt, text, desirable, pair.weight, pair.meta)
+            for pair in source.parse_rows(name, split, rows, cfg, _pair)
+            for text, desirable in ((pair.chosen, True), (pair.rejected, False))
+        ]
     else:
-        labeled = ([] if source.no_held_out(cfg, split, rows)
-                   else _labels_from_ratings(name, split, _ratings(name, split, rows, cfg)))
+        labeled = (
+            []
+            if source.no_held_out(cfg, split, rows)
+            else _labels_from_ratings(name, split, _ratings(name, split, rows, cfg))
+        )
     return _balance(_first_rows(labeled, cfg, split), cfg.balance, lambda row: row.desirable)
 
 
-def pairs_from_ratings(ratings: Sequence[Rating], min_gap: float, pairs_per_text: int,
-                       seed: int) -> list[Pair]:
+def pairs_from_ratings(
+    ratings: Sequence[Rating], min_gap: float, pairs_per_text: int, seed: int
+) -> list[Pair]:
     """Preference pairs made by comparing rated texts, the better-rated one chosen.
 
     Each text is paired with ``pairs_per_text`` partners drawn at random (``random.Random(seed)``,
@@ -208,8 +224,10 @@ def pairs_from_ratings(ratings: Sequence[Rating], min_gap: float, pairs_per_text
     own meta.
     """
     if pairs_per_text < 1 or min_gap < 0:
-        raise ConfigError(f"pairs_per_text={pairs_per_text}, min_gap={min_gap}: give "
-                          "pairs_per_text >= 1 and min_gap >= 0")
+        raise ConfigError(
+            f"pairs_per_text={pairs_per_text}, min_gap={min_gap}: give "
+            "pairs_per_text >= 1 and min_gap >= 0"
+        )
     rng = random.Random(seed)
     by_prompt: dict[str, list[Rating]] = {}
     for rating in ratings:
@@ -227,12 +245,23 @@ def pairs_from_ratings(ratings: Sequence[Rating], min_gap: float, pairs_per_text
                 gap = high.rating - low.rating
                 if gap == 0 or gap < min_gap or high.completion == low.completion:
                     continue
-                pairs.append(Pair(prompt, high.completion, low.completion, margin=gap,
-                                  weight=(high.weight + low.weight) / 2,
-                                  meta={"chosen_rating": high.rating, "rejected_rating": low.rating,
-                                        "chosen_ratings": high.ratings,
-                                        "rejected_ratings": low.ratings,
-                                        "chosen_meta": high.meta, "rejected_meta": low.meta}))
+                pairs.append(
+                    Pair(
+                        prompt,
+                        high.completion,
+                        low.completion,
+                        margin=gap,
+                        weight=(high.weight + low.weight) / 2,
+                        meta={
+                            "chosen_rating": high.rating,
+                            "rejected_rating": low.rating,
+                            "chosen_ratings": high.ratings,
+                            "rejected_ratings": low.ratings,
+                            "chosen_meta": high.meta,
+                            "rejected_meta": low.meta,
+                        },
+                    )
+                )
     return pairs
 
 
@@ -254,8 +283,10 @@ def _balance(rows: list[T], mode: str, bucket: Callable[[T], Any]) -> list[T]:
     if not classes:
         return rows  # every weight is 0: nothing to balance
     share = len(rows) / classes
-    return [replace(row, weight=row.weight * share / totals[bucket(row)]) if row.weight else row
-            for row in rows]
+    return [
+        replace(row, weight=row.weight * share / totals[bucket(row)]) if row.weight else row
+        for row in rows
+    ]
 
 
 # --- rows of each kind ------------------------------------------------------------------------
@@ -264,13 +295,21 @@ def _balance(rows: list[T], mode: str, bucket: Callable[[T], Any]) -> list[T]:
 def _demonstration(row: Row, cfg: FeedbackDataCfg) -> Demonstration:
     if cfg.completion_field not in row and cfg.messages_field in row:
         messages, reply = source.chat(row[cfg.messages_field], cfg.messages_field)
-        return Demonstration(messages, reply, source.weight(row, cfg),
-                             source.other_columns(row, cfg, "messages_field", "weight_field"),
-                             source.finished(row))
+        return Demonstration(
+            messages,
+            reply,
+            source.weight(row, cfg),
+            source.other_columns(row, cfg, "messages_field", "weight_field"),
+            source.finished(row),
+        )
     completion = source.text(row, cfg, "completion_field")
-    return Demonstration(source.prompt(row, cfg), completion, source.weight(row, cfg),
-                         source.other_columns(row, cfg, "prompt_field", "completion_field",
-                                              "weight_field"), source.finished(row))
+    return Demonstration(
+        source.prompt(row, cfg),
+        completion,
+        source.weight(row, cfg),
+        source.other_columns(row, cfg, "prompt_field", "completion_field", "weight_field"),
+        source.finished(row),
+    )
 
 
 def _pair(row: Row, cfg: FeedbackDataCfg) -> Pair:
@@ -282,19 +321,47 @@ def _pair(row: Row, cfg: FeedbackDataCfg) -> Pair:
     margin = 0.0
     if cfg.margin_field in row:
         margin = source.number(row[cfg.margin_field], cfg.margin_field)
-    return Pair(prompt, chosen, rejected, margin, source.weight(row, cfg), source.other_columns(
-        row, cfg, "prompt_field", "chosen_field", "rejected_field", "margin_field", "weight_field"),
-        source.finished(row, "chosen_finished"), source.finished(row, "rejected_finished"))
+    return Pair(
+        prompt,
+        chosen,
+        rejected,
+        margin,
+        source.weight(row, cfg),
+        source.other_columns(
+            row,
+            cfg,
+            "prompt_field",
+            "chosen_field",
+            "rejected_field",
+            "margin_field",
+            "weight_field",
+        ),
+        source.finished(row, "chosen_finished"),
+        source.finished(row, "rejected_finished"),
+    )
 
 
 def _rating(row: Row, cfg: FeedbackDataCfg) -> Rating:
     """One rater's row: ``ratings`` is its single score until ``_merge_raters`` joins rows."""
     score = source.number(source.column(row, cfg, "rating_field"), cfg.rating_field)
     annotator = row.get(cfg.annotator_field)
-    return Rating(source.prompt(row, cfg), source.text(row, cfg, "completion_field"), score,
-                  (score,), "" if annotator is None else str(annotator), source.weight(row, cfg),
-                  source.other_columns(row, cfg, "prompt_field", "completion_field",
-                                       "rating_field", "annotator_field", "weight_field"))
+    return Rating(
+        source.prompt(row, cfg),
+        source.text(row, cfg, "completion_field"),
+        score,
+        (score,),
+        "" if annotator is None else str(annotator),
+        source.weight(row, cfg),
+        source.other_columns(
+            row,
+            cfg,
+            "prompt_field",
+            "completion_field",
+            "rating_field",
+            "annotator_field",
+            "weight_field",
+        ),
+    )
 
 
 def _labeled(row: Row, cfg: FeedbackDataCfg) -> Labeled:
@@ -305,18 +372,28 @@ def _labeled(row: Row, cfg: FeedbackDataCfg) -> Labeled:
     elif word in TRUE_WORDS | FALSE_WORDS:
         desirable = word in TRUE_WORDS
     else:
-        raise source.BadRow(f"{cfg.label_field!r} not a boolean",
-                            "use true/false, 1/0, yes/no or good/bad", f" ({value!r})")
-    return Labeled(source.prompt(row, cfg), source.text(row, cfg, "completion_field"), desirable,
-                   source.weight(row, cfg), source.other_columns(
-                       row, cfg, "prompt_field", "completion_field", "label_field", "weight_field"))
+        raise source.BadRow(
+            f"{cfg.label_field!r} not a boolean",
+            "use true/false, 1/0, yes/no or good/bad",
+            f" ({value!r})",
+        )
+    return Labeled(
+        source.prompt(row, cfg),
+        source.text(row, cfg, "completion_field"),
+        desirable,
+        source.weight(row, cfg),
+        source.other_columns(
+            row, cfg, "prompt_field", "completion_field", "label_field", "weight_field"
+        ),
+    )
 
 
 # --- ratings -------------------------------------------------------------------------------------
 
 
-def _ratings(name: str, split: str, rows: list[tuple[int, Row]] | None,
-             cfg: FeedbackDataCfg) -> list[Rating]:
+def _ratings(
+    name: str, split: str, rows: list[tuple[int, Row]] | None, cfg: FeedbackDataCfg
+) -> list[Rating]:
     """One Rating per text of the split (before max_rows and balance)."""
     if rows is None:
         return _vader_ratings(name, split)
@@ -328,9 +405,10 @@ def _vader_ratings(name: str, split: str) -> list[Rating]:
     from rlhfkit.data.vader import load_vader
 
     corpus = name.removeprefix(source.BUILTIN_PREFIX)
-    return [Rating("", text.text, text.mean, text.ratings,
-                   meta={"id": f"{text.corpus}:{text.id}"})
-            for text in load_vader((corpus,), split=VADER_SPLITS[split])]
+    return [
+        Rating("", text.text, text.mean, text.ratings, meta={"id": f"{text.corpus}:{text.id}"})
+        for text in load_vader((corpus,), split=VADER_SPLITS[split])
+    ]
 
 
 def _merge_raters(ratings: list[Rating]) -> list[Rating]:
@@ -349,27 +427,41 @@ def _merge_raters(ratings: list[Rating]) -> list[Rating]:
         for key in dict.fromkeys(key for r in group for key in r.meta):
             values = tuple(r.meta.get(key) for r in group)
             meta[key] = values[0] if all(v == values[0] for v in values) else values
-        merged.append(Rating(prompt, completion, sum(scores) / len(scores), scores,
-                             annotators[0] if len(set(annotators)) == 1 else "",
-                             sum(r.weight for r in group) / len(group),
-                             {**meta, "annotators": annotators}))
+        merged.append(
+            Rating(
+                prompt,
+                completion,
+                sum(scores) / len(scores),
+                scores,
+                annotators[0] if len(set(annotators)) == 1 else "",
+                sum(r.weight for r in group) / len(group),
+                {**meta, "annotators": annotators},
+            )
+        )
     return merged
 
 
 def _labels_from_ratings(name: str, split: str, ratings: list[Rating]) -> list[Labeled]:
     """Desirable above 0, undesirable below; near-neutral ratings give no label (counted)."""
-    labeled = [Labeled(r.prompt, r.completion, r.rating > 0, r.weight,
-                       {**r.meta, "rating": r.rating})
-               for r in ratings if abs(r.rating) >= NEUTRAL_BAND]
+    labeled = [
+        Labeled(r.prompt, r.completion, r.rating > 0, r.weight, {**r.meta, "rating": r.rating})
+        for r in ratings
+        if abs(r.rating) >= NEUTRAL_BAND
+    ]
     sides = {row.desirable for row in labeled}
     if len(sides) < 2:
         found = "no" if not sides else "only desirable" if True in sides else "only undesirable"
-        raise DataError(f"{name}: the {split} ratings give {found} labels (above 0 desirable, "
-                        f"below undesirable, within {NEUTRAL_BAND:g} of 0 left out); binary "
-                        "labels need ratings centred on 0 (subtract the scale's midpoint, e.g. "
-                        "3 for 1..5)")
+        raise DataError(
+            f"{name}: the {split} ratings give {found} labels (above 0 desirable, "
+            f"below undesirable, within {NEUTRAL_BAND:g} of 0 left out); binary "
+            "labels need ratings centred on 0 (subtract the scale's midpoint, e.g. "
+            "3 for 1..5)"
+        )
     if len(labeled) < len(ratings):
-        warnings.warn(f"left out {len(ratings) - len(labeled):,} of {len(ratings):,} {split} "
-                      f"texts of {name} rated near neutral (|rating| < {NEUTRAL_BAND:g}): "
-                      "neither desirable nor undesirable", stacklevel=3)
+        warnings.warn(
+            f"left out {len(ratings) - len(labeled):,} of {len(ratings):,} {split} "
+            f"texts of {name} rated near neutral (|rating| < {NEUTRAL_BAND:g}): "
+            "neither desirable nor undesirable",
+            stacklevel=3,
+        )
     return labeled

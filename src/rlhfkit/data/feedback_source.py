@@ -46,18 +46,26 @@ def split_rows(cfg: FeedbackDataCfg, split: str) -> tuple[str, list[tuple[int, R
     if name.startswith(BUILTIN_PREFIX):
         return name, None
     if split == "test":
-        raise ConfigError(f"split 'test': only built-in sets have one; {name} is split into "
-                          "train and eval (set --data.eval_path or --data.eval_fraction)")
+        raise ConfigError(
+            f"split 'test': only built-in sets have one; {name} is split into "
+            "train and eval (set --data.eval_path or --data.eval_fraction)"
+        )
     rows, own_split = _read(name, split)
     numbered = list(enumerate(rows, start=1))
     if cfg.eval_path or own_split:
         return name, numbered
-    kept = [(row_number, row) for row_number, row in numbered
-            if _is_held_out(_split_key(row, cfg), cfg.eval_fraction) == (split == "eval")]
+    kept = [
+        (row_number, row)
+        for row_number, row in numbered
+        if _is_held_out(_split_key(row, cfg), cfg.eval_fraction) == (split == "eval")
+    ]
     if split == "eval" and not kept and numbered and cfg.eval_fraction > 0:
-        warnings.warn(f"{name}: none of its {len(numbered):,} rows falls in the held-out "
-                      f"{cfg.eval_fraction:g} (data.eval_fraction), so nothing is evaluated; "
-                      "give --data.eval_path or a larger --data.eval_fraction", stacklevel=3)
+        warnings.warn(
+            f"{name}: none of its {len(numbered):,} rows falls in the held-out "
+            f"{cfg.eval_fraction:g} (data.eval_fraction), so nothing is evaluated; "
+            "give --data.eval_path or a larger --data.eval_fraction",
+            stacklevel=3,
+        )
     return name, kept
 
 
@@ -73,8 +81,10 @@ def _read(name: str, split: str) -> tuple[list[Row], bool]:
     if path.is_dir():
         return _read_saved_dataset(path, split)
     if path.suffix.lower() not in FILE_FORMATS:
-        raise DataError(f"{name}: not a feedback data format; give a "
-                        f"{', '.join(FILE_FORMATS)} file or a dataset saved by save_to_disk")
+        raise DataError(
+            f"{name}: not a feedback data format; give a "
+            f"{', '.join(FILE_FORMATS)} file or a dataset saved by save_to_disk"
+        )
     from rlhfkit.data.files import read_rows
 
     return read_rows(path), False
@@ -87,13 +97,16 @@ def _read_saved_dataset(path: Path, split: str) -> tuple[list[Row], bool]:
     try:
         from datasets import DatasetDict, load_from_disk
     except ImportError:
-        raise DataError(f"{path}: reading a saved Hugging Face dataset needs the datasets "
-                        "package; pip install datasets") from None
+        raise DataError(
+            f"{path}: reading a saved Hugging Face dataset needs the datasets "
+            "package; pip install datasets"
+        ) from None
     try:
         data = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as e:
-        raise DataError(f"{path}: not a dataset saved by save_to_disk ({e}); give that "
-                        "directory or a data file") from None
+        raise DataError(
+            f"{path}: not a dataset saved by save_to_disk ({e}); give that directory or a data file"
+        ) from None
     if not isinstance(data, DatasetDict):
         return data.to_list(), False
     held_out = next((name for name in ("validation", "test") if name in data), None)
@@ -101,8 +114,10 @@ def _read_saved_dataset(path: Path, split: str) -> tuple[list[Row], bool]:
         return data[held_out].to_list(), True
     main = "train" if "train" in data else next(iter(data)) if len(data) == 1 else None
     if main is None:
-        raise DataError(f"{path}: a DatasetDict with splits {', '.join(data)}, none named "
-                        "train; save the training rows as its 'train' split")
+        raise DataError(
+            f"{path}: a DatasetDict with splits {', '.join(data)}, none named "
+            "train; save the training rows as its 'train' split"
+        )
     return data[main].to_list(), held_out is not None
 
 
@@ -120,8 +135,9 @@ def _is_held_out(key: str, eval_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction
 
 
-def file_kind(name: str, rows: list[tuple[int, Row]], cfg: FeedbackDataCfg,
-              options: tuple[str, ...]) -> str:
+def file_kind(
+    name: str, rows: list[tuple[int, Row]], cfg: FeedbackDataCfg, options: tuple[str, ...]
+) -> str:
     """Which of the column options (config field names) the first row has: what the file holds."""
     if not rows:
         return options[0]  # nothing to look at: parse_rows reports the empty split
@@ -131,8 +147,10 @@ def file_kind(name: str, rows: list[tuple[int, Row]], cfg: FeedbackDataCfg,
         wanted = " nor ".join(repr(getattr(cfg, option)) for option in options)
         columns = ", ".join(map(str, first)) or "none"
         flags = " or ".join(f"--data.{option}" for option in options)
-        raise DataError(f"{name}: rows have neither {wanted} column (columns: {columns}); "
-                        f"name the right column with {flags}")
+        raise DataError(
+            f"{name}: rows have neither {wanted} column (columns: {columns}); "
+            f"name the right column with {flags}"
+        )
     return found
 
 
@@ -147,8 +165,13 @@ class BadRow(Exception):
         self.reason, self.fix, self.detail = reason, fix, detail
 
 
-def parse_rows(name: str, split: str, rows: list[tuple[int, Row]], cfg: FeedbackDataCfg,
-               parse: Callable[[Row, FeedbackDataCfg], T]) -> list[T]:
+def parse_rows(
+    name: str,
+    split: str,
+    rows: list[tuple[int, Row]],
+    cfg: FeedbackDataCfg,
+    parse: Callable[[Row, FeedbackDataCfg], T],
+) -> list[T]:
     """Every usable row; bad rows stop the load or (on_bad_row="skip") warn once, counted."""
     parsed, skipped = [], {}
     for row_number, row in rows:
@@ -156,23 +179,30 @@ def parse_rows(name: str, split: str, rows: list[tuple[int, Row]], cfg: Feedback
             parsed.append(parse(row, cfg))
         except BadRow as bad:
             if cfg.on_bad_row == "error":
-                raise DataError(f"{name}: row {row_number}: {bad.reason}{bad.detail}; {bad.fix}, "
-                                "or pass --data.on_bad_row skip to drop such rows") from None
+                raise DataError(
+                    f"{name}: row {row_number}: {bad.reason}{bad.detail}; {bad.fix}, "
+                    "or pass --data.on_bad_row skip to drop such rows"
+                ) from None
             skipped.setdefault(bad.reason, []).append(row_number)
     if skipped:
         counts = []
         for reason, numbers in skipped.items():
             shown = ", ".join(map(str, numbers[:SHOWN_ROWS])) + (
-                ", ..." if len(numbers) > SHOWN_ROWS else "")
+                ", ..." if len(numbers) > SHOWN_ROWS else ""
+            )
             counts.append(f"{len(numbers):,} {reason} (row{'s' * (len(numbers) > 1)} {shown})")
-        summary = (f"skipped {len(rows) - len(parsed):,} of {len(rows):,} {split} rows of "
-                   f"{name}: {', '.join(counts)}")
+        summary = (
+            f"skipped {len(rows) - len(parsed):,} of {len(rows):,} {split} rows of "
+            f"{name}: {', '.join(counts)}"
+        )
         if not parsed:
             raise DataError(f"{name}: no usable {split} rows; {summary}")
         warnings.warn(summary, stacklevel=3)
     if not parsed and not no_held_out(cfg, split, rows):
-        raise DataError(f"{name}: no {split} rows; give a file with rows (eval takes "
-                        "--data.eval_fraction of a file's rows, or all of --data.eval_path)")
+        raise DataError(
+            f"{name}: no {split} rows; give a file with rows (eval takes "
+            "--data.eval_fraction of a file's rows, or all of --data.eval_path)"
+        )
     return parsed
 
 
@@ -181,8 +211,9 @@ def column(row: Row, cfg: FeedbackDataCfg, option: str) -> Any:
     name = getattr(cfg, option)
     if name not in row:
         columns = ", ".join(map(str, row)) or "none"
-        raise BadRow(f"no {name!r} column", f"name the column with --data.{option}",
-                     f" (columns: {columns})")
+        raise BadRow(
+            f"no {name!r} column", f"name the column with --data.{option}", f" (columns: {columns})"
+        )
     return row[name]
 
 
@@ -202,8 +233,9 @@ def prompt(row: Row, cfg: FeedbackDataCfg) -> str:
         return ""
     value = column(row, cfg, "prompt_field")
     if value is not None and not isinstance(value, str):
-        raise BadRow(f"{cfg.prompt_field!r} not text", "give a string",
-                     f" (a {type(value).__name__})")
+        raise BadRow(
+            f"{cfg.prompt_field!r} not text", "give a string", f" (a {type(value).__name__})"
+        )
     return value or ""
 
 
@@ -239,22 +271,37 @@ def finished(row: Row, column: str = "finished") -> bool:
     which no end of text is learned."""
     value = row.get(column, True)
     if not isinstance(value, bool):
-        raise BadRow(f"non-boolean {column!r}", "give true, or false for a completion cut off "
-                     "before its end", f" ({value!r})")
+        raise BadRow(
+            f"non-boolean {column!r}",
+            "give true, or false for a completion cut off before its end",
+            f" ({value!r})",
+        )
     return value
 
 
 def chat(value: Any, name: str) -> tuple[tuple[Message, ...], str]:
     """(prompt messages, reply) of a chat that ends with the assistant's reply."""
-    if not (isinstance(value, list) and len(value) >= 2 and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str) for m in value)):
-        raise BadRow(f"malformed {name!r}", 'give a list of {"role": ..., "content": ...} '
-                     "messages: at least one prompt message, then the reply")
+    if not (
+        isinstance(value, list)
+        and len(value) >= 2
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in value
+        )
+    ):
+        raise BadRow(
+            f"malformed {name!r}",
+            'give a list of {"role": ..., "content": ...} '
+            "messages: at least one prompt message, then the reply",
+        )
     if value[-1]["role"] != "assistant":
-        raise BadRow(f"{name!r} not ending with an assistant turn",
-                     "end the chat with the assistant's reply, which is the completion",
-                     f" (last role {value[-1]['role']!r})")
+        raise BadRow(
+            f"{name!r} not ending with an assistant turn",
+            "end the chat with the assistant's reply, which is the completion",
+            f" (last role {value[-1]['role']!r})",
+        )
     if not value[-1]["content"].strip():
         raise BadRow(f"empty reply in {name!r}", "fill in the assistant's reply")
     messages = tuple({"role": m["role"], "content": m["content"]} for m in value[:-1])

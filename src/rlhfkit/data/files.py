@@ -52,15 +52,19 @@ def _read_text(path: Path) -> str:
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e.strerror}); check its permissions") from None
     if b"\0" in data:  # valid UTF-8 may hold NUL, but no text file does
-        line = data[:data.index(b"\0")].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: holds NUL bytes, so it is a binary file (or UTF-16 "
-                        f"text), not {path.suffix} text; give a UTF-8 text file")
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: holds NUL bytes, so it is a binary file (or UTF-16 "
+            f"text), not {path.suffix} text; give a UTF-8 text file"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the "
-                        "file as UTF-8, or check it is the file you meant") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the "
+            "file as UTF-8, or check it is the file you meant"
+        ) from None
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
@@ -78,8 +82,10 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
     try:
         return pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]}); "
-                        "write it again, or check it is the file you meant") from None
+        raise DataError(
+            f"{path}: not a readable Parquet file ({str(e).splitlines()[0]}); "
+            "write it again, or check it is the file you meant"
+        ) from None
 
 
 # a JSON escape of a UTF-16 surrogate: only a row with one can decode to a lone surrogate
@@ -92,12 +98,16 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno}); "
-                            "a .json file holds one array of objects") from None
+            raise DataError(
+                f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno}); "
+                "a .json file holds one array of objects"
+            ) from None
         escapes = _SURROGATE_ESCAPE.search(text) is not None
         for number, row in enumerate(rows, start=1):
             if not isinstance(row, dict):
-                raise DataError(f"{path}: item {number} is {type(row).__name__}, expected an object")
+                raise DataError(
+                    f"{path}: item {number} is {type(row).__name__}, expected an object"
+                )
             if escapes:
                 _check_text(row, f"{path}: item {number}")
         return rows
@@ -108,11 +118,15 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: malformed JSON ({e.msg} at column {e.colno}); "
-                            "each line must be one JSON object") from None
+            raise DataError(
+                f"{path}:{number}: malformed JSON ({e.msg} at column {e.colno}); "
+                "each line must be one JSON object"
+            ) from None
         if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: a JSON {type(row).__name__}, expected an object "
-                            'such as {"prompt": "..."}')
+            raise DataError(
+                f"{path}:{number}: a JSON {type(row).__name__}, expected an object "
+                'such as {"prompt": "..."}'
+            )
         if _SURROGATE_ESCAPE.search(line):
             _check_text(row, f"{path}:{number}")
         rows.append(row)
@@ -122,6 +136,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _check_text(row: dict[str, Any], where: str) -> None:
     """A JSON escape such as \\ud800 without its pair decodes to a lone surrogate, which no
     tokenizer, database or UTF-8 file takes; name the column here instead of failing later."""
+
     def lone(value: Any) -> str | None:
         if isinstance(value, str):
             try:
@@ -137,18 +152,24 @@ def _check_text(row: dict[str, Any], where: str) -> None:
 
     for key, value in row.items():
         if found := lone(key) or lone(value):
-            raise DataError(f"{where}: column {key!r} holds a lone surrogate ({found}, half of "
-                            "a UTF-16 pair), which is not text; fix or remove that escape")
+            raise DataError(
+                f"{where}: column {key!r} holds a lone surrogate ({found}, half of "
+                "a UTF-16 pair), which is not text; fix or remove that escape"
+            )
 
 
-def column(rows: list[dict[str, Any]], name: str, path: str | os.PathLike, option: str) -> list[Any]:
+def column(
+    rows: list[dict[str, Any]], name: str, path: str | os.PathLike, option: str
+) -> list[Any]:
     """Values of one column; a row without it is an error naming the row and the option to fix."""
     values = []
     for number, row in enumerate(rows, start=1):
         if name not in row:
             found = ", ".join(sorted(row)) or "none"
-            raise DataError(f"{path}: row {number} has no {name!r} column (columns: {found}); "
-                            f"name the right one with {option}")
+            raise DataError(
+                f"{path}: row {number} has no {name!r} column (columns: {found}); "
+                f"name the right one with {option}"
+            )
         values.append(row[name])
     return values
 

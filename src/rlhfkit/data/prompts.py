@@ -21,8 +21,9 @@ from rlhfkit.errors import DataError, RlhfkitError
 CHAT_COLUMN = "messages"
 
 
-def load_prompts(path: str | os.PathLike, field: str = "prompt",
-                 option: str = "--prompt_field") -> list[dict[str, Any]]:
+def load_prompts(
+    path: str | os.PathLike, field: str = "prompt", option: str = "--prompt_field"
+) -> list[dict[str, Any]]:
     """The rows of a prompt file, each with its checked prompt under ``"prompt"``.
 
     The other columns are kept as they are (commands pass them through to their output); the
@@ -39,8 +40,10 @@ def load_prompts(path: str | os.PathLike, field: str = "prompt",
             source = CHAT_COLUMN
         if source not in row:
             found = ", ".join(sorted(row)) or "none"
-            raise DataError(f"{path}: row {number} has no {field!r} column (columns: {found}); "
-                            f"name the prompt column with {option}")
+            raise DataError(
+                f"{path}: row {number} has no {field!r} column (columns: {found}); "
+                f"name the prompt column with {option}"
+            )
         prompt = check_prompt(row[source], f"{path}: row {number}")
         rest = {key: value for key, value in row.items() if key != source}
         prompts.append({**rest, "prompt": prompt})
@@ -54,18 +57,27 @@ def check_prompt(value: Any, where: str) -> Prompt:
             raise DataError(f"{where}: the prompt is empty; fill it in or remove the row")
         return value
     if not isinstance(value, list):
-        raise DataError(f"{where}: the prompt is a {type(value).__name__}; give a string or a "
-                        'chat, a list of {"role": ..., "content": ...} messages')
+        raise DataError(
+            f"{where}: the prompt is a {type(value).__name__}; give a string or a "
+            'chat, a list of {"role": ..., "content": ...} messages'
+        )
     if not value:
         raise DataError(f"{where}: the chat has no messages; give at least one user message")
     for index, message in enumerate(value):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)):
-            raise DataError(f"{where}: message {index} of the chat is not a "
-                            '{"role": str, "content": str} object')
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
+            raise DataError(
+                f"{where}: message {index} of the chat is not a "
+                '{"role": str, "content": str} object'
+            )
     if value[-1]["role"] == "assistant":
-        raise DataError(f"{where}: the chat ends with an assistant message, so there is nothing "
-                        "to answer; end it with the user's turn (drop the final answer)")
+        raise DataError(
+            f"{where}: the chat ends with an assistant message, so there is nothing "
+            "to answer; end it with the user's turn (drop the final answer)"
+        )
     if not value[-1]["content"].strip():
         raise DataError(f"{where}: the last message of the chat is empty; fill it in")
     return value
@@ -87,9 +99,9 @@ def prompt_rows(data: PromptDataCfg, split: str) -> list[dict[str, Any]]:
     else:
         rows = load_prompts(spec, data.prompt_field, option="--data.prompt_field")
     if split == "train" and data.max_prompts:
-        rows = rows[:data.max_prompts]
+        rows = rows[: data.max_prompts]
     if split != "train":
-        rows = rows[:data.eval_size]
+        rows = rows[: data.eval_size]
     return rows
 
 

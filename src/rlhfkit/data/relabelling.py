@@ -45,8 +45,11 @@ from rlhfkit.errors import ConfigError
 GoalKind = Literal["sentiment", "length", "number"]
 
 # goal kind -> the reward names whose score measures it (a spec's part before ':', and its argument)
-GOAL_MEASURES: dict[str, tuple[str, ...]] = {"sentiment": ("sentiment", "vader"),
-                                             "length": ("length",), "number": ("number",)}
+GOAL_MEASURES: dict[str, tuple[str, ...]] = {
+    "sentiment": ("sentiment", "vader"),
+    "length": ("length",),
+    "number": ("number",),
+}
 NO_NUMBER = -1  # the goal a completion without a number reached (number goals)
 
 # K sentiment levels -> their names, most negative first (other K: "sentiment level k of K")
@@ -72,19 +75,28 @@ def binary_outcomes(scores: Sequence[float], threshold: float | None, reward: st
         return [score >= threshold for score in scores]
     other = next((score for score in scores if score not in (0.0, 1.0)), None)
     if other is not None:
-        raise ConfigError(f"hir.threshold is not set, but reward {reward!r} gave the non-binary "
-                          f"score {other:g}; HIR relabels each sample as a success or a failure: "
-                          "pass --hir.threshold T (success when score >= T, e.g. 1.0 for full "
-                          "credit)")
+        raise ConfigError(
+            f"hir.threshold is not set, but reward {reward!r} gave the non-binary "
+            f"score {other:g}; HIR relabels each sample as a success or a failure: "
+            "pass --hir.threshold T (success when score >= T, e.g. 1.0 for full "
+            "credit)"
+        )
     return [score == 1.0 for score in scores]
 
 
-def relabel_instructions(prompts: Sequence[Prompt], successes: Sequence[bool],
-                         success: Conditioning, failure: Conditioning
-                         ) -> tuple[list[Prompt], list[Prompt]]:
+def relabel_instructions(
+    prompts: Sequence[Prompt],
+    successes: Sequence[bool],
+    success: Conditioning,
+    failure: Conditioning,
+) -> tuple[list[Prompt], list[Prompt]]:
     """(each prompt with the instruction its sample fulfilled, each with the opposite one)."""
-    matching = [(success if ok else failure).apply(p) for p, ok in zip(prompts, successes, strict=True)]
-    opposite = [(failure if ok else success).apply(p) for p, ok in zip(prompts, successes, strict=True)]
+    matching = [
+        (success if ok else failure).apply(p) for p, ok in zip(prompts, successes, strict=True)
+    ]
+    opposite = [
+        (failure if ok else success).apply(p) for p, ok in zip(prompts, successes, strict=True)
+    ]
     return matching, opposite
 
 
@@ -97,11 +109,16 @@ def measure_problem(kind: str, reward: str) -> str | None:
     measures = GOAL_MEASURES[kind]
     if name in measures and not (name == "length" and arg):
         return None
-    extra = (" (plain length, the word count; length:N scores the distance to N words)"
-             if name == "length" and kind == "length" else "")
-    return (f"is measured by the reward's score, but reward = {reward!r} cannot measure it; "
-            f"set --reward {' or '.join(measures)}{extra}, or choose a goal.kind that reward "
-            "measures")
+    extra = (
+        " (plain length, the word count; length:N scores the distance to N words)"
+        if name == "length" and kind == "length"
+        else ""
+    )
+    return (
+        f"is measured by the reward's score, but reward = {reward!r} cannot measure it; "
+        f"set --reward {' or '.join(measures)}{extra}, or choose a goal.kind that reward "
+        "measures"
+    )
 
 
 def goal_range(kind: str, levels: int, max_words: int, max_number: int) -> range:
@@ -131,16 +148,22 @@ class GoalSpace:
 
     def __post_init__(self) -> None:
         if self.kind not in GOAL_MEASURES:
-            raise ConfigError(f"goal.kind = {self.kind!r}: not a goal kind; choose one of "
-                              + ", ".join(GOAL_MEASURES))
+            raise ConfigError(
+                f"goal.kind = {self.kind!r}: not a goal kind; choose one of "
+                + ", ".join(GOAL_MEASURES)
+            )
         for key in ("{goal}", "{prompt}"):
             if self.template.count(key) != 1:
-                raise ConfigError(f"goal.template = {self.template!r} must contain {key} exactly "
-                                  "once, as in '[{goal}] {prompt}'")
+                raise ConfigError(
+                    f"goal.template = {self.template!r} must contain {key} exactly "
+                    "once, as in '[{goal}] {prompt}'"
+                )
         if self.kind == "sentiment" and self.names and len(self.names) != self.levels:
-            raise ConfigError(f"goal.names = {list(self.names)!r} names {len(self.names)} levels "
-                              f"but goal.levels = {self.levels}; give one name per level, most "
-                              "negative first")
+            raise ConfigError(
+                f"goal.names = {list(self.names)!r} names {len(self.names)} levels "
+                f"but goal.levels = {self.levels}; give one name per level, most "
+                "negative first"
+            )
 
     @classmethod
     def for_reward(cls, kind: GoalKind, reward: str, **settings: Any) -> GoalSpace:
@@ -181,16 +204,20 @@ class GoalSpace:
         if self.kind == "number" and goal == NO_NUMBER:
             return "no number"
         if self.kind == "number":
-            return f"a number above {self.max_number}" if goal > self.max_number else \
-                f"the number {goal}"
+            return (
+                f"a number above {self.max_number}"
+                if goal > self.max_number
+                else f"the number {goal}"
+            )
         if goal == self.max_words:
             return f"length {goal} or more words"
         return f"length {goal} word" + ("" if goal == 1 else "s")
 
     def conditioning(self, goal: int, method: str) -> Conditioning:
         """The prompt template that asks for ``goal`` (what the exported model is asked with)."""
-        return Conditioning(method=method, instruction=self.template.replace(
-            "{goal}", self.describe(goal)))
+        return Conditioning(
+            method=method, instruction=self.template.replace("{goal}", self.describe(goal))
+        )
 
     def ask(self, prompt: Prompt, goal: int) -> Prompt:
         """``prompt`` conditioned on ``goal``."""

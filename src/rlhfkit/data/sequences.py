@@ -40,21 +40,31 @@ class SequenceBatch:
     loss_mask: torch.Tensor  # (B, T) bool, 1 on completion tokens (+ EOS)
 
     def to(self, device: torch.device) -> SequenceBatch:
-        return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                             self.loss_mask.to(device))
+        return SequenceBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device)
+        )
 
 
 def uses_chat_template(tokenizer: Any, setting: str) -> bool:
     """Whether prompts go through the chat template: ``on``, ``off``, or ``auto`` (when it has one)."""
     has_template = getattr(tokenizer, "chat_template", None) is not None
     if setting == "on" and not has_template:
-        raise ConfigError("train.chat_template is 'on', but this model's tokenizer has no chat "
-                          "template; use --train.chat_template auto or off")
+        raise ConfigError(
+            "train.chat_template is 'on', but this model's tokenizer has no chat "
+            "template; use --train.chat_template auto or off"
+        )
     return setting == "on" or (setting == "auto" and has_template)
 
 
-def encode(tokenizer: Any, prompt: str | Sequence[dict[str, str]], completion: str,
-           chat: bool, max_length: int, weight: float = 1.0, ends: bool = True) -> Encoded:
+def encode(
+    tokenizer: Any,
+    prompt: str | Sequence[dict[str, str]],
+    completion: str,
+    chat: bool,
+    max_length: int,
+    weight: float = 1.0,
+    ends: bool = True,
+) -> Encoded:
     """Token ids of ``prompt`` then ``completion`` + EOS, at most ``max_length`` of them.
 
     An empty prompt (a text judged on its own, such as a rated review) starts from the BOS token
@@ -65,18 +75,21 @@ def encode(tokenizer: Any, prompt: str | Sequence[dict[str, str]], completion: s
     """
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ConfigError("the tokenizer has no EOS token, so a completion's end cannot be "
-                          "learned; give a model whose tokenizer defines eos_token")
+        raise ConfigError(
+            "the tokenizer has no EOS token, so a completion's end cannot be "
+            "learned; give a model whose tokenizer defines eos_token"
+        )
     if isinstance(prompt, str) and not prompt:
         prompt_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos]
     else:
-        prompt_ids = tokenizer(render_prompt(tokenizer, prompt, chat),
-                               add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(render_prompt(tokenizer, prompt, chat), add_special_tokens=False)[
+            "input_ids"
+        ]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos] * ends
     truncated = len(prompt_ids) + len(completion_ids) > max_length
     if truncated:
-        completion_ids = completion_ids[:max_length - 1]
-        prompt_ids = prompt_ids[len(prompt_ids) - (max_length - len(completion_ids)):]
+        completion_ids = completion_ids[: max_length - 1]
+        prompt_ids = prompt_ids[len(prompt_ids) - (max_length - len(completion_ids)) :]
     return Encoded(prompt_ids + completion_ids, len(prompt_ids), truncated, weight)
 
 
@@ -84,8 +97,10 @@ def render_prompt(tokenizer: Any, prompt: str | Sequence[dict[str, str]], chat: 
     """The prompt as text: through the chat template (with the assistant turn opened) or as is."""
     if not chat:
         if not isinstance(prompt, str):
-            raise DataError("a chat prompt (a list of messages) needs the chat template, which is "
-                            "off or missing; set --train.chat_template on or give plain prompts")
+            raise DataError(
+                "a chat prompt (a list of messages) needs the chat template, which is "
+                "off or missing; set --train.chat_template on or give plain prompts"
+            )
         return prompt
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -101,7 +116,7 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> SequenceBatch:
         length = len(example.ids)
         input_ids[row, :length] = torch.tensor(example.ids)
         attention_mask[row, :length] = 1
-        loss_mask[row, example.completion_start:length] = True
+        loss_mask[row, example.completion_start : length] = True
     return SequenceBatch(input_ids, attention_mask, loss_mask)
 
 
@@ -116,13 +131,19 @@ def completion_logprobs(model: Any, batch: SequenceBatch) -> tuple[torch.Tensor,
     from rlhfkit.models import token_logprobs
 
     prompt_columns = batch.loss_mask.int().argmax(dim=-1)  # (B,) the first loss-carrying column
-    logprobs = token_logprobs(model, batch.input_ids, batch.attention_mask, response_start=1,
-                              prompt_columns=prompt_columns)
+    logprobs = token_logprobs(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        response_start=1,
+        prompt_columns=prompt_columns,
+    )
     return logprobs, batch.loss_mask[:, 1:]  # (B, T-1) each
 
 
-def sequence_logprob(logprobs: torch.Tensor, mask: torch.Tensor, average: bool = False
-                     ) -> torch.Tensor:
+def sequence_logprob(
+    logprobs: torch.Tensor, mask: torch.Tensor, average: bool = False
+) -> torch.Tensor:
     """Log-probability of each row's completion: the sum over its tokens (or the mean). (B,)"""
     from rlhfkit.losses.policy import masked_mean, masked_sum
 

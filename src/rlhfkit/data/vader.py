@@ -44,8 +44,12 @@ SPLITS = ("train", "validation", "test")
 RATINGS_FILE = "ratings.jsonl"
 
 INNER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
-FILE_STEMS = {"movies": "movieReviewSnippets", "tweets": "tweets",
-              "amazon": "amazonReviewSnippets", "nyt": "nytEditorialSnippets"}
+FILE_STEMS = {
+    "movies": "movieReviewSnippets",
+    "tweets": "tweets",
+    "amazon": "amazonReviewSnippets",
+    "nyt": "nytEditorialSnippets",
+}
 RATING_SCALE = (-4, 4)
 _TOLERANCE = 1e-6  # the files print means to 9-10 digits
 _ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"'}
@@ -84,18 +88,23 @@ def load_vader(corpora: Iterable[str] = CORPORA, split: str | None = None) -> li
     chosen = (corpora,) if isinstance(corpora, str) else tuple(corpora)
     unknown = [c for c in chosen if c not in CORPORA]
     if unknown or not chosen:
-        raise ConfigError(f"VADER corpora {list(chosen)}: choose one or more of "
-                          f"{', '.join(CORPORA)}")
+        raise ConfigError(
+            f"VADER corpora {list(chosen)}: choose one or more of {', '.join(CORPORA)}"
+        )
     if split is not None and split not in SPLITS:
-        raise ConfigError(f"VADER split {split!r}: choose one of {', '.join(SPLITS)}, "
-                          "or none for all")
+        raise ConfigError(
+            f"VADER split {split!r}: choose one of {', '.join(SPLITS)}, or none for all"
+        )
     from rlhfkit import assets
     from rlhfkit.data.files import read_rows
 
     rows = read_rows(assets.ensure("vader") / RATINGS_FILE)
-    return [RatedText(**{**row, "ratings": tuple(float(r) for r in row["ratings"])})
-            for row in rows if row["corpus"] in chosen
-            and (split is None or split_of(row["corpus"], row["id"]) == split)]
+    return [
+        RatedText(**{**row, "ratings": tuple(float(r) for r in row["ratings"])})
+        for row in rows
+        if row["corpus"] in chosen
+        and (split is None or split_of(row["corpus"], row["id"]) == split)
+    ]
 
 
 # --- reading the source archive (once, when the cache entry is prepared) -------------------------
@@ -119,8 +128,9 @@ def read_archive(archive: Path) -> tuple[list[RatedText], dict[str, Any]]:
         largest_difference = 0.0
         for id, (line, (truth_mean, raw_text)) in texts.items():
             if id not in rows:
-                report["skipped"].append(_skip(f"{stem}_GroundTruth.txt", line,
-                                               f"id {id!r} has no individual ratings"))
+                report["skipped"].append(
+                    _skip(f"{stem}_GroundTruth.txt", line, f"id {id!r} has no individual ratings")
+                )
                 continue
             ratings = rows[id][1]
             text = _unescape(raw_text)
@@ -132,15 +142,17 @@ def read_archive(archive: Path) -> tuple[list[RatedText], dict[str, Any]]:
             rated.append(RatedText(corpus, id, text, mean, statistics.pstdev(ratings), ratings))
         for id, (line, _) in rows.items():
             if id not in texts:
-                report["skipped"].append(_skip(f"{stem}_anonDataRatings.txt", line,
-                                               f"id {id!r} has no text"))
+                report["skipped"].append(
+                    _skip(f"{stem}_anonDataRatings.txt", line, f"id {id!r} has no text")
+                )
         report["counts"][corpus] = sum(r.corpus == corpus for r in rated)
         if unescaped:
             report["notes"].append(f"{corpus}: {unescaped} texts HTML-unescaped (&amp; -> &, ...)")
         if mean_differs:
             report["notes"].append(
                 f"{corpus}: {mean_differs} GroundTruth means differ from the mean of the listed "
-                f"ratings (by up to {largest_difference:.2f}); the listed ratings are used")
+                f"ratings (by up to {largest_difference:.2f}); the listed ratings are used"
+            )
     return rated, report
 
 
@@ -149,31 +161,44 @@ def _dataset_files(archive: Path) -> dict[str, bytes]:
     nothing from an archive is ever written to disk under a name it chose)."""
     try:
         with tarfile.open(archive, "r:gz") as outer:
-            member = next((m for m in outer.getmembers()
-                           if m.isfile() and m.name.endswith(INNER_ARCHIVE)), None)
+            member = next(
+                (m for m in outer.getmembers() if m.isfile() and m.name.endswith(INNER_ARCHIVE)),
+                None,
+            )
             if member is None:
-                raise DataError(f"{archive}: no {INNER_ARCHIVE} inside; give the "
-                                "vaderSentiment-3.3.2.tar.gz source archive from PyPI")
+                raise DataError(
+                    f"{archive}: no {INNER_ARCHIVE} inside; give the "
+                    "vaderSentiment-3.3.2.tar.gz source archive from PyPI"
+                )
             inner_bytes = outer.extractfile(member).read()
         with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
-            return {Path(m.name).name: inner.extractfile(m).read()
-                    for m in inner.getmembers() if m.isfile()}
+            return {
+                Path(m.name).name: inner.extractfile(m).read()
+                for m in inner.getmembers()
+                if m.isfile()
+            }
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"{archive}: cannot read it as a .tar.gz ({e}); give the "
-                        "vaderSentiment-3.3.2.tar.gz source archive from PyPI") from None
+        raise DataError(
+            f"{archive}: cannot read it as a .tar.gz ({e}); give the "
+            "vaderSentiment-3.3.2.tar.gz source archive from PyPI"
+        ) from None
 
 
-def _read_table(files: dict[str, bytes], name: str, parse: Callable[[list[str]], Any],
-                report: dict[str, Any]) -> dict[str, tuple[int, Any]]:
+def _read_table(
+    files: dict[str, bytes], name: str, parse: Callable[[list[str]], Any], report: dict[str, Any]
+) -> dict[str, tuple[int, Any]]:
     """Rows of one tab-separated file by id, each with its line number; bad rows go to report."""
     if name not in files:
-        raise DataError(f"{INNER_ARCHIVE}: no {name} inside; the archive is not "
-                        "vaderSentiment 3.3.2")
+        raise DataError(
+            f"{INNER_ARCHIVE}: no {name} inside; the archive is not vaderSentiment 3.3.2"
+        )
     try:
         text = files[name].decode("utf-8-sig")  # one file starts with a byte-order mark
     except UnicodeDecodeError as e:
-        raise DataError(f"{name}: the byte at offset {e.start} is not UTF-8; the archive is not "
-                        "vaderSentiment 3.3.2") from None
+        raise DataError(
+            f"{name}: the byte at offset {e.start} is not UTF-8; the archive is not "
+            "vaderSentiment 3.3.2"
+        ) from None
     table: dict[str, tuple[int, Any]] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -205,17 +230,22 @@ def _parse_truth(fields: list[str]) -> tuple[float, str]:
 def _parse_ratings(fields: list[str]) -> tuple[float, ...]:
     """The individual ratings of an anonDataRatings row: id, mean, stdev, [ratings]."""
     if len(fields) != 4:
-        raise ValueError(f"{len(fields)} tab-separated fields, "
-                         "expected 4 (id, mean, stdev, ratings)")
+        raise ValueError(
+            f"{len(fields)} tab-separated fields, expected 4 (id, mean, stdev, ratings)"
+        )
     try:
         ratings = json.loads(fields[3])
     except json.JSONDecodeError:
         raise ValueError(f"ratings {fields[3][:40]!r} are not a list of numbers") from None
     low, high = RATING_SCALE
-    if (not isinstance(ratings, list) or not ratings
-            or not all(isinstance(r, int) and low <= r <= high for r in ratings)):
-        raise ValueError(f"ratings {fields[3][:40]!r} are not a list of whole numbers "
-                         f"in {low}..{high}")
+    if (
+        not isinstance(ratings, list)
+        or not ratings
+        or not all(isinstance(r, int) and low <= r <= high for r in ratings)
+    ):
+        raise ValueError(
+            f"ratings {fields[3][:40]!r} are not a list of whole numbers in {low}..{high}"
+        )
     mean, stdev = _number(fields[1], "mean"), _number(fields[2], "stdev")
     actual_mean, actual_stdev = statistics.fmean(ratings), statistics.pstdev(ratings)
     if abs(actual_mean - mean) > _TOLERANCE:

@@ -132,26 +132,42 @@ def summarise(results: dict[str, Sequence[MethodResult]], base: str = "base") ->
         seconds = [r.seconds for r in runs]
         kl = [value for r in runs for value in r.kl]
         lengths = [value for r in runs for value in r.lengths]
-        rows.append(Row(method=method, seeds=len(runs), score=t_interval(means), vs_base=vs_base,
-                        beats_base=None if vs_base is None else vs_base.low > 0,
-                        kl=statistics.fmean(kl) if kl else 0.0,
-                        length=statistics.fmean(lengths),
-                        seconds=None if None in seconds else statistics.fmean(seconds)))
+        rows.append(
+            Row(
+                method=method,
+                seeds=len(runs),
+                score=t_interval(means),
+                vs_base=vs_base,
+                beats_base=None if vs_base is None else vs_base.low > 0,
+                kl=statistics.fmean(kl) if kl else 0.0,
+                length=statistics.fmean(lengths),
+                seconds=None if None in seconds else statistics.fmean(seconds),
+            )
+        )
     return rows
 
 
 def render_markdown(title: str, rows: Sequence[Row], notes: Sequence[str] = ()) -> str:
     """A task's table as markdown: a heading, notes, then one line per method."""
-    lines = [f"### {title}", "", *notes, *([""] if notes else []),
-             "| method | held-out score (95% CI) | vs base (95% CI, paired) | beats base | "
-             "KL to base (nats) | length (tokens) | wall time (s) | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {title}",
+        "",
+        *notes,
+        *([""] if notes else []),
+        "| method | held-out score (95% CI) | vs base (95% CI, paired) | beats base | "
+        "KL to base (nats) | length (tokens) | wall time (s) | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         vs_base = "—" if row.vs_base is None else _interval(row.vs_base)
         beats = "—" if row.beats_base is None else ("yes" if row.beats_base else "no")
-        seconds = "—" if row.seconds is None else f"{row.seconds:.{0 if row.seconds >= 100 else 1}f}"
-        lines.append(f"| {row.method} | {_interval(row.score)} | {vs_base} | {beats} | "
-                     f"{row.kl:.2f} | {row.length:.1f} | {seconds} | {row.seeds} |")
+        seconds = (
+            "—" if row.seconds is None else f"{row.seconds:.{0 if row.seconds >= 100 else 1}f}"
+        )
+        lines.append(
+            f"| {row.method} | {_interval(row.score)} | {vs_base} | {beats} | "
+            f"{row.kl:.2f} | {row.length:.1f} | {seconds} | {row.seeds} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -44,10 +44,16 @@ class PolicyEval:
         return sum(self.kl) / len(self.kl) if self.kl else 0.0
 
 
-def evaluate_policy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], gen: GenCfg,
-                    rewards: dict[str, Any], seed: int,
-                    reference: Callable[[], AbstractContextManager[Any]] | None = None,
-                    conditioning: Conditioning | None = None) -> PolicyEval:
+def evaluate_policy(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    gen: GenCfg,
+    rewards: dict[str, Any],
+    seed: int,
+    reference: Callable[[], AbstractContextManager[Any]] | None = None,
+    conditioning: Conditioning | None = None,
+) -> PolicyEval:
     """Sample one completion per held-out prompt and score it with every reward.
 
     ``conditioning`` (``load_conditioning`` of the model's directory) asks a hindsight-trained
@@ -71,25 +77,32 @@ def evaluate_policy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], gen:
     model.config.use_cache = True
     try:
         prompts = [row["prompt"] for row in rows]
-        rollout = generate_conditioned(get_backend(gen.backend, model, tokenizer), prompts, gen,
-                                       seed, conditioning)
+        rollout = generate_conditioned(
+            get_backend(gen.backend, model, tokenizer), prompts, gen, seed, conditioning
+        )
         texts = [prompt_text(p) for p in prompts]
         meta = meta_columns(rows)
-        scores = {name: compute_rewards(reward, texts, rollout.completions, **meta)
-                  for name, reward in rewards.items()}
+        scores = {
+            name: compute_rewards(reward, texts, rollout.completions, **meta)
+            for name, reward in rewards.items()
+        }
         kl: list[float] = []
         if reference is not None:
             with torch.no_grad(), reference() as reference_model:
                 start = rollout.prompt_ids.shape[1]
                 for i in range(0, len(rollout), gen.batch_size):
-                    ids = rollout.input_ids[i:i + gen.batch_size]
-                    att = rollout.attention_mask[i:i + gen.batch_size]
-                    mask = rollout.response_mask[i:i + gen.batch_size].float()
+                    ids = rollout.input_ids[i : i + gen.batch_size]
+                    att = rollout.attention_mask[i : i + gen.batch_size]
+                    mask = rollout.response_mask[i : i + gen.batch_size].float()
                     ref = token_logprobs(reference_model, ids, att, start, gen.temperature)
-                    own = rollout.logprobs[i:i + gen.batch_size]
+                    own = rollout.logprobs[i : i + gen.batch_size]
                     kl += ((own - ref) * mask).sum(dim=1).tolist()
     finally:
         model.config.use_cache = cache
         model.train(was_training)
-    return PolicyEval(completions=rollout.completions, scores=scores,
-                      lengths=rollout.response_lengths.tolist(), kl=kl)
+    return PolicyEval(
+        completions=rollout.completions,
+        scores=scores,
+        lengths=rollout.response_lengths.tolist(),
+        kl=kl,
+    )

@@ -18,8 +18,9 @@ def print_summary(run: Any, summary: dict[str, Any]) -> None:
     console.print(table)
 
 
-def plot_curves(metrics: list[dict[str, Any]], path: Path,
-                keys: tuple[str, ...] = ("reward", "kl", "length")) -> Path | None:
+def plot_curves(
+    metrics: list[dict[str, Any]], path: Path, keys: tuple[str, ...] = ("reward", "kl", "length")
+) -> Path | None:
     """One panel per metric against the step; written atomically. None when nothing was logged."""
     import matplotlib
 
@@ -37,8 +38,11 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path,
         ax.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=1)
         if len(values) >= 5:  # a moving average shows the trend through the sampling noise
             window = max(3, len(values) // 10)
-            smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
-                      for i in range(len(values))]
+            smooth = [
+                sum(values[max(0, i - window + 1) : i + 1])
+                / len(values[max(0, i - window + 1) : i + 1])
+                for i in range(len(values))
+            ]
             ax.plot(steps, smooth, color="tab:blue", linewidth=2)
         ax.set_title(key)
         ax.set_xlabel("step")

@@ -65,15 +65,21 @@ def cohen_kappa(first: Sequence[Hashable], second: Sequence[Hashable]) -> Agreem
     for nominal scales", Educational and Psychological Measurement 20(1), 37-46.
     """
     if len(first) != len(second):
-        raise DataError(f"Cohen's kappa got {len(first)} labels from one annotator and "
-                        f"{len(second)} from the other; give one label each per shared item")
+        raise DataError(
+            f"Cohen's kappa got {len(first)} labels from one annotator and "
+            f"{len(second)} from the other; give one label each per shared item"
+        )
     items = len(first)
     if items == 0:
         return Agreement(None, 0, reason="no item labelled by both annotators")
     first_counts, second_counts = Counter(first), Counter(second)
     if len(first_counts.keys() | second_counts.keys()) < 2:
-        return Agreement(None, items, reason=f"one category only ({first[0]!r}): chance "
-                         "agreement is 1, so kappa is undefined")
+        return Agreement(
+            None,
+            items,
+            reason=f"one category only ({first[0]!r}): chance "
+            "agreement is 1, so kappa is undefined",
+        )
     agreed = sum(a == b for a, b in zip(first, second, strict=True))
     chance = sum(count * second_counts[category] for category, count in first_counts.items())
     return Agreement((items * agreed - chance) / (items * items - chance), items)
@@ -104,11 +110,18 @@ def fleiss_kappa(items: Iterable[Sequence[Hashable]]) -> Agreement:
         return Agreement(None, 0, dropped, "no item has two or more labels")
     categories: Counter = sum(kept, Counter())
     if len(categories) < 2:
-        return Agreement(None, len(kept), dropped, f"one category only "
-                         f"({next(iter(categories))!r}): chance agreement is 1, so kappa is "
-                         "undefined")
-    observed = sum((sum(n * n for n in count.values()) - count.total())
-                   / (count.total() * (count.total() - 1)) for count in kept) / len(kept)
+        return Agreement(
+            None,
+            len(kept),
+            dropped,
+            f"one category only "
+            f"({next(iter(categories))!r}): chance agreement is 1, so kappa is "
+            "undefined",
+        )
+    observed = sum(
+        (sum(n * n for n in count.values()) - count.total()) / (count.total() * (count.total() - 1))
+        for count in kept
+    ) / len(kept)
     labels = categories.total()
     chance = sum((n / labels) ** 2 for n in categories.values())
     return Agreement((observed - chance) / (1 - chance), len(kept), dropped)
@@ -135,8 +148,9 @@ def krippendorff_alpha(units: Iterable[Sequence[Any]], metric: Metric = "nominal
     """
     if metric not in METRICS:
         raise ConfigError(f"metric {metric!r}: choose one of {', '.join(METRICS)}")
-    counts = [Counter(_value(value, metric) for value in values if value is not None)
-              for values in units]
+    counts = [
+        Counter(_value(value, metric) for value in values if value is not None) for values in units
+    ]
     pairable = [count for count in counts if count.total() >= 2]
     dropped = len(counts) - len(pairable)
     if not pairable:
@@ -150,13 +164,20 @@ def krippendorff_alpha(units: Iterable[Sequence[Any]], metric: Metric = "nominal
     for (c, _), o_ck in coincidences.items():
         marginals[c] += o_ck
     if len(marginals) < 2:
-        return Agreement(None, len(pairable), dropped, f"one value only "
-                         f"({next(iter(marginals))!r}): no disagreement to expect, so alpha "
-                         "is undefined")
+        return Agreement(
+            None,
+            len(pairable),
+            dropped,
+            f"one value only "
+            f"({next(iter(marginals))!r}): no disagreement to expect, so alpha "
+            "is undefined",
+        )
     distance = _squared_difference[metric]
     observed = sum(o_ck * distance(c, k) for (c, k), o_ck in coincidences.items())
-    expected = sum(n_c * n_k * distance(c, k)
-                   for (c, n_c), (k, n_k) in itertools.product(marginals.items(), repeat=2))
+    expected = sum(
+        n_c * n_k * distance(c, k)
+        for (c, n_c), (k, n_k) in itertools.product(marginals.items(), repeat=2)
+    )
     values = sum(marginals.values())
     return Agreement(1 - (values - 1) * observed / expected, len(pairable), dropped)
 
@@ -169,18 +190,22 @@ _squared_difference = {
 
 def _value(value: Any, metric: Metric) -> Any:
     """A label as the metric reads it: any hashable for nominal, a finite number for interval."""
-    if metric == "interval" and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                 or not math.isfinite(value)):
-        raise DataError(f"interval agreement got {value!r}; interval data must be finite "
-                        "numbers (use metric='nominal' for categories)")
+    if metric == "interval" and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    ):
+        raise DataError(
+            f"interval agreement got {value!r}; interval data must be finite "
+            "numbers (use metric='nominal' for categories)"
+        )
     return value
 
 
 # --- a campaign's report -------------------------------------------------------------------------
 
 
-def agreement_report(records: Sequence[LabelRecord],
-                     gold: Mapping[int, Any] | None = None) -> dict[str, Any]:
+def agreement_report(
+    records: Sequence[LabelRecord], gold: Mapping[int, Any] | None = None
+) -> dict[str, Any]:
     """Agreement per kind of answer on the items several annotators labelled, and gold accuracy.
 
     Items are tasks, keyed by campaign and task id; a ranking's items are its pairs of outputs.
@@ -204,7 +229,11 @@ def agreement_report(records: Sequence[LabelRecord],
     """
     gold = {} if gold is None else gold
     items: dict[str, dict[Hashable, dict[str, Any]]] = {
-        "pairwise": {}, "ranking": {}, "rating": {}, "thumbs": {}}
+        "pairwise": {},
+        "ranking": {},
+        "rating": {},
+        "thumbs": {},
+    }
     for label in _oldest_first(records):  # a later label replaces an earlier one
         if label.is_gold or label.task_id in gold:
             continue
@@ -215,21 +244,25 @@ def agreement_report(records: Sequence[LabelRecord],
             rank = {output_id: place for place, output_id in enumerate(_ranked_ids(label))}
             for low, high in itertools.combinations(sorted(rank), 2):
                 items["ranking"].setdefault((*task, low, high), {})[label.annotator] = (
-                    "first" if rank[low] < rank[high] else "second")
+                    "first" if rank[low] < rank[high] else "second"
+                )
         if label.rating is not None:
             items["rating"].setdefault(task, {})[label.annotator] = label.rating
         if label.thumbs is not None:
             items["thumbs"].setdefault(task, {})[label.annotator] = label.thumbs
     report: dict[str, Any] = {
         kind: _block(kind_items, "interval" if kind == "rating" else "nominal")
-        for kind, kind_items in items.items() if kind_items}
+        for kind, kind_items in items.items()
+        if kind_items
+    }
     if gold or any(label.is_gold for label in records):
         report["gold_accuracy"] = gold_accuracy(records, gold)
     return report
 
 
-def gold_accuracy(records: Sequence[LabelRecord],
-                  gold: Mapping[int, Any]) -> dict[str, dict[str, Any]]:
+def gold_accuracy(
+    records: Sequence[LabelRecord], gold: Mapping[int, Any]
+) -> dict[str, dict[str, Any]]:
     """Per annotator: of their labels on gold tasks, how many give the known answer.
 
     ``gold`` maps task_id to the answer in output ids, so that it holds whatever order the
@@ -243,8 +276,10 @@ def gold_accuracy(records: Sequence[LabelRecord],
     for label in _oldest_first(records):  # a later label replaces an earlier one
         if label.task_id not in gold:
             if label.is_gold:
-                raise DataError(f"label {label.label_id} is on gold task {label.task_id}, which "
-                                "has no answer in gold; pass every gold task's answer")
+                raise DataError(
+                    f"label {label.label_id} is on gold task {label.task_id}, which "
+                    "has no answer in gold; pass every gold task's answer"
+                )
             continue
         correct = _matches_gold(label, gold[label.task_id])
         if correct is not None:
@@ -254,8 +289,10 @@ def gold_accuracy(records: Sequence[LabelRecord],
         counts = totals.setdefault(annotator, [0, 0])
         counts[0] += 1
         counts[1] += correct
-    return {annotator: {"labels": labels, "correct": correct, "accuracy": correct / labels}
-            for annotator, (labels, correct) in sorted(totals.items())}
+    return {
+        annotator: {"labels": labels, "correct": correct, "accuracy": correct / labels}
+        for annotator, (labels, correct) in sorted(totals.items())
+    }
 
 
 def _matches_gold(label: LabelRecord, expected: Any) -> bool | None:
@@ -263,15 +300,19 @@ def _matches_gold(label: LabelRecord, expected: Any) -> bool | None:
     shown = [output.output_id for output in label.outputs]
     if label.choice is not None:
         if isinstance(expected, bool) or expected not in ("tie", "both_bad", *shown):
-            raise DataError(f"gold answer {expected!r} of pairwise task {label.task_id}: give "
-                            f"the better output's id (one of {shown}), 'tie' or 'both_bad'")
+            raise DataError(
+                f"gold answer {expected!r} of pairwise task {label.task_id}: give "
+                f"the better output's id (one of {shown}), 'tie' or 'both_bad'"
+            )
         if label.choice in ("tie", "both_bad"):
             return label.choice == expected
         return shown["AB".index(label.choice)] == expected
     if label.ranking is not None:
         if not isinstance(expected, (list, tuple)) or sorted(expected) != sorted(shown):
-            raise DataError(f"gold answer {expected!r} of ranking task {label.task_id}: give "
-                            f"the output ids {sorted(shown)} in order, best first")
+            raise DataError(
+                f"gold answer {expected!r} of ranking task {label.task_id}: give "
+                f"the output ids {sorted(shown)} in order, best first"
+            )
         return _ranked_ids(label) == tuple(expected)
     if isinstance(expected, bool):
         return None if label.thumbs is None else label.thumbs == expected
@@ -300,9 +341,12 @@ def _ranked_ids(label: LabelRecord) -> tuple[int, ...]:
 def _block(items: dict[Hashable, dict[str, Any]], metric: Metric) -> dict[str, Any]:
     """One kind's coefficients over its items (item -> annotator -> value)."""
     units = [list(by_annotator.values()) for by_annotator in items.values()]
-    block: dict[str, Any] = {"metric": metric, "items": len(units),
-                             "overlapping_items": sum(len(unit) >= 2 for unit in units),
-                             "labels": sum(map(len, units))}
+    block: dict[str, Any] = {
+        "metric": metric,
+        "items": len(units),
+        "overlapping_items": sum(len(unit) >= 2 for unit in units),
+        "labels": sum(map(len, units)),
+    }
     if metric == "nominal":
         block["fleiss_kappa"] = fleiss_kappa(units)._asdict()
     block["krippendorff_alpha"] = krippendorff_alpha(units, metric)._asdict()
@@ -316,7 +360,8 @@ def _annotator_pairs(items: dict[Hashable, dict[str, Any]], metric: Metric) -> l
     for by_annotator in items.values():
         for first, second in itertools.combinations(sorted(by_annotator), 2):
             shared.setdefault((first, second), []).append(
-                (by_annotator[first], by_annotator[second]))
+                (by_annotator[first], by_annotator[second])
+            )
     pairs = []
     for (first, second), values in sorted(shared.items()):
         if metric == "nominal":

@@ -89,24 +89,33 @@ def annotators_needed(index: int, overlap: float, overlap_annotators: int) -> in
     return overlap_annotators if is_overlap_item(index, overlap) else 1
 
 
-def renumber_unlabelled(session: Session, campaign_id: int, overlap: float,
-                        overlap_annotators: int) -> tuple[int, int]:
+def renumber_unlabelled(
+    session: Session, campaign_id: int, overlap: float, overlap_annotators: int
+) -> tuple[int, int]:
     """Give the campaign's tasks nobody has labelled yet, in id order from 0, the annotators
     these settings say; return how many tasks that is and how many are overlap items."""
     nobody_has_labelled = ~exists().where(Label.task_id == Task.id, Label.undone_at.is_(None))
-    unlabelled = session.execute(select(Task.id, Task.required)
-                                 .where(Task.campaign_id == campaign_id, nobody_has_labelled)
-                                 .order_by(Task.id)).all()
-    wanted = [annotators_needed(index, overlap, overlap_annotators)
-              for index in range(len(unlabelled))]
-    changes = [{"task": task_id, "new_required": new}
-               for (task_id, required), new in zip(unlabelled, wanted, strict=True)
-               if new != required]
+    unlabelled = session.execute(
+        select(Task.id, Task.required)
+        .where(Task.campaign_id == campaign_id, nobody_has_labelled)
+        .order_by(Task.id)
+    ).all()
+    wanted = [
+        annotators_needed(index, overlap, overlap_annotators) for index in range(len(unlabelled))
+    ]
+    changes = [
+        {"task": task_id, "new_required": new}
+        for (task_id, required), new in zip(unlabelled, wanted, strict=True)
+        if new != required
+    ]
     if changes:
         # checked again as each row is written: a task labelled meanwhile keeps its number
         session.connection().execute(
-            update(Task).where(Task.id == bindparam("task"), nobody_has_labelled)
-            .values(required=bindparam("new_required")), changes)
+            update(Task)
+            .where(Task.id == bindparam("task"), nobody_has_labelled)
+            .values(required=bindparam("new_required")),
+            changes,
+        )
     return len(unlabelled), sum(new > 1 for new in wanted)
 
 
@@ -122,29 +131,46 @@ def campaign_lock(session: Session, campaign_id: int, *, lazy_commit: bool = Fal
     """
     if session.get_bind().dialect.name == "postgresql":
         lazy = ", set_config('synchronous_commit', 'off', true)" if lazy_commit else ""
-        session.execute(text(f"SELECT pg_advisory_xact_lock(:space, :campaign){lazy}"),
-                        {"space": _LOCK_SPACE, "campaign": campaign_id})
+        session.execute(
+            text(f"SELECT pg_advisory_xact_lock(:space, :campaign){lazy}"),
+            {"space": _LOCK_SPACE, "campaign": campaign_id},
+        )
 
 
-def reserve(session: Session, campaign_id: int, annotator_id: int, task_id: int | None,
-            now: datetime, hold_s: float) -> None:
+def reserve(
+    session: Session,
+    campaign_id: int,
+    annotator_id: int,
+    task_id: int | None,
+    now: datetime,
+    hold_s: float,
+) -> None:
     """Hold ``task_id`` for the annotator until ``now + hold_s`` (None: hold nothing), in one
     statement. Asked again for the task it holds with over half the hold left (a reload), it
     writes nothing."""
     if task_id is None:
-        session.execute(delete(Reservation).where(Reservation.campaign_id == campaign_id,
-                                                  Reservation.annotator_id == annotator_id))
+        session.execute(
+            delete(Reservation).where(
+                Reservation.campaign_id == campaign_id, Reservation.annotator_id == annotator_id
+            )
+        )
         return
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     expires_at = now + timedelta(seconds=hold_s)
-    statement = insert(Reservation).values(campaign_id=campaign_id, annotator_id=annotator_id,
-                                           task_id=task_id, expires_at=expires_at)
-    session.execute(statement.on_conflict_do_update(
-        index_elements=[Reservation.campaign_id, Reservation.annotator_id],
-        set_={"task_id": task_id, "expires_at": expires_at},
-        where=or_(Reservation.task_id != task_id,
-                  Reservation.expires_at < now + timedelta(seconds=hold_s / 2))))
+    statement = insert(Reservation).values(
+        campaign_id=campaign_id, annotator_id=annotator_id, task_id=task_id, expires_at=expires_at
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[Reservation.campaign_id, Reservation.annotator_id],
+            set_={"task_id": task_id, "expires_at": expires_at},
+            where=or_(
+                Reservation.task_id != task_id,
+                Reservation.expires_at < now + timedelta(seconds=hold_s / 2),
+            ),
+        )
+    )
 
 
 def next_task_query(campaign_id: int, annotator_id: int, now: datetime) -> Select:
@@ -155,52 +181,94 @@ def next_task_query(campaign_id: int, annotator_id: int, now: datetime) -> Selec
     correlated subquery, they cost PostgreSQL a scan of a small ``labels`` table per task (160
     ms against 8 ms at 5,000 tasks and 300 labels). Reservations, one per annotator, likewise.
     """
-    live = (select(Label.task_id, func.count().label("labels"))
-            .join(Task, Task.id == Label.task_id)
-            .where(Task.campaign_id == campaign_id, Label.undone_at.is_(None))
-            .group_by(Label.task_id).subquery())
-    held = (select(Reservation.task_id, func.count().label("held"))
-            .where(Reservation.campaign_id == campaign_id,
-                   Reservation.annotator_id != annotator_id, Reservation.expires_at > now)
-            .group_by(Reservation.task_id).subquery())
-    labelled = exists().where(Label.task_id == Task.id, Label.annotator_id == annotator_id,
-                              Label.undone_at.is_(None))
+    live = (
+        select(Label.task_id, func.count().label("labels"))
+        .join(Task, Task.id == Label.task_id)
+        .where(Task.campaign_id == campaign_id, Label.undone_at.is_(None))
+        .group_by(Label.task_id)
+        .subquery()
+    )
+    held = (
+        select(Reservation.task_id, func.count().label("held"))
+        .where(
+            Reservation.campaign_id == campaign_id,
+            Reservation.annotator_id != annotator_id,
+            Reservation.expires_at > now,
+        )
+        .group_by(Reservation.task_id)
+        .subquery()
+    )
+    labelled = exists().where(
+        Label.task_id == Task.id, Label.annotator_id == annotator_id, Label.undone_at.is_(None)
+    )
     skipped = exists().where(Skip.task_id == Task.id, Skip.annotator_id == annotator_id)
-    has_a_place = or_(Task.is_gold.is_(True),
-                      func.coalesce(live.c.labels, 0) + func.coalesce(held.c.held, 0)
-                      < Task.required)
-    position = (cast(Task.id, BigInteger) * TASK_STEP
-                + cast(annotator_id, BigInteger) * ANNOTATOR_STEP) % MODULUS
-    return (select(Task.id)
-            .outerjoin(live, live.c.task_id == Task.id)
-            .outerjoin(held, held.c.task_id == Task.id)
-            .where(Task.campaign_id == campaign_id, ~or_(labelled, skipped), has_a_place)
-            .order_by(position, Task.id)
-            .limit(1))
+    has_a_place = or_(
+        Task.is_gold.is_(True),
+        func.coalesce(live.c.labels, 0) + func.coalesce(held.c.held, 0) < Task.required,
+    )
+    position = (
+        cast(Task.id, BigInteger) * TASK_STEP + cast(annotator_id, BigInteger) * ANNOTATOR_STEP
+    ) % MODULUS
+    return (
+        select(Task.id)
+        .outerjoin(live, live.c.task_id == Task.id)
+        .outerjoin(held, held.c.task_id == Task.id)
+        .where(Task.campaign_id == campaign_id, ~or_(labelled, skipped), has_a_place)
+        .order_by(position, Task.id)
+        .limit(1)
+    )
 
 
 def has_a_place(session: Session, task_id: int, annotator_id: int, now: datetime) -> bool:
     """Whether ``next_task_query`` may still offer ``task_id`` to the annotator: not labelled
     or skipped by them, and gold or with a place free at ``now``. One statement: it runs under
     the campaign's lock, on every task handed out."""
-    labels = (select(func.count()).select_from(Label)
-              .where(Label.task_id == task_id, Label.undone_at.is_(None)).scalar_subquery())
-    held = (select(func.count()).select_from(Reservation)
-            .where(Reservation.task_id == task_id, Reservation.annotator_id != annotator_id,
-                   Reservation.expires_at > now).scalar_subquery())
-    theirs = or_(exists().where(Label.task_id == task_id, Label.annotator_id == annotator_id,
-                                Label.undone_at.is_(None)),
-                 exists().where(Skip.task_id == task_id, Skip.annotator_id == annotator_id))
-    return session.scalar(select(~theirs & or_(Task.is_gold.is_(True),
-                                                labels + held < Task.required))
-                          .where(Task.id == task_id)) is True
+    labels = (
+        select(func.count())
+        .select_from(Label)
+        .where(Label.task_id == task_id, Label.undone_at.is_(None))
+        .scalar_subquery()
+    )
+    held = (
+        select(func.count())
+        .select_from(Reservation)
+        .where(
+            Reservation.task_id == task_id,
+            Reservation.annotator_id != annotator_id,
+            Reservation.expires_at > now,
+        )
+        .scalar_subquery()
+    )
+    theirs = or_(
+        exists().where(
+            Label.task_id == task_id, Label.annotator_id == annotator_id, Label.undone_at.is_(None)
+        ),
+        exists().where(Skip.task_id == task_id, Skip.annotator_id == annotator_id),
+    )
+    return (
+        session.scalar(
+            select(~theirs & or_(Task.is_gold.is_(True), labels + held < Task.required)).where(
+                Task.id == task_id
+            )
+        )
+        is True
+    )
 
 
 def places_taken(session: Session, task: Task, annotator_id: int, now: datetime) -> int:
     """Live labels on ``task`` plus places held on it at ``now`` by other annotators."""
-    labels = session.scalar(select(func.count()).select_from(Label).where(
-        Label.task_id == task.id, Label.undone_at.is_(None)))
-    held = session.scalar(select(func.count()).select_from(Reservation).where(
-        Reservation.task_id == task.id, Reservation.annotator_id != annotator_id,
-        Reservation.expires_at > now))
+    labels = session.scalar(
+        select(func.count())
+        .select_from(Label)
+        .where(Label.task_id == task.id, Label.undone_at.is_(None))
+    )
+    held = session.scalar(
+        select(func.count())
+        .select_from(Reservation)
+        .where(
+            Reservation.task_id == task.id,
+            Reservation.annotator_id != annotator_id,
+            Reservation.expires_at > now,
+        )
+    )
     return labels + held

@@ -62,8 +62,9 @@ def weights_hash(model: str) -> str:
     return encoder_identity(resolve_model_dir(model))
 
 
-def sample(model_cfg: ModelCfg, gen: GenCfg, prompts: list[str], samples: int, seed: int,
-           round_number: int) -> list[list[Draft]]:
+def sample(
+    model_cfg: ModelCfg, gen: GenCfg, prompts: list[str], samples: int, seed: int, round_number: int
+) -> list[list[Draft]]:
     """``samples`` outputs of one model for each prompt: ``drafts[i]`` answers ``prompts[i]``.
 
     Sample ``s`` of every prompt comes from one generation pass seeded ``seed + s``, so the
@@ -84,8 +85,9 @@ def sample(model_cfg: ModelCfg, gen: GenCfg, prompts: list[str], samples: int, s
     return drafts
 
 
-def store_plans(store, campaign: str, plans: list[PromptPlan], kinds: Iterable[str],
-                rng: random.Random) -> Counter:
+def store_plans(
+    store, campaign: str, plans: list[PromptPlan], kinds: Iterable[str], rng: random.Random
+) -> Counter:
     """Store prompts, outputs and tasks; return the tasks made per kind.
 
     A pairwise task shows its two outputs in an order drawn from ``rng``: people favour one
@@ -94,13 +96,27 @@ def store_plans(store, campaign: str, plans: list[PromptPlan], kinds: Iterable[s
     """
     tasks: Counter = Counter()
     for plan in plans:
-        prompt_id = plan.prompt_id if plan.prompt_id is not None else store.add_prompt(
-            campaign, plan.text, plan.meta)
-        ids = [output if isinstance(output, int) else store.add_output(
-            prompt_id, output.text, model=output.model, model_hash=output.model_hash,
-            generation=output.generation, seed=output.seed) for output in plan.outputs]
-        new_ids = [i for i, output in zip(ids, plan.outputs, strict=True)
-                   if not isinstance(output, int)]
+        prompt_id = (
+            plan.prompt_id
+            if plan.prompt_id is not None
+            else store.add_prompt(campaign, plan.text, plan.meta)
+        )
+        ids = [
+            output
+            if isinstance(output, int)
+            else store.add_output(
+                prompt_id,
+                output.text,
+                model=output.model,
+                model_hash=output.model_hash,
+                generation=output.generation,
+                seed=output.seed,
+            )
+            for output in plan.outputs
+        ]
+        new_ids = [
+            i for i, output in zip(ids, plan.outputs, strict=True) if not isinstance(output, int)
+        ]
         for kind in kinds:
             if kind == "pairwise":
                 shown = [rng.sample([ids[a], ids[b]], 2) for a, b in plan.pairs]
@@ -127,8 +143,10 @@ def load_prompt_rows(spec: str, field_name: str, limit: int) -> list[dict[str, A
     rows = rows[:limit] if limit else rows
     for number, row in enumerate(rows, start=1):
         if not isinstance(row["prompt"], str):
-            raise DataError(f"{spec}: row {number} holds a chat; labelling campaigns take "
-                            "plain-text prompts: give its text as the prompt")
+            raise DataError(
+                f"{spec}: row {number} holds a chat; labelling campaigns take "
+                "plain-text prompts: give its text as the prompt"
+            )
     return rows
 
 
@@ -157,22 +175,37 @@ def import_plans(path: str) -> list[PromptPlan]:
             raise DataError(f"{where}: needs a non-empty text 'prompt' (chats are not supported)")
         texts = row["completions"] if "completions" in row else [row.get("completion")]
         if not (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts)):
-            raise DataError(f"{where}: needs 'completion' (a string) or 'completions' (a list "
-                            "of strings)")
+            raise DataError(
+                f"{where}: needs 'completion' (a string) or 'completions' (a list of strings)"
+            )
         seed = row.get("seed")
         if seed is not None and type(seed) is not int:
             raise DataError(f"{where}: seed {seed!r} is not a whole number; fix or drop it")
         generation = row.get("generation") or {}
         if not isinstance(generation, dict):
             raise DataError(f"{where}: 'generation' must be an object of settings")
-        extra = {key: value for key, value in row.items() if key not in (
-            "prompt", "completion", "completions", "model", "model_hash", "seed", "generation",
-            "logprobs")}
+        extra = {
+            key: value
+            for key, value in row.items()
+            if key
+            not in (
+                "prompt",
+                "completion",
+                "completions",
+                "model",
+                "model_hash",
+                "seed",
+                "generation",
+                "logprobs",
+            )
+        }
         draft = functools.partial(
-            Draft, model=str(row.get("model") or "imported"),
+            Draft,
+            model=str(row.get("model") or "imported"),
             model_hash=str(row.get("model_hash") or _imported_hash(row.get("model"))),
             generation={**extra, **generation, "round": 1, "imported_from": str(path)},
-            seed=seed)
+            seed=seed,
+        )
         plan = plans.setdefault(prompt, PromptPlan(prompt, {}))
         plan.outputs.extend(draft(text) for text in texts)
     for plan in plans.values():

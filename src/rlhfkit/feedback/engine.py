@@ -55,8 +55,10 @@ def resolve_url(target: str | os.PathLike) -> URL:
         return url.set(drivername="postgresql+psycopg")
     if url.drivername == "sqlite" and url.database not in (None, "", ":memory:"):
         return url
-    raise ConfigError(f"feedback database {display(url)!r} is not supported: give {URL_FORMS} "
-                      "(an in-memory SQLite database would vanish with each connection)")
+    raise ConfigError(
+        f"feedback database {display(url)!r} is not supported: give {URL_FORMS} "
+        "(an in-memory SQLite database would vanish with each connection)"
+    )
 
 
 def display(url: URL) -> str:
@@ -74,13 +76,16 @@ def connect(target: str | os.PathLike) -> tuple[Engine, Engine, str]:
         try:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise RlhfkitError(f"cannot create the folder of the feedback database "
-                               f"{display(url)}: {error}; give another path") from None
+            raise RlhfkitError(
+                f"cannot create the folder of the feedback database "
+                f"{display(url)}: {error}; give another path"
+            ) from None
         _create_private(Path(url.database), url)
         engine = _sqlite_engine(url)
     else:
-        engine = create_engine(url, pool_pre_ping=True,
-                               connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+        engine = create_engine(
+            url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+        )
     try:
         engine.connect().close()
     except DBAPIError as error:
@@ -88,11 +93,14 @@ def connect(target: str | os.PathLike) -> tuple[Engine, Engine, str]:
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
         if url.password:
             reason = reason.replace(str(url.password), "***")
-        fix = ("give the path of an SQLite database file you may write"
-               if url.get_backend_name() == "sqlite"
-               else "check that the server is running and the URL is right")
-        raise RlhfkitError(f"cannot connect to the feedback database {display(url)}: {reason}; "
-                           f"{fix}") from None
+        fix = (
+            "give the path of an SQLite database file you may write"
+            if url.get_backend_name() == "sqlite"
+            else "check that the server is running and the URL is right"
+        )
+        raise RlhfkitError(
+            f"cannot connect to the feedback database {display(url)}: {reason}; {fix}"
+        ) from None
     return engine, engine.execution_options(**{_WRITE: True}), display(url)
 
 
@@ -105,8 +113,10 @@ def _create_private(path: Path, url: URL) -> None:
     except FileExistsError:
         pass  # an existing database keeps the mode its owner chose; nothing to create
     except OSError as error:
-        raise RlhfkitError(f"cannot create the feedback database {display(url)}: {error}; "
-                           "give the path of a file you may write") from None
+        raise RlhfkitError(
+            f"cannot create the feedback database {display(url)}: {error}; "
+            "give the path of a file you may write"
+        ) from None
 
 
 def _sqlite_engine(url: URL) -> Engine:
@@ -117,8 +127,11 @@ def _sqlite_engine(url: URL) -> Engine:
         # pysqlite would BEGIN on its own before some statements and not others; with this
         # off, the "begin" hook below starts every transaction, so DDL is transactional too.
         dbapi_connection.isolation_level = None
-        for pragma in (f"busy_timeout = {BUSY_TIMEOUT_S * 1000}", "journal_mode = WAL",
-                       "foreign_keys = ON"):
+        for pragma in (
+            f"busy_timeout = {BUSY_TIMEOUT_S * 1000}",
+            "journal_mode = WAL",
+            "foreign_keys = ON",
+        ):
             dbapi_connection.execute(f"PRAGMA {pragma}")
 
     @event.listens_for(engine, "begin")

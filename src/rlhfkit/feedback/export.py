@@ -89,9 +89,15 @@ class _Options:
     sft_from_chosen: bool
 
 
-def export(records: Iterable[LabelRecord], as_: str, *, include_gold: bool = False,
-           include_flagged: bool = False, binary_from_choices: bool = True,
-           sft_from_chosen: bool = False) -> Export:
+def export(
+    records: Iterable[LabelRecord],
+    as_: str,
+    *,
+    include_gold: bool = False,
+    include_flagged: bool = False,
+    binary_from_choices: bool = True,
+    sft_from_chosen: bool = False,
+) -> Export:
     """Rows of one export form (``EXPORTS``) from labels, in label order, with what was skipped.
 
     The options are the rules of the module docstring. Labels that hold nothing the form uses
@@ -128,13 +134,14 @@ def write_export(path: str | os.PathLike, rows: Iterable[Row]) -> None:
 def _uses(label: LabelRecord, as_: str, options: _Options) -> bool:
     """Whether the label holds an answer this export form is made from."""
     ranked = label.choice is not None or label.ranking is not None
-    return {"pairs": ranked,
-            "ratings": label.rating is not None,
-            "binary": label.thumbs is not None or (
-                options.binary_from_choices and label.choice is not None),
-            "critiques": label.critique is not None,
-            "sft": label.correction is not None or (options.sft_from_chosen and ranked),
-            }[as_]
+    return {
+        "pairs": ranked,
+        "ratings": label.rating is not None,
+        "binary": label.thumbs is not None
+        or (options.binary_from_choices and label.choice is not None),
+        "critiques": label.critique is not None,
+        "sft": label.correction is not None or (options.sft_from_chosen and ranked),
+    }[as_]
 
 
 # --- rows of each form ---------------------------------------------------------------------------
@@ -155,9 +162,14 @@ def _pairs(label: LabelRecord, options: _Options, skipped: Counter) -> list[Row]
         if chosen.text == rejected.text:
             skipped["identical outputs"] += 1
             continue
-        rows.append(_row(label, {"prompt": label.prompt, "chosen": chosen.text,
-                                 "rejected": rejected.text},
-                         chosen=chosen, rejected=rejected))
+        rows.append(
+            _row(
+                label,
+                {"prompt": label.prompt, "chosen": chosen.text, "rejected": rejected.text},
+                chosen=chosen,
+                rejected=rejected,
+            )
+        )
     return rows
 
 
@@ -165,8 +177,18 @@ def _ratings(label: LabelRecord, options: _Options, skipped: Counter) -> list[Ro
     output = _single(label, skipped)
     if output is None:
         return []
-    return [_row(label, {"prompt": label.prompt, "completion": output.text,
-                         "rating": label.rating, "annotator": label.annotator}, output=output)]
+    return [
+        _row(
+            label,
+            {
+                "prompt": label.prompt,
+                "completion": output.text,
+                "rating": label.rating,
+                "annotator": label.annotator,
+            },
+            output=output,
+        )
+    ]
 
 
 def _binary(label: LabelRecord, options: _Options, skipped: Counter) -> list[Row]:
@@ -188,8 +210,13 @@ def _binary(label: LabelRecord, options: _Options, skipped: Counter) -> list[Row
         elif not _is_text(output.text):
             skipped["empty text"] += 1
         else:
-            rows.append(_row(label, {"prompt": label.prompt, "completion": output.text,
-                                     "label": desirable}, output=output))
+            rows.append(
+                _row(
+                    label,
+                    {"prompt": label.prompt, "completion": output.text, "label": desirable},
+                    output=output,
+                )
+            )
     return rows
 
 
@@ -200,8 +227,13 @@ def _critiques(label: LabelRecord, options: _Options, skipped: Counter) -> list[
     if not _is_text(label.critique):
         skipped["empty critique"] += 1
         return []
-    return [_row(label, {"prompt": label.prompt, "completion": output.text,
-                         "critique": label.critique}, output=output)]
+    return [
+        _row(
+            label,
+            {"prompt": label.prompt, "completion": output.text, "critique": label.critique},
+            output=output,
+        )
+    ]
 
 
 def _sft(label: LabelRecord, options: _Options, skipped: Counter) -> list[Row]:
@@ -210,9 +242,18 @@ def _sft(label: LabelRecord, options: _Options, skipped: Counter) -> list[Row]:
     if corrected is not None and not _is_text(label.correction):
         skipped["empty correction"] += 1
     elif corrected is not None:
-        rows.append(_row(label, {"prompt": label.prompt, "completion": label.correction,
-                                 "source": "correction", "output_text": corrected.text},
-                         output=corrected))
+        rows.append(
+            _row(
+                label,
+                {
+                    "prompt": label.prompt,
+                    "completion": label.correction,
+                    "source": "correction",
+                    "output_text": corrected.text,
+                },
+                output=corrected,
+            )
+        )
     if not options.sft_from_chosen or label.choice is None and label.ranking is None:
         return rows
     chosen = None if label.choice in ("tie", "both_bad") else _best_first(label)[0]
@@ -223,13 +264,23 @@ def _sft(label: LabelRecord, options: _Options, skipped: Counter) -> list[Row]:
     elif not _is_text(chosen.text):
         skipped["empty text"] += 1
     else:
-        rows.append(_row(label, {"prompt": label.prompt, "completion": chosen.text,
-                                 "source": "chosen"}, output=chosen))
+        rows.append(
+            _row(
+                label,
+                {"prompt": label.prompt, "completion": chosen.text, "source": "chosen"},
+                output=chosen,
+            )
+        )
     return rows
 
 
-_MAKERS = {"pairs": _pairs, "ratings": _ratings, "binary": _binary, "critiques": _critiques,
-           "sft": _sft}
+_MAKERS = {
+    "pairs": _pairs,
+    "ratings": _ratings,
+    "binary": _binary,
+    "critiques": _critiques,
+    "sft": _sft,
+}
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -242,8 +293,7 @@ def _best_first(label: LabelRecord) -> Sequence[OutputRecord]:
     return [label.outputs[position] for position in label.ranking]
 
 
-def _single(label: LabelRecord, skipped: Counter, check_text: bool = True
-            ) -> OutputRecord | None:
+def _single(label: LabelRecord, skipped: Counter, check_text: bool = True) -> OutputRecord | None:
     """The one output a rating, thumbs, critique or correction is about; None (counted) when
     the label shows several, or (``check_text``) when the output is empty."""
     if len(label.outputs) != 1:
@@ -262,12 +312,26 @@ def _is_text(text: str | None) -> bool:
 
 def _row(label: LabelRecord, columns: Row, **outputs: OutputRecord) -> Row:
     """The form's columns, then the label's provenance and each output's, by its role."""
-    row = {**columns, "campaign": label.campaign, "task_id": label.task_id,
-           "label_id": label.label_id, "annotator": label.annotator, "kind": label.kind,
-           "flags": list(label.flags), "is_gold": label.is_gold, "created_at": label.created_at}
+    row = {
+        **columns,
+        "campaign": label.campaign,
+        "task_id": label.task_id,
+        "label_id": label.label_id,
+        "annotator": label.annotator,
+        "kind": label.kind,
+        "flags": list(label.flags),
+        "is_gold": label.is_gold,
+        "created_at": label.created_at,
+    }
     for role, output in outputs.items():
-        row.update({f"{role}_id": output.output_id, f"{role}_model": output.model,
-                    f"{role}_model_hash": output.model_hash, f"{role}_seed": output.seed,
-                    f"{role}_generation": output.generation,
-                    f"{role}_created_at": output.created_at})
+        row.update(
+            {
+                f"{role}_id": output.output_id,
+                f"{role}_model": output.model,
+                f"{role}_model_hash": output.model_hash,
+                f"{role}_seed": output.seed,
+                f"{role}_generation": output.generation,
+                f"{role}_created_at": output.created_at,
+            }
+        )
     return row

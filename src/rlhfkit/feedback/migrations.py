@@ -31,28 +31,36 @@ Migration = Callable[[Connection], None]
 
 def _add_secrets(connection: Connection) -> None:
     """``secrets`` (``schema.Secret``): keys the store makes for itself."""
-    connection.execute(text("CREATE TABLE secrets (name VARCHAR(100) NOT NULL, "
-                            "value TEXT NOT NULL, PRIMARY KEY (name))"))
+    connection.execute(
+        text(
+            "CREATE TABLE secrets (name VARCHAR(100) NOT NULL, "
+            "value TEXT NOT NULL, PRIMARY KEY (name))"
+        )
+    )
 
 
 def _add_session_epoch(connection: Connection) -> None:
     """``annotators.session_epoch``: signing out and a new password end an account's
     sessions."""
-    connection.execute(text("ALTER TABLE annotators ADD COLUMN session_epoch INTEGER NOT NULL "
-                            "DEFAULT 0"))
+    connection.execute(
+        text("ALTER TABLE annotators ADD COLUMN session_epoch INTEGER NOT NULL DEFAULT 0")
+    )
 
 
 def _add_reservations(connection: Connection) -> None:
     """``reservations`` (``schema.Reservation``): the task each annotator was last offered in a
     campaign, held for them so that two people are not offered its last place."""
-    connection.execute(text(
-        "CREATE TABLE reservations (campaign_id INTEGER NOT NULL, "
-        "annotator_id INTEGER NOT NULL, task_id INTEGER NOT NULL, "
-        "expires_at TIMESTAMP NOT NULL, "  # naive UTC, as schema.UtcDateTime keeps times
-        "PRIMARY KEY (campaign_id, annotator_id), "
-        "FOREIGN KEY (campaign_id) REFERENCES campaigns (id), "
-        "FOREIGN KEY (annotator_id) REFERENCES annotators (id), "
-        "FOREIGN KEY (task_id) REFERENCES tasks (id))"))
+    connection.execute(
+        text(
+            "CREATE TABLE reservations (campaign_id INTEGER NOT NULL, "
+            "annotator_id INTEGER NOT NULL, task_id INTEGER NOT NULL, "
+            "expires_at TIMESTAMP NOT NULL, "  # naive UTC, as schema.UtcDateTime keeps times
+            "PRIMARY KEY (campaign_id, annotator_id), "
+            "FOREIGN KEY (campaign_id) REFERENCES campaigns (id), "
+            "FOREIGN KEY (annotator_id) REFERENCES annotators (id), "
+            "FOREIGN KEY (task_id) REFERENCES tasks (id))"
+        )
+    )
     connection.execute(text("CREATE INDEX ix_reservations_task_id ON reservations (task_id)"))
 
 
@@ -72,13 +80,13 @@ def upgrade(write_engine: Engine, shown_url: str) -> int:
     while True:
         with write_engine.begin() as connection:
             if connection.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                                   {"key": _LOCK_KEY})
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
             version = _version(connection, shown_url)
             if version > latest:
                 raise RlhfkitError(
                     f"feedback database {shown_url} has schema version {version}, newer than "
-                    f"this rlhfkit knows ({latest}): upgrade rlhfkit to open it")
+                    f"this rlhfkit knows ({latest}): upgrade rlhfkit to open it"
+                )
             if version == latest:
                 return version
             if version == 0:
@@ -95,12 +103,16 @@ def _version(connection: Connection, shown_url: str) -> int:
     if SchemaVersion.__tablename__ not in tables:
         ours = sorted(tables & set(Base.metadata.tables))
         if ours:
-            raise RlhfkitError(f"feedback database {shown_url} has tables {', '.join(ours)} but "
-                               "no schema_version: it is not an rlhfkit feedback store; give "
-                               "another database")
+            raise RlhfkitError(
+                f"feedback database {shown_url} has tables {', '.join(ours)} but "
+                "no schema_version: it is not an rlhfkit feedback store; give "
+                "another database"
+            )
         return 0
     versions = connection.execute(select(SchemaVersion.version)).scalars().all()
     if len(versions) != 1:
-        raise RlhfkitError(f"feedback database {shown_url}: schema_version holds {len(versions)} "
-                           "rows, not 1; restore it from a backup")
+        raise RlhfkitError(
+            f"feedback database {shown_url}: schema_version holds {len(versions)} "
+            "rows, not 1; restore it from a backup"
+        )
     return versions[0]

@@ -28,8 +28,13 @@ from typing import Any
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.records import CHOICES, FLAGS, KINDS, RATING_SCALE
 
-ANSWER_FIELDS = {"pairwise": ("choice",), "ranking": ("ranking",), "rating": ("rating", "thumbs"),
-                 "critique": ("critique",), "correction": ("correction",)}
+ANSWER_FIELDS = {
+    "pairwise": ("choice",),
+    "ranking": ("ranking",),
+    "rating": ("rating", "thumbs"),
+    "critique": ("critique",),
+    "correction": ("correction",),
+}
 """Per kind, the fields that answer it; at least one must be given."""
 NOTE_FIELDS = ("critique", "flags")
 """Fields any kind may carry besides its answer."""
@@ -58,8 +63,11 @@ class LabelFields:
 
     def as_json(self) -> dict[str, Any]:
         """The fields that are set, as JSON values (how a gold answer is stored)."""
-        return {name: list(value) if isinstance(value, tuple) else value
-                for name, value in asdict(self).items() if value not in (None, ())}
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in asdict(self).items()
+            if value not in (None, ())
+        }
 
 
 def outputs_allowed(kind: str, count: int) -> str:
@@ -67,7 +75,8 @@ def outputs_allowed(kind: str, count: int) -> str:
     if kind not in KINDS:
         return f"kind {kind!r} is not one of {', '.join(KINDS)}"
     need, ok = {"pairwise": ("exactly 2", count == 2), "ranking": ("2 or more", count >= 2)}.get(
-        kind, ("exactly 1", count == 1))
+        kind, ("exactly 1", count == 1)
+    )
     return "" if ok else f"a {kind} task shows {need} outputs, not {count}"
 
 
@@ -82,8 +91,9 @@ def check_label(kind: str, n_outputs: int, payload: Mapping[str, Any]) -> LabelF
     allowed = answers + tuple(name for name in NOTE_FIELDS if name not in answers)
     for name in payload:
         if name not in allowed:
-            raise PayloadError(f"label field {name!r} is not part of a {kind} label: use "
-                               f"{', '.join(allowed)}")
+            raise PayloadError(
+                f"label field {name!r} is not part of a {kind} label: use {', '.join(allowed)}"
+            )
     given = {name: value for name, value in payload.items() if value is not None}
     if not any(name in given for name in answers):
         raise PayloadError(f"a {kind} label needs {' and/or '.join(answers)}")
@@ -97,13 +107,19 @@ def check_gold(kind: str, n_outputs: int, answer: Mapping[str, Any]) -> LabelFie
     """A gold task's known answer: a ``kind`` label holding its answer fields and nothing else
     (a note or a flag cannot be right or wrong), for a kind whose answers can be checked."""
     if kind not in GOLD_KINDS:
-        raise PayloadError(f"a {kind} task cannot be gold: only {', '.join(GOLD_KINDS)} "
-                           "answers can be checked")
-    notes = [name for name in answer if name not in ANSWER_FIELDS[kind]] if isinstance(
-        answer, Mapping) else []
+        raise PayloadError(
+            f"a {kind} task cannot be gold: only {', '.join(GOLD_KINDS)} answers can be checked"
+        )
+    notes = (
+        [name for name in answer if name not in ANSWER_FIELDS[kind]]
+        if isinstance(answer, Mapping)
+        else []
+    )
     if notes:
-        raise PayloadError(f"a gold answer holds only {' and/or '.join(ANSWER_FIELDS[kind])}, "
-                           f"not {', '.join(map(repr, notes))}: drop those fields")
+        raise PayloadError(
+            f"a gold answer holds only {' and/or '.join(ANSWER_FIELDS[kind])}, "
+            f"not {', '.join(map(repr, notes))}: drop those fields"
+        )
     return check_label(kind, n_outputs, answer)
 
 
@@ -115,8 +131,9 @@ def check_text(field: str, value: Any, *, blank_ok: bool = False) -> str:
     if not value.strip() and not blank_ok:
         raise PayloadError(f"{field} is empty: write some text")
     if "\x00" in value:
-        raise PayloadError(f"{field} holds a NUL character (\\x00), which the store cannot "
-                           "keep: remove it")
+        raise PayloadError(
+            f"{field} holds a NUL character (\\x00), which the store cannot keep: remove it"
+        )
     _check_unicode(field, value)
     return value
 
@@ -124,8 +141,10 @@ def check_text(field: str, value: Any, *, blank_ok: bool = False) -> str:
 def check_request_id(request_id: Any) -> str:
     """A client's id for one submission: the key that makes a retried submission a no-op."""
     if not isinstance(request_id, str) or not 0 < len(request_id) <= REQUEST_ID_MAX:
-        raise PayloadError(f"request_id {request_id!r} must be a string of 1 to "
-                           f"{REQUEST_ID_MAX} characters, new for each submission")
+        raise PayloadError(
+            f"request_id {request_id!r} must be a string of 1 to "
+            f"{REQUEST_ID_MAX} characters, new for each submission"
+        )
     _check_unicode("request_id", request_id)
     return request_id
 
@@ -135,9 +154,11 @@ def _check_unicode(field: str, value: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as error:
-        raise PayloadError(f"{field} holds {value[error.start]!r} at character {error.start}, "
-                           "half of a UTF-16 surrogate pair and not a character: send valid "
-                           "UTF-8 text") from None
+        raise PayloadError(
+            f"{field} holds {value[error.start]!r} at character {error.start}, "
+            "half of a UTF-16 surrogate pair and not a character: send valid "
+            "UTF-8 text"
+        ) from None
 
 
 def _choice(value: Any, n_outputs: int) -> str:
@@ -148,19 +169,30 @@ def _choice(value: Any, n_outputs: int) -> str:
 
 def _ranking(value: Any, n_outputs: int) -> tuple[int, ...]:
     positions = list(value) if isinstance(value, (list, tuple)) else None
-    if positions is None or any(type(p) is not int for p in positions) or sorted(
-            positions) != list(range(n_outputs)):
-        raise PayloadError(f"label field 'ranking': {value!r} is not an order of the {n_outputs} "
-                           f"outputs: give each position 0..{n_outputs - 1} once, best first")
+    if (
+        positions is None
+        or any(type(p) is not int for p in positions)
+        or sorted(positions) != list(range(n_outputs))
+    ):
+        raise PayloadError(
+            f"label field 'ranking': {value!r} is not an order of the {n_outputs} "
+            f"outputs: give each position 0..{n_outputs - 1} once, best first"
+        )
     return tuple(positions)
 
 
 def _rating(value: Any, n_outputs: int) -> float:
     low, high = RATING_SCALE
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or not low <= value <= high):
-        raise PayloadError(f"label field 'rating': {value!r} is not on the scale: give a number "
-                           f"from {low:g} to {high:g}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise PayloadError(
+            f"label field 'rating': {value!r} is not on the scale: give a number "
+            f"from {low:g} to {high:g}"
+        )
     return float(value)
 
 
@@ -173,12 +205,18 @@ def _thumbs(value: Any, n_outputs: int) -> bool:
 def _flags(value: Any, n_outputs: int) -> tuple[str, ...]:
     flags = list(value) if isinstance(value, (list, tuple)) else None
     if flags is None or any(flag not in FLAGS for flag in flags):
-        raise PayloadError(f"label field 'flags': {value!r} is not a list drawn from "
-                           f"{', '.join(FLAGS)}")
+        raise PayloadError(
+            f"label field 'flags': {value!r} is not a list drawn from {', '.join(FLAGS)}"
+        )
     return tuple(flag for flag in FLAGS if flag in flags)  # one order, no repeats
 
 
-_CHECKS = {"choice": _choice, "ranking": _ranking, "rating": _rating, "thumbs": _thumbs,
-           "flags": _flags,
-           "critique": lambda value, _: check_text("label field 'critique'", value),
-           "correction": lambda value, _: check_text("label field 'correction'", value)}
+_CHECKS = {
+    "choice": _choice,
+    "ranking": _ranking,
+    "rating": _rating,
+    "thumbs": _thumbs,
+    "flags": _flags,
+    "critique": lambda value, _: check_text("label field 'critique'", value),
+    "correction": lambda value, _: check_text("label field 'correction'", value),
+}

@@ -54,8 +54,9 @@ class PiiScrubber:
             from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
             from presidio_anonymizer import AnonymizerEngine
         except ImportError:
-            raise ConfigError(f"--scrub_pii needs Presidio, the optional extra 'pii': "
-                              f"{INSTALL}") from None
+            raise ConfigError(
+                f"--scrub_pii needs Presidio, the optional extra 'pii': {INSTALL}"
+            ) from None
         # Presidio logs a line per recogniser it skips, and a traceback when a remote suffix
         # list cannot be fetched; neither is news to someone exporting.
         logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
@@ -67,10 +68,14 @@ class PiiScrubber:
         if model:
             from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 
-            registry.add_recognizer(SpacyRecognizer(supported_language=LANGUAGE,
-                                                    supported_entities=list(MODEL_ENTITIES)))
-        self._analyzer = AnalyzerEngine(registry=registry, nlp_engine=_nlp_engine(model),
-                                        supported_languages=[LANGUAGE])
+            registry.add_recognizer(
+                SpacyRecognizer(
+                    supported_language=LANGUAGE, supported_entities=list(MODEL_ENTITIES)
+                )
+            )
+        self._analyzer = AnalyzerEngine(
+            registry=registry, nlp_engine=_nlp_engine(model), supported_languages=[LANGUAGE]
+        )
         self._anonymizer = AnonymizerEngine()
         self.replaced: Counter = Counter()
         """Entity -> how many were replaced, over every call so far."""
@@ -90,15 +95,21 @@ class PiiScrubber:
         found = ", ".join(self.entities)
         if self.model:
             return f"{found} (names with spaCy pipeline {self.model!r})"
-        return (f"{found} only: names are not detected without --pii_model (a spaCy pipeline "
-                "with named entities, e.g. en_core_web_lg)")
+        return (
+            f"{found} only: names are not detected without --pii_model (a spaCy pipeline "
+            "with named entities, e.g. en_core_web_lg)"
+        )
 
 
 def scrub_records(records: Iterable[LabelRecord], scrubber: PiiScrubber) -> list[LabelRecord]:
     """The labels with their critiques and corrections scrubbed; prompts and model outputs are
     not the annotators' writing and stay as they are."""
-    return [dataclasses.replace(label, critique=scrubber(label.critique),
-                                correction=scrubber(label.correction)) for label in records]
+    return [
+        dataclasses.replace(
+            label, critique=scrubber(label.critique), correction=scrubber(label.correction)
+        )
+        for label in records
+    ]
 
 
 def _pattern_recognizers() -> list:
@@ -113,8 +124,10 @@ def _pattern_recognizers() -> list:
         def validate_result(self, pattern_text: str) -> bool:
             return offline_suffixes(pattern_text).fqdn != ""
 
-    return [OfflineEmailRecognizer(supported_language=LANGUAGE),
-            PhoneRecognizer(supported_language=LANGUAGE)]
+    return [
+        OfflineEmailRecognizer(supported_language=LANGUAGE),
+        PhoneRecognizer(supported_language=LANGUAGE),
+    ]
 
 
 def _nlp_engine(model: str):
@@ -128,14 +141,18 @@ def _nlp_engine(model: str):
     from presidio_analyzer.nlp_engine import SpacyNlpEngine
 
     if not (spacy.util.is_package(model) or Path(model).is_dir()):
-        raise ConfigError(f"--pii_model = {model!r}: no spaCy pipeline of that name is installed "
-                          "and no such folder; install one (python -m spacy download "
-                          "en_core_web_lg) or give a pipeline folder, or leave --pii_model empty "
-                          "to scrub e-mail addresses and phone numbers only")
+        raise ConfigError(
+            f"--pii_model = {model!r}: no spaCy pipeline of that name is installed "
+            "and no such folder; install one (python -m spacy download "
+            "en_core_web_lg) or give a pipeline folder, or leave --pii_model empty "
+            "to scrub e-mail addresses and phone numbers only"
+        )
     engine = SpacyNlpEngine(models=[{"lang_code": LANGUAGE, "model_name": model}])
     try:
         engine.load()
     except (OSError, ValueError) as error:
-        raise ConfigError(f"--pii_model = {model!r}: spaCy cannot load it ({error}); give an "
-                          "installed pipeline or a folder saved by nlp.to_disk") from None
+        raise ConfigError(
+            f"--pii_model = {model!r}: spaCy cannot load it ({error}); give an "
+            "installed pipeline or a folder saved by nlp.to_disk"
+        ) from None
     return engine

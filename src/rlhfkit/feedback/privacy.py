@@ -77,8 +77,9 @@ def day(timestamp: str) -> str:
     return moment.date().isoformat()
 
 
-def pseudonymise(records: Iterable[LabelRecord], key: bytes,
-                 known_names: Iterable[str] = ()) -> Pseudonymised:
+def pseudonymise(
+    records: Iterable[LabelRecord], key: bytes, known_names: Iterable[str] = ()
+) -> Pseudonymised:
     """The labels under pseudonyms and with dates for times (module docstring).
 
     ``known_names`` are sign-in names to find in free text besides the labels' own annotators
@@ -99,12 +100,17 @@ def pseudonymise(records: Iterable[LabelRecord], key: bytes,
         mentions += found
         return text
 
-    hidden = [dataclasses.replace(
-        label, annotator=pseudonyms[label.campaign][label.annotator],
-        critique=hide(label.critique, label.campaign),
-        correction=hide(label.correction, label.campaign),
-        created_at=day(label.created_at),
-        outputs=tuple(_dated(output) for output in label.outputs)) for label in records]
+    hidden = [
+        dataclasses.replace(
+            label,
+            annotator=pseudonyms[label.campaign][label.annotator],
+            critique=hide(label.critique, label.campaign),
+            correction=hide(label.correction, label.campaign),
+            created_at=day(label.created_at),
+            outputs=tuple(_dated(output) for output in label.outputs),
+        )
+        for label in records
+    ]
     return Pseudonymised(hidden, mentions)
 
 
@@ -123,21 +129,26 @@ def _pseudonyms(key: bytes, campaign: str, names: set[str]) -> dict[str, str]:
     seen: dict[str, str] = {}
     for name, alias in by_name.items():
         if alias in seen:
-            raise DataError(f"campaign {campaign!r}: annotators {seen[alias]!r} and {name!r} "
-                            f"share the pseudonym {alias}, which would merge their labels; "
-                            "export this campaign without --pseudonymise, or rename one of them")
+            raise DataError(
+                f"campaign {campaign!r}: annotators {seen[alias]!r} and {name!r} "
+                f"share the pseudonym {alias}, which would merge their labels; "
+                "export this campaign without --pseudonymise, or rename one of them"
+            )
         seen[alias] = name
     return by_name
 
 
 def _mention_pattern(names: set[str]) -> re.Pattern | None:
     """Any of the names as a whole word, any case; longest first so "ada lee" beats "ada"."""
-    findable = sorted((name for name in names if len(name) >= MENTION_MIN_CHARS),
-                      key=lambda name: (-len(name), name))
+    findable = sorted(
+        (name for name in names if len(name) >= MENTION_MIN_CHARS),
+        key=lambda name: (-len(name), name),
+    )
     if not findable:
         return None
-    return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, findable)) + r")(?!\w)",
-                      re.IGNORECASE)
+    return re.compile(
+        r"(?<!\w)(?:" + "|".join(map(re.escape, findable)) + r")(?!\w)", re.IGNORECASE
+    )
 
 
 def _lookup(pseudonyms: dict[str, str], written: str) -> str:
@@ -145,9 +156,14 @@ def _lookup(pseudonyms: dict[str, str], written: str) -> str:
     (a placeholder if the regular expression's idea of case differs from ``str.lower``'s)."""
     if written in pseudonyms:
         return pseudonyms[written]
-    return next((alias for name, alias in pseudonyms.items()
-                 if name.lower() == written.lower() or name.casefold() == written.casefold()),
-                "<ANNOTATOR>")
+    return next(
+        (
+            alias
+            for name, alias in pseudonyms.items()
+            if name.lower() == written.lower() or name.casefold() == written.casefold()
+        ),
+        "<ANNOTATOR>",
+    )
 
 
 def _dated(output: OutputRecord) -> OutputRecord:

@@ -96,8 +96,10 @@ class LabelRecord:
     def __post_init__(self) -> None:
         problem = self._problem()
         if problem:
-            raise DataError(f"label {self.label_id} (campaign {self.campaign!r}, task "
-                            f"{self.task_id}): {problem}; fix or remove it in the store")
+            raise DataError(
+                f"label {self.label_id} (campaign {self.campaign!r}, task "
+                f"{self.task_id}): {problem}; fix or remove it in the store"
+            )
 
     def _problem(self) -> str:
         """What makes this label impossible to use, or "" if nothing."""
@@ -112,11 +114,14 @@ class LabelRecord:
             if shown != 2:
                 return f"a pairwise choice over {shown} outputs; it needs exactly 2"
         if self.ranking is not None and sorted(self.ranking) != list(range(shown)):
-            return (f"ranking {list(self.ranking)} does not order each of the {shown} "
-                    f"output positions 0..{shown - 1} once")
+            return (
+                f"ranking {list(self.ranking)} does not order each of the {shown} "
+                f"output positions 0..{shown - 1} once"
+            )
         low, high = RATING_SCALE
-        if self.rating is not None and not (math.isfinite(self.rating)
-                                            and low <= self.rating <= high):
+        if self.rating is not None and not (
+            math.isfinite(self.rating) and low <= self.rating <= high
+        ):
             return f"rating {self.rating!r} is outside the scale {low:g}..{high:g}"
         unknown = [flag for flag in self.flags if flag not in FLAGS]
         if unknown:

@@ -76,8 +76,12 @@ def _one_of(column: str, values: tuple[str, ...]) -> str:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON, list[int]: JSON,
-                           list[str]: JSON}
+    type_annotation_map = {
+        datetime: UtcDateTime,
+        dict[str, Any]: JSON,
+        list[int]: JSON,
+        list[str]: JSON,
+    }
 
 
 class SchemaVersion(Base):
@@ -134,8 +138,10 @@ class Output(Base):
 
 class Task(Base):
     __tablename__ = "tasks"
-    __table_args__ = (CheckConstraint(_one_of("kind", KINDS), name="ck_tasks_kind"),
-                      CheckConstraint("required >= 1", name="ck_tasks_required"))
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", KINDS), name="ck_tasks_kind"),
+        CheckConstraint("required >= 1", name="ck_tasks_required"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
@@ -154,12 +160,19 @@ class Task(Base):
 class Label(Base):
     __tablename__ = "labels"
     __table_args__ = (
-        Index("uq_labels_live", "task_id", "annotator_id", unique=True,
-              sqlite_where=text("undone_at IS NULL"), postgresql_where=text("undone_at IS NULL")),
-        CheckConstraint(f"choice IS NULL OR {_one_of('choice', CHOICES)}",
-                        name="ck_labels_choice"),
-        CheckConstraint(f"rating IS NULL OR rating BETWEEN {RATING_SCALE[0]} AND "
-                        f"{RATING_SCALE[1]}", name="ck_labels_rating"),
+        Index(
+            "uq_labels_live",
+            "task_id",
+            "annotator_id",
+            unique=True,
+            sqlite_where=text("undone_at IS NULL"),
+            postgresql_where=text("undone_at IS NULL"),
+        ),
+        CheckConstraint(f"choice IS NULL OR {_one_of('choice', CHOICES)}", name="ck_labels_choice"),
+        CheckConstraint(
+            f"rating IS NULL OR rating BETWEEN {RATING_SCALE[0]} AND {RATING_SCALE[1]}",
+            name="ck_labels_rating",
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

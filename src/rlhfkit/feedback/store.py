@@ -105,8 +105,9 @@ class NotAllowedError(RlhfkitError):
     """A label or skip of a task the studio did not offer this annotator, or with no place left."""
 
 
-_SHARED: ContextVar[tuple[Store, Session] | None] = ContextVar("rlhfkit_store_transaction",
-                                                                default=None)
+_SHARED: ContextVar[tuple[Store, Session] | None] = ContextVar(
+    "rlhfkit_store_transaction", default=None
+)
 """The store and session of the ``Store.transaction()`` the current thread runs in, if any."""
 
 
@@ -139,8 +140,14 @@ class Store:
 
     # --- setting up a campaign -------------------------------------------------------------------
 
-    def create_campaign(self, name: str, *, task_kinds: Sequence[str] = ("pairwise",),
-                        overlap: float = 0.0, overlap_annotators: int = 2) -> int:
+    def create_campaign(
+        self,
+        name: str,
+        *,
+        task_kinds: Sequence[str] = ("pairwise",),
+        overlap: float = 0.0,
+        overlap_annotators: int = 2,
+    ) -> int:
         settings = CampaignSettings(tuple(task_kinds), overlap, overlap_annotators)
         problems = settings.problems()
         if problems:
@@ -154,8 +161,11 @@ class Store:
 
     def add_annotator(self, name: str, password_hash: str, is_admin: bool = False) -> int:
         """A person who labels (an admin also manages campaigns). Hash the password first."""
-        row = Annotator(name=_name("annotator name", name), is_admin=bool(is_admin),
-                        password_hash=check_text("password_hash", password_hash))
+        row = Annotator(
+            name=_name("annotator name", name),
+            is_admin=bool(is_admin),
+            password_hash=check_text("password_hash", password_hash),
+        )
         return self._insert_named(row, f"annotator {name!r}")
 
     def get_annotator(self, name: str) -> AnnotatorInfo | None:
@@ -163,8 +173,9 @@ class Store:
             row = session.scalars(select(Annotator).where(Annotator.name == name)).one_or_none()
             if row is None:
                 return None
-            return AnnotatorInfo(row.id, row.name, row.password_hash, row.is_admin,
-                                 row.session_epoch)
+            return AnnotatorInfo(
+                row.id, row.name, row.password_hash, row.is_admin, row.session_epoch
+            )
 
     def set_password(self, name: str, password_hash: str) -> int:
         """A new password for the account (hash it first); ends its sessions as
@@ -194,23 +205,42 @@ class Store:
             session.flush()
             return prompt.id
 
-    def add_output(self, prompt_id: int, text: str, *, model: str, model_hash: str,
-                   generation: Mapping[str, Any] | None = None, seed: int | None = None) -> int:
+    def add_output(
+        self,
+        prompt_id: int,
+        text: str,
+        *,
+        model: str,
+        model_hash: str,
+        generation: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> int:
         """A model's output for a prompt, with its provenance; ``text`` is kept byte for byte."""
         if seed is not None and type(seed) is not int:
             raise PayloadError(f"seed {seed!r} must be an integer or None (imported outputs)")
-        output = Output(prompt_id=prompt_id, text=check_text("output text", text, blank_ok=True),
-                        model=check_text("model", model),
-                        model_hash=check_text("model_hash", model_hash),
-                        generation=_json_object("generation", generation), seed=seed)
+        output = Output(
+            prompt_id=prompt_id,
+            text=check_text("output text", text, blank_ok=True),
+            model=check_text("model", model),
+            model_hash=check_text("model_hash", model_hash),
+            generation=_json_object("generation", generation),
+            seed=seed,
+        )
         with self._write() as session:
             _get(session, Prompt, prompt_id)
             session.add(output)
             session.flush()
             return output.id
 
-    def add_task(self, campaign: str, kind: str, output_ids: Sequence[int], *,
-                 gold: Mapping[str, Any] | None = None, required: int | None = None) -> int:
+    def add_task(
+        self,
+        campaign: str,
+        kind: str,
+        output_ids: Sequence[int],
+        *,
+        gold: Mapping[str, Any] | None = None,
+        required: int | None = None,
+    ) -> int:
         """A task showing ``output_ids`` (outputs of one prompt) in this order.
 
         ``gold``, a known answer in label form (``{"choice": "A"}``), makes it a gold task.
@@ -223,8 +253,10 @@ class Store:
             row = self._campaign(session, campaign)
             settings = CampaignSettings.from_json(row.settings)
             if kind not in settings.task_kinds:
-                raise PayloadError(f"task kind {kind!r} is not one campaign {campaign!r} "
-                                   f"holds: use {', '.join(settings.task_kinds)}")
+                raise PayloadError(
+                    f"task kind {kind!r} is not one campaign {campaign!r} "
+                    f"holds: use {', '.join(settings.task_kinds)}"
+                )
             problem = outputs_allowed(kind, len(output_ids))
             if problem or len(set(output_ids)) != len(output_ids):
                 raise PayloadError(f"outputs {output_ids}: {problem or 'an output repeats'}")
@@ -232,18 +264,26 @@ class Store:
             prompt_ids = {output.prompt_id for output in outputs}
             prompt = _get(session, Prompt, prompt_ids.pop())
             if prompt_ids or prompt.campaign_id != row.id:
-                raise PayloadError(f"outputs {output_ids} must all answer one prompt of "
-                                   f"campaign {campaign!r}")
+                raise PayloadError(
+                    f"outputs {output_ids} must all answer one prompt of campaign {campaign!r}"
+                )
             if required is None:
-                count = session.scalar(select(func.count(Task.id))
-                                       .where(Task.campaign_id == row.id))
+                count = session.scalar(
+                    select(func.count(Task.id)).where(Task.campaign_id == row.id)
+                )
                 required = annotators_needed(count, settings.overlap, settings.overlap_annotators)
             elif type(required) is not int or required < 1:
                 raise PayloadError(f"required {required!r}: give 1 or more annotators")
             gold_answer = None if gold is None else check_gold(kind, len(output_ids), gold)
-            task = Task(campaign_id=row.id, prompt_id=prompt.id, kind=kind, output_ids=output_ids,
-                        required=required, is_gold=gold is not None,
-                        gold_answer=gold_answer and gold_answer.as_json())
+            task = Task(
+                campaign_id=row.id,
+                prompt_id=prompt.id,
+                kind=kind,
+                output_ids=output_ids,
+                required=required,
+                is_gold=gold is not None,
+                gold_answer=gold_answer and gold_answer.as_json(),
+            )
             session.add(task)
             session.flush()
             return task.id
@@ -263,18 +303,24 @@ class Store:
             for task_id, answer in answers.items():
                 task = _get(session, Task, task_id)
                 if task.campaign_id != row.id:
-                    raise NotFoundError(f"task {task_id} is not one of campaign {campaign!r}'s: "
-                                        "check the task number")
+                    raise NotFoundError(
+                        f"task {task_id} is not one of campaign {campaign!r}'s: "
+                        "check the task number"
+                    )
                 try:
-                    checked = None if answer is None else check_gold(
-                        task.kind, len(task.output_ids), answer)
+                    checked = (
+                        None
+                        if answer is None
+                        else check_gold(task.kind, len(task.output_ids), answer)
+                    )
                 except PayloadError as error:
                     raise PayloadError(f"task {task_id}: {error}") from None
                 task.is_gold = checked is not None
                 task.gold_answer = None if checked is None else checked.as_json()
 
-    def set_overlap(self, campaign: str, overlap: float,
-                    overlap_annotators: int | None = None) -> tuple[int, int]:
+    def set_overlap(
+        self, campaign: str, overlap: float, overlap_annotators: int | None = None
+    ) -> tuple[int, int]:
         """Change the campaign's overlap ratio (and, if given, annotators per overlap item).
 
         The ``n`` tasks nobody has labelled yet are renumbered from 0 in id order under the new
@@ -285,19 +331,24 @@ class Store:
         with self._write() as session:
             row = self._campaign(session, campaign)
             old = CampaignSettings.from_json(row.settings)
-            settings = CampaignSettings(old.task_kinds, overlap, old.overlap_annotators
-                                        if overlap_annotators is None else overlap_annotators)
+            settings = CampaignSettings(
+                old.task_kinds,
+                overlap,
+                old.overlap_annotators if overlap_annotators is None else overlap_annotators,
+            )
             problems = settings.problems()
             if problems:
                 raise ConfigError([f"campaign {campaign!r}: {problem}" for problem in problems])
             row.settings = settings.as_json()
-            return renumber_unlabelled(session, row.id, settings.overlap,
-                                       settings.overlap_annotators)
+            return renumber_unlabelled(
+                session, row.id, settings.overlap, settings.overlap_annotators
+            )
 
     # --- labelling -------------------------------------------------------------------------------
 
-    def next_task(self, campaign: str, annotator: str, *,
-                  hold_s: float = HOLD_S) -> TaskView | None:
+    def next_task(
+        self, campaign: str, annotator: str, *, hold_s: float = HOLD_S
+    ) -> TaskView | None:
         """The annotator's next task (``assign.next_task_query``), reserved for them for
         ``hold_s`` seconds, or None when none is left.
 
@@ -321,12 +372,20 @@ class Store:
                 return None
             kind, output_ids, prompt = session.execute(
                 select(Task.kind, Task.output_ids, Prompt.text)
-                .join(Prompt, Prompt.id == Task.prompt_id).where(Task.id == task_id)).one()
+                .join(Prompt, Prompt.id == Task.prompt_id)
+                .where(Task.id == task_id)
+            ).one()
             return TaskView(task_id, row.name, kind, prompt, _outputs(session, output_ids))
 
-    def submit_label(self, task_id: int, annotator: str, request_id: str,
-                     payload: Mapping[str, Any], *,
-                     campaign: str | None = None) -> tuple[int, bool]:
+    def submit_label(
+        self,
+        task_id: int,
+        annotator: str,
+        request_id: str,
+        payload: Mapping[str, Any],
+        *,
+        campaign: str | None = None,
+    ) -> tuple[int, bool]:
         """Store a label; return its id and whether this call created it.
 
         A second call with the same ``request_id`` (a retry, a double click), even one running
@@ -358,11 +417,18 @@ class Store:
                 fields = check_label(task.kind, len(task.output_ids), payload)
                 if campaign is not None:
                     _check_served(session, row, task, who, "label")
-                label = Label(task_id=task.id, annotator_id=who.id,
-                              request_id=request_id, choice=fields.choice,
-                              ranking=None if fields.ranking is None else list(fields.ranking),
-                              rating=fields.rating, thumbs=fields.thumbs, critique=fields.critique,
-                              correction=fields.correction, flags=list(fields.flags))
+                label = Label(
+                    task_id=task.id,
+                    annotator_id=who.id,
+                    request_id=request_id,
+                    choice=fields.choice,
+                    ranking=None if fields.ranking is None else list(fields.ranking),
+                    rating=fields.rating,
+                    thumbs=fields.thumbs,
+                    critique=fields.critique,
+                    correction=fields.correction,
+                    flags=list(fields.flags),
+                )
                 session.add(label)
                 session.flush()
                 _release(session, task.id, who.id)
@@ -399,8 +465,12 @@ class Store:
         except IntegrityError:
             with self._read() as session:
                 who = self._annotator(session, annotator)
-                if session.scalars(select(Skip.id).where(
-                        Skip.task_id == task_id, Skip.annotator_id == who.id)).first() is None:
+                if (
+                    session.scalars(
+                        select(Skip.id).where(Skip.task_id == task_id, Skip.annotator_id == who.id)
+                    ).first()
+                    is None
+                ):
                     raise
 
     def undo_last(self, annotator: str, campaign: str) -> LabelRecord | None:
@@ -410,17 +480,23 @@ class Store:
             row = self._campaign(session, campaign)
             who = self._annotator(session, annotator)
             label = session.scalars(
-                select(Label).join(Task).where(Task.campaign_id == row.id,
-                                               Label.annotator_id == who.id,
-                                               Label.undone_at.is_(None))
-                .order_by(Label.id.desc()).limit(1).with_for_update(of=Label)).first()
+                select(Label)
+                .join(Task)
+                .where(
+                    Task.campaign_id == row.id,
+                    Label.annotator_id == who.id,
+                    Label.undone_at.is_(None),
+                )
+                .order_by(Label.id.desc())
+                .limit(1)
+                .with_for_update(of=Label)
+            ).first()
             if label is None:
                 return None
             label.undone_at = utc_now()
             task = session.get(Task, label.task_id)
             prompt = session.get(Prompt, task.prompt_id)
-            outputs = {output.output_id: output
-                       for output in _outputs(session, task.output_ids)}
+            outputs = {output.output_id: output for output in _outputs(session, task.output_ids)}
             return label_record(label, task, prompt.text, row.name, who.name, outputs)
 
     # --- reading results -------------------------------------------------------------------------
@@ -428,15 +504,20 @@ class Store:
     def progress(self, campaign: str) -> Progress:
         with self._read() as session:
             row = self._campaign(session, campaign)
-            tasks = session.execute(select(Task.id, Task.required)
-                                    .where(Task.campaign_id == row.id)).all()
+            tasks = session.execute(
+                select(Task.id, Task.required).where(Task.campaign_id == row.id)
+            ).all()
             labelled = session.execute(
-                select(Label.task_id, Label.annotator_id).join(Task)
-                .where(Task.campaign_id == row.id, Label.undone_at.is_(None))).all()
-            skipped = session.execute(select(Skip.task_id, Skip.annotator_id).join(Task)
-                                      .where(Task.campaign_id == row.id)).all()
-            people = session.execute(select(Annotator.id, Annotator.name)
-                                     .order_by(Annotator.name)).all()
+                select(Label.task_id, Label.annotator_id)
+                .join(Task)
+                .where(Task.campaign_id == row.id, Label.undone_at.is_(None))
+            ).all()
+            skipped = session.execute(
+                select(Skip.task_id, Skip.annotator_id).join(Task).where(Task.campaign_id == row.id)
+            ).all()
+            people = session.execute(
+                select(Annotator.id, Annotator.name).order_by(Annotator.name)
+            ).all()
         per_task = Counter(task_id for task_id, _ in labelled)
         done, passed = defaultdict(set), defaultdict(set)
         for task_id, annotator_id in labelled:
@@ -444,9 +525,14 @@ class Store:
         for task_id, annotator_id in skipped:
             passed[annotator_id].add(task_id)
         annotators = tuple(
-            AnnotatorProgress(name, len(done[annotator_id]), len(passed[annotator_id]),
-                              len(tasks) - len(done[annotator_id] | passed[annotator_id]))
-            for annotator_id, name in people)
+            AnnotatorProgress(
+                name,
+                len(done[annotator_id]),
+                len(passed[annotator_id]),
+                len(tasks) - len(done[annotator_id] | passed[annotator_id]),
+            )
+            for annotator_id, name in people
+        )
         complete = sum(per_task[task_id] >= required for task_id, required in tasks)
         return Progress(row.name, len(tasks), complete, len(labelled), annotators)
 
@@ -463,11 +549,16 @@ class Store:
     def campaign_outputs(self, campaign: str) -> list[tuple[int, str, list[OutputRecord]]]:
         """(prompt id, prompt text, its outputs oldest first) for each prompt of ``campaign``."""
         with self._read() as session:
-            prompts = session.execute(select(Prompt.id, Prompt.text).join(Campaign)
-                                      .where(Campaign.name == campaign).order_by(Prompt.id)).all()
+            prompts = session.execute(
+                select(Prompt.id, Prompt.text)
+                .join(Campaign)
+                .where(Campaign.name == campaign)
+                .order_by(Prompt.id)
+            ).all()
             outputs: dict[int, list[OutputRecord]] = {prompt_id: [] for prompt_id, _ in prompts}
-            for row in session.scalars(select(Output).where(Output.prompt_id.in_(list(outputs)))
-                                       .order_by(Output.id)):
+            for row in session.scalars(
+                select(Output).where(Output.prompt_id.in_(list(outputs))).order_by(Output.id)
+            ):
                 outputs[row.prompt_id].append(output_record(row))
         return [(prompt_id, text, outputs[prompt_id]) for prompt_id, text in prompts]
 
@@ -475,16 +566,24 @@ class Store:
         """Every live label of the campaign, oldest first, with its task's outputs as shown."""
         with self._read() as session:
             row = self._campaign(session, campaign)
-            outputs = {output.id: output_record(output) for output in session.scalars(
-                select(Output).join(Prompt).where(Prompt.campaign_id == row.id))}
+            outputs = {
+                output.id: output_record(output)
+                for output in session.scalars(
+                    select(Output).join(Prompt).where(Prompt.campaign_id == row.id)
+                )
+            }
             rows = session.execute(
                 select(Label, Task, Prompt.text, Annotator.name)
-                .join(Task, Label.task_id == Task.id).join(Prompt, Task.prompt_id == Prompt.id)
+                .join(Task, Label.task_id == Task.id)
+                .join(Prompt, Task.prompt_id == Prompt.id)
                 .join(Annotator, Label.annotator_id == Annotator.id)
                 .where(Task.campaign_id == row.id, Label.undone_at.is_(None))
-                .order_by(Label.id)).all()
-            return [label_record(label, task, prompt, row.name, name, outputs)
-                    for label, task, prompt, name in rows]
+                .order_by(Label.id)
+            ).all()
+            return [
+                label_record(label, task, prompt, row.name, name, outputs)
+                for label, task, prompt, name in rows
+            ]
 
     def task_details(self, campaign: str, task_id: int | None = None) -> TaskDetails:
         """A task of the campaign (None: its first) with what an admin may see: its gold
@@ -492,23 +591,28 @@ class Store:
         with self._read() as session:
             row = self._campaign(session, campaign)
             if task_id is None:
-                task_id = session.scalar(select(func.min(Task.id))
-                                         .where(Task.campaign_id == row.id))
+                task_id = session.scalar(
+                    select(func.min(Task.id)).where(Task.campaign_id == row.id)
+                )
                 if task_id is None:
-                    raise NotFoundError(f"campaign {campaign!r} has no tasks yet: make them with "
-                                        "`rlhfkit label init` or `label next-round`")
+                    raise NotFoundError(
+                        f"campaign {campaign!r} has no tasks yet: make them with "
+                        "`rlhfkit label init` or `label next-round`"
+                    )
             task = _get(session, Task, task_id)
             if task.campaign_id != row.id:
-                raise NotFoundError(f"task {task_id} is not one of campaign {campaign!r}'s: "
-                                    "check the task number")
+                raise NotFoundError(
+                    f"task {task_id} is not one of campaign {campaign!r}'s: check the task number"
+                )
             return self._details(session, row.name, task)
 
     def gold_tasks(self, campaign: str) -> list[TaskDetails]:
         """The campaign's gold tasks, by id."""
         with self._read() as session:
             row = self._campaign(session, campaign)
-            tasks = session.scalars(select(Task).where(Task.campaign_id == row.id, Task.is_gold)
-                                    .order_by(Task.id)).all()
+            tasks = session.scalars(
+                select(Task).where(Task.campaign_id == row.id, Task.is_gold).order_by(Task.id)
+            ).all()
             return [self._details(session, row.name, task) for task in tasks]
 
     def gold_answers(self, campaign: str) -> dict[int, Any]:
@@ -517,8 +621,9 @@ class Store:
         first, a rating's number (or thumbs' True / False when no number is given)."""
         with self._read() as session:
             row = self._campaign(session, campaign)
-            tasks = session.scalars(select(Task).where(Task.campaign_id == row.id,
-                                                       Task.is_gold)).all()
+            tasks = session.scalars(
+                select(Task).where(Task.campaign_id == row.id, Task.is_gold)
+            ).all()
             return {task.id: gold_in_output_ids(task) for task in tasks}
 
     def secret(self, name: str) -> bytes:
@@ -572,16 +677,25 @@ class Store:
 
     def _details(self, session: Session, campaign: str, task: Task) -> TaskDetails:
         prompt = session.get(Prompt, task.prompt_id)
-        labels = session.scalar(select(func.count(Label.id)).where(
-            Label.task_id == task.id, Label.undone_at.is_(None)))
-        view = TaskView(task.id, campaign, task.kind, prompt.text,
-                        _outputs(session, task.output_ids))
+        labels = session.scalar(
+            select(func.count(Label.id)).where(Label.task_id == task.id, Label.undone_at.is_(None))
+        )
+        view = TaskView(
+            task.id, campaign, task.kind, prompt.text, _outputs(session, task.output_ids)
+        )
         siblings = select(Task.id).where(Task.campaign_id == task.campaign_id)
-        previous = session.scalar(siblings.where(Task.id < task.id)
-                                  .order_by(Task.id.desc()).limit(1))
+        previous = session.scalar(
+            siblings.where(Task.id < task.id).order_by(Task.id.desc()).limit(1)
+        )
         following = session.scalar(siblings.where(Task.id > task.id).order_by(Task.id).limit(1))
-        return TaskDetails(view, task.required, labels, task.gold_answer if task.is_gold else None,
-                           previous, following)
+        return TaskDetails(
+            view,
+            task.required,
+            labels,
+            task.gold_answer if task.is_gold else None,
+            previous,
+            following,
+        )
 
     def _insert_named(self, row: Campaign | Annotator, what: str) -> int:
         try:
@@ -602,8 +716,9 @@ class Store:
         row = session.scalars(select(model).where(model.name == name)).one_or_none()
         if row is None:
             known = session.scalars(select(model.name).order_by(model.name).limit(20)).all()
-            raise NotFoundError(f"no {what} {name!r} in {self.url}; known: "
-                                f"{', '.join(known) or 'none yet'}")
+            raise NotFoundError(
+                f"no {what} {name!r} in {self.url}; known: {', '.join(known) or 'none yet'}"
+            )
         return row
 
 
@@ -615,73 +730,103 @@ def _get(session: Session, model: type, row_id: int) -> Any:
     return row
 
 
-def _check_served(session: Session, campaign: Campaign, task: Task, who: Annotator,
-                  action: str) -> None:
+def _check_served(
+    session: Session, campaign: Campaign, task: Task, who: Annotator, action: str
+) -> None:
     """Raise ``ConflictError`` or ``NotAllowedError``, naming why, unless ``who`` may
     ``action`` ("label" or "skip") the campaign's ``task`` now (``Store.submit_label``).
     Passing on a task needs no place on it."""
     _check_not_labelled(session, task.id, who)
     if _skipped(session, task.id, who.id):
-        raise NotAllowedError(f"task {task.id}: {who.name!r} skipped it, so it is not theirs "
-                              "to label; take the task the studio offers next")
+        raise NotAllowedError(
+            f"task {task.id}: {who.name!r} skipped it, so it is not theirs "
+            "to label; take the task the studio offers next"
+        )
     held = session.get(Reservation, (campaign.id, who.id))
     if held is None or held.task_id != task.id:
-        raise NotAllowedError(f"task {task.id} was not offered to {who.name!r}: {action} the "
-                              "task the studio offers (GET /api/next or the label page)")
-    if action == "label" and not task.is_gold and (
-            places_taken(session, task, who.id, utc_now()) >= task.required):
-        raise NotAllowedError(f"task {task.id} already has the {task.required} label(s) it "
-                              "needs (your hold on it had expired): take the next task")
+        raise NotAllowedError(
+            f"task {task.id} was not offered to {who.name!r}: {action} the "
+            "task the studio offers (GET /api/next or the label page)"
+        )
+    if (
+        action == "label"
+        and not task.is_gold
+        and (places_taken(session, task, who.id, utc_now()) >= task.required)
+    ):
+        raise NotAllowedError(
+            f"task {task.id} already has the {task.required} label(s) it "
+            "needs (your hold on it had expired): take the next task"
+        )
 
 
 def _task_of(session: Session, campaign: Campaign, task_id: Any) -> Task:
     """Task ``task_id`` of ``campaign``; one of another campaign is "not found" too."""
     task = _get(session, Task, task_id) if type(task_id) is int and task_id > 0 else None
     if task is None or task.campaign_id != campaign.id:
-        raise NotFoundError(f"task_id {task_id!r}: campaign {campaign.name!r} has no such task; "
-                            "label the task the studio offers you")
+        raise NotFoundError(
+            f"task_id {task_id!r}: campaign {campaign.name!r} has no such task; "
+            "label the task the studio offers you"
+        )
     return task
 
 
 def _repeated(session: Session, request_id: str, task_id: Any, annotator_id: int) -> int | None:
     """The id of the label this request already stored for this task and annotator (a retry),
     None if the request id is new; ``ConflictError`` if another submission used it."""
-    stored = session.execute(select(Label.id, Label.task_id, Label.annotator_id)
-                             .where(Label.request_id == request_id)).first()
+    stored = session.execute(
+        select(Label.id, Label.task_id, Label.annotator_id).where(Label.request_id == request_id)
+    ).first()
     if stored is None:
         return None
     if (stored.task_id, stored.annotator_id) != (task_id, annotator_id):
         # whose label and which task it was is not the sender's business
-        raise ConflictError(f"request_id {request_id!r} is already used: send a new "
-                            "request_id with each submission")
+        raise ConflictError(
+            f"request_id {request_id!r} is already used: send a new request_id with each submission"
+        )
     return stored.id
 
 
 def _check_not_labelled(session: Session, task_id: Any, who: Annotator) -> None:
-    live = session.scalars(select(Label.id).where(
-        Label.task_id == task_id, Label.annotator_id == who.id,
-        Label.undone_at.is_(None))).first() if type(task_id) is int else None
+    live = (
+        session.scalars(
+            select(Label.id).where(
+                Label.task_id == task_id, Label.annotator_id == who.id, Label.undone_at.is_(None)
+            )
+        ).first()
+        if type(task_id) is int
+        else None
+    )
     if live is not None:
-        raise ConflictError(f"{who.name!r} has already labelled task {task_id} (label "
-                            f"{live}): undo that label to label the task again")
+        raise ConflictError(
+            f"{who.name!r} has already labelled task {task_id} (label "
+            f"{live}): undo that label to label the task again"
+        )
 
 
 def _release(session: Session, task_id: int, annotator_id: int) -> None:
     """Drop the annotator's hold on a task they answered or passed: the next ``next_task``
     reserves anew, and meanwhile the place is not counted twice (label and hold)."""
-    session.execute(delete(Reservation).where(Reservation.task_id == task_id,
-                                              Reservation.annotator_id == annotator_id))
+    session.execute(
+        delete(Reservation).where(
+            Reservation.task_id == task_id, Reservation.annotator_id == annotator_id
+        )
+    )
 
 
 def _skipped(session: Session, task_id: int, annotator_id: int) -> bool:
-    return session.scalars(select(Skip.id).where(
-        Skip.task_id == task_id, Skip.annotator_id == annotator_id)).first() is not None
+    return (
+        session.scalars(
+            select(Skip.id).where(Skip.task_id == task_id, Skip.annotator_id == annotator_id)
+        ).first()
+        is not None
+    )
 
 
 def _name(field: str, name: Any) -> str:
     if not (isinstance(name, str) and 0 < len(name) <= NAME_MAX and name == name.strip()):
-        raise PayloadError(f"{field} {name!r}: give 1 to {NAME_MAX} characters, without "
-                           "leading or trailing spaces")
+        raise PayloadError(
+            f"{field} {name!r}: give 1 to {NAME_MAX} characters, without leading or trailing spaces"
+        )
     return name
 
 
@@ -698,6 +843,5 @@ def _json_object(field: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _outputs(session: Session, output_ids: Sequence[int]) -> tuple[OutputRecord, ...]:
     """The outputs with these ids, in this order."""
-    rows = {row.id: row
-            for row in session.scalars(select(Output).where(Output.id.in_(output_ids)))}
+    rows = {row.id: row for row in session.scalars(select(Output).where(Output.id.in_(output_ids)))}
     return tuple(output_record(rows[output_id]) for output_id in output_ids)

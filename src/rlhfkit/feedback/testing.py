@@ -37,12 +37,15 @@ def free_port() -> int:
 
 def server_binaries() -> tuple[str, str]:
     """Paths of ``initdb`` and ``pg_ctl``: on PATH, else the newest Debian install."""
-    search = os.pathsep.join([os.environ.get("PATH", ""),
-                              *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)])
+    search = os.pathsep.join(
+        [os.environ.get("PATH", ""), *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    )
     initdb, pg_ctl = shutil.which("initdb", path=search), shutil.which("pg_ctl", path=search)
     if not (initdb and pg_ctl):
-        raise PostgresMissing("PostgreSQL's initdb and pg_ctl are not on PATH nor in "
-                              "/usr/lib/postgresql/*/bin: install Debian's postgresql package")
+        raise PostgresMissing(
+            "PostgreSQL's initdb and pg_ctl are not on PATH nor in "
+            "/usr/lib/postgresql/*/bin: install Debian's postgresql package"
+        )
     return initdb, pg_ctl
 
 
@@ -58,10 +61,26 @@ def throwaway_postgres() -> Iterator[str]:
         as_server_user = ["runuser", "-u", "nobody", "--"]
     data, log, port = root / "data", root / "server.log", free_port()
     try:
-        _run([*as_server_user, initdb, "-D", data, "-U", "rlhfkit", "-A", "trust", "-E", "UTF8",
-              "--locale=C", "--no-sync"])
-        options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c full_page_writes=off")
+        _run(
+            [
+                *as_server_user,
+                initdb,
+                "-D",
+                data,
+                "-U",
+                "rlhfkit",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
+        options = (
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off"
+        )
         _run([*as_server_user, pg_ctl, "-D", data, "-l", log, "-w", "-o", options, "start"], log)
         try:
             yield f"postgresql://rlhfkit@127.0.0.1:{port}"
@@ -90,5 +109,7 @@ def _run(command: list, log: Path | None = None) -> None:
     done = subprocess.run([str(part) for part in command], capture_output=True, text=True)
     if done.returncode != 0:
         server_log = log.read_text() if log and log.exists() else ""
-        raise RlhfkitError(f"{' '.join(map(str, command))} failed ({done.returncode}):\n"
-                           f"{done.stdout}{done.stderr}{server_log}")
+        raise RlhfkitError(
+            f"{' '.join(map(str, command))} failed ({done.returncode}):\n"
+            f"{done.stdout}{done.stderr}{server_log}"
+        )

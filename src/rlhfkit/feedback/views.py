@@ -28,20 +28,28 @@ class CampaignSettings:
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, one message per field; empty when nothing."""
-        found = [f"task kind {kind!r} is not one of {', '.join(KINDS)}"
-                 for kind in self.task_kinds if kind not in KINDS]
+        found = [
+            f"task kind {kind!r} is not one of {', '.join(KINDS)}"
+            for kind in self.task_kinds
+            if kind not in KINDS
+        ]
         if not self.task_kinds:
             found.append(f"task_kinds is empty: give one or more of {', '.join(KINDS)}")
         if not (isinstance(self.overlap, (int, float)) and 0 <= self.overlap <= 1):
-            found.append(f"overlap {self.overlap!r} is not a fraction: give 0..1 (0.2 sends one "
-                         "task in five to several annotators)")
+            found.append(
+                f"overlap {self.overlap!r} is not a fraction: give 0..1 (0.2 sends one "
+                "task in five to several annotators)"
+            )
         if type(self.overlap_annotators) is not int or self.overlap_annotators < 2:
             found.append(f"overlap_annotators {self.overlap_annotators!r}: give 2 or more")
         return found
 
     def as_json(self) -> dict[str, Any]:
-        return {"task_kinds": list(self.task_kinds), "overlap": self.overlap,
-                "overlap_annotators": self.overlap_annotators}
+        return {
+            "task_kinds": list(self.task_kinds),
+            "overlap": self.overlap,
+            "overlap_annotators": self.overlap_annotators,
+        }
 
     @classmethod
     def from_json(cls, saved: Mapping[str, Any]) -> CampaignSettings:
@@ -114,21 +122,44 @@ class Progress:
 
 
 def output_record(output: Output) -> OutputRecord:
-    return OutputRecord(output.id, output.text, output.model, output.model_hash,
-                        output.generation, output.seed, output.created_at.isoformat())
+    return OutputRecord(
+        output.id,
+        output.text,
+        output.model,
+        output.model_hash,
+        output.generation,
+        output.seed,
+        output.created_at.isoformat(),
+    )
 
 
-def label_record(label: Label, task: Task, prompt: str, campaign: str, annotator: str,
-                 outputs: Mapping[int, OutputRecord]) -> LabelRecord:
+def label_record(
+    label: Label,
+    task: Task,
+    prompt: str,
+    campaign: str,
+    annotator: str,
+    outputs: Mapping[int, OutputRecord],
+) -> LabelRecord:
     """A label row as a record; ``outputs`` maps ids to records and must hold the task's."""
     return LabelRecord(
-        label_id=label.id, campaign=campaign, task_id=task.id, kind=task.kind,
-        annotator=annotator, prompt=prompt,
+        label_id=label.id,
+        campaign=campaign,
+        task_id=task.id,
+        kind=task.kind,
+        annotator=annotator,
+        prompt=prompt,
         outputs=tuple(outputs[output_id] for output_id in task.output_ids),
-        choice=label.choice, ranking=None if label.ranking is None else tuple(label.ranking),
-        rating=label.rating, thumbs=label.thumbs, critique=label.critique,
-        correction=label.correction, flags=tuple(label.flags), is_gold=task.is_gold,
-        created_at=label.created_at.isoformat())
+        choice=label.choice,
+        ranking=None if label.ranking is None else tuple(label.ranking),
+        rating=label.rating,
+        thumbs=label.thumbs,
+        critique=label.critique,
+        correction=label.correction,
+        flags=tuple(label.flags),
+        is_gold=task.is_gold,
+        created_at=label.created_at.isoformat(),
+    )
 
 
 def gold_in_output_ids(task: Task) -> Any:

@@ -67,13 +67,20 @@ def get_backend(name: str, model: Any, tokenizer: Any) -> GenerationBackend:
         known = backend_names()
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"gen.backend {name!r} is not a generation backend; {hint}"
-                          f"known backends: {', '.join(known)}")
+        raise ConfigError(
+            f"gen.backend {name!r} is not a generation backend; {hint}"
+            f"known backends: {', '.join(known)}"
+        )
     return _registry[name](model, tokenizer)
 
 
-def generate_conditioned(backend: GenerationBackend, prompts: list[Prompt], cfg: GenCfg,
-                         seed: int, conditioning: Conditioning | None) -> Rollout:
+def generate_conditioned(
+    backend: GenerationBackend,
+    prompts: list[Prompt],
+    cfg: GenCfg,
+    seed: int,
+    conditioning: Conditioning | None,
+) -> Rollout:
     """Sample as a hindsight-trained model must be asked (its ``conditioning.json``), or plainly.
 
     The instruction rewrites each prompt and the response prefix opens each answer. The rollout
@@ -84,8 +91,11 @@ def generate_conditioned(backend: GenerationBackend, prompts: list[Prompt], cfg:
         return backend.generate(prompts, cfg, seed)
     asked = [conditioning.apply(prompt) for prompt in prompts]
     prefix = conditioning.response_prefix
-    rollout = (backend.generate(asked, cfg, seed, response_prefix=prefix) if prefix
-               else backend.generate(asked, cfg, seed))  # a backend without prefixes still works
+    rollout = (
+        backend.generate(asked, cfg, seed, response_prefix=prefix)
+        if prefix
+        else backend.generate(asked, cfg, seed)
+    )  # a backend without prefixes still works
     return dataclasses.replace(rollout, prompts=list(prompts))
 
 
@@ -96,5 +106,6 @@ def describe_conditioning(conditioning: Conditioning) -> str:
         parts.append(f"prompts as {conditioning.instruction!r}")
     if conditioning.response_prefix:
         parts.append(f"answers start with {conditioning.response_prefix!r}")
-    return (f"conditioning.json ({conditioning.method}): "
-            + (", ".join(parts) or "prompts unchanged"))
+    return f"conditioning.json ({conditioning.method}): " + (
+        ", ".join(parts) or "prompts unchanged"
+    )

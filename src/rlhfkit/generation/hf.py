@@ -76,8 +76,10 @@ class SampledTokenLogprobs(LogitsProcessor):
         """(B, R) logprobs of ``response_ids``, the tokens generate returned."""
         self._take(response_ids[:, -1])
         if len(self.picked) != response_ids.shape[1]:
-            raise RuntimeError(f"recorded {len(self.picked)} steps for {response_ids.shape[1]} "
-                               "generated tokens; another logits processor ran before this one")
+            raise RuntimeError(
+                f"recorded {len(self.picked)} steps for {response_ids.shape[1]} "
+                "generated tokens; another logits processor ran before this one"
+            )
         return torch.stack(self.picked, dim=1)
 
 
@@ -130,7 +132,7 @@ class StopOnStrings(StoppingCriteria):
 
     def holds_stop(self, generated: list[int]) -> bool:
         """Whether the last tokens of a completion hold a stop string."""
-        tail = self.tokenizer.decode(generated[-self.window:], skip_special_tokens=True)
+        tail = self.tokenizer.decode(generated[-self.window :], skip_special_tokens=True)
         return any(stop in tail for stop in self.stops)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -153,8 +155,9 @@ class HFBackend:
         pad_id = tokenizer.pad_token_id
         self.pad_id = pad_id if pad_id is not None else self.eos_ids[0]
 
-    def generate(self, prompts: list[Prompt], cfg: GenCfg, seed: int,
-                 response_prefix: str = "") -> Rollout:
+    def generate(
+        self, prompts: list[Prompt], cfg: GenCfg, seed: int, response_prefix: str = ""
+    ) -> Rollout:
         """One completion per prompt. The same prompts, cfg (batch size included) and seed give
         the same rollout; the global CPU and CUDA random state is left as it was.
 
@@ -164,10 +167,12 @@ class HFBackend:
         if not prompts:
             raise DataError("no prompts to generate from; give at least one")
         if cfg.compile == "on" and uses_autocast(self.model):
-            raise ConfigError("gen.compile = 'on' cannot decode a model under model.autocast: "
-                              "the static KV cache holds one dtype, and autocast makes keys "
-                              "float32 and values bfloat16; set gen.compile auto (eager under "
-                              "autocast) or model.autocast off")
+            raise ConfigError(
+                "gen.compile = 'on' cannot decode a model under model.autocast: "
+                "the static KV cache holds one dtype, and autocast makes keys "
+                "float32 and values bfloat16; set gen.compile auto (eager under "
+                "autocast) or model.autocast off"
+            )
         prompt_ids = self._encode(prompts, cfg.chat_template, response_prefix)
         self._check_lengths(prompt_ids, cfg.max_new_tokens)
         device = self.model.device
@@ -176,10 +181,12 @@ class HFBackend:
             cuda_devices = [torch.cuda.current_device() if device.index is None else device.index]
         batches = []
         generated, started = 0, time.perf_counter()
-        with (torch.random.fork_rng(devices=cuda_devices),
-              _own_generation_defaults(self.model, self.eos_ids, self.pad_id),
-              autocast_region(self.model),  # with model.autocast: weights cast once, not per token
-              progress("generating", total=len(prompts)) as (bar, task)):
+        with (
+            torch.random.fork_rng(devices=cuda_devices),
+            _own_generation_defaults(self.model, self.eos_ids, self.pad_id),
+            autocast_region(self.model),  # with model.autocast: weights cast once, not per token
+            progress("generating", total=len(prompts)) as (bar, task),
+        ):
             torch.manual_seed(seed)
             for start in range(0, len(prompts), cfg.batch_size):
                 end = start + cfg.batch_size
@@ -190,21 +197,29 @@ class HFBackend:
                 bar.update(task, advance=len(batch), info=f"{rate:.0f} tokens/s")
         return Rollout.concat(batches, pad_token_id=self.pad_id)
 
-    def _encode(self, prompts: list[Prompt], chat_template: str, response_prefix: str = ""
-                ) -> list[list[int]]:
+    def _encode(
+        self, prompts: list[Prompt], chat_template: str, response_prefix: str = ""
+    ) -> list[list[int]]:
         """Token ids of each prompt, through the chat template when it applies, then the
         response prefix (after the opened assistant turn of a chat, after a text prompt)."""
         has_template = getattr(self.tokenizer, "chat_template", None) is not None
         if chat_template == "on" and not has_template:
-            raise ConfigError("gen.chat_template is 'on', but this model's tokenizer has no chat "
-                              "template; use --gen.chat_template auto or off")
+            raise ConfigError(
+                "gen.chat_template is 'on', but this model's tokenizer has no chat "
+                "template; use --gen.chat_template auto or off"
+            )
         if not (chat_template == "on" or (chat_template == "auto" and has_template)):
             for index, prompt in enumerate(prompts):
                 if not isinstance(prompt, str):
-                    reason = ("gen.chat_template is off" if chat_template == "off"
-                              else "this model has no chat template")
-                    raise DataError(f"prompt {index} is a chat (a list of messages), but {reason}; "
-                                    "give plain-text prompts or a model with a chat template")
+                    reason = (
+                        "gen.chat_template is off"
+                        if chat_template == "off"
+                        else "this model has no chat template"
+                    )
+                    raise DataError(
+                        f"prompt {index} is a chat (a list of messages), but {reason}; "
+                        "give plain-text prompts or a model with a chat template"
+                    )
             return self.tokenizer([prompt + response_prefix for prompt in prompts])["input_ids"]
         from jinja2 import TemplateError
 
@@ -212,11 +227,17 @@ class HFBackend:
         for index, prompt in enumerate(prompts):
             chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
             try:
-                texts.append(self.tokenizer.apply_chat_template(
-                    chat, add_generation_prompt=True, tokenize=False) + response_prefix)
+                texts.append(
+                    self.tokenizer.apply_chat_template(
+                        chat, add_generation_prompt=True, tokenize=False
+                    )
+                    + response_prefix
+                )
             except TemplateError as e:
-                raise DataError(f"prompt {index}: the model's chat template rejected it ({e}); "
-                                "check the roles and their order") from None
+                raise DataError(
+                    f"prompt {index}: the model's chat template rejected it ({e}); "
+                    "check the roles and their order"
+                ) from None
         # the template already wrote any BOS token; adding special tokens would double it
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
@@ -224,8 +245,10 @@ class HFBackend:
         """Fail before generating anything if a prompt cannot fit with its completion."""
         context = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         if context is not None and max_new_tokens >= context:
-            raise ConfigError(f"gen.max_new_tokens {max_new_tokens} leaves no room for a prompt in "
-                              f"the model's context of {context} tokens; lower it")
+            raise ConfigError(
+                f"gen.max_new_tokens {max_new_tokens} leaves no room for a prompt in "
+                f"the model's context of {context} tokens; lower it"
+            )
         for index, ids in enumerate(prompt_ids):
             if not ids:
                 raise DataError(f"prompt {index} encodes to no tokens; remove it or fill it in")
@@ -233,10 +256,12 @@ class HFBackend:
                 raise DataError(
                     f"prompt {index} is {len(ids)} tokens, but the model's context of {context} "
                     f"tokens minus gen.max_new_tokens {max_new_tokens} leaves room for "
-                    f"{context - max_new_tokens}; shorten the prompt or lower gen.max_new_tokens")
+                    f"{context - max_new_tokens}; shorten the prompt or lower gen.max_new_tokens"
+                )
 
-    def _generate_batch(self, prompts: list[Prompt], prompt_ids: list[list[int]],
-                        cfg: GenCfg) -> Rollout:
+    def _generate_batch(
+        self, prompts: list[Prompt], prompt_ids: list[list[int]], cfg: GenCfg
+    ) -> Rollout:
         device = self.model.device
         compiled = cfg.compile == "on"  # a training loop turns auto on for CUDA (kit.sample)
         rows = len(prompt_ids)
@@ -245,21 +270,27 @@ class HFBackend:
             # (the last filled with copies, dropped below) and its width a multiple of
             # WIDTH_STEP, so that the static cache, and the step compiled for it, are reused.
             prompt_ids = prompt_ids + [prompt_ids[-1]] * (cfg.batch_size - rows)
-        padded = self.tokenizer.pad({"input_ids": prompt_ids}, padding_side="left",
-                                    pad_to_multiple_of=WIDTH_STEP if compiled else None,
-                                    return_tensors="pt")
+        padded = self.tokenizer.pad(
+            {"input_ids": prompt_ids},
+            padding_side="left",
+            pad_to_multiple_of=WIDTH_STEP if compiled else None,
+            return_tensors="pt",
+        )
         input_ids = padded["input_ids"].to(device)  # (b, P)
         prompt_mask = padded["attention_mask"].to(device)  # (b, P)
         recorder = SampledTokenLogprobs(cfg.temperature)
         stopper = StopOnStrings(self.tokenizer, cfg.stop, input_ids.shape[1]) if cfg.stop else None
         prefilled = {} if compiled else self._prefill_once_per_prompt(input_ids, prompt_mask)
         sequences = self.model.generate(  # (b, P + R), under torch.no_grad
-            input_ids=input_ids, attention_mask=prompt_mask,
+            input_ids=input_ids,
+            attention_mask=prompt_mask,
             generation_config=self._generation_config(cfg, compiled),
             logits_processor=LogitsProcessorList([recorder, *token_choice(cfg)]),
-            stopping_criteria=StoppingCriteriaList([stopper] if stopper else []), **prefilled)
-        response_ids = sequences[:rows, input_ids.shape[1]:]  # (b, R)
-        logprobs = recorder.logprobs(sequences[:, input_ids.shape[1]:])[:rows]  # (b, R)
+            stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
+            **prefilled,
+        )
+        response_ids = sequences[:rows, input_ids.shape[1] :]  # (b, R)
+        logprobs = recorder.logprobs(sequences[:, input_ids.shape[1] :])[:rows]  # (b, R)
         if compiled:  # drop the fillers and the padding columns every kept row has
             first = int(prompt_mask[:rows].argmax(dim=1).min())
             input_ids, prompt_mask = input_ids[:rows, first:], prompt_mask[:rows, first:]
@@ -275,8 +306,10 @@ class HFBackend:
             text = self._decode(text_ids)
             stop_at = None
             if stopper and any(stop in text for stop in cfg.stop):
-                stop_at = next((k for k in range(1, len(text_ids) + 1)
-                                if stopper.holds_stop(text_ids[:k])), None)
+                stop_at = next(
+                    (k for k in range(1, len(text_ids) + 1) if stopper.holds_stop(text_ids[:k])),
+                    None,
+                )
             if stop_at is not None:
                 length, done = stop_at, True
                 text = _cut_before_first(self._decode(text_ids[:stop_at]), cfg.stop)
@@ -303,8 +336,9 @@ class HFBackend:
         )
 
     @torch.no_grad()
-    def _prefill_once_per_prompt(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor
-                                 ) -> dict[str, Any]:
+    def _prefill_once_per_prompt(
+        self, input_ids: torch.Tensor, prompt_mask: torch.Tensor
+    ) -> dict[str, Any]:
         """``generate``'s cache argument when rows repeat a prompt, else nothing: the KV cache of
         every prompt column but the last, computed once per distinct prompt and copied to each
         row that has it. The rows' positions are the ones ``generate`` would give them.
@@ -315,8 +349,9 @@ class HFBackend:
         rows, width = input_ids.shape
         if width < 2:
             return {}
-        distinct, source = torch.unique(torch.cat([input_ids, prompt_mask], dim=1), dim=0,
-                                        return_inverse=True)  # (d, 2P), (b,)
+        distinct, source = torch.unique(
+            torch.cat([input_ids, prompt_mask], dim=1), dim=0, return_inverse=True
+        )  # (d, 2P), (b,)
         if len(distinct) == rows:
             return {}
         cache = DynamicCache(config=self.model.config)
@@ -325,12 +360,20 @@ class HFBackend:
         decoder = self.model.get_decoder()
         # transformers renamed past_key_values to cache (5.2x); take whichever this one uses (the
         # class's signature: model.autocast wraps the instance's forward in (*args, **kwargs))
-        name = ("cache" if "cache" in inspect.signature(type(decoder).forward).parameters
-                else "past_key_values")
-        ids, mask = distinct[:, :width - 1], distinct[:, width:-1]  # (d, P - 1) each
+        name = (
+            "cache"
+            if "cache" in inspect.signature(type(decoder).forward).parameters
+            else "past_key_values"
+        )
+        ids, mask = distinct[:, : width - 1], distinct[:, width:-1]  # (d, P - 1) each
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate counts them
-        decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                **{name: cache})
+        decoder(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{name: cache},
+        )
         cache.batch_select_indices(source)
         return {name: cache}
 
@@ -349,14 +392,19 @@ class HFBackend:
             compile_config = CompileConfig()
             compile_config._compile_all_devices = True
             caching = {"cache_implementation": "static", "compile_config": compile_config}
-        return GenerationConfig(max_new_tokens=cfg.max_new_tokens, do_sample=False,
-                                eos_token_id=self.eos_ids, pad_token_id=self.pad_id, **caching)
+        return GenerationConfig(
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            **caching,
+        )
 
 
 def _cut_before_first(text: str, stops: tuple[str, ...]) -> str:
     """``text`` up to the earliest stop string in it."""
     starts = [text.find(stop) for stop in stops if stop in text]
-    return text[:min(starts)] if starts else text
+    return text[: min(starts)] if starts else text
 
 
 @contextmanager
@@ -368,8 +416,9 @@ def _own_generation_defaults(model: Any, eos_ids: list[int], pad_id: int) -> Ite
     wrong. Only the special token ids are kept.
     """
     saved = model.generation_config
-    model.generation_config = GenerationConfig(bos_token_id=saved.bos_token_id,
-                                               eos_token_id=eos_ids, pad_token_id=pad_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=saved.bos_token_id, eos_token_id=eos_ids, pad_token_id=pad_id
+    )
     try:
         yield
     finally:
@@ -384,6 +433,8 @@ def _eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     ids += configured if isinstance(configured, list) else [configured]
     ids = list(dict.fromkeys(i for i in ids if i is not None))
     if not ids:
-        raise ConfigError("the model and its tokenizer define no EOS token, so a completion could "
-                          "never finish; set eos_token in the tokenizer's config")
+        raise ConfigError(
+            "the model and its tokenizer define no EOS token, so a completion could "
+            "never finish; set eos_token in the tokenizer's config"
+        )
     return ids

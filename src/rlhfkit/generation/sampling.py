@@ -17,9 +17,11 @@ from rlhfkit.errors import RlhfkitError
 BLOCK = 256
 """Tokens per block of the two-stage search: a block by its mass, then a token inside it."""
 
-NOT_A_DISTRIBUTION = ("the model's next-token distribution holds NaN, inf or no mass at all (its "
-                      "weights or inputs are not finite); check the model, or lower optim.lr if "
-                      "training made it so")
+NOT_A_DISTRIBUTION = (
+    "the model's next-token distribution holds NaN, inf or no mass at all (its "
+    "weights or inputs are not finite); check the model, or lower optim.lr if "
+    "training made it so"
+)
 
 
 def draw(probs: Tensor) -> Tensor:

@@ -71,9 +71,12 @@ def hir_loss(
     entropy = masked_mean(token_entropy, mask) if token_entropy is not None else nll.new_zeros(())
     loss = nll + contrastive_coef * contrastive - entropy_coef * entropy
     with torch.no_grad():
-        stats = HIRStats(nll=nll.detach(), contrastive=contrastive.detach(),
-                         entropy=entropy.detach(),
-                         matching_accuracy=(matching > opposite_sequence_logprobs).float().mean())
+        stats = HIRStats(
+            nll=nll.detach(),
+            contrastive=contrastive.detach(),
+            entropy=entropy.detach(),
+            matching_accuracy=(matching > opposite_sequence_logprobs).float().mean(),
+        )
     return loss, stats
 
 
@@ -127,6 +130,9 @@ def hindsight_foresight_loss(
     foresight = masked_mean(-advantages * logprobs, mask)
     loss = hindsight + foresight_coef * foresight
     with torch.no_grad():
-        stats = HindsightForesightStats(hindsight=hindsight.detach(), foresight=foresight.detach(),
-                                        advantage=masked_mean(advantages, mask))
+        stats = HindsightForesightStats(
+            hindsight=hindsight.detach(),
+            foresight=foresight.detach(),
+            advantage=masked_mean(advantages, mask),
+        )
     return loss, stats

@@ -181,17 +181,22 @@ def value_loss(
         returns: ``(B, T)`` regression targets (e.g. from ``advantages.gae``).
     """
     if clip_eps <= 0:
-        raise ConfigError(f"clip_eps={clip_eps!r}: the value clip range must be positive (e.g. 0.2)")
+        raise ConfigError(
+            f"clip_eps={clip_eps!r}: the value clip range must be positive (e.g. 0.2)"
+        )
     valid = mask.bool()  # (B, T) padding set to 0 up front, so inf there cannot make a NaN gradient
     values = torch.where(valid, values, 0.0)
     old_values, returns = (torch.where(valid, t.detach(), 0.0) for t in (old_values, returns))
     values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)  # (B, T)
     error_unclipped = (values - returns) ** 2  # (B, T)
     error_clipped = (values_clipped - returns) ** 2  # (B, T)
-    loss = 0.5 * aggregate(torch.maximum(error_unclipped, error_clipped), mask, aggregation,
-                           max_length)
+    loss = 0.5 * aggregate(
+        torch.maximum(error_unclipped, error_clipped), mask, aggregation, max_length
+    )
     with torch.no_grad():
-        stats = ValueStats(clip_fraction=masked_mean((error_clipped > error_unclipped).float(), mask))
+        stats = ValueStats(
+            clip_fraction=masked_mean((error_clipped > error_unclipped).float(), mask)
+        )
     return loss, stats
 
 

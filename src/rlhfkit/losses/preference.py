@@ -62,8 +62,10 @@ def _check_examples(**per_example: Tensor | None) -> None:
 
 def _check_beta(beta: float) -> None:
     if not beta > 0:
-        raise ConfigError(f"beta={beta!r} must be > 0: it scales the log-ratio to the reference "
-                          "(0.1 is the usual value for DPO and KTO)")
+        raise ConfigError(
+            f"beta={beta!r} must be > 0: it scales the log-ratio to the reference "
+            "(0.1 is the usual value for DPO and KTO)"
+        )
 
 
 # --- supervised fine-tuning ----------------------------------------------------------------------
@@ -98,8 +100,9 @@ def sft_loss(
         weight: ``(B,)`` per-example weights; every token of row b weighs ``w_b``.
     """
     if logprobs.shape != mask.shape or logprobs.dim() != 2:
-        raise ValueError(f"logprobs {tuple(logprobs.shape)} and mask {tuple(mask.shape)} must "
-                         "both be (B, T)")
+        raise ValueError(
+            f"logprobs {tuple(logprobs.shape)} and mask {tuple(mask.shape)} must both be (B, T)"
+        )
     if weight is not None and tuple(weight.shape) != (logprobs.shape[0],):
         raise ValueError(f"weight must be (B,) = ({logprobs.shape[0]},); got {tuple(weight.shape)}")
     nll = -logprobs.float()  # (B, T)
@@ -240,8 +243,10 @@ def rater_preference_probability(ratings_a: Sequence[float], ratings_b: Sequence
     """
     for name, ratings in (("ratings_a", ratings_a), ("ratings_b", ratings_b)):
         if len(ratings) == 0:
-            raise DataError(f"{name} is empty: each text needs at least one rating to compare; "
-                            "drop unrated texts before building pairs")
+            raise DataError(
+                f"{name} is empty: each text needs at least one rating to compare; "
+                "drop unrated texts before building pairs"
+            )
         if not all(math.isfinite(r) for r in ratings):
             raise DataError(f"{name}={list(ratings)!r} holds a non-finite rating; fix or drop it")
     sorted_b = sorted(ratings_b)
@@ -308,12 +313,19 @@ def dpo_loss(
         beta: strength of the KL penalty (0.1 is usual; smaller lets pi move further).
         label_smoothing: eps in [0, 0.5); 0 is plain DPO.
     """
-    _check_examples(policy_chosen=policy_chosen, policy_rejected=policy_rejected,
-                    ref_chosen=ref_chosen, ref_rejected=ref_rejected, weight=weight)
+    _check_examples(
+        policy_chosen=policy_chosen,
+        policy_rejected=policy_rejected,
+        ref_chosen=ref_chosen,
+        ref_rejected=ref_rejected,
+        weight=weight,
+    )
     _check_beta(beta)
     if not 0.0 <= label_smoothing < 0.5:
-        raise ConfigError(f"label_smoothing={label_smoothing!r} must lie in [0, 0.5): the assumed "
-                          "share of flipped labels (0 for plain DPO, e.g. 0.1 for noisy labels)")
+        raise ConfigError(
+            f"label_smoothing={label_smoothing!r} must lie in [0, 0.5): the assumed "
+            "share of flipped labels (0 for plain DPO, e.g. 0.1 for noisy labels)"
+        )
     chosen_logratio = policy_chosen.float() - ref_chosen.detach().float()  # (B,)
     rejected_logratio = policy_rejected.float() - ref_rejected.detach().float()  # (B,)
     h = beta * (chosen_logratio - rejected_logratio)  # (B,)
@@ -350,8 +362,13 @@ def ipo_loss(
         ref_chosen, ref_rejected: ``(B,)`` the same under the frozen reference.
         beta: regularisation strength tau (e.g. 0.1).
     """
-    _check_examples(policy_chosen=policy_chosen, policy_rejected=policy_rejected,
-                    ref_chosen=ref_chosen, ref_rejected=ref_rejected, weight=weight)
+    _check_examples(
+        policy_chosen=policy_chosen,
+        policy_rejected=policy_rejected,
+        ref_chosen=ref_chosen,
+        ref_rejected=ref_rejected,
+        weight=weight,
+    )
     _check_beta(beta)
     chosen_logratio = policy_chosen.float() - ref_chosen.detach().float()  # (B,)
     rejected_logratio = policy_rejected.float() - ref_rejected.detach().float()  # (B,)
@@ -432,8 +449,10 @@ def kto_loss(
     if desirable.dtype != torch.bool:
         raise ValueError(f"desirable must be a bool tensor; got dtype {desirable.dtype}")
     if not (desirable_weight > 0 and undesirable_weight > 0):
-        raise ConfigError(f"desirable_weight={desirable_weight!r}, undesirable_weight="
-                          f"{undesirable_weight!r}: both must be > 0 (1.0 each when balanced)")
+        raise ConfigError(
+            f"desirable_weight={desirable_weight!r}, undesirable_weight="
+            f"{undesirable_weight!r}: both must be > 0 (1.0 each when balanced)"
+        )
     logratio = policy.float() - ref.detach().float()  # (B,) r
     z0 = kl_baseline.detach().float().clamp(min=0.0)  # ()
     per_example = torch.where(

@@ -36,15 +36,21 @@ def pick_device(cfg_device: str) -> torch.device:
     device = torch.device(cfg_device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"model.device {cfg_device!r}: torch sees no CUDA GPU here; "
-                              "use --model.device cpu (or auto)")
+            raise ConfigError(
+                f"model.device {cfg_device!r}: torch sees no CUDA GPU here; "
+                "use --model.device cpu (or auto)"
+            )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise ConfigError(f"model.device {cfg_device!r}: only {count} CUDA device(s) are "
-                              f"visible (cuda:0..cuda:{count - 1}); pick one of those")
+            raise ConfigError(
+                f"model.device {cfg_device!r}: only {count} CUDA device(s) are "
+                f"visible (cuda:0..cuda:{count - 1}); pick one of those"
+            )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"model.device {cfg_device!r}: Apple MPS is not available here; "
-                          "use --model.device cpu (or auto)")
+        raise ConfigError(
+            f"model.device {cfg_device!r}: Apple MPS is not available here; "
+            "use --model.device cpu (or auto)"
+        )
     return device
 
 
@@ -58,8 +64,9 @@ def pick_dtype(cfg_dtype: str, device: torch.device) -> torch.dtype:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-            "float16": torch.float16}[cfg_dtype]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        cfg_dtype
+    ]
 
 
 def pick_autocast(setting: str, device: torch.device, weights: torch.dtype) -> bool:
@@ -135,8 +142,10 @@ def resolve_model_dir(path_or_alias: str) -> Path:
 
     path = resolve_model(path_or_alias)  # prepares an alias on first use
     if not (path / "config.json").is_file():
-        raise RlhfkitError(f"{path}: holds no config.json, so it is not a Hugging Face model "
-                           "directory; give the directory that save_pretrained wrote")
+        raise RlhfkitError(
+            f"{path}: holds no config.json, so it is not a Hugging Face model "
+            "directory; give the directory that save_pretrained wrote"
+        )
     return path
 
 
@@ -153,14 +162,18 @@ def load_tokenizer(path_or_alias: str | Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise RlhfkitError(f"{path}: cannot load a tokenizer from this directory ({_one_line(e)}); "
-                           "save one there with tokenizer.save_pretrained") from None
+        raise RlhfkitError(
+            f"{path}: cannot load a tokenizer from this directory ({_one_line(e)}); "
+            "save one there with tokenizer.save_pretrained"
+        ) from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise RlhfkitError(f"{path}: the tokenizer has neither a pad nor an EOS token, so "
-                               "generation cannot tell where a completion ends; add an eos_token "
-                               "to its tokenizer_config.json")
+            raise RlhfkitError(
+                f"{path}: the tokenizer has neither a pad nor an EOS token, so "
+                "generation cannot tell where a completion ends; add an eos_token "
+                "to its tokenizer_config.json"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -195,12 +208,14 @@ def load_causal_lm(cfg: ModelCfg) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     tokenizer = load_tokenizer(path)
     try:
         with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(cfg.dtype, device),
-                                                         **LOCAL_WEIGHTS)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=pick_dtype(cfg.dtype, device), **LOCAL_WEIGHTS
+            )
     except (OSError, ValueError) as e:
-        raise RlhfkitError(f"{path}: cannot load a causal language model from this directory "
-                           f"({_one_line(e)}); check that its weights are there and complete"
-                           ) from None
+        raise RlhfkitError(
+            f"{path}: cannot load a causal language model from this directory "
+            f"({_one_line(e)}); check that its weights are there and complete"
+        ) from None
     if pick_autocast(cfg.autocast, device, model.dtype):
         enable_autocast(model.get_decoder())
         head = model.get_output_embeddings()
@@ -230,8 +245,9 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
     to_bfloat16 = {id(p) for m in linears for p in m.parameters(recurse=False)}
     with torch.no_grad():
         for param in model.parameters():  # tied weights are one parameter, copied once
-            param.data = (param.data.to(torch.bfloat16) if id(param) in to_bfloat16
-                          else param.data.clone())
+            param.data = (
+                param.data.to(torch.bfloat16) if id(param) in to_bfloat16 else param.data.clone()
+            )
         for module in model.modules():
             for name, buffer in module.named_buffers(recurse=False):
                 setattr(module, name, buffer.clone())
@@ -290,13 +306,18 @@ class ResponseStates:
 
     def spread(self, per_token: torch.Tensor) -> torch.Tensor:
         """(M,) figures, one per row, -> (B, R) with 0 where no real token is predicted."""
-        return torch.zeros(self.wanted.shape, dtype=per_token.dtype,
-                           device=per_token.device).masked_scatter(self.wanted, per_token)
+        return torch.zeros(
+            self.wanted.shape, dtype=per_token.dtype, device=per_token.device
+        ).masked_scatter(self.wanted, per_token)
 
 
-def response_states(model: PreTrainedModel, input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor, response_start: int,
-                    prompt_columns: torch.Tensor | None = None) -> ResponseStates:
+def response_states(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_start: int,
+    prompt_columns: torch.Tensor | None = None,
+) -> ResponseStates:
     """Run the backbone once over a (B, T) batch whose responses start at ``response_start``.
 
     A causal decoder on SDPA attention runs the batch packed (``rlhfkit.packing``): its padding is
@@ -308,25 +329,39 @@ def response_states(model: PreTrainedModel, input_ids: torch.Tensor,
         raise ValueError(f"response_start must lie in [1, {total}), got {response_start}")
     mask = attention_mask.bool()
     # packed, the rows sampled from one prompt hold that prompt once (GRPO's groups, DPO's pairs)
-    run = packed_forward(model.get_decoder(), input_ids, attention_mask,
-                         response_start if prompt_columns is None else prompt_columns)
+    run = packed_forward(
+        model.get_decoder(),
+        input_ids,
+        attention_mask,
+        response_start if prompt_columns is None else prompt_columns,
+    )
     if run is not None:  # (N, H) real tokens; (B, T) -> their place in the packed row
         hidden, packing = run
         place = packing.place
     else:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                     position_ids=position_ids,
-                                     use_cache=False).last_hidden_state.flatten(0, 1)  # (B*T, H)
+        hidden = model.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state.flatten(0, 1)  # (B*T, H)
         place = torch.arange(rows * total, device=input_ids.device).view(rows, total)
     # position t - 1 predicts token t: the predictions wanted, both ends real
-    wanted = mask[:, response_start:] & mask[:, response_start - 1:-1]  # (B, R)
-    return ResponseStates(hidden=hidden[place[:, response_start - 1:-1][wanted]],  # (M, H)
-                          targets=input_ids[:, response_start:][wanted], wanted=wanted)
+    wanted = mask[:, response_start:] & mask[:, response_start - 1 : -1]  # (B, R)
+    return ResponseStates(
+        hidden=hidden[place[:, response_start - 1 : -1][wanted]],  # (M, H)
+        targets=input_ids[:, response_start:][wanted],
+        wanted=wanted,
+    )
 
 
-def states_logprobs(model: PreTrainedModel, states: ResponseStates, temperature: float = 1.0,
-                    chunk_size: int | None = None) -> torch.Tensor:
+def states_logprobs(
+    model: PreTrainedModel,
+    states: ResponseStates,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
     """(B, R) log-probabilities of the response tokens under softmax(lm_head(states) / T).
 
     Full (B, T, V) float32 logits would dominate memory (8 x 512 x 150k floats is 2.5 GB), so the
@@ -355,11 +390,14 @@ def states_logprobs(model: PreTrainedModel, states: ResponseStates, temperature:
 
     # Recomputing the head in the backward pass costs ~10% of a training step; do it only when
     # keeping the chunks' logits would cost real memory.
-    checkpointed = (torch.is_grad_enabled() and predicting.requires_grad
-                    and targets.numel() * vocab * 4 > RECOMPUTE_LOGITS_ABOVE_BYTES)
+    checkpointed = (
+        torch.is_grad_enabled()
+        and predicting.requires_grad
+        and targets.numel() * vocab * 4 > RECOMPUTE_LOGITS_ABOVE_BYTES
+    )
     chunks = []
     for start in range(0, targets.numel(), step):
-        args = (predicting[start:start + step], targets[start:start + step])
+        args = (predicting[start : start + step], targets[start : start + step])
         if checkpointed:
             chunks.append(checkpoint(chunk_logprobs, *args, use_reentrant=False))
         else:

@@ -60,20 +60,30 @@ class ValueModel(torch.nn.Module):
         run = packed_forward(self.backbone, input_ids, attention_mask, shared_prefix=response_start)
         if run is not None:
             hidden, packing = run  # (N, H) the real tokens
-            place = packing.place[:, response_start - 1:-1].clamp(min=0)  # (B, R); padding: any
+            place = packing.place[:, response_start - 1 : -1].clamp(min=0)  # (B, R); padding: any
             return self.head(hidden[place].float()).squeeze(-1)  # (B, R)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids, use_cache=False).last_hidden_state
-        hidden = hidden[:, response_start - 1:-1]  # (B, R, H): column P + t - 1 values s_t
+        hidden = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        hidden = hidden[:, response_start - 1 : -1]  # (B, R, H): column P + t - 1 values s_t
         return self.head(hidden.float()).squeeze(-1)  # (B, R)
 
     def values(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
         """The same as calling the model: (B, R) values aligned with ``token_logprobs``."""
         return self(input_ids, attention_mask, response_start)
 
-    def evaluate(self, policy: Any, input_ids: Tensor, attention_mask: Tensor,
-                 response_start: int, temperature: float) -> tuple[Tensor, Tensor]:
+    def evaluate(
+        self,
+        policy: Any,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        response_start: int,
+        temperature: float,
+    ) -> tuple[Tensor, Tensor]:
         """The policy's (B, R) log-probs of the response tokens and this critic's (B, R) values:
         two networks, two passes."""
         from rlhfkit.models import token_logprobs
@@ -101,11 +111,14 @@ class ValueModel(torch.nn.Module):
 
         path = directory / WEIGHTS_FILE
         if not path.is_file():
-            raise RlhfkitError(f"{directory}: no {WEIGHTS_FILE}, so this checkpoint has no critic; "
-                               "resume a `rlhfkit ppo` run from its own run directory")
+            raise RlhfkitError(
+                f"{directory}: no {WEIGHTS_FILE}, so this checkpoint has no critic; "
+                "resume a `rlhfkit ppo` run from its own run directory"
+            )
         weights = load_file(str(path), device=str(self.head.weight.device))
-        backbone = {k.removeprefix("backbone."): v for k, v in weights.items()
-                    if k.startswith("backbone.")}
+        backbone = {
+            k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")
+        }
         head = {k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")}
         try:
             self.head.load_state_dict(head)
@@ -116,9 +129,11 @@ class ValueModel(torch.nn.Module):
             else:
                 self.backbone.load_state_dict(backbone)
         except RuntimeError as e:
-            raise RlhfkitError(f"{path}: the saved critic does not fit this one "
-                               f"({' '.join(str(e).split())[:300]}); resume with the model, "
-                               "critic.path and lora settings the run started with") from None
+            raise RlhfkitError(
+                f"{path}: the saved critic does not fit this one "
+                f"({' '.join(str(e).split())[:300]}); resume with the model, "
+                "critic.path and lora settings the run started with"
+            ) from None
 
 
 class PolicyValueHead(torch.nn.Module):
@@ -143,8 +158,14 @@ class PolicyValueHead(torch.nn.Module):
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
 
-    def evaluate(self, policy: Any, input_ids: Tensor, attention_mask: Tensor,
-                 response_start: int, temperature: float) -> tuple[Tensor, Tensor]:
+    def evaluate(
+        self,
+        policy: Any,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        response_start: int,
+        temperature: float,
+    ) -> tuple[Tensor, Tensor]:
         """(B, R) log-probs and (B, R) values from one pass of the policy's backbone.
 
         A value is read at the state before each real response token (``models.ResponseStates``),
@@ -171,13 +192,17 @@ class PolicyValueHead(torch.nn.Module):
 
         path = directory / WEIGHTS_FILE
         if not path.is_file():
-            raise RlhfkitError(f"{directory}: no {WEIGHTS_FILE}, so this checkpoint has no value "
-                               "head; resume a `rlhfkit ppo` run from its own run directory")
+            raise RlhfkitError(
+                f"{directory}: no {WEIGHTS_FILE}, so this checkpoint has no value "
+                "head; resume a `rlhfkit ppo` run from its own run directory"
+            )
         weights = load_file(str(path), device=str(self.head.weight.device))
         head = {k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")}
         if set(weights) != {f"head.{k}" for k in head} or not head:
-            raise RlhfkitError(f"{path}: holds a separate critic, but this run shares the policy's "
-                               "trunk; resume with the critic.share_policy setting it started with")
+            raise RlhfkitError(
+                f"{path}: holds a separate critic, but this run shares the policy's "
+                "trunk; resume with the critic.share_policy setting it started with"
+            )
         self.head.load_state_dict(head)
 
 
@@ -194,15 +219,20 @@ def save_weights(state: dict[str, Tensor], directory: Path) -> Path:
 def scale_gradient(tensor: Tensor, coef: float) -> Tensor:
     """``tensor`` in the forward pass; ``coef`` x its gradient in the backward pass.
 
-        y = c x + (1 - c) stopgrad(x)   =>   y = x,  dy/dx = c
+    y = c x + (1 - c) stopgrad(x)   =>   y = x,  dy/dx = c
     """
     if coef == 1.0:
         return tensor
     return tensor.detach() if coef == 0.0 else coef * tensor + (1.0 - coef) * tensor.detach()
 
 
-def load_value_model(model: ModelCfg, tokenizer: Any, path: str = "",
-                     lora: LoraCfg | None = None, train_layers: int = 0) -> ValueModel:
+def load_value_model(
+    model: ModelCfg,
+    tokenizer: Any,
+    path: str = "",
+    lora: LoraCfg | None = None,
+    train_layers: int = 0,
+) -> ValueModel:
     """A critic in train mode on ``model``'s device and dtype, its head at zero.
 
     The backbone comes from ``path`` (empty: ``model.path``, the policy's starting point). It
@@ -215,9 +245,11 @@ def load_value_model(model: ModelCfg, tokenizer: Any, path: str = "",
 
     lm, own_tokenizer = load_causal_lm(replace(model, path=path or model.path))
     if path and own_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise RlhfkitError(f"critic.path {path!r}: its tokenizer differs from the policy's "
-                           f"({model.path!r}), but the critic reads the policy's token ids; give "
-                           "a model with the same tokenizer, or leave critic.path empty")
+        raise RlhfkitError(
+            f"critic.path {path!r}: its tokenizer differs from the policy's "
+            f"({model.path!r}), but the critic reads the policy's token ids; give "
+            "a model with the same tokenizer, or leave critic.path empty"
+        )
     hidden_size = lm.config.get_text_config().hidden_size
     backbone = lm.get_decoder()  # the LM head is dropped: the value head replaces it
     del lm
@@ -240,11 +272,13 @@ def freeze_below(backbone: Any, train_layers: int) -> None:
     """
     layers = decoder_layers(backbone)
     if train_layers > len(layers):
-        raise RlhfkitError(f"critic.train_layers {train_layers}: the critic's backbone has "
-                           f"{len(layers)} decoder layers; give 1..{len(layers)}, or 0 to train "
-                           "all of them")
+        raise RlhfkitError(
+            f"critic.train_layers {train_layers}: the critic's backbone has "
+            f"{len(layers)} decoder layers; give 1..{len(layers)}, or 0 to train "
+            "all of them"
+        )
     backbone.get_input_embeddings().requires_grad_(False)
-    for layer in layers[:len(layers) - train_layers]:
+    for layer in layers[: len(layers) - train_layers]:
         layer.requires_grad_(False)
 
 
@@ -254,9 +288,11 @@ def decoder_layers(backbone: Any) -> torch.nn.ModuleList:
     for module in backbone.modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == count:
             return module
-    raise RlhfkitError(f"critic.train_layers: cannot find the {count} decoder layers of this "
-                       f"{type(backbone).__name__} to freeze the lower ones; set "
-                       "critic.train_layers = 0 to train the whole critic")
+    raise RlhfkitError(
+        f"critic.train_layers: cannot find the {count} decoder layers of this "
+        f"{type(backbone).__name__} to freeze the lower ones; set "
+        "critic.train_layers = 0 to train the whole critic"
+    )
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:

@@ -17,7 +17,9 @@ def export_model(directory: Path, model: Any, tokenizer: Any) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
     try:
         # merging LoRA changes the model in place: merge a copy, keep training the original
-        to_save = copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
+        to_save = (
+            copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
+        )
         to_save.config.use_cache = True
         with quiet_transformers():
             to_save.save_pretrained(tmp)

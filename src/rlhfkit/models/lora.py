@@ -19,9 +19,13 @@ def attach_lora(model: Any, lora: LoraCfg, task_type: str | None = "CAUSAL_LM") 
     from peft import LoraConfig, get_peft_model
 
     targets = lora.target_modules
-    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules="all-linear" if targets == ("all-linear",) else list(targets),
-                        task_type=task_type)
+    config = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules="all-linear" if targets == ("all-linear",) else list(targets),
+        task_type=task_type,
+    )
     return get_peft_model(model, config)
 
 

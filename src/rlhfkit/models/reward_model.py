@@ -52,22 +52,50 @@ MANIFEST_FIELDS = ("source", "pooling", "max_length", "offset", "scale")
 POOLINGS = ("last", "mean")
 # Decoder-only families whose saved base model (architecture "LlamaModel", say) no longer
 # says "ForCausalLM"; a checkpoint with an LM head is recognised by its architecture.
-DECODER_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
-                           "gemma3_text", "phi", "phi3", "gpt2", "gpt_neox", "olmo2", "smollm3"})
+DECODER_TYPES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "phi",
+        "phi3",
+        "gpt2",
+        "gpt_neox",
+        "olmo2",
+        "smollm3",
+    }
+)
 
 
 def default_pooling(config: Any) -> str:
     """``last`` for a decoder-only backbone, ``mean`` for anything else (an encoder)."""
-    decoder = (getattr(config, "is_decoder", False) or config.model_type in DECODER_TYPES
-               or any(name.endswith("ForCausalLM") for name in config.architectures or ()))
+    decoder = (
+        getattr(config, "is_decoder", False)
+        or config.model_type in DECODER_TYPES
+        or any(name.endswith("ForCausalLM") for name in config.architectures or ())
+    )
     return "last" if decoder else "mean"
 
 
 class RewardModel(torch.nn.Module):
     """Backbone + scalar head; ``model(input_ids, attention_mask)`` is the raw score, (B,)."""
 
-    def __init__(self, backbone: Any, tokenizer: Any, pooling: str, max_length: int, source: str,
-                 offset: float = 0.0, scale: float = 1.0, info: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        backbone: Any,
+        tokenizer: Any,
+        pooling: str,
+        max_length: int,
+        source: str,
+        offset: float = 0.0,
+        scale: float = 1.0,
+        info: dict[str, Any] | None = None,
+    ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)} (or auto)")
@@ -90,9 +118,15 @@ class RewardModel(torch.nn.Module):
         self.packed = pooling == "last"
 
     @classmethod
-    def from_backbone(cls, path_or_alias: str, pooling: str = "auto", max_length: int = 256,
-                      device: str = "auto", dtype: str = "auto", autocast: str = "off"
-                      ) -> RewardModel:
+    def from_backbone(
+        cls,
+        path_or_alias: str,
+        pooling: str = "auto",
+        max_length: int = 256,
+        device: str = "auto",
+        dtype: str = "auto",
+        autocast: str = "off",
+    ) -> RewardModel:
         """A fresh reward model for training: pretrained backbone, new head, offset 0, scale 1.
 
         ``autocast`` as ``model.autocast``: the backbone's matmuls in bfloat16, the head float32.
@@ -105,8 +139,10 @@ class RewardModel(torch.nn.Module):
         backbone, tokenizer = _load_backbone(path, device, dtype, autocast)
         positions = getattr(backbone.config, "max_position_embeddings", None) or math.inf
         if not 1 <= max_length <= positions:
-            raise ConfigError(f"max_length {max_length}: {path_or_alias} reads 1 to {positions} "
-                              "tokens; give a max_length in that range")
+            raise ConfigError(
+                f"max_length {max_length}: {path_or_alias} reads 1 to {positions} "
+                "tokens; give a max_length in that range"
+            )
         pooling = default_pooling(backbone.config) if pooling == "auto" else pooling
         return cls(backbone, tokenizer, pooling, max_length, source=str(path_or_alias))
 
@@ -125,8 +161,9 @@ class RewardModel(torch.nn.Module):
         if run is not None:
             hidden, packing = run  # (N, H): the real tokens only
             return self.head(hidden[packing.last].float()).squeeze(-1)  # (B,)
-        hidden = self.backbone(input_ids=input_ids,
-                               attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state  # (B, T, H)
         if self.pooling == "last":
             columns = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
             last = torch.where(attention_mask.bool(), columns, -1).amax(-1).clamp(min=0)  # (B,)
@@ -147,12 +184,19 @@ class RewardModel(torch.nn.Module):
         ``max_length`` tokens only, so train and score with a ``max_length`` that covers prompt
         and completion.
         """
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                               return_token_type_ids=False, return_tensors="pt")
+        batch = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_token_type_ids=False,
+            return_tensors="pt",
+        )
         return batch.to(self.head.weight.device)
 
-    def score_texts(self, texts: list[str], batch_size: int = 32,
-                    normalised: bool = True) -> list[float]:
+    def score_texts(
+        self, texts: list[str], batch_size: int = 32, normalised: bool = True
+    ) -> list[float]:
         """Scores of ``texts`` in their order (raw r with ``normalised=False``); eval mode, no
         gradients.
 
@@ -166,7 +210,7 @@ class RewardModel(torch.nn.Module):
         try:
             with torch.no_grad():
                 for start in range(0, len(order), batch_size):
-                    rows = order[start:start + batch_size]
+                    rows = order[start : start + batch_size]
                     batch = self.encode([texts[i] for i in rows])
                     values = self.score(**batch) if normalised else self(**batch)  # (b,)
                     for i, value in zip(rows, values.tolist(), strict=True):
@@ -190,20 +234,30 @@ class RewardModel(torch.nn.Module):
         from rlhfkit.models import quiet_transformers
 
         if not (math.isfinite(self.offset) and math.isfinite(self.scale) and self.scale > 0):
-            raise RlhfkitError(f"reward model offset {self.offset} / scale {self.scale}: need a "
-                               "finite offset and a finite scale > 0 (std of raw scores)")
+            raise RlhfkitError(
+                f"reward model offset {self.offset} / scale {self.scale}: need a "
+                "finite offset and a finite scale > 0 (std of raw scores)"
+            )
         if info is not None:
             self.info = dict(info)
-        manifest = {"format": FORMAT_VERSION, "source": self.source, "pooling": self.pooling,
-                    "max_length": self.max_length, "offset": self.offset, "scale": self.scale,
-                    "info": self.info, "rlhfkit": __version__,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        manifest = {
+            "format": FORMAT_VERSION,
+            "source": self.source,
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+            "offset": self.offset,
+            "scale": self.scale,
+            "info": self.info,
+            "rlhfkit": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         manifest_text = json.dumps(manifest, indent=2) + "\n"  # fails here, before any write
         directory = Path(directory).expanduser()
-        if directory.exists() and not (directory / MANIFEST).is_file() and any(
-                directory.iterdir()):
-            raise RlhfkitError(f"{directory}: exists and holds something other than a reward "
-                               "model, which saving would delete; choose another directory")
+        if directory.exists() and not (directory / MANIFEST).is_file() and any(directory.iterdir()):
+            raise RlhfkitError(
+                f"{directory}: exists and holds something other than a reward "
+                "model, which saving would delete; choose another directory"
+            )
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
         try:
@@ -214,8 +268,13 @@ class RewardModel(torch.nn.Module):
             with quiet_transformers():
                 backbone.save_pretrained(staging)
                 self.tokenizer.save_pretrained(staging)
-            save_file({k: v.detach().float().contiguous().cpu()
-                       for k, v in self.head.state_dict().items()}, str(staging / HEAD_FILE))
+            save_file(
+                {
+                    k: v.detach().float().contiguous().cpu()
+                    for k, v in self.head.state_dict().items()
+                },
+                str(staging / HEAD_FILE),
+            )
             (staging / MANIFEST).write_text(manifest_text, encoding="utf-8")
             _swap_in(staging, directory)
         except BaseException:
@@ -224,50 +283,69 @@ class RewardModel(torch.nn.Module):
         return directory
 
 
-def load_reward_model(directory: str | os.PathLike, device: str = "auto",
-                      dtype: str = "auto") -> RewardModel:
+def load_reward_model(
+    directory: str | os.PathLike, device: str = "auto", dtype: str = "auto"
+) -> RewardModel:
     """The reward model ``RewardModel.save`` wrote to ``directory``, in eval mode."""
     from safetensors.torch import load_file
 
     path = Path(directory).expanduser()
     if not path.is_dir():
-        raise RlhfkitError(f"reward model {str(directory)!r}: no such directory; give the "
-                           "directory that `rlhfkit reward` saved")
+        raise RlhfkitError(
+            f"reward model {str(directory)!r}: no such directory; give the "
+            "directory that `rlhfkit reward` saved"
+        )
     if not (path / MANIFEST).is_file():
-        raise RlhfkitError(f"{path}: no {MANIFEST}, so this is not a reward model directory "
-                           "saved by rlhfkit reward; train one with rlhfkit reward")
+        raise RlhfkitError(
+            f"{path}: no {MANIFEST}, so this is not a reward model directory "
+            "saved by rlhfkit reward; train one with rlhfkit reward"
+        )
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         version = manifest.get("format")
     except (ValueError, AttributeError) as e:  # not JSON, or JSON but not an object
-        raise RlhfkitError(f"{path / MANIFEST}: unreadable ({type(e).__name__}: {e}); the save "
-                           "was damaged, train the reward model again with rlhfkit reward"
-                           ) from None
+        raise RlhfkitError(
+            f"{path / MANIFEST}: unreadable ({type(e).__name__}: {e}); the save "
+            "was damaged, train the reward model again with rlhfkit reward"
+        ) from None
     if version != FORMAT_VERSION:
-        raise RlhfkitError(f"{path}: reward model format {version!r}, but this rlhfkit reads "
-                           f"format {FORMAT_VERSION}; retrain it with rlhfkit reward, or load it "
-                           f"with the rlhfkit that wrote it ({manifest.get('rlhfkit', '?')})")
+        raise RlhfkitError(
+            f"{path}: reward model format {version!r}, but this rlhfkit reads "
+            f"format {FORMAT_VERSION}; retrain it with rlhfkit reward, or load it "
+            f"with the rlhfkit that wrote it ({manifest.get('rlhfkit', '?')})"
+        )
     missing = [name for name in ("config.json", HEAD_FILE) if not (path / name).is_file()]
     missing += [f"{MANIFEST} field {key!r}" for key in MANIFEST_FIELDS if key not in manifest]
     if missing:
-        raise RlhfkitError(f"{path}: {', '.join(missing)} missing, so the saved reward model is "
-                           "incomplete; train it again with rlhfkit reward")
+        raise RlhfkitError(
+            f"{path}: {', '.join(missing)} missing, so the saved reward model is "
+            "incomplete; train it again with rlhfkit reward"
+        )
     backbone, tokenizer = _load_backbone(path, device, dtype)
-    model = RewardModel(backbone, tokenizer, manifest["pooling"], manifest["max_length"],
-                        source=manifest["source"], offset=manifest["offset"],
-                        scale=manifest["scale"], info=manifest.get("info"))
+    model = RewardModel(
+        backbone,
+        tokenizer,
+        manifest["pooling"],
+        manifest["max_length"],
+        source=manifest["source"],
+        offset=manifest["offset"],
+        scale=manifest["scale"],
+        info=manifest.get("info"),
+    )
     try:
-        model.head.load_state_dict(load_file(str(path / HEAD_FILE),
-                                             device=str(model.head.weight.device)))
+        model.head.load_state_dict(
+            load_file(str(path / HEAD_FILE), device=str(model.head.weight.device))
+        )
     except RuntimeError as e:
-        raise RlhfkitError(f"{path / HEAD_FILE}: does not fit the backbone beside it "
-                           f"({' '.join(str(e).split())[:200]}); train it again with "
-                           "rlhfkit reward") from None
+        raise RlhfkitError(
+            f"{path / HEAD_FILE}: does not fit the backbone beside it "
+            f"({' '.join(str(e).split())[:200]}); train it again with "
+            "rlhfkit reward"
+        ) from None
     return model.eval()
 
 
-def _load_backbone(path: Path, device: str, dtype: str, autocast: str = "off"
-                   ) -> tuple[Any, Any]:
+def _load_backbone(path: Path, device: str, dtype: str, autocast: str = "off") -> tuple[Any, Any]:
     """(base model on the device, tokenizer that pads right) from a local model directory."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -284,17 +362,22 @@ def _load_backbone(path: Path, device: str, dtype: str, autocast: str = "off"
     try:
         with quiet_transformers():  # a weight-loading bar on every reward load is noise
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            backbone = AutoModel.from_pretrained(path, dtype=pick_dtype(dtype, target),
-                                                 **LOCAL_WEIGHTS)
+            backbone = AutoModel.from_pretrained(
+                path, dtype=pick_dtype(dtype, target), **LOCAL_WEIGHTS
+            )
     except (OSError, ValueError) as e:
-        raise RlhfkitError(f"{path}: cannot load a model and tokenizer from this directory "
-                           f"({' '.join(str(e).split())[:300]}); check that its weights and "
-                           "tokenizer files are there and complete") from None
+        raise RlhfkitError(
+            f"{path}: cannot load a model and tokenizer from this directory "
+            f"({' '.join(str(e).split())[:300]}); check that its weights and "
+            "tokenizer files are there and complete"
+        ) from None
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise RlhfkitError(f"{path}: the tokenizer has neither a pad nor an EOS token to pad "
-                               "batches with; add a pad_token to its tokenizer_config.json")
+            raise RlhfkitError(
+                f"{path}: the tokenizer has neither a pad nor an EOS token to pad "
+                "batches with; add a pad_token to its tokenizer_config.json"
+            )
         tokenizer.pad_token = tokenizer.eos_token  # the mask, not the token, marks padding
     backbone.config.use_cache = False  # a reward model never generates
     if pick_autocast(autocast, target, backbone.dtype):

@@ -27,6 +27,16 @@ from rlhfkit.rewards.registry import (
     spec_problems,
 )
 
-__all__ = ["Reward", "RewardFactory", "RewardFn", "RewardItemError", "compute_rewards",
-           "list_rewards", "load_reward", "no_argument", "register_reward", "resolve_reward",
-           "spec_problems"]
+__all__ = [
+    "Reward",
+    "RewardFactory",
+    "RewardFn",
+    "RewardItemError",
+    "compute_rewards",
+    "list_rewards",
+    "load_reward",
+    "no_argument",
+    "register_reward",
+    "resolve_reward",
+    "spec_problems",
+]

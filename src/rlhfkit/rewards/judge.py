@@ -63,8 +63,14 @@ class PairwiseJudge(Protocol):
 
     name: str
 
-    def prefer(self, prompt: str, response_a: str, response_b: str,
-               outcome_a: str | None = None, outcome_b: str | None = None) -> float:
+    def prefer(
+        self,
+        prompt: str,
+        response_a: str,
+        response_b: str,
+        outcome_a: str | None = None,
+        outcome_b: str | None = None,
+    ) -> float:
         """P(response A is better than response B), in [0, 1]."""
         ...
 
@@ -85,8 +91,10 @@ def template_problem(template: str, fields: tuple[str, ...]) -> str | None:
     if missing := set(fields) - found:
         return f"lacks {', '.join('{' + f + '}' for f in sorted(missing))}; use {wanted}"
     if unknown := found - set(fields):
-        return (f"names unknown {', '.join('{' + f + '}' for f in sorted(unknown))}; use only "
-                f"{wanted} (write {{{{ for a literal brace)")
+        return (
+            f"names unknown {', '.join('{' + f + '}' for f in sorted(unknown))}; use only "
+            f"{wanted} (write {{{{ for a literal brace)"
+        )
     return None
 
 
@@ -97,8 +105,9 @@ class Judge(ABC):
 
     def __init__(self, pair_template: str = PAIR_TEMPLATE, point_template: str = POINT_TEMPLATE):
         for option, template, fields in (
-                ("judge.template", pair_template, ("prompt", "response_a", "response_b")),
-                ("judge.point_template", point_template, ("prompt", "response"))):
+            ("judge.template", pair_template, ("prompt", "response_a", "response_b")),
+            ("judge.point_template", point_template, ("prompt", "response")),
+        ):
             if problem := template_problem(template, fields):
                 raise ConfigError(f"{option}: the template {problem}")
         self.pair_template, self.point_template = pair_template, point_template
@@ -107,28 +116,46 @@ class Judge(ABC):
     def choice_probabilities(self, texts: list[str], first: str, second: str) -> list[float]:
         """P(the judge answers ``first`` rather than ``second``) after each judging prompt."""
 
-    def pair_prompt(self, prompt: str, response_a: str, response_b: str,
-                    outcome_a: str | None = None, outcome_b: str | None = None) -> str:
+    def pair_prompt(
+        self,
+        prompt: str,
+        response_a: str,
+        response_b: str,
+        outcome_a: str | None = None,
+        outcome_b: str | None = None,
+    ) -> str:
         """The judging prompt for one order of a pair."""
         if (outcome_a is None) != (outcome_b is None):
             raise ValueError("give both outcomes (hindsight) or neither (foresight)")
-        return self.pair_template.format(prompt=prompt, response_a=shown(response_a, outcome_a),
-                                         response_b=shown(response_b, outcome_b))
+        return self.pair_template.format(
+            prompt=prompt,
+            response_a=shown(response_a, outcome_a),
+            response_b=shown(response_b, outcome_b),
+        )
 
-    def prefer(self, prompt: str, response_a: str, response_b: str,
-               outcome_a: str | None = None, outcome_b: str | None = None) -> float:
+    def prefer(
+        self,
+        prompt: str,
+        response_a: str,
+        response_b: str,
+        outcome_a: str | None = None,
+        outcome_b: str | None = None,
+    ) -> float:
         """P(A is better), averaged over both orders to cancel the judge's position bias."""
         a_first = self.pair_prompt(prompt, response_a, response_b, outcome_a, outcome_b)
         b_first = self.pair_prompt(prompt, response_b, response_a, outcome_b, outcome_a)
         p_a_first, p_b_first = self.choice_probabilities([a_first, b_first], "A", "B")
         return 0.5 * (p_a_first + 1.0 - p_b_first)
 
-    def score(self, prompts: list[str], responses: list[str],
-              outcomes: list[str] | None = None) -> list[float]:
+    def score(
+        self, prompts: list[str], responses: list[str], outcomes: list[str] | None = None
+    ) -> list[float]:
         """P(the judge calls each response good), in [0, 1]."""
         outcomes = outcomes or [None] * len(responses)
-        texts = [self.point_template.format(prompt=prompt, response=shown(response, outcome))
-                 for prompt, response, outcome in zip(prompts, responses, outcomes, strict=True)]
+        texts = [
+            self.point_template.format(prompt=prompt, response=shown(response, outcome))
+            for prompt, response, outcome in zip(prompts, responses, outcomes, strict=True)
+        ]
         return self.choice_probabilities(texts, "Yes", "No")
 
 
@@ -161,23 +188,29 @@ class LocalJudge(Judge):
     def answer_ids(self, word: str, other: str) -> list[int]:
         """Tokens that begin ``word`` (alone or after a space) and not ``other``: the next token
         decides which of the two answers the judge gives."""
+
         def first_tokens(answer: str) -> set[int]:
-            spelled = (self.tokenizer.encode(spelling, add_special_tokens=False)
-                       for spelling in (answer, " " + answer))
+            spelled = (
+                self.tokenizer.encode(spelling, add_special_tokens=False)
+                for spelling in (answer, " " + answer)
+            )
             return {ids[0] for ids in spelled if ids}
 
         ids = first_tokens(word) - first_tokens(other)
         if not ids:
-            raise RewardError(f"judge {self.name}: its tokenizer begins {word!r} and {other!r} "
-                              "with the same token, so one next token cannot tell them apart; "
-                              "use another judge model")
+            raise RewardError(
+                f"judge {self.name}: its tokenizer begins {word!r} and {other!r} "
+                "with the same token, so one next token cannot tell them apart; "
+                "use another judge model"
+            )
         return sorted(ids)
 
     def render(self, text: str) -> str:
         if not self.chat:
             return text + "\nAnswer:"
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                  add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
 
     def choice_probabilities(self, texts: list[str], first: str, second: str) -> list[float]:
         import torch
@@ -186,19 +219,33 @@ class LocalJudge(Judge):
         device = next(self.model.parameters()).device
         probabilities = []
         for start in range(0, len(texts), self.batch_size):
-            rendered = [self.render(text) for text in texts[start:start + self.batch_size]]
-            batch = self.tokenizer(rendered, return_tensors="pt", padding=True,
-                                   padding_side="left", add_special_tokens=not self.chat)
+            rendered = [self.render(text) for text in texts[start : start + self.batch_size]]
+            batch = self.tokenizer(
+                rendered,
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+                add_special_tokens=not self.chat,
+            )
             width = batch["input_ids"].shape[1]
             if self.context and width > self.context:
-                raise RewardError(f"judge {self.name}: a judging prompt is {width} tokens, beyond "
-                                  f"the model's context of {self.context}; shorten the responses "
-                                  "(gen.max_new_tokens, simulator.max_new_tokens) or the template")
+                raise RewardError(
+                    f"judge {self.name}: a judging prompt is {width} tokens, beyond "
+                    f"the model's context of {self.context}; shorten the responses "
+                    "(gen.max_new_tokens, simulator.max_new_tokens) or the template"
+                )
             mask = batch["attention_mask"].to(device)  # (N, T)
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens
             with torch.no_grad():
-                logits = self.model(input_ids=batch["input_ids"].to(device), attention_mask=mask,
-                                    position_ids=position_ids).logits[:, -1].float()  # (N, V)
+                logits = (
+                    self.model(
+                        input_ids=batch["input_ids"].to(device),
+                        attention_mask=mask,
+                        position_ids=position_ids,
+                    )
+                    .logits[:, -1]
+                    .float()
+                )  # (N, V)
             logprobs = logits.log_softmax(dim=-1)
             first_lp = logprobs[:, first_ids].logsumexp(dim=-1)  # (N,)
             second_lp = logprobs[:, second_ids].logsumexp(dim=-1)  # (N,)
@@ -218,26 +265,44 @@ class EndpointJudge(Judge):
     word among them) is read as text: it must name exactly one of the two words.
     """
 
-    def __init__(self, url: str, model: str, api_key_env: str = DEFAULT_API_KEY_ENV,
-                 timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
-                 logprobs: bool = True, **templates: str):
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        api_key_env: str = DEFAULT_API_KEY_ENV,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 1.0,
+        logprobs: bool = True,
+        **templates: str,
+    ):
         super().__init__(**templates)
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"judge.url = {url!r}: give the server's base URL, such as "
-                              "http://localhost:8000/v1")
+            raise ConfigError(
+                f"judge.url = {url!r}: give the server's base URL, such as http://localhost:8000/v1"
+            )
         if not model:
             raise ConfigError("judge.endpoint_model: name the model the server should run")
         self.url = url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env = model, api_key_env
-        self.timeout, self.retries, self.backoff, self.logprobs = timeout, retries, backoff, logprobs
+        self.timeout, self.retries, self.backoff, self.logprobs = (
+            timeout,
+            retries,
+            backoff,
+            logprobs,
+        )
         self.name = f"{model}@{url}"
 
     def choice_probabilities(self, texts: list[str], first: str, second: str) -> list[float]:
         return [self._ask(text, first, second) for text in texts]
 
     def _ask(self, text: str, first: str, second: str) -> float:
-        body: dict[str, Any] = {"model": self.model, "temperature": 0, "max_tokens": 8,
-                                "messages": [{"role": "user", "content": text}]}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "temperature": 0,
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": text}],
+        }
         if self.logprobs:
             body.update(logprobs=True, top_logprobs=10)
         reply = self._post(body)
@@ -246,9 +311,10 @@ class EndpointJudge(Judge):
             content = choice["message"]["content"] or ""
             top = ((choice.get("logprobs") or {}).get("content") or [{}])[0].get("top_logprobs")
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise RewardError(f"judge endpoint {self.url}: malformed reply "
-                              f"{_excerpt(json.dumps(reply))}: expected choices[0].message.content"
-                              ) from None
+            raise RewardError(
+                f"judge endpoint {self.url}: malformed reply "
+                f"{_excerpt(json.dumps(reply))}: expected choices[0].message.content"
+            ) from None
         if top:
             mass = {first: 0.0, second: 0.0}
             for entry in top:
@@ -258,12 +324,18 @@ class EndpointJudge(Judge):
             if mass[first] + mass[second] > 0:
                 return mass[first] / (mass[first] + mass[second])
         flags = 0 if len(first) == 1 else re.IGNORECASE  # "A" the letter, not "a" the article
-        named = {_answer_word(word, first, second) for word in
-                 re.findall(rf"\b(?:{re.escape(first)}|{re.escape(second)})\b", content, flags)}
+        named = {
+            _answer_word(word, first, second)
+            for word in re.findall(
+                rf"\b(?:{re.escape(first)}|{re.escape(second)})\b", content, flags
+            )
+        }
         if len(named) != 1:
-            raise RewardError(f"judge endpoint {self.url}: reply {_excerpt(content)} names "
-                              f"{'both' if named else 'neither'} of {first!r} and {second!r}; use "
-                              "a model that answers the judging prompt with one of them")
+            raise RewardError(
+                f"judge endpoint {self.url}: reply {_excerpt(content)} names "
+                f"{'both' if named else 'neither'} of {first!r} and {second!r}; use "
+                "a model that answers the judging prompt with one of them"
+            )
         return 1.0 if named == {first} else 0.0
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -272,7 +344,9 @@ class EndpointJudge(Judge):
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, json.dumps(body).encode(), headers, method="POST")
+        request = urllib.request.Request(
+            self.url, json.dumps(body).encode(), headers, method="POST"
+        )
         problem = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -284,13 +358,17 @@ class EndpointJudge(Judge):
                 detail = _excerpt(e.read().decode("utf-8", "replace"))
                 problem = f"HTTP {e.code} {detail}"
                 if e.code in (401, 403):
-                    raise RewardError(f"judge endpoint {self.url}: {problem}; set the API key in "
-                                      f"${self.api_key_env} (judge.api_key_env names the "
-                                      "variable)") from None
+                    raise RewardError(
+                        f"judge endpoint {self.url}: {problem}; set the API key in "
+                        f"${self.api_key_env} (judge.api_key_env names the "
+                        "variable)"
+                    ) from None
                 if e.code != 429 and e.code < 500:
-                    raise RewardError(f"judge endpoint {self.url}: {problem}; check "
-                                      "judge.endpoint_model and that the server speaks the "
-                                      "OpenAI chat-completions API") from None
+                    raise RewardError(
+                        f"judge endpoint {self.url}: {problem}; check "
+                        "judge.endpoint_model and that the server speaks the "
+                        "OpenAI chat-completions API"
+                    ) from None
                 continue
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 problem = str(getattr(e, "reason", e))
@@ -298,11 +376,15 @@ class EndpointJudge(Judge):
             try:
                 return json.loads(raw)
             except json.JSONDecodeError:
-                raise RewardError(f"judge endpoint {self.url}: the reply is not JSON "
-                                  f"({_excerpt(raw.decode('utf-8', 'replace'))})") from None
-        raise RewardError(f"judge endpoint {self.url}: no answer after {self.retries + 1} tries "
-                          f"({problem}); check that the server runs there and raise "
-                          "judge.timeout if it is slow")
+                raise RewardError(
+                    f"judge endpoint {self.url}: the reply is not JSON "
+                    f"({_excerpt(raw.decode('utf-8', 'replace'))})"
+                ) from None
+        raise RewardError(
+            f"judge endpoint {self.url}: no answer after {self.retries + 1} tries "
+            f"({problem}); check that the server runs there and raise "
+            "judge.timeout if it is slow"
+        )
 
 
 def _answer_word(token: str, first: str, second: str) -> str | None:
@@ -316,7 +398,7 @@ def _answer_word(token: str, first: str, second: str) -> str | None:
 
 def _excerpt(text: str, width: int = 80) -> str:
     text = " ".join(str(text).split())
-    return repr(text if len(text) <= width else text[:width - 3] + "...")
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
 def load_judge(spec: str, **options: Any) -> Judge:
@@ -325,9 +407,8 @@ def load_judge(spec: str, **options: Any) -> Judge:
     at = spec.find("@http")
     if at > 0:
         endpoint = {k: v for k, v in options.items() if k not in ("device",)}
-        return EndpointJudge(spec[at + 1:], spec[:at], **endpoint)
-    local = {k: v for k, v in options.items()
-             if k in ("device", "pair_template", "point_template")}
+        return EndpointJudge(spec[at + 1 :], spec[:at], **endpoint)
+    local = {k: v for k, v in options.items() if k in ("device", "pair_template", "point_template")}
     return LocalJudge.load(spec, **local)
 
 
@@ -335,8 +416,10 @@ def load_judge(spec: str, **options: Any) -> Judge:
 def judge_reward(arg: str | None) -> RewardFn:
     """An LLM judge: judge:MODEL_DIR or judge:MODEL@http://HOST/v1 scores 2 P(good) - 1."""
     if not arg:
-        raise ConfigError("reward 'judge': name the judge: judge:smollm2 (a local model) or "
-                          f"judge:MODEL@http://HOST/v1 (an endpoint; key in ${DEFAULT_API_KEY_ENV})")
+        raise ConfigError(
+            "reward 'judge': name the judge: judge:smollm2 (a local model) or "
+            f"judge:MODEL@http://HOST/v1 (an endpoint; key in ${DEFAULT_API_KEY_ENV})"
+        )
     judge = load_judge(arg)
 
     def llm_judge(prompts: list[str], completions: list[str], **meta: list[Any]) -> list[float]:

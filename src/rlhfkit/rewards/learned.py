@@ -28,7 +28,11 @@ def reward_model_reward(arg: str | None) -> RewardFn:
 
     def rm(prompts: list[str], completions: list[str], **meta: list[Any]) -> list[float]:
         """The reward model's normalised score of each prompt joined with its completion."""
-        return model.score_texts([join_text(prompt, completion)
-                                  for prompt, completion in zip(prompts, completions, strict=True)])
+        return model.score_texts(
+            [
+                join_text(prompt, completion)
+                for prompt, completion in zip(prompts, completions, strict=True)
+            ]
+        )
 
     return rm

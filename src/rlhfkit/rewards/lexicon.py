@@ -25,8 +25,9 @@ def vader_reward(arg: str | None) -> RewardFn:
 
     analyzer = SentimentIntensityAnalyzer()
 
-    def vader_compound(prompts: list[str], completions: list[str],
-                       **meta: list[Any]) -> list[float]:
+    def vader_compound(
+        prompts: list[str], completions: list[str], **meta: list[Any]
+    ) -> list[float]:
         """VADER's compound score of each completion (the prompt is not judged)."""
         return [float(analyzer.polarity_scores(text)["compound"]) for text in completions]
 

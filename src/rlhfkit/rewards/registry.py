@@ -36,9 +36,9 @@ from rlhfkit.errors import ConfigError, RewardError, RlhfkitError
 class RewardFn(Protocol):
     """``(prompts, completions, **meta) -> scores``: one float per completion."""
 
-    def __call__(self, prompts: list[str], completions: list[str],
-                 **meta: list[Any]) -> list[float]:
-        ...
+    def __call__(
+        self, prompts: list[str], completions: list[str], **meta: list[Any]
+    ) -> list[float]: ...
 
 
 RewardFactory = Callable[[str | None], RewardFn]
@@ -61,8 +61,10 @@ def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
         if previous is not None and _qualified(previous) != _qualified(factory):
             # The same function re-registering (its file loaded twice) is fine; a second
             # function silently replacing a reward everyone relies on is not.
-            raise ConfigError(f"reward {name!r} is already registered by {_qualified(previous)}; "
-                              f"register {_qualified(factory)} under another name")
+            raise ConfigError(
+                f"reward {name!r} is already registered by {_qualified(previous)}; "
+                f"register {_qualified(factory)} under another name"
+            )
         _FACTORIES[name] = factory
         return factory
 
@@ -81,8 +83,10 @@ def no_argument(name: str, arg: str | None) -> None:
 
 def list_rewards() -> dict[str, str]:
     """Registered reward names with the first line of each factory's docstring (help text)."""
-    return {name: (inspect.getdoc(factory) or "").strip().split("\n")[0]
-            for name, factory in sorted(_FACTORIES.items())}
+    return {
+        name: (inspect.getdoc(factory) or "").strip().split("\n")[0]
+        for name, factory in sorted(_FACTORIES.items())
+    }
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,9 @@ class Reward:
     name: str
     fn: RewardFn
 
-    def __call__(self, prompts: list[str], completions: list[str],
-                 **meta: list[Any]) -> list[float]:
+    def __call__(
+        self, prompts: list[str], completions: list[str], **meta: list[Any]
+    ) -> list[float]:
         return self.fn(prompts, completions, **meta)
 
 
@@ -106,8 +111,10 @@ def resolve_reward(spec: str) -> tuple[RewardFactory, str | None]:
     """
     spec = spec.strip()
     if not spec:
-        raise ConfigError("reward spec is empty; give a registered name "
-                          f"({_registered()}) or path/to/file.py:function")
+        raise ConfigError(
+            "reward spec is empty; give a registered name "
+            f"({_registered()}) or path/to/file.py:function"
+        )
     name, has_arg, arg = spec.partition(":")
     if name in _FACTORIES:
         return _FACTORIES[name], (arg if has_arg and arg else None)
@@ -121,9 +128,11 @@ def resolve_reward(spec: str) -> tuple[RewardFactory, str | None]:
         return _from_namespace(spec, _import_module(spec, source), attr)
     close = difflib.get_close_matches(name, list(_FACTORIES), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ConfigError(f"reward {spec!r}: not registered; {hint}registered rewards: "
-                      f"{_registered()}; or give path/to/file.py:function or "
-                      "package.module:function")
+    raise ConfigError(
+        f"reward {spec!r}: not registered; {hint}registered rewards: "
+        f"{_registered()}; or give path/to/file.py:function or "
+        "package.module:function"
+    )
 
 
 def spec_problems(spec: str) -> list[str]:
@@ -154,8 +163,10 @@ def _registered() -> str:
 def _import_file(spec: str, source: str) -> dict[str, Any]:
     path = Path(source).expanduser()
     if not path.is_file():
-        raise ConfigError(f"reward {spec!r}: file {source!r} does not exist; check the path "
-                          "(relative paths start at the current directory)")
+        raise ConfigError(
+            f"reward {spec!r}: file {source!r} does not exist; check the path "
+            "(relative paths start at the current directory)"
+        )
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     module_name = f"rlhfkit_user_reward_{path.stem}_{digest}"
     if module_name in sys.modules:  # a pre-flight check imported it already: run it once
@@ -170,8 +181,9 @@ def _import_file(spec: str, source: str) -> dict[str, Any]:
         raise
     except Exception as e:
         del sys.modules[module_name]
-        raise ConfigError(f"reward {spec!r}: importing {source} failed: "
-                          f"{type(e).__name__}: {e}") from e
+        raise ConfigError(
+            f"reward {spec!r}: importing {source} failed: {type(e).__name__}: {e}"
+        ) from e
     return vars(module)
 
 
@@ -182,13 +194,19 @@ def _import_module(spec: str, source: str) -> dict[str, Any]:
         raise
     except Exception as e:
         missing = getattr(e, "name", None)
-        if isinstance(e, ModuleNotFoundError) and missing and (
-                source == missing or source.startswith(missing + ".")):
-            raise ConfigError(f"reward {spec!r}: no module {source!r} (not a registered reward "
-                              f"either: {_registered()}); check the name and that it is "
-                              "installed") from None
-        raise ConfigError(f"reward {spec!r}: importing {source} failed: "
-                          f"{type(e).__name__}: {e}") from e
+        if (
+            isinstance(e, ModuleNotFoundError)
+            and missing
+            and (source == missing or source.startswith(missing + "."))
+        ):
+            raise ConfigError(
+                f"reward {spec!r}: no module {source!r} (not a registered reward "
+                f"either: {_registered()}); check the name and that it is "
+                "installed"
+            ) from None
+        raise ConfigError(
+            f"reward {spec!r}: importing {source} failed: {type(e).__name__}: {e}"
+        ) from e
 
 
 def _from_namespace(spec: str, namespace: dict[str, Any], attr: str) -> tuple[RewardFactory, None]:
@@ -197,10 +215,16 @@ def _from_namespace(spec: str, namespace: dict[str, Any], attr: str) -> tuple[Re
     if target is None and attr in _FACTORIES:
         return _FACTORIES[attr], None
     if target is None or not callable(target):
-        found = sorted(k for k, v in namespace.items() if callable(v) and not k.startswith("_")
-                       and getattr(v, "__module__", None) == namespace.get("__name__"))
-        raise ConfigError(f"reward {spec!r}: no function {attr!r} there "
-                          f"(functions: {', '.join(found) or 'none'})")
+        found = sorted(
+            k
+            for k, v in namespace.items()
+            if callable(v)
+            and not k.startswith("_")
+            and getattr(v, "__module__", None) == namespace.get("__name__")
+        )
+        raise ConfigError(
+            f"reward {spec!r}: no function {attr!r} there (functions: {', '.join(found) or 'none'})"
+        )
     if target in _FACTORIES.values():
         return target, None
     return (lambda arg: target), None
@@ -218,12 +242,19 @@ class RewardItemError(RewardError):
         super().__init__(self.describe(f"item {item}"))
 
     def describe(self, where: str) -> str:
-        return (f"reward {self.reward!r} on {where} (completion {_excerpt(self.completion)}): "
-                f"{self.problem}")
+        return (
+            f"reward {self.reward!r} on {where} (completion {_excerpt(self.completion)}): "
+            f"{self.problem}"
+        )
 
 
-def compute_rewards(reward: Reward | RewardFn, prompts: Sequence[str], completions: Sequence[str],
-                    /, **meta: Sequence[Any]) -> list[float]:
+def compute_rewards(
+    reward: Reward | RewardFn,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    /,
+    **meta: Sequence[Any],
+) -> list[float]:
     """Call ``reward`` and check its answer: one finite float per completion.
 
     When the reward raises, it is re-run item by item to find the completion that breaks it,
@@ -234,15 +265,21 @@ def compute_rewards(reward: Reward | RewardFn, prompts: Sequence[str], completio
     name = getattr(reward, "name", None) or getattr(reward, "__name__", repr(reward))
     count = len(completions)
     if len(prompts) != count:
-        raise RewardError(f"reward {name!r}: {len(prompts)} prompts for {count} completions; "
-                          "pass one prompt per completion")
+        raise RewardError(
+            f"reward {name!r}: {len(prompts)} prompts for {count} completions; "
+            "pass one prompt per completion"
+        )
     for key, values in meta.items():
         if key in ("prompts", "completions"):
-            raise RewardError(f"reward {name!r}: a meta column is called {key!r}, which is the "
-                              "name of a reward's own argument; rename the column")
+            raise RewardError(
+                f"reward {name!r}: a meta column is called {key!r}, which is the "
+                "name of a reward's own argument; rename the column"
+            )
         if len(values) != count:
-            raise RewardError(f"reward {name!r}: meta column {key!r} has {len(values)} values "
-                              f"for {count} completions; pass one per completion")
+            raise RewardError(
+                f"reward {name!r}: meta column {key!r} has {len(values)} values "
+                f"for {count} completions; pass one per completion"
+            )
     prompts, completions = list(prompts), list(completions)
     meta = {key: list(values) for key, values in meta.items()}
     try:
@@ -254,40 +291,59 @@ def compute_rewards(reward: Reward | RewardFn, prompts: Sequence[str], completio
     return _checked_scores(name, scores, completions)
 
 
-def _locate_failure(reward: Reward | RewardFn, name: str, prompts: list[str],
-                    completions: list[str], meta: dict[str, list[Any]],
-                    batch_error: Exception) -> RewardError:
+def _locate_failure(
+    reward: Reward | RewardFn,
+    name: str,
+    prompts: list[str],
+    completions: list[str],
+    meta: dict[str, list[Any]],
+    batch_error: Exception,
+) -> RewardError:
     for i in range(len(completions)):
         try:
-            reward(prompts[i:i + 1], completions[i:i + 1],
-                   **{key: values[i:i + 1] for key, values in meta.items()})
+            reward(
+                prompts[i : i + 1],
+                completions[i : i + 1],
+                **{key: values[i : i + 1] for key, values in meta.items()},
+            )
         except Exception as e:
             return RewardItemError(name, i, completions[i], f"raised {type(e).__name__}: {e}")
-    return RewardError(f"reward {name!r} failed on a batch of {len(completions)} although every "
-                       f"item alone scores: {type(batch_error).__name__}: {batch_error}")
+    return RewardError(
+        f"reward {name!r} failed on a batch of {len(completions)} although every "
+        f"item alone scores: {type(batch_error).__name__}: {batch_error}"
+    )
 
 
 def _checked_scores(name: str, scores: Any, completions: list[str]) -> list[float]:
     if hasattr(scores, "tolist"):  # a NumPy array or torch tensor
         scores = scores.tolist()
     if not isinstance(scores, (list, tuple)):
-        raise RewardError(f"reward {name!r} returned {type(scores).__name__}; it must return a "
-                          "list with one float per completion")
+        raise RewardError(
+            f"reward {name!r} returned {type(scores).__name__}; it must return a "
+            "list with one float per completion"
+        )
     if len(scores) != len(completions):
-        raise RewardError(f"reward {name!r} returned {len(scores)} scores for "
-                          f"{len(completions)} completions; expected one per completion")
+        raise RewardError(
+            f"reward {name!r} returned {len(scores)} scores for "
+            f"{len(completions)} completions; expected one per completion"
+        )
     checked = []
     for i, score in enumerate(scores):
         if isinstance(score, bool) or not isinstance(score, (int, float)):
-            raise RewardItemError(name, i, completions[i], f"returned {score!r} "
-                                  f"({type(score).__name__}); scores must be floats")
+            raise RewardItemError(
+                name,
+                i,
+                completions[i],
+                f"returned {score!r} ({type(score).__name__}); scores must be floats",
+            )
         if not math.isfinite(score):
-            raise RewardItemError(name, i, completions[i],
-                                  f"returned {score}; scores must be finite")
+            raise RewardItemError(
+                name, i, completions[i], f"returned {score}; scores must be finite"
+            )
         checked.append(float(score))
     return checked
 
 
 def _excerpt(text: str, width: int = 60) -> str:
     text = " ".join(str(text).split())
-    return repr(text if len(text) <= width else text[:width - 3] + "...")
+    return repr(text if len(text) <= width else text[: width - 3] + "...")

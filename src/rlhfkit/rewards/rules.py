@@ -24,8 +24,9 @@ def word_count(prompts: list[str], completions: list[str], **meta: list[Any]) ->
     return [float(len(text.split())) for text in completions]
 
 
-def length_deviation(prompts: list[str], completions: list[str], *, target: int,
-                     **meta: list[Any]) -> list[float]:
+def length_deviation(
+    prompts: list[str], completions: list[str], *, target: int, **meta: list[Any]
+) -> list[float]:
     """``-|words - target| / target``: 0 at the target, -1 for an empty completion.
 
     Relative, so the same reward scale suits a target of 10 words or 200.
@@ -36,8 +37,9 @@ def length_deviation(prompts: list[str], completions: list[str], *, target: int,
     return [-abs(len(text.split()) - target) / target for text in completions]
 
 
-def matches_format(prompts: list[str], completions: list[str], *, pattern: re.Pattern[str],
-                   **meta: list[Any]) -> list[float]:
+def matches_format(
+    prompts: list[str], completions: list[str], *, pattern: re.Pattern[str], **meta: list[Any]
+) -> list[float]:
     """1.0 where ``pattern`` is found anywhere in the completion (``re.search``), else 0.0.
 
     >>> matches_format(["Q", "Q"], ["so <answer>4</answer>", "4"], pattern=re.compile(ANSWER_TAGS))
@@ -66,8 +68,9 @@ def first_number(prompts: list[str], completions: list[str], **meta: list[Any]) 
 def number_reward(arg: str | None) -> RewardFn:
     """The first whole number in the completion (digits), -1 when none: measures number goals."""
     if arg is not None:
-        raise ConfigError(f"reward number:{arg}: the number reward takes no argument; use "
-                          "plain number")
+        raise ConfigError(
+            f"reward number:{arg}: the number reward takes no argument; use plain number"
+        )
     return first_number
 
 
@@ -81,8 +84,10 @@ def length_reward(arg: str | None) -> RewardFn:
     except ValueError:
         target = 0
     if target < 1:
-        raise ConfigError(f"reward length:{arg}: the target must be a whole number of words "
-                          ">= 1, as in length:50 (or plain length for the word count)")
+        raise ConfigError(
+            f"reward length:{arg}: the target must be a whole number of words "
+            ">= 1, as in length:50 (or plain length for the word count)"
+        )
     return functools.partial(length_deviation, target=target)
 
 
@@ -97,6 +102,8 @@ def format_reward(arg: str | None) -> RewardFn:
     try:
         pattern = re.compile(source, re.DOTALL)
     except re.error as e:
-        raise ConfigError(f"reward format:{arg}: not a valid regular expression ({e}); "
-                          "fix the pattern (quote it in the shell)") from None
+        raise ConfigError(
+            f"reward format:{arg}: not a valid regular expression ({e}); "
+            "fix the pattern (quote it in the shell)"
+        ) from None
     return functools.partial(matches_format, pattern=pattern)

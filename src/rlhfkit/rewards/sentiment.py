@@ -77,9 +77,14 @@ class SentenceEncoder:
         shown = progress(description, len(texts)) if description else nullcontext((None, None))
         with shown as (bar, task), torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
-                rows = order[start:start + self.batch_size]
-                batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                       max_length=MAX_TOKENS, return_tensors="pt")
+                rows = order[start : start + self.batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in rows],
+                    padding=True,
+                    truncation=True,
+                    max_length=MAX_TOKENS,
+                    return_tensors="pt",
+                )
                 hidden = self.model(**batch).last_hidden_state  # (B, T, D)
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, D)
@@ -100,9 +105,13 @@ class RidgeHead:
         return embeddings.double() @ self.weight.double() + self.bias  # (N,)
 
 
-def fit_ridge(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
-              y_val: torch.Tensor, strengths: Sequence[float] = RIDGE_STRENGTHS,
-              ) -> tuple[RidgeHead, float, dict[float, float]]:
+def fit_ridge(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    strengths: Sequence[float] = RIDGE_STRENGTHS,
+) -> tuple[RidgeHead, float, dict[float, float]]:
     """Ridge regression, its strength chosen by validation mean squared error.
 
     Solves ``w = (XᵀX + λI)⁻¹ Xᵀy`` on centred data (so the bias is not shrunk) through one
@@ -123,7 +132,7 @@ def fit_ridge(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
         weight = eigenvectors @ (projected / (eigenvalues + strength))  # (D,)
         heads[strength] = RidgeHead(weight=weight, bias=float(y_mean - x_mean @ weight))
         residual = heads[strength].predict(x_val) - y_val.double()  # (V,)
-        validation_mse[strength] = float((residual ** 2).mean())
+        validation_mse[strength] = float((residual**2).mean())
     best = min(validation_mse, key=validation_mse.__getitem__)
     return heads[best], best, validation_mse
 
@@ -138,8 +147,8 @@ def pairwise_accuracy(predicted: torch.Tensor, target: torch.Tensor) -> float:
     """
     agree = pairs = 0
     for start in range(0, len(target), 1024):  # row blocks keep memory at 1024 x N
-        human = target[start:start + 1024, None] - target[None, :]  # (b, N)
-        model = predicted[start:start + 1024, None] - predicted[None, :]  # (b, N)
+        human = target[start : start + 1024, None] - target[None, :]  # (b, N)
+        model = predicted[start : start + 1024, None] - predicted[None, :]  # (b, N)
         ordered = human > 0
         agree += int((model[ordered] > 0).sum())
         pairs += int(ordered.sum())
@@ -205,14 +214,17 @@ def fit_sentiment_head(embed: Embedder, splits: dict[str, list[Any]]) -> tuple[R
     embeddings = embed(texts, description="sentiment reward, first use: embedding rated texts")
     x = dict(zip(SPLITS, torch.split(embeddings, [len(splits[s]) for s in SPLITS]), strict=True))
     y = {s: torch.tensor([r.mean for r in splits[s]], dtype=torch.float64) for s in SPLITS}
-    head, strength, validation_mse = fit_ridge(x["train"], y["train"], x["validation"],
-                                               y["validation"])
+    head, strength, validation_mse = fit_ridge(
+        x["train"], y["train"], x["validation"], y["validation"]
+    )
     predicted = head.predict(x["test"])  # (N_test,)
 
     def agreement(rows: torch.Tensor) -> dict[str, float]:
-        return {"texts": int(rows.sum()),
-                "pairwise_accuracy": pairwise_accuracy(predicted[rows], y["test"][rows]),
-                "polarity_accuracy": polarity_accuracy(predicted[rows], y["test"][rows])}
+        return {
+            "texts": int(rows.sum()),
+            "pairwise_accuracy": pairwise_accuracy(predicted[rows], y["test"][rows]),
+            "polarity_accuracy": polarity_accuracy(predicted[rows], y["test"][rows]),
+        }
 
     test_corpora = torch.tensor([CORPORA.index(r.corpus) for r in splits["test"]])  # (N_test,)
     manifest = {
@@ -224,10 +236,15 @@ def fit_sentiment_head(embed: Embedder, splits: dict[str, list[Any]]) -> tuple[R
         "texts": {split: len(records) for split, records in splits.items()},
         "ridge_strength": strength,
         "validation_mse": {f"{k:g}": v for k, v in validation_mse.items()},
-        "test": {"mse": float(((predicted - y["test"]) ** 2).mean()),
-                 **agreement(torch.ones_like(test_corpora, dtype=torch.bool)),
-                 "per_corpus": {c: agreement(test_corpora == i) for i, c in enumerate(CORPORA)
-                                if (test_corpora == i).any()}},
+        "test": {
+            "mse": float(((predicted - y["test"]) ** 2).mean()),
+            **agreement(torch.ones_like(test_corpora, dtype=torch.bool)),
+            "per_corpus": {
+                c: agreement(test_corpora == i)
+                for i, c in enumerate(CORPORA)
+                if (test_corpora == i).any()
+            },
+        },
         "fit_seconds": round(time.perf_counter() - started, 1),
     }
     return head, manifest
@@ -256,18 +273,28 @@ def load_or_fit_head(embed: Embedder, encoder_id: str) -> tuple[RidgeHead, dict]
         return RidgeHead(weight=tensors["weight"], bias=float(tensors["bias"])), manifest
 
     head, manifest = fit_sentiment_head(embed, splits)
-    manifest = {**manifest, "key": key, "identity": identity, "rlhfkit": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    manifest = {
+        **manifest,
+        "key": key,
+        "identity": identity,
+        "rlhfkit": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     # Build the entry in a hidden directory, then rename it into place: a crash leaves no
     # half-written head that a later run would trust (the manifest marks an entry complete).
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{key}."))
     try:
-        save_file({"weight": head.weight.double().contiguous(),
-                   "bias": torch.tensor([head.bias], dtype=torch.float64)},
-                  staging / "head.safetensors")
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n",
-                                               encoding="utf-8")
+        save_file(
+            {
+                "weight": head.weight.double().contiguous(),
+                "bias": torch.tensor([head.bias], dtype=torch.float64),
+            },
+            staging / "head.safetensors",
+        )
+        (staging / "manifest.json").write_text(
+            json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
+        )
         os.replace(staging, directory)
     except OSError:
         if not (directory / "manifest.json").is_file():  # else another process got there first

@@ -46,24 +46,33 @@ def extract_answer(completion: str) -> str | None:
     return numbers[-1] if numbers else lines[-1]
 
 
-def dataset_entries(reward: str, prompts: list[str], completions: list[str],
-                    meta: dict[str, list[Any]]) -> list[dict[str, Any]]:
+def dataset_entries(
+    reward: str, prompts: list[str], completions: list[str], meta: dict[str, list[Any]]
+) -> list[dict[str, Any]]:
     """The reasoning-gym item of each completion: meta ``entry``, or ``answer`` + ``metadata``."""
     if "entry" in meta:
-        return [_as_dict(reward, i, completions[i], "entry", value)
-                for i, value in enumerate(meta["entry"])]
+        return [
+            _as_dict(reward, i, completions[i], "entry", value)
+            for i, value in enumerate(meta["entry"])
+        ]
     if "answer" in meta:
         answers = meta["answer"]
         metadata = meta.get("metadata", [{}] * len(prompts))
-        return [{"question": prompts[i],
-                 "answer": answers[i] if isinstance(answers[i], str) else json.dumps(answers[i]),
-                 "metadata": _as_dict(reward, i, completions[i], "metadata", metadata[i])}
-                for i in range(len(prompts))]
+        return [
+            {
+                "question": prompts[i],
+                "answer": answers[i] if isinstance(answers[i], str) else json.dumps(answers[i]),
+                "metadata": _as_dict(reward, i, completions[i], "metadata", metadata[i]),
+            }
+            for i in range(len(prompts))
+        ]
     found = ", ".join(sorted(meta)) or "none"
-    raise RewardError(f"reward {reward!r} needs each completion's dataset item: a column 'entry' "
-                      "(the reasoning-gym item) or 'answer' (plus 'metadata' where the task's "
-                      f"scorer reads it); the data has extra columns: {found}. Use a prompt file "
-                      "made from the reasoning-gym task, or add the column")
+    raise RewardError(
+        f"reward {reward!r} needs each completion's dataset item: a column 'entry' "
+        "(the reasoning-gym item) or 'answer' (plus 'metadata' where the task's "
+        f"scorer reads it); the data has extra columns: {found}. Use a prompt file "
+        "made from the reasoning-gym task, or add the column"
+    )
 
 
 def _as_dict(reward: str, item: int, completion: str, column: str, value: Any) -> dict[str, Any]:
@@ -72,9 +81,14 @@ def _as_dict(reward: str, item: int, completion: str, column: str, value: Any) -
         with contextlib.suppress(json.JSONDecodeError):  # not JSON: reported below
             value = json.loads(value)
     if not isinstance(value, dict):
-        raise RewardItemError(reward, item, completion, f"column {column!r} holds "
-                              f"{type(value).__name__}, expected a JSON object (the "
-                              "reasoning-gym item)")
+        raise RewardItemError(
+            reward,
+            item,
+            completion,
+            f"column {column!r} holds "
+            f"{type(value).__name__}, expected a JSON object (the "
+            "reasoning-gym item)",
+        )
     return value
 
 
@@ -82,8 +96,9 @@ def _as_dict(reward: str, item: int, completion: str, column: str, value: Any) -
 def reasoning_gym_reward(arg: str | None) -> RewardFn:
     """reasoning_gym:TASK verifies the answer with that task's scorer (0 wrong .. 1 right)."""
     if not arg:
-        raise ConfigError("reward reasoning_gym: name the task, as in "
-                          "reasoning_gym:basic_arithmetic")
+        raise ConfigError(
+            "reward reasoning_gym: name the task, as in reasoning_gym:basic_arithmetic"
+        )
     import reasoning_gym
     from reasoning_gym.factory import DATASETS
 
@@ -92,16 +107,20 @@ def reasoning_gym_reward(arg: str | None) -> RewardFn:
     if arg not in DATASETS:
         close = difflib.get_close_matches(arg, list(DATASETS), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"reward reasoning_gym:{arg}: reasoning-gym has no task {arg!r}; {hint}"
-                          f"for example basic_arithmetic, chain_sum, leg_counting "
-                          f"({len(DATASETS)} tasks in reasoning_gym.factory.DATASETS)")
+        raise ConfigError(
+            f"reward reasoning_gym:{arg}: reasoning-gym has no task {arg!r}; {hint}"
+            f"for example basic_arithmetic, chain_sum, leg_counting "
+            f"({len(DATASETS)} tasks in reasoning_gym.factory.DATASETS)"
+        )
     name = f"reasoning_gym:{arg}"
     score_answer = reasoning_gym.get_score_answer_fn(arg)
 
     def verify(prompts: list[str], completions: list[str], **meta: list[Any]) -> list[float]:
         """The task's score of each completion's extracted answer against its dataset item."""
         entries = dataset_entries(name, prompts, completions, meta)
-        return [float(score_answer(extract_answer(completion), entry))
-                for completion, entry in zip(completions, entries, strict=True)]
+        return [
+            float(score_answer(extract_answer(completion), entry))
+            for completion, entry in zip(completions, entries, strict=True)
+        ]
 
     return verify

@@ -43,11 +43,17 @@ class AlgoCfg:
 
     def check(self) -> Iterable[Problem]:
         if self.label_smoothing >= 0.5:
-            yield Problem("label_smoothing", self.label_smoothing,
-                          "must be below 0.5 (at 0.5 the labels carry no information)")
+            yield Problem(
+                "label_smoothing",
+                self.label_smoothing,
+                "must be below 0.5 (at 0.5 the labels carry no information)",
+            )
         if self.label_smoothing and self.loss != "dpo":
-            yield Problem("label_smoothing", self.label_smoothing,
-                          f"applies to the dpo loss only, not {self.loss}; set it to 0")
+            yield Problem(
+                "label_smoothing",
+                self.label_smoothing,
+                f"applies to the dpo loss only, not {self.loss}; set it to 0",
+            )
 
 
 @dataclass(frozen=True)
@@ -103,12 +109,15 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     model, tokenizer = offline.load_model_with_lora(cfg)
     device = next(model.parameters()).device
     chat = sequences.uses_chat_template(tokenizer, cfg.train.chat_template)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     average = algo.loss == "ipo"  # IPO's squared loss compares per-token mean log-probs
 
     def encode(prompt: Any, completion: str, weight: float = 1.0, ends: bool = True) -> Encoded:
-        return sequences.encode(tokenizer, prompt, completion, chat and bool(prompt),
-                                cfg.train.max_length, weight, ends)
+        return sequences.encode(
+            tokenizer, prompt, completion, chat and bool(prompt), cfg.train.max_length, weight, ends
+        )
 
     def logprobs_of(encoded: Sequence[Encoded]) -> torch.Tensor:
         """The model's log-probability of each completion, one forward pass. (N,)"""
@@ -121,11 +130,13 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
         size, filled = cfg.train.eval_batch_size, []
         with torch.no_grad(), progress("reference log-probs", total=len(examples)) as (bar, task):
             for start in range(0, len(examples), size):
-                part = examples[start:start + size]
+                part = examples[start : start + size]
                 first, second = zip(*(_sequences(e) for e in part), strict=True)
                 logps = logprobs_of([*first, *second]).tolist()
-                filled += [_with_refs(e, a, b) for e, a, b in
-                           zip(part, logps[:len(part)], logps[len(part):], strict=True)]
+                filled += [
+                    _with_refs(e, a, b)
+                    for e, a, b in zip(part, logps[: len(part)], logps[len(part) :], strict=True)
+                ]
                 bar.update(task, advance=len(part))
         model.train()
         return filled
@@ -137,7 +148,7 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     else:
         examples = _pair_examples(cfg, "train", encode)
         eval_examples = _pair_examples(cfg, "eval", encode)
-    eval_examples = eval_examples[:cfg.train.max_eval] if cfg.train.max_eval else eval_examples
+    eval_examples = eval_examples[: cfg.train.max_eval] if cfg.train.max_eval else eval_examples
     truncated = sum(s.truncated for e in examples for s in _sequences(e))
     offline.report_truncated(truncated, 2 * len(examples), cfg.train.max_length)
     lengths = [max(len(s.ids) for s in _sequences(e)) for e in examples]
@@ -153,19 +164,29 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     def loss_of(batch: list[Any]) -> tuple[torch.Tensor, Any]:
         first, second = zip(*(_sequences(e) for e in batch), strict=True)
         logps = logprobs_of([*first, *second])  # (2B,)
-        policy_a, policy_b = logps[:len(batch)], logps[len(batch):]
-        ref_a, ref_b = (torch.tensor(v, device=device)
-                        for v in zip(*(_refs(e) for e in batch), strict=True))
+        policy_a, policy_b = logps[: len(batch)], logps[len(batch) :]
+        ref_a, ref_b = (
+            torch.tensor(v, device=device) for v in zip(*(_refs(e) for e in batch), strict=True)
+        )
         weight = torch.tensor([e.weight for e in batch], device=device)
         if algo.loss == "kto":
             desirable = torch.tensor([e.desirable for e in batch], device=device)
             baseline = losses.kto_kl_baseline(policy_b, ref_b)
-            return losses.kto_loss(policy_a, ref_a, desirable, algo.beta, baseline,
-                                   algo.desirable_weight, algo.undesirable_weight, weight)
+            return losses.kto_loss(
+                policy_a,
+                ref_a,
+                desirable,
+                algo.beta,
+                baseline,
+                algo.desirable_weight,
+                algo.undesirable_weight,
+                weight,
+            )
         if algo.loss == "ipo":
             return losses.ipo_loss(policy_a, policy_b, ref_a, ref_b, algo.beta, weight)
-        return losses.dpo_loss(policy_a, policy_b, ref_a, ref_b, algo.beta,
-                               algo.label_smoothing, weight)
+        return losses.dpo_loss(
+            policy_a, policy_b, ref_a, ref_b, algo.beta, algo.label_smoothing, weight
+        )
 
     def step_loss(batch: list[Any]) -> tuple[torch.Tensor, dict[str, float]]:
         loss, stats = loss_of(batch)
@@ -174,20 +195,26 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     def evaluate() -> dict[str, float]:
         size, sums = cfg.train.eval_batch_size, {}
         for start in range(0, len(eval_examples), size):
-            part = eval_examples[start:start + size]
+            part = eval_examples[start : start + size]
             loss, metrics = step_loss(part)
             for key, value in {"loss": float(loss), **metrics}.items():
                 sums[key] = sums.get(key, 0.0) + value * len(part)
         return {key: value / len(eval_examples) for key, value in sums.items()}
 
-    fitted = offline.fit(cfg, "dpo", model, examples, lengths, step_loss,
-                         evaluate if eval_examples else None)
+    fitted = offline.fit(
+        cfg, "dpo", model, examples, lengths, step_loss, evaluate if eval_examples else None
+    )
     export_model(fitted.run.path / "model", model, tokenizer)
-    summary = {"loss": algo.loss, "steps": fitted.steps, "seconds": fitted.seconds,
-               "train_loss_last": fitted.last_train.get("loss"),
-               **{f"{key}_before": value for key, value in fitted.eval_before.items()},
-               **{f"{key}_after": value for key, value in fitted.eval_after.items()},
-               "skipped_steps": fitted.skipped_steps, "model": str(fitted.run.path / "model")}
+    summary = {
+        "loss": algo.loss,
+        "steps": fitted.steps,
+        "seconds": fitted.seconds,
+        "train_loss_last": fitted.last_train.get("loss"),
+        **{f"{key}_before": value for key, value in fitted.eval_before.items()},
+        **{f"{key}_after": value for key, value in fitted.eval_after.items()},
+        "skipped_steps": fitted.skipped_steps,
+        "model": str(fitted.run.path / "model"),
+    }
     fitted.run.finish(summary)
     return fitted.run, summary
 
@@ -195,9 +222,14 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
 def _pair_examples(cfg: Config, split: str, encode: Any) -> list[PairExample]:
     from rlhfkit.data.feedback import load_pairs
 
-    return [PairExample(encode(p.prompt, p.chosen, ends=p.chosen_finished),
-                        encode(p.prompt, p.rejected, ends=p.rejected_finished), weight=p.weight)
-            for p in load_pairs(cfg.data, split)]
+    return [
+        PairExample(
+            encode(p.prompt, p.chosen, ends=p.chosen_finished),
+            encode(p.prompt, p.rejected, ends=p.rejected_finished),
+            weight=p.weight,
+        )
+        for p in load_pairs(cfg.data, split)
+    ]
 
 
 def _labeled_examples(cfg: Config, split: str, encode: Any) -> list[LabeledExample]:
@@ -210,10 +242,15 @@ def _labeled_examples(cfg: Config, split: str, encode: Any) -> list[LabeledExamp
     random.Random(cfg.run.seed).shuffle(order)
     # each row takes the completion of the next one in a shuffled cycle: never its own
     partner = {i: order[(k + 1) % len(order)] for k, i in enumerate(order)}
-    return [LabeledExample(encode(row.prompt, row.completion, row.weight),
-                           encode(row.prompt, rows[partner[i]].completion),
-                           row.desirable, weight=row.weight)
-            for i, row in enumerate(rows)]
+    return [
+        LabeledExample(
+            encode(row.prompt, row.completion, row.weight),
+            encode(row.prompt, rows[partner[i]].completion),
+            row.desirable,
+            weight=row.weight,
+        )
+        for i, row in enumerate(rows)
+    ]
 
 
 def _sequences(example: PairExample | LabeledExample) -> tuple[Encoded, Encoded]:

@@ -81,14 +81,20 @@ class AlgoCfg:
         from rlhfkit.advantages import advantage_names
 
         if self.advantage not in advantage_names():
-            yield Problem("advantage", self.advantage,
-                          f"is not an estimator; choose one of {', '.join(advantage_names())}")
+            yield Problem(
+                "advantage",
+                self.advantage,
+                f"is not an estimator; choose one of {', '.join(advantage_names())}",
+            )
         elif self.advantage == "gae":
             yield Problem("advantage", self.advantage, "needs a critic; use `rlhfkit ppo`")
         if self.advantage in GROUP_ESTIMATORS and self.group_size < 2:
-            yield Problem("group_size", self.group_size,
-                          f"{self.advantage} compares completions of the same prompt, so a group "
-                          "of 1 has no baseline (every advantage would be 0); use 2 or more")
+            yield Problem(
+                "group_size",
+                self.group_size,
+                f"{self.advantage} compares completions of the same prompt, so a group "
+                "of 1 has no baseline (every advantage would be 0); use 2 or more",
+            )
 
 
 @dataclass(frozen=True)
@@ -101,10 +107,13 @@ class Config(kit.OnlineConfig):
         rollout = self.algo.prompts_per_step * self.algo.group_size
         minibatch = self.algo.micro_batch_size * self.optim.grad_accum_steps
         if rollout % minibatch:
-            yield Problem("algo.prompts_per_step", self.algo.prompts_per_step,
-                          f"x algo.group_size {self.algo.group_size} = {rollout} completions per "
-                          f"step is not a multiple of algo.micro_batch_size x "
-                          f"optim.grad_accum_steps = {minibatch}; make it one")
+            yield Problem(
+                "algo.prompts_per_step",
+                self.algo.prompts_per_step,
+                f"x algo.group_size {self.algo.group_size} = {rollout} completions per "
+                f"step is not a multiple of algo.micro_batch_size x "
+                f"optim.grad_accum_steps = {minibatch}; make it one",
+            )
 
 
 def main(cfg: Config) -> None:
@@ -137,7 +146,8 @@ def train(cfg: Config) -> kit.Outcome:
     reward = load_reward(cfg.reward)
     stream = PromptStream(prompt_rows(cfg.data, "train"), cfg.run.seed)
     policy, tokenizer, frozen_ref = kit.load_policy_and_reference(
-        cfg.model, cfg.lora, need_reference=algo.kl_coef > 0)
+        cfg.model, cfg.lora, need_reference=algo.kl_coef > 0
+    )
     backend = get_backend(cfg.gen.backend, policy, tokenizer)
     optimizer, scheduler = kit.build_optimizer(policy, optim, cfg.steps * _updates_per_step(cfg))
     kl_ctl = kit.kl_controller(algo)
@@ -146,8 +156,13 @@ def train(cfg: Config) -> kit.Outcome:
     settings = AdvantageSettings(gamma=algo.gamma, scale_by_std=algo.scale_by_std)
     run = Run.start(cfg, "grpo")
     # everything besides the weights that an exact resume needs back
-    stateful = {"optimizer": optimizer, "scheduler": scheduler, "stream": stream, "kl": kl_ctl,
-                "baseline": baseline}
+    stateful = {
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "stream": stream,
+        "kl": kl_ctl,
+        "baseline": baseline,
+    }
     start_step = 0
     if cfg.run.resume and (checkpoint := run.latest_checkpoint()) is not None:
         start_step = kit.restore(kit.load_training_state(checkpoint, policy), stateful)
@@ -164,47 +179,79 @@ def train(cfg: Config) -> kit.Outcome:
             for step in range(start_step + 1, cfg.steps + 1):
                 step_started = time.perf_counter()
                 # 1. prompts, each repeated group_size times (contiguous groups)
-                rows = [row for row in stream.take(algo.prompts_per_step)
-                        for _ in range(algo.group_size)]
+                rows = [
+                    row
+                    for row in stream.take(algo.prompts_per_step)
+                    for _ in range(algo.group_size)
+                ]
                 prompts = [row["prompt"] for row in rows]
 
                 # 2. sample from the current policy
-                rollout = kit.sample(policy, backend, prompts, cfg.gen,
-                                        seed=cfg.run.seed * 1_000_003 + step)
+                rollout = kit.sample(
+                    policy, backend, prompts, cfg.gen, seed=cfg.run.seed * 1_000_003 + step
+                )
                 input_ids, attention_mask = rollout.input_ids, rollout.attention_mask  # (B, P+R)
                 mask = rollout.response_mask.float()  # (B, R)
                 start = rollout.prompt_ids.shape[1]
                 temperature = cfg.gen.temperature
 
                 # 3. score
-                raw_scores, scores = kit.score(reward, rows, rollout.completions, mask.device,
-                                                  algo.reward_clip, algo.whiten_scores)  # (B,)
+                raw_scores, scores = kit.score(
+                    reward,
+                    rows,
+                    rollout.completions,
+                    mask.device,
+                    algo.reward_clip,
+                    algo.whiten_scores,
+                )  # (B,)
 
                 # 4. reference and old log-probs, without gradients
                 with torch.no_grad():
                     ref_logprobs = None
                     if algo.kl_coef > 0:
                         with reference(policy, frozen_ref) as ref_model:
-                            ref_logprobs = kit.in_chunks(partial(
-                                token_logprobs, ref_model, response_start=start,
-                                temperature=temperature), input_ids, attention_mask,
-                                algo.micro_batch_size)  # (B, R)
+                            ref_logprobs = kit.in_chunks(
+                                partial(
+                                    token_logprobs,
+                                    ref_model,
+                                    response_start=start,
+                                    temperature=temperature,
+                                ),
+                                input_ids,
+                                attention_mask,
+                                algo.micro_batch_size,
+                            )  # (B, R)
                     old_logprobs = None
                     if _updates_per_step(cfg) > 1:
-                        old_logprobs = kit.in_chunks(partial(
-                            token_logprobs, policy, response_start=start,
-                            temperature=temperature), input_ids, attention_mask,
-                            algo.micro_batch_size)  # (B, R)
+                        old_logprobs = kit.in_chunks(
+                            partial(
+                                token_logprobs,
+                                policy,
+                                response_start=start,
+                                temperature=temperature,
+                            ),
+                            input_ids,
+                            attention_mask,
+                            algo.micro_batch_size,
+                        )  # (B, R)
                 sample_logprobs = old_logprobs if old_logprobs is not None else rollout.logprobs
-                kl_tokens = (kl_estimate(sample_logprobs, ref_logprobs, "k1") * mask
-                             if ref_logprobs is not None else torch.zeros_like(mask))  # (B, R)
+                kl_tokens = (
+                    kl_estimate(sample_logprobs, ref_logprobs, "k1") * mask
+                    if ref_logprobs is not None
+                    else torch.zeros_like(mask)
+                )  # (B, R)
 
                 # 5. advantages; with KL in the reward, each token pays its own KL
-                rewards_t = token_rewards(scores, mask, kl_tokens if algo.kl_in == "reward"
-                                          else None, kl_ctl.coef)  # (B, R)
-                inputs = AdvantageInputs(response_mask=mask, scores=rewards_t.sum(dim=1),
-                                         token_rewards=rewards_t, group_size=algo.group_size,
-                                         baseline=baseline)
+                rewards_t = token_rewards(
+                    scores, mask, kl_tokens if algo.kl_in == "reward" else None, kl_ctl.coef
+                )  # (B, R)
+                inputs = AdvantageInputs(
+                    response_mask=mask,
+                    scores=rewards_t.sum(dim=1),
+                    token_rewards=rewards_t,
+                    group_size=algo.group_size,
+                    baseline=baseline,
+                )
                 advantages = estimator(inputs, settings).advantages  # (B, R)
 
                 # 6. updates: epochs x minibatches x micro-batches
@@ -213,33 +260,47 @@ def train(cfg: Config) -> kit.Outcome:
                 for _ in range(algo.epochs):
                     order = torch.randperm(len(rollout))
                     for mb_start in range(0, len(rollout), minibatch):
-                        mb_index = order[mb_start:mb_start + minibatch]
+                        mb_index = order[mb_start : mb_start + minibatch]
                         mb_mask = mask[mb_index]
                         for micro_start in range(0, minibatch, algo.micro_batch_size):
-                            index = mb_index[micro_start:micro_start + algo.micro_batch_size]
-                            logprobs = token_logprobs(policy, input_ids[index],
-                                                      attention_mask[index], start,
-                                                      temperature)  # (b, R)
-                            old = (old_logprobs[index] if old_logprobs is not None
-                                   else logprobs.detach())
+                            index = mb_index[micro_start : micro_start + algo.micro_batch_size]
+                            logprobs = token_logprobs(
+                                policy, input_ids[index], attention_mask[index], start, temperature
+                            )  # (b, R)
+                            old = (
+                                old_logprobs[index]
+                                if old_logprobs is not None
+                                else logprobs.detach()
+                            )
                             loss, pstats = ppo_clip_loss(
-                                logprobs, old, advantages[index], mask[index], algo.clip_eps,
-                                algo.clip_eps_high or None, algo.aggregation,
-                                cfg.gen.max_new_tokens)
+                                logprobs,
+                                old,
+                                advantages[index],
+                                mask[index],
+                                algo.clip_eps,
+                                algo.clip_eps_high or None,
+                                algo.aggregation,
+                                cfg.gen.max_new_tokens,
+                            )
                             kl_loss = torch.zeros(())
                             if algo.kl_in == "loss" and ref_logprobs is not None:
-                                kl_loss = aggregate(kl_estimate(logprobs, ref_logprobs[index],
-                                                                algo.kl_estimator),
-                                                    mask[index], algo.aggregation,
-                                                    cfg.gen.max_new_tokens)
+                                kl_loss = aggregate(
+                                    kl_estimate(logprobs, ref_logprobs[index], algo.kl_estimator),
+                                    mask[index],
+                                    algo.aggregation,
+                                    cfg.gen.max_new_tokens,
+                                )
                             weight = kit.accumulation_weight(mask[index], mb_mask, algo.aggregation)
                             total = (loss + kl_ctl.coef * kl_loss) * weight
                             if torch.isfinite(total):
                                 total.backward()
                             else:
                                 _poison_grads(policy)  # let the guard count it and skip the step
-                            stats.add(loss=float(loss.detach()) * weight, kl_loss=float(kl_loss.detach()) * weight,
-                                      clip_fraction=float(pstats.clip_fraction) * weight)
+                            stats.add(
+                                loss=float(loss.detach()) * weight,
+                                kl_loss=float(kl_loss.detach()) * weight,
+                                clip_fraction=float(pstats.clip_fraction) * weight,
+                            )
                         ok, grad_norm = guard.clip_and_check(policy, optim.max_grad_norm)
                         if ok:
                             optimizer.step()
@@ -253,19 +314,24 @@ def train(cfg: Config) -> kit.Outcome:
                 elapsed = time.perf_counter() - step_started
                 tokens = int(rollout.response_mask.sum())
                 metrics = {
-                    "reward": float(raw_scores.mean()), "reward_std": float(raw_scores.std()),
-                    "kl": kl_per_completion, "kl_coef": kl_ctl.coef,
+                    "reward": float(raw_scores.mean()),
+                    "reward_std": float(raw_scores.std()),
+                    "kl": kl_per_completion,
+                    "kl_coef": kl_ctl.coef,
                     "length": float(rollout.response_lengths.float().mean()),
                     "finished": float(rollout.finished.float().mean()),
                     "entropy_proxy": float(-masked_mean(sample_logprobs, mask)),
-                    "lr": scheduler.get_last_lr()[0], "step_seconds": elapsed,
-                    "tokens_per_second": tokens / elapsed, "skipped_steps": guard.skipped,
+                    "lr": scheduler.get_last_lr()[0],
+                    "step_seconds": elapsed,
+                    "tokens_per_second": tokens / elapsed,
+                    "skipped_steps": guard.skipped,
                     **stats.means(),
                 }
                 if step % cfg.log.every == 0 or step == cfg.steps:
                     run.log(step, metrics)
-                bar.update(task, advance=1, info=f"reward {metrics['reward']:+.3f}  "
-                                                 f"kl {metrics['kl']:.3f}")
+                bar.update(
+                    task, advance=1, info=f"reward {metrics['reward']:+.3f}  kl {metrics['kl']:.3f}"
+                )
                 if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
                     save(step)
         if not cfg.run.checkpoint_every or cfg.steps % cfg.run.checkpoint_every:
@@ -274,14 +340,19 @@ def train(cfg: Config) -> kit.Outcome:
     finally:
         run.close()
     history = run.metrics()
-    summary = {"steps": cfg.steps, "seconds": round(time.perf_counter() - started, 1),
-               "reward_first": history[0]["reward"] if history else None,
-               "reward_last": history[-1]["reward"] if history else None,
-               "kl_last": history[-1]["kl"] if history else None,
-               "skipped_steps": guard.skipped, "model": str(run.path / "model")}
+    summary = {
+        "steps": cfg.steps,
+        "seconds": round(time.perf_counter() - started, 1),
+        "reward_first": history[0]["reward"] if history else None,
+        "reward_last": history[-1]["reward"] if history else None,
+        "kl_last": history[-1]["kl"] if history else None,
+        "skipped_steps": guard.skipped,
+        "model": str(run.path / "model"),
+    }
     run.finish(summary)
-    return kit.Outcome(run=run, policy=policy, tokenizer=tokenizer, reference=frozen_ref,
-                   summary=summary)
+    return kit.Outcome(
+        run=run, policy=policy, tokenizer=tokenizer, reference=frozen_ref, summary=summary
+    )
 
 
 def _updates_per_step(cfg: Config) -> int:

@@ -99,15 +99,25 @@ def sample(policy: Any, backend: Any, prompts: list[Prompt], gen: Any, seed: int
         policy.train()
 
 
-def score(reward: Any, rows: list[dict[str, Any]], completions: list[str], device: Any,
-          clip: float = 0.0, whiten: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def score(
+    reward: Any,
+    rows: list[dict[str, Any]],
+    completions: list[str],
+    device: Any,
+    clip: float = 0.0,
+    whiten: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(raw scores, scores after optional clipping and whitening), both (B,) float32."""
     from rlhfkit.advantages import clip_scores, whiten_scores
     from rlhfkit.rewards import compute_rewards
 
-    raw = torch.tensor(compute_rewards(reward, [prompt_text(row["prompt"]) for row in rows],
-                                       completions, **meta_columns(rows)),
-                       dtype=torch.float32, device=device)  # (B,)
+    raw = torch.tensor(
+        compute_rewards(
+            reward, [prompt_text(row["prompt"]) for row in rows], completions, **meta_columns(rows)
+        ),
+        dtype=torch.float32,
+        device=device,
+    )  # (B,)
     shaped = clip_scores(raw, clip) if clip > 0 else raw
     return raw, whiten_scores(shaped) if whiten else shaped
 
@@ -115,8 +125,9 @@ def score(reward: Any, rows: list[dict[str, Any]], completions: list[str], devic
 # --- policy, reference ---------------------------------------------------------------------------
 
 
-def load_policy_and_reference(model_cfg: Any, lora: LoraCfg, need_reference: bool
-                              ) -> tuple[Any, Any, Any | None]:
+def load_policy_and_reference(
+    model_cfg: Any, lora: LoraCfg, need_reference: bool
+) -> tuple[Any, Any, Any | None]:
     """(policy in train mode, tokenizer, frozen reference copy or None)."""
     from rlhfkit.models import freeze, load_causal_lm
 
@@ -135,16 +146,22 @@ def load_policy_and_reference(model_cfg: Any, lora: LoraCfg, need_reference: boo
 # --- optimiser -----------------------------------------------------------------------------------
 
 
-def build_optimizer(model: Any, optim: OptimCfg, total_steps: int
-                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(
+    model: Any, optim: OptimCfg, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over trainable parameters and a warm-up + decay schedule over ``total_steps``."""
     params = [p for p in model.parameters() if p.requires_grad]
     # The fused kernel is ~4x faster than the per-tensor loop on CPU as well as on CUDA
     # (bench/README.md); it needs every parameter in floating point on one device type.
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=(optim.adam_beta1, optim.adam_beta2),
-                                  eps=optim.adam_eps, weight_decay=optim.weight_decay,
-                                  fused=fused or None)
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=optim.lr,
+        betas=(optim.adam_beta1, optim.adam_beta2),
+        eps=optim.adam_eps,
+        weight_decay=optim.weight_decay,
+        fused=fused or None,
+    )
 
     def factor(step: int) -> float:
         if step < optim.warmup_steps:
@@ -171,8 +188,9 @@ class NonFiniteGuard:
         ok, (norm,) = self.clip_and_check_all([model], max_grad_norm)
         return ok, norm
 
-    def clip_and_check_all(self, models: list[Any], max_grad_norm: float, loss_finite: bool = True
-                           ) -> tuple[bool, list[float]]:
+    def clip_and_check_all(
+        self, models: list[Any], max_grad_norm: float, loss_finite: bool = True
+    ) -> tuple[bool, list[float]]:
         """The same for models updated together (PPO's policy and critic): each is clipped to
         its own norm, and a non-finite loss or any non-finite gradient skips the step for all.
 
@@ -180,8 +198,12 @@ class NonFiniteGuard:
         backward pass. Returns (step is safe, each model's gradient norm before clipping).
         """
         params = [[p for p in model.parameters() if p.grad is not None] for model in models]
-        norms = [torch.nn.utils.clip_grad_norm_(group, max_grad_norm if max_grad_norm > 0 else
-                                                float("inf")) for group in params]
+        norms = [
+            torch.nn.utils.clip_grad_norm_(
+                group, max_grad_norm if max_grad_norm > 0 else float("inf")
+            )
+            for group in params
+        ]
         if loss_finite and all(torch.isfinite(norm) for norm in norms):
             self.in_a_row = 0
             return True, [float(norm) for norm in norms]
@@ -191,22 +213,28 @@ class NonFiniteGuard:
         self.skipped += 1
         shown = ", ".join(f"{float(norm)}" for norm in norms)
         cause = "gradient" if loss_finite else "loss"
-        warnings.warn(f"non-finite {cause} (norm {shown}): step skipped "
-                      f"({self.in_a_row} in a row)", stacklevel=2)
+        warnings.warn(
+            f"non-finite {cause} (norm {shown}): step skipped ({self.in_a_row} in a row)",
+            stacklevel=2,
+        )
         if self.in_a_row >= self.limit:
             raise RlhfkitError(
                 f"{self.in_a_row} optimiser steps in a row had a NaN/inf loss or gradient "
                 f"(optim.max_nonfinite_steps = {self.limit}); lower optim.lr, keep "
-                "optim.max_grad_norm on, or check the reward for extreme values")
+                "optim.max_grad_norm on, or check the reward for extreme values"
+            )
         return False, [float(norm) for norm in norms]
 
 
-def in_chunks(forward: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              size: int) -> Any:
+def in_chunks(
+    forward: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, size: int
+) -> Any:
     """``forward(ids, mask)`` over the batch, ``size`` rows at a time, concatenated on rows (each
     tensor on its own when ``forward`` returns a tuple of them)."""
-    parts = [forward(input_ids[i:i + size], attention_mask[i:i + size])
-             for i in range(0, len(input_ids), size)]
+    parts = [
+        forward(input_ids[i : i + size], attention_mask[i : i + size])
+        for i in range(0, len(input_ids), size)
+    ]
     if isinstance(parts[0], tuple):
         return tuple(torch.cat(column) for column in zip(*parts, strict=True))
     return torch.cat(parts)
@@ -238,8 +266,11 @@ def snapshot(step: int, stateful: dict[str, Any]) -> dict[str, Any]:
     """A loop's resumable state: the step, RNG states and each part's ``state_dict()``."""
     from rlhfkit.train.runs import rng_state
 
-    return {"step": step, "rng": rng_state(),
-            **{name: part.state_dict() for name, part in stateful.items()}}
+    return {
+        "step": step,
+        "rng": rng_state(),
+        **{name: part.state_dict() for name, part in stateful.items()},
+    }
 
 
 def restore(state: dict[str, Any], stateful: dict[str, Any]) -> int:
@@ -264,9 +295,11 @@ def load_training_state(directory: Path, model: Any) -> dict[str, Any]:
     try:
         weights = load_file(str(directory / "weights.safetensors"))
     except (OSError, SafetensorError) as e:
-        raise RlhfkitError(f"{directory / 'weights.safetensors'}: cannot be read ({e}); resume "
-                           "from an earlier checkpoint (delete this one) or start afresh with "
-                           "--run.overwrite") from None
+        raise RlhfkitError(
+            f"{directory / 'weights.safetensors'}: cannot be read ({e}); resume "
+            "from an earlier checkpoint (delete this one) or start afresh with "
+            "--run.overwrite"
+        ) from None
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
@@ -275,8 +308,10 @@ def load_training_state(directory: Path, model: Any) -> dict[str, Any]:
         try:
             model.load_state_dict(weights)
         except RuntimeError as e:
-            raise RlhfkitError(f"{directory}: checkpoint does not fit this model ({e}); "
-                               "resume with the model the run started from") from None
+            raise RlhfkitError(
+                f"{directory}: checkpoint does not fit this model ({e}); "
+                "resume with the model the run started from"
+            ) from None
     return load_trainer_state(directory / "trainer_state.pt")
 
 
@@ -290,18 +325,21 @@ def load_trainer_state(file: Path) -> dict[str, Any]:
     # Checkpoints from before rng_state() stored NumPy's state as a list hold one uint32
     # array; rebuilding an array runs no user code, so those still resume.
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # NumPy 2 | 1
-    torch.serialization.add_safe_globals([np.ndarray, np.dtype, type(np.dtype(np.uint32)),
-                                          multiarray._reconstruct])
+    torch.serialization.add_safe_globals(
+        [np.ndarray, np.dtype, type(np.dtype(np.uint32)), multiarray._reconstruct]
+    )
     try:
         return torch.load(file, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         what = f"a reference to {found.group(1)}" if found else "objects beyond tensors and data"
-        raise RlhfkitError(f"{file}: refused to load, it holds {what}, which loading would run; "
-                           "only resume checkpoints that rlhfkit wrote") from None
+        raise RlhfkitError(
+            f"{file}: refused to load, it holds {what}, which loading would run; "
+            "only resume checkpoints that rlhfkit wrote"
+        ) from None
     except (OSError, RuntimeError, EOFError) as e:
         reason = str(e).split(". ")[0] or type(e).__name__
-        raise RlhfkitError(f"{file}: cannot be read ({reason}); resume from an earlier checkpoint "
-                           "(delete this one) or start afresh with --run.overwrite") from None
-
-
+        raise RlhfkitError(
+            f"{file}: cannot be read ({reason}); resume from an earlier checkpoint "
+            "(delete this one) or start afresh with --run.overwrite"
+        ) from None

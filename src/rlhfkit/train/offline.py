@@ -101,9 +101,12 @@ class BatchOrder:
         rng.shuffle(order)
         if self.group_by_length:
             window = self.batch_size * GROUP_BATCHES
-            order = [i for start in range(0, len(order), window)
-                     for i in sorted(order[start:start + window], key=self.lengths.__getitem__)]
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            order = [
+                i
+                for start in range(0, len(order), window)
+                for i in sorted(order[start : start + window], key=self.lengths.__getitem__)
+            ]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.group_by_length:
             rng.shuffle(batches)
         return batches
@@ -147,9 +150,12 @@ def no_classes_to_balance(data: FeedbackDataCfg, reads: str) -> Iterator[Problem
     """``data.balance`` weighs ratings and binary labels by class; other rows have no classes,
     so asking for it there is a mistake to report, not a setting to ignore."""
     if data.balance != "none":
-        yield Problem("data.balance", data.balance,
-                      f"weighs ratings and binary labels by class, but this run reads {reads}, "
-                      "which have none; leave it at none (per-row weights go in a weight column)")
+        yield Problem(
+            "data.balance",
+            data.balance,
+            f"weighs ratings and binary labels by class, but this run reads {reads}, "
+            "which have none; leave it at none (per-row weights go in a weight column)",
+        )
 
 
 def visited(cfg: OfflineConfig, lengths: Sequence[int]) -> set[int]:
@@ -163,10 +169,16 @@ def visited(cfg: OfflineConfig, lengths: Sequence[int]) -> set[int]:
     return {i for _ in range(batches) for i in order.next()}
 
 
-def fit(cfg: OfflineConfig, command: str, model: Any, examples: Sequence[Any],
-        lengths: Sequence[int], loss_fn: LossFn,
-        evaluate: Callable[[], dict[str, float]] | None = None,
-        state: dict[str, Any] | None = None) -> Fitted:
+def fit(
+    cfg: OfflineConfig,
+    command: str,
+    model: Any,
+    examples: Sequence[Any],
+    lengths: Sequence[int],
+    loss_fn: LossFn,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    state: dict[str, Any] | None = None,
+) -> Fitted:
     """Train ``model`` on ``examples`` by ``loss_fn``; evaluate before, every ``eval_every`` and after.
 
     ``lengths`` (one per example) drive length grouping. ``state`` holds extra parts with
@@ -221,16 +233,21 @@ def fit(cfg: OfflineConfig, command: str, model: Any, examples: Sequence[Any],
                 # 2. loss and gradients
                 loss_finite, sums = accumulate(batches, loss_fn)
                 # 3. clip, guard against NaN/inf, step
-                ok, (grad_norm,) = guard.clip_and_check_all([model], optim.max_grad_norm,
-                                                            loss_finite)
+                ok, (grad_norm,) = guard.clip_and_check_all(
+                    [model], optim.max_grad_norm, loss_finite
+                )
                 if ok:
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 # 4. log, evaluate, checkpoint
-                last = {**sums, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-                        "epoch": order.epoch + order.position / max(order.batches_per_epoch, 1),
-                        "skipped_steps": guard.skipped}
+                last = {
+                    **sums,
+                    "grad_norm": grad_norm,
+                    "lr": scheduler.get_last_lr()[0],
+                    "epoch": order.epoch + order.position / max(order.batches_per_epoch, 1),
+                    "skipped_steps": guard.skipped,
+                }
                 if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < steps:
                     last.update(held_out())
                 if step % cfg.log.every == 0 or step == steps:
@@ -245,13 +262,20 @@ def fit(cfg: OfflineConfig, command: str, model: Any, examples: Sequence[Any],
             run.log(steps, eval_after)
     finally:
         run.close()
-    return Fitted(run=run, steps=steps, seconds=round(time.perf_counter() - started, 1),
-                  eval_before=eval_before, eval_after=eval_after, skipped_steps=guard.skipped,
-                  last_train=last)
+    return Fitted(
+        run=run,
+        steps=steps,
+        seconds=round(time.perf_counter() - started, 1),
+        eval_before=eval_before,
+        eval_after=eval_after,
+        skipped_steps=guard.skipped,
+        last_train=last,
+    )
 
 
-def accumulate(batches: Sequence[Sequence[Any]],
-               loss_fn: Callable[[Any], tuple[Any, dict[str, float]]]) -> tuple[bool, dict[str, float]]:
+def accumulate(
+    batches: Sequence[Sequence[Any]], loss_fn: Callable[[Any], tuple[Any, dict[str, float]]]
+) -> tuple[bool, dict[str, float]]:
     """Backpropagate each micro-batch's mean loss weighted by its share of the examples.
 
     Returns whether every loss was finite (a non-finite one is not backpropagated) and the
@@ -296,6 +320,9 @@ def report_truncated(count: int, total: int, max_length: int) -> None:
     if count:
         import warnings
 
-        warnings.warn(f"{count} of {total} examples are longer than train.max_length = "
-                      f"{max_length} tokens and were cut (prompt from the left); raise "
-                      "--train.max_length to keep them whole", stacklevel=2)
+        warnings.warn(
+            f"{count} of {total} examples are longer than train.max_length = "
+            f"{max_length} tokens and were cut (prompt from the left); raise "
+            "--train.max_length to keep them whole",
+            stacklevel=2,
+        )

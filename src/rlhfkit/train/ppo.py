@@ -82,9 +82,12 @@ class AlgoCfg:
 
     def check(self) -> Iterable[Problem]:
         if self.kl_target > 0 and self.kl_coef == 0:
-            yield Problem("kl_target", self.kl_target,
-                          "adapts algo.kl_coef by multiplying it, so it needs a start above 0; "
-                          "set algo.kl_coef (e.g. 0.05) or drop algo.kl_target")
+            yield Problem(
+                "kl_target",
+                self.kl_target,
+                "adapts algo.kl_coef by multiplying it, so it needs a start above 0; "
+                "set algo.kl_coef (e.g. 0.05) or drop algo.kl_target",
+            )
 
 
 @dataclass(frozen=True)
@@ -112,12 +115,20 @@ class CriticCfg:
         if self.path and (message := ModelReference()(self.path)):
             yield Problem("path", self.path, message)
         if self.share_policy and self.path:
-            yield Problem("path", self.path, "names a separate critic's backbone, but "
-                          "critic.share_policy puts the value head on the policy's; drop one")
+            yield Problem(
+                "path",
+                self.path,
+                "names a separate critic's backbone, but "
+                "critic.share_policy puts the value head on the policy's; drop one",
+            )
         if self.share_policy and self.train_layers:
-            yield Problem("train_layers", self.train_layers, "freezes a separate critic's lower "
-                          "layers, but with critic.share_policy those are the policy's; set it "
-                          "to 0 or turn critic.share_policy off")
+            yield Problem(
+                "train_layers",
+                self.train_layers,
+                "freezes a separate critic's lower "
+                "layers, but with critic.share_policy those are the policy's; set it "
+                "to 0 or turn critic.share_policy off",
+            )
 
 
 @dataclass(frozen=True)
@@ -131,15 +142,21 @@ class Config(kit.OnlineConfig):
         algo = self.algo
         minibatch = algo.micro_batch_size * self.optim.grad_accum_steps
         if algo.prompts_per_step % minibatch:
-            yield Problem("algo.prompts_per_step", algo.prompts_per_step,
-                          "(one completion each) is not a multiple of the minibatch, "
-                          f"algo.micro_batch_size x optim.grad_accum_steps = {minibatch}; "
-                          "make it one")
+            yield Problem(
+                "algo.prompts_per_step",
+                algo.prompts_per_step,
+                "(one completion each) is not a multiple of the minibatch, "
+                f"algo.micro_batch_size x optim.grad_accum_steps = {minibatch}; "
+                "make it one",
+            )
         if algo.kl_target > 0 and algo.kl_horizon < algo.prompts_per_step:
-            yield Problem("algo.kl_horizon", algo.kl_horizon,
-                          f"is shorter than one step's {algo.prompts_per_step} completions, so "
-                          "one update could flip the KL coefficient's sign; make it many steps "
-                          "long (the paper: 10000)")
+            yield Problem(
+                "algo.kl_horizon",
+                algo.kl_horizon,
+                f"is shorter than one step's {algo.prompts_per_step} completions, so "
+                "one update could flip the KL coefficient's sign; make it many steps "
+                "long (the paper: 10000)",
+            )
 
 
 @dataclass
@@ -179,20 +196,24 @@ def train(cfg: Config) -> Outcome:
     reward = load_reward(cfg.reward)
     stream = PromptStream(prompt_rows(cfg.data, "train"), cfg.run.seed)
     policy, tokenizer, frozen_ref = kit.load_policy_and_reference(
-        cfg.model, cfg.lora, need_reference=algo.kl_coef > 0)
+        cfg.model, cfg.lora, need_reference=algo.kl_coef > 0
+    )
     if cfg.critic.share_policy:
-        critic = PolicyValueHead(policy.config.get_text_config().hidden_size,
-                                 cfg.critic.trunk_coef, policy.device)
+        critic = PolicyValueHead(
+            policy.config.get_text_config().hidden_size, cfg.critic.trunk_coef, policy.device
+        )
     else:
-        critic = load_value_model(cfg.model, tokenizer, cfg.critic.path, cfg.lora,
-                                  cfg.critic.train_layers)
+        critic = load_value_model(
+            cfg.model, tokenizer, cfg.critic.path, cfg.lora, cfg.critic.train_layers
+        )
     evaluate = partial(critic.evaluate, policy)  # (ids, mask, start, T) -> log-probs, values
     backend = get_backend(cfg.gen.backend, policy, tokenizer)
     minibatch = algo.micro_batch_size * optim.grad_accum_steps
     updates_per_step = algo.epochs * algo.prompts_per_step // minibatch
     optimizer, scheduler = kit.build_optimizer(policy, optim, cfg.steps * updates_per_step)
     critic_optimizer, critic_scheduler = kit.build_optimizer(
-        critic, replace(optim, lr=cfg.critic.lr or optim.lr), cfg.steps * updates_per_step)
+        critic, replace(optim, lr=cfg.critic.lr or optim.lr), cfg.steps * updates_per_step
+    )
     kl_ctl = kit.kl_controller(algo)
     guard = kit.NonFiniteGuard(optim.max_nonfinite_steps)
     settings = AdvantageSettings(gamma=algo.gamma, lam=algo.lam, whiten=algo.whiten_advantages)
@@ -204,9 +225,14 @@ def train(cfg: Config) -> Outcome:
     single_pass = updates_per_step == 1 and optim.grad_accum_steps == 1
     run = Run.start(cfg, "ppo")
     # everything besides the weights that an exact resume needs back
-    stateful = {"optimizer": optimizer, "scheduler": scheduler,
-                "critic_optimizer": critic_optimizer, "critic_scheduler": critic_scheduler,
-                "stream": stream, "kl": kl_ctl}
+    stateful = {
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "critic_optimizer": critic_optimizer,
+        "critic_scheduler": critic_scheduler,
+        "stream": stream,
+        "kl": kl_ctl,
+    }
     start_step = 0
     if cfg.run.resume and (checkpoint := run.latest_checkpoint()) is not None:
         start_step = kit.restore(kit.load_training_state(checkpoint, policy), stateful)
@@ -233,8 +259,9 @@ def train(cfg: Config) -> Outcome:
                 prompts = [row["prompt"] for row in rows]
 
                 # 2. sample from the current policy
-                rollout = kit.sample(policy, backend, prompts, cfg.gen,
-                                        seed=cfg.run.seed * 1_000_003 + step)
+                rollout = kit.sample(
+                    policy, backend, prompts, cfg.gen, seed=cfg.run.seed * 1_000_003 + step
+                )
                 generation_seconds = time.perf_counter() - step_started
                 input_ids, attention_mask = rollout.input_ids, rollout.attention_mask  # (B, P+R)
                 mask = rollout.response_mask.float()  # (B, R)
@@ -242,40 +269,62 @@ def train(cfg: Config) -> Outcome:
                 temperature = cfg.gen.temperature
 
                 # 3. score
-                raw_scores, scores = kit.score(reward, rows, rollout.completions, mask.device,
-                                                  algo.reward_clip, algo.whiten_scores)  # (B,)
+                raw_scores, scores = kit.score(
+                    reward,
+                    rows,
+                    rollout.completions,
+                    mask.device,
+                    algo.reward_clip,
+                    algo.whiten_scores,
+                )  # (B,)
 
                 # 4. reference and old log-probs, old values: fixed for this step's updates
                 with torch.no_grad():
                     ref_logprobs = None
                     if algo.kl_coef > 0:
                         with reference(policy, frozen_ref) as ref_model:
-                            ref_logprobs = kit.in_chunks(partial(
-                                token_logprobs, ref_model, response_start=start,
-                                temperature=temperature), input_ids, attention_mask,
-                                algo.micro_batch_size)  # (B, R)
+                            ref_logprobs = kit.in_chunks(
+                                partial(
+                                    token_logprobs,
+                                    ref_model,
+                                    response_start=start,
+                                    temperature=temperature,
+                                ),
+                                input_ids,
+                                attention_mask,
+                                algo.micro_batch_size,
+                            )  # (B, R)
                     # Old log-probs come from a forward pass like the reference's, not from
                     # sampling: its incremental decoding rounds differently (~1e-5 per token in
                     # float32, ~0.1 under model.autocast), which the KL would count.
                     if not single_pass:
-                        old_logprobs, old_values = kit.in_chunks(partial(
-                            evaluate, response_start=start, temperature=temperature),
-                            input_ids, attention_mask, algo.micro_batch_size)  # (B, R) each
+                        old_logprobs, old_values = kit.in_chunks(
+                            partial(evaluate, response_start=start, temperature=temperature),
+                            input_ids,
+                            attention_mask,
+                            algo.micro_batch_size,
+                        )  # (B, R) each
                 if single_pass:  # the one graded pass gives the old values and log-probs
-                    graded_logprobs, graded_values = evaluate(input_ids, attention_mask, start,
-                                                              temperature)  # (B, R) each
+                    graded_logprobs, graded_values = evaluate(
+                        input_ids, attention_mask, start, temperature
+                    )  # (B, R) each
                     old_values, old_logprobs = graded_values.detach(), graded_logprobs.detach()
-                kl_tokens = (kl_estimate(old_logprobs, ref_logprobs, "k1") * mask
-                             if ref_logprobs is not None else torch.zeros_like(mask))  # (B, R)
+                kl_tokens = (
+                    kl_estimate(old_logprobs, ref_logprobs, "k1") * mask
+                    if ref_logprobs is not None
+                    else torch.zeros_like(mask)
+                )  # (B, R)
 
                 # 5. rewards: with KL in the reward, each token pays its own KL (Ziegler 2019)
-                rewards_t = token_rewards(scores, mask, kl_tokens if algo.kl_in == "reward"
-                                          else None, kl_ctl.coef)  # (B, R)
+                rewards_t = token_rewards(
+                    scores, mask, kl_tokens if algo.kl_in == "reward" else None, kl_ctl.coef
+                )  # (B, R)
 
                 # 6. GAE: advantages for the policy, lambda-returns as the critic's targets
-                advantages, returns = gae(AdvantageInputs(
-                    response_mask=mask, token_rewards=rewards_t, values=old_values),
-                    settings)  # (B, R) each
+                advantages, returns = gae(
+                    AdvantageInputs(response_mask=mask, token_rewards=rewards_t, values=old_values),
+                    settings,
+                )  # (B, R) each
                 explained = explained_variance(old_values, returns, mask)
 
                 # 7. updates: epochs x minibatches x micro-batches
@@ -283,28 +332,49 @@ def train(cfg: Config) -> Outcome:
                 for _ in range(algo.epochs):
                     order = torch.randperm(len(rollout))
                     for mb_start in range(0, len(rollout), minibatch):
-                        mb_index = order[mb_start:mb_start + minibatch]
+                        mb_index = order[mb_start : mb_start + minibatch]
                         mb_mask = mask[mb_index]
                         loss_finite = True
                         for micro_start in range(0, minibatch, algo.micro_batch_size):
-                            index = mb_index[micro_start:micro_start + algo.micro_batch_size]
-                            ids, am, mb_tokens = input_ids[index], attention_mask[index], mask[index]
-                            logprobs, values = ((graded_logprobs[index], graded_values[index])
-                                                if single_pass
-                                                else evaluate(ids, am, start, temperature))  # (b, R)
+                            index = mb_index[micro_start : micro_start + algo.micro_batch_size]
+                            ids, am, mb_tokens = (
+                                input_ids[index],
+                                attention_mask[index],
+                                mask[index],
+                            )
+                            logprobs, values = (
+                                (graded_logprobs[index], graded_values[index])
+                                if single_pass
+                                else evaluate(ids, am, start, temperature)
+                            )  # (b, R)
                             old = old_logprobs[index]
                             policy_loss, policy_stats = ppo_clip_loss(
-                                logprobs, old, advantages[index], mb_tokens, algo.clip_eps, None,
-                                algo.aggregation, cfg.gen.max_new_tokens)
+                                logprobs,
+                                old,
+                                advantages[index],
+                                mb_tokens,
+                                algo.clip_eps,
+                                None,
+                                algo.aggregation,
+                                cfg.gen.max_new_tokens,
+                            )
                             kl_loss = torch.zeros(())
                             if algo.kl_in == "loss" and ref_logprobs is not None:
-                                kl_loss = aggregate(kl_estimate(logprobs, ref_logprobs[index],
-                                                                algo.kl_estimator),
-                                                    mb_tokens, algo.aggregation,
-                                                    cfg.gen.max_new_tokens)
+                                kl_loss = aggregate(
+                                    kl_estimate(logprobs, ref_logprobs[index], algo.kl_estimator),
+                                    mb_tokens,
+                                    algo.aggregation,
+                                    cfg.gen.max_new_tokens,
+                                )
                             critic_loss, value_stats = value_loss(
-                                values, old_values[index], returns[index], mb_tokens, value_clip,
-                                algo.aggregation, cfg.gen.max_new_tokens)
+                                values,
+                                old_values[index],
+                                returns[index],
+                                mb_tokens,
+                                value_clip,
+                                algo.aggregation,
+                                cfg.gen.max_new_tokens,
+                            )
                             # Separate networks, so the sum sends each loss to its own weights.
                             # No vf_coef: the critic's own AdamW cancels a constant loss scale;
                             # critic.lr sets its pace.
@@ -314,19 +384,25 @@ def train(cfg: Config) -> Outcome:
                                 total.backward()
                             else:
                                 loss_finite = False  # the guard skips this optimiser step
-                            for key, value in (("loss", policy_loss), ("kl_loss", kl_loss),
-                                               ("value_loss", critic_loss),
-                                               ("clip_fraction", policy_stats.clip_fraction),
-                                               ("approx_kl", policy_stats.approx_kl),
-                                               ("value_clip_fraction", value_stats.clip_fraction)):
+                            for key, value in (
+                                ("loss", policy_loss),
+                                ("kl_loss", kl_loss),
+                                ("value_loss", critic_loss),
+                                ("clip_fraction", policy_stats.clip_fraction),
+                                ("approx_kl", policy_stats.approx_kl),
+                                ("value_clip_fraction", value_stats.clip_fraction),
+                            ):
                                 sums[key] += float(value.detach()) * weight
                         ok, (grad_norm, value_grad_norm) = guard.clip_and_check_all(
-                            [policy, critic], optim.max_grad_norm, loss_finite)
+                            [policy, critic], optim.max_grad_norm, loss_finite
+                        )
                         if ok:
                             optimizer.step()
                             critic_optimizer.step()
-                        for opt, sched in ((optimizer, scheduler),
-                                           (critic_optimizer, critic_scheduler)):
+                        for opt, sched in (
+                            (optimizer, scheduler),
+                            (critic_optimizer, critic_scheduler),
+                        ):
                             opt.zero_grad(set_to_none=True)
                             sched.step()
                         sums["grad_norm"] += grad_norm
@@ -338,8 +414,10 @@ def train(cfg: Config) -> Outcome:
                 elapsed = time.perf_counter() - step_started
                 tokens = int(rollout.response_mask.sum())
                 metrics = {
-                    "reward": float(raw_scores.mean()), "reward_std": float(raw_scores.std()),
-                    "kl": kl_per_completion, "kl_coef": kl_ctl.coef,
+                    "reward": float(raw_scores.mean()),
+                    "reward_std": float(raw_scores.std()),
+                    "kl": kl_per_completion,
+                    "kl_coef": kl_ctl.coef,
                     "explained_variance": explained,
                     "value_mean": float(masked_mean(old_values, mask)),
                     "return_mean": float(masked_mean(returns, mask)),
@@ -349,15 +427,20 @@ def train(cfg: Config) -> Outcome:
                     "lr": scheduler.get_last_lr()[0],
                     "critic_lr": critic_scheduler.get_last_lr()[0],
                     **{key: value / updates_per_step for key, value in sums.items()},
-                    "skipped_steps": guard.skipped, "step_seconds": elapsed,
+                    "skipped_steps": guard.skipped,
+                    "step_seconds": elapsed,
                     "generation_seconds": generation_seconds,
                     "tokens_per_second": tokens / elapsed,
                 }
                 if step % cfg.log.every == 0 or step == cfg.steps:
                     run.log(step, metrics)
-                bar.update(task, advance=1, info=f"reward {metrics['reward']:+.3f}  "
-                                                 f"kl {metrics['kl']:.3f}  "
-                                                 f"ev {metrics['explained_variance']:+.2f}")
+                bar.update(
+                    task,
+                    advance=1,
+                    info=f"reward {metrics['reward']:+.3f}  "
+                    f"kl {metrics['kl']:.3f}  "
+                    f"ev {metrics['explained_variance']:+.2f}",
+                )
                 if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
                     save(step)
         if not cfg.run.checkpoint_every or cfg.steps % cfg.run.checkpoint_every:
@@ -366,12 +449,22 @@ def train(cfg: Config) -> Outcome:
     finally:
         run.close()
     history = run.metrics()
-    summary = {"steps": cfg.steps, "seconds": round(time.perf_counter() - started, 1),
-               "reward_first": history[0]["reward"] if history else None,
-               "reward_last": history[-1]["reward"] if history else None,
-               "kl_last": history[-1]["kl"] if history else None,
-               "explained_variance_last": history[-1]["explained_variance"] if history else None,
-               "skipped_steps": guard.skipped, "model": str(run.path / "model")}
+    summary = {
+        "steps": cfg.steps,
+        "seconds": round(time.perf_counter() - started, 1),
+        "reward_first": history[0]["reward"] if history else None,
+        "reward_last": history[-1]["reward"] if history else None,
+        "kl_last": history[-1]["kl"] if history else None,
+        "explained_variance_last": history[-1]["explained_variance"] if history else None,
+        "skipped_steps": guard.skipped,
+        "model": str(run.path / "model"),
+    }
     run.finish(summary)
-    return Outcome(run=run, policy=policy, tokenizer=tokenizer, reference=frozen_ref,
-                   summary=summary, critic=critic)
+    return Outcome(
+        run=run,
+        policy=policy,
+        tokenizer=tokenizer,
+        reference=frozen_ref,
+        summary=summary,
+        critic=critic,
+    )

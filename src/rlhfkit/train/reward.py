@@ -89,25 +89,34 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     rm_cfg = cfg.rm
     # before any random init: the head, LoRA adapters
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-    model = RewardModel.from_backbone(cfg.model.path, pooling=rm_cfg.pooling,
-                                      max_length=rm_cfg.max_length, device=cfg.model.device,
-                                      dtype=cfg.model.dtype, autocast=cfg.model.autocast)
+    model = RewardModel.from_backbone(
+        cfg.model.path,
+        pooling=rm_cfg.pooling,
+        max_length=rm_cfg.max_length,
+        device=cfg.model.device,
+        dtype=cfg.model.dtype,
+        autocast=cfg.model.autocast,
+    )
     if cfg.lora.rank:
         model.backbone = attach_lora(model.backbone, cfg.lora, task_type=None)
     device = next(model.parameters()).device
 
     # 1. examples: pairs (chosen text, rejected text, margin, soft target) or rated texts
     if rm_cfg.objective == "ratings":
-        examples: list[Any] = [_Rated(join_text(r.prompt, r.completion), r.rating, r.weight)
-                               for r in load_ratings(cfg.data, "train")]
+        examples: list[Any] = [
+            _Rated(join_text(r.prompt, r.completion), r.rating, r.weight)
+            for r in load_ratings(cfg.data, "train")
+        ]
         lengths = [len(e.text) for e in examples]
     else:
-        examples = [_pair(p, join_text, rm_cfg.objective == "soft-pairs")
-                    for p in load_pairs(cfg.data, "train")]
+        examples = [
+            _pair(p, join_text, rm_cfg.objective == "soft-pairs")
+            for p in load_pairs(cfg.data, "train")
+        ]
         lengths = [len(e.chosen) + len(e.rejected) for e in examples]
     eval_pairs = [_pair(p, join_text, soft=False) for p in load_pairs(cfg.data, "eval")]
     if cfg.train.max_eval:
-        eval_pairs = eval_pairs[:cfg.train.max_eval]
+        eval_pairs = eval_pairs[: cfg.train.max_eval]
 
     def scores(texts: list[str]) -> torch.Tensor:
         encoded = model.encode(texts).to(device)
@@ -122,35 +131,43 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
             loss, stats = losses.rating_loss(predicted, target, weight)
         else:
             both = scores([e.chosen for e in batch] + [e.rejected for e in batch])
-            chosen, rejected = both[:len(batch)], both[len(batch):]
+            chosen, rejected = both[: len(batch)], both[len(batch) :]
             if rm_cfg.objective == "soft-pairs":
                 target = torch.tensor([e.target for e in batch], device=device)
                 loss, stats = losses.soft_preference_loss(chosen, rejected, target, weight)
             else:
-                margin = (torch.tensor([e.margin for e in batch], device=device)
-                          if rm_cfg.use_margin else None)
+                margin = (
+                    torch.tensor([e.margin for e in batch], device=device)
+                    if rm_cfg.use_margin
+                    else None
+                )
                 loss, stats = losses.bradley_terry_loss(chosen, rejected, margin, weight)
         return loss, {key: float(value) for key, value in stats._asdict().items()}
 
     def evaluate() -> dict[str, float]:
         return pair_report(eval_pairs, model, rm_cfg.report_gap, cfg.train.eval_batch_size)
 
-    fitted = offline.fit(cfg, "reward", model, examples, lengths, step_loss,
-                         evaluate if eval_pairs else None)
+    fitted = offline.fit(
+        cfg, "reward", model, examples, lengths, step_loss, evaluate if eval_pairs else None
+    )
 
     # 4. held-out test report (built-in sets have a test split), output scale, save
     model.eval()
     test = _test_pairs(cfg, join_text)
     test_report = pair_report(test, model, rm_cfg.report_gap, cfg.train.eval_batch_size)
-    sample_texts = [t for e in examples[:NORMALISE_SAMPLE // 2] for t in _texts(e)]
+    sample_texts = [t for e in examples[: NORMALISE_SAMPLE // 2] for t in _texts(e)]
     raw = model.score_texts(sample_texts, batch_size=cfg.train.eval_batch_size, normalised=False)
     model.offset, model.scale = statistics.fmean(raw), statistics.pstdev(raw) or 1.0
-    summary = {"objective": rm_cfg.objective, "steps": fitted.steps, "seconds": fitted.seconds,
-               "train_examples": len(examples),
-               **{key.replace("eval/", "validation_"): value
-                  for key, value in fitted.eval_after.items()},
-               **{f"test_{key}": value for key, value in test_report.items()},
-               "skipped_steps": fitted.skipped_steps, "model": str(fitted.run.path / "model")}
+    summary = {
+        "objective": rm_cfg.objective,
+        "steps": fitted.steps,
+        "seconds": fitted.seconds,
+        "train_examples": len(examples),
+        **{key.replace("eval/", "validation_"): value for key, value in fitted.eval_after.items()},
+        **{f"test_{key}": value for key, value in test_report.items()},
+        "skipped_steps": fitted.skipped_steps,
+        "model": str(fitted.run.path / "model"),
+    }
     model.save(fitted.run.path / "model", info={"data": cfg.data.path, "summary": summary})
     fitted.run.finish(summary)
     return fitted.run, summary
@@ -189,11 +206,20 @@ def _pair(pair: Any, join: Any, soft: bool) -> _PairTexts:
     elif soft:
         from rlhfkit.errors import DataError
 
-        raise DataError("rm.objective soft-pairs needs several individual ratings per text (a "
-                        "ratings file with one row per annotator, or a built-in vader:<corpus>); "
-                        "these pairs have fewer: use rm.objective pairs")
-    return _PairTexts(join(pair.prompt, pair.chosen), join(pair.prompt, pair.rejected),
-                      pair.margin, agree if soft else 1.0, gap, agree, pair.weight)
+        raise DataError(
+            "rm.objective soft-pairs needs several individual ratings per text (a "
+            "ratings file with one row per annotator, or a built-in vader:<corpus>); "
+            "these pairs have fewer: use rm.objective pairs"
+        )
+    return _PairTexts(
+        join(pair.prompt, pair.chosen),
+        join(pair.prompt, pair.rejected),
+        pair.margin,
+        agree if soft else 1.0,
+        gap,
+        agree,
+        pair.weight,
+    )
 
 
 def _texts(example: Any) -> tuple[str, ...]:
@@ -208,8 +234,9 @@ def _test_pairs(cfg: Config, join: Any) -> list[_PairTexts]:
     return [_pair(p, join, soft=False) for p in load_pairs(cfg.data, "test")]
 
 
-def pair_report(pairs: list[_PairTexts], model: Any, gap: float, batch_size: int
-                ) -> dict[str, float]:
+def pair_report(
+    pairs: list[_PairTexts], model: Any, gap: float, batch_size: int
+) -> dict[str, float]:
     """Held-out pairwise accuracy, calibration and the human agreement ceiling.
 
     - ``accuracy``: fraction of pairs the model orders as people did (ties count half);
@@ -226,17 +253,25 @@ def pair_report(pairs: list[_PairTexts], model: Any, gap: float, batch_size: int
     raw = model.score_texts(texts, batch_size=batch_size, normalised=False)
     margins = [raw[2 * i] - raw[2 * i + 1] for i in range(len(pairs))]
     correct = [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins]
-    report = {"accuracy": statistics.fmean(correct), "pairs": float(len(pairs)),
-              "ece": _calibration_error(margins, correct)}
+    report = {
+        "accuracy": statistics.fmean(correct),
+        "pairs": float(len(pairs)),
+        "ece": _calibration_error(margins, correct),
+    }
     wide = [c for c, p in zip(correct, pairs, strict=True) if p.gap is not None and p.gap >= gap]
     if wide:
         report.update(accuracy_gap=statistics.fmean(wide), pairs_gap=float(len(wide)))
     rater = [p.rater_accuracy for p in pairs if p.rater_accuracy is not None]
     if rater:
-        report.update(human_single_rater=statistics.fmean(rater),
-                      human_agreement=statistics.fmean(a * a + (1 - a) * (1 - a) for a in rater))
-        wide_rater = [p.rater_accuracy for p in pairs
-                      if p.rater_accuracy is not None and p.gap is not None and p.gap >= gap]
+        report.update(
+            human_single_rater=statistics.fmean(rater),
+            human_agreement=statistics.fmean(a * a + (1 - a) * (1 - a) for a in rater),
+        )
+        wide_rater = [
+            p.rater_accuracy
+            for p in pairs
+            if p.rater_accuracy is not None and p.gap is not None and p.gap >= gap
+        ]
         if wide_rater:
             report["human_single_rater_gap"] = statistics.fmean(wide_rater)
     return report
@@ -249,7 +284,11 @@ def _calibration_error(margins: list[float], correct: list[float]) -> float:
         p = 1.0 / (1.0 + math.exp(-max(min(margin, 50.0), -50.0)))
         confidence, hit = (p, right) if p >= 0.5 else (1.0 - p, 1.0 - right)
         bins[min(int((confidence - 0.5) * 2 * CALIBRATION_BINS), CALIBRATION_BINS - 1)].append(
-            (confidence, hit))
+            (confidence, hit)
+        )
     total = len(margins)
-    return sum(len(b) / total * abs(statistics.fmean(c for c, _ in b) - statistics.fmean(h for _, h in b))
-               for b in bins if b)
+    return sum(
+        len(b) / total * abs(statistics.fmean(c for c, _ in b) - statistics.fmean(h for _, h in b))
+        for b in bins
+        if b
+    )

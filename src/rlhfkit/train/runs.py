@@ -73,14 +73,18 @@ class Run:
                 raise RlhfkitError(
                     f"--run.overwrite: {path} is not an rlhfkit run (no config.toml written by "
                     "rlhfkit), so nothing in it is deleted; choose a new or empty "
-                    "--run.output_dir, or move its files away yourself")
+                    "--run.output_dir, or move its files away yourself"
+                )
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         if not run_cfg.resume:
             write_text_atomic(saved, f"{RUN_MARKER}{command}\n" + config_io.to_toml(cfg))
         log = getattr(cfg, "log", None)
-        run = cls(path, tensorboard=bool(log and log.tensorboard),
-                  keep_checkpoints=run_cfg.keep_checkpoints)
+        run = cls(
+            path,
+            tensorboard=bool(log and log.tensorboard),
+            keep_checkpoints=run_cfg.keep_checkpoints,
+        )
         if run_cfg.resume:
             run._drop_cut_off_metrics()
         return run
@@ -110,8 +114,11 @@ class Run:
         file = self.path / "metrics.jsonl"
         rows, cut_off = _read_metrics(file)
         if cut_off:
-            warnings.warn(f"{file}: its last line was cut off (a crash mid-write); dropped it",
-                          RlhfkitWarning, stacklevel=3)
+            warnings.warn(
+                f"{file}: its last line was cut off (a crash mid-write); dropped it",
+                RlhfkitWarning,
+                stacklevel=3,
+            )
         # a whole last row without its newline would glue the next row onto it
         if cut_off or (rows and not file.read_bytes().endswith(b"\n")):
             write_text_atomic(file, "".join(json.dumps(r) + "\n" for r in rows))
@@ -153,23 +160,30 @@ class Run:
             problem = checkpoint_problem(candidate)
             if problem is None:
                 return candidate
-            warnings.warn(f"checkpoint {candidate} is damaged ({problem}); falling back to the "
-                          "one before it", RlhfkitWarning, stacklevel=2)
+            warnings.warn(
+                f"checkpoint {candidate} is damaged ({problem}); falling back to the one before it",
+                RlhfkitWarning,
+                stacklevel=2,
+            )
             problems.append(f"{candidate.name}: {problem}")
         if problems:
             raise RlhfkitError(
                 f"--resume: no intact checkpoint in {self.checkpoints} ({'; '.join(problems)}); "
-                "start the run again with --run.overwrite, or start a new run elsewhere")
+                "start the run again with --run.overwrite, or start a new run elsewhere"
+            )
         return None
 
     def _complete(self) -> list[Path]:
         if not self.checkpoints.is_dir():
             return []
-        return sorted(p for p in self.checkpoints.iterdir()
-                      if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+        return sorted(
+            p
+            for p in self.checkpoints.iterdir()
+            if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+        )
 
     def _prune(self) -> None:
-        for old in self._complete()[:-self.keep_checkpoints]:
+        for old in self._complete()[: -self.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
     # --- end -------------------------------------------------------------------------------------
@@ -184,10 +198,14 @@ class Run:
 
 
 def _write_manifest(directory: Path) -> None:
-    files = {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(directory.rglob("*")) if p.is_file()}
-    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n",
-                                      encoding="utf-8")
+    files = {
+        p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+    (directory / MANIFEST).write_text(
+        json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -206,8 +224,10 @@ def checkpoint_problem(directory: Path) -> str | None:
         empty = next((p for p in files if p.stat().st_size == 0), None)
         return f"{empty.relative_to(directory).as_posix()} is empty" if empty else None
     try:
-        listed = {str(name): (int(meta["bytes"]), str(meta["sha256"]))
-                  for name, meta in json.loads(manifest.read_text(encoding="utf-8"))["files"].items()}
+        listed = {
+            str(name): (int(meta["bytes"]), str(meta["sha256"]))
+            for name, meta in json.loads(manifest.read_text(encoding="utf-8"))["files"].items()
+        }
     except (ValueError, KeyError, TypeError, AttributeError):
         return f"its {MANIFEST} is unreadable"
     for name, (size, digest) in listed.items():
@@ -236,8 +256,9 @@ def _read_metrics(file: Path) -> tuple[list[dict[str, Any]], bool]:
         except json.JSONDecodeError:
             if number == len(lines):
                 return rows, True
-            raise RlhfkitError(f"{file}:{number}: not a JSON row; repair or delete that "
-                               "line") from None
+            raise RlhfkitError(
+                f"{file}:{number}: not a JSON row; repair or delete that line"
+            ) from None
     return rows, False
 
 
@@ -248,12 +269,15 @@ def _check_same_config(saved: Path, cfg: Any) -> None:
     now = _flatten(config_io.to_dict(cfg))
     # A run is where its directory is: a copied or moved run keeps the old output_dir inside.
     ignore = {"run.resume", "run.overwrite", "run.output_dir"}
-    changed = sorted(k for k in before.keys() | now.keys()
-                     if k not in ignore and before.get(k) != now.get(k))
+    changed = sorted(
+        k for k in before.keys() | now.keys() if k not in ignore and before.get(k) != now.get(k)
+    )
     if changed:
         shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
-        raise RlhfkitError(f"--resume: the run in {saved.parent} used other settings ({shown}); "
-                           f"resume with the same config (--config {saved}), or start a new run")
+        raise RlhfkitError(
+            f"--resume: the run in {saved.parent} used other settings ({shown}); "
+            f"resume with the same config (--config {saved}), or start a new run"
+        )
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -315,8 +339,12 @@ def rng_state() -> dict[str, Any]:
     import torch
 
     kind, key, *rest = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (kind, key.tolist(), *rest),
-             "torch": torch.get_rng_state(), "threads": torch.get_num_threads()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, key.tolist(), *rest),
+        "torch": torch.get_rng_state(),
+        "threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -329,8 +357,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     threads = state.get("threads", torch.get_num_threads())
     if torch.are_deterministic_algorithms_enabled() and threads != torch.get_num_threads():
         # sums split over another number of threads round differently: resume as it ran
-        warnings.warn(f"run.deterministic: resuming with the {threads} torch threads the run "
-                      f"used, not this process's {torch.get_num_threads()}", stacklevel=2)
+        warnings.warn(
+            f"run.deterministic: resuming with the {threads} torch threads the run "
+            f"used, not this process's {torch.get_num_threads()}",
+            stacklevel=2,
+        )
         torch.set_num_threads(threads)
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])

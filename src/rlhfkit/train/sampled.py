@@ -55,8 +55,15 @@ class SampledFiles:
         return self.samples.is_file() and self.best.is_file() and self.pairs.is_file()
 
 
-def sample_and_score(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], gen: Any,
-                     reward: Any, samples_per_prompt: int, seed: int) -> list[dict[str, Any]]:
+def sample_and_score(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    gen: Any,
+    reward: Any,
+    samples_per_prompt: int,
+    seed: int,
+) -> list[dict[str, Any]]:
     """``samples_per_prompt`` completions of every prompt row, each with the reward's score.
 
     Rows are ``{"prompt": ..., **meta}`` as ``data.prompts.prompt_rows`` gives them; the meta
@@ -68,7 +75,9 @@ def sample_and_score(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]],
 
     if not rows:
         raise DataError("no prompts to sample from; check the task's prompts")
-    repeated = [(index, k, row) for index, row in enumerate(rows) for k in range(samples_per_prompt)]
+    repeated = [
+        (index, k, row) for index, row in enumerate(rows) for k in range(samples_per_prompt)
+    ]
     prompts = [row["prompt"] for _, _, row in repeated]
     was_training, cache = model.training, model.config.use_cache
     model.eval()
@@ -79,12 +88,22 @@ def sample_and_score(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]],
         model.config.use_cache = cache
         model.train(was_training)
     expanded = [row for _, _, row in repeated]
-    scores = compute_rewards(reward, [prompt_text(p) for p in prompts], rollout.completions,
-                             **meta_columns(expanded))
-    return [{**row, "completion": completion, "finished": ended, "score": score, "sample": k,
-             "prompt_index": index}
-            for (index, k, row), completion, ended, score in zip(
-                repeated, rollout.completions, rollout.finished.tolist(), scores, strict=True)]
+    scores = compute_rewards(
+        reward, [prompt_text(p) for p in prompts], rollout.completions, **meta_columns(expanded)
+    )
+    return [
+        {
+            **row,
+            "completion": completion,
+            "finished": ended,
+            "score": score,
+            "sample": k,
+            "prompt_index": index,
+        }
+        for (index, k, row), completion, ended, score in zip(
+            repeated, rollout.completions, rollout.finished.tolist(), scores, strict=True
+        )
+    ]
 
 
 def _by_prompt(samples: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -94,8 +113,9 @@ def _by_prompt(samples: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [sorted(group, key=lambda s: s["sample"]) for _, group in sorted(groups.items())]
 
 
-def best_per_prompt(samples: Sequence[dict[str, Any]],
-                    min_score: float | None = None) -> list[dict[str, Any]]:
+def best_per_prompt(
+    samples: Sequence[dict[str, Any]], min_score: float | None = None
+) -> list[dict[str, Any]]:
     """The highest-scoring completion of each prompt (the first sample wins a tie).
 
     With ``min_score``, a prompt whose best falls short gives nothing: with a verifier, the
@@ -106,8 +126,14 @@ def best_per_prompt(samples: Sequence[dict[str, Any]],
     for group in _by_prompt(samples):
         top = max(group, key=lambda s: s["score"])  # max keeps the first of equal scores
         if min_score is None or top["score"] >= min_score:
-            best.append({"prompt": top["prompt"], "completion": top["completion"],
-                         "finished": top.get("finished", True), "score": top["score"]})
+            best.append(
+                {
+                    "prompt": top["prompt"],
+                    "completion": top["completion"],
+                    "finished": top.get("finished", True),
+                    "score": top["score"],
+                }
+            )
     return best
 
 
@@ -125,15 +151,25 @@ def pairs_per_prompt(samples: Sequence[dict[str, Any]], min_margin: float) -> li
         bottom = min(group, key=lambda s: s["score"])
         margin = top["score"] - bottom["score"]
         if margin > 0 and margin >= min_margin:
-            pairs.append({"prompt": top["prompt"], "chosen": top["completion"],
-                          "rejected": bottom["completion"], "margin": margin,
-                          "chosen_finished": top.get("finished", True),
-                          "rejected_finished": bottom.get("finished", True)})
+            pairs.append(
+                {
+                    "prompt": top["prompt"],
+                    "chosen": top["completion"],
+                    "rejected": bottom["completion"],
+                    "margin": margin,
+                    "chosen_finished": top.get("finished", True),
+                    "rejected_finished": bottom.get("finished", True),
+                }
+            )
     return pairs
 
 
-def write_sampled(directory: str | os.PathLike, samples: Sequence[dict[str, Any]],
-                  min_margin: float, min_best_score: float | None = None) -> SampledFiles:
+def write_sampled(
+    directory: str | os.PathLike,
+    samples: Sequence[dict[str, Any]],
+    min_margin: float,
+    min_best_score: float | None = None,
+) -> SampledFiles:
     """Write samples.jsonl, best.jsonl and pairs.jsonl into ``directory``, each atomically.
 
     samples.jsonl is written last: its presence marks a complete stage (``SampledFiles.exist``
@@ -146,10 +182,18 @@ def write_sampled(directory: str | os.PathLike, samples: Sequence[dict[str, Any]
     return files
 
 
-def run_stage(directory: str | os.PathLike, model: Any, tokenizer: Any,
-              rows: Sequence[dict[str, Any]], gen: Any, reward: Any, samples_per_prompt: int,
-              seed: int, min_margin: float = 0.0, min_best_score: float | None = None
-              ) -> dict[str, Any]:
+def run_stage(
+    directory: str | os.PathLike,
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    gen: Any,
+    reward: Any,
+    samples_per_prompt: int,
+    seed: int,
+    min_margin: float = 0.0,
+    min_best_score: float | None = None,
+) -> dict[str, Any]:
     """Sample, score and write the three files into ``directory``, or reuse a finished stage.
 
     Returns what ``stage.json`` records: prompts, samples, best and pair counts, seed, seconds.
@@ -160,9 +204,14 @@ def run_stage(directory: str | os.PathLike, model: Any, tokenizer: Any,
     started = time.perf_counter()
     samples = sample_and_score(model, tokenizer, rows, gen, reward, samples_per_prompt, seed)
     files = write_sampled(directory, samples, min_margin, min_best_score)
-    stage = {"prompts": len(rows), "samples": len(samples), "best": _count_lines(files.best),
-             "pairs": _count_lines(files.pairs), "seed": seed,
-             "seconds": round(time.perf_counter() - started, 2)}
+    stage = {
+        "prompts": len(rows),
+        "samples": len(samples),
+        "best": _count_lines(files.best),
+        "pairs": _count_lines(files.pairs),
+        "seed": seed,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
     with atomic_file(record) as f:
         f.write(json.dumps(stage, indent=2) + "\n")
     return stage

@@ -52,14 +52,27 @@ def train(cfg: Config) -> tuple[object, dict]:
     chat = sequences.uses_chat_template(tokenizer, cfg.train.chat_template)
 
     def encode_all(rows: list) -> list[sequences.Encoded]:
-        return [sequences.encode(tokenizer, row.prompt, row.completion, chat and bool(row.prompt),
-                                 cfg.train.max_length, row.weight, ends=row.finished)
-                for row in rows]
+        return [
+            sequences.encode(
+                tokenizer,
+                row.prompt,
+                row.completion,
+                chat and bool(row.prompt),
+                cfg.train.max_length,
+                row.weight,
+                ends=row.finished,
+            )
+            for row in rows
+        ]
 
     examples = encode_all(load_demonstrations(cfg.data, "train"))
-    offline.report_truncated(sum(e.truncated for e in examples), len(examples), cfg.train.max_length)
+    offline.report_truncated(
+        sum(e.truncated for e in examples), len(examples), cfg.train.max_length
+    )
     eval_examples = encode_all(_capped(load_demonstrations(cfg.data, "eval"), cfg.train.max_eval))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
 
     def nll(batch: list[sequences.Encoded]) -> tuple[torch.Tensor, dict[str, float]]:
         tokens = sequences.collate(batch, pad_id).to(device)
@@ -74,21 +87,24 @@ def train(cfg: Config) -> tuple[object, dict]:
         total_nll, total_tokens = 0.0, 0
         size = cfg.train.eval_batch_size
         for start in range(0, len(eval_examples), size):
-            tokens = sequences.collate(eval_examples[start:start + size], pad_id).to(device)
+            tokens = sequences.collate(eval_examples[start : start + size], pad_id).to(device)
             logprobs, mask = sequences.completion_logprobs(model, tokens)
             total_nll -= float(logprobs[mask].sum())
             total_tokens += int(mask.sum())
         mean = total_nll / max(total_tokens, 1)
         return {"nll": mean, "perplexity": math.exp(min(mean, 50.0))}
 
-    fitted = offline.fit(cfg, "sft", model, examples, [len(e.ids) for e in examples], nll,
-                         evaluate)
+    fitted = offline.fit(cfg, "sft", model, examples, [len(e.ids) for e in examples], nll, evaluate)
     export_model(fitted.run.path / "model", model, tokenizer)
-    summary = {"steps": fitted.steps, "seconds": fitted.seconds,
-               "train_loss_last": fitted.last_train.get("loss"),
-               "eval_nll_before": fitted.eval_before.get("eval/nll"),
-               "eval_nll_after": fitted.eval_after.get("eval/nll"),
-               "skipped_steps": fitted.skipped_steps, "model": str(fitted.run.path / "model")}
+    summary = {
+        "steps": fitted.steps,
+        "seconds": fitted.seconds,
+        "train_loss_last": fitted.last_train.get("loss"),
+        "eval_nll_before": fitted.eval_before.get("eval/nll"),
+        "eval_nll_after": fitted.eval_after.get("eval/nll"),
+        "skipped_steps": fitted.skipped_steps,
+        "model": str(fitted.run.path / "model"),
+    }
     fitted.run.finish(summary)
     return fitted.run, summary
 

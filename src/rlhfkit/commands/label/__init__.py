@@ -43,8 +43,11 @@ VERBS: dict[str, tuple[type, Any]] = {
 
 
 def overview() -> str:
-    lines = ["usage: rlhfkit label VERB [--config FILE] [--KEY VALUE ...]   "
-             "(rlhfkit label VERB --help)", "", "verbs:"]
+    lines = [
+        "usage: rlhfkit label VERB [--config FILE] [--KEY VALUE ...]   (rlhfkit label VERB --help)",
+        "",
+        "verbs:",
+    ]
     for verb, (cls, _) in VERBS.items():
         lines.append(f"  {verb:<11} {(cls.__doc__ or '').strip().splitlines()[0]}")
     return "\n".join(lines) + "\n"

@@ -86,8 +86,12 @@ class InitConfig(CampaignOptions):
         if self.import_file:
             for name in ("prompts", "model2"):
                 if getattr(self, name):
-                    yield Problem(name, getattr(self, name), "cannot be used with --import_file: "
-                                  "imported outputs bring their prompts and models; drop one")
+                    yield Problem(
+                        name,
+                        getattr(self, name),
+                        "cannot be used with --import_file: "
+                        "imported outputs bring their prompts and models; drop one",
+                    )
             return
         yield from _prompts_problems("prompts", self.prompts, required=True)
         if self.model2:
@@ -95,8 +99,12 @@ class InitConfig(CampaignOptions):
             if message:
                 yield Problem("model2", self.model2, message)
         if self.samples_per_model() < 2 and not self.model2 and _comparative(self.kinds):
-            yield Problem("samples", self.samples, "pairwise and ranking tasks compare 2 or "
-                          "more outputs of a prompt; give --samples 2 or more, or --model2")
+            yield Problem(
+                "samples",
+                self.samples,
+                "pairwise and ranking tasks compare 2 or "
+                "more outputs of a prompt; give --samples 2 or more, or --model2",
+            )
 
     def samples_per_model(self) -> int:
         return self.samples or (1 if self.model2 else 2)
@@ -126,13 +134,19 @@ class NextRoundConfig(CampaignOptions):
 
 def _kinds_problems(kinds: str) -> Iterable[Problem]:
     if not _split_kinds(kinds):
-        yield Problem("kinds", kinds, f"is empty; give a comma-separated list of {', '.join(KINDS)}")
+        yield Problem(
+            "kinds", kinds, f"is empty; give a comma-separated list of {', '.join(KINDS)}"
+        )
     for kind in _split_kinds(kinds):
         if kind not in KINDS:
             close = difflib.get_close_matches(kind, KINDS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            yield Problem("kinds", kinds, f"{kind!r} is not a task kind; {hint}give a "
-                          f"comma-separated list of {', '.join(KINDS)}")
+            yield Problem(
+                "kinds",
+                kinds,
+                f"{kind!r} is not a task kind; {hint}give a "
+                f"comma-separated list of {', '.join(KINDS)}",
+            )
 
 
 def _split_kinds(kinds: str) -> list[str]:
@@ -148,8 +162,12 @@ def _prompts_problems(name: str, value: str, required: bool) -> Iterable[Problem
 
     if not value:
         if required:
-            yield Problem(name, "", "is required; pass --prompts FILE, a built-in set such as "
-                          "vader:movies, or --import_file FILE")
+            yield Problem(
+                name,
+                "",
+                "is required; pass --prompts FILE, a built-in set such as "
+                "vader:movies, or --import_file FILE",
+            )
         return
     if ":" in value and not Path(value).exists():
         return  # a built-in set: resolved (and checked) by rlhfkit.data.builtin
@@ -173,8 +191,10 @@ def init(cfg: InitConfig) -> None:
         texts = [row["prompt"] for row in rows]
         n = cfg.samples_per_model()
         drafts = sample(cfg.model, cfg.gen, texts, n, cfg.seed, round_number=1)
-        plans = [PromptPlan(row["prompt"], prompt_meta(row), list(outputs))
-                 for row, outputs in zip(rows, drafts, strict=True)]
+        plans = [
+            PromptPlan(row["prompt"], prompt_meta(row), list(outputs))
+            for row, outputs in zip(rows, drafts, strict=True)
+        ]
         if cfg.model2:
             model2 = ModelCfg(cfg.model2, cfg.model.dtype, cfg.model.device)
             second = sample(model2, cfg.gen, texts, n, cfg.seed, round_number=1)
@@ -193,15 +213,21 @@ def init(cfg: InitConfig) -> None:
     with open_campaign(cfg, new=True) as store:
         with store.transaction():
             try:
-                store.create_campaign(cfg.campaign, task_kinds=kinds, overlap=cfg.overlap,
-                                      overlap_annotators=cfg.overlap_annotators)
+                store.create_campaign(
+                    cfg.campaign,
+                    task_kinds=kinds,
+                    overlap=cfg.overlap,
+                    overlap_annotators=cfg.overlap_annotators,
+                )
             except ConflictError as error:  # made by someone else while we sampled
                 raise ConfigError(f"--campaign = {cfg.campaign!r}: {error}") from None
             tasks = store_plans(store, cfg.campaign, plans, kinds, random.Random(cfg.seed))
         url = store.url
     outputs = sum(len(plan.outputs) for plan in plans)
-    print(f"campaign {cfg.campaign!r} in {url}: {len(plans)} prompts, {outputs} outputs "
-          f"({source}), {_tasks_summary(tasks)}")
+    print(
+        f"campaign {cfg.campaign!r} in {url}: {len(plans)} prompts, {outputs} outputs "
+        f"({source}), {_tasks_summary(tasks)}"
+    )
     print(f"next: rlhfkit label serve --campaign {cfg.campaign}{db_flag(cfg)}")
 
 
@@ -219,19 +245,24 @@ def _check_name_free(cfg: InitConfig) -> None:
             store.campaign_settings(cfg.campaign)
         except NotFoundError:
             return
-        raise ConfigError(f"--campaign = {cfg.campaign!r}: already exists in {store.url}; pick "
-                          "another name, or add a round with `rlhfkit label next-round`")
+        raise ConfigError(
+            f"--campaign = {cfg.campaign!r}: already exists in {store.url}; pick "
+            "another name, or add a round with `rlhfkit label next-round`"
+        )
 
 
 def next_round(cfg: NextRoundConfig) -> None:
     with open_campaign(cfg) as store:
         settings = require_campaign(store, cfg.campaign)
         stored = store.campaign_outputs(cfg.campaign)
-        previous = max((output_round(output) for _, _, outputs in stored for output in outputs),
-                       default=0)
+        previous = max(
+            (output_round(output) for _, _, outputs in stored for output in outputs), default=0
+        )
         if not previous:
-            raise ConfigError(f"--campaign = {cfg.campaign!r}: holds no outputs yet, so there "
-                              "is nothing to compare against; run `rlhfkit label init` first")
+            raise ConfigError(
+                f"--campaign = {cfg.campaign!r}: holds no outputs yet, so there "
+                "is nothing to compare against; run `rlhfkit label init` first"
+            )
         rng = random.Random(cfg.seed)
         this_round = previous + 1
 
@@ -241,19 +272,25 @@ def next_round(cfg: NextRoundConfig) -> None:
             rows = load_prompt_rows(cfg.prompts, cfg.prompt_field, cfg.limit)
             plans = [PromptPlan(row["prompt"], prompt_meta(row)) for row in rows]
             old = _previous_model(stored, previous, cfg.model)
-            for plan, drafts in zip(plans, sample(old, cfg.gen, [p.text for p in plans], 1,
-                                                  cfg.seed, previous), strict=True):
+            for plan, drafts in zip(
+                plans,
+                sample(old, cfg.gen, [p.text for p in plans], 1, cfg.seed, previous),
+                strict=True,
+            ):
                 plan.outputs.append(drafts[0])
         else:
             plans = []
-            for prompt_id, text, outputs in stored[:cfg.limit or None]:
+            for prompt_id, text, outputs in stored[: cfg.limit or None]:
                 candidates = [o.output_id for o in outputs if output_round(o) == previous]
                 if candidates:
-                    plans.append(PromptPlan(text, {}, [rng.choice(candidates)],
-                                            prompt_id=prompt_id))
+                    plans.append(
+                        PromptPlan(text, {}, [rng.choice(candidates)], prompt_id=prompt_id)
+                    )
             if not plans:
-                raise ConfigError(f"--campaign = {cfg.campaign!r}: no prompt has an output of "
-                                  f"round {previous}; give new prompts with --prompts")
+                raise ConfigError(
+                    f"--campaign = {cfg.campaign!r}: no prompt has an output of "
+                    f"round {previous}; give new prompts with --prompts"
+                )
 
         # 2. the new model's sample for each prompt, then everything stored
         new = sample(cfg.model, cfg.gen, [plan.text for plan in plans], 1, cfg.seed, this_round)
@@ -262,8 +299,10 @@ def next_round(cfg: NextRoundConfig) -> None:
             plan.pairs = [(0, 1)]
         with store.transaction():  # the whole round or, if the store refuses part, none of it
             tasks = store_plans(store, cfg.campaign, plans, settings.task_kinds, rng)
-    print(f"round {this_round} of campaign {cfg.campaign!r}: {len(plans)} prompts, each a new "
-          f"output of {cfg.model.path} against round {previous}; {_tasks_summary(tasks)}")
+    print(
+        f"round {this_round} of campaign {cfg.campaign!r}: {len(plans)} prompts, each a new "
+        f"output of {cfg.model.path} against round {previous}; {_tasks_summary(tasks)}"
+    )
     print(f"next: rlhfkit label serve --campaign {cfg.campaign}{db_flag(cfg)}")
 
 
@@ -272,13 +311,17 @@ def _previous_model(stored: list, previous: int, like: ModelCfg) -> ModelCfg:
     to still hold the weights it had then."""
     first = next(o for _, _, outputs in stored for o in outputs if output_round(o) == previous)
     if ModelReference()(first.model):
-        raise ConfigError(f"--prompts: new prompts need a sample from round {previous}'s model "
-                          f"{first.model!r}, which is not a local model directory; drop --prompts "
-                          "to compare on the campaign's prompts")
+        raise ConfigError(
+            f"--prompts: new prompts need a sample from round {previous}'s model "
+            f"{first.model!r}, which is not a local model directory; drop --prompts "
+            "to compare on the campaign's prompts"
+        )
     if weights_hash(first.model) != first.model_hash:
-        raise ConfigError(f"--prompts: the weights at {first.model} changed since round "
-                          f"{previous} sampled from it; restore them, or drop --prompts to "
-                          "compare on the campaign's stored outputs")
+        raise ConfigError(
+            f"--prompts: the weights at {first.model} changed since round "
+            f"{previous} sampled from it; restore them, or drop --prompts to "
+            "compare on the campaign's stored outputs"
+        )
     return ModelCfg(first.model, like.dtype, like.device)
 
 

@@ -45,8 +45,11 @@ class ExportConfig(CampaignOptions):
         if problem:
             yield Problem("output", self.output, problem)
         if self.pii_model and not self.scrub_pii:
-            yield Problem("pii_model", self.pii_model, "is used by --scrub_pii only; pass "
-                          "--scrub_pii too, or drop --pii_model")
+            yield Problem(
+                "pii_model",
+                self.pii_model,
+                "is used by --scrub_pii only; pass --scrub_pii too, or drop --pii_model",
+            )
 
 
 def _output_problem(output: str, overwrite: bool) -> str | None:
@@ -74,27 +77,36 @@ def export(cfg: ExportConfig) -> None:
         from rlhfkit.feedback.pii import scrub_records
 
         records = scrub_records(records, scrubber)
-    result = export_labels(records, cfg.format, include_gold=cfg.include_gold,
-                           include_flagged=cfg.include_flagged)
+    result = export_labels(
+        records, cfg.format, include_gold=cfg.include_gold, include_flagged=cfg.include_flagged
+    )
     skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(result.skipped.items()))
     if not result.rows:
-        raise DataError(f"campaign {cfg.campaign!r}: its {len(records)} labels give no "
-                        f"{cfg.format} rows" + (f" (skipped: {skipped})" if skipped else "")
-                        + "; label more, or choose another --as")
+        raise DataError(
+            f"campaign {cfg.campaign!r}: its {len(records)} labels give no "
+            f"{cfg.format} rows"
+            + (f" (skipped: {skipped})" if skipped else "")
+            + "; label more, or choose another --as"
+        )
     problem = _output_problem(cfg.output, cfg.overwrite)  # it may have appeared meanwhile
     if problem:
         raise RlhfkitError(f"output {cfg.output!r} {problem}")
     write_export(os.path.expanduser(cfg.output), result.rows)
-    print(f"wrote {len(result.rows)} {cfg.format} rows from {len(records)} labels to "
-          f"{cfg.output}" + (f"; skipped: {skipped}" if skipped else ""))
+    print(
+        f"wrote {len(result.rows)} {cfg.format} rows from {len(records)} labels to "
+        f"{cfg.output}" + (f"; skipped: {skipped}" if skipped else "")
+    )
     if cfg.pseudonymise:
-        print(f"pseudonymised: annotators as ann-... (stable within {cfg.campaign!r}), dates "
-              f"instead of times, {mentions} sign-in names in free text replaced")
+        print(
+            f"pseudonymised: annotators as ann-... (stable within {cfg.campaign!r}), dates "
+            f"instead of times, {mentions} sign-in names in free text replaced"
+        )
     if scrubber is not None:
-        replaced = ", ".join(f"{entity} {count}" for entity, count
-                             in sorted(scrubber.replaced.items())) or "nothing found"
-        print(f"scrubbed critiques and corrections: {replaced}; looked for "
-              f"{scrubber.describe()}")
+        replaced = (
+            ", ".join(f"{entity} {count}" for entity, count in sorted(scrubber.replaced.items()))
+            or "nothing found"
+        )
+        print(f"scrubbed critiques and corrections: {replaced}; looked for {scrubber.describe()}")
 
 
 def _scrubber(cfg: ExportConfig):

@@ -36,8 +36,12 @@ class GoldConfig(CampaignOptions):
     def check(self) -> Iterable[Problem]:
         yield from CampaignOptions.check(self)
         if not self.file:
-            yield Problem("file", "", 'is required; pass --file gold.jsonl with rows such as '
-                          '{"task_id": 12, "choice": "A"}')
+            yield Problem(
+                "file",
+                "",
+                "is required; pass --file gold.jsonl with rows such as "
+                '{"task_id": 12, "choice": "A"}',
+            )
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,14 @@ def gold(cfg: GoldConfig) -> None:
             store.set_gold(cfg.campaign, answers)
         except (PayloadError, NotFoundError) as error:
             raise DataError(f"{cfg.file}: {error}; nothing was changed") from None
-        kinds = Counter(store.task_details(cfg.campaign, task_id).task.kind
-                        for task_id in answers)
+        kinds = Counter(store.task_details(cfg.campaign, task_id).task.kind for task_id in answers)
         total = len(store.gold_answers(cfg.campaign))
     summary = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
     done = "made plain again" if cfg.clear else "marked gold"
-    print(f"campaign {cfg.campaign!r}: {done}: {summary}; it has {total} gold tasks now, and "
-          "the admin page shows each annotator's accuracy on them")
+    print(
+        f"campaign {cfg.campaign!r}: {done}: {summary}; it has {total} gold tasks now, and "
+        "the admin page shows each annotator's accuracy on them"
+    )
 
 
 def _gold_rows(path: str, clear: bool) -> dict[int, dict[str, Any] | None]:
@@ -81,20 +86,25 @@ def _gold_rows(path: str, clear: bool) -> dict[int, dict[str, Any] | None]:
 
     rows = read_rows(os.path.expanduser(path))
     if not rows:
-        raise DataError(f"{path}: holds no rows; give one per task, such as "
-                        '{"task_id": 12, "choice": "A"}')
+        raise DataError(
+            f'{path}: holds no rows; give one per task, such as {{"task_id": 12, "choice": "A"}}'
+        )
     answers: dict[int, dict[str, Any] | None] = {}
     for number, row in enumerate(rows, start=1):
         task_id = row.get("task_id")
         answer = {key: value for key, value in row.items() if key != "task_id"}
         if type(task_id) is not int:
-            raise DataError(f"{path}: row {number}: task_id {task_id!r} is not a task number; "
-                            "the studio's admin page shows each task with its number")
+            raise DataError(
+                f"{path}: row {number}: task_id {task_id!r} is not a task number; "
+                "the studio's admin page shows each task with its number"
+            )
         if task_id in answers:
             raise DataError(f"{path}: row {number}: task {task_id} is given twice; keep one row")
         if clear and answer:
-            raise DataError(f"{path}: row {number}: --clear takes rows of task_id only, not "
-                            f"{', '.join(answer)}; drop those fields or --clear")
+            raise DataError(
+                f"{path}: row {number}: --clear takes rows of task_id only, not "
+                f"{', '.join(answer)}; drop those fields or --clear"
+            )
         answers[task_id] = None if clear else answer
     return answers
 
@@ -103,7 +113,9 @@ def overlap(cfg: OverlapConfig) -> None:
     with open_campaign(cfg) as store:
         unlabelled, items = store.set_overlap(cfg.campaign, cfg.overlap, cfg.overlap_annotators)
         settings = store.campaign_settings(cfg.campaign)
-    print(f"campaign {cfg.campaign!r}: overlap {settings.overlap:g}, "
-          f"{settings.overlap_annotators} annotators per overlap task. Of the {unlabelled} tasks "
-          f"nobody has labelled yet, {items} now go to {settings.overlap_annotators} annotators "
-          "and the rest to 1; labelled tasks keep theirs, and new tasks follow the new ratio")
+    print(
+        f"campaign {cfg.campaign!r}: overlap {settings.overlap:g}, "
+        f"{settings.overlap_annotators} annotators per overlap task. Of the {unlabelled} tasks "
+        f"nobody has labelled yet, {items} now go to {settings.overlap_annotators} annotators "
+        "and the rest to 1; labelled tasks keep theirs, and new tasks follow the new ratio"
+    )

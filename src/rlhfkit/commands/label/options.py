@@ -34,9 +34,12 @@ class CampaignOptions:
         if not self.campaign:
             yield Problem("campaign", "", "is required; pass --campaign NAME")
         elif not _CAMPAIGN_NAME.fullmatch(self.campaign):
-            yield Problem("campaign", self.campaign, "use letters, digits, '.', '-' and '_' "
-                          "(up to 100, starting with a letter or digit), e.g. round-1")
-
+            yield Problem(
+                "campaign",
+                self.campaign,
+                "use letters, digits, '.', '-' and '_' "
+                "(up to 100, starting with a letter or digit), e.g. round-1",
+            )
 
 
 def db_target(opts: CampaignOptions) -> str:
@@ -52,9 +55,11 @@ def open_campaign(opts: CampaignOptions, *, new: bool = False):
     target = db_target(opts)
     url = resolve_url(target)
     if not new and url.get_backend_name() == "sqlite" and not Path(url.database).is_file():
-        raise ConfigError(f"--campaign = {opts.campaign!r}: no feedback database at "
-                          f"{url.database}; create the campaign with `rlhfkit label init "
-                          f"--campaign {opts.campaign} ...`, or pass --db where it lives")
+        raise ConfigError(
+            f"--campaign = {opts.campaign!r}: no feedback database at "
+            f"{url.database}; create the campaign with `rlhfkit label init "
+            f"--campaign {opts.campaign} ...`, or pass --db where it lives"
+        )
     store = open_store(target)
     if not new:
         require_campaign(store, opts.campaign)
@@ -78,7 +83,6 @@ def state_dir(opts: CampaignOptions) -> Path:
     if url.get_backend_name() == "sqlite":
         return Path(url.database).parent
     return Path(CAMPAIGNS_DIR) / opts.campaign
-
 
 
 def db_flag(opts: CampaignOptions) -> str:

@@ -49,13 +49,20 @@ class ServeConfig(CampaignOptions):
     def check(self) -> Iterable[Problem]:
         yield from CampaignOptions.check(self)
         if not self.allow_remote and not _is_loopback(self.host):
-            yield Problem("host", self.host, "opens the app to the network; add --allow_remote "
-                          "to do so on purpose (use it behind HTTPS), or use 127.0.0.1")
+            yield Problem(
+                "host",
+                self.host,
+                "opens the app to the network; add --allow_remote "
+                "to do so on purpose (use it behind HTTPS), or use 127.0.0.1",
+            )
         for proxy in _proxies(self.trusted_proxies):
             if not _is_network(proxy):
-                yield Problem("trusted_proxies", self.trusted_proxies,
-                              f"{proxy!r} is not an IP address or network; give the proxies' "
-                              "addresses, comma-separated, e.g. 127.0.0.1,10.0.0.0/8")
+                yield Problem(
+                    "trusted_proxies",
+                    self.trusted_proxies,
+                    f"{proxy!r} is not an IP address or network; give the proxies' "
+                    "addresses, comma-separated, e.g. 127.0.0.1,10.0.0.0/8",
+                )
 
 
 @dataclass(frozen=True)
@@ -76,14 +83,18 @@ class AnnotatorConfig(CampaignOptions):
 
         yield from CampaignOptions.check(self)
         if not self.name or self.name != self.name.strip():
-            yield Problem("name", self.name, "give a sign-in name without leading or trailing "
-                          "spaces, e.g. --name ada")
+            yield Problem(
+                "name",
+                self.name,
+                "give a sign-in name without leading or trailing spaces, e.g. --name ada",
+            )
         problem = password_problem(self.password) if self.password else None
         if problem:
             yield Problem("password", "***", problem)
         if self.admin and self.reset_password:
-            yield Problem("admin", True, "sets the role of a new account; leave it out with "
-                          "--reset_password")
+            yield Problem(
+                "admin", True, "sets the role of a new account; leave it out with --reset_password"
+            )
 
 
 def _is_loopback(host: str) -> bool:
@@ -129,25 +140,36 @@ def serve(cfg: ServeConfig) -> None:
         if store.get_annotator(ADMIN) is None:
             password = secrets.token_urlsafe(12)
             store.add_annotator(ADMIN, hash_password(password), is_admin=True)
-        app = create_app(store, secret_key=_secret_key(state_dir(cfg)), campaign=cfg.campaign,
-                         secure_cookie=cfg.secure_cookie, max_body_bytes=cfg.max_body_bytes,
-                         max_text_chars=cfg.max_text_chars)
+        app = create_app(
+            store,
+            secret_key=_secret_key(state_dir(cfg)),
+            campaign=cfg.campaign,
+            secure_cookie=cfg.secure_cookie,
+            max_body_bytes=cfg.max_body_bytes,
+            max_text_chars=cfg.max_text_chars,
+        )
         host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
         print(f"labelling campaign {cfg.campaign!r} at http://{host}:{cfg.port}/")
         if password is None:
-            print(f"admin login: {ADMIN}, with the password given when it was created; add "
-                  f"another admin with `rlhfkit label annotator --admin`")
+            print(
+                f"admin login: {ADMIN}, with the password given when it was created; add "
+                f"another admin with `rlhfkit label annotator --admin`"
+            )
         elif sys.stdout.isatty():
             print(f"admin login: {ADMIN} / {password}  (shown only now: note it down)")
         else:
             # Output that is not a terminal tends to end up in log files: keep it out of them.
             path = _write_private(state_dir(cfg) / ADMIN_PASSWORD_FILE, password + "\n")
-            print(f"admin login: {ADMIN}, with the password in {path} (readable by you only; "
-                  "delete it once noted)")
+            print(
+                f"admin login: {ADMIN}, with the password in {path} (readable by you only; "
+                "delete it once noted)"
+            )
         if cfg.allow_remote and not cfg.secure_cookie:
-            print("note: --allow_remote without --secure_cookie: serve the app behind HTTPS and "
-                  "add --secure_cookie, or passwords and sessions cross the network in clear",
-                  file=sys.stderr)
+            print(
+                "note: --allow_remote without --secure_cookie: serve the app behind HTTPS and "
+                "add --secure_cookie, or passwords and sessions cross the network in clear",
+                file=sys.stderr,
+            )
         uvicorn.run(app, host=cfg.host, port=cfg.port, **uvicorn_options(cfg))
 
 
@@ -180,12 +202,16 @@ def annotator(cfg: AnnotatorConfig) -> None:
     with open_campaign(cfg) as store:
         exists = store.get_annotator(cfg.name) is not None
         if exists and not cfg.reset_password:
-            raise ConfigError(f"--name = {cfg.name!r}: already has an account in {store.url}; "
-                              "pick another name, or add --reset_password to give it a new "
-                              "password")
+            raise ConfigError(
+                f"--name = {cfg.name!r}: already has an account in {store.url}; "
+                "pick another name, or add --reset_password to give it a new "
+                "password"
+            )
         if cfg.reset_password and not exists:
-            raise ConfigError(f"--name = {cfg.name!r}: no such account in {store.url}; leave "
-                              "out --reset_password to add it")
+            raise ConfigError(
+                f"--name = {cfg.name!r}: no such account in {store.url}; leave "
+                "out --reset_password to add it"
+            )
         password = cfg.password or _ask_password(cfg.name)
         if cfg.reset_password:
             store.set_password(cfg.name, hash_password(password))
@@ -196,12 +222,16 @@ def annotator(cfg: AnnotatorConfig) -> None:
                 raise ConfigError(f"--name = {cfg.name!r}: {error}") from None
         url = store.url
     if cfg.reset_password:
-        print(f"new password for {cfg.name!r} in {url}; their sessions have ended, so they sign "
-              "in again")
+        print(
+            f"new password for {cfg.name!r} in {url}; their sessions have ended, so they sign "
+            "in again"
+        )
         return
     role = "admin" if cfg.admin else "annotator"
-    print(f"added {role} {cfg.name!r} to {url}; they sign in at the address "
-          f"`rlhfkit label serve --campaign {cfg.campaign}` prints")
+    print(
+        f"added {role} {cfg.name!r} to {url}; they sign in at the address "
+        f"`rlhfkit label serve --campaign {cfg.campaign}` prints"
+    )
 
 
 def _ask_password(name: str) -> str:

@@ -57,15 +57,21 @@ def download(request: Request, who: Admin) -> Response:
         raise Refused(400, f"export as {form!r}: choose one of {', '.join(EXPORTS)}")
     pseudonymous = request.query_params.get("pseudonymise", "")
     if pseudonymous not in ("", "0", "1"):
-        raise Refused(400, f"pseudonymise={pseudonymous!r}: give 1 (annotators as pseudonyms, "
-                      "dates instead of times) or 0")
+        raise Refused(
+            400,
+            f"pseudonymise={pseudonymous!r}: give 1 (annotators as pseudonyms, "
+            "dates instead of times) or 0",
+        )
     store, campaign = studio(request).store, current_campaign(request)
     records = campaign_records(store, campaign, pseudonymous=pseudonymous == "1").records
     lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in export_rows(records, form)]
     suffix = "-pseudonymised" if pseudonymous == "1" else ""
     filename = f"{campaign}-{form}{suffix}.jsonl".replace('"', "")
-    return Response("".join(lines), media_type="application/x-ndjson",
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    return Response(
+        "".join(lines),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @router.post("/admin/annotators")
@@ -75,8 +81,9 @@ def add_annotator(request: Request, who: Admin, form: CheckedForm) -> Response:
     if problem:
         return _admin_page(request, who, status=422, error=f"password: {problem}")
     try:
-        studio(request).store.add_annotator(name, hash_password(password),
-                                            is_admin=form.get("is_admin") == "on")
+        studio(request).store.add_annotator(
+            name, hash_password(password), is_admin=form.get("is_admin") == "on"
+        )
     except (PayloadError, ConflictError) as error:
         return _admin_page(request, who, status=ERROR_STATUS[type(error)], error=str(error))
     request.session["notice"] = f"added annotator {name!r}"
@@ -107,13 +114,19 @@ def set_overlap(request: Request, who: Admin, form: CheckedForm) -> Response:
         overlap = float(str(form.get("overlap", "")))
         annotators = int(str(form.get("overlap_annotators", "")))
         unlabelled, items = studio(request).store.set_overlap(
-            current_campaign(request), overlap, annotators)
+            current_campaign(request), overlap, annotators
+        )
     except (ValueError, ConfigError) as error:
-        reason = "give the overlap as a fraction 0..1 and the annotators as a whole number" \
-            if isinstance(error, ValueError) else str(error)
+        reason = (
+            "give the overlap as a fraction 0..1 and the annotators as a whole number"
+            if isinstance(error, ValueError)
+            else str(error)
+        )
         return _admin_page(request, who, status=422, error=reason)
-    request.session["notice"] = (f"overlap set to {overlap:g}: of the {unlabelled} tasks nobody "
-                                 f"has labelled yet, {items} now go to {annotators} annotators")
+    request.session["notice"] = (
+        f"overlap set to {overlap:g}: of the {unlabelled} tasks nobody "
+        f"has labelled yet, {items} now go to {annotators} annotators"
+    )
     return see_other("/admin")
 
 
@@ -121,10 +134,12 @@ def set_overlap(request: Request, who: Admin, form: CheckedForm) -> Response:
 def find_task(request: Request, who: Admin) -> Response:
     number = request.query_params.get("task", "").strip()
     if number and task_number(number) is None:
-        raise Refused(400, f"task {number!r} is not a task number: give a whole number in "
-                           "ASCII digits")
-    details = studio(request).store.task_details(current_campaign(request),
-                                                 task_number(number) if number else None)
+        raise Refused(
+            400, f"task {number!r} is not a task number: give a whole number in ASCII digits"
+        )
+    details = studio(request).store.task_details(
+        current_campaign(request), task_number(number) if number else None
+    )
     return see_other(f"/admin/tasks/{details.task.task_id}")
 
 
@@ -140,26 +155,51 @@ def set_gold(request: Request, who: Admin, form: CheckedForm, task_id: int) -> R
         studio(request).store.set_gold(current_campaign(request), {task_id: answer})
     except PayloadError as error:
         return _task_page(request, who, task_id, status=422, error=str(error))
-    request.session["notice"] = (f"task {task_id} is plain again" if answer is None else
-                                 f"task {task_id} is gold: labels on it are scored")
+    request.session["notice"] = (
+        f"task {task_id} is plain again"
+        if answer is None
+        else f"task {task_id} is gold: labels on it are scored"
+    )
     return see_other(f"/admin/tasks/{task_id}")
 
 
-def _admin_page(request: Request, who: AnnotatorInfo, *, status: int = 200,
-                error: str = "") -> Response:
+def _admin_page(
+    request: Request, who: AnnotatorInfo, *, status: int = 200, error: str = ""
+) -> Response:
     store, campaign = studio(request).store, current_campaign(request)
     report = agreement_report(store.label_records(campaign), store.gold_answers(campaign))
     gold = report.pop("gold_accuracy", {})
-    return page(request, "admin.html", status=status, who=who, campaign=campaign,
-                progress=store.progress(campaign), report=report, gold=gold, exports=EXPORTS,
-                settings=store.campaign_settings(campaign), gold_tasks=store.gold_tasks(campaign),
-                error=error, min_password=MIN_PASSWORD)
+    return page(
+        request,
+        "admin.html",
+        status=status,
+        who=who,
+        campaign=campaign,
+        progress=store.progress(campaign),
+        report=report,
+        gold=gold,
+        exports=EXPORTS,
+        settings=store.campaign_settings(campaign),
+        gold_tasks=store.gold_tasks(campaign),
+        error=error,
+        min_password=MIN_PASSWORD,
+    )
 
 
-def _task_page(request: Request, who: AnnotatorInfo, task_id: int, *, status: int = 200,
-               error: str = "") -> Response:
+def _task_page(
+    request: Request, who: AnnotatorInfo, task_id: int, *, status: int = 200, error: str = ""
+) -> Response:
     campaign = current_campaign(request)
     details = studio(request).store.task_details(campaign, task_id)
-    return page(request, "task.html", status=status, who=who, campaign=campaign,
-                details=details, task=details.task, gold=details.gold or {},
-                can_be_gold=details.task.kind in GOLD_KINDS, error=error)
+    return page(
+        request,
+        "task.html",
+        status=status,
+        who=who,
+        campaign=campaign,
+        details=details,
+        task=details.task,
+        gold=details.gold or {},
+        can_be_gold=details.task.kind in GOLD_KINDS,
+        error=error,
+    )

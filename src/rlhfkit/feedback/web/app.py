@@ -105,35 +105,51 @@ class NoCampaign(Exception):
     """The session has not picked a campaign yet."""
 
 
-def create_app(store: Store, *, secret_key: str, campaign: str | None = None,
-               secure_cookie: bool = False, max_body_bytes: int = MAX_BODY_BYTES,
-               max_text_chars: int = MAX_TEXT_CHARS) -> FastAPI:
+def create_app(
+    store: Store,
+    *,
+    secret_key: str,
+    campaign: str | None = None,
+    secure_cookie: bool = False,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_text_chars: int = MAX_TEXT_CHARS,
+) -> FastAPI:
     """The studio over ``store``. ``secret_key`` signs session cookies (keep it secret and
     stable: changing it signs everyone out); ``campaign`` fixes the campaign, None lets each
     annotator pick one; ``secure_cookie`` marks the session cookie Secure, so browsers send it
     over HTTPS only (turn it on behind an HTTPS proxy). ``max_body_bytes`` caps a request's
     body (413 over it) and ``max_text_chars`` each text of a label (422)."""
     if not isinstance(secret_key, str) or len(secret_key) < SECRET_KEY_MIN:
-        raise ConfigError(f"secret_key must be a string of {SECRET_KEY_MIN}+ characters: make "
-                          "one with `python -c 'import secrets; print(secrets.token_hex(32))'`")
+        raise ConfigError(
+            f"secret_key must be a string of {SECRET_KEY_MIN}+ characters: make "
+            "one with `python -c 'import secrets; print(secrets.token_hex(32))'`"
+        )
     for name, limit in (("max_body_bytes", max_body_bytes), ("max_text_chars", max_text_chars)):
         if type(limit) is not int or limit < 1:
             raise ConfigError(f"{name} = {limit!r}: give a whole number of 1 or more")
     if campaign is not None:
         store.campaign_settings(campaign)  # fails now, naming the known ones, if there is none
-    templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
-                                   autoescape=True, undefined=jinja2.StrictUndefined,
-                                   trim_blocks=True, lstrip_blocks=True)
+    templates = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     # No /docs: Swagger UI loads from a CDN, and the studio must work offline.
-    app = FastAPI(title="rlhfkit feedback studio", docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(title="rlhfkit feedback studio", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.studio = Studio(store, campaign, LoginLimiter(), templates, PasswordChecks())
     app.state.max_text_chars = max_text_chars
     # inside the session middleware, so that its 413 page can carry the session's CSRF token
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, refuse=_refuse_body)
-    app.add_middleware(SessionMiddleware, secret_key=secret_key, session_cookie=SESSION_COOKIE,
-                       max_age=SESSION_MAX_AGE_S, same_site="lax",  # cookie always HttpOnly
-                       https_only=secure_cookie)
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=secret_key,
+        session_cookie=SESSION_COOKIE,
+        max_age=SESSION_MAX_AGE_S,
+        same_site="lax",  # cookie always HttpOnly
+        https_only=secure_cookie,
+    )
     app.middleware("http")(_security_headers)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)
@@ -185,8 +201,9 @@ async def checked_form(request: Request) -> FormData:
     """The posted form, once its CSRF token is the session's (403 otherwise)."""
     form = await request.form()
     if not csrf_ok(request.session, form.get(CSRF_FIELD)):
-        raise Refused(403, "the form's security token is missing or stale: reload the page "
-                           "and try again")
+        raise Refused(
+            403, "the form's security token is missing or stale: reload the page and try again"
+        )
     return form
 
 
@@ -197,8 +214,10 @@ CheckedForm = Annotated[FormData, Depends(checked_form)]
 def signed_in_with_header(request: Request, who: SignedIn) -> AnnotatorInfo:
     """The signed-in annotator of an API call that sent the session's CSRF token."""
     if not csrf_ok(request.session, request.headers.get(CSRF_HEADER)):
-        raise Refused(403, f"send the session's CSRF token in the {CSRF_HEADER} header "
-                           "(GET /api/next gives it)")
+        raise Refused(
+            403,
+            f"send the session's CSRF token in the {CSRF_HEADER} header (GET /api/next gives it)",
+        )
     return who
 
 
@@ -235,14 +254,24 @@ async def login(request: Request, form: CheckedForm) -> Response:
     if not wait_s:
         try:
             wait_s, who = await shared.password_checks.run(
-                lambda: _check_password(shared, name, address, password))
+                lambda: _check_password(shared, name, address, password)
+            )
         except Busy:
-            return page(request, "login.html", status=503, headers={"Retry-After": "5"},
-                        error="the server is busy checking other sign-ins: try again in a "
-                              "few seconds")
+            return page(
+                request,
+                "login.html",
+                status=503,
+                headers={"Retry-After": "5"},
+                error="the server is busy checking other sign-ins: try again in a few seconds",
+            )
     if wait_s:
-        return page(request, "login.html", status=429, headers={"Retry-After": str(wait_s)},
-                    error=f"too many failed attempts: try again in {wait_s} seconds")
+        return page(
+            request,
+            "login.html",
+            status=429,
+            headers={"Retry-After": str(wait_s)},
+            error=f"too many failed attempts: try again in {wait_s} seconds",
+        )
     if who is None:
         return page(request, "login.html", status=401, error="wrong name or password")
     request.session.clear()  # a fresh CSRF token for the new session
@@ -250,8 +279,9 @@ async def login(request: Request, form: CheckedForm) -> Response:
     return see_other("/")
 
 
-def _check_password(shared: Studio, name: str, address: str,
-                    password: str) -> tuple[int, AnnotatorInfo | None]:
+def _check_password(
+    shared: Studio, name: str, address: str, password: str
+) -> tuple[int, AnnotatorInfo | None]:
     """(seconds to wait, 0 if none; the account if the password is right). Asks the limiter
     again: attempts that passed it together before any failed are counted now. An unknown
     name is checked too (against a dummy hash), so it takes as long as a known one."""
@@ -294,8 +324,13 @@ def choose_campaign(request: Request, who: SignedIn, form: CheckedForm) -> Respo
         try:
             studio(request).store.campaign_settings(name)
         except NotFoundError:
-            return page(request, "campaigns.html", status=404, who=who,
-                        error=f"there is no campaign {name!r}: check the name you were given")
+            return page(
+                request,
+                "campaigns.html",
+                status=404,
+                who=who,
+                error=f"there is no campaign {name!r}: check the name you were given",
+            )
         request.session["campaign"] = name
     return see_other("/label")
 
@@ -314,11 +349,13 @@ def submit(request: Request, who: SignedIn, form: CheckedForm) -> Response:
     task_id = _task_id(form)
     try:
         payload = check_text_sizes(label_payload(form), request.app.state.max_text_chars)
-        studio(request).store.submit_label(task_id, who.name, str(form.get("request_id", "")),
-                                           payload, campaign=campaign)
+        studio(request).store.submit_label(
+            task_id, who.name, str(form.get("request_id", "")), payload, campaign=campaign
+        )
     except (PayloadError, ConflictError, NotAllowedError) as error:
-        return _label_page(request, who, campaign, error=str(error),
-                           status=ERROR_STATUS[type(error)], typed=form)
+        return _label_page(
+            request, who, campaign, error=str(error), status=ERROR_STATUS[type(error)], typed=form
+        )
     return see_other("/label")
 
 
@@ -331,21 +368,41 @@ def skip(request: Request, who: SignedIn, form: CheckedForm) -> Response:
 @router.post("/undo")
 def undo(request: Request, who: SignedIn, form: CheckedForm) -> Response:
     undone = studio(request).store.undo_last(who.name, current_campaign(request))
-    request.session["notice"] = ("nothing to undo" if undone is None else
-                                 f"took back your label on task {undone.task_id}: it will be "
-                                 "offered again")
+    request.session["notice"] = (
+        "nothing to undo"
+        if undone is None
+        else f"took back your label on task {undone.task_id}: it will be offered again"
+    )
     return see_other("/label")
 
 
-def _label_page(request: Request, who: AnnotatorInfo, campaign: str, *, error: str = "",
-                status: int = 200, typed: Mapping[str, Any] | None = None) -> Response:
+def _label_page(
+    request: Request,
+    who: AnnotatorInfo,
+    campaign: str,
+    *,
+    error: str = "",
+    status: int = 200,
+    typed: Mapping[str, Any] | None = None,
+) -> Response:
     store = studio(request).store
     task = store.next_task(campaign, who.name)
     mine = _my_progress(store, campaign, who.name)
     typed = typed if task and typed and _task_id(typed, quiet=True) == task.task_id else {}
-    return page(request, "label.html", status=status, who=who, campaign=campaign, task=task,
-                progress=mine, request_id=str(uuid.uuid4()), flags=FLAGS, error=error,
-                typed=typed, rank_keys=_rank_keys(task))
+    return page(
+        request,
+        "label.html",
+        status=status,
+        who=who,
+        campaign=campaign,
+        task=task,
+        progress=mine,
+        request_id=str(uuid.uuid4()),
+        flags=FLAGS,
+        error=error,
+        typed=typed,
+        rank_keys=_rank_keys(task),
+    )
 
 
 # --- JSON API ------------------------------------------------------------------------------------
@@ -355,39 +412,62 @@ def _label_page(request: Request, who: AnnotatorInfo, campaign: str, *, error: s
 def api_next(request: Request, who: SignedIn) -> JSONResponse:
     store, campaign = studio(request).store, current_campaign(request)
     task = store.next_task(campaign, who.name)
-    return JSONResponse({"task": None if task is None else asdict(task),
-                         "progress": _my_progress(store, campaign, who.name),
-                         "request_id": str(uuid.uuid4()), "csrf_token": csrf_token(request.session)})
+    return JSONResponse(
+        {
+            "task": None if task is None else asdict(task),
+            "progress": _my_progress(store, campaign, who.name),
+            "request_id": str(uuid.uuid4()),
+            "csrf_token": csrf_token(request.session),
+        }
+    )
 
 
 @router.post("/api/label")
-def api_label(request: Request, body: dict[str, Any],
-              who: SignedInWithHeader) -> JSONResponse:
+def api_label(request: Request, body: dict[str, Any], who: SignedInWithHeader) -> JSONResponse:
     """Body: ``{"task_id": 3, "request_id": "...", "label": {"choice": "A"}}``; answers the
     label's id and whether this request created it (False for a repeat). Only the task that
     ``/api/next`` offered may be labelled (``Store.submit_label``)."""
     task_id = task_number(body.get("task_id")) if type(body.get("task_id")) is int else None
     if task_id is None:
-        raise Refused(400, f"task_id {body.get('task_id')!r} is not a task number: give the "
-                           "integer task_id that GET /api/next answered")
+        raise Refused(
+            400,
+            f"task_id {body.get('task_id')!r} is not a task number: give the "
+            "integer task_id that GET /api/next answered",
+        )
     label_id, created = studio(request).store.submit_label(
-        task_id, who.name, body.get("request_id"),
+        task_id,
+        who.name,
+        body.get("request_id"),
         check_text_sizes(body.get("label"), request.app.state.max_text_chars),
-        campaign=current_campaign(request))
+        campaign=current_campaign(request),
+    )
     return JSONResponse({"label_id": label_id, "created": created}, 201 if created else 200)
 
 
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def page(request: Request, template: str, *, status: int = 200,
-         headers: Mapping[str, str] | None = None, **context: Any) -> HTMLResponse:
+def page(
+    request: Request,
+    template: str,
+    *,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+    **context: Any,
+) -> HTMLResponse:
     """``template`` rendered with ``context``, the session's CSRF token and any notice."""
     context.setdefault("who", None)
     context.setdefault("error", "")
-    html = studio(request).templates.get_template(template).render(
-        csrf_token=csrf_token(request.session), notice=request.session.pop("notice", ""),
-        fixed_campaign=studio(request).campaign is not None, **context)
+    html = (
+        studio(request)
+        .templates.get_template(template)
+        .render(
+            csrf_token=csrf_token(request.session),
+            notice=request.session.pop("notice", ""),
+            fixed_campaign=studio(request).campaign is not None,
+            **context,
+        )
+    )
     return HTMLResponse(html, status_code=status, headers=headers)
 
 
@@ -401,8 +481,9 @@ def _task_id(form: Mapping[str, Any], quiet: bool = False) -> int | None:
     task_id = task_number(value)
     if task_id is not None or quiet:
         return task_id
-    raise Refused(400, f"task_id {value!r} is not a task number (ASCII digits, below 2**63): "
-                       "reload the page")
+    raise Refused(
+        400, f"task_id {value!r} is not a task number (ASCII digits, below 2**63): reload the page"
+    )
 
 
 def _my_progress(store: Store, campaign: str, annotator: str) -> dict[str, int]:
@@ -456,8 +537,12 @@ async def _invalid_request(request: Request, exc: Exception) -> Response:
     """FastAPI's check of a body or path parameter, as a one-line reason in the API's form."""
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(part) for part in first.get("loc", ())) or "the request"
-    return _error(request, 422, f"{where}: {first.get('msg', 'is not valid')}; send "
-                                "what the route documents (a JSON object for /api/label)")
+    return _error(
+        request,
+        422,
+        f"{where}: {first.get('msg', 'is not valid')}; send "
+        "what the route documents (a JSON object for /api/label)",
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

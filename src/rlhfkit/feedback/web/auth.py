@@ -100,8 +100,11 @@ def csrf_token(session: MutableMapping[str, Any]) -> str:
 def csrf_ok(session: MutableMapping[str, Any], given: str | None) -> bool:
     """Whether ``given`` is the session's token (compared in constant time)."""
     expected = session.get(CSRF_FIELD)
-    return bool(expected and isinstance(given, str)
-                and hmac.compare_digest(expected.encode(), given.encode()))
+    return bool(
+        expected
+        and isinstance(given, str)
+        and hmac.compare_digest(expected.encode(), given.encode())
+    )
 
 
 # --- login attempts ------------------------------------------------------------------------------
@@ -119,9 +122,13 @@ class LoginLimiter:
     thread pool.
     """
 
-    def __init__(self, max_failures: int = MAX_FAILURES, window_s: float = WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic,
-                 name_max_failures: int = NAME_MAX_FAILURES):
+    def __init__(
+        self,
+        max_failures: int = MAX_FAILURES,
+        window_s: float = WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+        name_max_failures: int = NAME_MAX_FAILURES,
+    ):
         self.max_failures, self.window_s, self._clock = max_failures, window_s, clock
         self.name_max_failures = name_max_failures
         # Each deque keeps only as many times as its limit needs: memory per key is bounded.
@@ -141,8 +148,12 @@ class LoginLimiter:
             everyone = self._recent(self._names, name, now)
             if pair and len(everyone) >= self.name_max_failures:
                 # free again once the name cools down or this address's failures age out
-                waits.append(min(self._until_under(everyone, self.name_max_failures, now),
-                                 pair[-1] + self.window_s - now))
+                waits.append(
+                    min(
+                        self._until_under(everyone, self.name_max_failures, now),
+                        pair[-1] + self.window_s - now,
+                    )
+                )
             return max(1, math.ceil(max(waits))) if waits else 0
 
     def failed(self, name: str, address: str) -> None:
@@ -194,8 +205,13 @@ class PasswordChecks:
     neither queues without end nor takes the thread pool the labelling routes run in.
     """
 
-    def __init__(self, slots: int = PASSWORD_CHECK_SLOTS, queue: int = PASSWORD_CHECK_QUEUE,
-                 wait_s: float = PASSWORD_CHECK_WAIT_S, poll_s: float = 0.02):
+    def __init__(
+        self,
+        slots: int = PASSWORD_CHECK_SLOTS,
+        queue: int = PASSWORD_CHECK_QUEUE,
+        wait_s: float = PASSWORD_CHECK_WAIT_S,
+        poll_s: float = 0.02,
+    ):
         self.slots, self.queue, self.wait_s, self.poll_s = slots, queue, wait_s, poll_s
         # A thread semaphore, polled: the slots are shared by every event loop in the process
         # (a test client runs one per request), which asyncio's primitives are not.

@@ -57,8 +57,9 @@ def _ranking(form: Mapping[str, Any]) -> list[int]:
     expected = {f"rank_{position}" for position in range(count)}
     wanted = {str(place) for place in range(1, count + 1)}
     if set(places) != expected or set(places.values()) != wanted:
-        raise PayloadError(f"ranking: give each of the {count} outputs a different place "
-                           f"from 1 (best) to {count}")
+        raise PayloadError(
+            f"ranking: give each of the {count} outputs a different place from 1 (best) to {count}"
+        )
     return sorted(range(count), key=lambda position: int(places[f"rank_{position}"]))
 
 

@@ -47,9 +47,11 @@ def check_text_sizes(payload: Any, max_chars: int) -> Any:
         for field in TEXT_FIELDS:
             text = payload.get(field)
             if isinstance(text, str) and len(text) > max_chars:
-                raise PayloadError(f"label field {field!r} is {len(text):,} characters; the "
-                                   f"studio takes at most {max_chars:,} (label serve "
-                                   "--max_text_chars): shorten it")
+                raise PayloadError(
+                    f"label field {field!r} is {len(text):,} characters; the "
+                    f"studio takes at most {max_chars:,} (label serve "
+                    "--max_text_chars): shorten it"
+                )
     return payload
 
 
@@ -57,8 +59,12 @@ class BodyLimit:
     """ASGI middleware that refuses a request body over ``max_bytes`` with ``refuse(request,
     reason)``'s response, so no route parses (or the store keeps) an oversized body."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int,
-                 refuse: Callable[[Request, str], Response | Awaitable[Response]]):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        refuse: Callable[[Request, str], Response | Awaitable[Response]],
+    ):
         self.app, self.max_bytes, self.refuse = app, max_bytes, refuse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -97,8 +103,10 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
-        reason = (f"the request body is {size}; the studio takes at most {self.max_bytes:,} "
-                  "(label serve --max_body_bytes): send less text")
+        reason = (
+            f"the request body is {size}; the studio takes at most {self.max_bytes:,} "
+            "(label serve --max_body_bytes): send less text"
+        )
         response = self.refuse(Request(scope), reason)
         if not isinstance(response, Response):
             response = await response

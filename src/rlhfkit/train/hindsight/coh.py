@@ -70,25 +70,40 @@ class CohCfg:
 
     def check(self) -> Iterable[Problem]:
         if self.phrases == "critique" and self.data != "critiques":
-            yield Problem("phrases", self.phrases, "uses each row's critique text, but coh.data "
-                          f"= {self.data!r} has none; set --coh.data critiques or --coh.phrases "
-                          "lists")
+            yield Problem(
+                "phrases",
+                self.phrases,
+                "uses each row's critique text, but coh.data "
+                f"= {self.data!r} has none; set --coh.data critiques or --coh.phrases "
+                "lists",
+            )
         if self.data == "critiques" and self.phrases != "critique":
-            yield Problem("data", self.data, "critiques say neither good nor bad; their text is "
-                          "the phrase: set --coh.phrases critique")
+            yield Problem(
+                "data",
+                self.data,
+                "critiques say neither good nor bad; their text is "
+                "the phrase: set --coh.phrases critique",
+            )
         for name in ("positive", "negative"):
             phrases = getattr(self, name)
             if not phrases or not all(p.strip() for p in phrases):
                 yield Problem(name, phrases, "give at least one phrase, none of them empty")
         if not (self.chains or self.singles):
-            yield Problem("chains", self.chains, "and coh.singles are both off: no sequences; "
-                          "turn one on")
+            yield Problem(
+                "chains", self.chains, "and coh.singles are both off: no sequences; turn one on"
+            )
         if self.mask_fraction >= 1:
-            yield Problem("mask_fraction", self.mask_fraction, "would hide every past token; "
-                          "give a value below 1 (a few percent)")
+            yield Problem(
+                "mask_fraction",
+                self.mask_fraction,
+                "would hide every past token; give a value below 1 (a few percent)",
+            )
         if self.good_min < self.bad_max:
-            yield Problem("good_min", self.good_min, f"is below coh.bad_max = {self.bad_max:g}; "
-                          "a text would be both good and bad")
+            yield Problem(
+                "good_min",
+                self.good_min,
+                f"is below coh.bad_max = {self.bad_max:g}; a text would be both good and bad",
+            )
 
 
 @dataclass(frozen=True)
@@ -101,8 +116,12 @@ class Config(OfflineConfig):
 
     def check(self) -> Iterable[Problem]:
         if self.method != "coh":
-            yield Problem("method", self.method, "this is the coh config; run rlhfkit hindsight "
-                          f"--method {self.method} for that method")
+            yield Problem(
+                "method",
+                self.method,
+                "this is the coh config; run rlhfkit hindsight "
+                f"--method {self.method} for that method",
+            )
         if self.coh.data != "ratings":
             yield from no_classes_to_balance(self.data, self.coh.data)
 
@@ -139,19 +158,31 @@ def train(cfg: Config) -> tuple[object, dict]:
             good = next((j for j in chain if j.good), None)
             plain = None
             if cfg.coh.sft_weight and good is not None:
-                plain = sequences.encode(tokenizer, good.prompt, good.output,
-                                         chat and bool(good.prompt), cfg.train.max_length,
-                                         good.weight)
-            examples.append(Example(coh.encode_chain(tokenizer, chain, phrases, rng, chat,
-                                                     cfg.train.max_length), plain))
+                plain = sequences.encode(
+                    tokenizer,
+                    good.prompt,
+                    good.output,
+                    chat and bool(good.prompt),
+                    cfg.train.max_length,
+                    good.weight,
+                )
+            examples.append(
+                Example(
+                    coh.encode_chain(tokenizer, chain, phrases, rng, chat, cfg.train.max_length),
+                    plain,
+                )
+            )
         return examples
 
     examples = encode_all(load_chains(cfg, "train"), cfg.run.seed)
-    offline.report_truncated(sum(e.sequence.truncated for e in examples), len(examples),
-                             cfg.train.max_length)
+    offline.report_truncated(
+        sum(e.sequence.truncated for e in examples), len(examples), cfg.train.max_length
+    )
     eval_chains = load_chains(cfg, "eval", every_form=True)  # contrasts whatever the forms
-    contrasts = _capped([(c[0], c[1]) for c in eval_chains
-                         if len(c) == 2 and c[0].good and c[1].good is False], cfg.train.max_eval)
+    contrasts = _capped(
+        [(c[0], c[1]) for c in eval_chains if len(c) == 2 and c[0].good and c[1].good is False],
+        cfg.train.max_eval,
+    )
     eval_chains = [c for c in eval_chains if (cfg.coh.chains if len(c) == 2 else cfg.coh.singles)]
     eval_examples = encode_all(_capped(eval_chains, cfg.train.max_eval), cfg.run.seed + 1)
 
@@ -162,8 +193,11 @@ def train(cfg: Config) -> tuple[object, dict]:
         logprobs, mask = coh.output_logprobs(model, tokens, hidden)  # (B, T-1) each
         weight = torch.tensor([e.sequence.weight for e in batch], device=device)
         loss, stats = sft_loss(logprobs, mask, weight)
-        metrics = {"coh_nll": float(stats.nll), "tokens": float(stats.tokens),
-                   "hidden_tokens": float(hidden.sum())}
+        metrics = {
+            "coh_nll": float(stats.nll),
+            "tokens": float(stats.tokens),
+            "hidden_tokens": float(hidden.sum()),
+        }
         plain = [e.plain for e in batch if e.plain is not None]
         if plain:
             plain_tokens = sequences.collate(plain, pad_id).to(device)
@@ -180,34 +214,55 @@ def train(cfg: Config) -> tuple[object, dict]:
         if eval_examples:
             total_nll, total_tokens = 0.0, 0
             for start in range(0, len(eval_examples), cfg.train.eval_batch_size):
-                chunk = eval_examples[start:start + cfg.train.eval_batch_size]
+                chunk = eval_examples[start : start + cfg.train.eval_batch_size]
                 logprobs, mask = coh.output_logprobs(
-                    model, coh.collate([e.sequence for e in chunk], pad_id).to(device))
+                    model, coh.collate([e.sequence for e in chunk], pad_id).to(device)
+                )
                 total_nll -= float(logprobs[mask].sum())
                 total_tokens += int(mask.sum())
             metrics["nll"] = total_nll / max(total_tokens, 1)
         if contrasts:
-            margins = phrase_margins(model, tokenizer, contrasts, cfg.coh.positive[0],
-                                     cfg.coh.negative[0], chat, cfg.train.max_length,
-                                     cfg.train.eval_batch_size)
+            margins = phrase_margins(
+                model,
+                tokenizer,
+                contrasts,
+                cfg.coh.positive[0],
+                cfg.coh.negative[0],
+                chat,
+                cfg.train.max_length,
+                cfg.train.eval_batch_size,
+            )
             metrics["contrast_accuracy"] = sum(m > 0 for m in margins) / len(margins)
             metrics["contrast_margin"] = sum(margins) / len(margins)
         return metrics
 
-    fitted = offline.fit(cfg, "hindsight-coh", model, examples,
-                         [len(e.sequence.ids) for e in examples], loss_fn, evaluate)
+    fitted = offline.fit(
+        cfg,
+        "hindsight-coh",
+        model,
+        examples,
+        [len(e.sequence.ids) for e in examples],
+        loss_fn,
+        evaluate,
+    )
     model_dir = fitted.run.path / "model"
     export_model(model_dir, model, tokenizer)
     conditioning = coh.phrase_conditioning(cfg.coh.positive[0], chat)
     conditioning.save(model_dir)
-    summary = {"steps": fitted.steps, "seconds": fitted.seconds, "sequences": len(examples),
-               "train_loss_last": fitted.last_train.get("loss"),
-               **{f"{key.removeprefix('eval/')}_before": value
-                  for key, value in fitted.eval_before.items()},
-               **{f"{key.removeprefix('eval/')}_after": value
-                  for key, value in fitted.eval_after.items()},
-               "skipped_steps": fitted.skipped_steps, "model": str(model_dir),
-               "asked_with": cfg.coh.positive[0]}
+    summary = {
+        "steps": fitted.steps,
+        "seconds": fitted.seconds,
+        "sequences": len(examples),
+        "train_loss_last": fitted.last_train.get("loss"),
+        **{
+            f"{key.removeprefix('eval/')}_before": value
+            for key, value in fitted.eval_before.items()
+        },
+        **{f"{key.removeprefix('eval/')}_after": value for key, value in fitted.eval_after.items()},
+        "skipped_steps": fitted.skipped_steps,
+        "model": str(model_dir),
+        "asked_with": cfg.coh.positive[0],
+    }
     fitted.run.finish(summary)
     return fitted.run, summary
 
@@ -231,16 +286,24 @@ def load_chains(cfg: Config, split: str, every_form: bool = False) -> list[Chain
         seed = cfg.run.seed if split == "train" else 0  # the same eval pairs on every run
         return coh.chains_from_pairs(load_pairs(cfg.data, split, seed), **forms)
     if cfg.coh.data == "ratings":
-        judged = coh.judged_from_ratings(load_ratings(cfg.data, split), cfg.coh.good_min,
-                                         cfg.coh.bad_max)
+        judged = coh.judged_from_ratings(
+            load_ratings(cfg.data, split), cfg.coh.good_min, cfg.coh.bad_max
+        )
     else:
         judged = coh.load_critiques(cfg.data, split, cfg.coh.critique_field)
     return coh.chains_from_judged(judged, random.Random(cfg.run.seed), **forms)
 
 
-def phrase_margins(model: Any, tokenizer: Any, contrasts: Sequence[tuple[Judged, Judged]],
-                   positive: str, negative: str, chat: bool, max_length: int, batch_size: int
-                   ) -> list[float]:
+def phrase_margins(
+    model: Any,
+    tokenizer: Any,
+    contrasts: Sequence[tuple[Judged, Judged]],
+    positive: str,
+    negative: str,
+    chat: bool,
+    max_length: int,
+    batch_size: int,
+) -> list[float]:
     """For each (good, bad) output pair, r(good) - r(bad) with r(y) = log p(y | positive phrase)
     - log p(y | negative phrase): above 0 when the phrases rank the pair as people did.
 
@@ -253,20 +316,27 @@ def phrase_margins(model: Any, tokenizer: Any, contrasts: Sequence[tuple[Judged,
 
     asked = coh.Phrases((positive,), (negative,))
     rng = random.Random(0)  # one phrase each: nothing is drawn
-    sequences = [coh.encode_chain(tokenizer, (coh.Judged(j.prompt, j.output, good),), asked, rng,
-                                  chat, max_length)
-                 for good_bad in contrasts for j in good_bad for good in (True, False)]
+    sequences = [
+        coh.encode_chain(
+            tokenizer, (coh.Judged(j.prompt, j.output, good),), asked, rng, chat, max_length
+        )
+        for good_bad in contrasts
+        for j in good_bad
+        for good in (True, False)
+    ]
     pad_id = _pad_id(tokenizer)
     device = next(model.parameters()).device
     totals: list[float] = []
     for start in range(0, len(sequences), batch_size):
-        batch = coh.collate(sequences[start:start + batch_size], pad_id).to(device)
+        batch = coh.collate(sequences[start : start + batch_size], pad_id).to(device)
         with torch.no_grad():
             logprobs, mask = coh.output_logprobs(model, batch)  # (B, T-1) each
         totals += (logprobs * mask).sum(dim=1).tolist()
     # per contrast: good|pos, good|neg, bad|pos, bad|neg
-    return [(totals[i] - totals[i + 1]) - (totals[i + 2] - totals[i + 3])
-            for i in range(0, len(totals), 4)]
+    return [
+        (totals[i] - totals[i + 1]) - (totals[i + 2] - totals[i + 3])
+        for i in range(0, len(totals), 4)
+    ]
 
 
 def _capped(rows: list, limit: int) -> list:

@@ -103,19 +103,33 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
 
         def loss_fn(batch: list[Example]) -> tuple[Any, dict[str, float]]:
             relabelled_logprobs, relabelled_mask = sequences.completion_logprobs(
-                policy, rounds.collate([e.relabelled for e in batch]))  # (b, T-1)
-            b_ids, b_attention = (torch.stack([getattr(e, name) for e in batch])
-                                  for name in ("input_ids", "attention_mask"))  # (b, P+R)
+                policy, rounds.collate([e.relabelled for e in batch])
+            )  # (b, T-1)
+            b_ids, b_attention = (
+                torch.stack([getattr(e, name) for e in batch])
+                for name in ("input_ids", "attention_mask")
+            )  # (b, P+R)
             b_mask = torch.stack([e.response_mask for e in batch])  # (b, R)
             b_returns = torch.stack([e.return_ for e in batch])  # (b,)
             start = batch[0].response_start
             logprobs = token_logprobs(policy, b_ids, b_attention, start)  # (b, R)
             values = critic(b_ids, b_attention, start)  # (b, R)
-            loss, stats = hindsight_foresight_loss(relabelled_logprobs, relabelled_mask, logprobs,
-                                                   b_mask, b_returns, values, cfg.foresight.coef)
-            critic_loss, _ = value_loss(values, torch.stack([e.old_values for e in batch]),
-                                        b_returns[:, None].expand_as(values), b_mask,
-                                        cfg.foresight.value_clip)
+            loss, stats = hindsight_foresight_loss(
+                relabelled_logprobs,
+                relabelled_mask,
+                logprobs,
+                b_mask,
+                b_returns,
+                values,
+                cfg.foresight.coef,
+            )
+            critic_loss, _ = value_loss(
+                values,
+                torch.stack([e.old_values for e in batch]),
+                b_returns[:, None].expand_as(values),
+                b_mask,
+                cfg.foresight.value_clip,
+            )
             parts = {name: float(value) for name, value in stats._asdict().items()}
             return loss + critic_loss, {**parts, "value_loss": float(critic_loss.detach())}
 
@@ -134,16 +148,31 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
 
                 # 4. the value head's estimates at sampling time
                 with torch.no_grad():
-                    old_values = kit.in_chunks(partial(critic, response_start=start), input_ids,
-                                                  attention_mask, cfg.rounds.batch_size)  # (B, R)
+                    old_values = kit.in_chunks(
+                        partial(critic, response_start=start),
+                        input_ids,
+                        attention_mask,
+                        cfg.rounds.batch_size,
+                    )  # (B, R)
 
                 # 5. relabel: each prompt also asks for the goal its sample reached
                 ends = rollout.finished.tolist()
-                examples = [Example(rounds.encode(space.ask(sampled.rows[i]["prompt"],
-                                                            sampled.reached[i]),
-                                                  rollout.completions[i], ends[i]),
-                                    input_ids[i], attention_mask[i], mask[i], start, returns[i],
-                                    old_values[i]) for i in range(len(rollout))]
+                examples = [
+                    Example(
+                        rounds.encode(
+                            space.ask(sampled.rows[i]["prompt"], sampled.reached[i]),
+                            rollout.completions[i],
+                            ends[i],
+                        ),
+                        input_ids[i],
+                        attention_mask[i],
+                        mask[i],
+                        start,
+                        returns[i],
+                        old_values[i],
+                    )
+                    for i in range(len(rollout))
+                ]
 
                 # 6. train offline: J on the policy, the value loss on the value head
                 losses = rounds.optimise(examples, loss_fn, round_)
@@ -157,11 +186,20 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
                     "reward": mean(sampled.scores),
                     "reward_asked_desired": sampled.reward_when_asked(desired),
                     "length": float(mask.sum(dim=1).float().mean()),
-                    **losses}
+                    **losses,
+                }
                 rounds.end_round(round_, metrics)
-                bar.update(task, advance=1, info=f"goal hit {metrics['goal_hit_rate']:.2f}  "
-                                                 f"return {metrics['return']:+.3f}")
+                bar.update(
+                    task,
+                    advance=1,
+                    info=f"goal hit {metrics['goal_hit_rate']:.2f}  "
+                    f"return {metrics['return']:+.3f}",
+                )
         history = rounds.run.metrics()
-        return rounds.finish(space.conditioning(desired, "hindsight-foresight"), {
-            "goal_hit_rate_first": history[0]["goal_hit_rate"] if history else None,
-            "goal_hit_rate_last": history[-1]["goal_hit_rate"] if history else None})
+        return rounds.finish(
+            space.conditioning(desired, "hindsight-foresight"),
+            {
+                "goal_hit_rate_first": history[0]["goal_hit_rate"] if history else None,
+                "goal_hit_rate_last": history[-1]["goal_hit_rate"] if history else None,
+            },
+        )

@@ -47,11 +47,17 @@ class HIRCfg:
     def check(self) -> Iterable[Problem]:
         for name in ("success_instruction", "failure_instruction"):
             if getattr(self, name).count("{prompt}") != 1:
-                yield Problem(name, getattr(self, name), "must contain {prompt} exactly once, "
-                              "where the original prompt goes")
+                yield Problem(
+                    name,
+                    getattr(self, name),
+                    "must contain {prompt} exactly once, where the original prompt goes",
+                )
         if self.success_instruction == self.failure_instruction:
-            yield Problem("failure_instruction", self.failure_instruction,
-                          "is the success instruction; relabelling needs two different ones")
+            yield Problem(
+                "failure_instruction",
+                self.failure_instruction,
+                "is the success instruction; relabelling needs two different ones",
+            )
 
 
 @dataclass(frozen=True)
@@ -106,9 +112,11 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
             else:
                 logprobs, mask = sequences.completion_logprobs(policy, matching)  # (B, T-1)
             opposite_logprobs = sequences.sequence_logprob(
-                *sequences.completion_logprobs(policy, opposite))  # (B,)
-            loss, stats = hir_loss(logprobs, mask, opposite_logprobs, entropy,
-                                   hir.contrastive_coef, hir.entropy_coef)
+                *sequences.completion_logprobs(policy, opposite)
+            )  # (B,)
+            loss, stats = hir_loss(
+                logprobs, mask, opposite_logprobs, entropy, hir.contrastive_coef, hir.entropy_coef
+            )
             return loss, {name: float(value) for name, value in stats._asdict().items()}
 
         done = rounds.resume()
@@ -128,22 +136,38 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
 
                 # 4. relabel each prompt with the instruction its sample fulfilled
                 matching, opposite = relabel_instructions(prompts, successes, success, failure)
-                examples = [Relabelled(rounds.encode(m, c, ends), rounds.encode(o, c, ends))
-                            for m, o, c, ends in zip(matching, opposite, rollout.completions,
-                                                     rollout.finished.tolist(), strict=True)]
+                examples = [
+                    Relabelled(rounds.encode(m, c, ends), rounds.encode(o, c, ends))
+                    for m, o, c, ends in zip(
+                        matching,
+                        opposite,
+                        rollout.completions,
+                        rollout.finished.tolist(),
+                        strict=True,
+                    )
+                ]
 
                 # 5. train offline on the relabelled samples
                 losses = rounds.optimise(examples, loss_fn, round_)
 
                 # 6. log, checkpoint
-                metrics = {"success_rate": mean([float(ok) for ok in successes]),
-                           "reward": mean(scores),
-                           "length": float(rollout.response_mask.sum(dim=1).float().mean()),
-                           **losses}
+                metrics = {
+                    "success_rate": mean([float(ok) for ok in successes]),
+                    "reward": mean(scores),
+                    "length": float(rollout.response_mask.sum(dim=1).float().mean()),
+                    **losses,
+                }
                 rounds.end_round(round_, metrics)
-                bar.update(task, advance=1, info=f"success {metrics['success_rate']:.2f}  "
-                                                 f"loss {metrics['loss']:.3f}")
+                bar.update(
+                    task,
+                    advance=1,
+                    info=f"success {metrics['success_rate']:.2f}  loss {metrics['loss']:.3f}",
+                )
         history = rounds.run.metrics()
-        return rounds.finish(success, {
-            "success_rate_first": history[0]["success_rate"] if history else None,
-            "success_rate_last": history[-1]["success_rate"] if history else None})
+        return rounds.finish(
+            success,
+            {
+                "success_rate_first": history[0]["success_rate"] if history else None,
+                "success_rate_last": history[-1]["success_rate"] if history else None,
+            },
+        )

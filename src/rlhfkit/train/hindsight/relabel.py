@@ -58,29 +58,44 @@ class GoalCfg:
     def check(self) -> Iterable[Problem]:
         for key in ("{goal}", "{prompt}"):
             if self.template.count(key) != 1:
-                yield Problem("template", self.template, f"must contain {key} exactly once, "
-                              "as in '[{goal}] {prompt}'")
+                yield Problem(
+                    "template",
+                    self.template,
+                    f"must contain {key} exactly once, as in '[{{goal}}] {{prompt}}'",
+                )
         if self.kind == "sentiment" and self.levels < 2:
             yield Problem("levels", self.levels, "one level is no goal to choose; use 2 or more")
         if self.kind == "sentiment" and self.names and len(self.names) != self.levels:
-            yield Problem("names", list(self.names), f"names {len(self.names)} levels but "
-                          f"goal.levels = {self.levels}; give one name per level, most negative "
-                          "first")
+            yield Problem(
+                "names",
+                list(self.names),
+                f"names {len(self.names)} levels but "
+                f"goal.levels = {self.levels}; give one name per level, most negative "
+                "first",
+            )
         from rlhfkit.data.relabelling import goal_range
 
         top = goal_range(self.kind, self.levels, self.max_words, self.max_number)[-1]
         if self.desired > top:
-            yield Problem("desired", self.desired, f"is beyond the top goal {top}; use 1..{top} "
-                          "(0 = the top one)")
+            yield Problem(
+                "desired",
+                self.desired,
+                f"is beyond the top goal {top}; use 1..{top} (0 = the top one)",
+            )
 
     def space(self, reward: str) -> Any:
         """The ``relabelling.GoalSpace``; a ConfigError when ``reward`` cannot measure the goals."""
         from rlhfkit.data.relabelling import GoalSpace
 
-        return GoalSpace.for_reward(self.kind, reward, levels=self.levels,
-                                    max_words=self.max_words, max_number=self.max_number,
-                                    template=self.template,
-                                    names=self.names)
+        return GoalSpace.for_reward(
+            self.kind,
+            reward,
+            levels=self.levels,
+            max_words=self.max_words,
+            max_number=self.max_number,
+            template=self.template,
+            names=self.names,
+        )
 
     def desired_goal(self, space: Any) -> int:
         return self.desired or space.top
@@ -105,7 +120,9 @@ class GoalSamples(NamedTuple):
     reached: list[int]  # the goal each completion reached
 
     def hit_rate(self) -> float:
-        return sum(r == c for r, c in zip(self.reached, self.commanded, strict=True)) / len(self.rows)
+        return sum(r == c for r, c in zip(self.reached, self.commanded, strict=True)) / len(
+            self.rows
+        )
 
     def reward_when_asked(self, goal: int) -> float:
         """Mean score of the samples asked for ``goal`` (NaN when none was this round)."""
@@ -126,8 +143,9 @@ def sample_toward_goals(rounds: Any, space: Any, round_: int) -> GoalSamples:
     draw = random.Random(rounds.cfg.run.seed * 1_000_003 + round_)
     commanded = [draw.choice(space.goals) for _ in rows]
     # 2. sample from the current policy, asked for the commanded goals
-    rollout = rounds.sample([space.ask(row["prompt"], goal)
-                             for row, goal in zip(rows, commanded, strict=True)], round_)
+    rollout = rounds.sample(
+        [space.ask(row["prompt"], goal) for row, goal in zip(rows, commanded, strict=True)], round_
+    )
     # 3. score, and the goal each sample reached
     scores = rounds.score(rows, rollout.completions)
     return GoalSamples(rows, commanded, rollout, scores, [space.reached(s) for s in scores])
@@ -176,10 +194,16 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
                 sampled = sample_toward_goals(rounds, space, round_)
 
                 # 4. relabel: ask each prompt for the goal its sample reached
-                examples = [rounds.encode(space.ask(row["prompt"], goal), completion, ends)
-                            for row, goal, completion, ends in zip(
-                                sampled.rows, sampled.reached, sampled.rollout.completions,
-                                sampled.rollout.finished.tolist(), strict=True)]
+                examples = [
+                    rounds.encode(space.ask(row["prompt"], goal), completion, ends)
+                    for row, goal, completion, ends in zip(
+                        sampled.rows,
+                        sampled.reached,
+                        sampled.rollout.completions,
+                        sampled.rollout.finished.tolist(),
+                        strict=True,
+                    )
+                ]
 
                 # 5. train offline: maximum likelihood of the relabelled samples
                 losses = rounds.optimise(examples, loss_fn, round_)
@@ -191,11 +215,19 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
                     "reward": mean(sampled.scores),
                     "reward_asked_desired": sampled.reward_when_asked(desired),
                     "length": float(sampled.rollout.response_mask.sum(dim=1).float().mean()),
-                    **losses}
+                    **losses,
+                }
                 rounds.end_round(round_, metrics)
-                bar.update(task, advance=1, info=f"goal hit {metrics['goal_hit_rate']:.2f}  "
-                                                 f"loss {metrics['loss']:.3f}")
+                bar.update(
+                    task,
+                    advance=1,
+                    info=f"goal hit {metrics['goal_hit_rate']:.2f}  loss {metrics['loss']:.3f}",
+                )
         history = rounds.run.metrics()
-        return rounds.finish(space.conditioning(desired, "relabel"), {
-            "goal_hit_rate_first": history[0]["goal_hit_rate"] if history else None,
-            "goal_hit_rate_last": history[-1]["goal_hit_rate"] if history else None})
+        return rounds.finish(
+            space.conditioning(desired, "relabel"),
+            {
+                "goal_hit_rate_first": history[0]["goal_hit_rate"] if history else None,
+                "goal_hit_rate_last": history[-1]["goal_hit_rate"] if history else None,
+            },
+        )

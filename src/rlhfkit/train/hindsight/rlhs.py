@@ -80,9 +80,26 @@ from rlhfkit.train.hindsight.rlhs_stages import (
 )
 from rlhfkit.train.offline import TrainCfg
 
-__all__ = ["IMPORT_FILE", "PAIRS_FILE", "Config", "JudgeCfg", "PromptsCfg", "RewardJudge",
-           "RlhsCfg", "Sample", "SimulatorCfg", "build_judge", "dpo_config", "judge_pairs",
-           "main", "ppo_config", "reward_config", "sample_responses", "simulate_outcomes", "train"]
+__all__ = [
+    "IMPORT_FILE",
+    "PAIRS_FILE",
+    "Config",
+    "JudgeCfg",
+    "PromptsCfg",
+    "RewardJudge",
+    "RlhsCfg",
+    "Sample",
+    "SimulatorCfg",
+    "build_judge",
+    "dpo_config",
+    "judge_pairs",
+    "main",
+    "ppo_config",
+    "reward_config",
+    "sample_responses",
+    "simulate_outcomes",
+    "train",
+]
 
 SIMULATION_TEMPLATE = (
     "A person asked for advice:\n{prompt}\n\n"
@@ -112,17 +129,23 @@ class PromptsCfg:
 
     def online(self) -> PromptDataCfg:
         """The same prompts as the online commands' data group (the PPO stage reads them so)."""
-        return PromptDataCfg(prompts=os.path.expanduser(self.prompts),
-                             prompt_field=self.prompt_field, max_prompts=self.max_prompts)
+        return PromptDataCfg(
+            prompts=os.path.expanduser(self.prompts),
+            prompt_field=self.prompt_field,
+            max_prompts=self.max_prompts,
+        )
 
     def check(self) -> Iterable[Problem]:
         if not self.prompts:
-            yield Problem("prompts", "", "is required; pass --data FILE of prompts "
-                          "(recipes/data/advice-prompts.jsonl is one) or a built-in set such as "
-                          "vader:movies")
+            yield Problem(
+                "prompts",
+                "",
+                "is required; pass --data FILE of prompts "
+                "(recipes/data/advice-prompts.jsonl is one) or a built-in set such as "
+                "vader:movies",
+            )
         else:
-            yield from (problem for problem in self.online().check()
-                        if problem.field == "prompts")
+            yield from (problem for problem in self.online().check() if problem.field == "prompts")
 
 
 @dataclass(frozen=True)
@@ -171,8 +194,11 @@ class RlhsCfg:
 
     def check(self) -> Iterable[Problem]:
         if self.min_confidence >= 0.5:
-            yield Problem("min_confidence", self.min_confidence,
-                          "must be below 0.5 (no preference can be that far from 0.5)")
+            yield Problem(
+                "min_confidence",
+                self.min_confidence,
+                "must be below 0.5 (no preference can be that far from 0.5)",
+            )
 
 
 @dataclass(frozen=True)
@@ -202,18 +228,30 @@ class Config:
     def check(self) -> Iterable[Problem]:
         rlhs = self.rlhs
         if self.method != "rlhs":
-            yield Problem("method", self.method, "this config is for rlhs; set method = \"rlhs\"")
+            yield Problem("method", self.method, 'this config is for rlhs; set method = "rlhs"')
         if rlhs.optimiser == "dpo" and self.algo.loss == "kto":
             yield Problem("algo.loss", "kto", "RLHS yields preference pairs; use dpo or ipo")
         if self.gen.temperature == 0:
-            yield Problem("gen.temperature", 0, "greedy decoding samples the same response every "
-                          "time, so there is no pair to judge; use a temperature above 0")
+            yield Problem(
+                "gen.temperature",
+                0,
+                "greedy decoding samples the same response every "
+                "time, so there is no pair to judge; use a temperature above 0",
+            )
         if rlhs.evaluator == "reward" and not self.reward:
-            yield Problem("reward", "", "is required with rlhs.evaluator = reward; name the "
-                          "reward that judges, such as --reward sentiment")
+            yield Problem(
+                "reward",
+                "",
+                "is required with rlhs.evaluator = reward; name the "
+                "reward that judges, such as --reward sentiment",
+            )
         if self.reward and rlhs.evaluator != "reward":
-            yield Problem("reward", self.reward, f"judges only with rlhs.evaluator = reward, not "
-                          f"{rlhs.evaluator}; set --rlhs.evaluator reward or drop --reward")
+            yield Problem(
+                "reward",
+                self.reward,
+                f"judges only with rlhs.evaluator = reward, not "
+                f"{rlhs.evaluator}; set --rlhs.evaluator reward or drop --reward",
+            )
         elif self.reward:
             from rlhfkit.rewards import spec_problems
 
@@ -228,8 +266,10 @@ def main(cfg: Config) -> None:
     run, summary = train(cfg)
     print_summary(run, {key: value for key, value in summary.items() if key != "next"})
     if "next" in summary:  # people judge: the run stops here and says how to go on
-        print("people judge next, in the feedback studio, then training runs on their labels:\n"
-              + "\n".join(f"  {command}" for command in summary["next"]))
+        print(
+            "people judge next, in the feedback studio, then training runs on their labels:\n"
+            + "\n".join(f"  {command}" for command in summary["next"])
+        )
 
 
 def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
@@ -249,45 +289,67 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
 
             # 1. sample responses from the policy
             policy = load_causal_lm(cfg.model)
-            samples = sample_responses(policy, cfg.gen, [row["prompt"] for row in rows],
-                                       cfg.rlhs.samples_per_prompt, cfg.run.seed)
+            samples = sample_responses(
+                policy,
+                cfg.gen,
+                [row["prompt"] for row in rows],
+                cfg.rlhs.samples_per_prompt,
+                cfg.run.seed,
+            )
 
             # 2. simulate what happens after each response (the evaluator sees it in hindsight)
             simulator_path = cfg.simulator.model or cfg.model.path
             if hindsight:
-                simulator = policy if simulator_path == cfg.model.path else load_causal_lm(
-                    replace(cfg.model, path=simulator_path))
-                samples = simulate_outcomes(simulator, cfg.simulator, cfg.gen, samples,
-                                            cfg.run.seed + cfg.rlhs.samples_per_prompt)
+                simulator = (
+                    policy
+                    if simulator_path == cfg.model.path
+                    else load_causal_lm(replace(cfg.model, path=simulator_path))
+                )
+                samples = simulate_outcomes(
+                    simulator,
+                    cfg.simulator,
+                    cfg.gen,
+                    samples,
+                    cfg.run.seed + cfg.rlhs.samples_per_prompt,
+                )
                 del simulator
             if cfg.rlhs.evaluator == "people":
-                return run, write_studio_import(cfg, run, samples,
-                                                simulator_path if hindsight else None)
+                return run, write_studio_import(
+                    cfg, run, samples, simulator_path if hindsight else None
+                )
 
             # 3. the evaluator judges each pair, with the outcomes in view only in hindsight
             if cfg.rlhs.evaluator == "reward":
                 from rlhfkit.rewards import load_reward
 
-                meta = {row["prompt"]: {k: v for k, v in row.items() if k != "prompt"}
-                        for row in rows}
-                judge: Any = RewardJudge(load_reward(cfg.reward), samples,
-                                         cfg.rlhs.reward_temperature, meta)
+                meta = {
+                    row["prompt"]: {k: v for k, v in row.items() if k != "prompt"} for row in rows
+                }
+                judge: Any = RewardJudge(
+                    load_reward(cfg.reward), samples, cfg.rlhs.reward_temperature, meta
+                )
             else:
                 judge = build_judge(cfg, policy)
             pairs, counts = judge_pairs(judge, samples, cfg.rlhs.min_confidence)
             del policy, judge
             _release_memory()  # the training stages load their models afresh
             if not pairs:
-                raise DataError(f"rlhs: the evaluator kept no pair of {counts['judged']} judged "
-                                f"({counts['tie']} ties, {counts['identical']} identical "
-                                "responses); lower --rlhs.min_confidence or sample more "
-                                "(rlhs.samples_per_prompt)")
+                raise DataError(
+                    f"rlhs: the evaluator kept no pair of {counts['judged']} judged "
+                    f"({counts['tie']} ties, {counts['identical']} identical "
+                    "responses); lower --rlhs.min_confidence or sample more "
+                    "(rlhs.samples_per_prompt)"
+                )
 
             # 4. the preferences with their provenance, written atomically
-            provenance = {"feedback": cfg.rlhs.feedback, "outcomes_shown": hindsight,
-                          "judge": judge_name(cfg),
-                          "simulator": simulator_path if hindsight else None,
-                          "policy": cfg.model.path, "policy_hash": weights_hash(cfg.model.path)}
+            provenance = {
+                "feedback": cfg.rlhs.feedback,
+                "outcomes_shown": hindsight,
+                "judge": judge_name(cfg),
+                "simulator": simulator_path if hindsight else None,
+                "policy": cfg.model.path,
+                "policy_hash": weights_hash(cfg.model.path),
+            }
             pairs = [{**pair, **provenance} for pair in pairs]
             write_jsonl(pairs_path, pairs)
             run.log(0, {f"judge/{key}": value for key, value in counts.items()})
@@ -303,12 +365,17 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
         shutil.rmtree(model_dir)
     os.replace(stage_run.path / "model", model_dir)
     judged = next((row for row in run.metrics() if row["step"] == 0), {})  # counts, written once
-    summary = {"feedback": cfg.rlhs.feedback, "evaluator": judge_name(cfg),
-               "optimiser": cfg.rlhs.optimiser, "pairs": len(pairs),
-               **{key: value for key, value in judged.items() if key.startswith("judge/")},
-               "judge_confidence_mean": _mean(p["judge_probability"] for p in pairs),
-               **{key: value for key, value in stage_summary.items() if key != "model"},
-               "pairs_file": str(pairs_path), "model": str(model_dir)}
+    summary = {
+        "feedback": cfg.rlhs.feedback,
+        "evaluator": judge_name(cfg),
+        "optimiser": cfg.rlhs.optimiser,
+        "pairs": len(pairs),
+        **{key: value for key, value in judged.items() if key.startswith("judge/")},
+        "judge_confidence_mean": _mean(p["judge_probability"] for p in pairs),
+        **{key: value for key, value in stage_summary.items() if key != "model"},
+        "pairs_file": str(pairs_path),
+        "model": str(model_dir),
+    }
     run.finish(summary)
     return run, summary
 
@@ -331,14 +398,17 @@ def _load_prompts(cfg: Config) -> list[dict[str, Any]]:
     rows = prompt_rows(cfg.data.online(), "train")
     for number, row in enumerate(rows, start=1):
         if not isinstance(row["prompt"], str):
-            raise DataError(f"{cfg.data.prompts}: row {number} holds a chat; rlhs takes "
-                            "plain-text requests (the simulator and judge quote them): give its "
-                            "text")
+            raise DataError(
+                f"{cfg.data.prompts}: row {number} holds a chat; rlhs takes "
+                "plain-text requests (the simulator and judge quote them): give its "
+                "text"
+            )
     return rows
 
 
-def sample_responses(policy: tuple[Any, Any], gen: GenCfg, prompts: list[str], samples: int,
-                     seed: int) -> list[list[Sample]]:
+def sample_responses(
+    policy: tuple[Any, Any], gen: GenCfg, prompts: list[str], samples: int, seed: int
+) -> list[list[Sample]]:
     """``samples`` responses to each prompt; sample ``s`` of every prompt from one pass seeded
     ``seed + s`` (as the feedback studio samples, so the two reproduce each other)."""
     from rlhfkit.generation import get_backend
@@ -347,14 +417,20 @@ def sample_responses(policy: tuple[Any, Any], gen: GenCfg, prompts: list[str], s
     per_prompt: list[list[Sample]] = [[] for _ in prompts]
     for s in range(samples):
         rollout = backend.generate(list(prompts), gen, seed + s)
-        for i, (text, ended) in enumerate(zip(rollout.completions, rollout.finished.tolist(),
-                                              strict=True)):
+        for i, (text, ended) in enumerate(
+            zip(rollout.completions, rollout.finished.tolist(), strict=True)
+        ):
             per_prompt[i].append(Sample(prompts[i], text, seed + s, finished=ended))
     return per_prompt
 
 
-def simulate_outcomes(simulator: tuple[Any, Any], sim: SimulatorCfg, gen: GenCfg,
-                      samples: list[list[Sample]], seed: int) -> list[list[Sample]]:
+def simulate_outcomes(
+    simulator: tuple[Any, Any],
+    sim: SimulatorCfg,
+    gen: GenCfg,
+    samples: list[list[Sample]],
+    seed: int,
+) -> list[list[Sample]]:
     """Each sample with the simulator's account of what happened after it (the simulator's
     prompts are wrapped in its chat template as gen.chat_template says)."""
     from rlhfkit.generation import get_backend
@@ -362,8 +438,9 @@ def simulate_outcomes(simulator: tuple[Any, Any], sim: SimulatorCfg, gen: GenCfg
     flat = [one for group in samples for one in group]
     requests = [sim.template.format(prompt=one.prompt, response=one.response) for one in flat]
     settings = replace(gen, max_new_tokens=sim.max_new_tokens, temperature=sim.temperature)
-    outcomes = iter(get_backend(gen.backend, *simulator).generate(requests, settings, seed)
-                    .completions)
+    outcomes = iter(
+        get_backend(gen.backend, *simulator).generate(requests, settings, seed).completions
+    )
     return [[replace(one, outcome=next(outcomes).strip()) for one in group] for group in samples]
 
 

@@ -69,14 +69,20 @@ class JudgeCfg:
 
     def check(self) -> Iterable[Problem]:
         yield from model_problem("model", self.model)
-        yield from template_problem("template", self.template,
-                                    ("prompt", "response_a", "response_b"))
+        yield from template_problem(
+            "template", self.template, ("prompt", "response_a", "response_b")
+        )
         if self.url and not self.url.startswith(("http://", "https://")):
-            yield Problem("url", self.url, "is not an http(s) URL; give the server's base URL, "
-                          "such as http://localhost:8000/v1")
+            yield Problem(
+                "url",
+                self.url,
+                "is not an http(s) URL; give the server's base URL, "
+                "such as http://localhost:8000/v1",
+            )
         if self.url and not self.endpoint_model:
-            yield Problem("endpoint_model", "", "is required with judge.url; name the model the "
-                          "server runs")
+            yield Problem(
+                "endpoint_model", "", "is required with judge.url; name the model the server runs"
+            )
 
 
 def model_problem(name: str, value: str) -> Iterable[Problem]:
@@ -100,8 +106,15 @@ def build_judge(cfg: Any, policy: tuple[Any, Any]) -> Any:
 
     judge = cfg.judge
     if judge.url:
-        return EndpointJudge(judge.url, judge.endpoint_model, judge.api_key_env, judge.timeout,
-                             judge.retries, logprobs=judge.logprobs, pair_template=judge.template)
+        return EndpointJudge(
+            judge.url,
+            judge.endpoint_model,
+            judge.api_key_env,
+            judge.timeout,
+            judge.retries,
+            logprobs=judge.logprobs,
+            pair_template=judge.template,
+        )
     path = judge.model or cfg.model.path
     if path == cfg.model.path:
         return LocalJudge(*policy, name=path, pair_template=judge.template)
@@ -121,29 +134,53 @@ class RewardJudge:
     the reward receives as it does in the online commands.
     """
 
-    def __init__(self, reward: Any, samples: list[list[Sample]], temperature: float,
-                 meta: dict[str, dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        reward: Any,
+        samples: list[list[Sample]],
+        temperature: float,
+        meta: dict[str, dict[str, Any]] | None = None,
+    ):
         from rlhfkit.rewards import compute_rewards
 
         flat = [one for group in samples for one in group]
         meta = meta or {}
         keys = sorted({key for one in flat for key in meta.get(one.prompt, {})})
         columns = {key: [meta.get(one.prompt, {}).get(key) for one in flat] for key in keys}
-        scores = compute_rewards(reward, [one.prompt for one in flat],
-                                 [evaluated_text(one) for one in flat], **columns) if flat else []
-        self.scores = {(one.prompt, one.response, one.outcome): score
-                       for one, score in zip(flat, scores, strict=True)}
+        scores = (
+            compute_rewards(
+                reward,
+                [one.prompt for one in flat],
+                [evaluated_text(one) for one in flat],
+                **columns,
+            )
+            if flat
+            else []
+        )
+        self.scores = {
+            (one.prompt, one.response, one.outcome): score
+            for one, score in zip(flat, scores, strict=True)
+        }
         self.temperature = temperature
 
-    def prefer(self, prompt: str, response_a: str, response_b: str,
-               outcome_a: str | None = None, outcome_b: str | None = None) -> float:
-        gap = (self.scores[(prompt, response_a, outcome_a)]
-               - self.scores[(prompt, response_b, outcome_b)]) / self.temperature
+    def prefer(
+        self,
+        prompt: str,
+        response_a: str,
+        response_b: str,
+        outcome_a: str | None = None,
+        outcome_b: str | None = None,
+    ) -> float:
+        gap = (
+            self.scores[(prompt, response_a, outcome_a)]
+            - self.scores[(prompt, response_b, outcome_b)]
+        ) / self.temperature
         return 1.0 / (1.0 + math.exp(-max(min(gap, 50.0), -50.0)))  # exp stays finite
 
 
-def judge_pairs(judge: Any, samples: list[list[Sample]],
-                min_confidence: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def judge_pairs(
+    judge: Any, samples: list[list[Sample]], min_confidence: float
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Every two responses of a prompt judged: (pair rows, counts of judged / tie / identical).
 
     A sample's outcome reaches the judge only when it has one (hindsight). The chosen response
@@ -161,10 +198,16 @@ def judge_pairs(judge: Any, samples: list[list[Sample]],
                 counts["tie"] += 1
                 continue
             chosen, rejected = (a, b) if p_a > 0.5 else (b, a)
-            row = {"prompt": a.prompt, "chosen": chosen.response, "rejected": rejected.response,
-                   "judge_probability": round(max(p_a, 1.0 - p_a), 6),
-                   "chosen_seed": chosen.seed, "rejected_seed": rejected.seed,
-                   "chosen_finished": chosen.finished, "rejected_finished": rejected.finished}
+            row = {
+                "prompt": a.prompt,
+                "chosen": chosen.response,
+                "rejected": rejected.response,
+                "judge_probability": round(max(p_a, 1.0 - p_a), 6),
+                "chosen_seed": chosen.seed,
+                "rejected_seed": rejected.seed,
+                "chosen_finished": chosen.finished,
+                "rejected_finished": rejected.finished,
+            }
             if a.outcome is not None:
                 row.update(chosen_outcome=chosen.outcome, rejected_outcome=rejected.outcome)
             pairs.append(row)
@@ -182,8 +225,9 @@ def judge_name(cfg: Any) -> str:
     return cfg.judge.model or cfg.model.path
 
 
-def write_studio_import(cfg: Any, run: Any, samples: list[list[Sample]],
-                        simulator: str | None) -> dict[str, Any]:
+def write_studio_import(
+    cfg: Any, run: Any, samples: list[list[Sample]], simulator: str | None
+) -> dict[str, Any]:
     """The outputs, with their outcomes, as a file ``rlhfkit label init --import`` reads; each
     outcome lands in the output's generation settings, which the labelling page shows."""
     from rlhfkit import config_io
@@ -195,8 +239,14 @@ def write_studio_import(cfg: Any, run: Any, samples: list[list[Sample]],
     rows = []
     for group in samples:
         for one in group:
-            row = {"prompt": one.prompt, "completion": one.response, "model": cfg.model.path,
-                   "model_hash": model_hash, "seed": one.seed, "generation": settings}
+            row = {
+                "prompt": one.prompt,
+                "completion": one.response,
+                "model": cfg.model.path,
+                "model_hash": model_hash,
+                "seed": one.seed,
+                "generation": settings,
+            }
             if one.outcome is not None:
                 row.update(simulated_outcome=one.outcome, simulator=simulator)
             rows.append(row)
@@ -205,18 +255,27 @@ def write_studio_import(cfg: Any, run: Any, samples: list[list[Sample]],
     pairs_file = run.path / "people-pairs.jsonl"
     if cfg.rlhs.optimiser == "ppo":  # as rlhs's own PPO stages: a reward model, then PPO on it
         reward_dir = run.path / "people-reward"
-        train = [f"rlhfkit reward --model {cfg.reward_model.model} --data {pairs_file} "
-                 f"--run.output_dir {reward_dir}",
-                 f"rlhfkit ppo --model {cfg.model.path} --reward rm:{reward_dir}/model "
-                 f"--data.prompts {cfg.data.prompts}"]
+        train = [
+            f"rlhfkit reward --model {cfg.reward_model.model} --data {pairs_file} "
+            f"--run.output_dir {reward_dir}",
+            f"rlhfkit ppo --model {cfg.model.path} --reward rm:{reward_dir}/model "
+            f"--data.prompts {cfg.data.prompts}",
+        ]
     else:
         train = [f"rlhfkit dpo --model {cfg.model.path} --data {pairs_file}"]
-    summary = {"feedback": cfg.rlhs.feedback, "evaluator": "people", "outputs": len(rows),
-               "prompts": len(samples), "import_file": str(path),
-               "next": [f"rlhfkit label init --campaign {campaign} --import {path}",
-                        f"rlhfkit label serve --campaign {campaign}",
-                        f"rlhfkit label export --campaign {campaign} --as pairs --output "
-                        f"{pairs_file}", *train]}
+    summary = {
+        "feedback": cfg.rlhs.feedback,
+        "evaluator": "people",
+        "outputs": len(rows),
+        "prompts": len(samples),
+        "import_file": str(path),
+        "next": [
+            f"rlhfkit label init --campaign {campaign} --import {path}",
+            f"rlhfkit label serve --campaign {campaign}",
+            f"rlhfkit label export --campaign {campaign} --as pairs --output {pairs_file}",
+            *train,
+        ],
+    }
     run.finish(summary)
     return summary
 

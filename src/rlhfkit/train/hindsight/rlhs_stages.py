@@ -57,11 +57,16 @@ class RewardModelCfg:
 
     def check(self) -> Iterable[Problem]:
         if self.rm.objective != "pairs":
-            yield Problem("rm.objective", self.rm.objective, "needs human ratings, and RLHS's "
-                          "judged pairs carry none; use pairs (Bradley-Terry)")
+            yield Problem(
+                "rm.objective",
+                self.rm.objective,
+                "needs human ratings, and RLHS's "
+                "judged pairs carry none; use pairs (Bradley-Terry)",
+            )
         if self.rm.use_margin:
-            yield Problem("rm.use_margin", True, "the judged pairs have no margin column; set it "
-                          "to false")
+            yield Problem(
+                "rm.use_margin", True, "the judged pairs have no margin column; set it to false"
+            )
 
 
 @dataclass(frozen=True)
@@ -97,9 +102,15 @@ def optimise(cfg: Any, run_dir: Path) -> tuple[Any, dict[str, Any]]:
 
     _, reward_summary = reward.train(_validated(reward_config(cfg, run_dir), "reward model"))
     outcome = ppo.train(_validated(ppo_config(cfg, run_dir), "PPO"))
-    summary = {**{f"reward_model/{key}": value for key, value in reward_summary.items()
-                  if key not in ("model", "objective")},
-               "reward_model": reward_summary["model"], **outcome.summary}
+    summary = {
+        **{
+            f"reward_model/{key}": value
+            for key, value in reward_summary.items()
+            if key not in ("model", "objective")
+        },
+        "reward_model": reward_summary["model"],
+        **outcome.summary,
+    }
     return outcome.run, summary
 
 
@@ -125,10 +136,15 @@ def dpo_config(cfg: Any, run_dir: Path) -> Any:
     from rlhfkit.train import dpo
 
     return dpo.Config(
-        model=cfg.model, lora=cfg.lora, algo=cfg.algo, train=cfg.train, optim=cfg.optim,
+        model=cfg.model,
+        lora=cfg.lora,
+        algo=cfg.algo,
+        train=cfg.train,
+        optim=cfg.optim,
         log=cfg.log,
         data=FeedbackDataCfg(path=str(run_dir / PAIRS_FILE), eval_fraction=cfg.data.eval_fraction),
-        run=_sub_run(cfg, run_dir, "dpo"))
+        run=_sub_run(cfg, run_dir, "dpo"),
+    )
 
 
 def reward_config(cfg: Any, run_dir: Path) -> Any:
@@ -139,9 +155,13 @@ def reward_config(cfg: Any, run_dir: Path) -> Any:
     rm = cfg.reward_model
     return reward.Config(
         model=ModelCfg(path=rm.model, device=cfg.model.device, dtype=cfg.model.dtype),
-        rm=rm.rm, train=rm.train, optim=rm.optim, log=cfg.log,
+        rm=rm.rm,
+        train=rm.train,
+        optim=rm.optim,
+        log=cfg.log,
         data=FeedbackDataCfg(path=str(run_dir / PAIRS_FILE), eval_fraction=cfg.data.eval_fraction),
-        run=_sub_run(cfg, run_dir, "reward"))
+        run=_sub_run(cfg, run_dir, "reward"),
+    )
 
 
 def ppo_config(cfg: Any, run_dir: Path) -> Any:
@@ -151,6 +171,15 @@ def ppo_config(cfg: Any, run_dir: Path) -> Any:
 
     stage = cfg.ppo
     return ppo.Config(
-        reward=f"rm:{run_dir / 'reward' / 'model'}", steps=stage.steps, model=cfg.model,
-        lora=cfg.lora, data=cfg.data.online(), gen=cfg.gen, optim=stage.optim, log=cfg.log,
-        critic=stage.critic, algo=stage.algo, run=_sub_run(cfg, run_dir, "ppo"))
+        reward=f"rm:{run_dir / 'reward' / 'model'}",
+        steps=stage.steps,
+        model=cfg.model,
+        lora=cfg.lora,
+        data=cfg.data.online(),
+        gen=cfg.gen,
+        optim=stage.optim,
+        log=cfg.log,
+        critic=stage.critic,
+        algo=stage.algo,
+        run=_sub_run(cfg, run_dir, "ppo"),
+    )

@@ -73,8 +73,12 @@ class RoundsConfig:
 def own_method(method: str, expected: str) -> Iterable[Problem]:
     """A recipe's ``method`` must name the module that reads it."""
     if method != expected:
-        yield Problem("method", method, f"this config is the {expected!r} method's; run "
-                      f"`rlhfkit hindsight --method {method}` or set method = {expected!r}")
+        yield Problem(
+            "method",
+            method,
+            f"this config is the {expected!r} method's; run "
+            f"`rlhfkit hindsight --method {method}` or set method = {expected!r}",
+        )
 
 
 class Rounds:
@@ -96,12 +100,16 @@ class Rounds:
         self.reward = load_reward(cfg.reward)
         self.stream = PromptStream(prompt_rows(cfg.data, "train"), cfg.run.seed)
         self.policy, self.tokenizer, _ = kit.load_policy_and_reference(
-            cfg.model, cfg.lora, need_reference=False)
+            cfg.model, cfg.lora, need_reference=False
+        )
         self.device = next(self.policy.parameters()).device
         self.backend = get_backend(cfg.gen.backend, self.policy, self.tokenizer)
         self.chat = sequences.uses_chat_template(self.tokenizer, cfg.gen.chat_template)
-        self.pad_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-                       else self.tokenizer.eos_token_id)
+        self.pad_id = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
         self.total_steps = cfg.rounds.rounds * cfg.rounds.steps_per_round
         optimizer, scheduler = kit.build_optimizer(self.policy, cfg.optim, self.total_steps)
         self.models: list[Any] = [self.policy]
@@ -149,8 +157,14 @@ class Rounds:
         """Log the round's metrics and checkpoint it."""
         from rlhfkit.train import kit
 
-        self.run.log(round_, {**metrics, "skipped_steps": self.guard.skipped,
-                              "lr": self.optimizers[0][1].get_last_lr()[0]})
+        self.run.log(
+            round_,
+            {
+                **metrics,
+                "skipped_steps": self.guard.skipped,
+                "lr": self.optimizers[0][1].get_last_lr()[0],
+            },
+        )
         state = kit.snapshot(round_, self._stateful())
 
         def write(directory: Path) -> None:
@@ -166,8 +180,13 @@ class Rounds:
         """One completion per prompt from the current policy (a ``batch.Rollout``)."""
         from rlhfkit.train import kit
 
-        return kit.sample(self.policy, self.backend, prompts, self.cfg.gen,
-                             seed=self.cfg.run.seed * 1_000_003 + round_)
+        return kit.sample(
+            self.policy,
+            self.backend,
+            prompts,
+            self.cfg.gen,
+            seed=self.cfg.run.seed * 1_000_003 + round_,
+        )
 
     def score(self, rows: list[dict[str, Any]], completions: list[str]) -> list[float]:
         """The reward's raw score of each completion (the original, unconditioned prompts)."""
@@ -181,8 +200,9 @@ class Rounds:
         as sampled. Pass ``rollout.finished``: a sample cut off by max_new_tokens did not end."""
         from rlhfkit.data import sequences
 
-        return sequences.encode(self.tokenizer, prompt, completion, self.chat,
-                                self.cfg.rounds.max_length, ends=ends)
+        return sequences.encode(
+            self.tokenizer, prompt, completion, self.chat, self.cfg.rounds.max_length, ends=ends
+        )
 
     def collate(self, encoded: Sequence[Any]) -> Any:
         from rlhfkit.data import sequences
@@ -202,17 +222,24 @@ class Rounds:
         from rlhfkit.train.offline import BatchOrder, accumulate
 
         cfg = self.cfg
-        order = BatchOrder([0] * len(examples), cfg.rounds.batch_size,
-                           cfg.run.seed * 1_000_003 + round_, group_by_length=False)
+        order = BatchOrder(
+            [0] * len(examples),
+            cfg.rounds.batch_size,
+            cfg.run.seed * 1_000_003 + round_,
+            group_by_length=False,
+        )
         steps = cfg.rounds.steps_per_round
         means: dict[str, float] = {}
         for _ in range(steps):
-            batches = [[examples[i] for i in order.next()] for _ in range(cfg.optim.grad_accum_steps)]
+            batches = [
+                [examples[i] for i in order.next()] for _ in range(cfg.optim.grad_accum_steps)
+            ]
             loss_finite, step_means = accumulate(batches, loss_fn)
             for key, value in step_means.items():
                 means[key] = means.get(key, 0.0) + value / steps
-            ok, norms = self.guard.clip_and_check_all(self.models, cfg.optim.max_grad_norm,
-                                                      loss_finite)
+            ok, norms = self.guard.clip_and_check_all(
+                self.models, cfg.optim.max_grad_norm, loss_finite
+            )
             for optimizer, scheduler in self.optimizers:
                 if ok:
                     optimizer.step()
@@ -229,9 +256,13 @@ class Rounds:
 
         model_dir = export_model(self.run.path / "model", self.policy, self.tokenizer)
         conditioning.save(model_dir)
-        summary = {"rounds": self.cfg.rounds.rounds,
-                   "seconds": round(time.perf_counter() - self.started, 1), **summary,
-                   "skipped_steps": self.guard.skipped, "model": str(model_dir)}
+        summary = {
+            "rounds": self.cfg.rounds.rounds,
+            "seconds": round(time.perf_counter() - self.started, 1),
+            **summary,
+            "skipped_steps": self.guard.skipped,
+            "model": str(model_dir),
+        }
         self.run.finish(summary)
         return self.run, summary
 
@@ -245,8 +276,11 @@ def completion_logprobs_and_entropy(model: Any, batch: Any) -> tuple[Any, Any, A
     """
     from rlhfkit.losses.policy import entropy_from_logits
 
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+    logits = (
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        .logits[:, :-1]
+        .float()
+    )  # (B, T-1, V)
     targets = batch.input_ids[:, 1:]  # (B, T-1)
     logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
     return logprobs, entropy_from_logits(logits), batch.loss_mask[:, 1:]  # (B, T-1) each
