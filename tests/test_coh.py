@@ -313,9 +313,9 @@ def test_a_hidden_token_is_still_predicted_but_unseen_by_later_positions(tiny_lm
 
 
 def test_cli_help_lists_the_coh_options(capsys):
-    from rlhfkit import cli
+    from rlhfkit import commands
 
-    assert cli.dispatch(["hindsight", "--method", "coh", "--help"]) == 0
+    assert commands.dispatch(["hindsight", "--method", "coh", "--help"]) == 0
     shown = capsys.readouterr().out
     assert "--coh.mask_fraction" in shown and "--coh.phrases {lists,critique}" in shown
 
@@ -352,7 +352,8 @@ def test_tiny_model_learns_which_output_each_phrase_asks_for(tmp_path, coh_model
         run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0, seed=1),
         coh=CohCfg(positive=("Good:",), negative=("Bad:",), mask_fraction=0.05, sft_weight=0.1),
     )
-    run, summary = train(cfg)
+    result = train(cfg)
+    run, summary = result.run, result.summary
 
     losses = [row["loss"] for row in run.metrics() if "loss" in row]
     assert losses[-1] < 0.05 * losses[0]
@@ -395,7 +396,7 @@ def short_run(tmp_path, model_dir, path, **coh_options):
         run=RunCfg(output_dir=str(tmp_path / "run"), checkpoint_every=0, overwrite=True),
         coh=CohCfg(**coh_options),
     )
-    return train(cfg)[1]
+    return train(cfg).summary
 
 
 def test_single_outputs_only_still_evaluate_the_phrase_contrast(tmp_path, coh_model_dir):

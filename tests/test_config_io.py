@@ -255,3 +255,20 @@ def test_every_shared_field_has_a_docstring():
 def test_unknown_generation_backend_is_caught_before_loading():
     (problem,) = problems(["--gen.backend", "vlm"])
     assert problem.startswith("gen.backend = 'vlm': is not a generation backend; choose one of hf")
+
+
+def test_a_file_value_keeps_its_type_where_a_flag_is_parsed(tmp_path):
+    file = tmp_path / "c.toml"
+    file.write_text('[gen]\ntemperature = "0.5"\nstop = ["END", 3]\n')
+    found = problems(["--config", str(file)])
+    assert "gen.temperature = '0.5': is not a number; give a value such as 0.5 or 1e-5" in found
+    assert "gen.stop = ['END', 3]: must be a list of strings" in found
+    assert load(["--gen.temperature", "0.5", "--run.output_dir", "o"]).gen.temperature == 0.5
+
+
+def test_a_config_built_in_python_is_checked_the_same_way():
+    cfg = ToyConfig(rollout_batch=0, gen=GenCfg(top_p=float("nan"), stop=("END",)))
+    assert config_io.validate(cfg, "toy.") == [
+        "toy.rollout_batch = 0: must be at least 1; give a value >= 1",
+        "toy.gen.top_p = nan: must be a finite number; give a value in (0, 1]",
+    ]

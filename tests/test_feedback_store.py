@@ -1,6 +1,6 @@
 """The feedback store against a real SQLite file and a real PostgreSQL server, same tests.
 
-PostgreSQL comes from a throwaway cluster (``rlhfkit.feedback.testing``) started once per session;
+PostgreSQL comes from a throwaway cluster (``tests/postgres.py``) started once per session;
 each test gets its own database. CI provides the server binaries: ``.ci/run`` installs Debian's
 ``postgresql`` package and sets ``RLHFKIT_REQUIRE_POSTGRES=1``, which turns "binaries missing"
 from a skip into a failure.
@@ -14,18 +14,18 @@ import threading
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from rlhfkit.errors import ConfigError, RlhfkitError
-from rlhfkit.feedback import migrations
-from rlhfkit.feedback.engine import resolve_url
-from rlhfkit.feedback.payload import PayloadError
-from rlhfkit.feedback.store import ConflictError, NotFoundError, open_store
-from rlhfkit.feedback.testing import (
+from postgres import (
     PostgresMissing,
     free_port,
     fresh_database,
     server_binaries,
     throwaway_postgres,
 )
+from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.feedback import migrations
+from rlhfkit.feedback.engine import resolve_url
+from rlhfkit.feedback.payload import PayloadError
+from rlhfkit.feedback.store import ConflictError, NotFoundError, open_store
 
 # --- databases -----------------------------------------------------------------------------------
 

@@ -35,8 +35,8 @@ def make_config(tmp_path, model_dir, prompts_file, coef=1.0, reward="length") ->
 
 
 def test_goal_hit_rate_rises(tmp_path, ending_model_dir, prompts_file):
-    run, summary = foresight.train(make_config(tmp_path, ending_model_dir, prompts_file))
-    rows = run.metrics()
+    result = foresight.train(make_config(tmp_path, ending_model_dir, prompts_file))
+    rows = result.run.metrics()
     hits = [row["goal_hit_rate"] for row in rows]
     # three goals: ignoring the goal hits about a third of them. Round 1 samples the starting
     # model; from round 2 on the policy has trained (0.44 -> 0.55 -> 0.56 -> 0.84 here)
@@ -44,17 +44,17 @@ def test_goal_hit_rate_rises(tmp_path, ending_model_dir, prompts_file):
     assert first < 0.5 and last > 0.6 and last > first + 0.2, hits
     assert rows[-1]["value_loss"] < rows[0]["value_loss"] / 2  # the value head learned the returns
     assert {"hindsight", "foresight", "advantage", "return"} <= set(rows[-1])
-    assert load_conditioning(summary["model"]) == Conditioning(
+    assert load_conditioning(result.summary["model"]) == Conditioning(
         "hindsight-foresight", instruction="[length 2 or more words] {prompt}"
     )
 
 
 def test_zero_lambda_is_goal_relabelling(tmp_path, tiny_model_dir, prompts_file):
     rounds = replace(SHARED["rounds"], rounds=4)
-    both, _ = foresight.train(
+    both = foresight.train(
         replace(make_config(tmp_path / "a", tiny_model_dir, prompts_file, coef=0.0), rounds=rounds)
-    )
-    alone, _ = relabel.train(
+    ).run
+    alone = relabel.train(
         relabel.Config(
             reward="length",
             model=ModelCfg(path=str(tiny_model_dir), device="cpu"),
@@ -62,7 +62,7 @@ def test_zero_lambda_is_goal_relabelling(tmp_path, tiny_model_dir, prompts_file)
             run=RunCfg(output_dir=str(tmp_path / "b")),
             **{**SHARED, "rounds": rounds},
         )
-    )
+    ).run
     # the value head trains beside the policy but never reaches its gradient
     for mixed, pure in zip(both.metrics(), alone.metrics(), strict=True):
         assert mixed["goal_hit_rate"] == pure["goal_hit_rate"]
@@ -74,9 +74,9 @@ def test_resume_restores_the_value_head(tmp_path, tiny_model_dir, prompts_file, 
         make_config(tmp_path, tiny_model_dir, prompts_file),
         rounds=RoundsCfg(rounds=3, prompts_per_round=8, steps_per_round=2, batch_size=4),
     )
-    whole, _ = foresight.train(
+    whole = foresight.train(
         replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "whole")))
-    )
+    ).run
     calls, score = [], rounds.Rounds.score
 
     def interrupted(self, rows, completions):
@@ -89,7 +89,7 @@ def test_resume_restores_the_value_head(tmp_path, tiny_model_dir, prompts_file, 
     with pytest.raises(KeyboardInterrupt):
         foresight.train(cfg)
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "critic.safetensors").is_file()
-    resumed, _ = foresight.train(replace(cfg, run=replace(cfg.run, resume=True)))
+    resumed = foresight.train(replace(cfg, run=replace(cfg.run, resume=True))).run
     for row, want in zip(resumed.metrics(), whole.metrics(), strict=True):
         row.pop("time", None), want.pop("time", None)
         assert row == pytest.approx(want, nan_ok=True)

@@ -256,17 +256,17 @@ def test_compiled_decoding_refuses_a_model_under_autocast(tiny_model_dir):
 
 @pytest.mark.parametrize("autocast", ["off", "bfloat16"])
 def test_auto_compiles_in_training_loops_on_cuda_only(tiny_model_dir, monkeypatch, autocast):
-    """kit.sample (every RL and hindsight loop) turns auto on for CUDA, unless the model runs
+    """rollout.sample (every RL and hindsight loop) turns auto on for CUDA, unless the model runs
     under autocast; one-shot sampling and a CPU stay eager."""
     from types import SimpleNamespace
 
     from rlhfkit.models import load_causal_lm
-    from rlhfkit.train import kit
+    from rlhfkit.train import rollout
 
     model, _ = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu", autocast=autocast))
     asked = []
     backend = SimpleNamespace(generate=lambda prompts, gen, seed: asked.append(gen.compile))
-    kit.sample(model, backend, PROMPTS, GenCfg(), seed=0)
+    rollout.sample(model, backend, PROMPTS, GenCfg(), seed=0)
     monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
     # with the `kernels` package installed, transformers' train()/eval() look up kernels for the
     # model's device, which a CPU-only torch cannot do for a faked CUDA device
@@ -274,8 +274,8 @@ def test_auto_compiles_in_training_loops_on_cuda_only(tiny_model_dir, monkeypatc
         type(model), "train", lambda self, mode=True: torch.nn.Module.train(self, mode)
     )
     monkeypatch.setattr(type(model), "eval", lambda self: torch.nn.Module.train(self, False))
-    kit.sample(model, backend, PROMPTS, GenCfg(), seed=0)
-    kit.sample(model, backend, PROMPTS, GenCfg(compile="off"), seed=0)
+    rollout.sample(model, backend, PROMPTS, GenCfg(), seed=0)
+    rollout.sample(model, backend, PROMPTS, GenCfg(compile="off"), seed=0)
     assert asked == ["auto", "on" if autocast == "off" else "auto", "off"]
     assert model.training  # sample puts the policy back in training mode
 

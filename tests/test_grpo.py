@@ -179,7 +179,7 @@ def test_batch_times_accumulation_invariance(tmp_path, tiny_model_dir, prompts_f
             gen=replace(cfg.gen, stop=("e",)),
         )
         outcome = grpo.train(cfg)
-        return outcome.policy.state_dict(), outcome.run.metrics()[0]
+        return outcome.model.state_dict(), outcome.run.metrics()[0]
 
     (one, one_metrics), (two, two_metrics) = trained(8, 1, "one"), trained(4, 2, "two")
     # Adam's first step hides a constant gradient scale, so the gradient norm is compared too
@@ -201,7 +201,7 @@ def test_lora_trains_adapters_only(tmp_path, tiny_model_dir, prompts_file, rewar
     cfg = replace(cfg, steps=2, lora=LoraCfg(rank=4, alpha=8.0))
     outcome = grpo.train(cfg)
     assert outcome.reference is None  # the base weights with adapters off are the reference
-    trainable = [n for n, p in outcome.policy.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in outcome.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     kl = [row["kl"] for row in outcome.run.metrics()]
     assert kl[0] == pytest.approx(0.0, abs=1e-4)  # LoRA's B starts at 0: policy == reference

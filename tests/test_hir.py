@@ -50,15 +50,15 @@ def test_success_rate_rises(tmp_path, tiny_model_dir, prompts_file, reward_spec)
     rises, accuracies = [], []
     for seed in (0, 1):
         cfg = make_config(tmp_path / f"seed{seed}", tiny_model_dir, prompts_file, reward_spec)
-        run, summary = hir.train(replace(cfg, run=replace(cfg.run, seed=seed)))
-        rates = [row["success_rate"] for row in run.metrics()]
+        result = hir.train(replace(cfg, run=replace(cfg.run, seed=seed)))
+        rates = [row["success_rate"] for row in result.run.metrics()]
         rises.append(sum(rates[6:]) / 6 - sum(rates[:3]) / 3)
         # outputs are likelier under the instruction they fulfilled (chance is 0.5)
-        accuracies.append(run.metrics()[-1]["matching_accuracy"])
+        accuracies.append(result.run.metrics()[-1]["matching_accuracy"])
     assert sum(rises) / 2 > 0.1, rises
     assert sum(accuracies) / 2 > 0.65, accuracies
-    model_dir = run.path / "model"
-    assert summary["model"] == str(model_dir) and (model_dir / "config.json").is_file()
+    model_dir = result.run.path / "model"
+    assert result.summary["model"] == str(model_dir) and (model_dir / "config.json").is_file()
     assert load_conditioning(model_dir) == Conditioning("hir", instruction=SUCCESS)
 
 
@@ -106,12 +106,13 @@ def flaky(prompts, completions, **meta):
         make_config(tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky"),
         rounds=RoundsCfg(rounds=4, prompts_per_round=8, steps_per_round=2, batch_size=4),
     )
-    whole, _ = hir.train(replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "whole"))))
+    whole = hir.train(replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "whole")))).run
     counter.unlink()
     stop_at.write_text("3")
     with pytest.raises(KeyboardInterrupt):
         hir.train(cfg)
-    resumed, summary = hir.train(replace(cfg, run=replace(cfg.run, resume=True)))
+    result = hir.train(replace(cfg, run=replace(cfg.run, resume=True)))
+    resumed, summary = result.run, result.summary
     assert summary["rounds"] == 4 and int(counter.read_text()) == 5  # rounds 3 and 4 again
     rows, expected = resumed.metrics(), whole.metrics()
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
@@ -137,7 +138,7 @@ def test_summary_file(tmp_path, tiny_model_dir, prompts_file, reward_spec):
         make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec),
         rounds=RoundsCfg(rounds=1, prompts_per_round=4, steps_per_round=1, batch_size=4),
     )
-    run, _ = hir.train(cfg)
+    run = hir.train(cfg).run
     summary = json.loads((run.path / "summary.json").read_text())
     assert summary["rounds"] == 1 and 0.0 <= summary["success_rate_last"] <= 1.0
 

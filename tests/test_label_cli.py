@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import stat
+import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -442,6 +443,18 @@ def test_bad_input_is_one_line_with_exit_code_2(tiny_model_dir, prompts, capsys)
     )
     assert "--campaign = 'other': no campaign 'other'" in message and "known: c" in message
     assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args", [["serve", "--campaign", "c"], ["annotator", "--campaign", "c", "--name", "ada"]]
+)
+def test_studio_verbs_without_the_studio_extra_say_how_to_install_it(args, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the extra were not installed
+    assert label(*args) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"rlhfkit label: error: label {args[0]} needs the studio's web packages, the optional "
+        "extra 'studio' (uvicorn is not installed): pip install 'rlhfkit[studio]'"
+    ]
 
 
 def test_serve_creates_admin_once_and_keeps_its_key(tiny_model_dir, prompts, capsys, monkeypatch):

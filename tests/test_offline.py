@@ -77,10 +77,10 @@ def test_sft_learns_the_demonstrations(tmp_path, tiny_model_dir):
             }
         ],
     )
-    run, summary = sft.train(sft.Config(**common(tmp_path, tiny_model_dir, data, steps=30)))
-    assert summary["eval_nll_after"] < 0.5 * summary["eval_nll_before"]
-    assert (run.path / "model" / "config.json").is_file()
-    losses = [row["loss"] for row in run.metrics() if "loss" in row]
+    result = sft.train(sft.Config(**common(tmp_path, tiny_model_dir, data, steps=30)))
+    assert result.summary["eval_nll_after"] < 0.5 * result.summary["eval_nll_before"]
+    assert (result.run.path / "model" / "config.json").is_file()
+    losses = [row["loss"] for row in result.run.metrics() if "loss" in row]
     assert losses[-1] < losses[0]
 
 
@@ -90,7 +90,7 @@ def test_pair_losses_learn_a_prompt_dependent_preference(tmp_path, tiny_model_di
         **common(tmp_path, tiny_model_dir, pairs_file(tmp_path), steps=25),
         algo=dpo.AlgoCfg(loss=loss, beta=0.5),
     )
-    _, summary = dpo.train(cfg)
+    summary = dpo.train(cfg).summary
     # the starting model is its own reference: every implicit reward starts at exactly 0
     assert summary["eval/margin_before"] == pytest.approx(0.0, abs=1e-5)
     assert summary["eval/accuracy_after"] == 1.0
@@ -102,7 +102,7 @@ def test_kto_separates_desirable_from_undesirable(tmp_path, tiny_model_dir):
         **common(tmp_path, tiny_model_dir, labeled_file(tmp_path), steps=25),
         algo=dpo.AlgoCfg(loss="kto", beta=0.5),
     )
-    _, summary = dpo.train(cfg)
+    summary = dpo.train(cfg).summary
     gap_before = summary["eval/desirable_reward_before"] - summary["eval/undesirable_reward_before"]
     gap_after = summary["eval/desirable_reward_after"] - summary["eval/undesirable_reward_after"]
     assert gap_before == pytest.approx(0.0, abs=1e-5)
@@ -125,9 +125,9 @@ def test_reward_model_learns_pairs_and_plugs_in_as_a_reward(tmp_path, tiny_model
     cfg = reward.Config(
         **common(tmp_path, tiny_model_dir, data, steps=30), rm=reward.RewardCfg(max_length=32)
     )
-    run, summary = reward.train(cfg)
-    assert summary["validation_accuracy"] >= 0.9
-    spec = f"rm:{run.path / 'model'}"
+    result = reward.train(cfg)
+    assert result.summary["validation_accuracy"] >= 0.9
+    spec = f"rm:{result.run.path / 'model'}"
     scores = compute_rewards(
         load_reward(spec), ["Review 1:", "Review 1:"], [" a joy of a movie", " a dull movie"]
     )
@@ -150,10 +150,10 @@ def test_rating_objective_regresses_ratings(tmp_path, tiny_model_dir):
         **common(tmp_path, tiny_model_dir, data, steps=40),
         rm=reward.RewardCfg(objective="ratings", max_length=32),
     )
-    run, summary = reward.train(cfg)
-    losses = [row["loss"] for row in run.metrics() if "loss" in row]
+    result = reward.train(cfg)
+    losses = [row["loss"] for row in result.run.metrics() if "loss" in row]
     assert losses[-1] < 0.2 * losses[0]
-    assert summary["validation_accuracy"] == 1.0
+    assert result.summary["validation_accuracy"] == 1.0
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, monkeypatch):
@@ -180,8 +180,8 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, monkeypat
         dpo.train(parts)
     monkeypatch.setattr(preference, "dpo_loss", real)
     assert (tmp_path / "parts" / "checkpoints" / "latest").read_text().strip() == "step-000003"
-    resumed, _ = dpo.train(replace(parts, run=replace(parts.run, resume=True)))
-    assert _comparable(resumed.metrics()) == _comparable(whole[0].metrics())
+    resumed = dpo.train(replace(parts, run=replace(parts.run, resume=True))).run
+    assert _comparable(resumed.metrics()) == _comparable(whole.run.metrics())
 
 
 def _comparable(rows):
@@ -239,11 +239,11 @@ def test_dpo_with_lora_trains_adapters_and_exports_a_plain_model(tmp_path, tiny_
         lora=LoraCfg(rank=4, alpha=8.0),
         algo=dpo.AlgoCfg(beta=0.5),
     )
-    run, summary = dpo.train(cfg)
-    assert summary["eval/accuracy_after"] == 1.0
-    exported = json.loads((run.path / "model" / "config.json").read_text())
+    result = dpo.train(cfg)
+    assert result.summary["eval/accuracy_after"] == 1.0
+    exported = json.loads((result.run.path / "model" / "config.json").read_text())
     assert exported["model_type"] == "llama"  # merged: a plain model, no adapter files
-    assert not (run.path / "model" / "adapter_config.json").exists()
+    assert not (result.run.path / "model" / "adapter_config.json").exists()
 
 
 def test_missing_column_is_a_clear_error(tmp_path, tiny_model_dir):
@@ -257,7 +257,7 @@ def test_missing_column_is_a_clear_error(tmp_path, tiny_model_dir):
     with pytest.raises(DataError, match="chosen_field"):
         dpo.train(cfg)
     mapped = replace(cfg, data=replace(cfg.data, chosen_field="answer_a"))
-    _, summary = dpo.train(replace(mapped, run=replace(mapped.run, overwrite=True)))
+    summary = dpo.train(replace(mapped, run=replace(mapped.run, overwrite=True))).summary
     assert summary["steps"] == 2
 
 
@@ -271,7 +271,7 @@ def test_reward_model_on_a_few_hundred_human_rated_pairs(tmp_path):
         log=LogCfg(tensorboard=False, progress=False),
         run=RunCfg(output_dir=str(tmp_path / "rm"), checkpoint_every=0),
     )
-    _, summary = reward.train(cfg)
+    summary = reward.train(cfg).summary
     assert summary["train_examples"] == 400
     assert summary["test_accuracy"] > 0.70, summary
     assert 0.9 < summary["test_human_single_rater"] < 1.0  # the human ceiling is reported too

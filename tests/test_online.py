@@ -86,3 +86,54 @@ def test_warmup_then_schedule(schedule, expected):
         optimizer.step()
         scheduler.step()
     assert seen == pytest.approx(expected)
+
+
+def test_learner_steps_every_model_and_skips_all_on_a_nan_loss():
+    torch.manual_seed(0)
+    policy, critic = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    learner = kit.Learner(
+        {"policy": (policy, OptimCfg(lr=0.1)), "critic": (critic, OptimCfg(lr=0.2))},
+        total_steps=4,
+        max_grad_norm=1.0,
+        max_nonfinite_steps=3,
+    )
+    assert list(learner.stateful()) == [
+        "optimizer",
+        "scheduler",
+        "critic_optimizer",
+        "critic_scheduler",
+    ]
+    assert learner.lrs() == pytest.approx([0.1, 0.2])
+    before = [policy.weight.clone(), critic.weight.clone()]
+    learner.backward((policy(torch.ones(1, 2)) + critic(torch.ones(1, 2))).sum())
+    norms = learner.step()
+    assert len(norms) == 2 and all(n > 0 for n in norms)
+    assert not torch.equal(policy.weight, before[0]) and not torch.equal(critic.weight, before[1])
+    after = [policy.weight.clone(), critic.weight.clone()]
+    learner.backward(policy(torch.ones(1, 2)).sum())
+    learner.backward(policy(torch.ones(1, 2)).sum() * float("nan"))  # no backward for this one
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        learner.step()
+    assert torch.equal(policy.weight, after[0]) and torch.equal(critic.weight, after[1])
+    assert learner.guard.skipped == 1 and policy.weight.grad is None
+    learner.backward(policy(torch.ones(1, 2)).sum())
+    learner.step()  # the next step is judged on its own
+    assert learner.guard.in_a_row == 0
+
+
+def test_stats_are_weighted_means_per_optimiser_step():
+    stats = kit.Stats()
+    stats.add(0.25, loss=torch.tensor(4.0))
+    stats.add(0.75, loss=2.0)
+    stats.step(grad_norm=1.0)
+    stats.add(1.0, loss=6.0)
+    stats.step(grad_norm=3.0)
+    assert stats.means() == {"loss": (1.0 + 1.5 + 6.0) / 2, "grad_norm": 2.0}
+
+
+def test_minibatches_shuffle_each_epoch_over_every_row():
+    torch.manual_seed(0)
+    batches = list(kit.minibatches(6, 3, epochs=2))
+    assert [len(b) for b in batches] == [3, 3, 3, 3]
+    for epoch in (batches[:2], batches[2:]):
+        assert sorted(torch.cat(epoch).tolist()) == list(range(6))

@@ -329,10 +329,10 @@ def test_batch_times_accumulation_invariance(
     start = kit.load_policy_and_reference(
         ModelCfg(path=str(tiny_model_dir), device="cpu"), LoraCfg(), False
     )[0].state_dict()
-    moved = max((one.policy.state_dict()[k] - start[k]).abs().max().item() for k in start)
+    moved = max((one.model.state_dict()[k] - start[k]).abs().max().item() for k in start)
     assert moved > 1e-4  # the step did change the weights
     assert one.critic.head.weight.abs().max() > 1e-4
-    for model in ("policy", "critic"):
+    for model in ("model", "critic"):
         mine, theirs = getattr(one, model).state_dict(), getattr(two, model).state_dict()
         # A step moves weights by ~1e-2. Adam's first step is lr * g / (|g| + eps), so a
         # weight whose gradient is near eps turns summation-order noise into ~lr * 1e-3.
@@ -346,7 +346,7 @@ def test_lora_trains_adapters_and_the_value_head(
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward_spec, kl_in="loss")
     outcome = ppo.train(replace(cfg, steps=2, lora=LoraCfg(rank=4, alpha=8.0)))
     assert outcome.reference is None  # the base weights with adapters off are the reference
-    trainable = [n for n, p in outcome.policy.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in outcome.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     critic_trainable = {n for n, p in outcome.critic.named_parameters() if p.requires_grad}
     assert {"head.weight", "head.bias"} < critic_trainable

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhfkit import cli, config_io
+from rlhfkit import commands, config_io
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
 
@@ -34,7 +34,7 @@ def load_command(argv: list[str]) -> None:
         assert method in hindsight.METHODS, f'{argv}: name the method (method = "...")'
         module = importlib.import_module(hindsight.METHODS[method])
     else:
-        module = cli._command(command)
+        module = commands.command_module(command)
     config_io.load(module.Config, args, command=command)
 
 

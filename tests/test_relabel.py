@@ -31,12 +31,12 @@ def make_config(tmp_path, model_dir, prompts_file, **goal) -> relabel.Config:
 def test_goal_hit_rate_rises(tmp_path, ending_model_dir, prompts_file):
     # three goals (0, 1, 2+ words): a policy ignoring the goal hits about a third of them, so a
     # hit rate well above that means the model learned to read the goal in its prompt
-    run, summary = relabel.train(make_config(tmp_path, ending_model_dir, prompts_file))
-    hits = [row["goal_hit_rate"] for row in run.metrics()]
+    result = relabel.train(make_config(tmp_path, ending_model_dir, prompts_file))
+    hits = [row["goal_hit_rate"] for row in result.run.metrics()]
     first, last = sum(hits[:3]) / 3, sum(hits[-3:]) / 3
     assert first < 0.5 and last > 0.6 and last > first + 0.2, hits
-    model_dir = run.path / "model"
-    assert summary["model"] == str(model_dir)
+    model_dir = result.run.path / "model"
+    assert result.summary["model"] == str(model_dir)
     assert load_conditioning(model_dir) == Conditioning(
         "relabel", instruction="[length 2 or more words] {prompt}"
     )
@@ -44,7 +44,7 @@ def test_goal_hit_rate_rises(tmp_path, ending_model_dir, prompts_file):
 
 def test_desired_goal_is_what_the_model_is_asked(tmp_path, tiny_model_dir, prompts_file):
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, desired=1)
-    run, _ = relabel.train(replace_rounds(cfg, rounds=1, prompts_per_round=4, steps_per_round=1))
+    run = relabel.train(replace_rounds(cfg, rounds=1, prompts_per_round=4, steps_per_round=1)).run
     assert load_conditioning(run.path / "model").apply("Hi") == "[length 1 word] Hi"
 
 

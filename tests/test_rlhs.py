@@ -127,14 +127,14 @@ def test_outcomes_reach_the_judge_only_in_hindsight(cfg, monkeypatch):
         return judges[-1]
 
     monkeypatch.setattr(rlhs, "build_judge", recording)
-    _, summary = rlhs.train(cfg)
+    summary = rlhs.train(cfg).summary
     hindsight_pairs = rows(Path(summary["pairs_file"]))
     foresight_cfg = dataclasses.replace(
         cfg,
         rlhs=rlhs.RlhsCfg(feedback="foresight"),
         run=dataclasses.replace(cfg.run, output_dir=cfg.run.output_dir + "-foresight"),
     )
-    _, summary = rlhs.train(foresight_cfg)
+    summary = rlhs.train(foresight_cfg).summary
     foresight_pairs = rows(Path(summary["pairs_file"]))
 
     hindsight, foresight = judges
@@ -223,7 +223,7 @@ def test_people_write_an_import_file_for_the_studio(cfg, tmp_path, capsys, monke
 
 
 def test_resume_reuses_the_pairs_and_exports_again(cfg, monkeypatch):
-    run, _ = rlhs.train(cfg)
+    run = rlhs.train(cfg).run
     pairs_before = (run.path / "pairs.jsonl").read_text()
 
     def must_not_sample(*args, **kwargs):
@@ -231,7 +231,8 @@ def test_resume_reuses_the_pairs_and_exports_again(cfg, monkeypatch):
 
     monkeypatch.setattr(rlhs, "sample_responses", must_not_sample)
     resumed = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=True))
-    run, summary = rlhs.train(resumed)
+    result = rlhs.train(resumed)
+    run, summary = result.run, result.summary
     assert (run.path / "pairs.jsonl").read_text() == pairs_before
     assert (run.path / "model" / "config.json").is_file() and summary["pairs"] >= 1
     assert summary["judge/judged"] >= summary["pairs"]  # the counts survive the resume
@@ -304,7 +305,8 @@ def ppo_cfg(cfg):
 
 
 def test_ppo_trains_a_reward_model_then_ppo_and_resumes(cfg, monkeypatch):
-    run, summary = rlhs.train(ppo_cfg(cfg))
+    result = rlhs.train(ppo_cfg(cfg))
+    run, summary = result.run, result.summary
     pairs = rows(run.path / "pairs.jsonl")
     assert pairs and summary["pairs"] == len(pairs) and summary["optimiser"] == "ppo"
     # the reward model: rlhfkit reward's trainer on the pairs file, a sub-run
@@ -331,7 +333,8 @@ def test_ppo_trains_a_reward_model_then_ppo_and_resumes(cfg, monkeypatch):
     resumed = ppo_cfg(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=True)))
     assert "resume = true" in config_io.to_toml(rlhs.ppo_config(resumed, run.path))
     assert "resume = true" in config_io.to_toml(rlhs.reward_config(resumed, run.path))
-    run, summary = rlhs.train(resumed)
+    result = rlhs.train(resumed)
+    run, summary = result.run, result.summary
     assert (ppo_run / "metrics.jsonl").read_text() == ppo_metrics  # finished: nothing redone
     assert (run.path / "model" / "config.json").is_file() and summary["pairs"] == len(pairs)
 

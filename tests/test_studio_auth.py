@@ -189,7 +189,7 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield str(tmp_path / "feedback.db")
         return
-    from rlhfkit.feedback.testing import PostgresMissing, fresh_database, throwaway_postgres
+    from postgres import PostgresMissing, fresh_database, throwaway_postgres
 
     try:
         with throwaway_postgres() as server, fresh_database(server) as url:

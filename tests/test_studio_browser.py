@@ -201,9 +201,9 @@ def test_keyboard_labelling_exports_pairs_that_train_a_reward_model(
         run=RunCfg(output_dir=str(tmp_path / "rm"), checkpoint_every=0),
         rm=reward.RewardCfg(max_length=32),
     )
-    run, summary = reward.train(cfg)
-    assert (summary["steps"], summary["train_examples"]) == (3, 4)
-    model = load_reward_model(run.path / "model", device="cpu")
+    result = reward.train(cfg)
+    assert (result.summary["steps"], result.summary["train_examples"]) == (3, 4)
+    model = load_reward_model(result.run.path / "model", device="cpu")
     scores = model.score_texts([rows[0]["prompt"] + rows[0]["chosen"]], batch_size=1)
     assert len(scores) == 1 and math.isfinite(scores[0])
 

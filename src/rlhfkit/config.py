@@ -2,22 +2,25 @@
 
 Every command has one frozen dataclass config built from these groups (``model``, ``gen``,
 ``optim``, ``log``, ``run``). The string literal under each field is its documentation: the
-loader shows it in ``--help``. Constraints ride along in ``Annotated[...]`` so one generic
-pre-flight pass (``config_io.validate``) checks every field the same way, whether its value
-came from a default, a TOML/YAML file or the command line.
+loader shows it in ``--help``. Constraints ride along in ``Annotated[...]`` as ``Bounds`` and
+``Check`` functions, which pydantic applies (``config_io.validate``) to every value, whether it
+came from a default, a TOML/YAML file or the command line; a config's ``check()`` adds what
+spans several fields.
 
-This module imports only the standard library: ``rlhfkit --help`` must stay instant.
+This module imports only the standard library (pydantic comes in only to validate): ``rlhfkit
+--help`` must stay instant.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+
+from rlhfkit.errors import did_you_mean
 
 
 class Problem(NamedTuple):
@@ -28,94 +31,87 @@ class Problem(NamedTuple):
     message: str
 
 
-# --- constraints: each returns an error message (what is wrong; how to fix it) or None ----------
+@dataclass(frozen=True)
+class Bounds:
+    """A number's bounds, checked by pydantic as annotated-types' ``Interval`` (imported only
+    then: it costs ``--help`` time); a float bounded on one side must be finite as well."""
+
+    gt: float | None = None
+    ge: float | None = None
+    le: float | None = None
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from annotated_types import Interval, Predicate
+
+        finite = (Predicate(math.isfinite),) if source is float and self.le is None else ()
+        bounds = Interval(gt=self.gt, ge=self.ge, le=self.le)  # NaN fails any bound, inf not
+        return handler.generate_schema(Annotated[source, bounds, *finite])
 
 
 @dataclass(frozen=True)
-class Min:
-    """value >= bound, and finite."""
+class Check:
+    """``Annotated`` metadata that pydantic runs after the type check: ``problem(value)`` says
+    what is wrong and how to fix it (None when nothing is); ``metavar`` names the value in help."""
 
-    bound: float
+    problem: Callable[[Any], str | None]
+    metavar: str
 
-    def __call__(self, value: Any) -> str | None:
-        if not math.isfinite(value):  # NaN compares false with everything, so it passes `<`
-            return f"must be a finite number; give a value >= {self.bound:g}"
-        if value < self.bound:
-            return f"must be at least {self.bound:g}; give a value >= {self.bound:g}"
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema  # validating only: --help never gets here
+
+        return core_schema.no_info_after_validator_function(self._validate, handler(source))
+
+    def _validate(self, value: Any) -> Any:
+        if message := self.problem(value):
+            raise ValueError(message)  # pydantic reports it as a value_error with this text
+        return value
+
+
+def file_problem(value: str) -> str | None:
+    """What is wrong with an input file (None if nothing): checked before anything loads, so a
+    typo fails in a second, not later. Empty means unset."""
+    if not value:
         return None
+    path = Path(os.path.expanduser(value))
+    if not path.exists():
+        return "no such file; check the path (relative paths start at the current directory)"
+    return "is a directory; give a file" if path.is_dir() else None
 
 
-@dataclass(frozen=True)
-class Range:
-    """low <= value <= high (low excluded when ``open_low``), and finite."""
+def model_problem(value: str) -> str | None:
+    """What is wrong with a model reference (None if nothing): an embedded alias (see ``rlhfkit
+    assets list``) or a local Hugging Face model directory."""
+    from rlhfkit.assets import MODEL_ALIASES  # standard library only, and below this layer
 
-    low: float
-    high: float
-    open_low: bool = False
-
-    def __call__(self, value: Any) -> str | None:
-        bracket = "(" if self.open_low else "["
-        if not math.isfinite(value):  # also where the range is open-ended: inf is no setting
-            wanted = (
-                f"{'>' if self.open_low else '>='} {self.low:g}"
-                if math.isinf(self.high)
-                else f"in {bracket}{self.low:g}, {self.high:g}]"
-            )
-            return f"must be a finite number; give a value {wanted}"
-        low_ok = value > self.low if self.open_low else value >= self.low
-        if not (low_ok and value <= self.high):
-            return f"must lie in {bracket}{self.low:g}, {self.high:g}]; give a value in that range"
+    path = Path(os.path.expanduser(value))
+    if value in MODEL_ALIASES or (path / "config.json").is_file():
         return None
-
-
-@dataclass(frozen=True)
-class FileMustExist:
-    """An input file: checked before anything loads, so a typo fails in a second, not later."""
-
-    def __call__(self, value: Any) -> str | None:
-        if value is None or value == "":
-            return None
-        path = Path(os.path.expanduser(str(value)))
-        if not path.exists():
-            return "no such file; check the path (relative paths start at the current directory)"
-        if path.is_dir():
-            return "is a directory; give a file"
-        return None
-
-
-@dataclass(frozen=True)
-class ModelReference:
-    """An embedded alias (see ``rlhfkit assets list``) or a local Hugging Face model directory."""
-
-    def __call__(self, value: Any) -> str | None:
-        from rlhfkit.assets import MODEL_ALIASES  # stdlib-only module
-
-        if value in MODEL_ALIASES:
-            return None
-        path = Path(os.path.expanduser(str(value)))
-        if path.is_dir() and (path / "config.json").is_file():
-            return None
-        aliases = ", ".join(sorted(MODEL_ALIASES))
-        if path.is_dir():
-            return (
-                "is a directory without config.json, so not a Hugging Face model; "
-                f"give a model directory or an alias ({aliases})"
-            )
+    aliases = ", ".join(sorted(MODEL_ALIASES))
+    if path.is_dir():
         return (
-            f"is neither an embedded alias ({aliases}) nor a local model directory; "
-            "no model hub is contacted, so pass a directory that exists"
+            "is a directory without config.json, so not a Hugging Face model; "
+            f"give a model directory or an alias ({aliases})"
         )
+    return (
+        f"is neither an embedded alias ({aliases}) nor a local model directory; "
+        "no model hub is contacted, so pass a directory that exists"
+    )
 
 
-PositiveInt = Annotated[int, Min(1)]
-NonNegativeInt = Annotated[int, Min(0)]
-PositiveFloat = Annotated[float, Range(0.0, float("inf"), open_low=True)]
-NonNegativeFloat = Annotated[float, Min(0.0)]
-Fraction = Annotated[float, Range(0.0, 1.0)]
-InputFile = Annotated[str, FileMustExist()]
-ModelPath = Annotated[str, ModelReference()]
+PositiveInt = Annotated[int, Bounds(ge=1)]
+NonNegativeInt = Annotated[int, Bounds(ge=0)]
+PositiveFloat = Annotated[float, Bounds(gt=0)]
+NonNegativeFloat = Annotated[float, Bounds(ge=0)]
+Fraction = Annotated[float, Bounds(ge=0, le=1)]
+InputFile = Annotated[str, Check(file_problem, "FILE")]
+ModelPath = Annotated[str, Check(model_problem, "MODEL")]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+CORPORA = ("movies", "tweets", "amazon", "nyt")
+"""The VADER corpora of human-rated texts: the built-in sets vader:movies ... vader:nyt."""
+GEN_BACKENDS = {"hf"}
+"""The names gen.backend accepts: each built-in (its module in the generation package is named
+after it) and each plug-in, added when it registers (``register_backend``)."""
 
 
 # --- shared groups -------------------------------------------------------------------------------
@@ -136,14 +132,13 @@ class ModelCfg:
     autocast: Literal["off", "auto", "bfloat16"] = "off"
     """Mixed precision: the model's matmuls in bfloat16 over float32 weights (torch.autocast).
     auto turns it on for float32 weights on a CPU with AMX tiles (Intel Sapphire Rapids and
-    later), where bfloat16 matmuls run 2.5-4x faster and a training step about 1.6x; off keeps
-    float32 throughout. On a GPU use bfloat16 weights (dtype auto) instead: under autocast
-    sampling cannot use gen.compile, and a GRPO step of SmolLM2 on an H200 took 2.0 s against
-    0.45 s in float32 (bench/README.md)."""
+    later), where bfloat16 matmuls are fast; off keeps float32 throughout. On a GPU use bfloat16
+    weights (dtype auto) instead: under autocast sampling cannot use gen.compile and the step is
+    slower than in float32. Timings: see bench/README.md."""
     head_dtype: Literal["float32", "bfloat16"] = "float32"
-    """The LM head's matmul under model.autocast. float32 keeps log-probs within 0.012 of a
-    float32 model's on average (SmolLM2; 0.025 with a bfloat16 head); bfloat16 is what TRL
-    computes under bf16, and made a GRPO step of SmolLM2 on 2 AMX cores 2.52 s against 2.89."""
+    """The LM head's matmul under model.autocast. float32 keeps log-probs closer to a float32
+    model's (half the error of a bfloat16 head); bfloat16 is what TRL computes under bf16, and
+    is faster (bench/README.md)."""
 
     def check(self) -> Iterable[Problem]:
         if self.head_dtype != "float32" and self.autocast == "off":
@@ -169,7 +164,7 @@ class GenCfg:
     """Most tokens generated per completion."""
     temperature: NonNegativeFloat = 1.0
     """Sampling temperature; 0 means greedy decoding."""
-    top_p: Annotated[float, Range(0.0, 1.0, open_low=True)] = 1.0
+    top_p: Annotated[float, Bounds(gt=0, le=1)] = 1.0
     """Nucleus sampling: keep the smallest token set with this much probability (1 = off)."""
     top_k: NonNegativeInt = 0
     """Keep only the k most likely tokens (0 = off)."""
@@ -185,17 +180,15 @@ class GenCfg:
     """Decode with a static KV cache and a compiled token step (torch.compile; CUDA graphs on a
     GPU, where a small model's eager decoding is kernel-launch bound). auto: on for the sampling
     of RL and hindsight training loops on CUDA, off for one-shot generate, evaluation and data
-    stages, and off for a model under model.autocast (a static cache holds one dtype). The first
-    compiled batch pays the compilation (10-90 s); on a CPU it gains nothing."""
+    stages, and off for a model under model.autocast (a static cache holds one dtype). Each batch
+    shape is compiled once, on its first batch (bench/README.md); on a CPU it gains nothing."""
 
     def check(self) -> Iterable[Problem]:
-        from rlhfkit.generation import backend_names  # stdlib-only at import
-
-        if self.backend not in backend_names():
+        if self.backend not in GEN_BACKENDS:
             yield Problem(
                 "backend",
                 self.backend,
-                f"is not a generation backend; choose one of {', '.join(backend_names())}",
+                "is not a generation backend; choose one of " + ", ".join(sorted(GEN_BACKENDS)),
             )
 
 
@@ -359,9 +352,8 @@ class PromptDataCfg:
         for name in ("prompts", "eval_prompts"):
             value = getattr(self, name)
             if not value or ":" in value and not Path(value).exists():
-                continue  # a built-in set: resolved (and checked) by rlhfkit.data.builtin
-            message = FileMustExist()(value)
-            if message:
+                continue  # a built-in set: resolved (and checked) where it is loaded
+            if message := file_problem(value):
                 yield Problem(
                     name, value, message + "; or name a built-in set such as vader:movies"
                 )
@@ -417,22 +409,17 @@ class FeedbackDataCfg:
     def check(self) -> Iterable[Problem]:
         for name in ("path", "eval_path"):
             value = getattr(self, name)
-            if value or name == "path":
-                message = _feedback_source_problem(value)
-                if message:
-                    yield Problem(name, value, message)
+            if (value or name == "path") and (message := _feedback_source_problem(value)):
+                yield Problem(name, value, message)
 
 
 def _feedback_source_problem(value: str) -> str | None:
     """What is wrong with a feedback data source (None if nothing): a built-in set, an existing
     data file or a directory written by datasets' save_to_disk."""
-    from rlhfkit.data.vader import CORPORA  # stdlib-only module
-
     builtins = [f"vader:{corpus}" for corpus in CORPORA]
     if not value:
         return f"is empty; give a data file, a dataset directory or a built-in set ({builtins[0]})"
-    close = difflib.get_close_matches(value, builtins, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = did_you_mean(value, builtins)
     if value.startswith("vader:"):
         return (
             None

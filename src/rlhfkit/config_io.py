@@ -4,35 +4,41 @@ One pass, before any model loads: unknown keys (with a did-you-mean), wrong type
 values, missing files and each config's own cross-field ``check()`` are all collected and raised
 together as one ``ConfigError``, one line per problem: ``field = value: what is wrong; the fix``.
 
-Why not tyro or argparse: the same coercion and checks must apply to values from a file and
-from the command line, the error contract is one line per problem with exit code 2, and the
-help text comes from field docstrings. That is ~300 lines here, against wrapping a library's
-own error printing and merge rules.
-
-Stdlib only at import time, so ``rlhfkit --help`` stays instant.
+pydantic reads each value as its field's type and checks the constraints annotated on it:
+leniently for command-line strings, strictly for a file's values (JSON's rules: a list may stand
+for a tuple and an int for a float, nothing else converts). What stays here is the contract no
+library gives as is: merging (defaults < file < flags), dotted flags with shorthands, the
+one-line messages and ``--help`` from field docstrings. pydantic loads only to validate, so
+``--help`` stays instant.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
-import difflib
 import inspect
+import json
+import math
 import os
 import textwrap
 import time
-import types
 import typing
+from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from rlhfkit.config import FileMustExist, ModelReference, Problem, is_run_dir
-from rlhfkit.errors import ConfigError
+from rlhfkit.config import Check, RunCfg, is_run_dir
+from rlhfkit.errors import ConfigError, did_you_mean
 
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
+_BOOLS = {"true", "false", "yes", "no", "on", "off", "1", "0"}  # what may follow a boolean flag
+_FIXES = {
+    "float": "is not a number; give a value such as 0.5 or 1e-5",
+    "int": "is not a whole number; give an integer such as 8",
+    "bool": "is not a boolean; use true or false",
+    "string": 'is not a string; quote it, e.g. "value"',
+    "tuple": "must be a list of strings",
+}  # by the first word of pydantic's error type
 
 
 # --- introspection -------------------------------------------------------------------------------
@@ -52,7 +58,7 @@ def field_docs(cls: type) -> dict[str, str]:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):
         return docs
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    body = typing.cast(ast.ClassDef, tree.body[0]).body
     for node, after in zip(body, body[1:], strict=False):
         if (
             isinstance(node, ast.AnnAssign)
@@ -65,111 +71,104 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def _is_group(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _split(hint: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``Annotated[T, c1, c2]`` -> (T, (c1, c2)): a type and its constraints."""
+    if typing.get_origin(hint) is typing.Annotated:
+        tp, *constraints = typing.get_args(hint)
+        return tp, tuple(constraints)
+    return hint, ()
+
+
 @cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, include_extras=True)
-
-
-def _unwrap(tp: Any) -> tuple[Any, tuple]:
-    """Split ``Annotated[T, c1, c2]`` into (T, (c1, c2))."""
-    if typing.get_origin(tp) is typing.Annotated:
-        base, *extras = typing.get_args(tp)
-        return base, tuple(extras)
-    return tp, ()
-
-
-def _optional_inner(tp: Any) -> Any | None:
-    """T for ``T | None``; None otherwise."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0]
-    return None
-
-
-def _fields(cls: type) -> dict[str, tuple[Any, tuple]]:
-    hints = _hints(cls)
-    return {f.name: _unwrap(hints[f.name]) for f in dataclasses.fields(cls) if f.init}
+def _fields(cls: type) -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    """Each init field's type and constraints."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: _split(hints[f.name]) for f in dataclasses.fields(cls) if f.init}
 
 
 def option_paths(cls: type, prefix: str = "") -> dict[str, tuple[type, str, Any]]:
     """Every leaf option as ``dotted.path -> (owner class, field name, type)``."""
     paths = {}
     for name, (tp, _) in _fields(cls).items():
-        if dataclasses.is_dataclass(tp):
+        if _is_group(tp):
             paths.update(option_paths(tp, f"{prefix}{name}."))
         else:
             paths[f"{prefix}{name}"] = (cls, name, tp)
     return paths
 
 
-def _suggest(word: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+def _hint(word: str, choices: Iterable[str]) -> str:
+    return f"; {close}" if (close := did_you_mean(word, choices, end="")) else ""
 
 
-# --- value coercion ------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    inner = _optional_inner(tp)
-    if inner is not None:
-        return _type_name(inner)
+def _type_name(tp: Any, constraints: tuple[Any, ...] = ()) -> str:
+    """How help names a value: FILE, {a,b}, INT, ..."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if checks := [c.metavar for c in constraints if isinstance(c, Check)]:
+        return checks[0]
     if typing.get_origin(tp) is Literal:
-        return "{" + ",".join(str(a) for a in typing.get_args(tp)) + "}"
+        return "{" + ",".join(map(str, args)) + "}"
     if typing.get_origin(tp) is tuple:
         return "STR (repeatable)"
+    if len(args) == 1:  # T | None
+        return _type_name(args[0])
     return {bool: "BOOL", int: "INT", float: "FLOAT", str: "STR"}.get(tp, str(tp))
 
 
-def coerce(value: Any, tp: Any, from_cli: bool) -> Any:
-    """Convert ``value`` to type ``tp``; raise ValueError with the fix on mismatch.
+# --- pydantic reads and checks; its verdicts become rlhfkit's messages ---------------------------
 
-    CLI values arrive as strings and are parsed; file values must already have the right type
-    (an int is accepted where a float is expected).
-    """
-    inner = _optional_inner(tp)
-    if inner is not None:
-        if value is None or (from_cli and str(value).lower() in ("none", "null")):
-            return None
-        return coerce(value, inner, from_cli)
-    if typing.get_origin(tp) is Literal:
-        choices = typing.get_args(tp)
-        if value in choices:
-            return value
-        raise ValueError(
-            f"is not one of {', '.join(map(str, choices))}{_suggest(str(value), map(str, choices))}"
-        )
-    if typing.get_origin(tp) is tuple:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if not all(isinstance(item, str) for item in items):
-            raise ValueError("must be a list of strings")
-        return tuple(items)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if from_cli and str(value).lower() in _TRUE | _FALSE:
-            return str(value).lower() in _TRUE
-        raise ValueError("is not a boolean; use true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if from_cli:
-            with contextlib.suppress(ValueError):
-                return int(value)
-        raise ValueError("is not a whole number; give an integer such as 8")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_cli:
-            with contextlib.suppress(ValueError):
-                return float(value)
-        raise ValueError("is not a number; give a value such as 0.5 or 1e-5")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ValueError('is not a string; quote it, e.g. "value"')
-    raise TypeError(f"unsupported config type {tp!r}")  # a bug in a config class, not user input
+
+@cache
+def _adapter(tp: Any) -> Any:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(tp)
+
+
+def _read(tp: Any, value: Any, from_cli: bool) -> Any:
+    """``value`` as type ``tp``; raises pydantic's ValidationError."""
+    if from_cli and type(None) in typing.get_args(tp) and value.lower() in ("none", "null"):
+        return None
+    if from_cli:
+        return _adapter(tp).validate_python(value)  # lenient: "8", "1e-5", "yes"
+    return _adapter(tp).validate_json(json.dumps(value, default=str), strict=True)
+
+
+def _message(error: Any, tp: Any, constraints: tuple[Any, ...]) -> str:
+    """One pydantic error on a field of type ``tp`` as ``what is wrong; the fix``."""
+    kind, value = error["type"].split("_")[0], error["input"]
+    if kind == "value":  # a Check's own message
+        return str(error["ctx"]["error"])
+    if kind == "literal":
+        choices = [str(c) for c in typing.get_args(tp)]
+        return f"is not one of {', '.join(choices)}{_hint(str(value), choices)}"
+    if kind in ("greater", "less", "predicate"):
+        return _bound_message(value, constraints)
+    if error["loc"] and isinstance(error["loc"][-1], int):  # an item of a tuple
+        return _FIXES["tuple"]
+    return _FIXES.get(kind) or str(error["msg"])
+
+
+def _bound_message(value: float, constraints: tuple[Any, ...]) -> str:
+    """A value outside its field's annotated bounds (or not finite), with the range to give."""
+    bounds = {
+        key: bound
+        for c in constraints
+        for key in ("gt", "ge", "le")
+        if (bound := getattr(c, key, None)) is not None
+    }
+    low, high = bounds.get("gt", bounds.get("ge", -math.inf)), bounds.get("le", math.inf)
+    span = f"{'(' if 'gt' in bounds else '['}{low:g}, {high:g}]"
+    wanted = f"in {span}" if "le" in bounds else f"{'>' if 'gt' in bounds else '>='} {low:g}"
+    if not math.isfinite(value):
+        return f"must be a finite number; give a value {wanted}"
+    if "gt" in bounds or "le" in bounds:
+        return f"must lie in {span}; give a value in that range"
+    return f"must be at least {low:g}; give a value {wanted}"
 
 
 # --- building ------------------------------------------------------------------------------------
@@ -178,74 +177,67 @@ def coerce(value: Any, tp: Any, from_cli: bool) -> Any:
 def build(
     cls: type, data: dict, cli_keys: set[str], prefix: str, problems: list[str], base: Any = None
 ) -> Any:
-    """``cls`` from a nested dict of raw values, coerced to each field's type.
+    """``cls`` from a nested dict of raw values, each read as its field's type.
 
     Fields the dict leaves out keep ``base``'s values (or the class defaults): a group keeps the
     defaults its command gave it, so ``rlhfkit demo --optim.lr 1e-4`` changes the demo's learning
-    rate and keeps its warm-up. Unknown keys and bad values are appended to ``problems`` (named
-    ``prefix`` + key) instead of raised, so one pass reports them all; ``cli_keys`` are the
-    dotted keys that came from flags.
+    rate and keeps its warm-up. Unknown keys and values of the wrong type are appended to
+    ``problems`` (named ``prefix`` + key) instead of raised, so one pass reports them all;
+    ``cli_keys`` are the dotted keys that came from flags. Constraints are ``validate``'s.
     """
-    fields = _fields(cls)
-    for key in data:
-        if key not in fields:
+    from pydantic import ValidationError
+
+    fields, base = _fields(cls), cls() if base is None else base
+    problems += [
+        f"{prefix}{key}: unknown key{_hint(key, fields)} (valid keys: {', '.join(fields)})"
+        for key in data
+        if key not in fields
+    ]
+    values = {}
+    for name in [name for name in fields if name in data]:
+        tp, value, path = fields[name][0], data[name], prefix + name
+        if _is_group(tp) and isinstance(value, dict):
+            values[name] = build(tp, value, cli_keys, f"{path}.", problems, getattr(base, name))
+        elif _is_group(tp):
             problems.append(
-                f"{prefix}{key}: unknown key{_suggest(key, fields)}"
-                f" (valid keys: {', '.join(fields)})"
+                f"{path} = {value!r}: is a group of options; write it as a [{path}] "
+                f"table or set --{path}.KEY"
             )
-    kwargs = {}
-    for name, (tp, _) in fields.items():
-        if name not in data:
-            continue
-        value = data[name]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                problems.append(
-                    f"{prefix}{name} = {value!r}: is a group of options; write it as a "
-                    f"[{prefix}{name}] table or set --{prefix}{name}.KEY"
-                )
-                continue
-            group_base = getattr(base, name) if base is not None else _field_default(cls, name)
-            kwargs[name] = build(tp, value, cli_keys, f"{prefix}{name}.", problems, group_base)
-            continue
-        try:
-            kwargs[name] = coerce(value, tp, from_cli=f"{prefix}{name}" in cli_keys)
-        except ValueError as e:
-            problems.append(f"{prefix}{name} = {value!r}: {e}")
-    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
-
-
-def _field_default(cls: type, name: str) -> Any:
-    """The default of ``cls``'s field ``name`` (its factory called), or None when it has none."""
-    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
-    if spec.default_factory is not dataclasses.MISSING:
-        return spec.default_factory()
-    return None if spec.default is dataclasses.MISSING else spec.default
+        else:
+            try:
+                values[name] = _read(tp, value, from_cli=path in cli_keys)
+            except ValidationError as e:
+                problems.append(f"{path} = {value!r}: {_message(e.errors()[0], tp, ())}")
+    return dataclasses.replace(base, **values)
 
 
 def validate(cfg: Any, prefix: str = "") -> list[str]:
-    """Every constraint and ``check()`` problem of a built config, one line each."""
+    """Every problem of a built config, one line each: pydantic's check of each field against
+    its annotated type and constraints, then every group's own cross-field ``check()``."""
+    from pydantic import ValidationError
+
     problems = []
-    for name, (tp, constraints) in _fields(type(cfg)).items():
-        value = getattr(cfg, name)
-        if dataclasses.is_dataclass(tp):
-            problems += validate(value, f"{prefix}{name}.")
-            continue
-        if value is None:
-            continue
-        for constraint in constraints:
-            message = constraint(value) if callable(constraint) else None
-            if message:
-                problems.append(f"{prefix}{name} = {value!r}: {message}")
-    check = getattr(cfg, "check", None)
-    if check is not None:
-        for problem in check():
-            problems.append(_render(prefix, problem))
-    return problems
+    try:
+        _adapter(type(cfg)).validate_json(json.dumps(to_dict(cfg)), strict=True)
+    except ValidationError as e:
+        for error in e.errors():
+            tp, constraints, path = type(cfg), (), []
+            for part in error["loc"]:  # down to the field: ("gen", "stop", 0) is gen.stop
+                if isinstance(part, str) and _is_group(tp):
+                    (tp, constraints), path = _fields(tp)[part], [*path, part]
+            problems.append(
+                f"{prefix}{'.'.join(path)} = {error['input']!r}: {_message(error, tp, constraints)}"
+            )
+    return problems + list(_checks(cfg, prefix))
 
 
-def _render(prefix: str, problem: Problem) -> str:
-    return f"{prefix}{problem.field} = {problem.value!r}: {problem.message}"
+def _checks(cfg: Any, prefix: str) -> Iterator[str]:
+    """Each group's ``check()``, inner groups first."""
+    for name, (tp, _) in _fields(type(cfg)).items():
+        if _is_group(tp):
+            yield from _checks(getattr(cfg, name), f"{prefix}{name}.")
+    for problem in getattr(cfg, "check", lambda: ())():
+        yield f"{prefix}{problem.field} = {problem.value!r}: {problem.message}"
 
 
 def read_file(path: str) -> dict:
@@ -253,69 +245,60 @@ def read_file(path: str) -> dict:
     file = Path(os.path.expanduser(path))
     if not file.is_file():
         raise ConfigError(f"--config = {path!r}: no such file; check the path")
-    text = file.read_text(encoding="utf-8")
+    text, kind = file.read_text(encoding="utf-8"), file.suffix.lower()
+    if kind not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"--config = {path!r}: unknown format; use a .toml, .yaml or .yml file")
     try:
-        if file.suffix.lower() == ".toml":
+        if kind == ".toml":
             import tomllib
 
             return tomllib.loads(text)
-        if file.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+        import yaml
 
-            data = yaml.safe_load(text) or {}
-            if not isinstance(data, dict):
-                raise ConfigError(
-                    f"--config = {path!r}: the top level must be a mapping of options"
-                )
-            return data
-    except ConfigError:
-        raise
+        data = yaml.safe_load(text) or {}
     except Exception as e:  # tomllib / yaml parse errors carry the line number
-        raise ConfigError(
-            f"--config = {path!r}: not valid {file.suffix[1:].upper()}: {e}"
-        ) from None
-    raise ConfigError(f"--config = {path!r}: unknown format; use a .toml, .yaml or .yml file")
+        raise ConfigError(f"--config = {path!r}: not valid {kind[1:].upper()}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config = {path!r}: the top level must be a mapping of options")
+    return data
 
 
 def parse_overrides(cls: type, args: list[str]) -> tuple[dict, set[str], str | None]:
     """Dotted ``--a.b value`` flags as a nested dict, the dotted keys set, and ``--config``."""
-    paths = option_paths(cls)
-    top = _fields(cls)
+    paths, top = option_paths(cls), _fields(cls)
     overrides: dict = {}
     keys: set[str] = set()
-    config_file = None
-    problems = []
-    i = 0
+    config_file, problems, i = None, [], 0
     while i < len(args):
-        token = args[i]
-        i += 1
+        token, i = args[i], i + 1
+        following = args[i] if i < len(args) else None  # the value, unless it is the next flag
         if not token.startswith("--") or token == "--":
             problems.append(f"{token!r}: unexpected argument; options are written --KEY VALUE")
             continue
         key, has_value, value = token[2:].partition("=")
         if key == "config":
-            if not has_value:
-                if i >= len(args):
-                    problems.append("--config: needs a file path")
-                    continue
-                value, i = args[i], i + 1
+            if not has_value and following is None:
+                problems.append("--config: needs a file path")
+            elif not has_value:
+                value, i = following, i + 1
             config_file = value
             continue
         path = _resolve_key(key, paths, top)
         if path is None:
             problems.append(
-                f"--{key}: unknown option{_suggest(key, paths)} (see --help for all options)"
+                f"--{key}: unknown option{_hint(key, paths)} (see --help for all options)"
             )
-            if not has_value and i < len(args) and not args[i].startswith("--"):
+            if not has_value and following is not None and not following.startswith("--"):
                 i += 1  # its value: not a second problem
             continue
         tp = paths[path][2]
         if not has_value:
-            takes_bool = tp is bool or _optional_inner(tp) is bool
-            if takes_bool and (i >= len(args) or args[i].lower() not in _TRUE | _FALSE):
+            if _type_name(tp) == "BOOL" and (following is None or following.lower() not in _BOOLS):
                 value = "true"  # a bare boolean flag turns it on
-            elif i < len(args) and (not args[i].startswith("--") or typing.get_origin(tp) is tuple):
-                value, i = args[i], i + 1
+            elif following is not None and (
+                not following.startswith("--") or typing.get_origin(tp) is tuple
+            ):
+                value, i = following, i + 1
             else:
                 problems.append(f"--{key}: needs a value ({_type_name(tp)})")
                 continue
@@ -337,9 +320,9 @@ def _resolve_key(key: str, paths: dict, top: dict) -> str | None:
     """``model`` -> ``model.path`` (a group's shorthand); a bare leaf name unique across groups."""
     if key in paths:
         return key
-    tp = top.get(key, (None,))[0]
-    if dataclasses.is_dataclass(tp) and getattr(tp, "shorthand", None):
-        return f"{key}.{tp.shorthand}"
+    group = top.get(key, (None,))[0]
+    if _is_group(group) and (shorthand := getattr(group, "shorthand", None)):
+        return f"{key}.{shorthand}"
     matches = [p for p in paths if p.rsplit(".", 1)[-1] == key]
     return matches[0] if len(matches) == 1 else None
 
@@ -365,28 +348,21 @@ def load(cls: type, args: list[str], command: str = "") -> Any:
     """
     overrides, cli_keys, config_file = parse_overrides(cls, args)
     data = read_file(config_file) if config_file else {}
-    data = deep_merge(data, overrides)
     problems: list[str] = []
-    cfg = build(cls, data, cli_keys, "", problems)
+    cfg = build(cls, deep_merge(data, overrides), cli_keys, "", problems)
     if problems:
         raise ConfigError(problems)
     run = getattr(cfg, "run", None)
-    if (
-        run is not None
-        and dataclasses.is_dataclass(run)
-        and getattr(run, "resume", False)
-        and config_file
-        and "run.output_dir" not in cli_keys
-    ):
+    if isinstance(run, RunCfg) and run.resume and config_file and "run.output_dir" not in cli_keys:
         home = Path(os.path.expanduser(config_file)).parent
         if Path(config_file).name == "config.toml" and is_run_dir(home):
             run = dataclasses.replace(run, output_dir=str(home))
-            cfg = dataclasses.replace(cfg, run=run)
-    if run is not None and dataclasses.is_dataclass(run) and not run.output_dir and command:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        cfg = dataclasses.replace(
-            cfg, run=dataclasses.replace(run, output_dir=f"runs/{command}-{stamp}")
+    if isinstance(run, RunCfg) and not run.output_dir and command:
+        run = dataclasses.replace(
+            run, output_dir=f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
+    if isinstance(run, RunCfg):
+        cfg = dataclasses.replace(cfg, run=run)
     problems = validate(cfg)
     if problems:
         raise ConfigError(problems)
@@ -398,21 +374,13 @@ def load(cls: type, args: list[str], command: str = "") -> Any:
 
 def to_dict(cfg: Any) -> dict:
     """A config as plain nested data (tuples as lists, None left out: TOML has no null)."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            out[f.name] = to_dict(value)
-        elif value is not None:
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-    # TOML needs plain keys before tables
-    return dict(sorted(out.items(), key=lambda kv: isinstance(kv[1], dict)))
+    return _adapter(type(cfg)).dump_python(cfg, mode="json", exclude_none=True, warnings=False)
 
 
 def to_toml(cfg: Any) -> str:
     import tomli_w
 
-    return tomli_w.dumps(to_dict(cfg))
+    return tomli_w.dumps(to_dict(cfg))  # it writes plain keys before tables, as TOML needs
 
 
 def render_help(cls: type, command: str) -> str:
@@ -428,37 +396,28 @@ def render_help(cls: type, command: str) -> str:
         "",
     ]
 
-    def describe(owner: type, name: str, tp: Any, path: str, default: Any) -> list[str]:
-        constraints = _fields(owner)[name][1]
-        kind = (
-            "FILE"
-            if any(isinstance(c, FileMustExist) for c in constraints)
-            else "MODEL"
-            if any(isinstance(c, ModelReference) for c in constraints)
-            else _type_name(tp)
-        )
-        shown = "" if default in ("", (), None) else f" (default: {default})"
-        doc = field_docs(owner).get(name, "")
-        return [
-            f"  --{path} {kind}{shown}",
-            *textwrap.wrap(doc, 92, initial_indent="      ", subsequent_indent="      "),
-        ]
-
     def section(instance: Any, prefix: str, title: str) -> None:
         owner = type(instance)  # defaults shown are the instance's: a preset shows its own
         lines.append(title)
-        for name, (tp, _) in _fields(owner).items():
-            if not dataclasses.is_dataclass(tp):
-                lines.extend(describe(owner, name, tp, prefix + name, getattr(instance, name)))
+        for name, (tp, constraints) in _fields(owner).items():
+            if not _is_group(tp):
+                default = getattr(instance, name)
+                shown = "" if default in ("", (), None) else f" (default: {default})"
+                lines.append(f"  --{prefix}{name} {_type_name(tp, constraints)}{shown}")
+                lines.extend(
+                    textwrap.wrap(
+                        field_docs(owner).get(name, ""),
+                        92,
+                        initial_indent=" " * 6,
+                        subsequent_indent=" " * 6,
+                    )
+                )
         lines.append("")
         for name, (tp, _) in _fields(owner).items():
-            if dataclasses.is_dataclass(tp):
-                doc = (inspect.getdoc(tp) or "").splitlines()[0] if inspect.getdoc(tp) else ""
-                short = (
-                    f"; --{prefix}{name} X sets --{prefix}{name}.{tp.shorthand}"
-                    if getattr(tp, "shorthand", None)
-                    else ""
-                )
+            if _is_group(tp):
+                doc = (inspect.getdoc(tp) or "").split("\n")[0]
+                short = getattr(tp, "shorthand", None)
+                short = f"; --{prefix}{name} X sets --{prefix}{name}.{short}" if short else ""
                 section(
                     getattr(instance, name), f"{prefix}{name}.", f"[{prefix}{name}] {doc}{short}"
                 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class RlhfkitError(Exception):
     """A problem the user can fix; the message says what and how. CLI exit code 1."""
@@ -39,3 +41,17 @@ class RewardError(RlhfkitError):
 class RlhfkitWarning(UserWarning):
     """Something the user should know that does not stop the command (a damaged checkpoint
     skipped, a cut-off metrics line dropped); the CLI prints it as one line."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], end: str = " ") -> str:
+    """``"did you mean 'closest'?"`` + ``end`` for the choice closest to a mistyped ``name``,
+    or "" when none is close (difflib's ratio of at least 0.6).
+
+    Every "unknown name" message uses it, as in ``f"unknown asset {name!r}; {did_you_mean(name,
+    ASSETS)}known assets: ..."``; with ``end=""`` it ends a message or gives way to another hint:
+    ``did_you_mean(name, names, end="") or "see rlhfkit --help"``.
+    """
+    import difflib  # here: `rlhfkit --help` imports this module and never needs difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"did you mean {close[0]!r}?{end}" if close else ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -50,3 +50,25 @@ def progress(description: str, total: float | None) -> Iterator[tuple[Progress, 
     with bar:
         task = bar.add_task(description, total=total, info="")
         yield bar, task
+
+
+@contextmanager
+def steps(description: str, total: int) -> Iterator[Callable[[str], None]]:
+    """A bar over ``total`` named steps: call ``step("what starts now")`` as each one begins.
+
+    Usage::
+
+        with steps("preparing smollm2", total=2) as step:
+            step("verifying sha256")
+            step("converting")
+    """
+    with progress(description, total=total) as (bar, task):
+        done = -1
+
+        def step(what: str) -> None:
+            nonlocal done
+            done += 1
+            bar.update(task, completed=done, info=what)
+
+        yield step
+        bar.update(task, completed=total, info="done")

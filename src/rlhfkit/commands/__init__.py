@@ -1,1 +1,129 @@
-"""Command implementations that are not training loops: each module has `Config` and `main`."""
+"""The command table: every ``rlhfkit`` subcommand, the module that runs it, and running one.
+
+A command's module defines a frozen ``Config`` dataclass (the first line of its docstring is
+the summary in ``rlhfkit --help``) and ``main(cfg)``; a tool has its own small argument syntax
+(verbs, positional names) and a function that takes the arguments. Modules are imported only
+when their command runs and summaries are read from source, so listing the commands never
+imports torch. ``dispatch`` runs one command line in this process (``compare`` trains its
+methods through it).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+from types import ModuleType
+
+from rlhfkit.errors import ConfigError, did_you_mean
+
+COMMANDS: dict[str, str] = {
+    "demo": "rlhfkit.commands.demo",
+    "sft": "rlhfkit.train.sft",
+    "reward": "rlhfkit.train.reward",
+    "ppo": "rlhfkit.train.ppo",
+    "grpo": "rlhfkit.train.grpo",
+    "dpo": "rlhfkit.train.dpo",
+    "generate": "rlhfkit.commands.generate",
+    "score": "rlhfkit.commands.score",
+    "compare": "rlhfkit.commands.compare",
+}
+
+
+# Commands with their own small argument syntax (verbs, positional names): name -> (the
+# ``module:function`` that takes the arguments after the name and returns the exit code, summary).
+TOOLS: dict[str, tuple[str, str]] = {
+    "assets": (
+        "rlhfkit.commands.assets:run",
+        "Prepare and list the embedded models and data (assets prepare | assets list).",
+    ),
+    "config": (
+        "rlhfkit.commands:show_config",
+        "Print a command's effective config as TOML (config show CMD [--config FILE] ...).",
+    ),
+    "label": (
+        "rlhfkit.commands.label:run",
+        "Human feedback: a labelling web app and its datasets (label init | serve | export ...).",
+    ),
+    "hindsight": (
+        "rlhfkit.commands.hindsight:run",
+        "Learn from feedback in hindsight "
+        "(hindsight --method coh|hir|relabel|hindsight-foresight|rlhs ...).",
+    ),
+}
+
+
+def summaries() -> dict[str, str]:
+    """Each command's one-line summary, in the order ``rlhfkit --help`` lists them."""
+    return {
+        **{name: _summary(module) for name, module in COMMANDS.items()},
+        **{name: summary for name, (_, summary) in TOOLS.items()},
+    }
+
+
+def _summary(module: str) -> str:
+    """First line of ``Config``'s docstring, read from source without importing the module."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return ""
+    tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "Config":
+            return (ast.get_docstring(node) or "").strip().splitlines()[0]
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and any(alias.name == "Config" and alias.asname is None for alias in node.names)
+        ):
+            return _summary(node.module)  # defined beside it (compare's is in compare_recipe)
+    return ""
+
+
+def command_module(name: str) -> ModuleType:
+    """The module of command ``name`` (one with ``Config`` and ``main``), imported."""
+    if name not in COMMANDS:
+        hint = did_you_mean(name, [*COMMANDS, *TOOLS], end="") or "see rlhfkit --help"
+        raise ConfigError(f"command {name!r}: unknown; {hint}")
+    return importlib.import_module(COMMANDS[name])
+
+
+def dispatch(argv: list[str]) -> int:
+    """Run ``rlhfkit <argv>`` (a command's name, then its arguments); its exit code."""
+    name, args = argv[0], argv[1:]
+    if name in TOOLS:
+        module, _, function = TOOLS[name][0].partition(":")
+        return getattr(importlib.import_module(module), function)(args)
+    module = command_module(name)
+    if name == "compare":  # a recipe of [[tasks]] tables: more than one flat Config holds
+        return module.run(args)
+    return run_module(module, name, args)
+
+
+def run_module(module: ModuleType, name: str, args: list[str]) -> int:
+    """Load ``module.Config`` from ``args`` (``--help`` prints it instead); run ``module.main``."""
+    from rlhfkit import config_io
+
+    if "-h" in args or "--help" in args:
+        print(config_io.render_help(module.Config, name), end="")
+        return 0
+    cfg = config_io.load(module.Config, args, command=name)
+    log = getattr(cfg, "log", None)
+    if log is not None and not log.progress:
+        from rlhfkit import progress
+
+        progress.set_enabled(False)
+    module.main(cfg)
+    return 0
+
+
+def show_config(args: list[str]) -> int:
+    """``config show COMMAND [--config FILE] [--KEY VALUE ...]``: the effective config as TOML."""
+    from rlhfkit import config_io
+
+    if not args or args[0] != "show" or len(args) < 2 or args[1].startswith("-"):
+        raise ConfigError(
+            "config: usage is `rlhfkit config show COMMAND [--config FILE] [--KEY VALUE ...]`"
+        )
+    cfg = config_io.load(command_module(args[1]).Config, args[2:])
+    print(config_io.to_toml(cfg), end="")
+    return 0

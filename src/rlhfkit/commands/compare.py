@@ -22,7 +22,7 @@ Running the same recipe again continues where it stopped: a finished sampling st
 a method whose model and result are both there is not run again (one whose model is there but
 not its result is only evaluated); a run that stopped half way starts again from scratch.
 
-Methods run in this process, through ``rlhfkit.cli.dispatch``, not in a subprocess: every
+Methods run in this process, through ``rlhfkit.commands.dispatch``, not in a subprocess: every
 command seeds all its generators when it starts and keeps no state between calls (the reward
 registry only gains names), so nothing leaks from one method into the next; and the wall time
 then measures the method, not a fresh interpreter importing torch, which would swamp the short
@@ -40,6 +40,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.commands import dispatch
 from rlhfkit.commands.compare_recipe import (
     EMPTY,
     PLACEHOLDERS,
@@ -366,12 +367,10 @@ def run_method(
 
 def _train(argv: list[str], where: str) -> float:
     """Run ``rlhfkit <argv>`` in this process; its wall time in seconds."""
-    from rlhfkit import cli
-
     print(f"[{where}] rlhfkit {' '.join(argv)}")
     started = time.perf_counter()
     try:
-        code = cli.dispatch(argv)
+        code = dispatch(argv)
     except (RlhfkitError, KeyboardInterrupt):
         print(
             f"rlhfkit compare: {where} stopped; fix it and run the same compare again (the "

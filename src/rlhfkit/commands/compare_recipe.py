@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rlhfkit.commands import COMMANDS, TOOLS
 from rlhfkit.config import (
     GenCfg,
     ModelCfg,
@@ -213,9 +214,7 @@ def _command_problems(method: MethodCfg) -> Iterable[Problem]:
             'an instruction = "... {prompt}" that asks the base model',
         )
         return
-    from rlhfkit import cli
-
-    if method.command[0] not in {*cli.COMMANDS, *cli.TOOLS} - {"compare"}:
+    if method.command[0] not in {*COMMANDS, *TOOLS} - {"compare"}:
         yield Problem(
             "command",
             " ".join(method.command),

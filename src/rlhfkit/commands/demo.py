@@ -152,7 +152,7 @@ def main(cfg: Config) -> None:
     conditioning = load_conditioning(resolve_model_dir(cfg.model.path))
     if conditioning is not None:
         console.print(describe_conditioning(conditioning), markup=False)
-    with lora.reference(outcome.policy, reference) as before_model:
+    with lora.reference(outcome.model, reference) as before_model:
         before = evaluate_policy(
             before_model,
             outcome.tokenizer,
@@ -163,13 +163,13 @@ def main(cfg: Config) -> None:
             conditioning=conditioning,
         )
     after = evaluate_policy(
-        outcome.policy,
+        outcome.model,
         outcome.tokenizer,
         held_out,
         cfg.gen,
         rewards,
         seed=cfg.run.seed + 17,
-        reference=lambda: lora.reference(outcome.policy, reference),
+        reference=lambda: lora.reference(outcome.model, reference),
         conditioning=conditioning,
     )
     print_before_after(console, cfg, held_out, before, after)
@@ -227,7 +227,7 @@ def train_reward_model(cfg: Config, directory: Path, console: Any) -> tuple[Path
                 checkpoint_every=0,
             ),
         )
-        _, summary = reward.train(rm_cfg)
+        summary = reward.train(rm_cfg).summary
     table = Table(title="reward model on held-out (test) preference pairs")
     table.add_column("")
     table.add_column("all pairs", justify="right")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-from rlhfkit.errors import ConfigError
+from rlhfkit.commands import run_module
+from rlhfkit.errors import ConfigError, did_you_mean
 
 METHODS: dict[str, str] = {
     "coh": "rlhfkit.train.hindsight.coh",
@@ -63,8 +64,6 @@ def _method_in_config_file(args: list[str]) -> str | None:
 
 
 def run(args: list[str]) -> int:
-    from rlhfkit import cli
-
     method, rest = split_method(args)
     if method is None:
         if "-h" in args or "--help" in args:
@@ -76,10 +75,7 @@ def run(args: list[str]) -> int:
             + ' or set method = "..." in the --config file'
         )
     if method not in METHODS:
-        import difflib
-
-        close = difflib.get_close_matches(method, list(METHODS), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "choose one of " + ", ".join(METHODS)
+        hint = did_you_mean(method, METHODS, end="") or "choose one of " + ", ".join(METHODS)
         raise ConfigError(f"--method = {method!r}: unknown hindsight method; {hint}")
     module = importlib.import_module(METHODS[method])
-    return cli.run_module(module, f"hindsight-{method}", rest)
+    return run_module(module, f"hindsight-{method}", rest)

@@ -7,14 +7,17 @@
   of the whole text.
 - ``reasoning_gym:<task>``: procedurally generated questions with a verifier (``entry`` holds
   the task's item, which the ``reasoning_gym:<task>`` reward needs); seeds differ by split.
+  ``check_reasoning_gym`` is the ``reasoning-gym`` entry of ``rlhfkit.assets``.
 """
 
 from __future__ import annotations
 
-import difflib
+from pathlib import Path
 from typing import Any
 
-from rlhfkit.errors import ConfigError
+from rlhfkit import assets
+from rlhfkit.errors import AssetError, ConfigError, did_you_mean
+from rlhfkit.progress import steps
 
 OPENING_WORDS = 6
 SETS = ("vader", "reasoning_gym")
@@ -34,8 +37,7 @@ def load_builtin(spec: str, split: str, field: str = "prompts") -> list[dict[str
         return _vader_openings(name, split, field)
     if kind == "reasoning_gym":
         return _reasoning_gym(name, split, field)
-    close = difflib.get_close_matches(kind, SETS, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = did_you_mean(kind, SETS)
     raise ConfigError(
         f"data.{field} = {spec!r}: not a file nor a built-in set; {hint}"
         "use vader:<corpus> or reasoning_gym:<task>"
@@ -105,3 +107,31 @@ def parse_task_options(spec: str, option: str) -> tuple[str, dict[str, Any]]:
         except (ValueError, SyntaxError):
             options[key.strip()] = value.strip()
     return task, options
+
+
+def check_reasoning_gym(asset: assets.Asset, out: Path) -> dict[str, Any]:
+    """Nothing to cache: check the installed package creates and scores a task offline."""
+    with steps(f"preparing {asset.name}", total=1) as step:
+        step("checking reasoning-gym")
+        version = assets.installed_version(asset.package)
+        if version != asset.version:
+            found = f"version {version}" if version else "not installed"
+            raise AssetError(
+                f"asset 'reasoning-gym': {found}, expected {asset.version}; "
+                f"pip install {asset.source}"
+            )
+        import reasoning_gym
+
+        dataset = reasoning_gym.create_dataset("basic_arithmetic", size=2, seed=0)
+        right = [dataset.score_answer(item["answer"], item) for item in dataset]
+        wrong = [dataset.score_answer("no answer", item) for item in dataset]
+    if right != [1.0, 1.0] or max(wrong) >= 1.0:
+        raise AssetError(
+            f"asset 'reasoning-gym': basic_arithmetic scored right answers {right} "
+            f"and wrong ones {wrong}, expected 1.0 and less; reinstall: "
+            f"pip install --force-reinstall {asset.source}"
+        )
+    return {
+        "version": version,
+        "summary": f"reasoning-gym {version}: tasks create and score offline",
+    }

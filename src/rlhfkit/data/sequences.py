@@ -1,9 +1,9 @@
 """Prompt + completion as token sequences for the offline trainers (sft, dpo), and their log-probs.
 
-A sequence is rendered exactly as generation renders its prompt (``generation/hf.py``): through
-the chat template when it applies, otherwise plain text without added special tokens; then the
-completion and an end-of-sequence token, so a trained model learns where to stop. The loss mask
-covers the completion and that final token only.
+A sequence is rendered exactly as generation renders its prompt (one rule, ``uses_chat_template``
+and ``render_prompt``, used by both): through the chat template when it applies, otherwise plain
+text without added special tokens; then the completion and an end-of-sequence token, so a trained
+model learns where to stop. The loss mask covers the completion and that final token only.
 
 Too-long sequences lose prompt tokens from the left (the completion is what is learned from, and
 the end of a prompt matters most to it); a completion that alone does not fit is cut on the right.
@@ -45,13 +45,16 @@ class SequenceBatch:
         )
 
 
-def uses_chat_template(tokenizer: Any, setting: str) -> bool:
-    """Whether prompts go through the chat template: ``on``, ``off``, or ``auto`` (when it has one)."""
+def uses_chat_template(tokenizer: Any, setting: str, option: str = "train.chat_template") -> bool:
+    """Whether prompts go through the chat template: ``on``, ``off``, or ``auto`` (when it has one).
+
+    The one rule for training, generation and judging; ``option`` names the setting in errors.
+    """
     has_template = getattr(tokenizer, "chat_template", None) is not None
     if setting == "on" and not has_template:
         raise ConfigError(
-            "train.chat_template is 'on', but this model's tokenizer has no chat "
-            "template; use --train.chat_template auto or off"
+            f"{option} is 'on', but this model's tokenizer has no chat "
+            f"template; use --{option} auto or off"
         )
     return setting == "on" or (setting == "auto" and has_template)
 

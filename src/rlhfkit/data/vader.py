@@ -2,8 +2,9 @@
 
 Hutto & Gilbert, "VADER: A Parsimonious Rule-based Model for Sentiment Analysis of Social Media
 Text", ICWSM 2014 (MIT licence). The data ships inside the vaderSentiment 3.3.2 source archive
-as ``additional_resources/hutto_ICWSM_2014.tar.gz``; ``rlhfkit.assets`` verifies that archive and
-calls ``read_archive`` once to write ``ratings.jsonl`` into the cache, which ``load_vader`` reads.
+as ``additional_resources/hutto_ICWSM_2014.tar.gz``; ``build_ratings`` (the ``vader`` entry of
+``rlhfkit.assets``) verifies that archive and calls ``read_archive`` once to write
+``ratings.jsonl`` into the cache, which ``load_vader`` reads.
 
 Four corpora, one pair of tab-separated files each: ``X_GroundTruth.txt`` (id, mean, text) and
 ``X_anonDataRatings.txt`` (id, mean, stdev, list of individual ratings):
@@ -29,19 +30,25 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import statistics
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.errors import ConfigError, DataError
+from rlhfkit import assets
+from rlhfkit.config import CORPORA
+from rlhfkit.data.files import read_rows, write_jsonl
+from rlhfkit.errors import AssetError, ConfigError, DataError
+from rlhfkit.progress import steps
 
-CORPORA = ("movies", "tweets", "amazon", "nyt")
 SPLITS = ("train", "validation", "test")
 RATINGS_FILE = "ratings.jsonl"
+ARCHIVE_ENV = "RLHFKIT_VADER_ARCHIVE"  # a local vaderSentiment-3.3.2.tar.gz, instead of pip's
 
 INNER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
 FILE_STEMS = {
@@ -95,9 +102,6 @@ def load_vader(corpora: Iterable[str] = CORPORA, split: str | None = None) -> li
         raise ConfigError(
             f"VADER split {split!r}: choose one of {', '.join(SPLITS)}, or none for all"
         )
-    from rlhfkit import assets
-    from rlhfkit.data.files import read_rows
-
     rows = read_rows(assets.ensure("vader") / RATINGS_FILE)
     return [
         RatedText(**{**row, "ratings": tuple(float(r) for r in row["ratings"])})
@@ -108,6 +112,55 @@ def load_vader(corpora: Iterable[str] = CORPORA, split: str | None = None) -> li
 
 
 # --- reading the source archive (once, when the cache entry is prepared) -------------------------
+
+
+def build_ratings(asset: assets.Asset, out: Path) -> dict[str, Any]:
+    """Parse the human ratings out of the vaderSentiment source archive into ratings.jsonl."""
+    with steps(f"preparing {asset.name}", total=4) as step:
+        step("getting the source archive")
+        with tempfile.TemporaryDirectory(prefix="rlhfkit-vader-") as scratch:
+            given = os.environ.get(ARCHIVE_ENV)
+            if given:
+                archive = Path(given).expanduser()
+                if not archive.is_file():
+                    raise AssetError(
+                        f"asset 'vader': {ARCHIVE_ENV}={given} is not a file; point "
+                        "it at vaderSentiment-3.3.2.tar.gz from PyPI, or unset it"
+                    )
+            else:
+                archive = assets.pip_download(
+                    asset,
+                    Path(scratch),
+                    sdist=True,
+                    fix=(f"or fetch vaderSentiment-3.3.2.tar.gz elsewhere and set {ARCHIVE_ENV}"),
+                )
+            step("verifying sha256")
+            assets.check_sha256(
+                asset,
+                archive,
+                fix=f"point {ARCHIVE_ENV} at the file from PyPI"
+                if given
+                else "clear pip's copy (pip cache remove vaderSentiment), retry",
+            )
+            step("parsing the ratings")
+            rated, report = read_archive(archive)
+        step("writing ratings.jsonl")
+        write_jsonl(out / RATINGS_FILE, ({**asdict(r), "ratings": list(r.ratings)} for r in rated))
+    counts = report["counts"]
+    judgements = sum(len(r.ratings) for r in rated)
+    summary = (
+        f"{len(rated):,} texts ({', '.join(f'{c} {n:,}' for c, n in counts.items())}), "
+        f"{judgements:,} human ratings"
+    )
+    if report["skipped"]:
+        summary += f"; {len(report['skipped'])} malformed source rows skipped (see manifest)"
+    return {
+        "file": archive.name,
+        "texts": len(rated),
+        "ratings": judgements,
+        **report,
+        "summary": summary,
+    }
 
 
 def read_archive(archive: Path) -> tuple[list[RatedText], dict[str, Any]]:

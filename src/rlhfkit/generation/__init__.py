@@ -13,12 +13,12 @@ A plug-in registers its own::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rlhfkit.errors import ConfigError
+from rlhfkit.config import GEN_BACKENDS
+from rlhfkit.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from rlhfkit.batch import Prompt, Rollout
@@ -40,7 +40,6 @@ class GenerationBackend(Protocol):
 
 BackendFactory = Callable[[Any, Any], GenerationBackend]
 
-_BUILTIN_MODULES = {"hf": "rlhfkit.generation.hf"}  # name -> module that registers it on import
 _registry: dict[str, BackendFactory] = {}
 
 
@@ -49,6 +48,7 @@ def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
 
     def decorate(factory: BackendFactory) -> BackendFactory:
         _registry[name] = factory
+        GEN_BACKENDS.add(name)  # a name gen.backend accepts
         return factory
 
     return decorate
@@ -56,17 +56,18 @@ def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
 
 def backend_names() -> list[str]:
     """Every name ``gen.backend`` accepts: built-ins and registered plug-ins."""
-    return sorted(set(_registry) | set(_BUILTIN_MODULES))
+    return sorted(GEN_BACKENDS)
 
 
 def get_backend(name: str, model: Any, tokenizer: Any) -> GenerationBackend:
     """The backend registered as ``name``, built around a loaded model and its tokenizer."""
-    if name not in _registry and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
+    if (
+        name not in _registry and name in GEN_BACKENDS
+    ):  # a built-in: module <name> here registers it
+        importlib.import_module(f"{__name__}.{name}")
     if name not in _registry:
         known = backend_names()
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(name, known)
         raise ConfigError(
             f"gen.backend {name!r} is not a generation backend; {hint}"
             f"known backends: {', '.join(known)}"

@@ -41,6 +41,7 @@ from transformers.cache_utils import DynamicLayer
 
 from rlhfkit.batch import Prompt, Rollout
 from rlhfkit.config import GenCfg
+from rlhfkit.data.sequences import render_prompt, uses_chat_template
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.generation import register_backend
 from rlhfkit.generation.sampling import draw
@@ -202,13 +203,7 @@ class HFBackend:
     ) -> list[list[int]]:
         """Token ids of each prompt, through the chat template when it applies, then the
         response prefix (after the opened assistant turn of a chat, after a text prompt)."""
-        has_template = getattr(self.tokenizer, "chat_template", None) is not None
-        if chat_template == "on" and not has_template:
-            raise ConfigError(
-                "gen.chat_template is 'on', but this model's tokenizer has no chat "
-                "template; use --gen.chat_template auto or off"
-            )
-        if not (chat_template == "on" or (chat_template == "auto" and has_template)):
+        if not uses_chat_template(self.tokenizer, chat_template, "gen.chat_template"):
             for index, prompt in enumerate(prompts):
                 if not isinstance(prompt, str):
                     reason = (
@@ -225,14 +220,8 @@ class HFBackend:
 
         texts = []
         for index, prompt in enumerate(prompts):
-            chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
             try:
-                texts.append(
-                    self.tokenizer.apply_chat_template(
-                        chat, add_generation_prompt=True, tokenize=False
-                    )
-                    + response_prefix
-                )
+                texts.append(render_prompt(self.tokenizer, prompt, chat=True) + response_prefix)
             except TemplateError as e:
                 raise DataError(
                     f"prompt {index}: the model's chat template rejected it ({e}); "
@@ -263,7 +252,7 @@ class HFBackend:
         self, prompts: list[Prompt], prompt_ids: list[list[int]], cfg: GenCfg
     ) -> Rollout:
         device = self.model.device
-        compiled = cfg.compile == "on"  # a training loop turns auto on for CUDA (kit.sample)
+        compiled = cfg.compile == "on"  # a training loop turns auto on for CUDA (rollout.sample)
         rows = len(prompt_ids)
         if compiled:
             # A compiled step is specialised to its shapes: every batch is cfg.batch_size rows

@@ -14,7 +14,7 @@ head dropped, as in Stiennon et al. 2020 and InstructGPT) or a sentence encoder 
 A Bradley–Terry reward is defined only up to a constant and its scale depends on the backbone,
 so the trainer stores ``offset`` and ``scale`` (mean and standard deviation of raw scores on
 its training texts) with the model: ``score`` then comes out near unit scale for RL whatever
-the backbone. The training loop lives in ``rlhfkit.train.reward``; this module holds the model,
+the backbone. The ``reward`` command trains it; this module holds the model,
 its tokenisation and its on-disk format:
 
     DIR/config.json, model.safetensors   the backbone (save_pretrained; LoRA merged in)

@@ -172,8 +172,10 @@ class LocalJudge(Judge):
 
     def __init__(self, model: Any, tokenizer: Any, name: str = "local", **templates: str):
         super().__init__(**templates)
+        from rlhfkit.data.sequences import uses_chat_template  # torch: only a local judge
+
         self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.chat = getattr(tokenizer, "chat_template", None) is not None
+        self.chat = uses_chat_template(tokenizer, "auto")
         self.context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         self.batch_size = 16  # judging prompts per forward pass
 
@@ -206,11 +208,9 @@ class LocalJudge(Judge):
         return sorted(ids)
 
     def render(self, text: str) -> str:
-        if not self.chat:
-            return text + "\nAnswer:"
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-        )
+        from rlhfkit.data.sequences import render_prompt
+
+        return render_prompt(self.tokenizer, text, chat=True) if self.chat else text + "\nAnswer:"
 
     def choice_probabilities(self, texts: list[str], first: str, second: str) -> list[float]:
         import torch

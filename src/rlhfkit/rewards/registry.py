@@ -18,7 +18,6 @@ one finite number per completion and, when a reward raises, names the item that 
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from rlhfkit.errors import ConfigError, RewardError, RlhfkitError
+from rlhfkit.errors import ConfigError, RewardError, RlhfkitError, did_you_mean
 
 
 class RewardFn(Protocol):
@@ -126,8 +125,7 @@ def resolve_reward(spec: str) -> tuple[RewardFactory, str | None]:
         raise ConfigError(f"reward {spec!r}: name the function too, as {spec}:FUNCTION")
     if has_attr and attr.isidentifier() and all(p.isidentifier() for p in source.split(".")):
         return _from_namespace(spec, _import_module(spec, source), attr)
-    close = difflib.get_close_matches(name, list(_FACTORIES), n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = did_you_mean(name, _FACTORIES)
     raise ConfigError(
         f"reward {spec!r}: not registered; {hint}registered rewards: "
         f"{_registered()}; or give path/to/file.py:function or "

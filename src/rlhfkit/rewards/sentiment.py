@@ -32,18 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlhfkit.config import CORPORA
+from rlhfkit.data.vader import SPLITS, load_vader, split_of
 from rlhfkit.rewards.registry import RewardFn, no_argument, register_reward
 
 if TYPE_CHECKING:
     import torch
 
-CORPORA = ("movies", "tweets", "amazon", "nyt")
 SAMPLE_SIZES = {"train": 8000, "validation": 1000}  # the test split is used whole
 RIDGE_STRENGTHS = tuple(10.0 ** (k / 2) for k in range(-4, 7))  # 0.01 .. 1000
 RATING_SCALE = 4.0  # human ratings span -4..+4; scores are divided by it to lie in -1..1
 RECIPE = "ridge-v1"  # change when the fitting recipe changes, so old cached heads are not reused
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces
-SPLITS = ("train", "validation", "test")
 
 Embedder = Callable[..., "torch.Tensor"]  # (texts, description=None) -> (N, D)
 
@@ -173,8 +173,6 @@ def rated_texts() -> dict[str, list[Any]]:
     """The VADER texts each split contributes: a fixed random sample of train and validation
     (seeded, so the same data always gives the same head), and the whole test split."""
     import random
-
-    from rlhfkit.data.vader import load_vader, split_of
 
     splits: dict[str, list[Any]] = {split: [] for split in SPLITS}
     for record in load_vader(CORPORA):  # one read of the file, not one per split

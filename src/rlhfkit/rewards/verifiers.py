@@ -8,12 +8,11 @@ read it from the per-item meta columns that ride along with the prompts.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import re
 from typing import Any
 
-from rlhfkit.errors import ConfigError, RewardError
+from rlhfkit.errors import ConfigError, RewardError, did_you_mean
 from rlhfkit.rewards.registry import RewardFn, RewardItemError, register_reward
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -105,8 +104,7 @@ def reasoning_gym_reward(arg: str | None) -> RewardFn:
     # the scorer reads each item, so task options (chain_sum:max_terms=2) need no handling here
     arg = arg.partition(":")[0]
     if arg not in DATASETS:
-        close = difflib.get_close_matches(arg, list(DATASETS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(arg, DATASETS)
         raise ConfigError(
             f"reward reasoning_gym:{arg}: reasoning-gym has no task {arg!r}; {hint}"
             f"for example basic_arithmetic, chain_sum, leg_counting "

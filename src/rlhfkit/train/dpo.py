@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from rlhfkit.config import NonNegativeFloat, PositiveFloat, Problem, default
 from rlhfkit.data.sequences import Encoded
+from rlhfkit.train import kit
 from rlhfkit.train.offline import OfflineConfig, no_classes_to_balance
 
 
@@ -89,11 +90,11 @@ class LabeledExample:
 def main(cfg: Config) -> None:
     from rlhfkit.eval.report import print_summary
 
-    run, summary = train(cfg)
-    print_summary(run, summary)
+    result = train(cfg)
+    print_summary(result.run, result.summary)
 
 
-def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
+def train(cfg: Config) -> kit.TrainResult:
     import torch
 
     from rlhfkit.data import sequences
@@ -106,7 +107,7 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     algo = cfg.algo
     # before any random init: the head, LoRA adapters
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-    model, tokenizer = offline.load_model_with_lora(cfg)
+    model, tokenizer, _ = kit.load_policy_and_reference(cfg.model, cfg.lora, need_reference=False)
     device = next(model.parameters()).device
     chat = sequences.uses_chat_template(tokenizer, cfg.train.chat_template)
     pad_id = (
@@ -201,22 +202,28 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
                 sums[key] = sums.get(key, 0.0) + value * len(part)
         return {key: value / len(eval_examples) for key, value in sums.items()}
 
-    fitted = offline.fit(
-        cfg, "dpo", model, examples, lengths, step_loss, evaluate if eval_examples else None
-    )
-    export_model(fitted.run.path / "model", model, tokenizer)
+    # 4. the update: accumulate, clip, guard, step; evaluate held-out; checkpoint
+    with offline.Fitting(
+        cfg, "dpo", model, examples, lengths, evaluate if eval_examples else None
+    ) as fitting:
+        for step, batches in fitting.steps():
+            metrics = offline.accumulate(batches, step_loss, fitting.learner.backward)
+            grad_norm = fitting.learner.step()[0]  # clip, NaN/inf guard, optimiser step
+            fitting.end_step(step, metrics, grad_norm)  # log, evaluate, checkpoint
+    run = fitting.run
+    export_model(run.path / "model", model, tokenizer)
     summary = {
         "loss": algo.loss,
-        "steps": fitted.steps,
-        "seconds": fitted.seconds,
-        "train_loss_last": fitted.last_train.get("loss"),
-        **{f"{key}_before": value for key, value in fitted.eval_before.items()},
-        **{f"{key}_after": value for key, value in fitted.eval_after.items()},
-        "skipped_steps": fitted.skipped_steps,
-        "model": str(fitted.run.path / "model"),
+        "steps": fitting.total_steps,
+        "seconds": fitting.seconds,
+        "train_loss_last": fitting.last.get("loss"),
+        **{f"{key}_before": value for key, value in fitting.eval_before.items()},
+        **{f"{key}_after": value for key, value in fitting.eval_after.items()},
+        "skipped_steps": fitting.learner.guard.skipped,
+        "model": str(run.path / "model"),
     }
-    fitted.run.finish(summary)
-    return fitted.run, summary
+    run.finish(summary)
+    return kit.TrainResult(run, model, tokenizer, summary)
 
 
 def _pair_examples(cfg: Config, split: str, encode: Any) -> list[PairExample]:

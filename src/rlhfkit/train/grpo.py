@@ -2,12 +2,13 @@
 
 One loop, top to bottom. Each step:
   1. take prompts, repeat each ``group_size`` times (a group answers one prompt)
-  2. sample completions from the current policy
-  3. score them with the reward
-  4. reference log-probs (KL) and, when several updates reuse the batch, old log-probs
+  2-4. the shared rollout step (``rollout.collect``): sample completions from the current
+     policy, score them, reference log-probs (KL) and, when several updates reuse the batch,
+     old log-probs
   5. advantages from the registered estimator (``--algo.advantage``)
-  6. clipped policy-gradient updates: epochs x minibatches x gradient accumulation
-  7. adapt the KL coefficient, log, checkpoint
+  6. updates on the GRPO objective (``losses.objectives.grpo_objective``: clipped surrogate +
+     KL term): epochs x minibatches x gradient accumulation
+  7. adapt the KL coefficient, log, checkpoint (``kit.Session``)
 
 References: GRPO (Shao et al. 2024, DeepSeekMath), Dr. GRPO (Liu et al. 2025), RLOO (Ahmadian
 et al. 2024), REINFORCE++ (Hu 2025), KL control (Ziegler et al. 2019).
@@ -19,7 +20,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 from rlhfkit.config import (
     Fraction,
@@ -30,9 +31,8 @@ from rlhfkit.config import (
     default,
 )
 from rlhfkit.data.prompts import PromptStream, prompt_rows
-from rlhfkit.models.export import export_model
 from rlhfkit.models.lora import reference
-from rlhfkit.train import kit
+from rlhfkit.train import kit, rollout
 
 GROUP_ESTIMATORS = ("grpo", "rloo")
 
@@ -123,9 +123,7 @@ def main(cfg: Config) -> None:
     print_summary(outcome.run, outcome.summary)
 
 
-def train(cfg: Config) -> kit.Outcome:
-    import torch
-
+def train(cfg: Config) -> kit.TrainResult:
     from rlhfkit.advantages import (
         AdvantageInputs,
         AdvantageSettings,
@@ -134,250 +132,134 @@ def train(cfg: Config) -> kit.Outcome:
         token_rewards,
     )
     from rlhfkit.generation import get_backend
-    from rlhfkit.losses.policy import aggregate, kl_estimate, masked_mean, ppo_clip_loss
+    from rlhfkit.losses.objectives import ObjectiveInputs, ObjectiveSettings, get_objective
     from rlhfkit.models import token_logprobs
-    from rlhfkit.progress import progress
     from rlhfkit.rewards import load_reward
-    from rlhfkit.train.runs import Run, seed_everything
+    from rlhfkit.train.runs import seed_everything
 
     algo, optim = cfg.algo, cfg.optim
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-    estimator = get_advantage(algo.advantage)
+    estimator, objective = get_advantage(algo.advantage), get_objective("grpo")
     reward = load_reward(cfg.reward)
     stream = PromptStream(prompt_rows(cfg.data, "train"), cfg.run.seed)
     policy, tokenizer, frozen_ref = kit.load_policy_and_reference(
         cfg.model, cfg.lora, need_reference=algo.kl_coef > 0
     )
     backend = get_backend(cfg.gen.backend, policy, tokenizer)
-    optimizer, scheduler = kit.build_optimizer(policy, optim, cfg.steps * _updates_per_step(cfg))
+    learner = kit.Learner(
+        {"policy": (policy, optim)},
+        cfg.steps * _updates_per_step(cfg),
+        optim.max_grad_norm,
+        optim.max_nonfinite_steps,
+    )
     kl_ctl = kit.kl_controller(algo)
     baseline = RunningMean()
-    guard = kit.NonFiniteGuard(optim.max_nonfinite_steps)
     settings = AdvantageSettings(gamma=algo.gamma, scale_by_std=algo.scale_by_std)
-    run = Run.start(cfg, "grpo")
+    loss_settings = ObjectiveSettings(
+        algo.clip_eps,
+        algo.clip_eps_high or None,
+        algo.kl_estimator,
+        algo.aggregation,
+        cfg.gen.max_new_tokens,
+    )
+    options = rollout.RolloutOptions(
+        algo.micro_batch_size, _updates_per_step(cfg) > 1, algo.reward_clip, algo.whiten_scores
+    )
+    ref_context = partial(reference, policy, frozen_ref) if algo.kl_coef > 0 else None
     # everything besides the weights that an exact resume needs back
-    stateful = {
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "stream": stream,
-        "kl": kl_ctl,
-        "baseline": baseline,
-    }
-    start_step = 0
-    if cfg.run.resume and (checkpoint := run.latest_checkpoint()) is not None:
-        start_step = kit.restore(kit.load_training_state(checkpoint, policy), stateful)
-        run.truncate_metrics(start_step)
+    stateful = {**learner.stateful(), "stream": stream, "kl": kl_ctl, "baseline": baseline}
+    with kit.Session(cfg, "grpo", policy, tokenizer, stateful) as session:
+        for step in session.steps():
+            step_started = time.perf_counter()
+            # 1-4. prompts, each repeated group_size times (contiguous groups); sample, score,
+            # reference and old log-probs
+            rows = [
+                row for row in stream.take(algo.prompts_per_step) for _ in range(algo.group_size)
+            ]
+            exp = rollout.collect(
+                policy,
+                backend,
+                reward,
+                rows,
+                cfg.gen,
+                cfg.run.seed * 1_000_003 + step,
+                options,
+                ref_context,
+            )
+            mask, kl_tokens = exp.response_mask, exp.kl_tokens()  # (B, R) each
 
-    def save(step: int) -> None:
-        state = kit.snapshot(step, stateful)
-        run.save_checkpoint(step, lambda d: kit.save_training_state(d, policy, state))
-
-    started = time.perf_counter()
-    try:
-        with progress("training", total=cfg.steps) as (bar, task):
-            bar.update(task, completed=start_step)
-            for step in range(start_step + 1, cfg.steps + 1):
-                step_started = time.perf_counter()
-                # 1. prompts, each repeated group_size times (contiguous groups)
-                rows = [
-                    row
-                    for row in stream.take(algo.prompts_per_step)
-                    for _ in range(algo.group_size)
-                ]
-                prompts = [row["prompt"] for row in rows]
-
-                # 2. sample from the current policy
-                rollout = kit.sample(
-                    policy, backend, prompts, cfg.gen, seed=cfg.run.seed * 1_000_003 + step
-                )
-                input_ids, attention_mask = rollout.input_ids, rollout.attention_mask  # (B, P+R)
-                mask = rollout.response_mask.float()  # (B, R)
-                start = rollout.prompt_ids.shape[1]
-                temperature = cfg.gen.temperature
-
-                # 3. score
-                raw_scores, scores = kit.score(
-                    reward,
-                    rows,
-                    rollout.completions,
-                    mask.device,
-                    algo.reward_clip,
-                    algo.whiten_scores,
-                )  # (B,)
-
-                # 4. reference and old log-probs, without gradients
-                with torch.no_grad():
-                    ref_logprobs = None
-                    if algo.kl_coef > 0:
-                        with reference(policy, frozen_ref) as ref_model:
-                            ref_logprobs = kit.in_chunks(
-                                partial(
-                                    token_logprobs,
-                                    ref_model,
-                                    response_start=start,
-                                    temperature=temperature,
-                                ),
-                                input_ids,
-                                attention_mask,
-                                algo.micro_batch_size,
-                            )  # (B, R)
-                    old_logprobs = None
-                    if _updates_per_step(cfg) > 1:
-                        old_logprobs = kit.in_chunks(
-                            partial(
-                                token_logprobs,
-                                policy,
-                                response_start=start,
-                                temperature=temperature,
-                            ),
-                            input_ids,
-                            attention_mask,
-                            algo.micro_batch_size,
-                        )  # (B, R)
-                sample_logprobs = old_logprobs if old_logprobs is not None else rollout.logprobs
-                kl_tokens = (
-                    kl_estimate(sample_logprobs, ref_logprobs, "k1") * mask
-                    if ref_logprobs is not None
-                    else torch.zeros_like(mask)
-                )  # (B, R)
-
-                # 5. advantages; with KL in the reward, each token pays its own KL
-                rewards_t = token_rewards(
-                    scores, mask, kl_tokens if algo.kl_in == "reward" else None, kl_ctl.coef
-                )  # (B, R)
-                inputs = AdvantageInputs(
+            # 5. advantages; with KL in the reward, each token pays its own KL
+            rewards_t = token_rewards(
+                exp.scores, mask, kl_tokens if algo.kl_in == "reward" else None, kl_ctl.coef
+            )  # (B, R)
+            advantages = estimator(
+                AdvantageInputs(
                     response_mask=mask,
                     scores=rewards_t.sum(dim=1),
                     token_rewards=rewards_t,
                     group_size=algo.group_size,
                     baseline=baseline,
-                )
-                advantages = estimator(inputs, settings).advantages  # (B, R)
+                ),
+                settings,
+            ).advantages  # (B, R)
 
-                # 6. updates: epochs x minibatches x micro-batches
-                stats = _Stats()
-                minibatch = algo.micro_batch_size * optim.grad_accum_steps
-                for _ in range(algo.epochs):
-                    order = torch.randperm(len(rollout))
-                    for mb_start in range(0, len(rollout), minibatch):
-                        mb_index = order[mb_start : mb_start + minibatch]
-                        mb_mask = mask[mb_index]
-                        for micro_start in range(0, minibatch, algo.micro_batch_size):
-                            index = mb_index[micro_start : micro_start + algo.micro_batch_size]
-                            logprobs = token_logprobs(
-                                policy, input_ids[index], attention_mask[index], start, temperature
-                            )  # (b, R)
-                            old = (
-                                old_logprobs[index]
-                                if old_logprobs is not None
-                                else logprobs.detach()
-                            )
-                            loss, pstats = ppo_clip_loss(
-                                logprobs,
-                                old,
-                                advantages[index],
-                                mask[index],
-                                algo.clip_eps,
-                                algo.clip_eps_high or None,
-                                algo.aggregation,
-                                cfg.gen.max_new_tokens,
-                            )
-                            kl_loss = torch.zeros(())
-                            if algo.kl_in == "loss" and ref_logprobs is not None:
-                                kl_loss = aggregate(
-                                    kl_estimate(logprobs, ref_logprobs[index], algo.kl_estimator),
-                                    mask[index],
-                                    algo.aggregation,
-                                    cfg.gen.max_new_tokens,
-                                )
-                            weight = kit.accumulation_weight(mask[index], mb_mask, algo.aggregation)
-                            total = (loss + kl_ctl.coef * kl_loss) * weight
-                            if torch.isfinite(total):
-                                total.backward()
-                            else:
-                                _poison_grads(policy)  # let the guard count it and skip the step
-                            stats.add(
-                                loss=float(loss.detach()) * weight,
-                                kl_loss=float(kl_loss.detach()) * weight,
-                                clip_fraction=float(pstats.clip_fraction) * weight,
-                            )
-                        ok, grad_norm = guard.clip_and_check(policy, optim.max_grad_norm)
-                        if ok:
-                            optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        scheduler.step()
-                        stats.add(grad_norm=grad_norm, updates=1)
+            # 6. updates: epochs x minibatches x micro-batches of the GRPO objective
+            ref = exp.ref_logprobs if algo.kl_in == "loss" else None
+            stats = kit.Stats()
+            for minibatch in kit.minibatches(
+                len(exp), algo.micro_batch_size * optim.grad_accum_steps, algo.epochs
+            ):
+                for index in minibatch.split(algo.micro_batch_size):
+                    logprobs = token_logprobs(
+                        policy,
+                        exp.input_ids[index],
+                        exp.attention_mask[index],
+                        exp.response_start,
+                        exp.temperature,
+                    )  # (b, R)
+                    old = (
+                        exp.old_logprobs[index]
+                        if exp.old_logprobs is not None
+                        else logprobs.detach()
+                    )
+                    loss, parts = objective(
+                        ObjectiveInputs(
+                            logprobs,
+                            old,
+                            advantages[index],
+                            mask[index],
+                            ref[index] if ref is not None else None,
+                            kl_ctl.coef,
+                        ),
+                        loss_settings,
+                    )
+                    weight = kit.accumulation_weight(mask[index], mask[minibatch], algo.aggregation)
+                    learner.backward(loss * weight)
+                    stats.add(
+                        weight,
+                        loss=parts.policy_loss,
+                        kl_loss=parts.kl_loss,
+                        clip_fraction=parts.clip_fraction,
+                    )
+                stats.step(grad_norm=learner.step()[0])
 
-                # 7. KL controller, metrics, checkpoint
-                kl_per_completion = float((kl_tokens.sum(dim=1)).mean())
-                kl_ctl.update(kl_per_completion, len(rollout))
-                elapsed = time.perf_counter() - step_started
-                tokens = int(rollout.response_mask.sum())
-                metrics = {
-                    "reward": float(raw_scores.mean()),
-                    "reward_std": float(raw_scores.std()),
-                    "kl": kl_per_completion,
-                    "kl_coef": kl_ctl.coef,
-                    "length": float(rollout.response_lengths.float().mean()),
-                    "finished": float(rollout.finished.float().mean()),
-                    "entropy_proxy": float(-masked_mean(sample_logprobs, mask)),
-                    "lr": scheduler.get_last_lr()[0],
-                    "step_seconds": elapsed,
-                    "tokens_per_second": tokens / elapsed,
-                    "skipped_steps": guard.skipped,
-                    **stats.means(),
-                }
-                if step % cfg.log.every == 0 or step == cfg.steps:
-                    run.log(step, metrics)
-                bar.update(
-                    task, advance=1, info=f"reward {metrics['reward']:+.3f}  kl {metrics['kl']:.3f}"
-                )
-                if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
-                    save(step)
-        if not cfg.run.checkpoint_every or cfg.steps % cfg.run.checkpoint_every:
-            save(cfg.steps)
-        export_model(run.path / "model", policy, tokenizer)
-    finally:
-        run.close()
-    history = run.metrics()
-    summary = {
-        "steps": cfg.steps,
-        "seconds": round(time.perf_counter() - started, 1),
-        "reward_first": history[0]["reward"] if history else None,
-        "reward_last": history[-1]["reward"] if history else None,
-        "kl_last": history[-1]["kl"] if history else None,
-        "skipped_steps": guard.skipped,
-        "model": str(run.path / "model"),
-    }
-    run.finish(summary)
-    return kit.Outcome(
-        run=run, policy=policy, tokenizer=tokenizer, reference=frozen_ref, summary=summary
-    )
+            # 7. KL controller, metrics, checkpoint
+            kl = float(kl_tokens.sum(dim=1).mean())
+            kl_ctl.update(kl, len(exp))
+            elapsed = time.perf_counter() - step_started
+            metrics = {
+                **rollout.step_metrics(exp, kl, kl_ctl.coef),
+                "lr": learner.lrs()[0],
+                "step_seconds": elapsed,
+                "tokens_per_second": int(mask.sum()) / elapsed,
+                "skipped_steps": learner.guard.skipped,
+                **stats.means(),
+            }
+            session.end_step(step, metrics, f"reward {metrics['reward']:+.3f}  kl {kl:.3f}")
+    history = session.run.metrics()
+    return session.finish(kit.online_summary(history, learner.guard.skipped), frozen_ref)
 
 
 def _updates_per_step(cfg: Config) -> int:
     rollout = cfg.algo.prompts_per_step * cfg.algo.group_size
     return cfg.algo.epochs * rollout // (cfg.algo.micro_batch_size * cfg.optim.grad_accum_steps)
-
-
-def _poison_grads(model: Any) -> None:
-    """Mark the gradients non-finite so the guard skips this step (a NaN loss had no backward)."""
-    for p in model.parameters():
-        if p.requires_grad:
-            p.grad = p.new_full(p.shape, float("nan"))
-            return
-
-
-class _Stats:
-    """Sums of per-update diagnostics, reported as means per optimiser step."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-
-    def add(self, **values: float) -> None:
-        for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-
-    def means(self) -> dict[str, float]:
-        updates = max(self.sums.pop("updates", 1.0), 1.0)
-        return {key: value / updates for key, value in self.sums.items()}

@@ -1,20 +1,34 @@
-"""What every online RL loop shares: prompts, policy set-up, optimiser, guard, checkpoints.
+"""What every training loop shares: configs and result, optimiser, guard, run, checkpoints.
 
-The loops themselves (``grpo.py``, ``ppo.py``) stay whole and readable top to bottom; the
-pieces here are the ones that would otherwise be copied between them.
+A loop's ``train(cfg)`` reads top to bottom and keeps only its algorithm; the rest is here:
+
+- ``TrainConfig`` / ``OnlineConfig`` and ``TrainResult``: the shared config groups, the one
+  result type.
+- ``Learner``: the models a loop trains, each with its AdamW and schedule, behind one
+  ``NonFiniteGuard``. ``backward`` and ``step`` are the only places a loop touches gradients.
+- ``Session``: a run's life around the loop: start or resume (RNG, data position, optimiser
+  state), progress, metric logging, atomic checkpoints, the exported model and the summary.
+- ``Stats``, ``minibatches``, ``accumulation_weight``, ``in_chunks``: the update loop's pieces.
+
+Distribution (torchrun with DDP / FSDP2) plugs in here and not in the loops: ``Learner`` owns
+the models it trains, backward and the optimiser step, so it is where they are sharded
+(``fully_shard`` works in place: the loops keep calling their models) and where gradients are
+synchronised and state is sharded; ``Session`` is where metrics are reduced across ranks and
+where rank 0 alone writes the run, its checkpoints (``save`` / ``load``) and the model.
 """
 
 from __future__ import annotations
 
 import math
+import time
 import warnings
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlhfkit.batch import Prompt
 from rlhfkit.config import (
     GenCfg,
     LogCfg,
@@ -26,13 +40,34 @@ from rlhfkit.config import (
     RunCfg,
     default,
 )
-from rlhfkit.data.prompts import meta_columns, prompt_text
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.lora import attach_lora, trainable_state
 
 
 @dataclass(frozen=True)
-class OnlineConfig:
+class TrainConfig:
+    """What every trainer configures; each command's Config adds its data and algorithm groups."""
+
+    model: ModelCfg = default(ModelCfg)
+    lora: LoraCfg = default(LoraCfg)
+    optim: OptimCfg = default(OptimCfg)
+    log: LogCfg = default(LogCfg)
+    run: RunCfg = default(RunCfg)
+
+
+@dataclass
+class TrainResult:
+    """What every ``train(cfg)`` returns: the run directory, the trained model, its summary."""
+
+    run: Any  # rlhfkit.train.runs.Run, closed; summary.json written
+    model: Any  # the trained policy, reward model or value model (LoRA still attached)
+    tokenizer: Any
+    summary: dict[str, Any]
+    reference: Any | None = None  # online RL: the frozen reference copy (None with LoRA)
+
+
+@dataclass(frozen=True)
+class OnlineConfig(TrainConfig):
     """What every online RL command configures; each loop's Config adds its ``algo`` group."""
 
     reward: str = "sentiment"
@@ -40,27 +75,8 @@ class OnlineConfig:
     your own file.py:fn / package.module:fn."""
     steps: PositiveInt = 50
     """RL steps (each samples a batch and updates on it)."""
-    model: ModelCfg = default(ModelCfg)
-    lora: LoraCfg = default(LoraCfg)
     data: PromptDataCfg = default(PromptDataCfg)
     gen: GenCfg = default(GenCfg)
-    optim: OptimCfg = default(OptimCfg)
-    log: LogCfg = default(LogCfg)
-    run: RunCfg = default(RunCfg)
-
-
-# --- prompts -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    """What a finished run leaves: the run directory, the trained policy, the reference."""
-
-    run: Any
-    policy: Any
-    tokenizer: Any
-    reference: Any | None
-    summary: dict[str, Any]
 
 
 def accumulation_weight(micro_mask: Any, minibatch_mask: Any, aggregation: str) -> float:
@@ -72,54 +88,6 @@ def accumulation_weight(micro_mask: Any, minibatch_mask: Any, aggregation: str) 
     if aggregation == "token":
         return float(micro_mask.sum() / minibatch_mask.sum().clamp(min=1))
     return len(micro_mask) / len(minibatch_mask)
-
-
-# --- one step's rollout --------------------------------------------------------------------------
-
-
-def sample(policy: Any, backend: Any, prompts: list[Prompt], gen: Any, seed: int) -> Any:
-    """Completions from the current policy: eval mode and KV cache on, then back to training.
-
-    A training loop samples every step, so on CUDA ``gen.compile auto`` compiles here (a resumed
-    run compiles from its first step too, so it samples as the uninterrupted run did); one-shot
-    sampling (evaluation, ``generate``, data stages) keeps ``auto`` eager, and so does a model
-    under ``model.autocast`` (the static KV cache holds one dtype; autocast makes keys float32
-    and values bfloat16).
-    """
-    from rlhfkit.models import uses_autocast
-
-    if gen.compile == "auto" and policy.device.type == "cuda" and not uses_autocast(policy):
-        gen = replace(gen, compile="on")
-    policy.eval()
-    policy.config.use_cache = True
-    try:
-        return backend.generate(prompts, gen, seed=seed)
-    finally:
-        policy.config.use_cache = False
-        policy.train()
-
-
-def score(
-    reward: Any,
-    rows: list[dict[str, Any]],
-    completions: list[str],
-    device: Any,
-    clip: float = 0.0,
-    whiten: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(raw scores, scores after optional clipping and whitening), both (B,) float32."""
-    from rlhfkit.advantages import clip_scores, whiten_scores
-    from rlhfkit.rewards import compute_rewards
-
-    raw = torch.tensor(
-        compute_rewards(
-            reward, [prompt_text(row["prompt"]) for row in rows], completions, **meta_columns(rows)
-        ),
-        dtype=torch.float32,
-        device=device,
-    )  # (B,)
-    shaped = clip_scores(raw, clip) if clip > 0 else raw
-    return raw, whiten_scores(shaped) if whiten else shaped
 
 
 # --- policy, reference ---------------------------------------------------------------------------
@@ -226,6 +194,95 @@ class NonFiniteGuard:
         return False, [float(norm) for norm in norms]
 
 
+class Learner:
+    """The models a loop trains, each with its own AdamW and schedule, stepped together.
+
+    ``models`` maps a name to ``(model, optim)``; the first is the policy. A non-finite loss or
+    gradient skips the step for all of them (``NonFiniteGuard``). The optimiser states are saved
+    as ``optimizer`` / ``scheduler`` for the first model and ``{name}_optimizer`` /
+    ``{name}_scheduler`` for the others.
+    """
+
+    def __init__(
+        self,
+        models: dict[str, tuple[Any, OptimCfg]],
+        total_steps: int,
+        max_grad_norm: float,
+        max_nonfinite_steps: int,
+    ):
+        self.models = [model for model, _ in models.values()]
+        self.names = list(models)
+        built = [build_optimizer(model, optim, total_steps) for model, optim in models.values()]
+        self.optimizers = [optimizer for optimizer, _ in built]
+        self.schedulers = [scheduler for _, scheduler in built]
+        self.guard = NonFiniteGuard(max_nonfinite_steps)
+        self.max_grad_norm = max_grad_norm
+        self.loss_finite = True  # every backward since the last step had a finite loss
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate ``loss``'s gradients; a NaN/inf loss gets no backward and skips the step."""
+        if torch.isfinite(loss):
+            loss.backward()
+        else:
+            self.loss_finite = False
+
+    def step(self) -> list[float]:
+        """Clip, check and apply the accumulated gradients; each model's norm before clipping."""
+        ok, norms = self.guard.clip_and_check_all(self.models, self.max_grad_norm, self.loss_finite)
+        if ok:
+            for optimizer in self.optimizers:
+                optimizer.step()
+        for optimizer, scheduler in zip(self.optimizers, self.schedulers, strict=True):
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        self.loss_finite = True
+        return norms
+
+    def lrs(self) -> list[float]:
+        """Each model's learning rate for the next step."""
+        return [scheduler.get_last_lr()[0] for scheduler in self.schedulers]
+
+    def stateful(self) -> dict[str, Any]:
+        """The optimisers and schedules under their checkpoint names."""
+        prefixes = ["", *(f"{name}_" for name in self.names[1:])]
+        return {
+            f"{prefix}{kind}": part
+            for prefix, optimizer, scheduler in zip(
+                prefixes, self.optimizers, self.schedulers, strict=True
+            )
+            for kind, part in (("optimizer", optimizer), ("scheduler", scheduler))
+        }
+
+
+class Stats:
+    """Sums of per-update diagnostics, reported as means per optimiser step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.updates = 0
+
+    def add(self, weight: float = 1.0, **values: Any) -> None:
+        """Add each value (a float or a one-element tensor) times ``weight``."""
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
+
+    def step(self, **values: Any) -> None:
+        """Add one optimiser step's values and count the step."""
+        self.add(**values)
+        self.updates += 1
+
+    def means(self) -> dict[str, float]:
+        return {key: value / max(self.updates, 1) for key, value in self.sums.items()}
+
+
+def minibatches(size: int, minibatch: int, epochs: int) -> Iterator[torch.Tensor]:
+    """Row indices of each optimiser step: ``epochs`` shuffled passes over ``size`` rows."""
+    for _ in range(epochs):
+        order = torch.randperm(size)
+        for start in range(0, size, minibatch):
+            yield order[start : start + minibatch]
+
+
 def in_chunks(
     forward: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, size: int
 ) -> Any:
@@ -247,6 +304,114 @@ def kl_controller(algo: Any) -> Any:
     if algo.kl_target > 0:
         return AdaptiveKL(algo.kl_coef, algo.kl_target, algo.kl_horizon)
     return FixedKL(algo.kl_coef)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+class Session:
+    """A run's life around its loop, used as ``with Session(...) as session:``.
+
+    It starts the run directory (or resumes it: weights, ``stateful`` parts, RNG, ``parts``
+    with their own ``save(dir)`` / ``load(dir)`` such as PPO's critic), shows progress, logs each
+    step's metrics every ``log.every`` steps, checkpoints every ``run.checkpoint_every`` steps and
+    at the end, and exports the model when the loop completes.
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        command: str,
+        model: Any,
+        tokenizer: Any,
+        stateful: dict[str, Any],
+        parts: tuple[Any, ...] = (),
+    ):
+        from rlhfkit.train.runs import Run
+
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.stateful, self.parts = stateful, parts
+        self.run = Run.start(cfg, command)
+        self.start_step = 0
+        if cfg.run.resume and (checkpoint := self.run.latest_checkpoint()) is not None:
+            self.start_step = restore(load_training_state(checkpoint, model), stateful)
+            for part in parts:
+                part.load(checkpoint)
+            self.run.truncate_metrics(self.start_step)
+
+    def __enter__(self) -> Session:
+        from rlhfkit.progress import progress
+
+        self.started = time.perf_counter()
+        self._progress = progress("training", total=self.cfg.steps)
+        self.bar, self.task = self._progress.__enter__()
+        self.bar.update(self.task, completed=self.start_step)
+        return self
+
+    def __exit__(self, *error: Any) -> None:
+        from rlhfkit.models.export import export_model
+
+        try:
+            self._progress.__exit__(*error)
+            if error[0] is None:  # the loop ran to the end: the last checkpoint, the model
+                every = self.cfg.run.checkpoint_every
+                if not every or self.cfg.steps % every:
+                    self.save(self.cfg.steps)
+                export_model(self.run.path / "model", self.model, self.tokenizer)
+        finally:
+            self.run.close()
+
+    def steps(self) -> range:
+        """The steps left to run: all of them, or those after the resumed checkpoint."""
+        return range(self.start_step + 1, self.cfg.steps + 1)
+
+    def end_step(self, step: int, metrics: dict[str, Any], info: str) -> None:
+        """Log ``metrics`` (on the log cadence and the last step), move the bar, checkpoint."""
+        if step % self.cfg.log.every == 0 or step == self.cfg.steps:
+            self.run.log(step, metrics)
+        self.bar.update(self.task, advance=1, info=info)
+        if self.cfg.run.checkpoint_every and step % self.cfg.run.checkpoint_every == 0:
+            self.save(step)
+
+    def save(self, step: int) -> None:
+        """Checkpoint the weights, the ``stateful`` parts, RNG and ``parts`` at ``step``."""
+        state = snapshot(step, self.stateful)
+
+        def write(directory: Path) -> None:
+            save_training_state(directory, self.model, state)
+            for part in self.parts:
+                part.save(directory)
+
+        self.run.save_checkpoint(step, write)
+
+    def finish(self, summary: dict[str, Any], reference: Any | None = None) -> TrainResult:
+        """Write ``summary.json`` (steps, seconds, then ``summary``, then the model's path)."""
+        summary = {
+            "steps": self.cfg.steps,
+            "seconds": round(time.perf_counter() - self.started, 1),
+            **summary,
+            "model": str(self.run.path / "model"),
+        }
+        self.run.finish(summary)
+        return TrainResult(
+            run=self.run,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            summary=summary,
+            reference=reference,
+        )
+
+
+def online_summary(history: list[dict[str, Any]], skipped_steps: int, *last: str) -> dict[str, Any]:
+    """An online RL run's summary: first and last reward, last KL and each of ``last``."""
+    final = history[-1] if history else {}
+    return {
+        "reward_first": history[0]["reward"] if history else None,
+        "reward_last": final.get("reward"),
+        "kl_last": final.get("kl"),
+        **{f"{key}_last": final.get(key) for key in last},
+        "skipped_steps": skipped_steps,
+    }
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

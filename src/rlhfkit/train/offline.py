@@ -1,10 +1,10 @@
-"""The loop every offline trainer shares: data -> batch -> loss -> step -> eval -> checkpoint.
+"""What every offline trainer's loop shares: data -> batch -> loss -> step -> eval -> checkpoint.
 
-``sft``, ``reward`` and ``dpo`` differ only in their examples, how a batch of them becomes a
-loss, and what they evaluate; each command file supplies those and calls ``fit``, which owns the
-rest: a seeded, length-grouped batch order, gradient accumulation, clipping and the NaN/inf
-guard, the schedule, metrics, held-out evaluation, and checkpoints that resume exactly (weights,
-optimiser, schedule, RNG states and the position in the data).
+``sft``, ``reward``, ``dpo`` and ``coh`` differ only in their examples, how a batch of them
+becomes a loss, and what they evaluate. Each writes its loop over ``Fitting.steps()``, and
+``Fitting`` holds the rest: a seeded, length-grouped batch order, the optimiser and schedule,
+clipping and the NaN/inf guard, metrics, held-out evaluation, and checkpoints that resume
+exactly (weights, optimiser, schedule, RNG states and the position in the data).
 """
 
 from __future__ import annotations
@@ -16,18 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rlhfkit.config import (
-    FeedbackDataCfg,
-    LogCfg,
-    LoraCfg,
-    ModelCfg,
-    NonNegativeInt,
-    OptimCfg,
-    PositiveInt,
-    Problem,
-    RunCfg,
-    default,
-)
+from rlhfkit.config import FeedbackDataCfg, NonNegativeInt, PositiveInt, Problem, default
+from rlhfkit.train import kit
 
 LossFn = Callable[[list[Any]], tuple[Any, dict[str, float]]]
 """``examples -> (loss tensor, float metrics)``: one micro-batch's mean loss."""
@@ -63,16 +53,11 @@ class TrainCfg:
 
 
 @dataclass(frozen=True)
-class OfflineConfig:
+class OfflineConfig(kit.TrainConfig):
     """What every offline trainer configures; each command adds its own group."""
 
-    model: ModelCfg = default(ModelCfg)
-    lora: LoraCfg = default(LoraCfg)
     data: FeedbackDataCfg = default(FeedbackDataCfg)
     train: TrainCfg = default(TrainCfg)
-    optim: OptimCfg = default(OptimCfg)
-    log: LogCfg = default(LogCfg)
-    run: RunCfg = default(RunCfg)
 
 
 class BatchOrder:
@@ -127,19 +112,6 @@ class BatchOrder:
         self._batches = self._epoch_batches(self.epoch)
 
 
-@dataclass
-class Fitted:
-    """What ``fit`` hands back to its command."""
-
-    run: Any  # rlhfkit.train.runs.Run (closed for TensorBoard; summary still to write)
-    steps: int
-    seconds: float
-    eval_before: dict[str, float]
-    eval_after: dict[str, float]
-    skipped_steps: int
-    last_train: dict[str, float]
-
-
 def total_steps(cfg: OfflineConfig, examples: int) -> int:
     """Optimiser steps the run takes: max_steps, or every epoch of ``examples``."""
     per_epoch = math.ceil(math.ceil(examples / cfg.train.batch_size) / cfg.optim.grad_accum_steps)
@@ -159,9 +131,9 @@ def no_classes_to_balance(data: FeedbackDataCfg, reads: str) -> Iterator[Problem
 
 
 def visited(cfg: OfflineConfig, lengths: Sequence[int]) -> set[int]:
-    """Indices of the examples ``fit`` will train on: all of them unless ``max_steps`` ends the
+    """Indices of the examples the run will train on: all of them unless ``max_steps`` ends the
     run within an epoch. Lets a trainer skip one-time work (DPO's reference log-probs) for the
-    rest; the batch order is seeded, so this is exactly the set ``fit`` visits."""
+    rest; the batch order is seeded, so this is exactly the set ``Fitting.steps`` visits."""
     order = BatchOrder(lengths, cfg.train.batch_size, cfg.run.seed, cfg.train.group_by_length)
     batches = total_steps(cfg, len(lengths)) * cfg.optim.grad_accum_steps
     if batches >= order.batches_per_epoch:
@@ -169,150 +141,158 @@ def visited(cfg: OfflineConfig, lengths: Sequence[int]) -> set[int]:
     return {i for _ in range(batches) for i in order.next()}
 
 
-def fit(
-    cfg: OfflineConfig,
-    command: str,
-    model: Any,
-    examples: Sequence[Any],
-    lengths: Sequence[int],
-    loss_fn: LossFn,
-    evaluate: Callable[[], dict[str, float]] | None = None,
-    state: dict[str, Any] | None = None,
-) -> Fitted:
-    """Train ``model`` on ``examples`` by ``loss_fn``; evaluate before, every ``eval_every`` and after.
+class Fitting:
+    """One offline run around the loop its trainer writes: the batch order, the optimiser and
+    schedule, the NaN/inf guard, the run directory, held-out evaluation and checkpoints that
+    resume exactly (weights, optimiser, schedule, RNG states, the position in the data).
 
-    ``lengths`` (one per example) drive length grouping. ``state`` holds extra parts with
-    ``state_dict``/``load_state_dict`` that a checkpoint must carry. Metrics go to the run
-    directory (``metrics.jsonl``, TensorBoard) with held-out ones under ``eval/``.
+    Use as a context manager (the run directory is closed on the way out, even on Ctrl-C)::
+
+        with offline.Fitting(cfg, "sft", model, examples, lengths, evaluate) as fitting:
+            for step, batches in fitting.steps():
+                metrics = offline.accumulate(batches, loss_fn, fitting.learner.backward)
+                grad_norm = fitting.learner.step()[0]
+                fitting.end_step(step, metrics, grad_norm)
+
+    ``lengths`` (one per example) drive length grouping. Metrics go to the run directory
+    (``metrics.jsonl``, TensorBoard) with held-out ones under ``eval/``.
     """
-    import torch
 
-    from rlhfkit.progress import progress
-    from rlhfkit.train import kit
-    from rlhfkit.train.runs import Run, seed_everything
+    def __init__(
+        self,
+        cfg: OfflineConfig,
+        command: str,
+        model: Any,
+        examples: Sequence[Any],
+        lengths: Sequence[int],
+        evaluate: Callable[[], dict[str, float]] | None = None,
+    ):
+        from rlhfkit.train.runs import Run, seed_everything
 
-    optim, accum = cfg.optim, cfg.optim.grad_accum_steps
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
-    order = BatchOrder(lengths, cfg.train.batch_size, cfg.run.seed, cfg.train.group_by_length)
-    steps = total_steps(cfg, len(examples))
-    optimizer, scheduler = kit.build_optimizer(model, optim, steps)
-    guard = kit.NonFiniteGuard(optim.max_nonfinite_steps)
-    run = Run.start(cfg, command)
-    stateful = {"optimizer": optimizer, "scheduler": scheduler, "order": order, **(state or {})}
-
-    def held_out() -> dict[str, float]:
-        if evaluate is None:
-            return {}
-        model.eval()
-        with torch.no_grad():
-            metrics = evaluate()
+        self.cfg, self.model, self.examples, self.evaluate = cfg, model, examples, evaluate
+        seed_everything(cfg.run.seed, cfg.run.deterministic)
+        self.order = BatchOrder(
+            lengths, cfg.train.batch_size, cfg.run.seed, cfg.train.group_by_length
+        )
+        self.total_steps = total_steps(cfg, len(examples))
+        self.learner = kit.Learner(
+            {"model": (model, cfg.optim)},
+            self.total_steps,
+            cfg.optim.max_grad_norm,
+            cfg.optim.max_nonfinite_steps,
+        )
+        self.run = Run.start(cfg, command)
+        self.eval_before: dict[str, float] = {}
+        self.eval_after: dict[str, float] = {}
+        self.last: dict[str, float] = {}  # the last step's training metrics
+        self.started = time.perf_counter()
         model.train()
-        return {f"eval/{key}": value for key, value in metrics.items()}
 
-    def save(step: int) -> None:
-        snapshot = kit.snapshot(step, stateful)
-        run.save_checkpoint(step, lambda d: kit.save_training_state(d, model, snapshot))
+    def __enter__(self) -> Fitting:
+        return self
 
-    start, eval_before, eval_after, last = 0, {}, {}, {}
-    started = time.perf_counter()
-    model.train()
-    try:
+    def __exit__(self, *exc: object) -> None:
+        self.run.close()
+
+    @property
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.started, 1)
+
+    def steps(self) -> Iterator[tuple[int, list[list[Any]]]]:
+        """Each step still to run with its ``optim.grad_accum_steps`` micro-batches.
+
+        Before the first: resume from the last checkpoint (``--run.resume``) or evaluate the
+        starting model. After the last: checkpoint and evaluate the trained model.
+        """
+        from rlhfkit.progress import progress
+
+        cfg, run, steps = self.cfg, self.run, self.total_steps
+        start = 0
         if cfg.run.resume and (checkpoint := run.latest_checkpoint()) is not None:
-            start = kit.restore(kit.load_training_state(checkpoint, model), stateful)
+            start = kit.restore(kit.load_training_state(checkpoint, self.model), self._stateful())
             run.truncate_metrics(start)
-            eval_before = next((_eval_part(row) for row in run.metrics() if row["step"] == 0), {})
+            self.eval_before = next(
+                (_eval_part(row) for row in run.metrics() if row["step"] == 0), {}
+            )
         else:
-            eval_before = held_out()
-            if eval_before:
-                run.log(0, eval_before)
+            self.eval_before = self._held_out()
+            if self.eval_before:
+                run.log(0, self.eval_before)
         with progress("training", total=steps) as (bar, task):
             bar.update(task, completed=start)
             for step in range(start + 1, steps + 1):
-                # 1. this step's micro-batches; each one's mean loss weighs by its share of examples
-                batches = [[examples[i] for i in order.next()] for _ in range(accum)]
-                # 2. loss and gradients
-                loss_finite, sums = accumulate(batches, loss_fn)
-                # 3. clip, guard against NaN/inf, step
-                ok, (grad_norm,) = guard.clip_and_check_all(
-                    [model], optim.max_grad_norm, loss_finite
+                yield (
+                    step,
+                    [
+                        [self.examples[i] for i in self.order.next()]
+                        for _ in range(cfg.optim.grad_accum_steps)
+                    ],
                 )
-                if ok:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                # 4. log, evaluate, checkpoint
-                last = {
-                    **sums,
-                    "grad_norm": grad_norm,
-                    "lr": scheduler.get_last_lr()[0],
-                    "epoch": order.epoch + order.position / max(order.batches_per_epoch, 1),
-                    "skipped_steps": guard.skipped,
-                }
-                if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < steps:
-                    last.update(held_out())
-                if step % cfg.log.every == 0 or step == steps:
-                    run.log(step, last)
-                bar.update(task, advance=1, info=f"loss {sums['loss']:.4f}")
-                if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
-                    save(step)
+                bar.update(task, advance=1, info=f"loss {self.last['loss']:.4f}")
         if start < steps and (not cfg.run.checkpoint_every or steps % cfg.run.checkpoint_every):
-            save(steps)
-        eval_after = held_out()
-        if eval_after:
-            run.log(steps, eval_after)
-    finally:
-        run.close()
-    return Fitted(
-        run=run,
-        steps=steps,
-        seconds=round(time.perf_counter() - started, 1),
-        eval_before=eval_before,
-        eval_after=eval_after,
-        skipped_steps=guard.skipped,
-        last_train=last,
-    )
+            self._save(steps)
+        self.eval_after = self._held_out()
+        if self.eval_after:
+            run.log(steps, self.eval_after)
+
+    def end_step(self, step: int, metrics: dict[str, float], grad_norm: float) -> None:
+        """Log the step (every ``log.every``), evaluate (every ``train.eval_every``), checkpoint
+        (every ``run.checkpoint_every``)."""
+        cfg, order = self.cfg, self.order
+        self.last = {
+            **metrics,
+            "grad_norm": grad_norm,
+            "lr": self.learner.lrs()[0],
+            "epoch": order.epoch + order.position / max(order.batches_per_epoch, 1),
+            "skipped_steps": self.learner.guard.skipped,
+        }
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < self.total_steps:
+            self.last.update(self._held_out())
+        if step % cfg.log.every == 0 or step == self.total_steps:
+            self.run.log(step, self.last)
+        if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
+            self._save(step)
+
+    def _held_out(self) -> dict[str, float]:
+        import torch
+
+        if self.evaluate is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.evaluate()
+        self.model.train()
+        return {f"eval/{key}": value for key, value in metrics.items()}
+
+    def _stateful(self) -> dict[str, Any]:
+        return {**self.learner.stateful(), "order": self.order}
+
+    def _save(self, step: int) -> None:
+        snapshot = kit.snapshot(step, self._stateful())
+        self.run.save_checkpoint(step, lambda d: kit.save_training_state(d, self.model, snapshot))
 
 
 def accumulate(
-    batches: Sequence[Sequence[Any]], loss_fn: Callable[[Any], tuple[Any, dict[str, float]]]
-) -> tuple[bool, dict[str, float]]:
-    """Backpropagate each micro-batch's mean loss weighted by its share of the examples.
+    batches: Sequence[list[Any]], loss_fn: LossFn, backward: Callable[[Any], None]
+) -> dict[str, float]:
+    """Backpropagate each micro-batch's mean loss weighted by its share of the examples, through
+    ``backward`` (``kit.Learner.backward``: a NaN/inf loss gets none and skips the step).
 
-    Returns whether every loss was finite (a non-finite one is not backpropagated) and the
-    example-weighted means of the loss and the metrics over the micro-batches.
+    Returns the example-weighted means of the loss and the metrics over the micro-batches.
     """
-    import torch
-
     count = sum(len(batch) for batch in batches)
     sums: dict[str, float] = {}
-    loss_finite = True
     for batch in batches:
         loss, metrics = loss_fn(batch)
         weight = len(batch) / count
-        if torch.isfinite(loss):
-            (loss * weight).backward()
-        else:
-            loss_finite = False
+        backward(loss * weight)
         for key, value in {"loss": float(loss.detach()), **metrics}.items():
             sums[key] = sums.get(key, 0.0) + value * weight
-    return loss_finite, sums
+    return sums
 
 
 def _eval_part(row: dict[str, Any]) -> dict[str, float]:
     return {key: value for key, value in row.items() if key.startswith("eval/")}
-
-
-def load_model_with_lora(cfg: OfflineConfig) -> tuple[Any, Any]:
-    """(causal LM in train mode, tokenizer), with LoRA adapters when ``lora.rank`` is set."""
-    from rlhfkit.models import load_causal_lm
-    from rlhfkit.models.lora import attach_lora
-
-    model, tokenizer = load_causal_lm(cfg.model)
-    if cfg.lora.rank:
-        model = attach_lora(model, cfg.lora)
-    model.config.use_cache = False  # training forwards need no KV cache
-    model.train()
-    return model, tokenizer
 
 
 def report_truncated(count: int, total: int, max_length: int) -> None:

@@ -2,14 +2,15 @@
 
 One loop, top to bottom. Each step:
   1. take prompts, one completion each (the critic, not a group, supplies the baseline)
-  2. sample completions from the current policy
-  3. score them with the reward
-  4. without gradients: reference and old log-probs, and the critic's values (a separate
-     network, or a value head on the policy's trunk: critic.share_policy)
+  2-3. the shared rollout step (``rollout.collect``): sample completions from the current
+     policy, score them, reference log-probs
+  4. old log-probs and the critic's values (a separate network, or a value head on the
+     policy's trunk: critic.share_policy)
   5. per-token rewards: the score on the last token, -kl_coef KL on every token
   6. GAE advantages and returns (the critic's targets); advantages whitened
-  7. updates: epochs x minibatches x micro-batches of the clipped policy and value losses
-  8. adapt the KL coefficient, log, checkpoint
+  7. updates: epochs x minibatches x micro-batches of the PPO objective
+     (``losses.objectives.ppo_objective``) and the clipped value loss
+  8. adapt the KL coefficient, log, checkpoint (``kit.Session``)
 
 References: PPO (Schulman et al. 2017), GAE (Schulman et al. 2016), PPO for language models with
 a per-token KL penalty (Ziegler et al. 2019; Ouyang et al. 2022, InstructGPT), and "The N+
@@ -19,7 +20,6 @@ implementation details of RLHF with PPO" (Huang et al. 2024).
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -27,18 +27,17 @@ from typing import Any, Literal
 
 from rlhfkit.config import (
     Fraction,
-    ModelReference,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     Problem,
     default,
+    model_problem,
 )
 from rlhfkit.data.prompts import PromptStream, prompt_rows
-from rlhfkit.models.export import export_model
 from rlhfkit.models.lora import reference
-from rlhfkit.train import kit
+from rlhfkit.train import kit, rollout
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ class CriticCfg:
     starting weights and run without a backward pass. 0 trains every layer."""
     share_policy: bool = False
     """A value head on the policy's own trunk instead of a second network: one forward and
-    backward pass serve both (about a fifth less time per step, one model less in memory), and
+    backward pass serve both (less time per step, one model less in memory: bench/README.md), and
     the value loss also trains the policy's trunk, scaled by trunk_coef. A lone linear head
     wants a higher critic.lr than a whole critic (the demo: 1e-3 against 5e-5)."""
     trunk_coef: NonNegativeFloat = 0.1
@@ -112,7 +111,7 @@ class CriticCfg:
     head always learns at full strength); 0 keeps the trunk the policy's alone."""
 
     def check(self) -> Iterable[Problem]:
-        if self.path and (message := ModelReference()(self.path)):
+        if self.path and (message := model_problem(self.path)):
             yield Problem("path", self.path, message)
         if self.share_policy and self.path:
             yield Problem(
@@ -160,8 +159,8 @@ class Config(kit.OnlineConfig):
 
 
 @dataclass
-class Outcome(kit.Outcome):
-    """What a finished run leaves (as ``kit.Outcome``, so callers can use either loop), plus the critic."""
+class Result(kit.TrainResult):
+    """What a finished run leaves (as ``kit.TrainResult``), plus the critic."""
 
     critic: Any = None
 
@@ -173,298 +172,180 @@ def main(cfg: Config) -> None:
     print_summary(outcome.run, outcome.summary)
 
 
-def train(cfg: Config) -> Outcome:
+def train(cfg: Config) -> Result:
     import torch
 
-    from rlhfkit.advantages import (
-        AdvantageInputs,
-        AdvantageSettings,
-        get_advantage,
-        token_rewards,
-    )
+    from rlhfkit.advantages import AdvantageInputs, AdvantageSettings, get_advantage, token_rewards
     from rlhfkit.generation import get_backend
-    from rlhfkit.losses.policy import aggregate, kl_estimate, masked_mean, ppo_clip_loss, value_loss
-    from rlhfkit.models import token_logprobs
-    from rlhfkit.models.critic import PolicyValueHead, explained_variance, load_value_model
-    from rlhfkit.progress import progress
+    from rlhfkit.losses.objectives import ObjectiveInputs, ObjectiveSettings, get_objective
+    from rlhfkit.losses.policy import masked_mean, value_loss
+    from rlhfkit.models.critic import explained_variance
     from rlhfkit.rewards import load_reward
-    from rlhfkit.train.runs import Run, seed_everything
+    from rlhfkit.train.runs import seed_everything
 
     algo, optim = cfg.algo, cfg.optim
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-    gae = get_advantage("gae")
+    gae, objective = get_advantage("gae"), get_objective("ppo")
     reward = load_reward(cfg.reward)
     stream = PromptStream(prompt_rows(cfg.data, "train"), cfg.run.seed)
     policy, tokenizer, frozen_ref = kit.load_policy_and_reference(
         cfg.model, cfg.lora, need_reference=algo.kl_coef > 0
     )
-    if cfg.critic.share_policy:
-        critic = PolicyValueHead(
-            policy.config.get_text_config().hidden_size, cfg.critic.trunk_coef, policy.device
-        )
-    else:
-        critic = load_value_model(
-            cfg.model, tokenizer, cfg.critic.path, cfg.lora, cfg.critic.train_layers
-        )
+    critic = _critic(cfg, policy, tokenizer)
     evaluate = partial(critic.evaluate, policy)  # (ids, mask, start, T) -> log-probs, values
     backend = get_backend(cfg.gen.backend, policy, tokenizer)
     minibatch = algo.micro_batch_size * optim.grad_accum_steps
     updates_per_step = algo.epochs * algo.prompts_per_step // minibatch
-    optimizer, scheduler = kit.build_optimizer(policy, optim, cfg.steps * updates_per_step)
-    critic_optimizer, critic_scheduler = kit.build_optimizer(
-        critic, replace(optim, lr=cfg.critic.lr or optim.lr), cfg.steps * updates_per_step
+    learner = kit.Learner(
+        {
+            "policy": (policy, optim),
+            "critic": (critic, replace(optim, lr=cfg.critic.lr or optim.lr)),
+        },
+        cfg.steps * updates_per_step,
+        optim.max_grad_norm,
+        optim.max_nonfinite_steps,
     )
     kl_ctl = kit.kl_controller(algo)
-    guard = kit.NonFiniteGuard(optim.max_nonfinite_steps)
     settings = AdvantageSettings(gamma=algo.gamma, lam=algo.lam, whiten=algo.whiten_advantages)
+    loss_settings = ObjectiveSettings(
+        algo.clip_eps, None, algo.kl_estimator, algo.aggregation, cfg.gen.max_new_tokens
+    )
     value_clip = algo.value_clip_eps or float("inf")  # an infinite range never clips
+    options = rollout.RolloutOptions(
+        algo.micro_batch_size, False, algo.reward_clip, algo.whiten_scores
+    )
+    ref_context = partial(reference, policy, frozen_ref) if algo.kl_coef > 0 else None
     # One forward/backward per step: the critic's values and the policy's log-probs with
     # gradients are the old ones (same weights, same batch), so step 4 needs no separate no-grad
     # pass over the critic. Only with one micro-batch: keeping several micro-batches' graphs
     # alive would undo micro-batching.
     single_pass = updates_per_step == 1 and optim.grad_accum_steps == 1
-    run = Run.start(cfg, "ppo")
     # everything besides the weights that an exact resume needs back
-    stateful = {
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "critic_optimizer": critic_optimizer,
-        "critic_scheduler": critic_scheduler,
-        "stream": stream,
-        "kl": kl_ctl,
-    }
-    start_step = 0
-    if cfg.run.resume and (checkpoint := run.latest_checkpoint()) is not None:
-        start_step = kit.restore(kit.load_training_state(checkpoint, policy), stateful)
-        critic.load(checkpoint)
-        run.truncate_metrics(start_step)
-
-    def save(step: int) -> None:
-        state = kit.snapshot(step, stateful)
-
-        def write(directory: Any) -> None:
-            kit.save_training_state(directory, policy, state)
-            critic.save(directory)
-
-        run.save_checkpoint(step, write)
-
-    started = time.perf_counter()
-    try:
-        with progress("training", total=cfg.steps) as (bar, task):
-            bar.update(task, completed=start_step)
-            for step in range(start_step + 1, cfg.steps + 1):
-                step_started = time.perf_counter()
-                # 1. prompts
-                rows = stream.take(algo.prompts_per_step)
-                prompts = [row["prompt"] for row in rows]
-
-                # 2. sample from the current policy
-                rollout = kit.sample(
-                    policy, backend, prompts, cfg.gen, seed=cfg.run.seed * 1_000_003 + step
-                )
-                generation_seconds = time.perf_counter() - step_started
-                input_ids, attention_mask = rollout.input_ids, rollout.attention_mask  # (B, P+R)
-                mask = rollout.response_mask.float()  # (B, R)
-                start = rollout.prompt_ids.shape[1]
-                temperature = cfg.gen.temperature
-
-                # 3. score
-                raw_scores, scores = kit.score(
-                    reward,
-                    rows,
-                    rollout.completions,
-                    mask.device,
-                    algo.reward_clip,
-                    algo.whiten_scores,
-                )  # (B,)
-
-                # 4. reference and old log-probs, old values: fixed for this step's updates
-                with torch.no_grad():
-                    ref_logprobs = None
-                    if algo.kl_coef > 0:
-                        with reference(policy, frozen_ref) as ref_model:
-                            ref_logprobs = kit.in_chunks(
-                                partial(
-                                    token_logprobs,
-                                    ref_model,
-                                    response_start=start,
-                                    temperature=temperature,
-                                ),
-                                input_ids,
-                                attention_mask,
-                                algo.micro_batch_size,
-                            )  # (B, R)
-                    # Old log-probs come from a forward pass like the reference's, not from
-                    # sampling: its incremental decoding rounds differently (~1e-5 per token in
-                    # float32, ~0.1 under model.autocast), which the KL would count.
-                    if not single_pass:
-                        old_logprobs, old_values = kit.in_chunks(
-                            partial(evaluate, response_start=start, temperature=temperature),
-                            input_ids,
-                            attention_mask,
-                            algo.micro_batch_size,
-                        )  # (B, R) each
-                if single_pass:  # the one graded pass gives the old values and log-probs
-                    graded_logprobs, graded_values = evaluate(
-                        input_ids, attention_mask, start, temperature
-                    )  # (B, R) each
-                    old_values, old_logprobs = graded_values.detach(), graded_logprobs.detach()
-                kl_tokens = (
-                    kl_estimate(old_logprobs, ref_logprobs, "k1") * mask
-                    if ref_logprobs is not None
-                    else torch.zeros_like(mask)
-                )  # (B, R)
-
-                # 5. rewards: with KL in the reward, each token pays its own KL (Ziegler 2019)
-                rewards_t = token_rewards(
-                    scores, mask, kl_tokens if algo.kl_in == "reward" else None, kl_ctl.coef
-                )  # (B, R)
-
-                # 6. GAE: advantages for the policy, lambda-returns as the critic's targets
-                advantages, returns = gae(
-                    AdvantageInputs(response_mask=mask, token_rewards=rewards_t, values=old_values),
-                    settings,
+    stateful = {**learner.stateful(), "stream": stream, "kl": kl_ctl}
+    with kit.Session(cfg, "ppo", policy, tokenizer, stateful, parts=(critic,)) as session:
+        for step in session.steps():
+            step_started = time.perf_counter()
+            # 1-3. prompts, one completion each; sample, score, reference log-probs
+            exp = rollout.collect(
+                policy,
+                backend,
+                reward,
+                stream.take(algo.prompts_per_step),
+                cfg.gen,
+                cfg.run.seed * 1_000_003 + step,
+                options,
+                ref_context,
+            )
+            mask, start, temperature = exp.response_mask, exp.response_start, exp.temperature
+            # 4. old log-probs and values: fixed for this step's updates
+            if single_pass:  # the one graded pass gives the old values and log-probs
+                graded_logprobs, graded_values = evaluate(
+                    exp.input_ids, exp.attention_mask, start, temperature
                 )  # (B, R) each
-                explained = explained_variance(old_values, returns, mask)
+                old_values, old_logprobs = graded_values.detach(), graded_logprobs.detach()
+            else:
+                with torch.no_grad():
+                    old_logprobs, old_values = kit.in_chunks(
+                        partial(evaluate, response_start=start, temperature=temperature),
+                        exp.input_ids,
+                        exp.attention_mask,
+                        algo.micro_batch_size,
+                    )  # (B, R) each
+            exp = replace(exp, old_logprobs=old_logprobs)
+            kl_tokens = exp.kl_tokens()  # (B, R)
 
-                # 7. updates: epochs x minibatches x micro-batches
-                sums: dict[str, float] = defaultdict(float)
-                for _ in range(algo.epochs):
-                    order = torch.randperm(len(rollout))
-                    for mb_start in range(0, len(rollout), minibatch):
-                        mb_index = order[mb_start : mb_start + minibatch]
-                        mb_mask = mask[mb_index]
-                        loss_finite = True
-                        for micro_start in range(0, minibatch, algo.micro_batch_size):
-                            index = mb_index[micro_start : micro_start + algo.micro_batch_size]
-                            ids, am, mb_tokens = (
-                                input_ids[index],
-                                attention_mask[index],
-                                mask[index],
-                            )
-                            logprobs, values = (
-                                (graded_logprobs[index], graded_values[index])
-                                if single_pass
-                                else evaluate(ids, am, start, temperature)
-                            )  # (b, R)
-                            old = old_logprobs[index]
-                            policy_loss, policy_stats = ppo_clip_loss(
-                                logprobs,
-                                old,
-                                advantages[index],
-                                mb_tokens,
-                                algo.clip_eps,
-                                None,
-                                algo.aggregation,
-                                cfg.gen.max_new_tokens,
-                            )
-                            kl_loss = torch.zeros(())
-                            if algo.kl_in == "loss" and ref_logprobs is not None:
-                                kl_loss = aggregate(
-                                    kl_estimate(logprobs, ref_logprobs[index], algo.kl_estimator),
-                                    mb_tokens,
-                                    algo.aggregation,
-                                    cfg.gen.max_new_tokens,
-                                )
-                            critic_loss, value_stats = value_loss(
-                                values,
-                                old_values[index],
-                                returns[index],
-                                mb_tokens,
-                                value_clip,
-                                algo.aggregation,
-                                cfg.gen.max_new_tokens,
-                            )
-                            # Separate networks, so the sum sends each loss to its own weights.
-                            # No vf_coef: the critic's own AdamW cancels a constant loss scale;
-                            # critic.lr sets its pace.
-                            weight = kit.accumulation_weight(mb_tokens, mb_mask, algo.aggregation)
-                            total = (policy_loss + kl_ctl.coef * kl_loss + critic_loss) * weight
-                            if torch.isfinite(total):
-                                total.backward()
-                            else:
-                                loss_finite = False  # the guard skips this optimiser step
-                            for key, value in (
-                                ("loss", policy_loss),
-                                ("kl_loss", kl_loss),
-                                ("value_loss", critic_loss),
-                                ("clip_fraction", policy_stats.clip_fraction),
-                                ("approx_kl", policy_stats.approx_kl),
-                                ("value_clip_fraction", value_stats.clip_fraction),
-                            ):
-                                sums[key] += float(value.detach()) * weight
-                        ok, (grad_norm, value_grad_norm) = guard.clip_and_check_all(
-                            [policy, critic], optim.max_grad_norm, loss_finite
+            # 5-6. per-token rewards, with KL in them (Ziegler 2019) or not; GAE advantages and
+            # lambda-returns (the critic's targets)
+            rewards_t = token_rewards(
+                exp.scores, mask, kl_tokens if algo.kl_in == "reward" else None, kl_ctl.coef
+            )  # (B, R)
+            advantages, returns = gae(
+                AdvantageInputs(response_mask=mask, token_rewards=rewards_t, values=old_values),
+                settings,
+            )  # (B, R) each
+            explained = explained_variance(old_values, returns, mask)
+
+            # 7. updates: epochs x minibatches x micro-batches of the policy and value objectives
+            ref = exp.ref_logprobs if algo.kl_in == "loss" else None
+            stats = kit.Stats()
+            for indices in kit.minibatches(len(exp), minibatch, algo.epochs):
+                for index in indices.split(algo.micro_batch_size):
+                    if single_pass:
+                        logprobs, values = graded_logprobs[index], graded_values[index]
+                    else:  # (b, R) each
+                        logprobs, values = evaluate(
+                            exp.input_ids[index], exp.attention_mask[index], start, temperature
                         )
-                        if ok:
-                            optimizer.step()
-                            critic_optimizer.step()
-                        for opt, sched in (
-                            (optimizer, scheduler),
-                            (critic_optimizer, critic_scheduler),
-                        ):
-                            opt.zero_grad(set_to_none=True)
-                            sched.step()
-                        sums["grad_norm"] += grad_norm
-                        sums["value_grad_norm"] += value_grad_norm
+                    loss, parts = objective(
+                        ObjectiveInputs(
+                            logprobs,
+                            old_logprobs[index],
+                            advantages[index],
+                            mask[index],
+                            ref[index] if ref is not None else None,
+                            kl_ctl.coef,
+                        ),
+                        loss_settings,
+                    )
+                    critic_loss, value_stats = value_loss(
+                        values,
+                        old_values[index],
+                        returns[index],
+                        mask[index],
+                        value_clip,
+                        algo.aggregation,
+                        cfg.gen.max_new_tokens,
+                    )
+                    # Separate networks, so the sum sends each loss to its own weights. No
+                    # vf_coef: the critic's own AdamW cancels a constant loss scale; critic.lr
+                    # sets its pace.
+                    weight = kit.accumulation_weight(mask[index], mask[indices], algo.aggregation)
+                    learner.backward((loss + critic_loss) * weight)
+                    stats.add(
+                        weight,
+                        loss=parts.policy_loss,
+                        kl_loss=parts.kl_loss,
+                        value_loss=critic_loss.detach(),
+                        clip_fraction=parts.clip_fraction,
+                        approx_kl=parts.approx_kl,
+                        value_clip_fraction=value_stats.clip_fraction,
+                    )
+                grad_norm, value_grad_norm = learner.step()
+                stats.step(grad_norm=grad_norm, value_grad_norm=value_grad_norm)
 
-                # 8. KL controller, metrics, checkpoint
-                kl_per_completion = float(kl_tokens.sum(dim=1).mean())
-                kl_ctl.update(kl_per_completion, len(rollout))
-                elapsed = time.perf_counter() - step_started
-                tokens = int(rollout.response_mask.sum())
-                metrics = {
-                    "reward": float(raw_scores.mean()),
-                    "reward_std": float(raw_scores.std()),
-                    "kl": kl_per_completion,
-                    "kl_coef": kl_ctl.coef,
-                    "explained_variance": explained,
-                    "value_mean": float(masked_mean(old_values, mask)),
-                    "return_mean": float(masked_mean(returns, mask)),
-                    "length": float(rollout.response_lengths.float().mean()),
-                    "finished": float(rollout.finished.float().mean()),
-                    "entropy_proxy": float(-masked_mean(old_logprobs, mask)),
-                    "lr": scheduler.get_last_lr()[0],
-                    "critic_lr": critic_scheduler.get_last_lr()[0],
-                    **{key: value / updates_per_step for key, value in sums.items()},
-                    "skipped_steps": guard.skipped,
-                    "step_seconds": elapsed,
-                    "generation_seconds": generation_seconds,
-                    "tokens_per_second": tokens / elapsed,
-                }
-                if step % cfg.log.every == 0 or step == cfg.steps:
-                    run.log(step, metrics)
-                bar.update(
-                    task,
-                    advance=1,
-                    info=f"reward {metrics['reward']:+.3f}  "
-                    f"kl {metrics['kl']:.3f}  "
-                    f"ev {metrics['explained_variance']:+.2f}",
-                )
-                if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
-                    save(step)
-        if not cfg.run.checkpoint_every or cfg.steps % cfg.run.checkpoint_every:
-            save(cfg.steps)
-        export_model(run.path / "model", policy, tokenizer)
-    finally:
-        run.close()
-    history = run.metrics()
-    summary = {
-        "steps": cfg.steps,
-        "seconds": round(time.perf_counter() - started, 1),
-        "reward_first": history[0]["reward"] if history else None,
-        "reward_last": history[-1]["reward"] if history else None,
-        "kl_last": history[-1]["kl"] if history else None,
-        "explained_variance_last": history[-1]["explained_variance"] if history else None,
-        "skipped_steps": guard.skipped,
-        "model": str(run.path / "model"),
-    }
-    run.finish(summary)
-    return Outcome(
-        run=run,
-        policy=policy,
-        tokenizer=tokenizer,
-        reference=frozen_ref,
-        summary=summary,
-        critic=critic,
+            # 8. KL controller, metrics, checkpoint
+            kl = float(kl_tokens.sum(dim=1).mean())
+            kl_ctl.update(kl, len(exp))
+            elapsed = time.perf_counter() - step_started
+            metrics = {
+                **rollout.step_metrics(exp, kl, kl_ctl.coef),
+                "explained_variance": explained,
+                "value_mean": float(masked_mean(old_values, mask)),
+                "return_mean": float(masked_mean(returns, mask)),
+                "lr": learner.lrs()[0],
+                "critic_lr": learner.lrs()[1],
+                **stats.means(),
+                "skipped_steps": learner.guard.skipped,
+                "step_seconds": elapsed,
+                "generation_seconds": exp.sample_seconds,
+                "tokens_per_second": int(mask.sum()) / elapsed,
+            }
+            session.end_step(
+                step, metrics, f"reward {metrics['reward']:+.3f}  kl {kl:.3f}  ev {explained:+.2f}"
+            )
+    summary = kit.online_summary(session.run.metrics(), learner.guard.skipped, "explained_variance")
+    result = session.finish(summary, frozen_ref)
+    return Result(**vars(result), critic=critic)
+
+
+def _critic(cfg: Config, policy: Any, tokenizer: Any) -> Any:
+    """A value head on the policy's trunk (critic.share_policy), or a separate value model."""
+    from rlhfkit.models.critic import PolicyValueHead, load_value_model
+
+    if cfg.critic.share_policy:
+        return PolicyValueHead(
+            policy.config.get_text_config().hidden_size, cfg.critic.trunk_coef, policy.device
+        )
+    return load_value_model(
+        cfg.model, tokenizer, cfg.critic.path, cfg.lora, cfg.critic.train_layers
     )

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rlhfkit.config import ModelCfg, NonNegativeFloat, PositiveInt, Problem, default
+from rlhfkit.train import kit
 from rlhfkit.train.offline import OfflineConfig, no_classes_to_balance
 
 NORMALISE_SAMPLE = 2000  # training texts scored to set the output scale
@@ -72,11 +73,11 @@ class Config(OfflineConfig):
 def main(cfg: Config) -> None:
     from rlhfkit.eval.report import print_summary
 
-    run, summary = train(cfg)
-    print_summary(run, summary)
+    result = train(cfg)
+    print_summary(result.run, result.summary)
 
 
-def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
+def train(cfg: Config) -> kit.TrainResult:
     import torch
 
     from rlhfkit.data.feedback import join_text, load_pairs, load_ratings
@@ -147,9 +148,14 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     def evaluate() -> dict[str, float]:
         return pair_report(eval_pairs, model, rm_cfg.report_gap, cfg.train.eval_batch_size)
 
-    fitted = offline.fit(
-        cfg, "reward", model, examples, lengths, step_loss, evaluate if eval_pairs else None
-    )
+    with offline.Fitting(
+        cfg, "reward", model, examples, lengths, evaluate if eval_pairs else None
+    ) as fitting:
+        for step, batches in fitting.steps():
+            metrics = offline.accumulate(batches, step_loss, fitting.learner.backward)
+            grad_norm = fitting.learner.step()[0]  # clip, NaN/inf guard, optimiser step
+            fitting.end_step(step, metrics, grad_norm)  # log, evaluate, checkpoint
+    run = fitting.run
 
     # 4. held-out test report (built-in sets have a test split), output scale, save
     model.eval()
@@ -160,17 +166,17 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     model.offset, model.scale = statistics.fmean(raw), statistics.pstdev(raw) or 1.0
     summary = {
         "objective": rm_cfg.objective,
-        "steps": fitted.steps,
-        "seconds": fitted.seconds,
+        "steps": fitting.total_steps,
+        "seconds": fitting.seconds,
         "train_examples": len(examples),
-        **{key.replace("eval/", "validation_"): value for key, value in fitted.eval_after.items()},
+        **{key.replace("eval/", "validation_"): value for key, value in fitting.eval_after.items()},
         **{f"test_{key}": value for key, value in test_report.items()},
-        "skipped_steps": fitted.skipped_steps,
-        "model": str(fitted.run.path / "model"),
+        "skipped_steps": fitting.learner.guard.skipped,
+        "model": str(run.path / "model"),
     }
-    model.save(fitted.run.path / "model", info={"data": cfg.data.path, "summary": summary})
-    fitted.run.finish(summary)
-    return fitted.run, summary
+    model.save(run.path / "model", info={"data": cfg.data.path, "summary": summary})
+    run.finish(summary)
+    return kit.TrainResult(run, model, model.tokenizer, summary)
 
 
 @dataclass(frozen=True)

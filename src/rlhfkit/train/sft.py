@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rlhfkit.config import Problem
+from rlhfkit.train import kit
 from rlhfkit.train.offline import OfflineConfig, no_classes_to_balance
 
 
@@ -31,11 +32,11 @@ class Config(OfflineConfig):
 def main(cfg: Config) -> None:
     from rlhfkit.eval.report import print_summary
 
-    run, summary = train(cfg)
-    print_summary(run, summary)
+    result = train(cfg)
+    print_summary(result.run, result.summary)
 
 
-def train(cfg: Config) -> tuple[object, dict]:
+def train(cfg: Config) -> kit.TrainResult:
     import torch
 
     from rlhfkit.data import sequences
@@ -47,7 +48,7 @@ def train(cfg: Config) -> tuple[object, dict]:
 
     # before any random init: the head, LoRA adapters
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-    model, tokenizer = offline.load_model_with_lora(cfg)
+    model, tokenizer, _ = kit.load_policy_and_reference(cfg.model, cfg.lora, need_reference=False)
     device = next(model.parameters()).device
     chat = sequences.uses_chat_template(tokenizer, cfg.train.chat_template)
 
@@ -94,19 +95,26 @@ def train(cfg: Config) -> tuple[object, dict]:
         mean = total_nll / max(total_tokens, 1)
         return {"nll": mean, "perplexity": math.exp(min(mean, 50.0))}
 
-    fitted = offline.fit(cfg, "sft", model, examples, [len(e.ids) for e in examples], nll, evaluate)
-    export_model(fitted.run.path / "model", model, tokenizer)
+    with offline.Fitting(
+        cfg, "sft", model, examples, [len(e.ids) for e in examples], evaluate
+    ) as fitting:
+        for step, batches in fitting.steps():
+            metrics = offline.accumulate(batches, nll, fitting.learner.backward)
+            grad_norm = fitting.learner.step()[0]  # clip, NaN/inf guard, optimiser step
+            fitting.end_step(step, metrics, grad_norm)  # log, evaluate, checkpoint
+    run = fitting.run
+    export_model(run.path / "model", model, tokenizer)
     summary = {
-        "steps": fitted.steps,
-        "seconds": fitted.seconds,
-        "train_loss_last": fitted.last_train.get("loss"),
-        "eval_nll_before": fitted.eval_before.get("eval/nll"),
-        "eval_nll_after": fitted.eval_after.get("eval/nll"),
-        "skipped_steps": fitted.skipped_steps,
-        "model": str(fitted.run.path / "model"),
+        "steps": fitting.total_steps,
+        "seconds": fitting.seconds,
+        "train_loss_last": fitting.last.get("loss"),
+        "eval_nll_before": fitting.eval_before.get("eval/nll"),
+        "eval_nll_after": fitting.eval_after.get("eval/nll"),
+        "skipped_steps": fitting.learner.guard.skipped,
+        "model": str(run.path / "model"),
     }
-    fitted.run.finish(summary)
-    return fitted.run, summary
+    run.finish(summary)
+    return kit.TrainResult(run, model, tokenizer, summary)
 
 
 def _capped(rows: list, limit: int) -> list:

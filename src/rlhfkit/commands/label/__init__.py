@@ -18,7 +18,6 @@ sample again. The verbs, by module:
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from rlhfkit import config_io
@@ -26,7 +25,7 @@ from rlhfkit.commands.label.create import InitConfig, NextRoundConfig, init, nex
 from rlhfkit.commands.label.export import ExportConfig, export
 from rlhfkit.commands.label.manage import GoldConfig, OverlapConfig, gold, overlap
 from rlhfkit.commands.label.serve import AnnotatorConfig, ServeConfig, annotator, serve
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, did_you_mean
 
 _ALIASES = {"--import": "--import_file", "--as": "--format"}  # Python keywords as flags
 
@@ -60,8 +59,7 @@ def run(argv: list[str]) -> int:
         return 0
     verb, args = argv[0], argv[1:]
     if verb not in VERBS:
-        close = difflib.get_close_matches(verb, VERBS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(verb, VERBS)
         raise ConfigError(f"label {verb!r}: unknown verb; {hint}use one of {', '.join(VERBS)}")
     cls, main = VERBS[verb]
     if "-h" in args or "--help" in args:

@@ -8,7 +8,6 @@ Ctrl-C leaves no campaign (or round) behind.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import random
 from collections import Counter
@@ -28,13 +27,13 @@ from rlhfkit.config import (
     GenCfg,
     InputFile,
     ModelCfg,
-    ModelReference,
     NonNegativeInt,
     PositiveInt,
     Problem,
     default,
+    model_problem,
 )
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, did_you_mean
 from rlhfkit.feedback.campaign import (
     PromptPlan,
     import_plans,
@@ -95,7 +94,7 @@ class InitConfig(CampaignOptions):
             return
         yield from _prompts_problems("prompts", self.prompts, required=True)
         if self.model2:
-            message = ModelReference()(self.model2)
+            message = model_problem(self.model2)
             if message:
                 yield Problem("model2", self.model2, message)
         if self.samples_per_model() < 2 and not self.model2 and _comparative(self.kinds):
@@ -139,8 +138,7 @@ def _kinds_problems(kinds: str) -> Iterable[Problem]:
         )
     for kind in _split_kinds(kinds):
         if kind not in KINDS:
-            close = difflib.get_close_matches(kind, KINDS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = did_you_mean(kind, KINDS)
             yield Problem(
                 "kinds",
                 kinds,
@@ -158,7 +156,7 @@ def _comparative(kinds: str) -> bool:
 
 
 def _prompts_problems(name: str, value: str, required: bool) -> Iterable[Problem]:
-    from rlhfkit.config import FileMustExist
+    from rlhfkit.config import file_problem
 
     if not value:
         if required:
@@ -171,7 +169,7 @@ def _prompts_problems(name: str, value: str, required: bool) -> Iterable[Problem
         return
     if ":" in value and not Path(value).exists():
         return  # a built-in set: resolved (and checked) by rlhfkit.data.builtin
-    message = FileMustExist()(value)
+    message = file_problem(value)
     if message:
         yield Problem(name, value, message + "; or name a built-in set such as vader:movies")
 
@@ -310,7 +308,7 @@ def _previous_model(stored: list, previous: int, like: ModelCfg) -> ModelCfg:
     """The model that wrote round ``previous`` (the first one, if two were compared), checked
     to still hold the weights it had then."""
     first = next(o for _, _, outputs in stored for o in outputs if output_round(o) == previous)
-    if ModelReference()(first.model):
+    if model_problem(first.model):
         raise ConfigError(
             f"--prompts: new prompts need a sample from round {previous}'s model "
             f"{first.model!r}, which is not a local model directory; drop --prompts "

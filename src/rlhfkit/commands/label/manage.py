@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from rlhfkit.commands.label.options import CampaignOptions, open_campaign
-from rlhfkit.config import InputFile, Min, Problem, Range
+from rlhfkit.config import Bounds, InputFile, Problem
 from rlhfkit.errors import DataError
 
 
@@ -48,9 +48,9 @@ class GoldConfig(CampaignOptions):
 class OverlapConfig(CampaignOptions):
     """Change the fraction of tasks given to several annotators, for tasks not yet labelled."""
 
-    overlap: Annotated[float | None, Range(0.0, 1.0)] = None
+    overlap: Annotated[float | None, Bounds(ge=0, le=1)] = None
     """The new fraction, 0..1 (required): 0.2 gives one task in five to several annotators."""
-    overlap_annotators: Annotated[int | None, Min(2)] = None
+    overlap_annotators: Annotated[int | None, Bounds(ge=2)] = None
     """How many annotators an overlap task goes to (empty = keep the campaign's)."""
 
     def check(self) -> Iterable[Problem]:

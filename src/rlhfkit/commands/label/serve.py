@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from rlhfkit.commands.label.options import CampaignOptions, open_campaign, state_dir
-from rlhfkit.config import Problem, Range
+from rlhfkit.config import Bounds, Problem
 from rlhfkit.errors import ConfigError
 
 KEY_FILE = "web-secret.key"
 ADMIN_PASSWORD_FILE = "admin-password.txt"
 ADMIN = "admin"
+STUDIO_INSTALL = "pip install 'rlhfkit[studio]'"
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class ServeConfig(CampaignOptions):
 
     host: str = "127.0.0.1"
     """Address to listen on; only this machine can connect unless you open it up."""
-    port: Annotated[int, Range(1, 65535)] = 8000
+    port: Annotated[int, Bounds(ge=1, le=65535)] = 8000
     """Port to listen on."""
     allow_remote: bool = False
     """Allow a --host other than a loopback address, so others on the network can connect."""
@@ -41,12 +42,17 @@ class ServeConfig(CampaignOptions):
     access_log: bool = True
     """Log every request, with the client's address, to the console; false keeps addresses out
     of the logs (errors are still logged)."""
-    max_body_bytes: Annotated[int, Range(1024, 2**30)] = 1024 * 1024  # web.limits.MAX_BODY_BYTES
+    max_body_bytes: Annotated[int, Bounds(ge=1024, le=2**30)] = (
+        1024 * 1024
+    )  # web.limits.MAX_BODY_BYTES
     """Largest request body the app takes, in bytes; a larger one is refused (413)."""
-    max_text_chars: Annotated[int, Range(1, 10_000_000)] = 50_000  # web.limits.MAX_TEXT_CHARS
+    max_text_chars: Annotated[int, Bounds(ge=1, le=10_000_000)] = (
+        50_000  # web.limits.MAX_TEXT_CHARS
+    )
     """Longest critique or correction a label may hold, in characters (422 above it)."""
 
     def check(self) -> Iterable[Problem]:
+        require_studio("serve")
         yield from CampaignOptions.check(self)
         if not self.allow_remote and not _is_loopback(self.host):
             yield Problem(
@@ -79,6 +85,7 @@ class AnnotatorConfig(CampaignOptions):
     """Give an existing account a new password instead, which signs it out everywhere."""
 
     def check(self) -> Iterable[Problem]:
+        require_studio("annotator")
         from rlhfkit.feedback.web.auth import password_problem
 
         yield from CampaignOptions.check(self)
@@ -95,6 +102,23 @@ class AnnotatorConfig(CampaignOptions):
             yield Problem(
                 "admin", True, "sets the role of a new account; leave it out with --reset_password"
             )
+
+
+def require_studio(verb: str) -> None:
+    """Fail in one line, before anything runs, when the studio's web packages (the optional
+    extra 'studio') are not installed: ``label serve`` runs the app, ``label annotator``
+    hashes passwords with the app's argon2."""
+    try:
+        import uvicorn  # noqa: F401
+
+        import rlhfkit.feedback.web  # noqa: F401
+    except ModuleNotFoundError as missing:
+        if (missing.name or "").startswith("rlhfkit"):
+            raise  # a bug of ours, not a missing extra
+        raise ConfigError(
+            f"label {verb} needs the studio's web packages, the optional extra "
+            f"'studio' ({missing.name} is not installed): {STUDIO_INSTALL}"
+        ) from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -11,7 +11,7 @@ campaign's overlap ratio and gold tasks.
     GET  /admin/tasks/N                  ... with its gold answer, and a form to set it
     POST /admin/tasks/N/gold             make it gold with the posted answer, or plain again
 
-Every route needs an admin's session and every POST the session's CSRF token (``app``).
+Every route needs an admin's session and every POST the session's CSRF token (``deps``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from rlhfkit.feedback.payload import GOLD_KINDS, PayloadError
 from rlhfkit.feedback.privacy import campaign_records
 from rlhfkit.feedback.store import ConflictError, NotFoundError
 from rlhfkit.feedback.views import AnnotatorInfo
-from rlhfkit.feedback.web.app import (
+from rlhfkit.feedback.web.auth import MIN_PASSWORD, hash_password, password_problem
+from rlhfkit.feedback.web.deps import (
     ERROR_STATUS,
     Admin,
     CheckedForm,
@@ -38,7 +39,6 @@ from rlhfkit.feedback.web.app import (
     see_other,
     studio,
 )
-from rlhfkit.feedback.web.auth import MIN_PASSWORD, hash_password, password_problem
 from rlhfkit.feedback.web.forms import label_payload
 from rlhfkit.feedback.web.limits import task_number
 

@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import jinja2
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
@@ -45,15 +44,28 @@ from rlhfkit.feedback.payload import PayloadError
 from rlhfkit.feedback.records import FLAGS
 from rlhfkit.feedback.store import ConflictError, NotAllowedError, NotFoundError, Store
 from rlhfkit.feedback.views import AnnotatorInfo, TaskView
+from rlhfkit.feedback.web import admin
 from rlhfkit.feedback.web.auth import (
-    CSRF_FIELD,
-    CSRF_HEADER,
     Busy,
     LoginLimiter,
     PasswordChecks,
-    csrf_ok,
     csrf_token,
     verify_password,
+)
+from rlhfkit.feedback.web.deps import (
+    ERROR_STATUS,
+    CheckedForm,
+    NoCampaign,
+    NotSignedIn,
+    Refused,
+    SignedIn,
+    SignedInWithHeader,
+    Studio,
+    current_campaign,
+    page,
+    see_other,
+    signed_in,
+    studio,
 )
 from rlhfkit.feedback.web.forms import label_payload
 from rlhfkit.feedback.web.limits import (
@@ -74,35 +86,6 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
-ERROR_STATUS = {PayloadError: 422, ConflictError: 409, NotFoundError: 404, NotAllowedError: 403}
-
-
-@dataclass(frozen=True)
-class Studio:
-    """What the routes share: the store, the fixed campaign (or None), the login limiter and
-    the bound on password checks running at once."""
-
-    store: Store
-    campaign: str | None
-    limiter: LoginLimiter
-    templates: jinja2.Environment
-    password_checks: PasswordChecks
-
-
-class NotSignedIn(Exception):
-    """No valid session: HTML requests go to /login, API requests get 401."""
-
-
-class Refused(Exception):
-    """A request answered with an error status and a one-line reason."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-class NoCampaign(Exception):
-    """The session has not picked a campaign yet."""
 
 
 def create_app(
@@ -153,8 +136,6 @@ def create_app(
     app.middleware("http")(_security_headers)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)
-    from rlhfkit.feedback.web import admin  # it builds on this module's dependencies
-
     app.include_router(admin.router)
     app.add_exception_handler(NotSignedIn, _not_signed_in)
     app.add_exception_handler(Refused, _refused)
@@ -167,68 +148,6 @@ def create_app(
 
 
 router = APIRouter()
-
-
-# --- dependencies --------------------------------------------------------------------------------
-
-
-def studio(request: Request) -> Studio:
-    return request.app.state.studio
-
-
-def signed_in(request: Request) -> AnnotatorInfo:
-    """The signed-in annotator, read afresh (an admin flag or account may have changed). A
-    cookie from before the account's sessions were ended (signing out, a new password) names
-    an older epoch and is refused: a copied cookie dies with the session it came from."""
-    name = request.session.get("user")
-    who = studio(request).store.get_annotator(name) if isinstance(name, str) else None
-    if who is None or request.session.get("epoch") != who.session_epoch:
-        request.session.clear()
-        raise NotSignedIn()
-    return who
-
-
-SignedIn = Annotated[AnnotatorInfo, Depends(signed_in)]
-
-
-def admin(who: SignedIn) -> AnnotatorInfo:
-    if not who.is_admin:
-        raise Refused(403, "this page is for admins: ask one to make your account an admin")
-    return who
-
-
-async def checked_form(request: Request) -> FormData:
-    """The posted form, once its CSRF token is the session's (403 otherwise)."""
-    form = await request.form()
-    if not csrf_ok(request.session, form.get(CSRF_FIELD)):
-        raise Refused(
-            403, "the form's security token is missing or stale: reload the page and try again"
-        )
-    return form
-
-
-Admin = Annotated[AnnotatorInfo, Depends(admin)]
-CheckedForm = Annotated[FormData, Depends(checked_form)]
-
-
-def signed_in_with_header(request: Request, who: SignedIn) -> AnnotatorInfo:
-    """The signed-in annotator of an API call that sent the session's CSRF token."""
-    if not csrf_ok(request.session, request.headers.get(CSRF_HEADER)):
-        raise Refused(
-            403,
-            f"send the session's CSRF token in the {CSRF_HEADER} header (GET /api/next gives it)",
-        )
-    return who
-
-
-SignedInWithHeader = Annotated[AnnotatorInfo, Depends(signed_in_with_header)]
-
-
-def current_campaign(request: Request) -> str:
-    chosen = studio(request).campaign or request.session.get("campaign")
-    if not isinstance(chosen, str):
-        raise NoCampaign()
-    return chosen
 
 
 # --- signing in ----------------------------------------------------------------------------------
@@ -445,35 +364,6 @@ def api_label(request: Request, body: dict[str, Any], who: SignedInWithHeader) -
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def page(
-    request: Request,
-    template: str,
-    *,
-    status: int = 200,
-    headers: Mapping[str, str] | None = None,
-    **context: Any,
-) -> HTMLResponse:
-    """``template`` rendered with ``context``, the session's CSRF token and any notice."""
-    context.setdefault("who", None)
-    context.setdefault("error", "")
-    html = (
-        studio(request)
-        .templates.get_template(template)
-        .render(
-            csrf_token=csrf_token(request.session),
-            notice=request.session.pop("notice", ""),
-            fixed_campaign=studio(request).campaign is not None,
-            **context,
-        )
-    )
-    return HTMLResponse(html, status_code=status, headers=headers)
-
-
-def see_other(url: str) -> RedirectResponse:
-    """A 303 to ``url``: after a POST, the browser GETs it, so a reload cannot post again."""
-    return RedirectResponse(url, status_code=303)
 
 
 def _task_id(form: Mapping[str, Any], quiet: bool = False) -> int | None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from rlhfkit.config import Fraction, NonNegativeFloat, Problem, default
 from rlhfkit.data.chain_of_hindsight import NEGATIVE, POSITIVE
+from rlhfkit.train import kit
 from rlhfkit.train.offline import OfflineConfig, no_classes_to_balance
 
 if TYPE_CHECKING:
@@ -129,11 +130,11 @@ class Config(OfflineConfig):
 def main(cfg: Config) -> None:
     from rlhfkit.eval.report import print_summary
 
-    run, summary = train(cfg)
-    print_summary(run, summary)
+    result = train(cfg)
+    print_summary(result.run, result.summary)
 
 
-def train(cfg: Config) -> tuple[object, dict]:
+def train(cfg: Config) -> kit.TrainResult:
     import torch
 
     from rlhfkit.data import chain_of_hindsight as coh
@@ -144,7 +145,7 @@ def train(cfg: Config) -> tuple[object, dict]:
     from rlhfkit.train.runs import seed_everything
 
     seed_everything(cfg.run.seed, cfg.run.deterministic)  # before any random init: LoRA adapters
-    model, tokenizer = offline.load_model_with_lora(cfg)
+    model, tokenizer, _ = kit.load_policy_and_reference(cfg.model, cfg.lora, need_reference=False)
     device = next(model.parameters()).device
     chat = sequences.uses_chat_template(tokenizer, cfg.train.chat_template)
     pad_id = _pad_id(tokenizer)
@@ -236,35 +237,35 @@ def train(cfg: Config) -> tuple[object, dict]:
             metrics["contrast_margin"] = sum(margins) / len(margins)
         return metrics
 
-    fitted = offline.fit(
-        cfg,
-        "hindsight-coh",
-        model,
-        examples,
-        [len(e.sequence.ids) for e in examples],
-        loss_fn,
-        evaluate,
-    )
-    model_dir = fitted.run.path / "model"
+    with offline.Fitting(
+        cfg, "hindsight-coh", model, examples, [len(e.sequence.ids) for e in examples], evaluate
+    ) as fitting:
+        for step, batches in fitting.steps():
+            metrics = offline.accumulate(batches, loss_fn, fitting.learner.backward)
+            grad_norm = fitting.learner.step()[0]  # clip, NaN/inf guard, optimiser step
+            fitting.end_step(step, metrics, grad_norm)  # log, evaluate, checkpoint
+    run, model_dir = fitting.run, fitting.run.path / "model"
     export_model(model_dir, model, tokenizer)
     conditioning = coh.phrase_conditioning(cfg.coh.positive[0], chat)
     conditioning.save(model_dir)
     summary = {
-        "steps": fitted.steps,
-        "seconds": fitted.seconds,
+        "steps": fitting.total_steps,
+        "seconds": fitting.seconds,
         "sequences": len(examples),
-        "train_loss_last": fitted.last_train.get("loss"),
+        "train_loss_last": fitting.last.get("loss"),
         **{
             f"{key.removeprefix('eval/')}_before": value
-            for key, value in fitted.eval_before.items()
+            for key, value in fitting.eval_before.items()
         },
-        **{f"{key.removeprefix('eval/')}_after": value for key, value in fitted.eval_after.items()},
-        "skipped_steps": fitted.skipped_steps,
+        **{
+            f"{key.removeprefix('eval/')}_after": value for key, value in fitting.eval_after.items()
+        },
+        "skipped_steps": fitting.learner.guard.skipped,
         "model": str(model_dir),
         "asked_with": cfg.coh.positive[0],
     }
-    fitted.run.finish(summary)
-    return fitted.run, summary
+    run.finish(summary)
+    return kit.TrainResult(run, model, tokenizer, summary)
 
 
 @dataclass(frozen=True)

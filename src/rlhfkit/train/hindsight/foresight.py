@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from rlhfkit.config import NonNegativeFloat, PositiveFloat, Problem, default
+from rlhfkit.train import kit
 from rlhfkit.train.hindsight.relabel import GoalCfg, goal_problems, sample_toward_goals
 from rlhfkit.train.hindsight.rounds import RoundsConfig, own_method
 
@@ -75,11 +76,11 @@ class Example(NamedTuple):
 def main(cfg: Config) -> None:
     from rlhfkit.eval.report import print_summary
 
-    run, summary = train(cfg)
-    print_summary(run, summary)
+    result = train(cfg)
+    print_summary(result.run, result.summary)
 
 
-def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
+def train(cfg: Config) -> kit.TrainResult:
     from dataclasses import replace
     from functools import partial
 
@@ -91,7 +92,6 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
     from rlhfkit.models import token_logprobs
     from rlhfkit.models.critic import explained_variance, load_value_model
     from rlhfkit.progress import progress
-    from rlhfkit.train import kit
     from rlhfkit.train.hindsight.rounds import Rounds, mean
 
     space = cfg.goal.space(cfg.reward)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from rlhfkit.config import NonNegativeFloat, Problem, default
+from rlhfkit.train import kit
 from rlhfkit.train.hindsight.rounds import RoundsConfig, own_method
 
 
@@ -85,11 +86,11 @@ class Relabelled(NamedTuple):
 def main(cfg: Config) -> None:
     from rlhfkit.eval.report import print_summary
 
-    run, summary = train(cfg)
-    print_summary(run, summary)
+    result = train(cfg)
+    print_summary(result.run, result.summary)
 
 
-def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
+def train(cfg: Config) -> kit.TrainResult:
     from rlhfkit.conditioning import Conditioning
     from rlhfkit.data import sequences
     from rlhfkit.data.relabelling import binary_outcomes, relabel_instructions

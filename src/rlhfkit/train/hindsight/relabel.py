@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from rlhfkit.config import NonNegativeInt, PositiveInt, Problem, default
+from rlhfkit.train import kit
 from rlhfkit.train.hindsight.rounds import RoundsConfig, own_method
 
 
@@ -167,11 +168,11 @@ class Config(RoundsConfig):
 def main(cfg: Config) -> None:
     from rlhfkit.eval.report import print_summary
 
-    run, summary = train(cfg)
-    print_summary(run, summary)
+    result = train(cfg)
+    print_summary(result.run, result.summary)
 
 
-def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
+def train(cfg: Config) -> kit.TrainResult:
     from rlhfkit.data import sequences
     from rlhfkit.losses.preference import sft_loss
     from rlhfkit.progress import progress

@@ -37,23 +37,19 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar, Literal
 
 from rlhfkit.config import (
+    Bounds,
     Fraction,
     GenCfg,
-    LogCfg,
-    LoraCfg,
-    Min,
-    ModelCfg,
     NonNegativeFloat,
     NonNegativeInt,
-    OptimCfg,
     PositiveFloat,
     PositiveInt,
     Problem,
     PromptDataCfg,
-    RunCfg,
     default,
 )
 from rlhfkit.errors import DataError
+from rlhfkit.train import kit
 from rlhfkit.train.dpo import AlgoCfg
 from rlhfkit.train.hindsight.rlhs_evaluators import (
     IMPORT_FILE,
@@ -183,7 +179,7 @@ class RlhsCfg:
     """dpo: DPO on the judged pairs (the algo, train and optim groups); ppo: a Bradley-Terry
     reward model on them (the reward_model group), then PPO against it on the same prompts
     (the ppo group)."""
-    samples_per_prompt: Annotated[int, Min(2)] = 2
+    samples_per_prompt: Annotated[int, Bounds(ge=2)] = 2
     """Responses sampled per prompt; every two of them form a pair to judge."""
     min_confidence: Fraction = 0.0
     """Keep a pair only when the evaluator's P(A better) is at least this far from 0.5 (exact
@@ -202,7 +198,7 @@ class RlhsCfg:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(kit.TrainConfig):
     """RLHS: judge responses after simulating what happens next, then train with DPO or PPO."""
 
     method: str = "rlhs"
@@ -210,8 +206,6 @@ class Config:
     reward: str = ""
     """rlhs.evaluator = reward: the reward that judges, a registered name (sentiment, vader,
     length, ...) or your own file.py:fn / package.module:fn."""
-    model: ModelCfg = default(ModelCfg)
-    lora: LoraCfg = default(LoraCfg)
     data: PromptsCfg = default(PromptsCfg)
     gen: GenCfg = default(GenCfg)
     simulator: SimulatorCfg = default(SimulatorCfg)
@@ -219,11 +213,8 @@ class Config:
     rlhs: RlhsCfg = default(RlhsCfg)
     algo: AlgoCfg = default(AlgoCfg)
     train: TrainCfg = default(TrainCfg)
-    optim: OptimCfg = default(OptimCfg)
     reward_model: RewardModelCfg = default(RewardModelCfg)
     ppo: PpoStageCfg = default(PpoStageCfg)
-    log: LogCfg = default(LogCfg)
-    run: RunCfg = default(RunCfg)
 
     def check(self) -> Iterable[Problem]:
         rlhs = self.rlhs
@@ -263,8 +254,9 @@ class Config:
 def main(cfg: Config) -> None:
     from rlhfkit.eval.report import print_summary
 
-    run, summary = train(cfg)
-    print_summary(run, {key: value for key, value in summary.items() if key != "next"})
+    result = train(cfg)
+    summary = result.summary
+    print_summary(result.run, {key: value for key, value in summary.items() if key != "next"})
     if "next" in summary:  # people judge: the run stops here and says how to go on
         print(
             "people judge next, in the feedback studio, then training runs on their labels:\n"
@@ -272,7 +264,7 @@ def main(cfg: Config) -> None:
         )
 
 
-def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
+def train(cfg: Config) -> kit.TrainResult:
     from rlhfkit.data.files import read_rows, write_jsonl
     from rlhfkit.train.runs import Run, seed_everything
 
@@ -314,8 +306,11 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
                 )
                 del simulator
             if cfg.rlhs.evaluator == "people":
-                return run, write_studio_import(
-                    cfg, run, samples, simulator_path if hindsight else None
+                return kit.TrainResult(
+                    run,
+                    None,
+                    None,
+                    write_studio_import(cfg, run, samples, simulator_path if hindsight else None),
                 )
 
             # 3. the evaluator judges each pair, with the outcomes in view only in hindsight
@@ -357,13 +352,13 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
         run.close()
 
     # 5. train on the judged pairs: DPO, or a reward model then PPO; each stage a sub-run
-    stage_run, stage_summary = optimise(cfg, run.path)
+    stage = optimise(cfg, run.path)
     model_dir = run.path / "model"
     if model_dir.exists():  # a resumed run exports again
         import shutil
 
         shutil.rmtree(model_dir)
-    os.replace(stage_run.path / "model", model_dir)
+    os.replace(stage.run.path / "model", model_dir)
     judged = next((row for row in run.metrics() if row["step"] == 0), {})  # counts, written once
     summary = {
         "feedback": cfg.rlhs.feedback,
@@ -372,12 +367,12 @@ def train(cfg: Config) -> tuple[Any, dict[str, Any]]:
         "pairs": len(pairs),
         **{key: value for key, value in judged.items() if key.startswith("judge/")},
         "judge_confidence_mean": _mean(p["judge_probability"] for p in pairs),
-        **{key: value for key, value in stage_summary.items() if key != "model"},
+        **{key: value for key, value in stage.summary.items() if key != "model"},
         "pairs_file": str(pairs_path),
         "model": str(model_dir),
     }
     run.finish(summary)
-    return run, summary
+    return replace(stage, run=run, summary=summary)  # the last stage's model, as exported
 
 
 def _release_memory() -> None:

@@ -86,9 +86,9 @@ class JudgeCfg:
 
 
 def model_problem(name: str, value: str) -> Iterable[Problem]:
-    from rlhfkit.config import ModelReference
+    from rlhfkit.config import model_problem
 
-    message = ModelReference()(value) if value else None
+    message = model_problem(value) if value else None
     if message:
         yield Problem(name, value, message + "; or leave it empty for the policy's model")
 

@@ -91,8 +91,9 @@ def stage_problems(cfg: Any) -> Iterable[Problem]:
             yield problem._replace(field=f"ppo.{problem.field}")
 
 
-def optimise(cfg: Any, run_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """Train on ``<run>/pairs.jsonl`` with the chosen optimiser: (the last stage's run, summary)."""
+def optimise(cfg: Any, run_dir: Path) -> Any:
+    """Train on ``<run>/pairs.jsonl`` with the chosen optimiser: the last stage's
+    ``kit.TrainResult``, its summary holding the reward model's too."""
     if cfg.rlhs.optimiser == "dpo":
         from rlhfkit.train import dpo
 
@@ -100,7 +101,7 @@ def optimise(cfg: Any, run_dir: Path) -> tuple[Any, dict[str, Any]]:
 
     from rlhfkit.train import ppo, reward
 
-    _, reward_summary = reward.train(_validated(reward_config(cfg, run_dir), "reward model"))
+    reward_summary = reward.train(_validated(reward_config(cfg, run_dir), "reward model")).summary
     outcome = ppo.train(_validated(ppo_config(cfg, run_dir), "PPO"))
     summary = {
         **{
@@ -111,7 +112,7 @@ def optimise(cfg: Any, run_dir: Path) -> tuple[Any, dict[str, Any]]:
         "reward_model": reward_summary["model"],
         **outcome.summary,
     }
-    return outcome.run, summary
+    return replace(outcome, summary=summary)
 
 
 def _sub_run(cfg: Any, run_dir: Path, name: str) -> RunCfg:

@@ -13,27 +13,15 @@ apply, and ``--resume`` continues with the next round exactly as an uninterrupte
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlhfkit.batch import Prompt
-from rlhfkit.config import (
-    GenCfg,
-    LogCfg,
-    LoraCfg,
-    ModelCfg,
-    OptimCfg,
-    PositiveInt,
-    Problem,
-    PromptDataCfg,
-    RunCfg,
-    default,
-)
-
-LossFn = Callable[[list[Any]], tuple[Any, dict[str, float]]]
-"""``examples -> (loss tensor, float metrics)``: one micro-batch's mean loss."""
+from rlhfkit.config import GenCfg, OptimCfg, PositiveInt, Problem, PromptDataCfg, default
+from rlhfkit.train import kit, rollout
+from rlhfkit.train.offline import BatchOrder, LossFn, accumulate
 
 
 @dataclass(frozen=True)
@@ -54,19 +42,14 @@ class RoundsCfg:
 
 
 @dataclass(frozen=True)
-class RoundsConfig:
+class RoundsConfig(kit.TrainConfig):
     """What every round-based hindsight method configures; each adds its own group."""
 
     reward: str = "sentiment"
     """Reward or verifier scoring each sample: a registered name (sentiment, vader,
     reasoning_gym:TASK, length, ...) or your own file.py:fn / package.module:fn."""
-    model: ModelCfg = default(ModelCfg)
-    lora: LoraCfg = default(LoraCfg)
     data: PromptDataCfg = default(PromptDataCfg)
     gen: GenCfg = default(GenCfg)
-    optim: OptimCfg = default(OptimCfg)
-    log: LogCfg = default(LogCfg)
-    run: RunCfg = default(RunCfg)
     rounds: RoundsCfg = default(RoundsCfg)
 
 
@@ -92,7 +75,6 @@ class Rounds:
         from rlhfkit.data.prompts import PromptStream, prompt_rows
         from rlhfkit.generation import get_backend
         from rlhfkit.rewards import load_reward
-        from rlhfkit.train import kit
         from rlhfkit.train.runs import Run, seed_everything
 
         self.cfg = cfg
@@ -111,10 +93,7 @@ class Rounds:
             else self.tokenizer.eos_token_id
         )
         self.total_steps = cfg.rounds.rounds * cfg.rounds.steps_per_round
-        optimizer, scheduler = kit.build_optimizer(self.policy, cfg.optim, self.total_steps)
-        self.models: list[Any] = [self.policy]
-        self.optimizers = [(optimizer, scheduler)]
-        self.guard = kit.NonFiniteGuard(cfg.optim.max_nonfinite_steps)
+        self.learner = self._learner({"policy": (self.policy, cfg.optim)})
         self.critic: Any = None
         self.run = Run.start(cfg, command)
         self.started = time.perf_counter()
@@ -125,26 +104,25 @@ class Rounds:
     def __exit__(self, *exc: object) -> None:
         self.run.close()
 
-    def add_critic(self, critic: Any, optim: OptimCfg) -> None:
-        """Train ``critic`` (a ``critic.ValueModel``) alongside the policy, with its own AdamW."""
-        from rlhfkit.train import kit
+    def _learner(self, models: dict[str, tuple[Any, OptimCfg]]) -> kit.Learner:
+        optim = self.cfg.optim
+        return kit.Learner(models, self.total_steps, optim.max_grad_norm, optim.max_nonfinite_steps)
 
+    def add_critic(self, critic: Any, optim: OptimCfg) -> None:
+        """Train ``critic`` (a ``critic.ValueModel``) alongside the policy, with its own AdamW
+        (before the first step: the policy's optimiser is built afresh beside it)."""
         self.critic = critic
-        self.models.append(critic)
-        self.optimizers.append(kit.build_optimizer(critic, optim, self.total_steps))
+        self.learner = self._learner(
+            {"policy": (self.policy, self.cfg.optim), "critic": (critic, optim)}
+        )
 
     # --- resume and checkpoints ------------------------------------------------------------------
 
     def _stateful(self) -> dict[str, Any]:
-        parts: dict[str, Any] = {"stream": self.stream}
-        for i, (optimizer, scheduler) in enumerate(self.optimizers):
-            parts[f"optimizer_{i}"], parts[f"scheduler_{i}"] = optimizer, scheduler
-        return parts
+        return {"stream": self.stream, **self.learner.stateful()}
 
     def resume(self) -> int:
         """The last finished round (0 on a fresh run); with ``--resume``, its state restored."""
-        from rlhfkit.train import kit
-
         if not self.cfg.run.resume or (checkpoint := self.run.latest_checkpoint()) is None:
             return 0
         done = kit.restore(kit.load_training_state(checkpoint, self.policy), self._stateful())
@@ -155,15 +133,9 @@ class Rounds:
 
     def end_round(self, round_: int, metrics: dict[str, float]) -> None:
         """Log the round's metrics and checkpoint it."""
-        from rlhfkit.train import kit
-
         self.run.log(
             round_,
-            {
-                **metrics,
-                "skipped_steps": self.guard.skipped,
-                "lr": self.optimizers[0][1].get_last_lr()[0],
-            },
+            {**metrics, "skipped_steps": self.learner.guard.skipped, "lr": self.learner.lrs()[0]},
         )
         state = kit.snapshot(round_, self._stateful())
 
@@ -178,9 +150,7 @@ class Rounds:
 
     def sample(self, prompts: list[Prompt], round_: int) -> Any:
         """One completion per prompt from the current policy (a ``batch.Rollout``)."""
-        from rlhfkit.train import kit
-
-        return kit.sample(
+        return rollout.sample(
             self.policy,
             self.backend,
             prompts,
@@ -190,9 +160,7 @@ class Rounds:
 
     def score(self, rows: list[dict[str, Any]], completions: list[str]) -> list[float]:
         """The reward's raw score of each completion (the original, unconditioned prompts)."""
-        from rlhfkit.train import kit
-
-        raw, _ = kit.score(self.reward, rows, completions, self.device)
+        raw, _ = rollout.score(self.reward, rows, completions, self.device)
         return raw.tolist()
 
     def encode(self, prompt: Prompt, completion: str, ends: bool = True) -> Any:
@@ -216,11 +184,8 @@ class Rounds:
 
         Batches are drawn in a seeded random order (a new one each round); each micro-batch's
         mean loss weighs by its share of the step's examples, so accumulation does not change
-        the step. A NaN/inf loss or gradient skips the step (``kit.NonFiniteGuard``).
+        the step. A NaN/inf loss or gradient skips the step (``kit.Learner``).
         """
-
-        from rlhfkit.train.offline import BatchOrder, accumulate
-
         cfg = self.cfg
         order = BatchOrder(
             [0] * len(examples),
@@ -234,23 +199,16 @@ class Rounds:
             batches = [
                 [examples[i] for i in order.next()] for _ in range(cfg.optim.grad_accum_steps)
             ]
-            loss_finite, step_means = accumulate(batches, loss_fn)
+            step_means = accumulate(batches, loss_fn, self.learner.backward)
             for key, value in step_means.items():
                 means[key] = means.get(key, 0.0) + value / steps
-            ok, norms = self.guard.clip_and_check_all(
-                self.models, cfg.optim.max_grad_norm, loss_finite
-            )
-            for optimizer, scheduler in self.optimizers:
-                if ok:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+            norms = self.learner.step()
             means["grad_norm"] = means.get("grad_norm", 0.0) + norms[0] / steps
         return means
 
     # --- the end ---------------------------------------------------------------------------------
 
-    def finish(self, conditioning: Any, summary: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def finish(self, conditioning: Any, summary: dict[str, Any]) -> kit.TrainResult:
         """Export the policy to ``<run>/model`` with its conditioning; write the summary."""
         from rlhfkit.models.export import export_model
 
@@ -260,11 +218,11 @@ class Rounds:
             "rounds": self.cfg.rounds.rounds,
             "seconds": round(time.perf_counter() - self.started, 1),
             **summary,
-            "skipped_steps": self.guard.skipped,
+            "skipped_steps": self.learner.guard.skipped,
             "model": str(model_dir),
         }
         self.run.finish(summary)
-        return self.run, summary
+        return kit.TrainResult(self.run, self.policy, self.tokenizer, summary)
 
 
 def completion_logprobs_and_entropy(model: Any, batch: Any) -> tuple[Any, Any, Any]:

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL cluster, for the store's tests and the studio's load benchmark.
+"""A throwaway PostgreSQL cluster, for the store's tests and the studio's load benchmark
+(``bench/label_load.py`` puts this folder on its path).
 
 ``initdb`` into a temporary directory, ``pg_ctl start`` on a free loopback port with its socket in
 that directory, ``pg_ctl stop`` and the directory removed at the end. The server binaries come
@@ -21,10 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rlhfkit.errors import RlhfkitError
 
-
-class PostgresMissing(RlhfkitError):
+class PostgresMissing(Exception):
     """PostgreSQL's server binaries are not installed."""
 
 
@@ -109,7 +108,7 @@ def _run(command: list, log: Path | None = None) -> None:
     done = subprocess.run([str(part) for part in command], capture_output=True, text=True)
     if done.returncode != 0:
         server_log = log.read_text() if log and log.exists() else ""
-        raise RlhfkitError(
+        raise RuntimeError(
             f"{' '.join(map(str, command))} failed ({done.returncode}):\n"
             f"{done.stdout}{done.stderr}{server_log}"
         )

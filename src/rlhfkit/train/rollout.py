@@ -1,0 +1,205 @@
+"""The rollout step every online loop shares: sample -> score -> reference / old log-probs.
+
+GRPO, PPO and the online hindsight methods all start a step the same way: the current policy
+samples completions for a batch of prompt rows, the reward scores them, and two forward passes
+without gradients give the log-probabilities the update needs: under the reference model (for
+the KL) and under the policy as it sampled (when several updates reuse the batch). ``collect``
+does exactly that and returns one typed ``Experience``; what a loop adds on top (PPO's value
+estimates, the advantages, the objective) starts from it.
+
+The generation backend is the seam for other rollout engines (``gen.backend``): whatever
+samples, the trainer recomputes the log-probabilities it learns from here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rlhfkit.batch import Prompt, Rollout
+from rlhfkit.data.prompts import meta_columns, prompt_text
+from rlhfkit.train.kit import in_chunks
+
+ReferenceContext = Callable[[], AbstractContextManager[Any]]
+"""Opens the reference model: a frozen copy, or the policy with its LoRA adapters off."""
+
+
+@dataclass(frozen=True)
+class Experience:
+    """One step's batch of ``B`` completions (``P`` prompt and ``R`` response columns)."""
+
+    rows: list[dict[str, Any]]  # B prompt rows (prompt + meta columns); a group's rows adjacent
+    completions: list[str]  # B completion texts, cut before any stop string, without EOS
+    input_ids: Tensor  # (B, P+R) long: the prompt left-padded, then the response right-padded
+    attention_mask: Tensor  # (B, P+R) long: 1 on prompt and generated tokens
+    response_mask: Tensor  # (B, R) float32: 1 on generated tokens up to and including EOS
+    sample_logprobs: Tensor  # (B, R) float32: log p(token) as the backend sampled it
+    finished: Tensor  # (B,) bool: ended by EOS or a stop string, not by the token budget
+    lengths: Tensor  # (B,) long: generated tokens per completion
+    raw_scores: Tensor  # (B,) float32: the reward as it returned them
+    scores: Tensor  # (B,) float32: after the optional clip and whitening; what learning sees
+    ref_logprobs: Tensor | None  # (B, R) log pi_ref, no grad; None without a reference
+    old_logprobs: Tensor | None  # (B, R) log pi_old by a forward pass, no grad; None if not asked
+    response_start: int  # P: the column of input_ids where the response starts
+    temperature: float  # the sampling temperature, which every log-prob here divides by
+    sample_seconds: float  # wall time of the sampling alone
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def policy_logprobs(self) -> Tensor:
+        """(B, R) the sampling policy's log-probs: the forward pass's when there is one."""
+        return self.old_logprobs if self.old_logprobs is not None else self.sample_logprobs
+
+    def kl_tokens(self) -> Tensor:
+        """(B, R) per-token k1 KL(pi || pi_ref) of the sampled tokens, 0 on padding (0 without
+        a reference): the reward penalty and the logged ``kl``."""
+        from rlhfkit.losses.policy import kl_estimate
+
+        if self.ref_logprobs is None:
+            return torch.zeros_like(self.response_mask)
+        return kl_estimate(self.policy_logprobs, self.ref_logprobs, "k1") * self.response_mask
+
+
+@dataclass(frozen=True)
+class RolloutOptions:
+    """What a loop asks of the rollout step beyond sampling and scoring."""
+
+    micro_batch_size: int = 16
+    """Rows per forward pass of the no-grad log-prob passes."""
+    old_logprobs: bool = False
+    """Recompute the policy's log-probs by a forward pass (several updates reuse the batch)."""
+    reward_clip: float = 0.0
+    """Clip scores to [-reward_clip, reward_clip] (0 = off)."""
+    whiten_scores: bool = False
+    """Whiten scores over the batch."""
+
+
+def collect(
+    policy: Any,
+    backend: Any,
+    reward: Any,
+    rows: list[dict[str, Any]],
+    gen: Any,
+    seed: int,
+    options: RolloutOptions,
+    reference: ReferenceContext | None = None,
+) -> Experience:
+    """Sample completions for ``rows`` from ``policy``, score them, and compute the log-probs the
+    update needs: ``ref_logprobs`` when a ``reference`` is given, ``old_logprobs`` when asked.
+
+    Old log-probs come from a forward pass like the reference's, not from sampling: incremental
+    decoding rounds differently (~1e-5 per token in float32, ~0.1 under model.autocast), which
+    the KL would count.
+    """
+    from rlhfkit.models import token_logprobs
+
+    started = time.perf_counter()
+    rollout = sample(policy, backend, [row["prompt"] for row in rows], gen, seed)
+    sample_seconds = time.perf_counter() - started
+    input_ids, attention_mask = rollout.input_ids, rollout.attention_mask  # (B, P+R)
+    mask = rollout.response_mask.float()  # (B, R)
+    start = rollout.prompt_ids.shape[1]
+    raw_scores, scores = score(
+        reward, rows, rollout.completions, mask.device, options.reward_clip, options.whiten_scores
+    )  # (B,)
+
+    def logprobs(model: Any) -> Tensor:  # (B, R)
+        return in_chunks(
+            partial(token_logprobs, model, response_start=start, temperature=gen.temperature),
+            input_ids,
+            attention_mask,
+            options.micro_batch_size,
+        )
+
+    with torch.no_grad():
+        ref_logprobs = None
+        if reference is not None:
+            with reference() as ref_model:
+                ref_logprobs = logprobs(ref_model)
+        old_logprobs = logprobs(policy) if options.old_logprobs else None
+    return Experience(
+        rows=rows,
+        completions=rollout.completions,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=mask,
+        sample_logprobs=rollout.logprobs,
+        finished=rollout.finished,
+        lengths=rollout.response_lengths,
+        raw_scores=raw_scores,
+        scores=scores,
+        ref_logprobs=ref_logprobs,
+        old_logprobs=old_logprobs,
+        response_start=start,
+        temperature=gen.temperature,
+        sample_seconds=sample_seconds,
+    )
+
+
+def sample(policy: Any, backend: Any, prompts: list[Prompt], gen: Any, seed: int) -> Rollout:
+    """Completions from the current policy: eval mode and KV cache on, then back to training.
+
+    A training loop samples every step, so on CUDA ``gen.compile auto`` compiles here (a resumed
+    run compiles from its first step too, so it samples as the uninterrupted run did); one-shot
+    sampling (evaluation, ``generate``, data stages) keeps ``auto`` eager, and so does a model
+    under ``model.autocast`` (the static KV cache holds one dtype; autocast makes keys float32
+    and values bfloat16).
+    """
+    from rlhfkit.models import uses_autocast
+
+    if gen.compile == "auto" and policy.device.type == "cuda" and not uses_autocast(policy):
+        gen = replace(gen, compile="on")
+    policy.eval()
+    policy.config.use_cache = True
+    try:
+        return backend.generate(prompts, gen, seed=seed)
+    finally:
+        policy.config.use_cache = False
+        policy.train()
+
+
+def score(
+    reward: Any,
+    rows: list[dict[str, Any]],
+    completions: list[str],
+    device: Any,
+    clip: float = 0.0,
+    whiten: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """(raw scores, scores after optional clipping and whitening), both (B,) float32."""
+    from rlhfkit.advantages import clip_scores, whiten_scores
+    from rlhfkit.rewards import compute_rewards
+
+    raw = torch.tensor(
+        compute_rewards(
+            reward, [prompt_text(row["prompt"]) for row in rows], completions, **meta_columns(rows)
+        ),
+        dtype=torch.float32,
+        device=device,
+    )  # (B,)
+    shaped = clip_scores(raw, clip) if clip > 0 else raw
+    return raw, whiten_scores(shaped) if whiten else shaped
+
+
+def step_metrics(experience: Experience, kl: float, kl_coef: float) -> dict[str, float]:
+    """What every online loop logs about its sampled batch: reward, KL, length, entropy."""
+    from rlhfkit.losses.policy import masked_mean
+
+    return {
+        "reward": float(experience.raw_scores.mean()),
+        "reward_std": float(experience.raw_scores.std()),
+        "kl": kl,
+        "kl_coef": kl_coef,
+        "length": float(experience.lengths.float().mean()),
+        "finished": float(experience.finished.float().mean()),
+        "entropy_proxy": float(-masked_mean(experience.policy_logprobs, experience.response_mask)),
+    }
