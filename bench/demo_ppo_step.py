@@ -4,6 +4,7 @@
     python bench/demo_ppo_step.py --compare autocast     # bfloat16 autocast on and off
     python bench/demo_ppo_step.py --compare critic       # a value head on the policy, or a critic
     python bench/demo_ppo_step.py --compare allocator    # freed memory kept for reuse, or not
+    python bench/demo_ppo_step.py --compare checkpointing  # layers recomputed in backward, or kept
 
 Each run is ``rlhfkit demo``'s PPO stage as configured (SmolLM2-135M-Instruct, 16 movie openings
 x 24 new tokens, policy + critic + reference, one epoch of one micro-batch), against the
@@ -19,6 +20,8 @@ sides differ in one setting only:
   (``rlhfkit.host_memory.keep_freed_memory``, what every ``rlhfkit`` command asks for) against
   its default, which unmaps large freed buffers (the side sets ``MALLOC_TRIM_THRESHOLD_``, the
   documented way to opt out).
+- ``checkpointing``: ``--model.gradient_checkpointing true`` against ``false``: the decoder
+  layers' activations recomputed in the backward pass, or kept from the forward.
 - ``critic``: ``--critic.share_policy true`` (the demo's default: a value head on the policy's
   trunk, one backbone pass for log-probs and values) against ``false`` (a separate 135M critic).
 
@@ -52,6 +55,7 @@ class Side(NamedTuple):
     env: dict[str, str] = {}  # set in the child before torch is imported
     autocast: str = ""  # --model.autocast; empty keeps the demo's own
     share_policy: bool | None = None  # --critic.share_policy; None keeps the demo's own
+    checkpointing: bool = False  # --model.gradient_checkpointing
 
 
 SETTINGS = {  # --compare: its two sides
@@ -63,6 +67,10 @@ SETTINGS = {  # --compare: its two sides
     "critic": (
         Side("shared-trunk", share_policy=True),
         Side("separate-critic", share_policy=False),
+    ),
+    "checkpointing": (
+        Side("checkpointed", checkpointing=True),
+        Side("kept", checkpointing=False),
     ),
     "allocator": (
         Side("keep-freed"),
@@ -111,6 +119,7 @@ def child(args: argparse.Namespace) -> None:
             path=args.model,
             device=args.device,
             autocast=side.autocast or base.model.autocast,
+            gradient_checkpointing=side.checkpointing,
         ),
         run=replace(
             base.run,

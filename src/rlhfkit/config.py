@@ -139,6 +139,10 @@ class ModelCfg:
     """The LM head's matmul under model.autocast. float32 keeps log-probs closer to a float32
     model's (half the error of a bfloat16 head); bfloat16 is what TRL computes under bf16, and
     is faster (bench/README.md)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them
+    from the forward: the same gradients in less memory, for about one more forward pass per
+    update (bench/README.md). Works with LoRA, a critic and a reward model's backbone."""
 
     def check(self) -> Iterable[Problem]:
         if self.head_dtype != "float32" and self.autocast == "off":

@@ -33,6 +33,8 @@ same tokens: the tests check hidden states and gradients against the padded batc
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,11 +232,29 @@ def packed_forward(
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION, packed_sdpa)
-    config = _base(model).config
-    saved = config._attn_implementation
-    config._attn_implementation = ATTENTION
-    try:
+    with _attending_with(_base(model).config, ATTENTION):
         hidden = model(**packed.model_inputs(), use_cache=False).last_hidden_state[0]  # (N, H)
+    return hidden, packed
+
+
+def recompute_as_run(config: Any) -> Callable[[], tuple[Any, Any]]:
+    """A ``context_fn`` for ``torch.utils.checkpoint``: a layer recomputed in the backward pass
+    attends as it did in its forward. ``packed_forward`` switches the model's attention for its
+    own call only, so by the backward the setting is back to the model's own; without this a
+    packed layer would be recomputed with padded attention (and checkpoint refuse it)."""
+
+    def context_fn() -> tuple[Any, Any]:
+        return contextlib.nullcontext(), _attending_with(config, config._attn_implementation)
+
+    return context_fn
+
+
+@contextlib.contextmanager
+def _attending_with(config: Any, attention: str) -> Iterator[None]:
+    """``config``'s attention implementation set to ``attention`` for the block."""
+    saved = config._attn_implementation
+    config._attn_implementation = attention
+    try:
+        yield
     finally:
         config._attn_implementation = saved
-    return hidden, packed

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rlhfkit.config import ModelCfg
 from rlhfkit.errors import ConfigError, RlhfkitError
-from rlhfkit.packing import packed_forward
+from rlhfkit.packing import packed_forward, recompute_as_run
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -223,7 +223,26 @@ def load_causal_lm(cfg: ModelCfg) -> tuple[PreTrainedModel, PreTrainedTokenizerB
             enable_autocast(head)
         else:
             keep_float32(head)
+    if cfg.gradient_checkpointing:
+        checkpoint_activations(model)
     return model.to(device).eval(), tokenizer
+
+
+def checkpoint_activations(model: PreTrainedModel) -> None:
+    """Have ``model``'s layers recompute their activations in the backward pass rather than keep
+    them (transformers' gradient checkpointing; active in train mode only, so sampling and the
+    frozen reference are unaffected). Non-reentrant: it needs no gradient on the inputs, so
+    frozen embeddings and LoRA work as they are, and it restores the RNG for dropout."""
+    if not model.supports_gradient_checkpointing:
+        raise RlhfkitError(
+            f"model.gradient_checkpointing: {type(model).__name__} does not support it; "
+            "turn it off for this model"
+        )
+    kwargs = {"use_reentrant": False, "context_fn": recompute_as_run(model.config)}
+    if hasattr(model, "activation_checkpointing_enable"):  # the newer name; early 5.x lack it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def freeze(model: PreTrainedModel) -> PreTrainedModel:
