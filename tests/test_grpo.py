@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -13,7 +14,7 @@ from conftest import LOOP_DEVICE
 from rlhfkit import cli, config_io
 from rlhfkit.config import GenCfg, LogCfg, LoraCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
 from rlhfkit.errors import ConfigError
-from rlhfkit.train import grpo, kit
+from rlhfkit.train import grpo, kit, rollout
 
 
 def make_config(
@@ -311,3 +312,31 @@ def test_prompt_longer_than_context_is_a_clear_error(tmp_path, tiny_model_dir, r
     )
     err = capsys.readouterr().err
     assert code == 2 and "prompt 0 is" in err and "context of 128 tokens" in err, err
+
+
+def test_tis_reweights_the_tokens_a_sampler_underrates(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec, monkeypatch
+):
+    """A sampler whose log-probs sit log 2 below the trainer's (as another engine's might):
+    mismatch_kl reports the gap, k3 at r = 2 (2 - 1 - log 2), and --algo.rollout_is tis weights
+    every token's gradient by min(2, cap); off, the gap changes nothing."""
+    real_sample = rollout.sample
+
+    def underrated(*args, **kwargs):
+        sampled = real_sample(*args, **kwargs)
+        return replace(sampled, logprobs=sampled.logprobs - math.log(2))
+
+    def first_step(name, sample, **algo):
+        monkeypatch.setattr(rollout, "sample", sample)
+        cfg = make_config(
+            tmp_path / name, tiny_model_dir, prompts_file, reward_spec, "cpu", kl_coef=0.0, **algo
+        )
+        return grpo.train(replace(cfg, steps=1)).run.metrics()[0]
+
+    plain = first_step("plain", real_sample)
+    shifted = first_step("shifted", underrated)
+    tis = first_step("tis", underrated, rollout_is="tis", rollout_is_cap=1.5)
+    assert 0 <= plain["mismatch_kl"] < 1e-6  # the HF sampler and the trainer agree
+    assert shifted["mismatch_kl"] == pytest.approx(1 - math.log(2), rel=1e-3)
+    assert shifted["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-6)
+    assert tis["grad_norm"] == pytest.approx(1.5 * plain["grad_norm"], rel=1e-5)

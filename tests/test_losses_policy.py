@@ -14,6 +14,7 @@ from rlhfkit.losses.policy import (
     masked_sum,
     masked_whiten,
     ppo_clip_loss,
+    truncated_importance_weights,
     value_loss,
 )
 
@@ -96,6 +97,31 @@ def test_ppo_clip_loss_by_hand():
     assert stats.approx_kl.item() == pytest.approx(k3.mean().item())
     loss.backward()
     torch.testing.assert_close(logprobs.grad, torch.tensor([[0.0, -0.5, 0.0, 1.5]]) / 4)
+
+
+def test_ppo_clip_loss_weights_each_token_by_hand():
+    # the same four tokens as above, weighted 2, 0, 1, 0.5: the per-token losses -1.2, -0.5,
+    # 0.8, 1.5 and the gradients 0, -0.5, 0, 1.5 scale by them
+    ratio = torch.tensor([[1.5, 0.5, 0.5, 1.5]])
+    advantages = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    old_logprobs = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
+    logprobs = (old_logprobs + ratio.log()).requires_grad_()
+    weights = torch.tensor([[2.0, 0.0, 1.0, 0.5]])
+    loss, _ = ppo_clip_loss(
+        logprobs, old_logprobs, advantages, torch.ones(1, 4), clip_eps=0.2, weights=weights
+    )
+    assert loss.item() == pytest.approx((2 * -1.2 + 0 + 0.8 + 0.5 * 1.5) / 4)
+    loss.backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[0.0, 0.0, 0.0, 0.75]]) / 4)
+
+
+def test_truncated_importance_weights_by_hand():
+    # pi_trainer / pi_sampler per token: 1, e^-1, e^1.5 capped at 2, padding (any gap) -> 1
+    trainer = torch.tensor([[-1.0, -2.0, -0.5, -3.0]], requires_grad=True)
+    sampler = torch.tensor([[-1.0, -1.0, -2.0, -0.1]])
+    weights = truncated_importance_weights(trainer, sampler, torch.tensor([[1, 1, 1, 0]]), cap=2.0)
+    torch.testing.assert_close(weights, torch.tensor([[1.0, math.exp(-1.0), 2.0, 1.0]]))
+    assert not weights.requires_grad  # a weight on the gradient, not a path for it
 
 
 def test_ppo_loss_is_minus_advantage_times_ratio_when_unclipped():

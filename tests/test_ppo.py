@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -20,7 +21,7 @@ from rlhfkit.models.critic import (
     load_value_model,
     scale_gradient,
 )
-from rlhfkit.train import kit, ppo
+from rlhfkit.train import kit, ppo, rollout
 
 
 def make_config(
@@ -481,3 +482,32 @@ def test_missing_critic_path_is_refused(tmp_path, prompts_file):
     assert info.value.problems[0].startswith(
         f"critic.path = {str(tmp_path / 'nowhere')!r}: is neither an embedded alias"
     )
+
+
+def test_tis_weights_the_policy_gradient_and_logs_the_gap(
+    tmp_path, tiny_model_dir, prompts_file, reward_spec, monkeypatch
+):
+    """PPO's objective takes the truncated importance weights as GRPO's does: a sampler log 2
+    below the trainer shows as mismatch_kl = 2 - 1 - log 2, and tis scales the policy's
+    gradient by the cap (the critic's is untouched)."""
+    real_sample = rollout.sample
+
+    def underrated(*args, **kwargs):
+        sampled = real_sample(*args, **kwargs)
+        return replace(sampled, logprobs=sampled.logprobs - math.log(2))
+
+    monkeypatch.setattr(rollout, "sample", underrated)
+
+    def first_step(name, **algo):
+        cfg = make_config(
+            tmp_path / name, tiny_model_dir, prompts_file, reward_spec, "cpu", kl_coef=0.0, **algo
+        )
+        # one update per step, so each side's gradient is taken at the same weights
+        cfg = replace(cfg, steps=1, critic=replace(cfg.critic, share_policy=False))
+        cfg = replace(cfg, algo=replace(cfg.algo, micro_batch_size=16, epochs=1))
+        return ppo.train(cfg).run.metrics()[0]
+
+    off, tis = first_step("off"), first_step("tis", rollout_is="tis", rollout_is_cap=1.5)
+    assert off["mismatch_kl"] == pytest.approx(1 - math.log(2), rel=1e-3)
+    assert tis["grad_norm"] == pytest.approx(1.5 * off["grad_norm"], rel=1e-5)
+    assert tis["value_grad_norm"] == pytest.approx(off["value_grad_norm"], rel=1e-6)

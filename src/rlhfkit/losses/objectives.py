@@ -36,6 +36,7 @@ class ObjectiveInputs:
     mask: Tensor  # (b, T) 1 on response tokens
     ref_logprobs: Tensor | None = None  # (b, T) log pi_ref; None: no KL term in the loss
     kl_coef: float = 0.0  # beta this step (an adaptive controller moves it)
+    is_weights: Tensor | None = None  # (b, T) truncated importance weights; None: all 1
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def _with_kl(
         eps_high,
         settings.aggregation,
         settings.max_length,
+        batch.is_weights,
     )
     kl_loss = torch.zeros(())
     if batch.ref_logprobs is not None:
@@ -129,8 +131,11 @@ def grpo_objective(
     """GRPO's objective (Shao et al. 2024, DeepSeekMath, eq. 3), as a loss to minimise:
 
         r_t = pi_theta(o_t) / pi_old(o_t)
-        L   = agg_t[ -min(r_t A_t, clip(r_t, 1 - eps_low, 1 + eps_high) A_t) ]
+        L   = agg_t[ -w_t min(r_t A_t, clip(r_t, 1 - eps_low, 1 + eps_high) A_t) ]
               + beta agg_t[ KL_k(pi_theta || pi_ref)_t ]
+
+    w_t = 1, or with ``is_weights`` the truncated importance weights of a rollout engine's
+    samples (``policy.truncated_importance_weights``).
 
     ``agg`` is the aggregation: GRPO's per-completion mean (``sequence``), Dr. GRPO's sum over a
     constant (``sequence-sum``, Liu et al. 2025) or DAPO's token mean (``token``, Yu et al. 2025,
@@ -146,7 +151,7 @@ def ppo_objective(
 ) -> tuple[Tensor, ObjectiveStats]:
     """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise:
 
-        L = agg_t[ -min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) ]    (+ beta agg_t[KL_k])
+        L = agg_t[ -w_t min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) ]    (+ beta agg_t[KL_k])
 
     With InstructGPT's KL in the reward (Ziegler et al. 2019; Ouyang et al. 2022) the penalty
     already sits in A_t and ``ref_logprobs`` is None; the KL loss term is the GRPO-style option.

@@ -110,11 +110,16 @@ def ppo_clip_loss(
     clip_eps_high: float | None = None,
     aggregation: Aggregation = "token",
     max_length: int | None = None,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, PolicyStats]:
     """PPO's clipped surrogate, as a loss to minimise (Schulman et al. 2017, eq. 7).
 
         r_t  = pi(a_t | s_t) / pi_old(a_t | s_t)
-        L_t  = -min(r_t A_t, clip(r_t, 1 - eps_low, 1 + eps_high) A_t)
+        L_t  = -w_t min(r_t A_t, clip(r_t, 1 - eps_low, 1 + eps_high) A_t)
+
+    ``w_t`` is 1 unless ``weights`` gives it: the truncated importance weights that correct for
+    a rollout engine sampling from a slightly different distribution than ``pi_old`` as the
+    trainer computes it (``truncated_importance_weights``).
 
     ``eps_low = clip_eps``; ``eps_high = clip_eps_high`` or ``clip_eps``. A larger upper bound is
     DAPO's "clip-higher" (Yu et al. 2025, §3.1: eps_low 0.2, eps_high 0.28): it lets unlikely
@@ -126,6 +131,7 @@ def ppo_clip_loss(
         advantages: ``(B, T)`` per-token advantages (sequence-level ones broadcast over tokens).
         mask: ``(B, T)`` response tokens.
         aggregation, max_length: how per-token losses become a scalar; see ``aggregate``.
+        weights: ``(B, T)`` per-token weights w_t, no gradient; None for 1.
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     if clip_eps <= 0 or eps_high <= 0:
@@ -139,7 +145,10 @@ def ppo_clip_loss(
     ratio = torch.exp(log_ratio)  # (B, T)
     unclipped = -advantages * ratio  # (B, T)
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high)  # (B, T)
-    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation, max_length)
+    per_token = torch.maximum(unclipped, clipped)  # (B, T)
+    if weights is not None:
+        per_token = per_token * weights.detach()
+    loss = aggregate(per_token, mask, aggregation, max_length)
 
     with torch.no_grad():
         stats = PolicyStats(
@@ -147,6 +156,23 @@ def ppo_clip_loss(
             approx_kl=masked_mean(kl_estimate(old_logprobs, logprobs, "k3"), mask),
         )
     return loss, stats
+
+
+def truncated_importance_weights(
+    trainer_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor, cap: float
+) -> Tensor:
+    """Truncated importance sampling (TIS; Yao et al. 2025, "Your Efficient RL Framework
+    Secretly Brings You Off-Policy RL Training"): per-token weights that correct the policy
+    gradient for a sampler whose probabilities differ from the trainer's for the same weights
+    (another engine, kernels or precision):
+
+        w_t = min(pi_trainer(a_t | s_t) / pi_sampler(a_t | s_t), C)
+
+    The cap C bounds the variance a rare token could add. ``(B, T)`` log-probs of the sampled
+    tokens in, ``(B, T)`` weights out, no gradient, 1 on padding.
+    """
+    log_ratio = torch.where(mask.bool(), trainer_logprobs - sampler_logprobs, 0.0).detach()
+    return torch.exp(log_ratio).clamp(max=cap)  # (B, T)
 
 
 class ValueStats(NamedTuple):

@@ -76,6 +76,12 @@ class AlgoCfg:
     """Clip scores to [-reward_clip, reward_clip] (0 = off)."""
     whiten_scores: bool = False
     """Whiten scores over the batch before the estimator."""
+    rollout_is: Literal["off", "tis"] = "off"
+    """Correct for a sampler whose log-probs differ from the trainer's (another rollout engine
+    or precision): tis weights each token's policy gradient by min(pi_trainer / pi_sampler,
+    rollout_is_cap). The gap is logged as mismatch_kl either way."""
+    rollout_is_cap: PositiveFloat = 2.0
+    """rollout_is tis: the largest weight a token gets."""
 
     def check(self) -> Iterable[Problem]:
         from rlhfkit.advantages import advantage_names
@@ -222,6 +228,9 @@ def train(cfg: Config) -> kit.TrainResult:
                         if exp.old_logprobs is not None
                         else logprobs.detach()
                     )
+                    is_weights, mismatch_kl = rollout.sampler_gap(
+                        exp, index, old, algo.rollout_is, algo.rollout_is_cap
+                    )
                     loss, parts = objective(
                         ObjectiveInputs(
                             logprobs,
@@ -230,6 +239,7 @@ def train(cfg: Config) -> kit.TrainResult:
                             mask[index],
                             ref[index] if ref is not None else None,
                             kl_ctl.coef,
+                            is_weights,
                         ),
                         loss_settings,
                     )
@@ -240,6 +250,7 @@ def train(cfg: Config) -> kit.TrainResult:
                         loss=parts.policy_loss,
                         kl_loss=parts.kl_loss,
                         clip_fraction=parts.clip_fraction,
+                        mismatch_kl=mismatch_kl,
                     )
                 stats.step(grad_norm=learner.step()[0])
 

@@ -78,6 +78,12 @@ class AlgoCfg:
     """Whiten scores over the batch before they become rewards."""
     aggregation: Literal["token", "sequence", "sequence-sum"] = "token"
     """How per-token losses become one number (token: every token weighs the same)."""
+    rollout_is: Literal["off", "tis"] = "off"
+    """Correct for a sampler whose log-probs differ from the trainer's (another rollout engine
+    or precision): tis weights each token's policy gradient by min(pi_trainer / pi_sampler,
+    rollout_is_cap). The gap is logged as mismatch_kl either way."""
+    rollout_is_cap: PositiveFloat = 2.0
+    """rollout_is tis: the largest weight a token gets."""
 
     def check(self) -> Iterable[Problem]:
         if self.kl_target > 0 and self.kl_coef == 0:
@@ -276,6 +282,9 @@ def train(cfg: Config) -> Result:
                         logprobs, values = evaluate(
                             exp.input_ids[index], exp.attention_mask[index], start, temperature
                         )
+                    is_weights, mismatch_kl = rollout.sampler_gap(
+                        exp, index, old_logprobs[index], algo.rollout_is, algo.rollout_is_cap
+                    )
                     loss, parts = objective(
                         ObjectiveInputs(
                             logprobs,
@@ -284,6 +293,7 @@ def train(cfg: Config) -> Result:
                             mask[index],
                             ref[index] if ref is not None else None,
                             kl_ctl.coef,
+                            is_weights,
                         ),
                         loss_settings,
                     )
@@ -309,6 +319,7 @@ def train(cfg: Config) -> Result:
                         clip_fraction=parts.clip_fraction,
                         approx_kl=parts.approx_kl,
                         value_clip_fraction=value_stats.clip_fraction,
+                        mismatch_kl=mismatch_kl,
                     )
                 grad_norm, value_grad_norm = learner.step()
                 stats.step(grad_norm=grad_norm, value_grad_norm=value_grad_norm)

@@ -69,6 +69,23 @@ class Experience:
         return kl_estimate(self.policy_logprobs, self.ref_logprobs, "k1") * self.response_mask
 
 
+def sampler_gap(
+    exp: Experience, index: Tensor, trainer_logprobs: Tensor, rollout_is: str, cap: float
+) -> tuple[Tensor | None, Tensor]:
+    """How the sampler's log-probs of rows ``index`` differ from the trainer's (``(b, R)``, no
+    gradient): the truncated importance weights when ``rollout_is`` is ``tis`` (else None),
+    and the mean per-token KL(sampler || trainer) (k3), logged as ``mismatch_kl``."""
+    from rlhfkit.losses.policy import kl_estimate, masked_mean, truncated_importance_weights
+
+    mask = exp.response_mask[index]  # (b, R)
+    sampler = torch.where(mask.bool(), exp.sample_logprobs[index], 0.0)  # (b, R)
+    trainer = torch.where(mask.bool(), trainer_logprobs.detach(), 0.0)  # (b, R)
+    gap = masked_mean(kl_estimate(sampler, trainer, "k3"), mask)
+    if rollout_is != "tis":
+        return None, gap
+    return truncated_importance_weights(trainer, sampler, mask, cap), gap
+
+
 @dataclass(frozen=True)
 class RolloutOptions:
     """What a loop asks of the rollout step beyond sampling and scoring."""
