@@ -171,3 +171,21 @@ def reward_spec(tmp_path) -> str:
     path = tmp_path / "reward_o.py"
     path.write_text(LETTER_O_REWARD)
     return f"{path}:letter_o"
+
+
+@pytest.fixture
+def sampler_below_trainer(monkeypatch):
+    """Call it to make the rollout step's sampler report log-probs log 2 below those it sampled
+    with, as another engine's might; the trainer's own log-probs stay as they are."""
+    import math
+    from dataclasses import replace
+
+    from rlhfkit.train import rollout
+
+    real_sample = rollout.sample
+
+    def underrated(*args, **kwargs):
+        sampled = real_sample(*args, **kwargs)
+        return replace(sampled, logprobs=sampled.logprobs - math.log(2))
+
+    return lambda: monkeypatch.setattr(rollout, "sample", underrated)

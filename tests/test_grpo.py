@@ -14,7 +14,7 @@ from conftest import LOOP_DEVICE
 from rlhfkit import cli, config_io
 from rlhfkit.config import GenCfg, LogCfg, LoraCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
 from rlhfkit.errors import ConfigError
-from rlhfkit.train import grpo, kit, rollout
+from rlhfkit.train import grpo, kit
 
 
 def make_config(
@@ -315,27 +315,22 @@ def test_prompt_longer_than_context_is_a_clear_error(tmp_path, tiny_model_dir, r
 
 
 def test_tis_reweights_the_tokens_a_sampler_underrates(
-    tmp_path, tiny_model_dir, prompts_file, reward_spec, monkeypatch
+    tmp_path, tiny_model_dir, prompts_file, reward_spec, sampler_below_trainer
 ):
     """A sampler whose log-probs sit log 2 below the trainer's (as another engine's might):
     mismatch_kl reports the gap, k3 at r = 2 (2 - 1 - log 2), and --algo.rollout_is tis weights
     every token's gradient by min(2, cap); off, the gap changes nothing."""
-    real_sample = rollout.sample
 
-    def underrated(*args, **kwargs):
-        sampled = real_sample(*args, **kwargs)
-        return replace(sampled, logprobs=sampled.logprobs - math.log(2))
-
-    def first_step(name, sample, **algo):
-        monkeypatch.setattr(rollout, "sample", sample)
+    def first_step(name, **algo):
         cfg = make_config(
             tmp_path / name, tiny_model_dir, prompts_file, reward_spec, "cpu", kl_coef=0.0, **algo
         )
         return grpo.train(replace(cfg, steps=1)).run.metrics()[0]
 
-    plain = first_step("plain", real_sample)
-    shifted = first_step("shifted", underrated)
-    tis = first_step("tis", underrated, rollout_is="tis", rollout_is_cap=1.5)
+    plain = first_step("plain")
+    sampler_below_trainer()
+    shifted = first_step("shifted")
+    tis = first_step("tis", rollout_is="tis", rollout_is_cap=1.5)
     assert 0 <= plain["mismatch_kl"] < 1e-6  # the HF sampler and the trainer agree
     assert shifted["mismatch_kl"] == pytest.approx(1 - math.log(2), rel=1e-3)
     assert shifted["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-6)

@@ -19,14 +19,14 @@ def test_guard_skips_then_aborts():
     model = torch.nn.Linear(2, 1)
     guard = kit.NonFiniteGuard(limit=2)
     model.weight.grad = torch.ones_like(model.weight)
-    assert guard.clip_and_check(model, 1.0)[0] is True
+    assert guard.clip_and_check([model], 1.0)[0] is True
     model.weight.grad = torch.full_like(model.weight, float("nan"))
     with pytest.warns(UserWarning, match="non-finite gradient"):
-        assert guard.clip_and_check(model, 1.0)[0] is False
+        assert guard.clip_and_check([model], 1.0)[0] is False
     assert model.weight.grad is None  # the bad gradient is dropped, not applied
     model.weight.grad = torch.full_like(model.weight, float("inf"))
     with pytest.warns(UserWarning), pytest.raises(RlhfkitError, match="2 optimiser steps in a row"):
-        guard.clip_and_check(model, 1.0)
+        guard.clip_and_check([model], 1.0)
 
 
 def test_loop_skips_a_nan_step_and_aborts_on_a_run_of_them(

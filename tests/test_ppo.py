@@ -21,7 +21,7 @@ from rlhfkit.models.critic import (
     load_value_model,
     scale_gradient,
 )
-from rlhfkit.train import kit, ppo, rollout
+from rlhfkit.train import kit, ppo
 
 
 def make_config(
@@ -485,18 +485,12 @@ def test_missing_critic_path_is_refused(tmp_path, prompts_file):
 
 
 def test_tis_weights_the_policy_gradient_and_logs_the_gap(
-    tmp_path, tiny_model_dir, prompts_file, reward_spec, monkeypatch
+    tmp_path, tiny_model_dir, prompts_file, reward_spec, sampler_below_trainer
 ):
     """PPO's objective takes the truncated importance weights as GRPO's does: a sampler log 2
     below the trainer shows as mismatch_kl = 2 - 1 - log 2, and tis scales the policy's
     gradient by the cap (the critic's is untouched)."""
-    real_sample = rollout.sample
-
-    def underrated(*args, **kwargs):
-        sampled = real_sample(*args, **kwargs)
-        return replace(sampled, logprobs=sampled.logprobs - math.log(2))
-
-    monkeypatch.setattr(rollout, "sample", underrated)
+    sampler_below_trainer()
 
     def first_step(name, **algo):
         cfg = make_config(

@@ -151,16 +151,12 @@ class NonFiniteGuard:
     def __init__(self, limit: int):
         self.limit, self.in_a_row, self.skipped = limit, 0, 0
 
-    def clip_and_check(self, model: Any, max_grad_norm: float) -> tuple[bool, float]:
-        """(step is safe, gradient norm before clipping). Zeroes the gradients when unsafe."""
-        ok, (norm,) = self.clip_and_check_all([model], max_grad_norm)
-        return ok, norm
-
-    def clip_and_check_all(
+    def clip_and_check(
         self, models: list[Any], max_grad_norm: float, loss_finite: bool = True
     ) -> tuple[bool, list[float]]:
-        """The same for models updated together (PPO's policy and critic): each is clipped to
-        its own norm, and a non-finite loss or any non-finite gradient skips the step for all.
+        """Clip each of the models updated together (PPO's policy and critic) to its own norm;
+        a non-finite loss or any non-finite gradient skips the step for all and drops their
+        gradients.
 
         ``loss_finite=False`` reports a micro-batch whose loss was NaN/inf and so never had a
         backward pass. Returns (step is safe, each model's gradient norm before clipping).
@@ -228,7 +224,7 @@ class Learner:
 
     def step(self) -> list[float]:
         """Clip, check and apply the accumulated gradients; each model's norm before clipping."""
-        ok, norms = self.guard.clip_and_check_all(self.models, self.max_grad_norm, self.loss_finite)
+        ok, norms = self.guard.clip_and_check(self.models, self.max_grad_norm, self.loss_finite)
         if ok:
             for optimizer in self.optimizers:
                 optimizer.step()
