@@ -18,7 +18,7 @@ from rlhfkit import cli, config_io
 from rlhfkit.config import LogCfg, OptimCfg, RunCfg
 from rlhfkit.data.prompts import PromptStream
 from rlhfkit.errors import ConfigError, RlhfkitError
-from rlhfkit.train import kit
+from rlhfkit.train import checkpoints, kit
 from rlhfkit.train.runs import Run, seed_everything
 
 
@@ -50,8 +50,8 @@ def trained_run(tmp_path: Path, steps: int = 2) -> tuple[Run, torch.nn.Module]:
         scheduler.step()
         stream.take(1)
         run.log(step, {"loss": float(step)})
-        state = kit.snapshot(step, stateful)
-        run.save_checkpoint(step, lambda d, s=state: kit.save_training_state(d, model, s))
+        state = checkpoints.snapshot(step, stateful)
+        run.save_checkpoint(step, lambda d, s=state: checkpoints.save_training_state(d, model, s))
     return run, model
 
 
@@ -99,7 +99,7 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint(tmp_path, damage, pr
     ):
         checkpoint = resumed(run).latest_checkpoint()
     assert checkpoint.name == "step-000001"
-    state = kit.load_training_state(checkpoint, model)
+    state = checkpoints.load_training_state(checkpoint, model)
     assert state["step"] == 1 and state["stream"] == {"epoch": 0, "index": 1}
 
 
@@ -213,7 +213,7 @@ def test_a_checkpoint_from_before_manifests_still_resumes(tmp_path):
         step / "trainer_state.pt",
     )
     assert resumed(run).latest_checkpoint() == step
-    assert kit.restore(kit.load_training_state(step, model), {}) == 2
+    assert checkpoints.restore(checkpoints.load_training_state(step, model), {}) == 2
     drawn = np.random.rand()
     np.random.seed(5)
     assert drawn == np.random.rand()
@@ -236,7 +236,7 @@ def test_a_trainer_state_that_would_run_code_is_refused_unrun(tmp_path):
         match=r"trainer_state\.pt: refused to load, it holds a "
         r"reference to \S*system",
     ):
-        kit.load_training_state(step, model)
+        checkpoints.load_training_state(step, model)
     assert not marker.exists()
 
 

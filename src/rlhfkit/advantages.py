@@ -39,6 +39,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from rlhfkit import distributed
 from rlhfkit.errors import ConfigError, RlhfkitError, did_you_mean
 from rlhfkit.losses.policy import masked_whiten
 
@@ -314,8 +315,13 @@ class RunningMean:
         self.count = 0
 
     def update(self, scores: Tensor) -> None:
-        """Fold a batch of scores ``(B,)`` into the mean (kept in float64, as a Python float)."""
-        batch_mean, batch_count = scores.detach().double().mean().item(), scores.numel()
+        """Fold a batch of scores ``(B,)`` into the mean (kept in float64, as a Python float);
+        data-parallel, the batch is every rank's scores, so all ranks keep the same mean."""
+        if distributed.active():
+            total, count = distributed.sum_floats([float(scores.double().sum()), scores.numel()])
+            batch_mean, batch_count = total / count, int(count)
+        else:
+            batch_mean, batch_count = scores.detach().double().mean().item(), scores.numel()
         if self.count == 0:
             self.mean = batch_mean
         elif self.decay is None:

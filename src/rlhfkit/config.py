@@ -249,6 +249,28 @@ def is_run_dir(path: Path) -> bool:
 
 
 @dataclass(frozen=True)
+class DistCfg:
+    """Data parallelism when torchrun starts the command (torchrun --nproc_per_node N -m
+    rlhfkit ...; without torchrun it is ignored). Batch sizes are per rank: a step's global
+    batch is the per-rank batch x the world size (README "Scaling out")."""
+
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    """ddp: a full replica per rank, gradients all-reduced. fsdp2: parameters, gradients and
+    optimiser state sharded over the ranks (torch.distributed.fsdp.fully_shard)."""
+    mixed_precision: Literal["off", "bf16"] = "off"
+    """bf16: compute in bfloat16, keep weights, gradient reductions and AdamW in float32."""
+    cpu_offload: bool = False
+    """fsdp2 on GPUs: keep the sharded parameters, gradients and optimiser state in CPU memory."""
+    timeout_s: PositiveInt = 600
+    """Seconds a rank waits for the others in a collective before failing the run: a rank that
+    hangs or dies makes the others exit with an error after at most this long."""
+
+    def check(self) -> Iterable[Problem]:
+        if self.cpu_offload and self.strategy != "fsdp2":
+            yield Problem("cpu_offload", True, "offloads shards; use it with dist.strategy fsdp2")
+
+
+@dataclass(frozen=True)
 class RunCfg:
     """Where a run lives, its seed, and how it restarts."""
 

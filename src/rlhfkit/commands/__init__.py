@@ -11,11 +11,14 @@ methods through it).
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import importlib.util
+import io
 from types import ModuleType
 
-from rlhfkit.errors import ConfigError, did_you_mean
+from rlhfkit import distributed
+from rlhfkit.errors import ConfigError, RlhfkitError, did_you_mean
 
 COMMANDS: dict[str, str] = {
     "demo": "rlhfkit.commands.demo",
@@ -90,6 +93,9 @@ def command_module(name: str) -> ModuleType:
 def dispatch(argv: list[str]) -> int:
     """Run ``rlhfkit <argv>`` (a command's name, then its arguments); its exit code."""
     name, args = argv[0], argv[1:]
+    # hindsight picks its method's command, which run_module then runs like any other
+    if distributed.launched() and name in ("assets", "config", "label", "compare"):
+        raise _one_process_only(name)
     if name in TOOLS:
         module, _, function = TOOLS[name][0].partition(":")
         return getattr(importlib.import_module(module), function)(args)
@@ -108,12 +114,47 @@ def run_module(module: ModuleType, name: str, args: list[str]) -> int:
         return 0
     cfg = config_io.load(module.Config, args, command=name)
     log = getattr(cfg, "log", None)
-    if log is not None and not log.progress:
+    if (log is not None and not log.progress) or not distributed.is_main():
         from rlhfkit import progress
 
-        progress.set_enabled(False)
-    module.main(cfg)
+        progress.set_enabled(False)  # data-parallel, rank 0 alone shows progress
+    if not distributed.launched():
+        module.main(cfg)
+        return 0
+    dist = getattr(cfg, "dist", None)
+    if dist is None:
+        raise _one_process_only(name)
+    joined = not distributed.active()  # a caller may have joined the group already
+    distributed.init(dist.timeout_s)
+    try:
+        # rank 0 prints the report; the others' errors still reach stderr
+        main_only = (
+            contextlib.nullcontext()
+            if distributed.is_main()
+            else contextlib.redirect_stdout(io.StringIO())
+        )
+        with main_only:
+            module.main(cfg)
+    except Exception as e:
+        if not distributed.is_collective_error(e):
+            raise
+        raise RlhfkitError(
+            f"rank {distributed.rank()} lost contact with the other ranks "
+            f"({str(e).strip().splitlines()[0][:200]}): one failed or was stopped (torchrun "
+            f"names it, and its own error is above) or was silent for dist.timeout_s = "
+            f"{dist.timeout_s}; continue the run from its last checkpoint with --run.resume"
+        ) from None
+    finally:
+        if joined:
+            distributed.shutdown()
     return 0
+
+
+def _one_process_only(name: str) -> RlhfkitError:
+    return RlhfkitError(
+        f"rlhfkit {name} runs in one process; start it without torchrun (the training "
+        "commands sft, reward, dpo, grpo, ppo and hindsight run on several)"
+    )
 
 
 def show_config(args: list[str]) -> int:

@@ -39,6 +39,7 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer
 
+from rlhfkit import distributed
 from rlhfkit.batch import Prompt, Rollout
 from rlhfkit.config import GenCfg
 from rlhfkit.data.sequences import render_prompt, uses_chat_template
@@ -174,6 +175,12 @@ class HFBackend:
                 "float32 and values bfloat16; set gen.compile auto (eager under "
                 "autocast) or model.autocast off"
             )
+        if cfg.compile == "on" and distributed.is_data_parallel(self.model):
+            raise ConfigError(
+                "gen.compile = 'on' cannot decode a model made data-parallel by torchrun "
+                "(FSDP2's gathers and hooks in a compiled step are untried); set gen.compile "
+                "auto (eager there) or off"
+            )
         prompt_ids = self._encode(prompts, cfg.chat_template, response_prefix)
         self._check_lengths(prompt_ids, cfg.max_new_tokens)
         device = self.model.device
@@ -269,13 +276,19 @@ class HFBackend:
         prompt_mask = padded["attention_mask"].to(device)  # (b, P)
         recorder = SampledTokenLogprobs(cfg.temperature)
         stopper = StopOnStrings(self.tokenizer, cfg.stop, input_ids.shape[1]) if cfg.stop else None
-        prefilled = {} if compiled else self._prefill_once_per_prompt(input_ids, prompt_mask)
+        # sharded over ranks (FSDP2), each forward is a collective: every rank decodes until the
+        # last is done, and none takes a prefill the others might not
+        synced = distributed.forward_is_collective(self.model)
+        prefilled = (
+            {} if compiled or synced else self._prefill_once_per_prompt(input_ids, prompt_mask)
+        )
         sequences = self.model.generate(  # (b, P + R), under torch.no_grad
             input_ids=input_ids,
             attention_mask=prompt_mask,
             generation_config=self._generation_config(cfg, compiled),
             logits_processor=LogitsProcessorList([recorder, *token_choice(cfg)]),
             stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
+            synced_gpus=synced,
             **prefilled,
         )
         response_ids = sequences[:rows, input_ids.shape[1] :]  # (b, R)

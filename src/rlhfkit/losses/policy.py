@@ -15,6 +15,7 @@ from typing import Literal, NamedTuple, get_args
 import torch
 from torch import Tensor
 
+from rlhfkit import distributed
 from rlhfkit.errors import ConfigError
 
 Aggregation = Literal["token", "sequence", "sequence-sum"]
@@ -42,11 +43,17 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
         x' = (x - mean) / sqrt(var + eps)        (+ mean again when ``shift_mean`` is False)
 
     ``mean`` and the (population) ``var`` are taken over valid positions only, so padding does
-    not drag them. ``shift_mean=False`` rescales but keeps the mean, as done for rewards, whose
-    level carries meaning (TRL's ``whiten_rewards``). Padding comes out as 0.
+    not drag them; data-parallel, over every rank's positions. ``shift_mean=False`` rescales but
+    keeps the mean, as done for rewards, whose level carries meaning (TRL's ``whiten_rewards``). Padding comes out as 0.
     """
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    if distributed.active():  # the whole batch is every rank's rows
+        mask_f = mask.to(x.dtype)
+        count = distributed.sum_tensor(mask_f.sum()).clamp(min=1)
+        mean = distributed.sum_tensor((x * mask_f).sum()) / count
+        var = distributed.sum_tensor((((x - mean) ** 2) * mask_f).sum()) / count
+    else:
+        mean = masked_mean(x, mask)
+        var = masked_mean((x - mean) ** 2, mask)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -99,7 +99,6 @@ def train(cfg: Config) -> kit.TrainResult:
 
     from rlhfkit.data import sequences
     from rlhfkit.losses import preference as losses
-    from rlhfkit.models.export import export_model
     from rlhfkit.progress import progress
     from rlhfkit.train import offline
     from rlhfkit.train.runs import seed_everything
@@ -207,11 +206,11 @@ def train(cfg: Config) -> kit.TrainResult:
         cfg, "dpo", model, examples, lengths, evaluate if eval_examples else None
     ) as fitting:
         for step, batches in fitting.steps():
-            metrics = offline.accumulate(batches, step_loss, fitting.learner.backward)
+            metrics = fitting.accumulate(batches, step_loss)
             grad_norm = fitting.learner.step()[0]  # clip, NaN/inf guard, optimiser step
             fitting.end_step(step, metrics, grad_norm)  # log, evaluate, checkpoint
     run = fitting.run
-    export_model(run.path / "model", model, tokenizer)
+    kit.export(run.path / "model", model, tokenizer)
     summary = {
         "loss": algo.loss,
         "steps": fitting.total_steps,

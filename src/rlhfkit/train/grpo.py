@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
+from rlhfkit import distributed
 from rlhfkit.config import (
     Fraction,
     NonNegativeFloat,
@@ -110,14 +111,18 @@ class Config(kit.OnlineConfig):
     algo: AlgoCfg = default(AlgoCfg)
 
     def check(self) -> Iterable[Problem]:
+        if problem := kit.prompts_per_rank_problem(self.algo.prompts_per_step):
+            yield problem
+            return
         rollout = self.algo.prompts_per_step * self.algo.group_size
         minibatch = self.algo.micro_batch_size * self.optim.grad_accum_steps
-        if rollout % minibatch:
+        if (rollout // distributed.world_size()) % minibatch:
+            per_rank = " per rank" if distributed.world_size() > 1 else ""
             yield Problem(
                 "algo.prompts_per_step",
                 self.algo.prompts_per_step,
                 f"x algo.group_size {self.algo.group_size} = {rollout} completions per "
-                f"step is not a multiple of algo.micro_batch_size x "
+                f"step{per_rank} is not a multiple of algo.micro_batch_size x "
                 f"optim.grad_accum_steps = {minibatch}; make it one",
             )
 
@@ -157,6 +162,7 @@ def train(cfg: Config) -> kit.TrainResult:
         cfg.steps * _updates_per_step(cfg),
         optim.max_grad_norm,
         optim.max_nonfinite_steps,
+        cfg.dist,
     )
     kl_ctl = kit.kl_controller(algo)
     baseline = RunningMean()
@@ -174,13 +180,15 @@ def train(cfg: Config) -> kit.TrainResult:
     ref_context = partial(reference, policy, frozen_ref) if algo.kl_coef > 0 else None
     # everything besides the weights that an exact resume needs back
     stateful = {**learner.stateful(), "stream": stream, "kl": kl_ctl, "baseline": baseline}
-    with kit.Session(cfg, "grpo", policy, tokenizer, stateful) as session:
+    with kit.Session(cfg, "grpo", learner, tokenizer, stateful) as session:
         for step in session.steps():
             step_started = time.perf_counter()
-            # 1-4. prompts, each repeated group_size times (contiguous groups); sample, score,
-            # reference and old log-probs
+            # 1-4. prompts (data-parallel: this rank's share), each repeated group_size times
+            # (contiguous groups); sample, score, reference and old log-probs
             rows = [
-                row for row in stream.take(algo.prompts_per_step) for _ in range(algo.group_size)
+                row
+                for row in kit.rank_share(stream.take(algo.prompts_per_step))
+                for _ in range(algo.group_size)
             ]
             exp = rollout.collect(
                 policy,
@@ -188,7 +196,7 @@ def train(cfg: Config) -> kit.TrainResult:
                 reward,
                 rows,
                 cfg.gen,
-                cfg.run.seed * 1_000_003 + step,
+                kit.rollout_seed(cfg.run.seed, step),
                 options,
                 ref_context,
             )
@@ -255,16 +263,16 @@ def train(cfg: Config) -> kit.TrainResult:
                 stats.step(grad_norm=learner.step()[0])
 
             # 7. KL controller, metrics, checkpoint
-            kl = float(kl_tokens.sum(dim=1).mean())
-            kl_ctl.update(kl, len(exp))
+            kl = kit.batch_mean(kl_tokens.sum(dim=1))
+            kl_ctl.update(kl, len(exp) * distributed.world_size())
             elapsed = time.perf_counter() - step_started
             metrics = {
                 **rollout.step_metrics(exp, kl, kl_ctl.coef),
                 "lr": learner.lrs()[0],
                 "step_seconds": elapsed,
-                "tokens_per_second": int(mask.sum()) / elapsed,
+                "tokens_per_second": kit.batch_sum(mask.sum()) / elapsed,
                 "skipped_steps": learner.guard.skipped,
-                **stats.means(),
+                **distributed.mean_floats(stats.means()),
             }
             session.end_step(step, metrics, f"reward {metrics['reward']:+.3f}  kl {kl:.3f}")
     history = session.run.metrics()
@@ -272,5 +280,5 @@ def train(cfg: Config) -> kit.TrainResult:
 
 
 def _updates_per_step(cfg: Config) -> int:
-    rollout = cfg.algo.prompts_per_step * cfg.algo.group_size
+    rollout = cfg.algo.prompts_per_step * cfg.algo.group_size // distributed.world_size()
     return cfg.algo.epochs * rollout // (cfg.algo.micro_batch_size * cfg.optim.grad_accum_steps)

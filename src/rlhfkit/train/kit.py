@@ -1,4 +1,4 @@
-"""What every training loop shares: configs and result, optimiser, guard, run, checkpoints.
+"""What every training loop shares: configs and result, optimiser, guard, run, data parallelism.
 
 A loop's ``train(cfg)`` reads top to bottom and keeps only its algorithm; the rest is here:
 
@@ -10,11 +10,14 @@ A loop's ``train(cfg)`` reads top to bottom and keeps only its algorithm; the re
   state), progress, metric logging, atomic checkpoints, the exported model and the summary.
 - ``Stats``, ``minibatches``, ``accumulation_weight``, ``in_chunks``: the update loop's pieces.
 
-Distribution (torchrun with DDP / FSDP2) plugs in here and not in the loops: ``Learner`` owns
-the models it trains, backward and the optimiser step, so it is where they are sharded
-(``fully_shard`` works in place: the loops keep calling their models) and where gradients are
-synchronised and state is sharded; ``Session`` is where metrics are reduced across ranks and
-where rank 0 alone writes the run, its checkpoints (``save`` / ``load``) and the model.
+What a checkpoint holds, and reading it back, is ``train/checkpoints.py``.
+
+Data parallelism (torchrun, ``train/sharding.py``) lives here and not in the loops: ``Learner``
+shards the models it trains before building their optimisers (``fully_shard`` works in place:
+the loops keep calling their models), ``Session`` writes sharded checkpoints
+(``checkpoints.py``), and the helpers under "data parallelism" give each rank its share
+of prompts, its sampling seed and the global batch's statistics. In one process they are the
+identity.
 """
 
 from __future__ import annotations
@@ -29,19 +32,23 @@ from typing import Any
 
 import torch
 
+from rlhfkit import distributed
 from rlhfkit.config import (
+    DistCfg,
     GenCfg,
     LogCfg,
     LoraCfg,
     ModelCfg,
     OptimCfg,
     PositiveInt,
+    Problem,
     PromptDataCfg,
     RunCfg,
     default,
 )
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.models.lora import attach_lora, trainable_state
+from rlhfkit.models.lora import attach_lora
+from rlhfkit.train import checkpoints
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class TrainConfig:
     optim: OptimCfg = default(OptimCfg)
     log: LogCfg = default(LogCfg)
     run: RunCfg = default(RunCfg)
+    dist: DistCfg = default(DistCfg)
 
 
 @dataclass
@@ -84,10 +92,52 @@ def accumulation_weight(micro_mask: Any, minibatch_mask: Any, aggregation: str) 
 
     Token-level: each micro-batch's mean counts by its share of the minibatch's tokens; the
     sequence modes count by share of completions. This is what makes 8 x 1 equal 4 x 2.
+    Data-parallel, the minibatch is every rank's (the gradient reduction averages over the
+    ranks, hence the world size): 2 ranks x 4 equal 1 x 8.
     """
     if aggregation == "token":
-        return float(micro_mask.sum() / minibatch_mask.sum().clamp(min=1))
+        if not distributed.active():
+            return float(micro_mask.sum() / minibatch_mask.sum().clamp(min=1))
+        tokens = distributed.sum_tensor(minibatch_mask.sum()).clamp(min=1)
+        return float(micro_mask.sum() * distributed.world_size() / tokens)
     return len(micro_mask) / len(minibatch_mask)
+
+
+# --- data parallelism: each rank's share, statistics of the whole batch ---------------------------
+
+
+def prompts_per_rank_problem(prompts_per_step: int) -> Problem | None:
+    """A step's prompts must split evenly over the ranks."""
+    size = distributed.world_size()
+    if prompts_per_step % size:
+        return Problem(
+            "algo.prompts_per_step",
+            prompts_per_step,
+            f"does not divide over {size} ranks (torchrun's world size); make it a multiple "
+            f"of {size}",
+        )
+    return None
+
+
+def rank_share(items: list[Any]) -> list[Any]:
+    """This rank's contiguous share of a step's prompts (all of them in one process)."""
+    return items[distributed.share(len(items))]
+
+
+def rollout_seed(seed: int, step: int) -> int:
+    """The sampling seed of ``step``: its own random stream per rank (rank 0 of one process:
+    the seed single-process runs always used)."""
+    return (seed * 1_000_003 + step) * distributed.world_size() + distributed.rank()
+
+
+def batch_mean(values: torch.Tensor) -> float:
+    """The mean over every rank's ``values`` (ranks hold equally many)."""
+    return distributed.sum_floats([float(values.float().mean())])[0] / distributed.world_size()
+
+
+def batch_sum(values: torch.Tensor) -> float:
+    """The sum over every rank's ``values``."""
+    return distributed.sum_floats([float(values.sum())])[0]
 
 
 # --- policy, reference ---------------------------------------------------------------------------
@@ -162,9 +212,13 @@ class NonFiniteGuard:
         backward pass. Returns (step is safe, each model's gradient norm before clipping).
         """
         params = [[p for p in model.parameters() if p.grad is not None] for model in models]
-        norms = [
-            torch.nn.utils.clip_grad_norm_(
-                group, max_grad_norm if max_grad_norm > 0 else float("inf")
+        from rlhfkit.train.sharding import full_norm
+
+        norms = [  # sharded parameters give a DTensor norm, the same on every rank
+            full_norm(
+                torch.nn.utils.clip_grad_norm_(
+                    group, max_grad_norm if max_grad_norm > 0 else float("inf")
+                )
             )
             for group in params
         ]
@@ -205,9 +259,18 @@ class Learner:
         total_steps: int,
         max_grad_norm: float,
         max_nonfinite_steps: int,
+        dist: DistCfg | None = None,
     ):
+        from rlhfkit.train import sharding
+
         self.models = [model for model, _ in models.values()]
         self.names = list(models)
+        # under torchrun every trained model becomes data-parallel before its optimiser is built
+        # over the (then sharded) parameters; the loops go on calling the same modules
+        self.distributed = distributed.active()
+        if self.distributed:
+            for model in self.models:
+                sharding.shard(model, dist or DistCfg())
         built = [build_optimizer(model, optim, total_steps) for model, optim in models.values()]
         self.optimizers = [optimizer for optimizer, _ in built]
         self.schedulers = [scheduler for _, scheduler in built]
@@ -216,15 +279,24 @@ class Learner:
         self.loss_finite = True  # every backward since the last step had a finite loss
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Accumulate ``loss``'s gradients; a NaN/inf loss gets no backward and skips the step."""
-        if torch.isfinite(loss):
-            loss.backward()
-        else:
+        """Accumulate ``loss``'s gradients; a NaN/inf loss gets no backward and skips the step.
+
+        Data-parallel, every rank runs every backward (gradients are reduced inside it, so a
+        rank that skipped one would leave the others waiting); a NaN/inf loss on any rank
+        makes the gradient norm NaN/inf on all of them, and all skip the step together.
+        """
+        if not torch.isfinite(loss):
             self.loss_finite = False
+            if not self.distributed:
+                return
+        loss.backward()
 
     def step(self) -> list[float]:
         """Clip, check and apply the accumulated gradients; each model's norm before clipping."""
-        ok, norms = self.guard.clip_and_check(self.models, self.max_grad_norm, self.loss_finite)
+        loss_finite = self.loss_finite
+        if self.distributed:  # the same decision on every rank
+            loss_finite = distributed.sum_floats([float(not loss_finite)])[0] == 0
+        ok, norms = self.guard.clip_and_check(self.models, self.max_grad_norm, loss_finite)
         if ok:
             for optimizer in self.optimizers:
                 optimizer.step()
@@ -308,31 +380,31 @@ def kl_controller(algo: Any) -> Any:
 class Session:
     """A run's life around its loop, used as ``with Session(...) as session:``.
 
-    It starts the run directory (or resumes it: weights, ``stateful`` parts, RNG, ``parts``
-    with their own ``save(dir)`` / ``load(dir)`` such as PPO's critic), shows progress, logs each
-    step's metrics every ``log.every`` steps, checkpoints every ``run.checkpoint_every`` steps and
-    at the end, and exports the model when the loop completes.
+    It starts the run directory (or resumes it: the ``learner``'s weights and optimisers, the
+    ``stateful`` parts, RNG, ``parts`` with their own ``save(dir)`` / ``load(dir)`` such as
+    PPO's critic), shows progress, logs each step's metrics every ``log.every`` steps,
+    checkpoints every ``run.checkpoint_every`` steps and at the end, and exports the policy (the
+    learner's first model) when the loop completes.
     """
 
     def __init__(
         self,
         cfg: Any,
         command: str,
-        model: Any,
+        learner: Learner,
         tokenizer: Any,
         stateful: dict[str, Any],
         parts: tuple[Any, ...] = (),
     ):
         from rlhfkit.train.runs import Run
 
-        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.cfg, self.learner, self.tokenizer = cfg, learner, tokenizer
+        self.model = learner.models[0]
         self.stateful, self.parts = stateful, parts
         self.run = Run.start(cfg, command)
         self.start_step = 0
         if cfg.run.resume and (checkpoint := self.run.latest_checkpoint()) is not None:
-            self.start_step = restore(load_training_state(checkpoint, model), stateful)
-            for part in parts:
-                part.load(checkpoint)
+            self.start_step = checkpoints.load_checkpoint(checkpoint, learner, stateful, parts)
             self.run.truncate_metrics(self.start_step)
 
     def __enter__(self) -> Session:
@@ -345,15 +417,13 @@ class Session:
         return self
 
     def __exit__(self, *error: Any) -> None:
-        from rlhfkit.models.export import export_model
-
         try:
             self._progress.__exit__(*error)
             if error[0] is None:  # the loop ran to the end: the last checkpoint, the model
                 every = self.cfg.run.checkpoint_every
                 if not every or self.cfg.steps % every:
                     self.save(self.cfg.steps)
-                export_model(self.run.path / "model", self.model, self.tokenizer)
+                export(self.run.path / "model", self.model, self.tokenizer)
         finally:
             self.run.close()
 
@@ -371,14 +441,7 @@ class Session:
 
     def save(self, step: int) -> None:
         """Checkpoint the weights, the ``stateful`` parts, RNG and ``parts`` at ``step``."""
-        state = snapshot(step, self.stateful)
-
-        def write(directory: Path) -> None:
-            save_training_state(directory, self.model, state)
-            for part in self.parts:
-                part.save(directory)
-
-        self.run.save_checkpoint(step, write)
+        checkpoints.save_checkpoint(self.run, step, self.learner, self.stateful, self.parts)
 
     def finish(self, summary: dict[str, Any], reference: Any | None = None) -> TrainResult:
         """Write ``summary.json`` (steps, seconds, then ``summary``, then the model's path)."""
@@ -398,6 +461,19 @@ class Session:
         )
 
 
+def export(directory: Path, model: Any, tokenizer: Any) -> Path:
+    """The trained policy as a plain Hugging Face directory (LoRA merged). Data-parallel, its
+    weights are gathered whole on rank 0, which writes it; every rank must call this."""
+    from rlhfkit.models.export import export_model
+    from rlhfkit.train import sharding
+
+    plain = sharding.plain_copy(model)
+    if plain is not None:
+        export_model(directory, plain, tokenizer)
+    distributed.barrier()  # the directory exists when any rank returns
+    return directory
+
+
 def online_summary(history: list[dict[str, Any]], skipped_steps: int, *last: str) -> dict[str, Any]:
     """An online RL run's summary: first and last reward, last KL and each of ``last``."""
     final = history[-1] if history else {}
@@ -408,99 +484,3 @@ def online_summary(history: list[dict[str, Any]], skipped_steps: int, *last: str
         **{f"{key}_last": final.get(key) for key in last},
         "skipped_steps": skipped_steps,
     }
-
-
-# --- checkpoints ---------------------------------------------------------------------------------
-
-
-def save_training_state(directory: Path, model: Any, state: dict[str, Any]) -> None:
-    """Weights (safetensors) plus optimiser, scheduler, RNG and loop state (torch pickle of
-    tensors and plain data only, so that it loads with ``weights_only=True``)."""
-    from safetensors.torch import save_file
-
-    weights = {k: v.detach().contiguous().clone() for k, v in trainable_state(model).items()}
-    save_file(weights, str(directory / "weights.safetensors"))
-    torch.save(state, directory / "trainer_state.pt")
-
-
-def snapshot(step: int, stateful: dict[str, Any]) -> dict[str, Any]:
-    """A loop's resumable state: the step, RNG states and each part's ``state_dict()``."""
-    from rlhfkit.train.runs import rng_state
-
-    return {
-        "step": step,
-        "rng": rng_state(),
-        **{name: part.state_dict() for name, part in stateful.items()},
-    }
-
-
-def restore(state: dict[str, Any], stateful: dict[str, Any]) -> int:
-    """Load ``snapshot``'s output back into the parts and RNGs; returns the step it was taken at."""
-    from rlhfkit.train.runs import set_rng_state
-
-    for name, part in stateful.items():
-        part.load_state_dict(state[name])
-    set_rng_state(state["rng"])
-    return state["step"]
-
-
-def load_training_state(directory: Path, model: Any) -> dict[str, Any]:
-    """Restore the weights into ``model`` and return the rest of the saved state.
-
-    The trainer state loads with ``weights_only=True``: a run directory is data, and a pickle
-    that would call code (a file swapped in by someone else) is refused, never run.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        weights = load_file(str(directory / "weights.safetensors"))
-    except (OSError, SafetensorError) as e:
-        raise RlhfkitError(
-            f"{directory / 'weights.safetensors'}: cannot be read ({e}); resume "
-            "from an earlier checkpoint (delete this one) or start afresh with "
-            "--run.overwrite"
-        ) from None
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, weights)
-    else:
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as e:
-            raise RlhfkitError(
-                f"{directory}: checkpoint does not fit this model ({e}); "
-                "resume with the model the run started from"
-            ) from None
-    return load_trainer_state(directory / "trainer_state.pt")
-
-
-def load_trainer_state(file: Path) -> dict[str, Any]:
-    """A ``trainer_state.pt`` as tensors and plain data; anything else is refused unrun."""
-    import pickle
-    import re
-
-    import numpy as np
-
-    # Checkpoints from before rng_state() stored NumPy's state as a list hold one uint32
-    # array; rebuilding an array runs no user code, so those still resume.
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # NumPy 2 | 1
-    torch.serialization.add_safe_globals(
-        [np.ndarray, np.dtype, type(np.dtype(np.uint32)), multiarray._reconstruct]
-    )
-    try:
-        return torch.load(file, weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"a reference to {found.group(1)}" if found else "objects beyond tensors and data"
-        raise RlhfkitError(
-            f"{file}: refused to load, it holds {what}, which loading would run; "
-            "only resume checkpoints that rlhfkit wrote"
-        ) from None
-    except (OSError, RuntimeError, EOFError) as e:
-        reason = str(e).split(". ")[0] or type(e).__name__
-        raise RlhfkitError(
-            f"{file}: cannot be read ({reason}); resume from an earlier checkpoint "
-            "(delete this one) or start afresh with --run.overwrite"
-        ) from None

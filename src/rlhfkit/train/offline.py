@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rlhfkit import distributed
 from rlhfkit.config import FeedbackDataCfg, NonNegativeInt, PositiveInt, Problem, default
-from rlhfkit.train import kit
+from rlhfkit.train import checkpoints, kit
 
 LossFn = Callable[[list[Any]], tuple[Any, dict[str, float]]]
 """``examples -> (loss tensor, float metrics)``: one micro-batch's mean loss."""
@@ -70,15 +71,23 @@ class BatchOrder:
     (epoch, batch index), so a resumed run continues with the very next batch.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int,
+        group_by_length: bool,
+        min_size: int = 1,
+    ):
         self.lengths, self.batch_size = list(lengths), batch_size
-        self.seed, self.group_by_length = seed, group_by_length
+        self.seed, self.group_by_length, self.min_size = seed, group_by_length, min_size
         self.epoch, self.position = 0, 0
         self._batches = self._epoch_batches(0)
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        whole, rest = divmod(len(self.lengths), self.batch_size)
+        return whole + (rest >= self.min_size)
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         rng = random.Random(self.seed * 1_000_003 + epoch)
@@ -92,6 +101,8 @@ class BatchOrder:
                 for i in sorted(order[start : start + window], key=self.lengths.__getitem__)
             ]
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        # data-parallel, a batch too small to give every rank an example is left out
+        batches = [batch for batch in batches if len(batch) >= self.min_size]
         if self.group_by_length:
             rng.shuffle(batches)
         return batches
@@ -112,10 +123,18 @@ class BatchOrder:
         self._batches = self._epoch_batches(self.epoch)
 
 
+def batch_order(cfg: OfflineConfig, lengths: Sequence[int]) -> BatchOrder:
+    """The run's order of global batches: ``train.batch_size`` examples per rank each."""
+    size = distributed.world_size()
+    return BatchOrder(
+        lengths, cfg.train.batch_size * size, cfg.run.seed, cfg.train.group_by_length, size
+    )
+
+
 def total_steps(cfg: OfflineConfig, examples: int) -> int:
     """Optimiser steps the run takes: max_steps, or every epoch of ``examples``."""
-    per_epoch = math.ceil(math.ceil(examples / cfg.train.batch_size) / cfg.optim.grad_accum_steps)
-    return cfg.train.max_steps or cfg.train.epochs * per_epoch
+    batches = batch_order(cfg, [0] * examples).batches_per_epoch
+    return cfg.train.max_steps or cfg.train.epochs * math.ceil(batches / cfg.optim.grad_accum_steps)
 
 
 def no_classes_to_balance(data: FeedbackDataCfg, reads: str) -> Iterator[Problem]:
@@ -134,7 +153,7 @@ def visited(cfg: OfflineConfig, lengths: Sequence[int]) -> set[int]:
     """Indices of the examples the run will train on: all of them unless ``max_steps`` ends the
     run within an epoch. Lets a trainer skip one-time work (DPO's reference log-probs) for the
     rest; the batch order is seeded, so this is exactly the set ``Fitting.steps`` visits."""
-    order = BatchOrder(lengths, cfg.train.batch_size, cfg.run.seed, cfg.train.group_by_length)
+    order = batch_order(cfg, lengths)
     batches = total_steps(cfg, len(lengths)) * cfg.optim.grad_accum_steps
     if batches >= order.batches_per_epoch:
         return set(range(len(lengths)))
@@ -150,12 +169,15 @@ class Fitting:
 
         with offline.Fitting(cfg, "sft", model, examples, lengths, evaluate) as fitting:
             for step, batches in fitting.steps():
-                metrics = offline.accumulate(batches, loss_fn, fitting.learner.backward)
+                metrics = fitting.accumulate(batches, loss_fn)
                 grad_norm = fitting.learner.step()[0]
                 fitting.end_step(step, metrics, grad_norm)
 
-    ``lengths`` (one per example) drive length grouping. Metrics go to the run directory
-    (``metrics.jsonl``, TensorBoard) with held-out ones under ``eval/``.
+    ``lengths`` (one per example) drive length grouping; ``weigh`` says what one example
+    counts for in a step whose loss is a mean over something else than examples (``accumulate``).
+    Metrics go to the run directory (``metrics.jsonl``, TensorBoard) with held-out ones under
+    ``eval/``. Under torchrun each step's global batch is ``train.batch_size`` x the world size
+    examples, split over the ranks.
     """
 
     def __init__(
@@ -166,21 +188,23 @@ class Fitting:
         examples: Sequence[Any],
         lengths: Sequence[int],
         evaluate: Callable[[], dict[str, float]] | None = None,
+        weigh: Callable[[Any], float] | None = None,
     ):
         from rlhfkit.train.runs import Run, seed_everything
 
         self.cfg, self.model, self.examples, self.evaluate = cfg, model, examples, evaluate
         seed_everything(cfg.run.seed, cfg.run.deterministic)
-        self.order = BatchOrder(
-            lengths, cfg.train.batch_size, cfg.run.seed, cfg.train.group_by_length
-        )
+        self.order = batch_order(cfg, lengths)
         self.total_steps = total_steps(cfg, len(examples))
         self.learner = kit.Learner(
             {"model": (model, cfg.optim)},
             self.total_steps,
             cfg.optim.max_grad_norm,
             cfg.optim.max_nonfinite_steps,
+            cfg.dist,
         )
+        self.weigh = weigh
+        self.weight_in_step = 0.0  # every rank's examples, weighed: the micro-batches' shares
         self.run = Run.start(cfg, command)
         self.eval_before: dict[str, float] = {}
         self.eval_after: dict[str, float] = {}
@@ -199,7 +223,8 @@ class Fitting:
         return round(time.perf_counter() - self.started, 1)
 
     def steps(self) -> Iterator[tuple[int, list[list[Any]]]]:
-        """Each step still to run with its ``optim.grad_accum_steps`` micro-batches.
+        """Each step still to run with its ``optim.grad_accum_steps`` micro-batches (data-parallel,
+        this rank's share of each global batch).
 
         Before the first: resume from the last checkpoint (``--run.resume``) or evaluate the
         starting model. After the last: checkpoint and evaluate the trained model.
@@ -209,7 +234,7 @@ class Fitting:
         cfg, run, steps = self.cfg, self.run, self.total_steps
         start = 0
         if cfg.run.resume and (checkpoint := run.latest_checkpoint()) is not None:
-            start = kit.restore(kit.load_training_state(checkpoint, self.model), self._stateful())
+            start = checkpoints.load_checkpoint(checkpoint, self.learner, self._stateful())
             run.truncate_metrics(start)
             self.eval_before = next(
                 (_eval_part(row) for row in run.metrics() if row["step"] == 0), {}
@@ -221,13 +246,13 @@ class Fitting:
         with progress("training", total=steps) as (bar, task):
             bar.update(task, completed=start)
             for step in range(start + 1, steps + 1):
-                yield (
-                    step,
-                    [
-                        [self.examples[i] for i in self.order.next()]
-                        for _ in range(cfg.optim.grad_accum_steps)
-                    ],
+                batches = [self.order.next() for _ in range(cfg.optim.grad_accum_steps)]
+                self.weight_in_step = sum(
+                    self.weigh(self.examples[i]) if self.weigh else 1.0
+                    for batch in batches
+                    for i in batch
                 )
+                yield step, [[self.examples[i] for i in kit.rank_share(b)] for b in batches]
                 bar.update(task, advance=1, info=f"loss {self.last['loss']:.4f}")
         if start < steps and (not cfg.run.checkpoint_every or steps % cfg.run.checkpoint_every):
             self._save(steps)
@@ -268,27 +293,44 @@ class Fitting:
         return {**self.learner.stateful(), "order": self.order}
 
     def _save(self, step: int) -> None:
-        snapshot = kit.snapshot(step, self._stateful())
-        self.run.save_checkpoint(step, lambda d: kit.save_training_state(d, self.model, snapshot))
+        checkpoints.save_checkpoint(self.run, step, self.learner, self._stateful())
+
+    def accumulate(self, batches: Sequence[list[Any]], loss_fn: LossFn) -> dict[str, float]:
+        """``accumulate`` this rank's micro-batches of the step into the learner's gradients."""
+        return accumulate(batches, loss_fn, self.learner.backward, self.weigh, self.weight_in_step)
 
 
 def accumulate(
-    batches: Sequence[list[Any]], loss_fn: LossFn, backward: Callable[[Any], None]
+    batches: Sequence[list[Any]],
+    loss_fn: LossFn,
+    backward: Callable[[Any], None],
+    weigh: Callable[[Any], float] | None = None,
+    total: float = 0.0,
 ) -> dict[str, float]:
-    """Backpropagate each micro-batch's mean loss weighted by its share of the examples, through
-    ``backward`` (``kit.Learner.backward``: a NaN/inf loss gets none and skips the step).
+    """Backpropagate each micro-batch's mean loss weighted by its share of the step, through
+    ``backward`` (``kit.Learner.backward``: a NaN/inf loss skips the step).
 
-    Returns the example-weighted means of the loss and the metrics over the micro-batches.
+    A micro-batch's share is its examples' over the step's (``weigh``: what one example counts,
+    such as sft's completion tokens for a token-level mean; default 1 each), ``total`` being
+    the whole step's, every rank's (0: summed here). So 4 micro-batches of 2 give the step of
+    one batch of 8, and 2 ranks of 4 the step of one process of 8.
+
+    Returns the share-weighted means of the loss and the metrics, the same on every rank.
     """
-    count = sum(len(batch) for batch in batches)
+    sizes = [sum(weigh(e) for e in batch) if weigh else float(len(batch)) for batch in batches]
+    total = total or distributed.sum_floats([sum(sizes)])[0]
+    ranks = distributed.world_size()
     sums: dict[str, float] = {}
-    for batch in batches:
+    for batch, size in zip(batches, sizes, strict=True):
         loss, metrics = loss_fn(batch)
-        weight = len(batch) / count
-        backward(loss * weight)
+        share = size / total
+        # the gradient reduction averages over the ranks: each rank's sum counts in full
+        backward(loss * share * ranks)
         for key, value in {"loss": float(loss.detach()), **metrics}.items():
-            sums[key] = sums.get(key, 0.0) + value * weight
-    return sums
+            sums[key] = sums.get(key, 0.0) + value * share
+    if not distributed.active():
+        return sums
+    return dict(zip(sums, distributed.sum_floats(list(sums.values())), strict=True))
 
 
 def _eval_part(row: dict[str, Any]) -> dict[str, float]:

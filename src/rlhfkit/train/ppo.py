@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Literal
 
+from rlhfkit import distributed
 from rlhfkit.config import (
     Fraction,
     NonNegativeFloat,
@@ -146,11 +147,14 @@ class Config(kit.OnlineConfig):
     def check(self) -> Iterable[Problem]:
         algo = self.algo
         minibatch = algo.micro_batch_size * self.optim.grad_accum_steps
-        if algo.prompts_per_step % minibatch:
+        if problem := kit.prompts_per_rank_problem(algo.prompts_per_step):
+            yield problem
+        elif (algo.prompts_per_step // distributed.world_size()) % minibatch:
+            per_rank = " per rank" if distributed.world_size() > 1 else ""
             yield Problem(
                 "algo.prompts_per_step",
                 algo.prompts_per_step,
-                "(one completion each) is not a multiple of the minibatch, "
+                f"(one completion each{per_rank}) is not a multiple of the minibatch, "
                 f"algo.micro_batch_size x optim.grad_accum_steps = {minibatch}; "
                 "make it one",
             )
@@ -201,7 +205,7 @@ def train(cfg: Config) -> Result:
     evaluate = partial(critic.evaluate, policy)  # (ids, mask, start, T) -> log-probs, values
     backend = get_backend(cfg.gen.backend, policy, tokenizer)
     minibatch = algo.micro_batch_size * optim.grad_accum_steps
-    updates_per_step = algo.epochs * algo.prompts_per_step // minibatch
+    updates_per_step = algo.epochs * algo.prompts_per_step // distributed.world_size() // minibatch
     learner = kit.Learner(
         {
             "policy": (policy, optim),
@@ -210,6 +214,7 @@ def train(cfg: Config) -> Result:
         cfg.steps * updates_per_step,
         optim.max_grad_norm,
         optim.max_nonfinite_steps,
+        cfg.dist,
     )
     kl_ctl = kit.kl_controller(algo)
     settings = AdvantageSettings(gamma=algo.gamma, lam=algo.lam, whiten=algo.whiten_advantages)
@@ -228,17 +233,18 @@ def train(cfg: Config) -> Result:
     single_pass = updates_per_step == 1 and optim.grad_accum_steps == 1
     # everything besides the weights that an exact resume needs back
     stateful = {**learner.stateful(), "stream": stream, "kl": kl_ctl}
-    with kit.Session(cfg, "ppo", policy, tokenizer, stateful, parts=(critic,)) as session:
+    with kit.Session(cfg, "ppo", learner, tokenizer, stateful, parts=(critic,)) as session:
         for step in session.steps():
             step_started = time.perf_counter()
-            # 1-3. prompts, one completion each; sample, score, reference log-probs
+            # 1-3. prompts (data-parallel: this rank's share), one completion each; sample,
+            # score, reference log-probs
             exp = rollout.collect(
                 policy,
                 backend,
                 reward,
-                stream.take(algo.prompts_per_step),
+                kit.rank_share(stream.take(algo.prompts_per_step)),
                 cfg.gen,
-                cfg.run.seed * 1_000_003 + step,
+                kit.rollout_seed(cfg.run.seed, step),
                 options,
                 ref_context,
             )
@@ -325,21 +331,28 @@ def train(cfg: Config) -> Result:
                 stats.step(grad_norm=grad_norm, value_grad_norm=value_grad_norm)
 
             # 8. KL controller, metrics, checkpoint
-            kl = float(kl_tokens.sum(dim=1).mean())
-            kl_ctl.update(kl, len(exp))
+            kl = kit.batch_mean(kl_tokens.sum(dim=1))
+            kl_ctl.update(kl, len(exp) * distributed.world_size())
             elapsed = time.perf_counter() - step_started
+            # data-parallel: means over the ranks, each holding an equal share of the batch
+            shares = distributed.mean_floats(
+                {
+                    "explained_variance": explained,
+                    "value_mean": float(masked_mean(old_values, mask)),
+                    "return_mean": float(masked_mean(returns, mask)),
+                    **stats.means(),
+                }
+            )
+            explained = shares["explained_variance"]
             metrics = {
                 **rollout.step_metrics(exp, kl, kl_ctl.coef),
-                "explained_variance": explained,
-                "value_mean": float(masked_mean(old_values, mask)),
-                "return_mean": float(masked_mean(returns, mask)),
+                **shares,
                 "lr": learner.lrs()[0],
                 "critic_lr": learner.lrs()[1],
-                **stats.means(),
                 "skipped_steps": learner.guard.skipped,
                 "step_seconds": elapsed,
                 "generation_seconds": exp.sample_seconds,
-                "tokens_per_second": int(mask.sum()) / elapsed,
+                "tokens_per_second": kit.batch_sum(mask.sum()) / elapsed,
             }
             session.end_step(
                 step, metrics, f"reward {metrics['reward']:+.3f}  kl {kl:.3f}  ev {explained:+.2f}"

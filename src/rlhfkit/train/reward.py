@@ -85,7 +85,7 @@ def train(cfg: Config) -> kit.TrainResult:
     from rlhfkit.models import checkpoint_activations
     from rlhfkit.models.lora import attach_lora
     from rlhfkit.models.reward_model import RewardModel
-    from rlhfkit.train import offline
+    from rlhfkit.train import offline, sharding
     from rlhfkit.train.runs import seed_everything
 
     rm_cfg = cfg.rm
@@ -155,7 +155,7 @@ def train(cfg: Config) -> kit.TrainResult:
         cfg, "reward", model, examples, lengths, evaluate if eval_pairs else None
     ) as fitting:
         for step, batches in fitting.steps():
-            metrics = offline.accumulate(batches, step_loss, fitting.learner.backward)
+            metrics = fitting.accumulate(batches, step_loss)
             grad_norm = fitting.learner.step()[0]  # clip, NaN/inf guard, optimiser step
             fitting.end_step(step, metrics, grad_norm)  # log, evaluate, checkpoint
     run = fitting.run
@@ -177,7 +177,10 @@ def train(cfg: Config) -> kit.TrainResult:
         "skipped_steps": fitting.learner.guard.skipped,
         "model": str(run.path / "model"),
     }
-    model.save(run.path / "model", info={"data": cfg.data.path, "summary": summary})
+    plain = sharding.plain_copy(model)  # data-parallel: gathered whole on rank 0, else None
+    if plain is not None:
+        plain.offset, plain.scale = model.offset, model.scale
+        plain.save(run.path / "model", info={"data": cfg.data.path, "summary": summary})
     run.finish(summary)
     return kit.TrainResult(run, model, model.tokenizer, summary)
 

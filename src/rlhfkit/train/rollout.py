@@ -167,13 +167,19 @@ def sample(policy: Any, backend: Any, prompts: list[Prompt], gen: Any, seed: int
 
     A training loop samples every step, so on CUDA ``gen.compile auto`` compiles here (a resumed
     run compiles from its first step too, so it samples as the uninterrupted run did); one-shot
-    sampling (evaluation, ``generate``, data stages) keeps ``auto`` eager, and so does a model
-    under ``model.autocast`` (the static KV cache holds one dtype; autocast makes keys float32
+    sampling (evaluation, ``generate``, data stages) keeps ``auto`` eager, and so do a model
+    made data-parallel under torchrun and a model under ``model.autocast`` (the static KV cache holds one dtype; autocast makes keys float32
     and values bfloat16).
     """
+    from rlhfkit import distributed
     from rlhfkit.models import uses_autocast
 
-    if gen.compile == "auto" and policy.device.type == "cuda" and not uses_autocast(policy):
+    if (
+        gen.compile == "auto"
+        and policy.device.type == "cuda"
+        and not uses_autocast(policy)
+        and not distributed.is_data_parallel(policy)  # FSDP2's hooks: untried in a CUDA graph
+    ):
         gen = replace(gen, compile="on")
     policy.eval()
     policy.config.use_cache = True
@@ -208,15 +214,25 @@ def score(
 
 
 def step_metrics(experience: Experience, kl: float, kl_coef: float) -> dict[str, float]:
-    """What every online loop logs about its sampled batch: reward, KL, length, entropy."""
+    """What every online loop logs about its sampled batch: reward, KL, length, entropy
+    (data-parallel, over every rank's completions)."""
+    from rlhfkit import distributed
     from rlhfkit.losses.policy import masked_mean
 
+    scores = distributed.gather_rows(experience.raw_scores)
+    mask = experience.response_mask
+    entropy = float(-masked_mean(experience.policy_logprobs, mask))
+    if distributed.active():
+        logprob_sum, tokens = distributed.sum_floats(
+            [float((experience.policy_logprobs * mask).sum()), float(mask.sum())]
+        )
+        entropy = -logprob_sum / max(tokens, 1.0)
     return {
-        "reward": float(experience.raw_scores.mean()),
-        "reward_std": float(experience.raw_scores.std()),
+        "reward": float(scores.mean()),
+        "reward_std": float(scores.std()),
         "kl": kl,
         "kl_coef": kl_coef,
-        "length": float(experience.lengths.float().mean()),
-        "finished": float(experience.finished.float().mean()),
-        "entropy_proxy": float(-masked_mean(experience.policy_logprobs, experience.response_mask)),
+        "length": float(distributed.gather_rows(experience.lengths).float().mean()),
+        "finished": float(distributed.gather_rows(experience.finished.float()).mean()),
+        "entropy_proxy": entropy,
     }

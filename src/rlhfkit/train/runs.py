@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlhfkit import config_io
+from rlhfkit import config_io, distributed
 from rlhfkit.config import RUN_MARKER, is_run_dir
 from rlhfkit.data.files import atomic_file
 from rlhfkit.errors import RlhfkitError, RlhfkitWarning
@@ -64,6 +64,25 @@ class Run:
         """
         run_cfg = cfg.run
         path = Path(os.path.expanduser(run_cfg.output_dir))
+        failure = None
+        if distributed.is_main():  # data-parallel, rank 0 alone writes the run directory
+            try:
+                cls._open(path, cfg, command)
+            except RlhfkitError as e:
+                failure = e
+        # the others start once it exists, or stop with rank 0's error
+        if (message := distributed.broadcast_object(failure and str(failure))) is not None:
+            raise failure or RlhfkitError(message)
+        log = getattr(cfg, "log", None)
+        return cls(
+            path,
+            tensorboard=bool(log and log.tensorboard),
+            keep_checkpoints=run_cfg.keep_checkpoints,
+        )
+
+    @staticmethod
+    def _open(path: Path, cfg: Any, command: str) -> None:
+        run_cfg = cfg.run
         saved = path / "config.toml"
         if run_cfg.resume:
             _check_same_config(saved, cfg)
@@ -77,22 +96,18 @@ class Run:
                 )
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
-        if not run_cfg.resume:
-            write_text_atomic(saved, f"{RUN_MARKER}{command}\n" + config_io.to_toml(cfg))
-        log = getattr(cfg, "log", None)
-        run = cls(
-            path,
-            tensorboard=bool(log and log.tensorboard),
-            keep_checkpoints=run_cfg.keep_checkpoints,
-        )
         if run_cfg.resume:
-            run._drop_cut_off_metrics()
-        return run
+            Run(path, False, 1)._drop_cut_off_metrics()
+        else:
+            write_text_atomic(saved, f"{RUN_MARKER}{command}\n" + config_io.to_toml(cfg))
 
     # --- metrics ---------------------------------------------------------------------------------
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Append one step's metrics to metrics.jsonl (flushed at once) and TensorBoard."""
+        """Append one step's metrics to metrics.jsonl (flushed at once) and TensorBoard (rank
+        0 only: the loops reduce metrics over the ranks first)."""
+        if not distributed.is_main():
+            return
         row = {"step": step, "time": round(time.time(), 3), **metrics}
         with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
@@ -125,28 +140,42 @@ class Run:
 
     def truncate_metrics(self, step: int) -> None:
         """Drop rows after ``step``: a resumed run logs those steps again, once."""
+        if not distributed.is_main():
+            return
         rows = [row for row in self.metrics() if row["step"] <= step]
         write_text_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
     # --- checkpoints -----------------------------------------------------------------------------
 
     def save_checkpoint(self, step: int, write: Callable[[Path], None]) -> Path:
-        """Checkpoint at ``step``: ``write(dir)`` fills a temp dir that is renamed when complete."""
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        """Checkpoint at ``step``: ``write(dir)`` fills a temp dir that is renamed when complete.
+
+        Data-parallel, every rank calls this and ``write`` fills the one temp dir rank 0 made
+        (each rank its shards); rank 0 renames it once every rank is done.
+        """
         name = f"{CHECKPOINT_PREFIX}{step:06d}"
         final = self.checkpoints / name
-        tmp = Path(tempfile.mkdtemp(dir=self.checkpoints, prefix=f".tmp-{name}-"))
+        tmp = None
+        if distributed.is_main():
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=self.checkpoints, prefix=f".tmp-{name}-"))
+        tmp = distributed.broadcast_object(tmp)
         try:
             write(tmp)
-            _write_manifest(tmp)  # last: a checkpoint with a manifest was written whole
-            if final.exists():  # the same step saved again after a resume
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            distributed.barrier()
+            if distributed.is_main():
+                _write_manifest(tmp)  # last: a checkpoint with a manifest was written whole
+                if final.exists():  # the same step saved again after a resume
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if distributed.is_main():
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
-        write_text_atomic(self.checkpoints / "latest", name + "\n")
-        self._prune()
+        if distributed.is_main():
+            write_text_atomic(self.checkpoints / "latest", name + "\n")
+            self._prune()
+        distributed.barrier()  # no rank reads checkpoints before the rename
         return final
 
     def latest_checkpoint(self) -> Path | None:
@@ -189,7 +218,8 @@ class Run:
     # --- end -------------------------------------------------------------------------------------
 
     def finish(self, summary: dict[str, Any]) -> None:
-        write_text_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if distributed.is_main():
+            write_text_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
 
     def close(self) -> None:
         if self._writer is not None:

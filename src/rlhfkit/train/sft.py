@@ -42,7 +42,6 @@ def train(cfg: Config) -> kit.TrainResult:
     from rlhfkit.data import sequences
     from rlhfkit.data.feedback import load_demonstrations
     from rlhfkit.losses.preference import sft_loss
-    from rlhfkit.models.export import export_model
     from rlhfkit.train import offline
     from rlhfkit.train.runs import seed_everything
 
@@ -95,15 +94,20 @@ def train(cfg: Config) -> kit.TrainResult:
         mean = total_nll / max(total_tokens, 1)
         return {"nll": mean, "perplexity": math.exp(min(mean, 50.0))}
 
+    def completion_tokens(example: sequences.Encoded) -> float:
+        """What an example weighs in sft_loss's token-level mean: its completion's tokens (the
+        first token predicts nothing) times its weight."""
+        return example.weight * (len(example.ids) - max(example.completion_start, 1))
+
     with offline.Fitting(
-        cfg, "sft", model, examples, [len(e.ids) for e in examples], evaluate
+        cfg, "sft", model, examples, [len(e.ids) for e in examples], evaluate, completion_tokens
     ) as fitting:
         for step, batches in fitting.steps():
-            metrics = offline.accumulate(batches, nll, fitting.learner.backward)
+            metrics = fitting.accumulate(batches, nll)
             grad_norm = fitting.learner.step()[0]  # clip, NaN/inf guard, optimiser step
             fitting.end_step(step, metrics, grad_norm)  # log, evaluate, checkpoint
     run = fitting.run
-    export_model(run.path / "model", model, tokenizer)
+    kit.export(run.path / "model", model, tokenizer)
     summary = {
         "steps": fitting.total_steps,
         "seconds": fitting.seconds,

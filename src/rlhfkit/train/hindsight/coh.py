@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from rlhfkit import distributed
 from rlhfkit.config import Fraction, NonNegativeFloat, Problem, default
 from rlhfkit.data.chain_of_hindsight import NEGATIVE, POSITIVE
 from rlhfkit.train import kit
@@ -140,7 +141,6 @@ def train(cfg: Config) -> kit.TrainResult:
     from rlhfkit.data import chain_of_hindsight as coh
     from rlhfkit.data import sequences
     from rlhfkit.losses.preference import sft_loss
-    from rlhfkit.models.export import export_model
     from rlhfkit.train import offline
     from rlhfkit.train.runs import seed_everything
 
@@ -241,13 +241,14 @@ def train(cfg: Config) -> kit.TrainResult:
         cfg, "hindsight-coh", model, examples, [len(e.sequence.ids) for e in examples], evaluate
     ) as fitting:
         for step, batches in fitting.steps():
-            metrics = offline.accumulate(batches, loss_fn, fitting.learner.backward)
+            metrics = fitting.accumulate(batches, loss_fn)
             grad_norm = fitting.learner.step()[0]  # clip, NaN/inf guard, optimiser step
             fitting.end_step(step, metrics, grad_norm)  # log, evaluate, checkpoint
     run, model_dir = fitting.run, fitting.run.path / "model"
-    export_model(model_dir, model, tokenizer)
+    kit.export(model_dir, model, tokenizer)
     conditioning = coh.phrase_conditioning(cfg.coh.positive[0], chat)
-    conditioning.save(model_dir)
+    if distributed.is_main():
+        conditioning.save(model_dir)
     summary = {
         "steps": fitting.total_steps,
         "seconds": fitting.seconds,

@@ -125,7 +125,7 @@ def train(cfg: Config) -> kit.TrainResult:
             bar.update(task, completed=done)
             for round_ in range(done + 1, cfg.rounds.rounds + 1):
                 # 1. prompts, each asked with the success instruction
-                rows = rounds.stream.take(cfg.rounds.prompts_per_round)
+                rows = rounds.prompts()
                 prompts = [row["prompt"] for row in rows]
 
                 # 2. sample from the current policy

@@ -139,10 +139,13 @@ def sample_toward_goals(rounds: Any, space: Any, round_: int) -> GoalSamples:
     """Steps 1-3 of a goal round, shared by ``relabel`` and ``hindsight-foresight``."""
     import random
 
-    # 1. prompts, each with a commanded goal drawn uniformly
-    rows = rounds.stream.take(rounds.cfg.rounds.prompts_per_round)
+    # 1. prompts, each with a commanded goal drawn uniformly (data-parallel: the round's goals
+    # are drawn for every prompt, and each rank takes those of its share)
+    rows = rounds.prompts()
     draw = random.Random(rounds.cfg.run.seed * 1_000_003 + round_)
-    commanded = [draw.choice(space.goals) for _ in rows]
+    commanded = kit.rank_share(
+        [draw.choice(space.goals) for _ in range(rounds.cfg.rounds.prompts_per_round)]
+    )
     # 2. sample from the current policy, asked for the commanded goals
     rollout = rounds.sample(
         [space.ask(row["prompt"], goal) for row, goal in zip(rows, commanded, strict=True)], round_

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar, Literal
 
+from rlhfkit import distributed
 from rlhfkit.config import (
     Bounds,
     Fraction,
@@ -220,6 +221,14 @@ class Config(kit.TrainConfig):
         rlhs = self.rlhs
         if self.method != "rlhs":
             yield Problem("method", self.method, 'this config is for rlhs; set method = "rlhs"')
+        if distributed.world_size() > 1:
+            yield Problem(
+                "method",
+                "rlhs",
+                "samples, simulates and judges in one process; run it without torchrun, then "
+                "train on its pairs.jsonl with `torchrun ... -m rlhfkit dpo` if one process is "
+                "too slow",
+            )
         if rlhs.optimiser == "dpo" and self.algo.loss == "kto":
             yield Problem("algo.loss", "kto", "RLHS yields preference pairs; use dpo or ipo")
         if self.gen.temperature == 0:

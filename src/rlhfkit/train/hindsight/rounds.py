@@ -15,12 +15,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from rlhfkit import distributed
 from rlhfkit.batch import Prompt
 from rlhfkit.config import GenCfg, OptimCfg, PositiveInt, Problem, PromptDataCfg, default
-from rlhfkit.train import kit, rollout
+from rlhfkit.train import checkpoints, kit, rollout
 from rlhfkit.train.offline import BatchOrder, LossFn, accumulate
 
 
@@ -39,6 +39,16 @@ class RoundsCfg:
     optim.grad_accum_steps examples."""
     max_length: PositiveInt = 512
     """Most tokens per training sequence; longer ones lose prompt tokens from the left."""
+
+    def check(self) -> Iterable[Problem]:
+        size = distributed.world_size()
+        if self.prompts_per_round % size:
+            yield Problem(
+                "prompts_per_round",
+                self.prompts_per_round,
+                f"does not divide over {size} ranks (torchrun's world size); make it a "
+                f"multiple of {size}",
+            )
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,9 @@ class Rounds:
 
     def _learner(self, models: dict[str, tuple[Any, OptimCfg]]) -> kit.Learner:
         optim = self.cfg.optim
-        return kit.Learner(models, self.total_steps, optim.max_grad_norm, optim.max_nonfinite_steps)
+        return kit.Learner(
+            models, self.total_steps, optim.max_grad_norm, optim.max_nonfinite_steps, self.cfg.dist
+        )
 
     def add_critic(self, critic: Any, optim: OptimCfg) -> None:
         """Train ``critic`` (a ``critic.ValueModel``) alongside the policy, with its own AdamW
@@ -125,9 +137,9 @@ class Rounds:
         """The last finished round (0 on a fresh run); with ``--resume``, its state restored."""
         if not self.cfg.run.resume or (checkpoint := self.run.latest_checkpoint()) is None:
             return 0
-        done = kit.restore(kit.load_training_state(checkpoint, self.policy), self._stateful())
-        if self.critic is not None:
-            self.critic.load(checkpoint)
+        done = checkpoints.load_checkpoint(
+            checkpoint, self.learner, self._stateful(), self._parts()
+        )
         self.run.truncate_metrics(done)
         return done
 
@@ -135,16 +147,20 @@ class Rounds:
         """Log the round's metrics and checkpoint it."""
         self.run.log(
             round_,
-            {**metrics, "skipped_steps": self.learner.guard.skipped, "lr": self.learner.lrs()[0]},
+            {
+                **distributed.mean_floats(metrics),  # data-parallel: over the ranks' shares
+                "skipped_steps": self.learner.guard.skipped,
+                "lr": self.learner.lrs()[0],
+            },
         )
-        state = kit.snapshot(round_, self._stateful())
+        checkpoints.save_checkpoint(self.run, round_, self.learner, self._stateful(), self._parts())
 
-        def write(directory: Path) -> None:
-            kit.save_training_state(directory, self.policy, state)
-            if self.critic is not None:
-                self.critic.save(directory)
+    def _parts(self) -> tuple[Any, ...]:
+        return () if self.critic is None else (self.critic,)
 
-        self.run.save_checkpoint(round_, write)
+    def prompts(self) -> list[dict[str, Any]]:
+        """This round's prompt rows (data-parallel: this rank's share of them)."""
+        return kit.rank_share(self.stream.take(self.cfg.rounds.prompts_per_round))
 
     # --- sampling --------------------------------------------------------------------------------
 
@@ -155,7 +171,7 @@ class Rounds:
             self.backend,
             prompts,
             self.cfg.gen,
-            seed=self.cfg.run.seed * 1_000_003 + round_,
+            seed=kit.rollout_seed(self.cfg.run.seed, round_),
         )
 
     def score(self, rows: list[dict[str, Any]], completions: list[str]) -> list[float]:
@@ -210,10 +226,9 @@ class Rounds:
 
     def finish(self, conditioning: Any, summary: dict[str, Any]) -> kit.TrainResult:
         """Export the policy to ``<run>/model`` with its conditioning; write the summary."""
-        from rlhfkit.models.export import export_model
-
-        model_dir = export_model(self.run.path / "model", self.policy, self.tokenizer)
-        conditioning.save(model_dir)
+        model_dir = kit.export(self.run.path / "model", self.policy, self.tokenizer)
+        if distributed.is_main():
+            conditioning.save(model_dir)
         summary = {
             "rounds": self.cfg.rounds.rounds,
             "seconds": round(time.perf_counter() - self.started, 1),
