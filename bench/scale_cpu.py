@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -61,8 +62,8 @@ def write_demos(work: Path, args: argparse.Namespace) -> None:
     """Demonstrations of ``--tokens`` tokens or so (words of ~1 token), enough for every step."""
     words = "the movie was a delight and the plot kept me on the edge of my seat".split()
     rows = []
-    for i in range(args.batch * (args.steps + args.warmup)):
-        text = " ".join(words[(i + k) % len(words)] for k in range(args.tokens - 8))
+    for i in range(args.batch * (args.steps + args.warmup)):  # cut to exactly --tokens tokens
+        text = " ".join(words[(i + k) % len(words)] for k in range(args.tokens))
         rows.append({"prompt": f"Review {i}:", "completion": " " + text})
     (work / "demos.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
@@ -93,6 +94,7 @@ def child(args: argparse.Namespace) -> None:
     from rlhfkit.train import offline, sft
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    warnings.filterwarnings("ignore", message=".*were cut")  # every example is, to one length
     work = Path(args.work)
     distributed.init(timeout_s=600)
     ranks = distributed.world_size()
@@ -102,7 +104,7 @@ def child(args: argparse.Namespace) -> None:
         train=offline.TrainCfg(
             batch_size=args.batch // ranks,
             max_steps=args.steps + args.warmup,
-            max_length=args.tokens + 16,
+            max_length=args.tokens,
             group_by_length=False,
         ),
         optim=OptimCfg(lr=1e-5),

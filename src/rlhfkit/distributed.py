@@ -9,6 +9,7 @@ an error instead of waiting forever.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -145,11 +146,17 @@ def sum_floats(values: Sequence[float]) -> list[float]:
 
 
 def mean_floats(values: dict[str, float]) -> dict[str, float]:
-    """Each metric averaged over the ranks (ranks holding equal shares of the batch)."""
+    """Each metric averaged over the ranks (ranks holding equal shares of the batch). A rank
+    whose value is NaN (a mean over none of its samples) is left out of that metric's mean."""
     if not active():
         return dict(values)
-    sums = sum_floats(list(values.values()))
-    return {key: total / world_size() for key, total in zip(values, sums, strict=True)}
+    present = [0.0 if math.isnan(v) else 1.0 for v in values.values()]
+    sums = sum_floats([0.0 if math.isnan(v) else v for v in values.values()] + present)
+    totals, counts = sums[: len(values)], sums[len(values) :]
+    return {
+        key: total / count if count else math.nan
+        for key, total, count in zip(values, totals, counts, strict=True)
+    }
 
 
 def sum_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -89,18 +89,54 @@ def shard(model: torch.nn.Module, cfg: DistCfg) -> None:
     if cfg.cpu_offload:
         options["offload_policy"] = CPUOffloadPolicy()
     _skeletons[model] = _copy_module(model, "meta")  # for plain_copy, once training is done
-    managed: set[int] = set()
+    _tie_head_by_reference(model)
+    claimed: set[int] = set()
     if (found := _decoder_layers(model)) is not None:
         decoder, layers = found
         for layer in layers:
             fully_shard(layer, **options)
-        fully_shard(decoder, **options)
-        managed.update(id(p) for p in decoder.parameters())
+        fully_shard(decoder, **options)  # the root unit: embeddings, final norm
+        claimed.update(id(p) for p in decoder.parameters())
     for module in model.modules():
-        own = [p for p in module.parameters(recurse=False) if id(p) not in managed]
-        if own:  # an untied LM head, a value or reward head: a unit of its own
-            fully_shard(module, **options)
-            managed.update(id(p) for p in module.parameters())
+        if any(id(p) not in claimed for p in module.parameters(recurse=False)):
+            fully_shard(module, **options)  # an untied LM head, a value or reward head
+            claimed.update(id(p) for p in module.parameters())
+
+
+class _TiedHead(torch.nn.Module):
+    """An LM head tied to the input embedding that reads the embedding's weight at each call.
+
+    fully_shard swaps a parameter for the unit that holds it, the decoder's, so a head keeping
+    its own reference to the shared weight would come untied (a stale copy, trained apart).
+    Reading ``embedding.weight`` when called gets what the decoder's unit holds: the gathered
+    weight after the decoder's forward, whose gradient FSDP2 reduces with the embedding's.
+    """
+
+    def __init__(self, embedding: torch.nn.Module):
+        super().__init__()
+        object.__setattr__(self, "embedding", embedding)  # not a child: its unit is the decoder's
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embedding.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden, self.embedding.weight)
+
+
+def _tie_head_by_reference(model: torch.nn.Module) -> None:
+    """Replace an LM head tied to the input embedding with a ``_TiedHead``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA
+    if not hasattr(base, "get_output_embeddings"):
+        return
+    head, embedding = base.get_output_embeddings(), base.get_input_embeddings()
+    if (
+        isinstance(head, torch.nn.Linear)
+        and head.bias is None
+        and embedding is not None
+        and head.weight is embedding.weight
+    ):
+        base.set_output_embeddings(_TiedHead(embedding))
 
 
 def full_norm(norm: torch.Tensor) -> torch.Tensor:
@@ -128,11 +164,19 @@ def save(directory: Path, models: list[Any], optimizers: list[Any]) -> None:
 def load(directory: Path, models: list[Any], optimizers: list[Any]) -> None:
     """Load ``save``'s shards into the models and optimisers, resharded to this world size."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_state_dict,
+    )
 
     state = {}
     for index, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
         weights, optim = get_state_dict(model, optimizer)
+        # a tied LM head is saved under the embedding's name only (``_TiedHead``); a model not
+        # sharded (resumed in one process) lists it twice
+        for name in _tied_names(model):
+            weights.pop(name, None)
         state[f"model{index}"], state[f"optim{index}"] = weights, optim
     try:
         dcp.load(state, checkpoint_id=str(directory / DCP_DIR))
@@ -148,7 +192,14 @@ def load(directory: Path, models: list[Any], optimizers: list[Any]) -> None:
             optimizer,
             model_state_dict=state[f"model{index}"],
             optim_state_dict=state[f"optim{index}"],
+            options=StateDictOptions(strict=not _tied_names(model)),
         )
+
+
+def _tied_names(model: Any) -> list[str]:
+    """Names under which a parameter appears a second time (a tied LM head's weight)."""
+    first = {name for name, _ in model.named_parameters()}
+    return [name for name, _ in model.named_parameters(remove_duplicate=False) if name not in first]
 
 
 def plain_copy(model: Any) -> Any:
@@ -168,8 +219,16 @@ def plain_copy(model: Any) -> Any:
     )
     if not distributed.is_main():
         return None
-    copy = _copy_module(_skeletons[model], "meta").to_empty(device="cpu")
-    copy.load_state_dict(state)
+    copy = _copy_module(_skeletons[model], "cpu")  # empty tensors, ties kept
+    loaded = copy.load_state_dict(state, strict=False)
+    # a tied LM head's weight is the embedding's, loaded under the embedding's name
+    names = {id(p): n for n, p in copy.named_parameters() if n in state}
+    untied = [n for n, p in copy.named_parameters(remove_duplicate=False) if id(p) not in names]
+    if loaded.unexpected_keys or untied:
+        raise RlhfkitError(
+            f"exporting the trained model: its gathered weights do not fit the model "
+            f"(missing {untied[:3]}, unexpected {loaded.unexpected_keys[:3]}); report this"
+        )
     with torch.no_grad():  # buffers are never sharded; the state dict lacks non-persistent ones
         for name, buffer in copy.named_buffers():
             buffer.copy_(model.get_buffer(name))
