@@ -112,9 +112,9 @@ def test_sampled_logprobs_match_the_trainers_forward_pass(lm_and_backend, gen):
 def test_rollout_has_the_hf_backends_layout_and_seeding(lm_and_backend):
     model, tokenizer, backend = lm_and_backend
     hf = get_backend("hf", model, tokenizer)
-    rollout = generate(backend, temperature=1.0)
-    assert rollout.prompt_ids.equal(generate(hf).prompt_ids)  # same chat template and padding
-    assert rollout.prompt_mask.equal(generate(hf).prompt_mask)
+    rollout, sampled_by_hf = generate(backend), generate(hf)
+    assert rollout.prompt_ids.equal(sampled_by_hf.prompt_ids)  # same chat template and padding
+    assert rollout.prompt_mask.equal(sampled_by_hf.prompt_mask)
     assert rollout.response_ids.shape[1] <= 10 and len(rollout) == len(PROMPTS)
     pad = tokenizer.pad_token_id
     assert (rollout.response_ids[rollout.response_mask == 0] == pad).all()
@@ -125,7 +125,7 @@ def test_rollout_has_the_hf_backends_layout_and_seeding(lm_and_backend):
         assert response_mask == sorted(response_mask, reverse=True) and response_mask[0] == 1
         kept = rollout.response_ids[row, : rollout.response_lengths[row]].tolist()
         ended = kept[-1] == tokenizer.eos_token_id
-        assert bool(rollout.finished[row]) == ended or len(kept) < 10
+        assert bool(rollout.finished[row]) == ended and (ended or len(kept) == 10)
         text_ids = kept[:-1] if ended else kept
         assert tokenizer.decode(text_ids, skip_special_tokens=True) == rollout.completions[row]
 

@@ -19,7 +19,7 @@ Engine settings, each for a reason:
 - in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): colocated means the trainer's process;
   the weights are then pushed by reference, and no ``__main__`` guard is needed;
 - eager (no torch.compile): on CPU vLLM's compile costs over two minutes at every start
-  (bench/README.md), more than it saves in a short run;
+  (docs/vllm.md), more than it saves in a short run;
 - a fixed KV cache (``KV_CACHE_GIB``) instead of a share of the machine's memory, which the
   trainer needs; on CPU ``VLLM_CPU_KVCACHE_SPACE`` (GiB) overrides it;
 - no sleep mode: vLLM's CPU worker does not implement it (its ``sleep`` only logs a warning),
