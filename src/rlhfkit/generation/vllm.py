@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from rlhfkit import distributed
 from rlhfkit.batch import Prompt, Rollout
 from rlhfkit.config import GenCfg
 from rlhfkit.errors import ConfigError, DataError
@@ -62,6 +63,11 @@ class VLLMBackend(HFBackend):
 
     def __init__(self, model: Any, tokenizer: Any):
         super().__init__(model, tokenizer)
+        if distributed.launched():  # each rank would build an engine and push sharded weights
+            raise ConfigError(
+                "gen.backend = vllm runs colocated in one process; under torchrun use "
+                "gen.backend hf (vLLM for data-parallel training is not built yet)"
+            )
         if importlib.util.find_spec("vllm") is None:
             raise ConfigError(NOT_INSTALLED)
         _engine_environment()  # before the import: vLLM reads some of it then
