@@ -22,10 +22,18 @@ if TYPE_CHECKING:
 # command's --help, which must stay fast. The collectives run only once torch is loaded.
 
 
+_joined = False  # init() ran under a launcher: the process group is the run's
+
+
 def _group() -> Any:
-    """``torch.distributed`` when this process is in a process group, else None."""
+    """``torch.distributed`` when this process joined the run's process group, else None.
+
+    A group some library set up for itself (vLLM's in-process engine starts one of size 1)
+    is not the run's: only one ``init`` joined makes the run data-parallel.
+    """
     dist = sys.modules.get("torch.distributed")
-    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
+    joined = _joined and dist is not None and dist.is_available() and dist.is_initialized()
+    return dist if joined else None
 
 
 def launched() -> bool:
@@ -43,7 +51,11 @@ def init(timeout_s: float) -> None:
     import torch
     import torch.distributed as dist
 
-    if not launched() or dist.is_initialized():
+    global _joined
+    if not launched():
+        return
+    _joined = True
+    if dist.is_initialized():
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -69,8 +81,10 @@ def is_collective_error(error: BaseException) -> bool:
 
 def shutdown() -> None:
     """Leave the process group (at the end of a command)."""
+    global _joined
     if (dist := _group()) is not None:
         dist.destroy_process_group()
+    _joined = False
 
 
 def active() -> bool:
