@@ -81,8 +81,9 @@ def build_tiny_tokenizer():
     )
 
 
-def build_tiny_llama(vocab_size: int, eos_token_id: int, seed: int = 0):
-    """A 2-layer random Llama small enough to run hundreds of forward passes in a second."""
+def build_tiny_llama(vocab_size: int, eos_token_id: int, seed: int = 0, tied: bool = False):
+    """A 2-layer random Llama small enough to run hundreds of forward passes in a second;
+    ``tied``: its LM head is its input embedding, as SmolLM2's is."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -97,6 +98,7 @@ def build_tiny_llama(vocab_size: int, eos_token_id: int, seed: int = 0):
         eos_token_id=eos_token_id,
         bos_token_id=None,
         pad_token_id=None,
+        tie_word_embeddings=tied,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()

@@ -49,24 +49,11 @@ def stop_or_die(prompts, completions, **meta):
 def tied_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama whose LM head is its input embedding, as SmolLM2's and most small
     models' are: FSDP2 must keep the two one weight."""
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from conftest import build_tiny_tokenizer
+    from conftest import build_tiny_llama, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = build_tiny_llama(len(tokenizer), tokenizer.eos_token_id, tied=True)
     path = tmp_path_factory.mktemp("tied-llama")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
