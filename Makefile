@@ -6,6 +6,8 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
+# pytest-xdist workers: one a core (most tests run torch on one thread)
+PYTEST_WORKERS ?= auto
 
 .PHONY: setup demo test lint clean-venv vllm-env vllm-test
 
@@ -30,7 +32,7 @@ demo: setup
 
 # pytest exits 5 when it collects no tests: not a failure of the suite
 test: $(TEST_STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # ruff (lint, then format), the import layers of CONTRIBUTING.md, pyright on [tool.pyright]'s files
 lint: setup

@@ -6,6 +6,7 @@ fraction of a second, so fast tests exercise the same code paths as the real mod
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -35,19 +36,34 @@ CHAT_TEMPLATE = (
 def _fast_test_setup(request, tmp_path_factory, monkeypatch):
     """Fast tests never touch the real asset cache and run torch on one thread.
 
-    Slow tests use the real cache (~/.cache/rlhfkit) and every core. For tiny models, thread
-    start-up costs more than the arithmetic: on a busy 2-core machine one thread is ~10x faster.
+    Slow tests use the real cache (~/.cache/rlhfkit) and their worker's share of the cores
+    (``make test`` runs one pytest-xdist worker a core). For tiny models, thread start-up costs
+    more than the arithmetic: on a busy 2-core machine one thread is ~10x faster.
     """
     if request.node.get_closest_marker("slow") is not None:
-        yield
+        with _torch_threads(_cores_per_worker()):
+            yield
         return
+    monkeypatch.setenv("RLHFKIT_HOME", str(tmp_path_factory.mktemp("rlhfkit_home")))
+    with _torch_threads(1):
+        yield
+
+
+def _cores_per_worker() -> int:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int):
     import torch
 
-    monkeypatch.setenv("RLHFKIT_HOME", str(tmp_path_factory.mktemp("rlhfkit_home")))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

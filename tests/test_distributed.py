@@ -94,7 +94,9 @@ def torchrun(
     file.write_text(json.dumps(commands))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_TEST_DIST_TIMEOUT": str(group_timeout)}
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(DRIVER)]
+        # --standalone: a free port of its own, so launches by parallel test workers never meet
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + [str(DRIVER)]
         + [str(file)],
         env=env,
         stdout=subprocess.DEVNULL,
