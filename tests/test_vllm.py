@@ -88,6 +88,18 @@ def assert_logprobs_match_forward(model, rollout, temperature, atol=1e-4):
     torch.testing.assert_close(rollout.logprobs[mask], recomputed[mask], rtol=0, atol=atol)
 
 
+def raise_logprobs(model, rollout, optimizer) -> None:
+    """One optimiser step that raises the log-probs of ``rollout``'s completions."""
+    model.train()
+    logprobs = token_logprobs(
+        model, rollout.input_ids, rollout.attention_mask, rollout.prompt_ids.shape[1]
+    )
+    (-(logprobs * rollout.response_mask).sum()).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    model.eval()
+
+
 def test_missing_vllm_is_a_one_line_config_error(tiny_lm, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     model, tokenizer = tiny_lm
@@ -180,37 +192,63 @@ def test_rollouts_come_from_the_weights_after_each_optimiser_step(vllm_model_dir
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
     for _ in range(2):  # raise the log-prob of the greedy completion
-        model.train()
-        logprobs = token_logprobs(
-            model, greedy.input_ids, greedy.attention_mask, greedy.prompt_ids.shape[1]
-        )
-        (-(logprobs * greedy.response_mask).sum()).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        model.eval()
+        raise_logprobs(model, greedy, optimizer)
         rollout = generate(backend, temperature=1.0)
         assert_logprobs_match_forward(model, rollout, 1.0)
 
 
-def test_lora_policy_is_pushed_with_adapters_merged(vllm_model_dir):
+def _lora_policy(vllm_model_dir, **lora):
     from rlhfkit.models.lora import attach_lora
 
-    _vllm_or_skip()
     model, tokenizer = load_causal_lm(ModelCfg(path=str(vllm_model_dir), device="cpu"))
-    policy = attach_lora(model, LoraCfg(rank=4, alpha=8, target_modules=("q_proj", "v_proj")))
+    settings = {"rank": 4, "alpha": 8, "target_modules": ("q_proj", "v_proj"), **lora}
+    policy = attach_lora(model, LoraCfg(**settings))
     with torch.no_grad():  # LoRA's B starts at 0; make the adapters do something
         for name, param in policy.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.5)
+    return policy, tokenizer
+
+
+def test_lora_adapters_alone_are_synced_after_each_step(vllm_model_dir):
+    """A LoRA policy: the engine takes the base weights once and then only the adapters, which
+    vLLM's own LoRA adds; the sampled log-probs equal the policy's forward pass, before and
+    after optimiser steps on the adapters (all-linear: every projection of the layers)."""
+    _vllm_or_skip()
+    policy, tokenizer = _lora_policy(vllm_model_dir, target_modules=("all-linear",))
     backend = get_backend("vllm", policy, tokenizer)
+    assert backend.adapter_rank == 4
     rollout = generate(backend, temperature=1.0)
+    assert backend.adapter is not None  # sampled through vLLM's LoRA
     assert_logprobs_match_forward(policy, rollout, 1.0)
-    with policy.disable_adapter():  # so the adapters are no no-op
-        with torch.no_grad():
-            base = token_logprobs(
-                policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_ids.shape[1]
-            )
+    with policy.disable_adapter(), torch.no_grad():  # so the adapters are no no-op
+        base = token_logprobs(
+            policy, rollout.input_ids, rollout.attention_mask, rollout.prompt_ids.shape[1]
+        )
     assert (base - rollout.logprobs).abs().max() > 1e-2
+
+    optimizer = torch.optim.AdamW(
+        [p for p in policy.parameters() if p.requires_grad], lr=1e-1, fused=True
+    )
+    for _ in range(2):
+        raise_logprobs(policy, rollout, optimizer)
+        first = backend.adapter.lora_int_id
+        rollout = generate(backend, temperature=1.0)
+        assert backend.adapter.lora_int_id == first + 1  # a new adapter, the old one removed
+        assert_logprobs_match_forward(policy, rollout, 1.0)
+
+
+def test_lora_with_other_trained_weights_is_pushed_merged(vllm_model_dir):
+    """Weights trained beside the adapters (here the final norm) are no LoRA vLLM can add: the
+    whole policy is pushed, adapters merged."""
+    _vllm_or_skip()
+    policy, tokenizer = _lora_policy(vllm_model_dir)
+    policy.get_base_model().model.norm.weight.requires_grad_(True)
+    backend = get_backend("vllm", policy, tokenizer)
+    assert backend.adapter_rank == 0
+    rollout = generate(backend, temperature=1.0)
+    assert backend.adapter is None
+    assert_logprobs_match_forward(policy, rollout, 1.0)
 
 
 def test_grpo_learns_with_vllm_rollouts(vllm_model_dir, tmp_path):
@@ -218,44 +256,52 @@ def test_grpo_learns_with_vllm_rollouts(vllm_model_dir, tmp_path):
     set-up: the mean of the last 5 steps' reward minus the first 5's was 0.33-0.56 for seeds 0-3
     on a 2-core AMD EPYC (the hf backend: 0.35-0.42), where a policy that learned nothing
     averages 0 +- 0.01; the logged mismatch_kl was at most 1.3e-13."""
-    import json
-
-    from rlhfkit import cli
 
     _vllm_or_skip()
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("The movie was\nWhat is two\nPlease write a\nShe said the\n")
-    reward = tmp_path / "reward_o.py"
-    reward.write_text(LETTER_O_REWARD)
     rises = []
     for seed in (0, 1):
-        out = tmp_path / f"run-{seed}"
-        code = cli.main(
-            [
-                "grpo",
-                f"--model.path={vllm_model_dir}",
-                "--model.device=cpu",
-                f"--reward={reward}:letter_o",
-                "--steps=30",
-                f"--data.prompts={prompts}",
-                "--data.eval_size=0",
-                "--gen.backend=vllm",
-                "--gen.max_new_tokens=8",
-                "--gen.chat_template=off",
-                "--algo.kl_coef=0.01",
-                "--optim.lr=1e-2",
-                "--log.tensorboard=false",
-                "--log.progress=false",
-                f"--run.output_dir={out}",
-                "--run.checkpoint_every=0",
-                f"--run.seed={seed}",
-            ]
-        )
-        assert code == 0
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = grpo_letter_o(vllm_model_dir, tmp_path / f"run-{seed}", seed, "--gen.backend=vllm")
         rewards = [row["reward"] for row in rows]
         assert len(rewards) == 30
         # the sampler's and the trainer's log-probs agree, so the logged gap is float noise
         assert max(row["mismatch_kl"] for row in rows) < 1e-6
         rises.append(sum(rewards[-5:]) / 5 - sum(rewards[:5]) / 5)
     assert sum(rises) / 2 > 0.1, rises
+
+
+def grpo_letter_o(model_dir: Path, out: Path, seed: int, *gen_args: str) -> list[dict]:
+    """`rlhfkit grpo` for 30 steps on the letter-o reward, sampling with ``gen_args``; the
+    run's metric rows."""
+    import json
+
+    from rlhfkit import cli
+
+    out.mkdir(parents=True)
+    prompts = out / "prompts.txt"
+    prompts.write_text("The movie was\nWhat is two\nPlease write a\nShe said the\n")
+    reward = out / "reward_o.py"
+    reward.write_text(LETTER_O_REWARD)
+    code = cli.main(
+        [
+            "grpo",
+            f"--model.path={model_dir}",
+            "--model.device=cpu",
+            f"--reward={reward}:letter_o",
+            "--steps=30",
+            f"--data.prompts={prompts}",
+            "--data.eval_size=0",
+            *gen_args,
+            "--gen.max_new_tokens=8",
+            "--gen.chat_template=off",
+            "--algo.kl_coef=0.01",
+            "--optim.lr=1e-2",
+            "--log.tensorboard=false",
+            "--log.progress=false",
+            f"--run.output_dir={out / 'run'}",
+            "--run.checkpoint_every=0",
+            f"--run.seed={seed}",
+        ]
+    )
+    assert code == 0
+    lines = (out / "run" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]

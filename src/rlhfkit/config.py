@@ -109,7 +109,7 @@ ModelPath = Annotated[str, Check(model_problem, "MODEL")]
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CORPORA = ("movies", "tweets", "amazon", "nyt")
 """The VADER corpora of human-rated texts: the built-in sets vader:movies ... vader:nyt."""
-GEN_BACKENDS = {"hf", "vllm"}
+GEN_BACKENDS = {"hf", "vllm", "vllm-server"}
 """The names gen.backend accepts: each built-in (its module in the generation package is named
 after it) and each plug-in, added when it registers (``register_backend``)."""
 
@@ -180,8 +180,13 @@ class GenCfg:
     """Wrap prompts in the tokenizer's chat template: auto uses it when the model has one."""
     backend: str = "hf"
     """Generation backend: hf (transformers, default), vllm (vLLM in the trainer's process, with
-    the policy's weights pushed after each update; needs `make vllm-env`, see docs/vllm.md) or
-    one a plug-in registered."""
+    the policy's weights pushed after each update; needs `make vllm-env`, see docs/vllm.md),
+    vllm-server (a `vllm serve` process at gen.server_url, sent the policy's weights before each
+    rollout) or one a plug-in registered."""
+    server_url: str = ""
+    """The vLLM server gen.backend vllm-server samples on, e.g. http://localhost:8000."""
+    server_timeout_s: PositiveFloat = 600.0
+    """Seconds to wait for the vLLM server's answer to one request or weight update."""
     compile: Literal["auto", "on", "off"] = "auto"
     """Decode with a static KV cache and a compiled token step (torch.compile; CUDA graphs on a
     GPU, where a small model's eager decoding is kernel-launch bound). auto: on for the sampling
@@ -195,6 +200,13 @@ class GenCfg:
                 "backend",
                 self.backend,
                 "is not a generation backend; choose one of " + ", ".join(sorted(GEN_BACKENDS)),
+            )
+        if self.backend == "vllm-server" and not self.server_url:
+            yield Problem(
+                "server_url",
+                self.server_url,
+                "is needed by gen.backend vllm-server: the server's address, e.g. "
+                "http://localhost:8000 (docs/vllm.md)",
             )
 
 

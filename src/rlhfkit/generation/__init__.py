@@ -63,8 +63,8 @@ def get_backend(name: str, model: Any, tokenizer: Any) -> GenerationBackend:
     """The backend registered as ``name``, built around a loaded model and its tokenizer."""
     if (
         name not in _registry and name in GEN_BACKENDS
-    ):  # a built-in: module <name> here registers it
-        importlib.import_module(f"{__name__}.{name}")
+    ):  # a built-in: module <name> here (- as _) registers it
+        importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
     if name not in _registry:
         known = backend_names()
         hint = did_you_mean(name, known)

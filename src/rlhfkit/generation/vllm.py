@@ -3,8 +3,10 @@
 Prompts are encoded, checked and padded exactly as the ``hf`` backend does; vLLM only samples.
 The engine is built once from the policy's config with placeholder weights and takes the
 policy's weights at the start of every ``generate`` call, so a rollout always comes from the
-policy as it is now (after the last optimiser step). With LoRA the adapters are merged into the
-pushed weights: the engine serves one plain model, and vLLM's own LoRA is not used.
+policy as it is now (after the last optimiser step). With LoRA the engine takes the base
+weights once and then, at each call, the adapters alone (saved in peft's format and loaded by
+vLLM's own LoRA under a new id); where vLLM's LoRA cannot take them (DoRA, weights trained
+beside the adapters, a rank above 512) the adapters are merged into pushed full weights.
 
 Log-probs. ``Rollout.logprobs`` is log p(token) under softmax(logits / T) over the whole
 vocabulary, before top-k / top-p, as ``hf`` records it and the trainer recomputes it. vLLM
@@ -32,9 +34,11 @@ import importlib.util
 import logging
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -74,6 +78,9 @@ class VLLMBackend(HFBackend):
         import vllm
 
         base = model.get_base_model() if hasattr(model, "peft_config") else model
+        self.adapter_rank = _adapter_rank(model)
+        self.adapter: Any = None  # the vllm.lora.request.LoRARequest of the last adapter pushed
+        self.adapters = 0
         # the engine is built from the config alone ("dummy" weights) and then given the
         # policy's weights: the policy may be a checkpoint, a LoRA model or an edited copy
         self.engine_dir = tempfile.TemporaryDirectory(prefix="rlhfkit-vllm-")
@@ -95,6 +102,7 @@ class VLLMBackend(HFBackend):
                     generation_config="vllm",  # the model's own sampling defaults stay out (see hf)
                     logprobs_mode="raw_logprobs",  # under the scaled logits: see the module doc
                     seed=0,
+                    **_lora_settings(self.adapter_rank),
                 )
         finally:
             torch.set_num_threads = set_num_threads
@@ -107,13 +115,17 @@ class VLLMBackend(HFBackend):
             )
 
     def push_weights(self) -> None:
-        """Copy the policy's weights into the engine (SmolLM2-135M: about 0.6 s on 2 cores).
+        """Give the engine the policy's weights (SmolLM2-135M: about 0.6 s on 2 cores); with
+        LoRA, the base weights once and then the adapters alone, which vLLM's own LoRA adds.
 
         ``generate`` pushes before every call rather than only after a change: a fused AdamW
         step (the trainers' optimiser) leaves the parameters' version counters as they were,
         so nothing cheaper tells reliably that the weights moved.
         """
-        weights = list(_checkpoint_weights(self.model))
+        if self.adapter_rank and self.adapter is not None:
+            self._push_adapter()
+            return
+        weights = list(checkpoint_weights(self.model, merged=not self.adapter_rank))
         # vLLM warns that the tied LM head and the rotary cache were not in the weights: the
         # head is repacked below, and the rotary cache is no weight
         with _quiet("vllm.model_executor.model_loader.reload"):
@@ -123,6 +135,21 @@ class VLLMBackend(HFBackend):
             )
         self.llm.apply_model(_repack_tied_head)
         self.llm.reset_prefix_cache()  # cached prompt KV came from the old weights
+        if self.adapter_rank:
+            self._push_adapter()
+
+    def _push_adapter(self) -> None:
+        """Save the adapters (peft's format, a few MB) where vLLM loads them under a new id: an
+        id is loaded once, so each push is a new adapter and the last one is evicted."""
+        from vllm.lora.request import LoRARequest
+
+        self.adapters += 1
+        path = os.path.join(self.engine_dir.name, f"adapter-{self.adapters}")
+        self.model.save_pretrained(path)
+        if self.adapter is not None:
+            self.llm.llm_engine.remove_lora(self.adapter.lora_int_id)
+            shutil.rmtree(self.adapter.lora_path, ignore_errors=True)
+        self.adapter = LoRARequest(f"policy-{self.adapters}", self.adapters, path)
 
     def generate(
         self, prompts: list[Prompt], cfg: GenCfg, seed: int, response_prefix: str = ""
@@ -157,47 +184,75 @@ class VLLMBackend(HFBackend):
         ]
         with torch.random.fork_rng(devices=[]):  # vLLM's CPU sampler draws from torch's RNG
             outputs = self.llm.generate(
-                [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
+                [{"prompt_token_ids": ids} for ids in prompt_ids],
+                params,
+                use_tqdm=False,
+                lora_request=self.adapter,
             )
-        return self._rollout(prompts, prompt_ids, [out.outputs[0] for out in outputs], cfg)
-
-    def _rollout(
-        self, prompts: list[Prompt], prompt_ids: list[list[int]], samples: list[Any], cfg: GenCfg
-    ) -> Rollout:
-        """The rollout ``hf`` would return for these samples: an EOS token is kept in the
-        response and left out of the text; a stop string's token is kept, the text cut before
-        the stop string."""
-        responses, logprobs, completions, finished = [], [], [], []
-        for sample in samples:
-            ids = list(sample.token_ids)
-            responses.append(ids)
-            logprobs.append(
-                [step[token].logprob for step, token in zip(sample.logprobs, ids, strict=True)]
+        samples = [
+            Sample(
+                list(sample.token_ids),
+                [
+                    step[token].logprob
+                    for step, token in zip(sample.logprobs, sample.token_ids, strict=True)
+                ],
+                sample.finish_reason,
             )
-            ended_by_eos = bool(ids) and ids[-1] in self.eos_ids and sample.finish_reason == "stop"
-            text = self._decode(ids[:-1] if ended_by_eos else ids)
-            completions.append(cut_before_first(text, cfg.stop))
-            finished.append(sample.finish_reason == "stop")
-        padded = self.tokenizer.pad(
-            {"input_ids": prompt_ids}, padding_side="left", return_tensors="pt"
-        )
-        width = max(map(len, responses))
-        response_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in responses])
-        return Rollout(
-            prompts=list(prompts),
-            completions=completions,
-            prompt_ids=padded["input_ids"],  # (B, P)
-            prompt_mask=padded["attention_mask"],  # (B, P)
-            response_ids=torch.tensor([r + [self.pad_id] * (width - len(r)) for r in responses]),
-            response_mask=response_mask,  # (B, R)
-            logprobs=torch.tensor([row + [0.0] * (width - len(row)) for row in logprobs]),
-            finished=torch.tensor(finished),
-        ).to(self.model.device)  # where the hf backend leaves it: the trainer's device
+            for sample in (out.outputs[0] for out in outputs)
+        ]
+        return vllm_rollout(self, prompts, prompt_ids, samples, cfg)
 
 
-def _checkpoint_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+@dataclass(frozen=True)
+class Sample:
+    """One completion as vLLM returns it: its tokens, each one's log-prob, why it ended."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str | None  # "stop" (EOS or a stop string) or "length"
+
+
+def vllm_rollout(
+    backend: HFBackend,
+    prompts: list[Prompt],
+    prompt_ids: list[list[int]],
+    samples: list[Sample],
+    cfg: GenCfg,
+) -> Rollout:
+    """The rollout ``hf`` would return for these samples: an EOS token is kept in the response
+    and left out of the text; a stop string's token is kept, the text cut before the stop
+    string."""
+    completions, finished = [], []
+    for sample in samples:
+        ids = sample.token_ids
+        ended_by_eos = bool(ids) and ids[-1] in backend.eos_ids and sample.finish_reason == "stop"
+        text = backend._decode(ids[:-1] if ended_by_eos else ids)
+        completions.append(cut_before_first(text, cfg.stop))
+        finished.append(sample.finish_reason == "stop")
+    padded = backend.tokenizer.pad(
+        {"input_ids": prompt_ids}, padding_side="left", return_tensors="pt"
+    )
+    width = max(len(sample.token_ids) for sample in samples)
+
+    def padded_row(row: list, fill: float | int) -> list:
+        return row + [fill] * (width - len(row))
+
+    return Rollout(
+        prompts=list(prompts),
+        completions=completions,
+        prompt_ids=padded["input_ids"],  # (B, P)
+        prompt_mask=padded["attention_mask"],  # (B, P)
+        response_ids=torch.tensor([padded_row(s.token_ids, backend.pad_id) for s in samples]),
+        response_mask=torch.tensor([padded_row([1] * len(s.token_ids), 0) for s in samples]),
+        logprobs=torch.tensor([padded_row(s.logprobs, 0.0) for s in samples]),
+        finished=torch.tensor(finished),
+    ).to(backend.model.device)  # where the hf backend leaves it: the trainer's device
+
+
+def checkpoint_weights(model: Any, merged: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's weights under the names of its checkpoint, which vLLM's loaders read; with
-    LoRA, each adapted weight is W + the adapter's delta (peft's scaling included)."""
+    LoRA, each adapted weight is W + the adapter's delta (peft's scaling included), or W alone
+    when not ``merged``."""
     if not hasattr(model, "peft_config"):
         for name, param in model.named_parameters():
             yield name, param.detach()
@@ -207,7 +262,7 @@ def _checkpoint_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
     base = model.get_base_model()
     deltas = {
         f"{name}.weight": module.get_delta_weight(adapter)
-        for name, module in base.named_modules()
+        for name, module in (base.named_modules() if merged else ())
         if isinstance(module, LoraLayer)
         for adapter in module.active_adapters
     }
@@ -219,13 +274,48 @@ def _checkpoint_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, (param + deltas[name]) if name in deltas else param.detach()
 
 
-def _logit_scale(model: Any) -> float | None:
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The ``max_lora_rank`` values vLLM accepts."""
+
+
+def _adapter_rank(model: Any) -> int:
+    """The LoRA rank when vLLM's own LoRA can take the policy's adapters, else 0 (and the
+    adapters are merged into the pushed weights): plain LoRA whose only trainable weights are
+    the adapters of linear layers, at a rank vLLM serves."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is None or getattr(config, "peft_type", None) != "LORA" or config.use_dora:
+        return 0
+    if config.r > VLLM_LORA_RANKS[-1] or config.modules_to_save:
+        return 0
+    trainable = [name for name, param in model.named_parameters() if param.requires_grad]
+    if not all("lora_A" in name or "lora_B" in name for name in trainable):
+        return 0
+    return config.r
+
+
+def _lora_settings(rank: int) -> dict[str, Any]:
+    if not rank:
+        return {}
+    return {
+        "enable_lora": True,
+        "max_lora_rank": next(r for r in VLLM_LORA_RANKS if r >= rank),
+        "max_loras": 1,
+    }
+
+
+def _logits_processor(model: Any) -> Any:
+    """The model's logits processor; with vLLM's LoRA on, the one its LoRA wrapper reads the
+    scale from (the wrapper's own ``scale`` cannot be set)."""
     processor = getattr(model, "logits_processor", None)
-    return getattr(processor, "scale", None)
+    return getattr(processor, "base_layer", processor)
+
+
+def _logit_scale(model: Any) -> float | None:
+    return getattr(_logits_processor(model), "scale", None)
 
 
 def _set_logit_scale(model: Any, scale: float) -> None:
-    model.logits_processor.scale = scale
+    _logits_processor(model).scale = scale
 
 
 def _repack_tied_head(model: Any) -> None:
