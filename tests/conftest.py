@@ -207,3 +207,15 @@ def sampler_below_trainer(monkeypatch):
         return replace(sampled, logprobs=sampled.logprobs - math.log(2))
 
     return lambda: monkeypatch.setattr(rollout, "sample", underrated)
+
+
+def send_json(handler, status: int, body) -> None:
+    """Answer an ``http.server`` request with ``body`` (JSON-encoded unless already bytes)."""
+    import json
+
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(raw)))
+    handler.end_headers()
+    handler.wfile.write(raw)

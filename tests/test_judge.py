@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import send_json
 from rlhfkit.errors import ConfigError, RewardError
 from rlhfkit.rewards import load_reward
 from rlhfkit.rewards.judge import EndpointJudge, Judge, LocalJudge, template_problem
@@ -186,12 +187,7 @@ class FakeServer:
                 status, body = (
                     server.replies.pop(0) if len(server.replies) > 1 else server.replies[0]
                 )
-                raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                send_json(self, status, body)
 
             def log_message(self, *args):
                 pass

@@ -386,9 +386,12 @@ class PromptDataCfg:
     max_prompts: NonNegativeInt = 0
     """Use at most this many training prompts (0 = all)."""
     eval_size: NonNegativeInt = 64
-    """Held-out prompts evaluated before and after training (0 = no evaluation)."""
+    """Held-out prompts evaluated before, during (eval.every) and after training (0 = no
+    evaluation); at least 2, for an interval."""
 
     def check(self) -> Iterable[Problem]:
+        if self.eval_size == 1:
+            yield Problem("eval_size", 1, "gives no interval; evaluate 2 prompts or more (0: none)")
         for name in ("prompts", "eval_prompts"):
             value = getattr(self, name)
             if not value or ":" in value and not Path(value).exists():

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "generate": "rlhfkit.commands.generate",
     "score": "rlhfkit.commands.score",
     "compare": "rlhfkit.commands.compare",
+    "eval": "rlhfkit.commands.evaluate",
 }
 
 

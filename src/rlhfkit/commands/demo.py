@@ -143,7 +143,8 @@ def main(cfg: Config) -> None:
         f"4/5 PPO for {cfg.steps} steps ({cfg.algo.prompts_per_step} prompts, reward "
         f"{cfg.reward}, KL coefficient {cfg.algo.kl_coef:g})"
     )
-    outcome = ppo.train(cfg)
+    # the demo evaluates before/after itself (step 5), so PPO's own held-out evaluation is off
+    outcome = ppo.train(replace(cfg, data=replace(cfg.data, eval_size=0)))
     reference = outcome.reference  # None with LoRA: the policy with adapters off
 
     # 5. before / after on held-out openings with the same sampling seed (a hindsight-trained

@@ -53,6 +53,7 @@ def evaluate_policy(
     seed: int,
     reference: Callable[[], AbstractContextManager[Any]] | None = None,
     conditioning: Conditioning | None = None,
+    backend: Any = None,
 ) -> PolicyEval:
     """Sample one completion per held-out prompt and score it with every reward.
 
@@ -65,6 +66,9 @@ def evaluate_policy(
     which also covers LoRA's adapters-off base), also the KL of each completion to it:
     Σ_t log π(y_t) - log π_ref(y_t) over the sampled tokens (k1 summed over the completion, an
     unbiased estimate of the sequence-level KL(π || π_ref)).
+
+    ``backend``: the generation backend to sample with (a training loop's own, say a vLLM
+    engine that already holds the policy's weights); None builds ``gen.backend`` for ``model``.
     """
     from rlhfkit.data.prompts import meta_columns, prompt_text
     from rlhfkit.generation import generate_conditioned, get_backend
@@ -78,7 +82,7 @@ def evaluate_policy(
     try:
         prompts = [row["prompt"] for row in rows]
         rollout = generate_conditioned(
-            get_backend(gen.backend, model, tokenizer), prompts, gen, seed, conditioning
+            backend or get_backend(gen.backend, model, tokenizer), prompts, gen, seed, conditioning
         )
         texts = [prompt_text(p) for p in prompts]
         meta = meta_columns(rows)

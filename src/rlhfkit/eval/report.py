@@ -14,7 +14,26 @@ console = Console()
 def print_summary(run: Any, summary: dict[str, Any]) -> None:
     table = Table(title=f"run {run.path}", show_header=False)
     for key, value in summary.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        if key != "eval":
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    if summary.get("eval"):
+        print_held_out(summary["eval"])
+
+
+def print_held_out(held_out: dict[str, Any]) -> None:
+    """The held-out figures before and after training, with 95% intervals and the paired change."""
+    from rlhfkit.eval.heldout import show
+
+    first, last = held_out["steps"]
+    table = Table(title=f"held out: {held_out['prompts']} prompts (95% intervals)")
+    table.add_column("")
+    table.add_column(f"step {first}", justify="right")
+    table.add_column(f"step {last}", justify="right")
+    table.add_column("change (paired)", justify="right")
+    for name, before in held_out["before"].items():
+        after = held_out["after"].get(name)
+        table.add_row(name, show(before), show(after), show(held_out["change"].get(name)))
     console.print(table)
 
 

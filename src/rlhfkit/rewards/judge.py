@@ -147,6 +147,18 @@ class Judge(ABC):
         p_a_first, p_b_first = self.choice_probabilities([a_first, b_first], "A", "B")
         return 0.5 * (p_a_first + 1.0 - p_b_first)
 
+    def prefer_all(
+        self, prompts: list[str], responses_a: list[str], responses_b: list[str]
+    ) -> list[float]:
+        """``prefer`` for each (prompt, a, b) without outcomes, every judging prompt in one
+        ``choice_probabilities`` call (a local judge batches them)."""
+        triples = list(zip(prompts, responses_a, responses_b, strict=True))
+        texts = [self.pair_prompt(p, a, b) for p, a, b in triples]
+        texts += [self.pair_prompt(p, b, a) for p, a, b in triples]
+        probabilities = self.choice_probabilities(texts, "A", "B")
+        a_first, b_first = probabilities[: len(triples)], probabilities[len(triples) :]
+        return [0.5 * (x + 1.0 - y) for x, y in zip(a_first, b_first, strict=True)]
+
     def score(
         self, prompts: list[str], responses: list[str], outcomes: list[str] | None = None
     ) -> list[float]:

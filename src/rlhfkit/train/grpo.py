@@ -180,7 +180,9 @@ def train(cfg: Config) -> kit.TrainResult:
     ref_context = partial(reference, policy, frozen_ref) if algo.kl_coef > 0 else None
     # everything besides the weights that an exact resume needs back
     stateful = {**learner.stateful(), "stream": stream, "kl": kl_ctl, "baseline": baseline}
-    with kit.Session(cfg, "grpo", learner, tokenizer, stateful) as session:
+    with kit.Session(
+        cfg, "grpo", learner, tokenizer, stateful, (), reward, ref_context, backend
+    ) as session:
         for step in session.steps():
             step_started = time.perf_counter()
             # 1-4. prompts (data-parallel: this rank's share), each repeated group_size times

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from rlhfkit.config import (
     LogCfg,
     LoraCfg,
     ModelCfg,
+    NonNegativeInt,
     OptimCfg,
     PositiveInt,
     Problem,
@@ -75,6 +76,27 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class EvalCfg:
+    """Held-out evaluation during training: the policy samples the held-out prompts (data.eval_prompts,
+    data.eval_size) before the first step, every `every` steps and at the end (docs/eval.md)."""
+
+    every: NonNegativeInt = 20
+    """Evaluate every this many steps (rounds, for the hindsight methods); 0: before and after
+    training only. Its cost: bench/README.md."""
+    judge: str = ""
+    """An independent judge scoring the held-out samples beside the training reward, so a
+    reward the policy games shows as a gap: a reward spec (vader, judge:MODEL,
+    judge:MODEL@http://HOST/v1, file.py:fn); empty: none."""
+
+    def check(self) -> Iterable[Problem]:
+        if self.judge:
+            from rlhfkit.rewards import spec_problems
+
+            for message in spec_problems(self.judge):
+                yield Problem("judge", self.judge, message)
+
+
+@dataclass(frozen=True)
 class OnlineConfig(TrainConfig):
     """What every online RL command configures; each loop's Config adds its ``algo`` group."""
 
@@ -85,6 +107,7 @@ class OnlineConfig(TrainConfig):
     """RL steps (each samples a batch and updates on it)."""
     data: PromptDataCfg = default(PromptDataCfg)
     gen: GenCfg = default(GenCfg)
+    eval: EvalCfg = default(EvalCfg)
 
 
 def accumulation_weight(micro_mask: Any, minibatch_mask: Any, aggregation: str) -> float:
@@ -395,6 +418,9 @@ class Session:
         tokenizer: Any,
         stateful: dict[str, Any],
         parts: tuple[Any, ...] = (),
+        reward: Any = None,
+        reference: Any = None,
+        backend: Any = None,
     ):
         from rlhfkit.train.runs import Run
 
@@ -402,14 +428,24 @@ class Session:
         self.model = learner.models[0]
         self.stateful, self.parts = stateful, parts
         self.run = Run.start(cfg, command)
+        # held out: scored by the training reward (and eval.judge), KL to ``reference``
+        self.held_out = (
+            held_out_eval(cfg, reward, self.run.path, cfg.steps, reference, backend)
+            if reward is not None
+            else None
+        )
         self.start_step = 0
         if cfg.run.resume and (checkpoint := self.run.latest_checkpoint()) is not None:
             self.start_step = checkpoints.load_checkpoint(checkpoint, learner, stateful, parts)
             self.run.truncate_metrics(self.start_step)
+            if self.held_out is not None:
+                self.held_out.resume(self.start_step)
 
     def __enter__(self) -> Session:
         from rlhfkit.progress import progress
 
+        if self.held_out is not None and self.start_step == 0:  # the starting model
+            self.run.log(0, self.held_out.evaluate(self.model, self.tokenizer, 0))
         self.started = time.perf_counter()
         self._progress = progress("training", total=self.cfg.steps)
         self.bar, self.task = self._progress.__enter__()
@@ -432,8 +468,12 @@ class Session:
         return range(self.start_step + 1, self.cfg.steps + 1)
 
     def end_step(self, step: int, metrics: dict[str, Any], info: str) -> None:
-        """Log ``metrics`` (on the log cadence and the last step), move the bar, checkpoint."""
-        if step % self.cfg.log.every == 0 or step == self.cfg.steps:
+        """Evaluate held out (every ``eval.every`` steps and the last), log ``metrics`` (on the log
+        cadence, the last step and with an evaluation), move the bar, checkpoint."""
+        evaluated = self.held_out is not None and self.held_out.due(step)
+        if evaluated:
+            metrics = {**metrics, **self.held_out.evaluate(self.model, self.tokenizer, step)}
+        if step % self.cfg.log.every == 0 or step == self.cfg.steps or evaluated:
             self.run.log(step, metrics)
         self.bar.update(self.task, advance=1, info=info)
         if self.cfg.run.checkpoint_every and step % self.cfg.run.checkpoint_every == 0:
@@ -449,6 +489,7 @@ class Session:
             "steps": self.cfg.steps,
             "seconds": round(time.perf_counter() - self.started, 1),
             **summary,
+            **({"eval": self.held_out.summary()} if self.held_out is not None else {}),
             "model": str(self.run.path / "model"),
         }
         self.run.finish(summary)
@@ -459,6 +500,42 @@ class Session:
             summary=summary,
             reference=reference,
         )
+
+
+def held_out_eval(
+    cfg: Any,
+    reward: Any,
+    run_dir: Path,
+    total_steps: int,
+    reference: Any = None,
+    backend: Any = None,
+    conditioning: Any = None,
+) -> Any:
+    """The run's held-out evaluation (``eval.training.TrainingEval``) on ``cfg.data``'s held-out
+    prompts, scored by ``reward`` and ``cfg.eval.judge``; None when there are none to evaluate
+    (data.eval_size 0, or a prompt file without data.eval_prompts)."""
+    from rlhfkit.data.prompts import prompt_rows
+    from rlhfkit.eval.training import TrainingEval
+    from rlhfkit.rewards import load_reward
+
+    rows = prompt_rows(cfg.data, "test") if cfg.data.eval_size else []
+    if not rows:
+        return None
+    rewards = {"reward": reward}
+    if cfg.eval.judge:
+        rewards["judge"] = load_reward(cfg.eval.judge)
+    return TrainingEval(
+        rows,
+        cfg.gen,
+        rewards,
+        cfg.run.seed,
+        cfg.eval.every,
+        total_steps,
+        run_dir,
+        reference,
+        conditioning,
+        backend,
+    )
 
 
 def export(directory: Path, model: Any, tokenizer: Any) -> Path:
@@ -476,6 +553,7 @@ def export(directory: Path, model: Any, tokenizer: Any) -> Path:
 
 def online_summary(history: list[dict[str, Any]], skipped_steps: int, *last: str) -> dict[str, Any]:
     """An online RL run's summary: first and last reward, last KL and each of ``last``."""
+    history = [row for row in history if "reward" in row]  # not step 0's held-out row
     final = history[-1] if history else {}
     return {
         "reward_first": history[0]["reward"] if history else None,

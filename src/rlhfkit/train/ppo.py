@@ -233,7 +233,9 @@ def train(cfg: Config) -> Result:
     single_pass = updates_per_step == 1 and optim.grad_accum_steps == 1
     # everything besides the weights that an exact resume needs back
     stateful = {**learner.stateful(), "stream": stream, "kl": kl_ctl}
-    with kit.Session(cfg, "ppo", learner, tokenizer, stateful, parts=(critic,)) as session:
+    with kit.Session(
+        cfg, "ppo", learner, tokenizer, stateful, (critic,), reward, ref_context, backend
+    ) as session:
         for step in session.steps():
             step_started = time.perf_counter()
             # 1-3. prompts (data-parallel: this rank's share), one completion each; sample,

@@ -96,7 +96,9 @@ def train(cfg: Config) -> kit.TrainResult:
 
     space = cfg.goal.space(cfg.reward)
     desired = cfg.goal.desired_goal(space)
-    with Rounds(cfg, "hindsight-foresight") as rounds:
+    with Rounds(
+        cfg, "hindsight-foresight", space.conditioning(desired, "hindsight-foresight")
+    ) as rounds:
         policy = rounds.policy
         critic = load_value_model(cfg.model, rounds.tokenizer, lora=cfg.lora)
         rounds.add_critic(critic, replace(cfg.optim, lr=cfg.foresight.critic_lr or cfg.optim.lr))
@@ -195,7 +197,7 @@ def train(cfg: Config) -> kit.TrainResult:
                     info=f"goal hit {metrics['goal_hit_rate']:.2f}  "
                     f"return {metrics['return']:+.3f}",
                 )
-        history = rounds.run.metrics()
+        history = [row for row in rounds.run.metrics() if "goal_hit_rate" in row]
         return rounds.finish(
             space.conditioning(desired, "hindsight-foresight"),
             {

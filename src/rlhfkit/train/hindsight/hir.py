@@ -101,7 +101,7 @@ def train(cfg: Config) -> kit.TrainResult:
     hir = cfg.hir
     success = Conditioning("hir", instruction=hir.success_instruction)
     failure = Conditioning("hir", instruction=hir.failure_instruction)
-    with Rounds(cfg, "hindsight-hir") as rounds:
+    with Rounds(cfg, "hindsight-hir", success) as rounds:
         policy = rounds.policy
 
         def loss_fn(batch: list[Relabelled]) -> tuple[Any, dict[str, float]]:
@@ -164,7 +164,7 @@ def train(cfg: Config) -> kit.TrainResult:
                     advance=1,
                     info=f"success {metrics['success_rate']:.2f}  loss {metrics['loss']:.3f}",
                 )
-        history = rounds.run.metrics()
+        history = [row for row in rounds.run.metrics() if "success_rate" in row]
         return rounds.finish(
             success,
             {

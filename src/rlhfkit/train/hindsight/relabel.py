@@ -183,7 +183,7 @@ def train(cfg: Config) -> kit.TrainResult:
 
     space = cfg.goal.space(cfg.reward)
     desired = cfg.goal.desired_goal(space)
-    with Rounds(cfg, "hindsight-relabel") as rounds:
+    with Rounds(cfg, "hindsight-relabel", space.conditioning(desired, "relabel")) as rounds:
 
         def loss_fn(batch: list[sequences.Encoded]) -> tuple[Any, dict[str, float]]:
             logprobs, mask = sequences.completion_logprobs(rounds.policy, rounds.collate(batch))
@@ -227,7 +227,7 @@ def train(cfg: Config) -> kit.TrainResult:
                     advance=1,
                     info=f"goal hit {metrics['goal_hit_rate']:.2f}  loss {metrics['loss']:.3f}",
                 )
-        history = rounds.run.metrics()
+        history = [row for row in rounds.run.metrics() if "goal_hit_rate" in row]
         return rounds.finish(
             space.conditioning(desired, "relabel"),
             {

@@ -61,6 +61,7 @@ class RoundsConfig(kit.TrainConfig):
     data: PromptDataCfg = default(PromptDataCfg)
     gen: GenCfg = default(GenCfg)
     rounds: RoundsCfg = default(RoundsCfg)
+    eval: kit.EvalCfg = default(kit.EvalCfg)
 
 
 def own_method(method: str, expected: str) -> Iterable[Problem]:
@@ -80,7 +81,9 @@ class Rounds:
     Use as a context manager: the run directory is closed on the way out, even on Ctrl-C.
     """
 
-    def __init__(self, cfg: RoundsConfig, command: str):
+    def __init__(self, cfg: RoundsConfig, command: str, conditioning: Any = None):
+        """``conditioning``: how the trained policy is asked (its ``conditioning.json``), which
+        the held-out evaluation asks it too."""
         from rlhfkit.data import sequences
         from rlhfkit.data.prompts import PromptStream, prompt_rows
         from rlhfkit.generation import get_backend
@@ -106,6 +109,9 @@ class Rounds:
         self.learner = self._learner({"policy": (self.policy, cfg.optim)})
         self.critic: Any = None
         self.run = Run.start(cfg, command)
+        self.held_out = kit.held_out_eval(
+            cfg, self.reward, self.run.path, cfg.rounds.rounds, None, self.backend, conditioning
+        )
         self.started = time.perf_counter()
 
     def __enter__(self) -> Rounds:
@@ -134,23 +140,35 @@ class Rounds:
         return {"stream": self.stream, **self.learner.stateful()}
 
     def resume(self) -> int:
-        """The last finished round (0 on a fresh run); with ``--resume``, its state restored."""
+        """The last finished round (0 on a fresh run, whose starting policy is evaluated held
+        out); with ``--resume``, its state restored."""
         if not self.cfg.run.resume or (checkpoint := self.run.latest_checkpoint()) is None:
+            if self.held_out is not None:
+                self.run.log(0, self.held_out.evaluate(self.policy, self.tokenizer, 0))
             return 0
         done = checkpoints.load_checkpoint(
             checkpoint, self.learner, self._stateful(), self._parts()
         )
         self.run.truncate_metrics(done)
+        if self.held_out is not None:
+            self.held_out.resume(done)
         return done
 
     def end_round(self, round_: int, metrics: dict[str, float]) -> None:
-        """Log the round's metrics and checkpoint it."""
+        """Log the round's metrics (and held-out figures, every ``eval.every`` rounds and the
+        last) and checkpoint it."""
+        held_out = (
+            self.held_out.evaluate(self.policy, self.tokenizer, round_)
+            if self.held_out is not None and self.held_out.due(round_)
+            else {}
+        )
         self.run.log(
             round_,
             {
                 **distributed.mean_floats(metrics),  # data-parallel: over the ranks' shares
                 "skipped_steps": self.learner.guard.skipped,
                 "lr": self.learner.lrs()[0],
+                **held_out,
             },
         )
         checkpoints.save_checkpoint(self.run, round_, self.learner, self._stateful(), self._parts())
@@ -234,6 +252,7 @@ class Rounds:
             "seconds": round(time.perf_counter() - self.started, 1),
             **summary,
             "skipped_steps": self.learner.guard.skipped,
+            **({"eval": self.held_out.summary()} if self.held_out is not None else {}),
             "model": str(model_dir),
         }
         self.run.finish(summary)
