@@ -242,6 +242,26 @@ def test_bad_requests_get_openai_errors(client, url):
     assert error["type"] == "invalid_request_error"
 
 
+class FailingEngine:
+    """An engine that breaks on every request, as one out of memory would."""
+
+    def stream(self, request):
+        raise RuntimeError("out of memory")
+        yield
+
+    def close(self):
+        pass
+
+
+def test_an_engine_failure_is_a_500_with_openai_error():
+    with serving(FailingEngine(), api_key=None) as url:
+        client = openai.OpenAI(base_url=url, api_key="-", max_retries=0)
+        with pytest.raises(openai.InternalServerError, match="out of memory") as failed:
+            client.completions.create(model=MODEL_ID, prompt="hi", max_tokens=2)
+    assert failed.value.status_code == 500
+    assert failed.value.body["type"] == "server_error"
+
+
 def test_twenty_concurrent_requests_are_batched_and_each_answered(client, engine, tiny_lm):
     prompts = [f"Count the legs of {n} cats" for n in range(20)]
     batches: list[int] = []

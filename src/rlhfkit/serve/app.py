@@ -60,6 +60,10 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None) -> Fas
     async def unservable(request: HTTPRequest, e: RequestError) -> Response:
         return failure(400, str(e), "invalid_request_error", e.param, e.code)
 
+    @app.exception_handler(Exception)
+    async def engine_failure(request: HTTPRequest, e: Exception) -> Response:
+        return failure(500, f"the engine failed: {type(e).__name__}: {e}", "server_error")
+
     @app.get("/v1/models")
     async def models() -> dict:
         return api.model_list(model_id, created)
