@@ -116,7 +116,8 @@ def main() -> None:
         for side in sides if round_index % 2 == 0 else sides[::-1]:
             server, client = start(side, args)
             try:
-                ask(client, PROMPTS[0], 4)  # warm-up
+                for prompt in PROMPTS[:3]:  # warm-up: a CPU's first decodes run slow
+                    ask(client, prompt, args.max_tokens)
                 for concurrency in args.concurrency:
                     result = load(client, concurrency, args.requests, args.max_tokens)
                     results.setdefault((side, concurrency), []).append(result)
