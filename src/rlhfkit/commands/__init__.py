@@ -49,6 +49,10 @@ TOOLS: dict[str, tuple[str, str]] = {
         "rlhfkit.commands.label:run",
         "Human feedback: a labelling web app and its datasets (label init | serve | export ...).",
     ),
+    "serve": (
+        "rlhfkit.commands.serve:run",
+        "Serve a model over an OpenAI-compatible HTTP API (serve MODEL --engine hf|llama.cpp).",
+    ),
     "hindsight": (
         "rlhfkit.commands.hindsight:run",
         "Learn from feedback in hindsight "

@@ -191,7 +191,7 @@ class HFBackend:
         generated, started = 0, time.perf_counter()
         with (
             torch.random.fork_rng(devices=cuda_devices),
-            _own_generation_defaults(self.model, self.eos_ids, self.pad_id),
+            own_generation_defaults(self.model, self.eos_ids, self.pad_id),
             autocast_region(self.model),  # with model.autocast: weights cast once, not per token
             progress("generating", total=len(prompts)) as (bar, task),
         ):
@@ -410,7 +410,7 @@ def cut_before_first(text: str, stops: tuple[str, ...]) -> str:
 
 
 @contextmanager
-def _own_generation_defaults(model: Any, eos_ids: list[int], pad_id: int) -> Iterator[None]:
+def own_generation_defaults(model: Any, eos_ids: list[int], pad_id: int) -> Iterator[None]:
     """Hide the model's own generation defaults (generation_config.json) while generating.
 
     transformers fills every setting left unset from them: a repetition_penalty or a top_k

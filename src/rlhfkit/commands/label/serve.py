@@ -54,7 +54,7 @@ class ServeConfig(CampaignOptions):
     def check(self) -> Iterable[Problem]:
         require_studio("serve")
         yield from CampaignOptions.check(self)
-        if not self.allow_remote and not _is_loopback(self.host):
+        if not self.allow_remote and not is_loopback(self.host):
             yield Problem(
                 "host",
                 self.host,
@@ -121,7 +121,7 @@ def require_studio(verb: str) -> None:
         ) from None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -1,0 +1,137 @@
+"""``rlhfkit serve MODEL``: a model behind an OpenAI-compatible HTTP API (docs/serve.md).
+
+    rlhfkit serve runs/dpo/final                        # transformers, http://127.0.0.1:8000/v1
+    rlhfkit serve model.gguf --engine llama.cpp --port 8080 --api-key "$KEY"
+
+The served model answers OpenAI's clients, and rlhfkit's own endpoint judge
+(``--reward judge:MODEL@http://127.0.0.1:8000/v1``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from rlhfkit.commands.label.serve import is_loopback
+from rlhfkit.config import Bounds, NonNegativeInt, PositiveInt, Problem
+from rlhfkit.errors import ConfigError
+
+API_KEY_ENV = "RLHFKIT_API_KEY"
+SERVE_INSTALL = "pip install 'rlhfkit[serve]'"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Serve a model over an OpenAI-compatible HTTP API (serve MODEL --engine hf|llama.cpp)."""
+
+    model: str = ""
+    """What to serve (also the first argument): a model directory or embedded alias (smollm2)
+    for --engine hf, a .gguf file for --engine llama.cpp (required)."""
+    engine: Literal["hf", "llama.cpp"] = "hf"
+    """hf: transformers, concurrent requests decoded together; llama.cpp: a GGUF file through
+    llama-cpp-python (pip install llama-cpp-python), fast on a CPU, one request at a time."""
+    name: str = ""
+    """The model's id in the API (what clients pass as "model"); empty = MODEL as given."""
+    host: str = "127.0.0.1"
+    """Address to listen on; only this machine can connect unless you open it up."""
+    port: Annotated[int, Bounds(ge=1, le=65535)] = 8000
+    """Port to listen on."""
+    allow_remote: bool = False
+    """Allow a --host other than a loopback address, so others on the network can connect."""
+    api_key: str = ""
+    """Bearer token every request must carry (401 otherwise); empty = $RLHFKIT_API_KEY, and
+    with neither the API is open. The variable keeps the key out of the process list."""
+    device: str = "auto"
+    """hf: auto (a GPU when present, else CPU), cpu, cuda, cuda:N or mps."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """hf: weights dtype; auto is float32 on CPU and bfloat16 on a GPU that supports it."""
+    max_batch: PositiveInt = 16
+    """hf: most requests decoded together in one batch."""
+    n_ctx: NonNegativeInt = 0
+    """llama.cpp: context length in tokens; 0 = the model's own."""
+    threads: NonNegativeInt = 0
+    """llama.cpp: CPU threads; 0 = llama.cpp's default."""
+    access_log: bool = True
+    """Log every request to the console."""
+
+    def check(self) -> Iterable[Problem]:
+        if not self.model:
+            yield Problem("model", "", "is required: rlhfkit serve MODEL (a directory or .gguf)")
+        elif self.engine == "llama.cpp" and not (
+            Path(self.model).is_file() and self.model.endswith(".gguf")
+        ):
+            yield Problem(
+                "model",
+                self.model,
+                "is not a .gguf file; --engine llama.cpp serves a GGUF file (rlhfkit export "
+                "--format gguf writes one); use --engine hf for a model directory",
+            )
+        elif self.engine == "hf" and self.model.endswith(".gguf"):
+            yield Problem("model", self.model, "is a GGUF file; serve it with --engine llama.cpp")
+        if not self.allow_remote and not is_loopback(self.host):
+            yield Problem(
+                "host",
+                self.host,
+                "opens the API to the network; add --allow_remote to do so on purpose "
+                "(with --api_key, behind HTTPS), or use 127.0.0.1",
+            )
+
+
+def run(argv: list[str]) -> int:
+    """``rlhfkit serve [MODEL] [--KEY VALUE ...]``: MODEL first stands for --model MODEL, and
+    --api-key style flags are taken as --api_key."""
+    from rlhfkit import config_io
+
+    if "-h" in argv or "--help" in argv:
+        print(config_io.render_help(Config, "serve"), end="")
+        return 0
+    args = ["--" + arg[2:].replace("-", "_") if arg.startswith("--") else arg for arg in argv]
+    if args and not args[0].startswith("--"):
+        args = ["--model", *args]
+    main(config_io.load(Config, args, command="serve"))
+    return 0
+
+
+def main(cfg: Config) -> None:
+    try:
+        import uvicorn
+
+        from rlhfkit.serve.app import create_app
+    except ModuleNotFoundError as missing:
+        if (missing.name or "").startswith("rlhfkit"):
+            raise
+        raise ConfigError(
+            f"serve needs the web packages of the optional extra 'serve' ({missing.name} is "
+            f"not installed): {SERVE_INSTALL}"
+        ) from None
+    engine = load_engine(cfg)
+    model_id = cfg.name or cfg.model
+    api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    print(
+        f"serving {model_id!r} ({cfg.engine}) at http://{host}:{cfg.port}/v1"
+        + ("" if api_key else "  (no API key: anyone who can connect may use it)")
+    )
+    try:
+        uvicorn.run(
+            create_app(engine, model_id, api_key),
+            host=cfg.host,
+            port=cfg.port,
+            access_log=cfg.access_log,
+        )
+    finally:
+        engine.close()
+
+
+def load_engine(cfg: Config):
+    """The engine ``cfg`` names, with its model loaded."""
+    if cfg.engine == "llama.cpp":
+        from rlhfkit.serve import llama_cpp_engine
+
+        return llama_cpp_engine.load(cfg.model, llama_cpp_engine.Options(cfg.n_ctx, cfg.threads))
+    from rlhfkit.serve import hf_engine
+
+    return hf_engine.load(cfg.model, hf_engine.Options(cfg.device, cfg.dtype, cfg.max_batch))

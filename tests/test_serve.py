@@ -1,0 +1,364 @@
+"""``rlhfkit serve``: the OpenAI-compatible API, driven by OpenAI's own Python client.
+
+The hf engine serves a tiny random Llama from a uvicorn server in a thread of the test process,
+on a free port. What it returns is checked against the project's own generation (greedy text)
+and a forward pass (log-probs); the served model is then used as an endpoint judge and compared
+with the same model judging locally.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+from conftest import build_tiny_llama, build_tiny_tokenizer  # noqa: E402
+from rlhfkit.errors import ConfigError  # noqa: E402
+
+KEY = "test-key"
+MODEL_ID = "tiny"
+
+
+@contextmanager
+def serving(engine, model_id: str = MODEL_ID, api_key: str | None = KEY):
+    """``engine`` behind the API on a free local port, in a thread; yields the base URL."""
+    from rlhfkit.serve.app import create_app
+
+    with serving_app(create_app(engine, model_id, api_key)) as url:
+        yield url
+
+
+@contextmanager
+def serving_app(app):
+    """``app`` on a free local port, served by uvicorn in a thread; yields the base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_lm):
+    from rlhfkit.serve.hf_engine import HFEngine
+
+    model, tokenizer = tiny_lm
+    engine = HFEngine(model, tokenizer, max_batch=16)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def url(engine):
+    with serving(engine) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60)
+
+
+def greedy(tiny_lm, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()):
+    """The project's own greedy generation (chat template off), for reference."""
+    from rlhfkit.config import GenCfg
+    from rlhfkit.generation.hf import HFBackend
+
+    cfg = GenCfg(max_new_tokens=max_new_tokens, temperature=0, chat_template="off", stop=stop)
+    return HFBackend(*tiny_lm).generate(prompts, cfg, seed=0)
+
+
+def test_models_lists_the_served_model(client):
+    assert [model.id for model in client.models.list()] == [MODEL_ID]
+
+
+def test_completion_is_the_projects_greedy_generation(client, tiny_lm):
+    reply = client.completions.create(
+        model=MODEL_ID, prompt="The movie was", max_tokens=10, temperature=0
+    )
+    rollout = greedy(tiny_lm, ["The movie was"], 10)
+    choice = reply.choices[0]
+    assert choice.text == rollout.completions[0]
+    assert choice.finish_reason == ("stop" if rollout.finished[0] else "length")
+    assert reply.usage.prompt_tokens == int(rollout.prompt_mask.sum())
+    assert reply.usage.completion_tokens == int(rollout.response_lengths[0])
+
+
+def test_a_list_of_prompts_gets_a_choice_each(client, tiny_lm):
+    prompts = ["The movie was", "Count the legs"]
+    reply = client.completions.create(model=MODEL_ID, prompt=prompts, max_tokens=6, temperature=0)
+    assert [c.text for c in reply.choices] == greedy(tiny_lm, prompts, 6).completions
+    assert [c.index for c in reply.choices] == [0, 1]
+
+
+def test_stop_strings_end_the_text_before_them_streamed_or_not(client, tiny_lm):
+    full = greedy(tiny_lm, ["She said"], 16).completions[0]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    expected = full[: full.find(stop)]
+    reply = client.completions.create(
+        model=MODEL_ID, prompt="She said", max_tokens=16, temperature=0, stop=[stop]
+    )
+    assert (reply.choices[0].text, reply.choices[0].finish_reason) == (expected, "stop")
+    streamed = client.completions.create(
+        model=MODEL_ID, prompt="She said", max_tokens=16, temperature=0, stop=stop, stream=True
+    )
+    events = list(streamed)
+    assert "".join(e.choices[0].text for e in events) == expected
+    assert events[-1].choices[0].finish_reason == "stop"
+
+
+def test_completion_logprobs_are_the_models(client, tiny_lm):
+    model, tokenizer = tiny_lm
+    reply = client.completions.create(
+        model=MODEL_ID, prompt="Reward models", max_tokens=6, temperature=0.9, seed=1, logprobs=3
+    )
+    logprobs = reply.choices[0].logprobs
+    assert len(logprobs.tokens) == reply.usage.completion_tokens == 6
+    assert "".join(logprobs.tokens) == reply.choices[0].text
+    # the same tokens scored by one forward pass: log softmax of the logits (temperature 1)
+    ids = tokenizer("Reward models")["input_ids"]
+    ids += tokenizer(reply.choices[0].text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == reply.usage.prompt_tokens + 6  # the text re-encodes to the same tokens
+    with torch.no_grad():
+        forward = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)  # (T, V)
+    start = reply.usage.prompt_tokens
+    expected = [float(forward[start - 1 + k, ids[start + k]]) for k in range(6)]
+    assert logprobs.token_logprobs == pytest.approx(expected, abs=1e-4)
+    for position, top in enumerate(logprobs.top_logprobs):
+        assert len(top) == 3
+        best = forward[start - 1 + position].topk(3).values.tolist()
+        assert sorted(top.values(), reverse=True) == pytest.approx(best, abs=1e-4)
+
+
+def test_seeded_chat_repeats_and_streams_the_same_text(client):
+    ask = {
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": "Write a poem about the sea"}],
+        "max_tokens": 12,
+        "temperature": 1.0,
+        "seed": 7,
+    }
+    first = client.chat.completions.create(**ask)
+    again = client.chat.completions.create(**ask)
+    other = client.chat.completions.create(**{**ask, "seed": 8})
+    assert first.choices[0].message.content == again.choices[0].message.content
+    assert first.choices[0].message.content != other.choices[0].message.content
+    assert first.choices[0].message.role == "assistant"
+    events = list(
+        client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True})
+    )
+    pieces = [e.choices[0].delta.content or "" for e in events if e.choices]
+    assert "".join(pieces) == first.choices[0].message.content
+    assert len([p for p in pieces if p]) > 1  # sent as decoded, not in one piece at the end
+    assert [e.choices[0].finish_reason for e in events if e.choices][-1] == first.choices[
+        0
+    ].finish_reason
+    assert events[-1].usage.completion_tokens == first.usage.completion_tokens
+
+
+def test_chat_logprobs_give_the_top_alternatives(client):
+    reply = client.chat.completions.create(
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "What is two plus three?"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=5,
+    )
+    content = reply.choices[0].logprobs.content
+    assert "".join(entry.token for entry in content) == reply.choices[0].message.content
+    for entry in content:  # greedy: the chosen token is the most likely one
+        assert len(entry.top_logprobs) == 5
+        assert entry.top_logprobs[0].token == entry.token
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
+
+
+def test_a_wrong_or_missing_api_key_is_refused_on_every_route(url):
+    wrong = openai.OpenAI(base_url=url, api_key="not-the-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        wrong.completions.create(model=MODEL_ID, prompt="hi", max_tokens=2)
+    assert refused.value.status_code == 401
+    assert refused.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    for path in ("/models", "/no-such-route"):
+        with pytest.raises(urllib.error.HTTPError) as unsigned:
+            urllib.request.urlopen(url + path)
+        assert unsigned.value.code == 401
+        assert json.load(unsigned.value)["error"]["code"] == "invalid_api_key"
+
+
+def test_bad_requests_get_openai_errors(client, url):
+    with pytest.raises(openai.BadRequestError) as bad_role:
+        client.chat.completions.create(
+            model=MODEL_ID,
+            messages=[{"role": "wizard", "content": "hi"}],  # type: ignore[list-item]
+        )
+    assert bad_role.value.status_code == 400
+    assert bad_role.value.body["param"] == "messages.0.role"
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model=MODEL_ID, prompt="hi", max_tokens=0)
+    with pytest.raises(openai.BadRequestError, match="bogus"):
+        client.completions.create(model=MODEL_ID, prompt="hi", extra_body={"bogus": 1})
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.completions.create(model=MODEL_ID, prompt="hi", max_tokens=500)
+    assert too_long.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
+    garbled = urllib.request.Request(
+        url + "/chat/completions",
+        b"{not json",
+        {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as malformed:
+        urllib.request.urlopen(garbled)
+    assert malformed.value.code == 400
+    error = json.load(malformed.value)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+
+
+class FailingEngine:
+    """An engine that breaks on every request, as one out of memory would."""
+
+    def stream(self, request):
+        raise RuntimeError("out of memory")
+        yield
+
+    def close(self):
+        pass
+
+
+def test_an_engine_failure_is_a_500_with_openai_error():
+    with serving(FailingEngine(), api_key=None) as url:
+        client = openai.OpenAI(base_url=url, api_key="-", max_retries=0)
+        with pytest.raises(openai.InternalServerError, match="out of memory") as failed:
+            client.completions.create(model=MODEL_ID, prompt="hi", max_tokens=2)
+    assert failed.value.status_code == 500
+    assert failed.value.body["type"] == "server_error"
+
+
+def test_twenty_concurrent_requests_are_batched_and_each_answered(client, engine, tiny_lm):
+    prompts = [f"Count the legs of {n} cats" for n in range(20)]
+    batches: list[int] = []
+    generate = engine._generate
+
+    def counted(jobs):
+        batches.append(len(jobs))
+        generate(jobs)
+
+    engine._generate = counted
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            replies = list(
+                pool.map(
+                    lambda p: client.completions.create(
+                        model=MODEL_ID, prompt=p, max_tokens=8, temperature=0
+                    ),
+                    prompts,
+                )
+            )
+    finally:
+        del engine._generate
+    assert [r.choices[0].text for r in replies] == greedy(tiny_lm, prompts, 8).completions
+    assert sum(batches) == 20 and max(batches) > 1  # waiting requests shared a generate call
+
+
+def test_served_model_judges_as_the_same_model_does_locally(tmp_path, monkeypatch):
+    """judge:MODEL@URL against `serve` gives the scores the local judge gives: its top
+    log-probs for Yes and No are the model's own."""
+    from rlhfkit.rewards import load_reward
+    from rlhfkit.rewards.judge import LocalJudge
+    from rlhfkit.serve.hf_engine import HFEngine
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_tokens(["Yes", "No"])
+    tokenizer.pad_token = tokenizer.eos_token  # as load_tokenizer sets it
+    model = build_tiny_llama(len(tokenizer), tokenizer.eos_token_id, seed=3)
+    with torch.no_grad():  # Yes and No made likely answers (logits ~3 and ~2.5, in the top 10)
+        ids = torch.randint(0, len(tokenizer), (8, 32), generator=torch.Generator().manual_seed(0))
+        mean = model.model(ids).last_hidden_state.flatten(0, 1).mean(0)
+        for word, logit in (("Yes", 3.0), ("No", 2.5)):
+            model.lm_head.weight[tokenizer.convert_tokens_to_ids(word)] = (
+                logit * mean / mean.norm() ** 2
+            )
+    prompts = ["Please write a short poem", "What is two plus three?"]
+    responses = ["The sea and the sky.", "The answer is five."]
+    local = LocalJudge(model, tokenizer).score(prompts, responses)
+    engine = HFEngine(model, tokenizer)
+    monkeypatch.setenv("OPENAI_API_KEY", "judge-key")
+    try:
+        with serving(engine, "judge", api_key="judge-key") as url:
+            served = load_reward(f"judge:judge@{url}")(prompts, responses)
+    finally:
+        engine.close()
+    assert served == pytest.approx([2 * p - 1 for p in local], abs=1e-4)
+    assert len({round(s, 3) for s in served}) == 2  # the two responses are told apart
+
+
+def test_serve_command_checks_its_arguments():
+    from rlhfkit.commands.serve import run
+
+    with pytest.raises(ConfigError, match="model"):
+        run([])
+    with pytest.raises(ConfigError, match="--engine llama.cpp"):
+        run(["model.gguf"])
+    with pytest.raises(ConfigError, match="not a .gguf file"):
+        run(["smollm2", "--engine", "llama.cpp"])
+    with pytest.raises(ConfigError, match="allow_remote"):
+        run(["smollm2", "--host", "0.0.0.0", "--api-key", "k"])
+
+
+def test_serve_command_serves_the_model_with_the_key_from_the_environment(
+    tiny_model_dir, monkeypatch
+):
+    """`rlhfkit serve DIR --port N`: the app uvicorn is handed answers a chat, with the key."""
+    import uvicorn
+
+    from rlhfkit.commands.serve import run
+
+    answered = {}
+
+    def uvicorn_run(app, host, port, **options):  # serve the app in a thread, ask, return
+        answered.update(host=host, port=port)
+        with serving_app(app) as url:
+            client = openai.OpenAI(base_url=url, api_key="env-key", max_retries=0)
+            answered["models"] = [m.id for m in client.models.list()]
+            answered["reply"] = client.chat.completions.create(
+                model=str(tiny_model_dir),
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=3,
+            )
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=url, api_key="other", max_retries=0).models.list()
+
+    monkeypatch.setattr(uvicorn, "run", uvicorn_run)
+    monkeypatch.setenv("RLHFKIT_API_KEY", "env-key")
+    assert run([str(tiny_model_dir), "--port", "8123", "--max-batch", "4", "--device", "cpu"]) == 0
+    assert (answered["host"], answered["port"]) == ("127.0.0.1", 8123)
+    assert answered["models"] == [str(tiny_model_dir)]
+    assert answered["reply"].usage.completion_tokens >= 1
