@@ -9,8 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import LETTER_O_REWARD as REWARD_FILE
-from conftest import LOOP_DEVICE
+from conftest import LOOP_DEVICE, interruptible_reward
 from rlhfkit import cli, config_io
 from rlhfkit.advantages import informative_groups
 from rlhfkit.batch import Rollout
@@ -118,26 +117,9 @@ def _comparable(rows):
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file):
-    # The reward reads when to interrupt from a file on every call (a reward module is imported
-    # once per process, so rewriting its source would not take effect).
-    counter, stop_at = tmp_path / "calls", tmp_path / "stop_at"
-    reward_file = tmp_path / "flaky.py"
-    reward_file.write_text(
-        REWARD_FILE
-        + f"""
-import pathlib
-def flaky(prompts, completions, **meta):
-    calls, stop_at = pathlib.Path({str(counter)!r}), pathlib.Path({str(stop_at)!r})
-    n = int(calls.read_text()) + 1 if calls.exists() else 1
-    calls.write_text(str(n))
-    if stop_at.exists() and n == int(stop_at.read_text()):
-        raise KeyboardInterrupt  # the user presses Ctrl-C during step 4
-    return letter_o(prompts, completions)
-"""
-    )
-    cfg = make_config(
-        tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky", epochs=2, micro_batch_size=8
-    )
+    # the reward raises a Ctrl-C at the call named in stop_at: during step 4
+    reward, counter, stop_at = interruptible_reward(tmp_path)
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, reward, epochs=2, micro_batch_size=8)
     cfg = replace(
         cfg, steps=6, run=replace(cfg.run, checkpoint_every=3, output_dir=str(tmp_path / "whole"))
     )

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "ppo": "rlhfkit.train.ppo",
     "grpo": "rlhfkit.train.grpo",
     "dpo": "rlhfkit.train.dpo",
+    "online-dpo": "rlhfkit.train.online_dpo",
     "generate": "rlhfkit.commands.generate",
     "score": "rlhfkit.commands.score",
     "compare": "rlhfkit.commands.compare",

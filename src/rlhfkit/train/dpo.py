@@ -36,12 +36,11 @@ MEAN_LOGPROB = ("ipo", "orpo", "simpo")
 
 
 @dataclass(frozen=True)
-class AlgoCfg:
-    """The preference loss and its strength."""
+class PairLossCfg:
+    """A loss on preference pairs and its strength (dpo, and online-dpo's base)."""
 
-    loss: Literal["dpo", "ipo", "orpo", "simpo", "cpo", "kto"] = "dpo"
-    """dpo, ipo, or the reference-free orpo, simpo, cpo (no reference pass) on {prompt, chosen,
-    rejected} pairs; kto on {prompt, completion, label} rows."""
+    loss: Literal["dpo", "ipo", "orpo", "simpo", "cpo"] = "dpo"
+    """dpo, ipo, or the reference-free orpo, simpo, cpo (no reference model or pass)."""
     beta: PositiveFloat = 0.1
     """Strength of the pull toward the reference: higher stays closer (the KL weight). orpo:
     the odds-ratio term's weight lambda (0.1); simpo: the reward scale (2.0 to 2.5); cpo: the
@@ -50,10 +49,6 @@ class AlgoCfg:
     """simpo: the target margin the chosen completion's reward must win by."""
     label_smoothing: NonNegativeFloat = 0.0
     """dpo: assumed fraction of flipped preference labels (conservative DPO); 0 = off."""
-    desirable_weight: PositiveFloat = 1.0
-    """kto: weight of desirable examples (lambda_D)."""
-    undesirable_weight: PositiveFloat = 1.0
-    """kto: weight of undesirable examples (lambda_U)."""
 
     def check(self) -> Iterable[Problem]:
         if self.label_smoothing >= 0.5:
@@ -68,6 +63,19 @@ class AlgoCfg:
                 self.label_smoothing,
                 f"applies to the dpo loss only, not {self.loss}; set it to 0",
             )
+
+
+@dataclass(frozen=True)
+class AlgoCfg(PairLossCfg):
+    """The preference loss and its strength."""
+
+    loss: Literal["dpo", "ipo", "orpo", "simpo", "cpo", "kto"] = "dpo"
+    """dpo, ipo, or the reference-free orpo, simpo, cpo (no reference pass) on {prompt, chosen,
+    rejected} pairs; kto on {prompt, completion, label} rows."""
+    desirable_weight: PositiveFloat = 1.0
+    """kto: weight of desirable examples (lambda_D)."""
+    undesirable_weight: PositiveFloat = 1.0
+    """kto: weight of undesirable examples (lambda_U)."""
 
 
 @dataclass(frozen=True)
@@ -239,7 +247,7 @@ def train(cfg: Config) -> kit.TrainResult:
 
 
 def pair_loss(
-    algo: AlgoCfg,
+    algo: PairLossCfg,
     chosen: Any,
     rejected: Any,
     ref_chosen: Any,
