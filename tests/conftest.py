@@ -175,6 +175,29 @@ def letter_o(prompts, completions, **meta):
 '''
 
 
+def interruptible_reward(tmp_path: Path) -> tuple[str, Path, Path]:
+    """(reward spec, call counter, stop file): ``letter_o`` that raises KeyboardInterrupt, as a
+    user's Ctrl-C, at the call numbered in the stop file. It reads the files on every call (a
+    reward module is imported once per process, so rewriting its source would not take effect).
+    """
+    counter, stop_at = tmp_path / "calls", tmp_path / "stop_at"
+    reward_file = tmp_path / "flaky.py"
+    reward_file.write_text(
+        LETTER_O_REWARD
+        + f"""
+import pathlib
+def flaky(prompts, completions, **meta):
+    calls, stop_at = pathlib.Path({str(counter)!r}), pathlib.Path({str(stop_at)!r})
+    n = int(calls.read_text()) + 1 if calls.exists() else 1
+    calls.write_text(str(n))
+    if stop_at.exists() and n == int(stop_at.read_text()):
+        raise KeyboardInterrupt
+    return letter_o(prompts, completions)
+"""
+    )
+    return f"{reward_file}:flaky", counter, stop_at
+
+
 @pytest.fixture
 def prompts_file(tmp_path) -> Path:
     """Four short plain-text prompts for the RL loops."""

@@ -14,6 +14,8 @@ from rlhfkit.advantages import (
     gae,
     get_advantage,
     grpo,
+    informative_groups,
+    overlong_penalty,
     register_advantage,
     reinforce,
     reinforce_plus_plus,
@@ -341,3 +343,23 @@ def test_a_plugin_math_function_is_called_by_its_parameter_names(monkeypatch):
         get_advantage("centred")(AdvantageInputs(response_mask=torch.ones(2, 2)))
     with pytest.raises(RlhfkitError, match="takes \\['critic'\\], which are neither"):
         register_advantage("odd")(lambda scores, critic: scores)
+
+
+def test_overlong_penalty_by_hand():
+    # budget 10, buffer 4: free up to 6 tokens, then -(|y| - 6) / 4, -1 at the budget
+    lengths = torch.tensor([3, 6, 7, 9, 10])
+    torch.testing.assert_close(
+        overlong_penalty(lengths, 10, 4), torch.tensor([0.0, 0.0, -0.25, -0.75, -1.0])
+    )
+    torch.testing.assert_close(
+        overlong_penalty(lengths, 10, 4, 0.5)[2:], torch.tensor([-0.125, -0.375, -0.5])
+    )
+    with pytest.raises(ConfigError, match="overlong buffer=12 must lie in"):
+        overlong_penalty(lengths, 10, 12)
+
+
+def test_informative_groups_are_those_whose_scores_differ():
+    scores = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.5, 0.5, 0.5])
+    assert informative_groups(scores, 3).tolist() == [False, True, False]
+    with pytest.raises(ConfigError, match="group_size=1"):
+        informative_groups(scores, 1)

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import LETTER_O_REWARD
+from conftest import interruptible_reward
 from rlhfkit import cli, config_io
 from rlhfkit.conditioning import Conditioning, load_conditioning
 from rlhfkit.config import GenCfg, LogCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
@@ -86,24 +86,10 @@ def test_non_binary_reward_without_threshold_is_an_error(
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file):
-    # the reward reads when to interrupt from a file: Ctrl-C while scoring round 3
-    counter, stop_at = tmp_path / "calls", tmp_path / "stop_at"
-    reward_file = tmp_path / "flaky.py"
-    reward_file.write_text(
-        LETTER_O_REWARD
-        + f"""
-import pathlib
-def flaky(prompts, completions, **meta):
-    calls, stop_at = pathlib.Path({str(counter)!r}), pathlib.Path({str(stop_at)!r})
-    n = int(calls.read_text()) + 1 if calls.exists() else 1
-    calls.write_text(str(n))
-    if stop_at.exists() and n == int(stop_at.read_text()):
-        raise KeyboardInterrupt
-    return letter_o(prompts, completions)
-"""
-    )
+    # the reward raises a Ctrl-C at the call named in stop_at: while scoring round 3
+    reward, counter, stop_at = interruptible_reward(tmp_path)
     cfg = replace(
-        make_config(tmp_path, tiny_model_dir, prompts_file, f"{reward_file}:flaky"),
+        make_config(tmp_path, tiny_model_dir, prompts_file, reward),
         rounds=RoundsCfg(rounds=4, prompts_per_round=8, steps_per_round=2, batch_size=4),
     )
     whole = hir.train(replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "whole")))).run

@@ -9,13 +9,17 @@ import torch
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.losses.preference import (
     bradley_terry_loss,
+    cpo_loss,
     dpo_loss,
     ipo_loss,
     kto_kl_baseline,
     kto_loss,
+    log_odds,
+    orpo_loss,
     rater_preference_probability,
     rating_loss,
     sft_loss,
+    simpo_loss,
     soft_preference_loss,
 )
 
@@ -294,6 +298,56 @@ def test_kto_rejects_a_non_bool_desirable_mask():
         kto_loss(torch.zeros(2), torch.zeros(2), torch.tensor([1, 0]), 0.1, torch.tensor(0.0))
 
 
+# --- reference-free: ORPO, SimPO, CPO --------------------------------------------------------------
+
+
+def test_orpo_loss_by_hand():
+    # row 1: P(y_c) = 0.5 (odds 1), P(y_r) = 0.2 (odds 1/4): log odds ratio log 4
+    #        L = -log 0.5 + 0.1 * -log sigmoid(log 4) = log 2 + 0.1 log(1 + 1/4)
+    # row 2: P(y_c) = 0.25 (odds 1/3), P(y_r) = 0.75 (odds 3): ratio log(1/9)
+    #        L = log 4 + 0.1 log(1 + 9)
+    chosen = torch.log(torch.tensor([0.5, 0.25])).requires_grad_()
+    rejected = torch.log(torch.tensor([0.2, 0.75]))
+    loss, stats = orpo_loss(chosen, rejected, beta=0.1)
+    by_hand = (math.log(2) + 0.1 * math.log(1.25) + math.log(4) + 0.1 * math.log(10)) / 2
+    assert loss.item() == pytest.approx(by_hand)
+    assert stats.nll.item() == pytest.approx((math.log(2) + math.log(4)) / 2)
+    assert stats.accuracy.item() == 0.5
+    loss.backward()
+    assert (chosen.grad < 0).all()  # both terms raise the chosen completion's likelihood
+
+
+def test_log_odds_is_finite_and_exact_near_certainty():
+    torch.testing.assert_close(
+        log_odds(torch.log(torch.tensor([0.5, 0.2]))), torch.tensor([0.0, math.log(0.25)])
+    )
+    # P = exp(-1e-9): 1 - P = 1e-9 to float32 precision, where 1 - exp(a) would round to 0
+    assert log_odds(torch.tensor([-1e-9])).item() == pytest.approx(-math.log(1e-9), rel=1e-4)
+
+
+def test_simpo_loss_by_hand():
+    # beta 2, gamma 0.5: row 1 -log sigmoid(2 (-1 + 2) - 0.5), row 2 -log sigmoid(2 (-2 + 1.5) - 0.5)
+    chosen, rejected = torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -1.5])
+    loss, stats = simpo_loss(chosen, rejected, beta=2.0, gamma=0.5)
+    assert loss.item() == pytest.approx((softplus(-1.5) + softplus(1.5)) / 2)
+    assert stats.margin.item() == pytest.approx((2.0 - 1.0) / 2)
+    assert stats.chosen_reward.item() == pytest.approx(-3.0)
+    # gamma is a margin: a pair won by less than gamma still costs more than log 2
+    assert simpo_loss(torch.tensor([-1.0]), torch.tensor([-1.1]), 2.0, 0.5)[0].item() > math.log(2)
+    with pytest.raises(ConfigError, match="gamma=-0.1"):
+        simpo_loss(chosen, rejected, 2.0, -0.1)
+
+
+def test_cpo_loss_by_hand():
+    # summed log-probs -3 (3 tokens) vs -5, beta 0.1: -log sigmoid(0.1 * 2) + 3 / 3
+    # second row: -2 (4 tokens) vs -1: -log sigmoid(-0.1) + 2 / 4
+    chosen, rejected = torch.tensor([-3.0, -2.0]), torch.tensor([-5.0, -1.0])
+    loss, stats = cpo_loss(chosen, rejected, torch.tensor([3, 4]), beta=0.1)
+    assert loss.item() == pytest.approx((softplus(-0.2) + 1.0 + softplus(0.1) + 0.5) / 2)
+    assert stats.nll.item() == pytest.approx((1.0 + 0.5) / 2)
+    assert stats.accuracy.item() == 0.5
+
+
 # --- weights, shapes and dtypes, across every loss -----------------------------------------------
 
 
@@ -306,6 +360,9 @@ LOSSES = {
     "dpo": lambda x, w: dpo_loss(x[0], x[1], x[2], x[3], 0.5, label_smoothing=0.1, weight=w),
     "ipo": lambda x, w: ipo_loss(x[0], x[1], x[2], x[3], 0.5, weight=w),
     "kto": lambda x, w: kto_loss(x[0], x[1], x[2] > 0, 0.5, torch.tensor(0.3), 1.0, 1.5, weight=w),
+    "orpo": lambda x, w: orpo_loss(-x[0].abs() - 0.1, -x[1].abs() - 0.1, 0.5, weight=w),
+    "simpo": lambda x, w: simpo_loss(x[0], x[1], 2.0, 0.5, weight=w),
+    "cpo": lambda x, w: cpo_loss(x[0], x[1], x[2].abs().ceil() + 1, 0.5, weight=w),
 }
 
 

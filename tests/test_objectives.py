@@ -13,6 +13,7 @@ from rlhfkit.losses.objectives import (
     ObjectiveStats,
     get_objective,
     grpo_objective,
+    gspo_objective,
     objective_names,
     ppo_objective,
     register_objective,
@@ -75,12 +76,31 @@ def test_ppo_objective_clips_symmetrically_and_ignores_clip_higher():
     assert stats.approx_kl.item() > 0
 
 
+def test_gspo_objective_clips_the_sequence_ratio_by_hand():
+    # sequence ratios: s_1 = sqrt(1.5 * 0.9) (A = +1), s_2 = 0.7 (A = -1); clip [0.8, 1.28]:
+    #   completion 1: -min(s_1, s_1) = -s_1 on each of its 2 tokens (no clip: 1.16 < 1.28, where
+    #   GRPO would clip its first token at 1.28); completion 2: -min(-0.7, -0.8) = 0.8 (clipped)
+    s_1 = math.sqrt(1.5 * 0.9)
+    inputs, logprobs = batch([[1.5, 0.9], [0.7, 1.0]])
+    loss, stats = gspo_objective(inputs, ObjectiveSettings(clip_eps=0.2, clip_eps_high=0.28))
+    assert loss.item() == pytest.approx((-2 * s_1 + 0.8) / 3)
+    assert stats.clip_fraction.item() == pytest.approx(1 / 3)
+    # each token of completion 1 gets d(-s_1 A)/d log pi_t = -s_1 (the sequence's ratio, not its
+    # own), over 3 tokens; the clipped completion 2 gets none; padding none
+    loss.backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[-s_1 / 3, -s_1 / 3], [0.0, 0.0]]))
+    # the paper's sequence mean: ((-s_1 - s_1) / 2 + 0.8) / 2
+    inputs, _ = batch([[1.5, 0.9], [0.7, 1.0]])
+    loss, _ = gspo_objective(inputs, ObjectiveSettings(0.2, 0.28, aggregation="sequence"))
+    assert loss.item() == pytest.approx((-s_1 + 0.8) / 2)
+
+
 def test_objectives_sum_the_surrogate_and_the_weighted_kl_term():
     torch.manual_seed(0)
     logprobs, old, ref = (torch.randn(3, 4) - 2 for _ in range(3))
     advantages, mask = torch.randn(3, 4), (torch.rand(3, 4) > 0.3).float()
     settings = ObjectiveSettings(kl_estimator="k2")
-    for objective in (grpo_objective, ppo_objective):
+    for objective in (grpo_objective, ppo_objective, gspo_objective):
         loss, stats = objective(
             ObjectiveInputs(logprobs, old, advantages, mask, ref, 0.3), settings
         )
@@ -91,10 +111,10 @@ def test_objectives_sum_the_surrogate_and_the_weighted_kl_term():
 
 
 def test_the_registry_names_its_objectives_and_takes_a_plug_in(monkeypatch):
-    assert objective_names() == ["grpo", "ppo"]
+    assert objective_names() == ["grpo", "gspo", "ppo"]
     assert get_objective("grpo") is grpo_objective and get_objective("ppo") is ppo_objective
-    with pytest.raises(ConfigError, match="objective='gpro'.*did you mean 'grpo'"):
-        get_objective("gpro")
+    with pytest.raises(ConfigError, match="objective='grp'.*did you mean 'grpo'"):
+        get_objective("grp")
     with pytest.raises(RlhfkitError, match="'ppo' is already registered"):
         register_objective("ppo")(ppo_objective)
     monkeypatch.setattr(objectives, "_OBJECTIVES", dict(objectives._OBJECTIVES))

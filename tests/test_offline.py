@@ -337,3 +337,28 @@ def test_pairs_carry_whether_each_completion_was_cut_off(tmp_path):
         (True, False),
         (True, True),
     ]
+
+
+@pytest.mark.parametrize(("loss", "beta"), [("orpo", 0.5), ("simpo", 2.0), ("cpo", 0.5)])
+def test_reference_free_losses_learn_without_a_reference_pass(
+    tmp_path, tiny_model_dir, monkeypatch, loss, beta
+):
+    import rlhfkit.progress
+
+    tasks, real_progress = [], rlhfkit.progress.progress
+
+    def recorded(description, *args, **kwargs):
+        tasks.append(description)
+        return real_progress(description, *args, **kwargs)
+
+    monkeypatch.setattr(rlhfkit.progress, "progress", recorded)
+    cfg = dpo.Config(
+        **common(tmp_path, tiny_model_dir, pairs_file(tmp_path), steps=25),
+        algo=dpo.AlgoCfg(loss=loss, beta=beta),
+    )
+    result = dpo.train(cfg)
+    summary = result.summary
+    assert "reference log-probs" not in tasks  # the starting model never scored the data
+    assert result.reference is None
+    assert summary["eval/accuracy_after"] == 1.0, summary
+    assert summary["eval/margin_after"] > summary["eval/margin_before"] + 0.5, summary

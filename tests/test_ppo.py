@@ -9,8 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import LETTER_O_REWARD as REWARD_FILE
-from conftest import LOOP_DEVICE
+from conftest import LOOP_DEVICE, interruptible_reward
 from rlhfkit import cli, config_io
 from rlhfkit.config import GenCfg, LogCfg, LoraCfg, ModelCfg, OptimCfg, PromptDataCfg, RunCfg
 from rlhfkit.errors import ConfigError, RlhfkitError
@@ -236,27 +235,13 @@ def _comparable(rows):
 
 @pytest.mark.parametrize("share_policy", [False, True], ids=["critic", "shared-trunk"])
 def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file, share_policy):
-    reward_file = tmp_path / "flaky.py"
-    counter, stop_at = tmp_path / "calls", tmp_path / "stop_at"
-    # the stop is read at call time: a reward file is imported once per process
-    reward_file.write_text(
-        REWARD_FILE
-        + f"""
-import pathlib
-def flaky(prompts, completions, **meta):
-    calls, stop_at = pathlib.Path({str(counter)!r}), pathlib.Path({str(stop_at)!r})
-    n = int(calls.read_text()) + 1 if calls.exists() else 1
-    calls.write_text(str(n))
-    if stop_at.exists() and n == int(stop_at.read_text()):
-        raise KeyboardInterrupt  # the user presses Ctrl-C during step 4
-    return letter_o(prompts, completions)
-"""
-    )
+    # the reward raises a Ctrl-C at the call named in stop_at: during step 4
+    reward, counter, stop_at = interruptible_reward(tmp_path)
     cfg = make_config(
         tmp_path,
         tiny_model_dir,
         prompts_file,
-        f"{reward_file}:flaky",
+        reward,
         prompts_per_step=8,
         micro_batch_size=4,
         kl_target=1.0,

@@ -437,6 +437,38 @@ def clip_scores(scores: Tensor, bound: float) -> Tensor:
     return scores.clamp(-bound, bound)
 
 
+def overlong_penalty(lengths: Tensor, max_length: int, buffer: int, factor: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to each score ``(B,)``:
+
+        R_len(y) = 0                                   |y| <= L_max - L_buf
+                 = ((L_max - L_buf) - |y|) / L_buf     L_max - L_buf < |y| <= L_max
+                 = -1                                  L_max < |y|
+
+    times ``factor``. A completion cut off at the budget would otherwise be scored like any
+    other; a flat penalty on every cut-off one punishes sound reasoning that merely ran long.
+    The ramp over the last ``buffer`` tokens says "finish sooner" gradually. ``lengths`` are
+    generated tokens; ``max_length`` is L_max, the budget (max_new_tokens).
+    """
+    if not 0 < buffer <= max_length:
+        raise ConfigError(
+            f"overlong buffer={buffer!r} must lie in [1, max_length={max_length}]: the last "
+            "tokens before the budget over which the penalty ramps up (DAPO: 4096 of 20480)"
+        )
+    over = (lengths.float() - (max_length - buffer)).clamp(min=0.0) / buffer  # (B,)
+    return -factor * over.clamp(max=1.0)
+
+
+def informative_groups(scores: Tensor, group_size: int) -> Tensor:
+    """``(B / G,)`` bool: the groups whose scores are not all equal.
+
+    A group that all scored alike (all right, all wrong) has advantage 0 under a group baseline
+    and adds no policy gradient; DAPO's dynamic sampling (Yu et al. 2025, §3.2, eq. 11) keeps
+    only the others, so every completion in a batch carries a signal.
+    """
+    grouped = _grouped(scores, group_size, "dynamic sampling")  # (B / G, G)
+    return (grouped != grouped[:, :1]).any(dim=1)
+
+
 # --- checks --------------------------------------------------------------------------------------
 
 

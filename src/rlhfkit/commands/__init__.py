@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "ppo": "rlhfkit.train.ppo",
     "grpo": "rlhfkit.train.grpo",
     "dpo": "rlhfkit.train.dpo",
+    "online-dpo": "rlhfkit.train.online_dpo",
     "generate": "rlhfkit.commands.generate",
     "score": "rlhfkit.commands.score",
     "compare": "rlhfkit.commands.compare",
@@ -158,7 +159,7 @@ def run_module(module: ModuleType, name: str, args: list[str]) -> int:
 def _one_process_only(name: str) -> RlhfkitError:
     return RlhfkitError(
         f"rlhfkit {name} runs in one process; start it without torchrun (the training "
-        "commands sft, reward, dpo, grpo, ppo and hindsight run on several)"
+        "commands sft, reward, dpo, online-dpo, grpo, ppo and hindsight run on several)"
     )
 
 

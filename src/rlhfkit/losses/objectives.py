@@ -97,11 +97,18 @@ def get_objective(name: str) -> Objective:
 
 
 def _with_kl(
-    batch: ObjectiveInputs, settings: ObjectiveSettings, eps_high: float | None
+    batch: ObjectiveInputs,
+    settings: ObjectiveSettings,
+    eps_high: float | None,
+    ratio_logprobs: Tensor | None = None,
 ) -> tuple[Tensor, ObjectiveStats]:
-    """L = L_clip(eps_low, eps_high) + beta agg(KL_k(pi_theta || pi_ref)), both aggregated alike."""
+    """L = L_clip(eps_low, eps_high) + beta agg(KL_k(pi_theta || pi_ref)), both aggregated alike.
+
+    ``ratio_logprobs`` (default ``batch.logprobs``) are what the clipped ratio is taken of, so
+    GSPO can clip its sequence-level ratio; the KL term always reads the per-token log-probs.
+    """
     loss, stats = policy.ppo_clip_loss(
-        batch.logprobs,
+        batch.logprobs if ratio_logprobs is None else ratio_logprobs,
         batch.old_logprobs,
         batch.advantages,
         batch.mask,
@@ -158,3 +165,34 @@ def ppo_objective(
     The clip is symmetric: ``clip_eps_high`` is GRPO's.
     """
     return _with_kl(batch, settings, None)
+
+
+@register_objective("gspo")
+def gspo_objective(
+    batch: ObjectiveInputs, settings: ObjectiveSettings
+) -> tuple[Tensor, ObjectiveStats]:
+    """GSPO, Group Sequence Policy Optimization (Zheng et al. 2025, eq. 5-7 and GSPO-token,
+    eq. 13), as a loss to minimise:
+
+        s_i   = (pi_theta(y_i) / pi_old(y_i))^(1/|y_i|) = exp(1/|y_i| Σ_t log r_i,t)
+        s_i,t = sg[s_i] pi_theta(y_i,t) / sg[pi_theta(y_i,t)]
+        L     = agg_t[ -min(s_i,t A_i,t, clip(s_i,t, 1 - eps_low, 1 + eps_high) A_i,t) ]
+                + beta agg_t[ KL_k(pi_theta || pi_ref)_t ]
+
+    The importance ratio of the whole sequence (its per-token geometric mean) replaces GRPO's
+    per-token ratios, so one noisy token cannot clip or blow up its sequence's update, and the
+    clip acts on sequences. s_i,t equals s_i in value and carries the gradient s_i grad log pi
+    to each token, so with one advantage per sequence (GRPO's, RLOO's) this is GSPO exactly.
+    Sequence ratios sit much closer to 1 than token ratios: the paper clips at eps_low 3e-4,
+    eps_high 4e-4, and averages each sequence first (aggregation ``sequence``).
+    """
+    valid = batch.mask.bool()  # (b, T)
+    log_ratio = torch.where(valid, batch.logprobs - batch.old_logprobs.detach(), 0.0)  # (b, T)
+    sequence_log_ratio = policy.masked_mean(log_ratio, valid, dim=-1).detach()  # (b,) log s_i
+    # log s_i,t - log pi_old: the value of log s_i, the gradient of log pi_theta(y_i,t)
+    ratio_logprobs = (
+        batch.old_logprobs.detach()
+        + sequence_log_ratio[:, None]
+        + (batch.logprobs - batch.logprobs.detach())
+    )  # (b, T)
+    return _with_kl(batch, settings, settings.clip_eps_high, ratio_logprobs)

@@ -470,3 +470,135 @@ def kto_loss(
             loss=loss.detach(),
         )
     return loss, stats
+
+
+# --- reference-free preference losses: ORPO, SimPO, CPO ------------------------------------------
+
+
+class ReferenceFreeStats(NamedTuple):
+    """Detached diagnostics of ORPO / SimPO / CPO: implicit rewards beta * log pi, no reference."""
+
+    chosen_reward: Tensor
+    """Mean beta * log pi(y_c) (per-token mean log-prob for ORPO and SimPO, summed for CPO)."""
+    rejected_reward: Tensor
+    """The same for the rejected completions."""
+    margin: Tensor
+    """Mean chosen minus rejected implicit reward."""
+    accuracy: Tensor
+    """Share of pairs whose chosen completion has the higher implicit reward."""
+    nll: Tensor
+    """Mean per-token negative log-likelihood of the chosen completions."""
+
+
+def _reference_free_stats(
+    chosen: Tensor, rejected: Tensor, chosen_nll: Tensor, beta: float, weight: Tensor | None
+) -> ReferenceFreeStats:
+    chosen_reward, rejected_reward = beta * chosen.detach(), beta * rejected.detach()  # (B,)
+    return ReferenceFreeStats(
+        chosen_reward=_weighted_mean(chosen_reward, weight),
+        rejected_reward=_weighted_mean(rejected_reward, weight),
+        margin=_weighted_mean(chosen_reward - rejected_reward, weight),
+        accuracy=_weighted_mean((chosen_reward > rejected_reward).float(), weight),
+        nll=_weighted_mean(chosen_nll.detach(), weight),
+    )
+
+
+def log_odds(mean_logprob: Tensor) -> Tensor:
+    """log(p / (1 - p)) of p = exp(mean log-prob), elementwise, for mean log-probs < 0.
+
+    log(1 - p) is log(-expm1(a)): exact when p is near 1, where 1 - exp(a) would round to 0.
+    """
+    return mean_logprob - torch.log(-torch.expm1(mean_logprob))
+
+
+def orpo_loss(
+    policy_chosen: Tensor, policy_rejected: Tensor, beta: float, weight: Tensor | None = None
+) -> tuple[Tensor, ReferenceFreeStats]:
+    """Odds Ratio Preference Optimisation (Hong et al. 2024, "ORPO: Monolithic Preference
+    Optimization without Reference Model", eq. 6-7):
+
+        odds(y) = P(y) / (1 - P(y)),   P(y) = exp(1/|y| Σ_t log pi(y_t | x, y_<t))
+        L = -1/|y_c| log pi(y_c)  -  lambda log sigmoid(log odds(y_c) - log odds(y_r))
+
+    Supervised fine-tuning on the chosen completion plus a penalty on the log odds ratio: one
+    stage, no reference model, no separate SFT. ``lambda`` is ``beta`` here (0.1 in the paper).
+
+    Args:
+        policy_chosen, policy_rejected: ``(B,)`` per-token *mean* log pi(y | x), all < 0 (grad).
+        beta: lambda, the weight of the odds-ratio term.
+    """
+    _check_examples(policy_chosen=policy_chosen, policy_rejected=policy_rejected, weight=weight)
+    _check_beta(beta)
+    chosen, rejected = policy_chosen.float(), policy_rejected.float()  # (B,)
+    ratio = log_odds(chosen) - log_odds(rejected)  # (B,)
+    loss = _weighted_mean(-chosen - beta * F.logsigmoid(ratio), weight)
+    with torch.no_grad():
+        stats = _reference_free_stats(chosen, rejected, -chosen, beta, weight)
+    return loss, stats
+
+
+def simpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    beta: float,
+    gamma: float,
+    weight: Tensor | None = None,
+) -> tuple[Tensor, ReferenceFreeStats]:
+    """Simple Preference Optimisation (Meng et al. 2024, "SimPO: Simple Preference Optimization
+    with a Reference-Free Reward", eq. 6):
+
+        L = -log sigmoid(beta/|y_c| log pi(y_c) - beta/|y_r| log pi(y_r) - gamma)
+
+    DPO's Bradley-Terry with the length-normalised log-likelihood, the quantity sampling ranks
+    by, as the implicit reward, and a target margin gamma: no reference model. The paper's
+    settings: beta 2 to 2.5, gamma / beta 0.3 to 0.8.
+
+    Args:
+        policy_chosen, policy_rejected: ``(B,)`` per-token *mean* log pi(y | x) (with grad).
+        beta: scale of the reward; gamma: the margin (>= 0) the chosen must win by.
+    """
+    _check_examples(policy_chosen=policy_chosen, policy_rejected=policy_rejected, weight=weight)
+    _check_beta(beta)
+    if not gamma >= 0:
+        raise ConfigError(f"gamma={gamma!r} must be >= 0: SimPO's target reward margin (e.g. 0.5)")
+    chosen, rejected = policy_chosen.float(), policy_rejected.float()  # (B,)
+    loss = _weighted_mean(-F.logsigmoid(beta * (chosen - rejected) - gamma), weight)
+    with torch.no_grad():
+        stats = _reference_free_stats(chosen, rejected, -chosen, beta, weight)
+    return loss, stats
+
+
+def cpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    chosen_tokens: Tensor,
+    beta: float,
+    weight: Tensor | None = None,
+) -> tuple[Tensor, ReferenceFreeStats]:
+    """Contrastive Preference Optimisation (Xu et al. 2024, "Contrastive Preference
+    Optimization: Pushing the Boundaries of LLM Performance in Machine Translation", eq. 3-5):
+
+        L = -log sigmoid(beta log pi(y_c) - beta log pi(y_r))  -  1/|y_c| log pi(y_c)
+
+    DPO with a uniform reference (its log-probs cancel in the difference), kept from drifting
+    off the chosen completions by their negative log-likelihood. The NLL is per token (as
+    common implementations, TRL, compute it), so its scale does not grow with length.
+
+    Args:
+        policy_chosen, policy_rejected: ``(B,)`` *summed* log pi(y | x) (with grad).
+        chosen_tokens: ``(B,)`` completion tokens of each chosen completion, |y_c| >= 1.
+        beta: scale of the log-likelihood difference (0.1 in the paper).
+    """
+    _check_examples(
+        policy_chosen=policy_chosen,
+        policy_rejected=policy_rejected,
+        chosen_tokens=chosen_tokens,
+        weight=weight,
+    )
+    _check_beta(beta)
+    chosen, rejected = policy_chosen.float(), policy_rejected.float()  # (B,)
+    nll = -chosen / chosen_tokens.detach().float().clamp(min=1)  # (B,)
+    loss = _weighted_mean(-F.logsigmoid(beta * (chosen - rejected)) + nll, weight)
+    with torch.no_grad():
+        stats = _reference_free_stats(chosen, rejected, nll, beta, weight)
+    return loss, stats

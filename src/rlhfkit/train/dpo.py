@@ -1,16 +1,19 @@
-"""Offline preference optimisation: DPO, IPO (pairs) and KTO (single completions labelled good/bad).
+"""Offline preference optimisation: DPO, IPO, ORPO, SimPO, CPO (pairs) and KTO (single
+completions labelled good/bad).
 
 Each step:
   1. render each example's sequences (chosen and rejected; or the completion and a mismatched
      completion for KTO's KL baseline) as tokens
   2. one forward pass over all of them: the policy's log-probability of every completion
   3. the loss against reference log-probs computed once, before training, by the starting model
-     (so no reference model stays in memory: half the weights and a third less compute per step)
+     (so no reference model stays in memory: half the weights and a third less compute per step);
+     the reference-free losses (ORPO, SimPO, CPO) skip that pass altogether
   4. the shared offline step: accumulate, clip, update; evaluate held-out; checkpoint
 
 References: DPO (Rafailov et al. 2023), conservative DPO / label smoothing (Mitchell 2023),
-IPO (Azar et al. 2023), KTO (Ethayarajh et al. 2024). What the logged metrics mean, and what
-healthy curves look like: docs/preference-metrics.md.
+IPO (Azar et al. 2023), KTO (Ethayarajh et al. 2024), ORPO (Hong et al. 2024), SimPO (Meng et
+al. 2024), CPO (Xu et al. 2024). What the logged metrics mean, and what healthy curves look
+like: docs/preference-metrics.md.
 """
 
 from __future__ import annotations
@@ -26,21 +29,26 @@ from rlhfkit.data.sequences import Encoded
 from rlhfkit.train import kit
 from rlhfkit.train.offline import OfflineConfig, no_classes_to_balance
 
+REFERENCE_FREE = ("orpo", "simpo", "cpo")
+"""Losses of the policy's log-probs alone: no reference log-probs, no reference model."""
+MEAN_LOGPROB = ("ipo", "orpo", "simpo")
+"""Losses that compare per-token mean log-probs; the others take the sum over the completion."""
+
 
 @dataclass(frozen=True)
-class AlgoCfg:
-    """The preference loss and its strength."""
+class PairLossCfg:
+    """A loss on preference pairs and its strength (dpo, and online-dpo's base)."""
 
-    loss: Literal["dpo", "ipo", "kto"] = "dpo"
-    """dpo or ipo on {prompt, chosen, rejected} pairs; kto on {prompt, completion, label} rows."""
+    loss: Literal["dpo", "ipo", "orpo", "simpo", "cpo"] = "dpo"
+    """dpo, ipo, or the reference-free orpo, simpo, cpo (no reference model or pass)."""
     beta: PositiveFloat = 0.1
-    """Strength of the pull toward the reference: higher stays closer (the KL weight)."""
+    """Strength of the pull toward the reference: higher stays closer (the KL weight). orpo:
+    the odds-ratio term's weight lambda (0.1); simpo: the reward scale (2.0 to 2.5); cpo: the
+    log-likelihood difference's scale (0.1)."""
+    gamma: NonNegativeFloat = 0.5
+    """simpo: the target margin the chosen completion's reward must win by."""
     label_smoothing: NonNegativeFloat = 0.0
     """dpo: assumed fraction of flipped preference labels (conservative DPO); 0 = off."""
-    desirable_weight: PositiveFloat = 1.0
-    """kto: weight of desirable examples (lambda_D)."""
-    undesirable_weight: PositiveFloat = 1.0
-    """kto: weight of undesirable examples (lambda_U)."""
 
     def check(self) -> Iterable[Problem]:
         if self.label_smoothing >= 0.5:
@@ -58,8 +66,21 @@ class AlgoCfg:
 
 
 @dataclass(frozen=True)
+class AlgoCfg(PairLossCfg):
+    """The preference loss and its strength."""
+
+    loss: Literal["dpo", "ipo", "orpo", "simpo", "cpo", "kto"] = "dpo"
+    """dpo, ipo, or the reference-free orpo, simpo, cpo (no reference pass) on {prompt, chosen,
+    rejected} pairs; kto on {prompt, completion, label} rows."""
+    desirable_weight: PositiveFloat = 1.0
+    """kto: weight of desirable examples (lambda_D)."""
+    undesirable_weight: PositiveFloat = 1.0
+    """kto: weight of undesirable examples (lambda_U)."""
+
+
+@dataclass(frozen=True)
 class Config(OfflineConfig):
-    """Offline preference optimisation on human feedback: DPO, IPO or KTO."""
+    """Offline preference optimisation on human feedback: DPO, IPO, ORPO, SimPO, CPO or KTO."""
 
     algo: AlgoCfg = default(AlgoCfg)
 
@@ -112,17 +133,20 @@ def train(cfg: Config) -> kit.TrainResult:
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    average = algo.loss == "ipo"  # IPO's squared loss compares per-token mean log-probs
+    reference_free = algo.loss in REFERENCE_FREE
 
     def encode(prompt: Any, completion: str, weight: float = 1.0, ends: bool = True) -> Encoded:
         return sequences.encode(
             tokenizer, prompt, completion, chat and bool(prompt), cfg.train.max_length, weight, ends
         )
 
-    def logprobs_of(encoded: Sequence[Encoded]) -> torch.Tensor:
-        """The model's log-probability of each completion, one forward pass. (N,)"""
+    def logprobs_of(encoded: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's log-probability of each completion (summed, or the per-token mean for
+        the losses that take it) and its token count, one forward pass. (N,) each"""
         tokens = sequences.collate(encoded, pad_id).to(device)
-        return sequences.sequence_logprob(*sequences.completion_logprobs(model, tokens), average)
+        logprobs, mask = sequences.completion_logprobs(model, tokens)
+        summed, counts = sequences.sequence_logprob(logprobs, mask), mask.sum(dim=1)
+        return (summed / counts.clamp(min=1) if algo.loss in MEAN_LOGPROB else summed), counts
 
     def with_reference(examples: list[Any]) -> list[Any]:
         """Fill in the starting model's log-probs, once, in eval mode, before any update."""
@@ -132,7 +156,7 @@ def train(cfg: Config) -> kit.TrainResult:
             for start in range(0, len(examples), size):
                 part = examples[start : start + size]
                 first, second = zip(*(_sequences(e) for e in part), strict=True)
-                logps = logprobs_of([*first, *second]).tolist()
+                logps = logprobs_of([*first, *second])[0].tolist()
                 filled += [
                     _with_refs(e, a, b)
                     for e, a, b in zip(part, logps[: len(part)], logps[len(part) :], strict=True)
@@ -154,38 +178,35 @@ def train(cfg: Config) -> kit.TrainResult:
     lengths = [max(len(s.ids) for s in _sequences(e)) for e in examples]
     # reference log-probs only for the examples this run trains on (max_steps may end it early);
     # the others keep NaN, which the NaN guard would stop loudly if one were ever used
-    used = sorted(offline.visited(cfg, lengths))
-    examples = [_with_refs(e, math.nan, math.nan) for e in examples]
-    for i, filled in zip(used, with_reference([examples[i] for i in used]), strict=True):
-        examples[i] = filled
-    eval_examples = with_reference(eval_examples)
+    if not reference_free:
+        used = sorted(offline.visited(cfg, lengths))
+        examples = [_with_refs(e, math.nan, math.nan) for e in examples]
+        for i, filled in zip(used, with_reference([examples[i] for i in used]), strict=True):
+            examples[i] = filled
+        eval_examples = with_reference(eval_examples)
 
     # 2-3. one forward over both sequences of every example, then the loss
     def loss_of(batch: list[Any]) -> tuple[torch.Tensor, Any]:
         first, second = zip(*(_sequences(e) for e in batch), strict=True)
-        logps = logprobs_of([*first, *second])  # (2B,)
+        logps, counts = logprobs_of([*first, *second])  # (2B,) each
         policy_a, policy_b = logps[: len(batch)], logps[len(batch) :]
         ref_a, ref_b = (
             torch.tensor(v, device=device) for v in zip(*(_refs(e) for e in batch), strict=True)
         )
         weight = torch.tensor([e.weight for e in batch], device=device)
-        if algo.loss == "kto":
-            desirable = torch.tensor([e.desirable for e in batch], device=device)
-            baseline = losses.kto_kl_baseline(policy_b, ref_b)
-            return losses.kto_loss(
-                policy_a,
-                ref_a,
-                desirable,
-                algo.beta,
-                baseline,
-                algo.desirable_weight,
-                algo.undesirable_weight,
-                weight,
-            )
-        if algo.loss == "ipo":
-            return losses.ipo_loss(policy_a, policy_b, ref_a, ref_b, algo.beta, weight)
-        return losses.dpo_loss(
-            policy_a, policy_b, ref_a, ref_b, algo.beta, algo.label_smoothing, weight
+        if algo.loss != "kto":
+            return pair_loss(algo, policy_a, policy_b, ref_a, ref_b, counts[: len(batch)], weight)
+        desirable = torch.tensor([e.desirable for e in batch], device=device)
+        baseline = losses.kto_kl_baseline(policy_b, ref_b)
+        return losses.kto_loss(
+            policy_a,
+            ref_a,
+            desirable,
+            algo.beta,
+            baseline,
+            algo.desirable_weight,
+            algo.undesirable_weight,
+            weight,
         )
 
     def step_loss(batch: list[Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -223,6 +244,32 @@ def train(cfg: Config) -> kit.TrainResult:
     }
     run.finish(summary)
     return kit.TrainResult(run, model, tokenizer, summary)
+
+
+def pair_loss(
+    algo: PairLossCfg,
+    chosen: Any,
+    rejected: Any,
+    ref_chosen: Any,
+    ref_rejected: Any,
+    chosen_tokens: Any,
+    weight: Any = None,
+) -> tuple[Any, Any]:
+    """``algo.loss`` on ``(B,)`` log-probs of pairs: summed, or per-token means for the losses
+    in ``MEAN_LOGPROB``; the reference's are not read by the reference-free losses."""
+    from rlhfkit.losses import preference as losses
+
+    if algo.loss == "orpo":
+        return losses.orpo_loss(chosen, rejected, algo.beta, weight)
+    if algo.loss == "simpo":
+        return losses.simpo_loss(chosen, rejected, algo.beta, algo.gamma, weight)
+    if algo.loss == "cpo":
+        return losses.cpo_loss(chosen, rejected, chosen_tokens, algo.beta, weight)
+    if algo.loss == "ipo":
+        return losses.ipo_loss(chosen, rejected, ref_chosen, ref_rejected, algo.beta, weight)
+    return losses.dpo_loss(
+        chosen, rejected, ref_chosen, ref_rejected, algo.beta, algo.label_smoothing, weight
+    )
 
 
 def _pair_examples(cfg: Config, split: str, encode: Any) -> list[PairExample]:

@@ -6,12 +6,17 @@ One loop, top to bottom. Each step:
      policy, score them, reference log-probs (KL) and, when several updates reuse the batch,
      old log-probs
   5. advantages from the registered estimator (``--algo.advantage``)
-  6. updates on the GRPO objective (``losses.objectives.grpo_objective``: clipped surrogate +
-     KL term): epochs x minibatches x gradient accumulation
+  6. updates on the registered objective (``--algo.objective``: GRPO's clipped token ratios +
+     KL term, or GSPO's sequence ratio): epochs x minibatches x gradient accumulation
   7. adapt the KL coefficient, log, checkpoint (``kit.Session``)
 
+DAPO (Yu et al. 2025) is options: clip-higher (``clip_eps_high``), dynamic sampling (steps 1-4
+sample more prompts until every group disagrees, ``rollout.sample_informative``), the soft
+overlong punishment (``overlong_buffer``) and token-level aggregation (``aggregation token``).
+
 References: GRPO (Shao et al. 2024, DeepSeekMath), Dr. GRPO (Liu et al. 2025), RLOO (Ahmadian
-et al. 2024), REINFORCE++ (Hu 2025), KL control (Ziegler et al. 2019).
+et al. 2024), REINFORCE++ (Hu 2025), DAPO (Yu et al. 2025), GSPO (Zheng et al. 2025), KL
+control (Ziegler et al. 2019).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from rlhfkit import distributed
 from rlhfkit.config import (
     Fraction,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     Problem,
@@ -44,6 +50,10 @@ class AlgoCfg:
 
     advantage: str = "grpo"
     """Advantage estimator: grpo, rloo, reinforce, reinforce++ (or a registered plug-in)."""
+    objective: str = "grpo"
+    """Policy objective: grpo (per-token ratios clipped) or gspo (one ratio per sequence, its
+    tokens' geometric mean, clipped: Zheng et al. 2025; use a clip_eps near 3e-4 and
+    aggregation sequence), or a registered plug-in."""
     group_size: PositiveInt = 4
     """Completions sampled per prompt (grpo and rloo need at least 2 to form a baseline)."""
     prompts_per_step: PositiveInt = 4
@@ -83,10 +93,44 @@ class AlgoCfg:
     rollout_is_cap). The gap is logged as mismatch_kl either way."""
     rollout_is_cap: PositiveFloat = 2.0
     """rollout_is tis: the largest weight a token gets."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: drop groups whose scores are all equal (no advantage, no
+    gradient) and sample more prompts until the batch is full of groups that disagree
+    (grpo and rloo; logged as sampling_rounds)."""
+    max_extra_rounds: NonNegativeInt = 3
+    """dynamic_sampling: extra sampling rounds a step may take; a batch still short after them
+    is filled with equal-score groups (logged as equal_groups)."""
+    overlong_buffer: NonNegativeInt = 0
+    """DAPO's soft overlong punishment: a completion within this many tokens of
+    gen.max_new_tokens loses up to overlong_penalty from its score, linearly, the whole
+    penalty at the budget (0 = off)."""
+    overlong_penalty: PositiveFloat = 1.0
+    """overlong_buffer: the score lost by a completion that reaches gen.max_new_tokens."""
 
     def check(self) -> Iterable[Problem]:
         from rlhfkit.advantages import advantage_names
+        from rlhfkit.losses.objectives import objective_names
 
+        if self.objective not in objective_names():
+            yield Problem(
+                "objective",
+                self.objective,
+                f"is not an objective; choose one of {', '.join(objective_names())}",
+            )
+        if self.dynamic_sampling and self.advantage not in GROUP_ESTIMATORS:
+            yield Problem(
+                "dynamic_sampling",
+                self.dynamic_sampling,
+                f"drops groups that all scored alike, which only a group baseline ("
+                f"{', '.join(GROUP_ESTIMATORS)}) learns nothing from; not {self.advantage}",
+            )
+        if self.dynamic_sampling and self.whiten_scores:
+            yield Problem(
+                "whiten_scores",
+                self.whiten_scores,
+                "with dynamic_sampling would whiten each sampling round on its own scale; "
+                "turn one off",
+            )
         if self.advantage not in advantage_names():
             yield Problem(
                 "advantage",
@@ -114,6 +158,13 @@ class Config(kit.OnlineConfig):
         if problem := kit.prompts_per_rank_problem(self.algo.prompts_per_step):
             yield problem
             return
+        if self.algo.overlong_buffer > self.gen.max_new_tokens:
+            yield Problem(
+                "algo.overlong_buffer",
+                self.algo.overlong_buffer,
+                f"exceeds gen.max_new_tokens = {self.gen.max_new_tokens}; the penalty ramps "
+                "over the last tokens of the budget, so make it at most that",
+            )
         rollout = self.algo.prompts_per_step * self.algo.group_size
         minibatch = self.algo.micro_batch_size * self.optim.grad_accum_steps
         if (rollout // distributed.world_size()) % minibatch:
@@ -150,7 +201,7 @@ def train(cfg: Config) -> kit.TrainResult:
 
     algo, optim = cfg.algo, cfg.optim
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-    estimator, objective = get_advantage(algo.advantage), get_objective("grpo")
+    estimator, objective = get_advantage(algo.advantage), get_objective(algo.objective)
     reward = load_reward(cfg.reward)
     stream = PromptStream(prompt_rows(cfg.data, "train"), cfg.run.seed)
     policy, tokenizer, frozen_ref = kit.load_policy_and_reference(
@@ -175,8 +226,26 @@ def train(cfg: Config) -> kit.TrainResult:
         cfg.gen.max_new_tokens,
     )
     options = rollout.RolloutOptions(
-        algo.micro_batch_size, _updates_per_step(cfg) > 1, algo.reward_clip, algo.whiten_scores
+        algo.micro_batch_size,
+        _updates_per_step(cfg) > 1,
+        algo.reward_clip,
+        algo.whiten_scores,
+        algo.overlong_buffer,
+        algo.overlong_penalty,
     )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def sample_round(step: int, extra: int) -> rollout.Scored:
+        """A round of the step's prompts (data-parallel: this rank's share), each repeated
+        group_size times (contiguous groups), sampled and scored; each round new prompts."""
+        rows = [
+            row
+            for row in kit.rank_share(stream.take(algo.prompts_per_step))
+            for _ in range(algo.group_size)
+        ]
+        seed = kit.rollout_seed(cfg.run.seed, step, extra)
+        return rollout.sample_and_score(policy, backend, reward, rows, cfg.gen, seed, options)
+
     ref_context = partial(reference, policy, frozen_ref) if algo.kl_coef > 0 else None
     # everything besides the weights that an exact resume needs back
     stateful = {**learner.stateful(), "stream": stream, "kl": kl_ctl, "baseline": baseline}
@@ -185,23 +254,20 @@ def train(cfg: Config) -> kit.TrainResult:
     ) as session:
         for step in session.steps():
             step_started = time.perf_counter()
-            # 1-4. prompts (data-parallel: this rank's share), each repeated group_size times
-            # (contiguous groups); sample, score, reference and old log-probs
-            rows = [
-                row
-                for row in kit.rank_share(stream.take(algo.prompts_per_step))
-                for _ in range(algo.group_size)
-            ]
-            exp = rollout.collect(
-                policy,
-                backend,
-                reward,
-                rows,
-                cfg.gen,
-                kit.rollout_seed(cfg.run.seed, step),
-                options,
-                ref_context,
-            )
+            # 1-4. prompts in groups, sampled and scored (with dynamic sampling, more rounds
+            # until every group disagrees); reference and old log-probs
+            rounds = 1
+            if algo.dynamic_sampling:
+                scored, rounds = rollout.sample_informative(
+                    partial(sample_round, step),
+                    algo.group_size,
+                    len(kit.rank_share(list(range(algo.prompts_per_step)))),
+                    algo.max_extra_rounds,
+                    pad_id,
+                )
+            else:
+                scored = sample_round(step, 0)
+            exp = rollout.experience(policy, scored, cfg.gen, options, ref_context)
             mask, kl_tokens = exp.response_mask, exp.kl_tokens()  # (B, R) each
 
             # 5. advantages; with KL in the reward, each token pays its own KL
@@ -270,6 +336,7 @@ def train(cfg: Config) -> kit.TrainResult:
             elapsed = time.perf_counter() - step_started
             metrics = {
                 **rollout.step_metrics(exp, kl, kl_ctl.coef),
+                **_group_metrics(exp, algo, rounds),
                 "lr": learner.lrs()[0],
                 "step_seconds": elapsed,
                 "tokens_per_second": kit.batch_sum(mask.sum()) / elapsed,
@@ -284,3 +351,17 @@ def train(cfg: Config) -> kit.TrainResult:
 def _updates_per_step(cfg: Config) -> int:
     rollout = cfg.algo.prompts_per_step * cfg.algo.group_size // distributed.world_size()
     return cfg.algo.epochs * rollout // (cfg.algo.micro_batch_size * cfg.optim.grad_accum_steps)
+
+
+def _group_metrics(exp: rollout.Experience, algo: AlgoCfg, rounds: int) -> dict[str, float]:
+    """equal_groups: the share of the batch's groups that all scored alike (no signal under a
+    group baseline); sampling_rounds with dynamic sampling (over every rank's groups)."""
+    from rlhfkit.advantages import informative_groups
+
+    if algo.advantage not in GROUP_ESTIMATORS:
+        return {}
+    informative = informative_groups(exp.scores, algo.group_size)  # (groups,)
+    metrics = {"equal_groups": kit.batch_mean((~informative).float())}
+    if algo.dynamic_sampling:
+        metrics["sampling_rounds"] = float(rounds)
+    return metrics

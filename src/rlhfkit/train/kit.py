@@ -147,10 +147,12 @@ def rank_share(items: list[Any]) -> list[Any]:
     return items[distributed.share(len(items))]
 
 
-def rollout_seed(seed: int, step: int) -> int:
+def rollout_seed(seed: int, step: int, extra_round: int = 0) -> int:
     """The sampling seed of ``step``: its own random stream per rank (rank 0 of one process:
-    the seed single-process runs always used)."""
-    return (seed * 1_000_003 + step) * distributed.world_size() + distributed.rank()
+    the seed single-process runs always used); ``extra_round`` r > 0 (dynamic sampling's
+    refills) adds r * 2^32, beyond any other step's or rank's seed."""
+    base = (seed * 1_000_003 + step) * distributed.world_size() + distributed.rank()
+    return base + extra_round * 2**32
 
 
 def batch_mean(values: torch.Tensor) -> float:

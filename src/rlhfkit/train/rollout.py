@@ -98,6 +98,40 @@ class RolloutOptions:
     """Clip scores to [-reward_clip, reward_clip] (0 = off)."""
     whiten_scores: bool = False
     """Whiten scores over the batch."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong punishment over the last this many tokens of the budget (0 = off)."""
+    overlong_penalty: float = 1.0
+    """The punishment of a completion that reaches the budget (``advantages.overlong_penalty``)."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Completions sampled and scored, before any log-prob pass: what dynamic sampling sifts."""
+
+    rows: list[dict[str, Any]]  # B prompt rows, a group's rows adjacent
+    rollout: Rollout  # the B samples
+    raw_scores: Tensor  # (B,) float32: the reward as it returned them
+    scores: Tensor  # (B,) float32: shaped (overlong), clipped, whitened: what learning sees
+    sample_seconds: float
+
+    def __getitem__(self, index: list[int]) -> Scored:
+        return Scored(
+            [self.rows[i] for i in index],
+            self.rollout[index],
+            self.raw_scores[index],
+            self.scores[index],
+            self.sample_seconds,
+        )
+
+    @staticmethod
+    def concat(parts: list[Scored], pad_token_id: int) -> Scored:
+        return Scored(
+            [row for part in parts for row in part.rows],
+            Rollout.concat([part.rollout for part in parts], pad_token_id),
+            torch.cat([part.raw_scores for part in parts]),
+            torch.cat([part.scores for part in parts]),
+            sum(part.sample_seconds for part in parts),
+        )
 
 
 def collect(
@@ -111,7 +145,54 @@ def collect(
     reference: ReferenceContext | None = None,
 ) -> Experience:
     """Sample completions for ``rows`` from ``policy``, score them, and compute the log-probs the
-    update needs: ``ref_logprobs`` when a ``reference`` is given, ``old_logprobs`` when asked.
+    update needs: ``ref_logprobs`` when a ``reference`` is given, ``old_logprobs`` when asked."""
+    scored = sample_and_score(policy, backend, reward, rows, gen, seed, options)
+    return experience(policy, scored, gen, options, reference)
+
+
+def sample_and_score(
+    policy: Any,
+    backend: Any,
+    reward: Any,
+    rows: list[dict[str, Any]],
+    gen: Any,
+    seed: int,
+    options: RolloutOptions,
+) -> Scored:
+    """Completions of ``rows`` from the current policy, with the reward's scores, shaped."""
+    from rlhfkit.advantages import overlong_penalty
+
+    started = time.perf_counter()
+    rollout = sample(policy, backend, [row["prompt"] for row in rows], gen, seed)
+    sample_seconds = time.perf_counter() - started
+    penalty = None
+    if options.overlong_buffer:
+        penalty = overlong_penalty(
+            rollout.response_lengths,
+            gen.max_new_tokens,
+            options.overlong_buffer,
+            options.overlong_penalty,
+        )  # (B,)
+    raw_scores, scores = score(
+        reward,
+        rows,
+        rollout.completions,
+        rollout.response_mask.device,
+        options.reward_clip,
+        options.whiten_scores,
+        penalty,
+    )  # (B,)
+    return Scored(rows, rollout, raw_scores, scores, sample_seconds)
+
+
+def experience(
+    policy: Any,
+    scored: Scored,
+    gen: Any,
+    options: RolloutOptions,
+    reference: ReferenceContext | None = None,
+) -> Experience:
+    """The scored samples with the log-prob passes the update needs, as one ``Experience``.
 
     Old log-probs come from a forward pass like the reference's, not from sampling: incremental
     decoding rounds differently (~1e-5 per token in float32, ~0.1 under model.autocast), which
@@ -119,15 +200,9 @@ def collect(
     """
     from rlhfkit.models import token_logprobs
 
-    started = time.perf_counter()
-    rollout = sample(policy, backend, [row["prompt"] for row in rows], gen, seed)
-    sample_seconds = time.perf_counter() - started
+    rollout = scored.rollout
     input_ids, attention_mask = rollout.input_ids, rollout.attention_mask  # (B, P+R)
-    mask = rollout.response_mask.float()  # (B, R)
     start = rollout.prompt_ids.shape[1]
-    raw_scores, scores = score(
-        reward, rows, rollout.completions, mask.device, options.reward_clip, options.whiten_scores
-    )  # (B,)
 
     def logprobs(model: Any) -> Tensor:  # (B, R)
         return in_chunks(
@@ -144,22 +219,56 @@ def collect(
                 ref_logprobs = logprobs(ref_model)
         old_logprobs = logprobs(policy) if options.old_logprobs else None
     return Experience(
-        rows=rows,
+        rows=scored.rows,
         completions=rollout.completions,
         input_ids=input_ids,
         attention_mask=attention_mask,
-        response_mask=mask,
+        response_mask=rollout.response_mask.float(),
         sample_logprobs=rollout.logprobs,
         finished=rollout.finished,
         lengths=rollout.response_lengths,
-        raw_scores=raw_scores,
-        scores=scores,
+        raw_scores=scored.raw_scores,
+        scores=scored.scores,
         ref_logprobs=ref_logprobs,
         old_logprobs=old_logprobs,
         response_start=start,
         temperature=gen.temperature,
-        sample_seconds=sample_seconds,
+        sample_seconds=scored.sample_seconds,
     )
+
+
+def sample_informative(
+    sample_round: Callable[[int], Scored],
+    group_size: int,
+    groups: int,
+    max_extra_rounds: int,
+    pad_token_id: int,
+) -> tuple[Scored, int]:
+    """DAPO's dynamic sampling (Yu et al. 2025, §3.2): ``groups`` groups whose scores are not all
+    equal, sampling more rounds of prompts (``sample_round(round)``, round 0 the step's own)
+    while there are fewer, at most ``max_extra_rounds`` beyond the first.
+
+    The batch keeps its size: if the cap is reached short, groups that all scored alike fill
+    the rest (they add no policy gradient). Data-parallel, every rank samples as many rounds as
+    the rank that needs the most, so their forward passes stay in step. Returns the batch and
+    the number of rounds sampled.
+    """
+    from rlhfkit import distributed
+    from rlhfkit.advantages import informative_groups
+
+    parts: list[Scored] = []
+    informative = 0
+    while True:
+        parts.append(sample_round(len(parts)))
+        informative += int(informative_groups(parts[-1].scores, group_size).sum())
+        short = float(max(groups - informative, 0))
+        if len(parts) > max_extra_rounds or distributed.sum_floats([short])[0] == 0:
+            break
+    pool = Scored.concat(parts, pad_token_id)
+    keep = informative_groups(pool.scores, group_size).tolist()  # (groups in the pool,)
+    order = [g for g, ok in enumerate(keep) if ok] + [g for g, ok in enumerate(keep) if not ok]
+    chosen = sorted(order[:groups])  # the informative first, in sampling order
+    return pool[[g * group_size + k for g in chosen for k in range(group_size)]], len(parts)
 
 
 def sample(policy: Any, backend: Any, prompts: list[Prompt], gen: Any, seed: int) -> Rollout:
@@ -197,8 +306,10 @@ def score(
     device: Any,
     clip: float = 0.0,
     whiten: bool = False,
+    penalty: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(raw scores, scores after optional clipping and whitening), both (B,) float32."""
+    """(raw scores, scores after an optional penalty (B,) added, clipping and whitening), both
+    (B,) float32."""
     from rlhfkit.advantages import clip_scores, whiten_scores
     from rlhfkit.rewards import compute_rewards
 
@@ -209,7 +320,8 @@ def score(
         dtype=torch.float32,
         device=device,
     )  # (B,)
-    shaped = clip_scores(raw, clip) if clip > 0 else raw
+    shaped = raw if penalty is None else raw + penalty
+    shaped = clip_scores(shaped, clip) if clip > 0 else shaped
     return raw, whiten_scores(shaped) if whiten else shaped
 
 
