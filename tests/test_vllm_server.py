@@ -9,6 +9,7 @@ it; the trainer's side needs no vLLM. Like tests/test_vllm.py these run in the e
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from rlhfkit.config_io import load
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.generation import get_backend
 from rlhfkit.models import load_causal_lm
+from test_distributed import grpo_args, torchrun, workdir  # noqa: F401  (a fixture)
 from test_vllm import (  # noqa: F401  (a fixture)
     PROMPTS,
     _vllm_or_skip,
@@ -169,8 +171,19 @@ def test_a_server_url_is_required_and_a_dead_one_named(tiny_lm):
         generate(backend, url)
 
 
-def test_refused_under_torchrun(tiny_lm, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    with pytest.raises(ConfigError, match="vllm-server is not built for torchrun"):
-        get_backend("vllm-server", *tiny_lm)
+def test_grpo_under_torchrun_samples_the_gathered_weights(server_url, vllm_model_dir, workdir):  # noqa: F811
+    """2 ranks: under FSDP2 (each rank holds half of every weight) and with LoRA under ddp,
+    the ranks gather the weights, rank 0 sends them, and both sample their prompts on the
+    server. The rollouts' log-probs are the trainer's own (the logged mismatch_kl, over both
+    ranks, is float noise), so at every step the server held the policy's weights."""
+    server = ("--gen.backend", "vllm-server", "--gen.server_url", server_url, "--steps", "3")
+    runs = {
+        "fsdp2": grpo_args(workdir, vllm_model_dir, "fsdp2", *server, "--dist.strategy", "fsdp2"),
+        "lora": grpo_args(workdir, vllm_model_dir, "lora", *server, "--lora.rank", "4"),
+    }
+    code, ranks, stderr = torchrun(list(runs.values()), workdir)
+    assert code == 0 and ranks == [[0, 0], [0, 0]], stderr[-3000:]
+    for run in runs:
+        rows = [json.loads(line) for line in (workdir / run / "metrics.jsonl").open()]
+        assert len(rows) == 3
+        assert max(row["mismatch_kl"] for row in rows) < 1e-6, rows

@@ -252,26 +252,41 @@ def vllm_rollout(
 def checkpoint_weights(model: Any, merged: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's weights under the names of its checkpoint, which vLLM's loaders read; with
     LoRA, each adapted weight is W + the adapter's delta (peft's scaling included), or W alone
-    when not ``merged``."""
+    when not ``merged``. One at a time, each delta made as its weight is reached; sharded
+    (FSDP2) weights stay DTensors, for the caller to gather."""
+    with torch.no_grad():
+        for name, param, adapted in checkpoint_plan(model, merged):
+            if adapted is None:
+                yield name, param.detach()
+            else:
+                yield (
+                    name,
+                    param + sum(adapted.get_delta_weight(a) for a in adapted.active_adapters),
+                )
+
+
+def checkpoint_plan(model: Any, merged: bool = True) -> Iterator[tuple[str, torch.Tensor, Any]]:
+    """(checkpoint name, the parameter, its LoRA layer when its adapters are to be merged into
+    it, else None) for each weight ``checkpoint_weights`` yields, in its order: the names and
+    the (global) shapes and dtypes before any weight is computed."""
     if not hasattr(model, "peft_config"):
         for name, param in model.named_parameters():
-            yield name, param.detach()
+            yield name, param, None
         return
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
-    deltas = {
-        f"{name}.weight": module.get_delta_weight(adapter)
+    adapted = {
+        name: module
         for name, module in (base.named_modules() if merged else ())
         if isinstance(module, LoraLayer)
-        for adapter in module.active_adapters
     }
-    with torch.no_grad():
-        for name, param in base.named_parameters():
-            if "lora_" in name:
-                continue
-            name = name.replace(".base_layer.", ".")
-            yield name, (param + deltas[name]) if name in deltas else param.detach()
+    for name, param in base.named_parameters():
+        if "lora_" in name:
+            continue
+        name = name.replace(".base_layer.", ".")
+        owner, _, leaf = name.rpartition(".")
+        yield name, param, adapted.get(owner) if leaf == "weight" else None
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

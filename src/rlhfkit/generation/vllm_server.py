@@ -27,6 +27,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -40,7 +41,7 @@ from rlhfkit.config import GenCfg
 from rlhfkit.errors import ConfigError, DataError, RlhfkitError
 from rlhfkit.generation import register_backend
 from rlhfkit.generation.hf import HFBackend
-from rlhfkit.generation.vllm import Sample, checkpoint_weights, vllm_rollout
+from rlhfkit.generation.vllm import Sample, checkpoint_plan, checkpoint_weights, vllm_rollout
 
 BACKEND = "rlhfkit-gloo"  # vllm_receiver.BACKEND; that module imports vllm, this one must not
 STORE_PREFIX = "rlhfkit-weights"  # vllm_receiver.STORE_PREFIX
@@ -55,25 +56,30 @@ class VLLMServerBackend(HFBackend):
 
     def __init__(self, model: Any, tokenizer: Any):
         super().__init__(model, tokenizer)
-        if distributed.launched():  # every rank would open its own group with the server
-            raise ConfigError(
-                "gen.backend = vllm-server is not built for torchrun yet; under torchrun use "
-                "gen.backend hf"
-            )
         self.server: Server | None = None
 
     def generate(
         self, prompts: list[Prompt], cfg: GenCfg, seed: int, response_prefix: str = ""
     ) -> Rollout:
         """One completion per prompt; each prompt is sampled with its own seed drawn from
-        ``seed``, so the same prompts, cfg, seed and weights give the same rollout."""
+        ``seed``, so the same prompts, cfg, seed and weights give the same rollout.
+
+        Under torchrun every rank calls this with its own prompts: each rank gathers the
+        sharded weights with the others (a collective), rank 0 alone sends them to the server,
+        and every rank then samples its prompts on the updated server."""
         if not prompts:
             raise DataError("no prompts to generate from; give at least one")
         if self.server is None or self.server.url != cfg.server_url:
             self.server = Server(cfg.server_url, cfg.server_timeout_s)
         prompt_ids = self._encode(prompts, cfg.chat_template, response_prefix)
         self._check_lengths(prompt_ids, cfg.max_new_tokens)
-        self.server.push_weights(list(checkpoint_weights(self.model)))
+        weights = ((name, _whole(t)) for name, t in checkpoint_weights(self.model))
+        if distributed.is_main():
+            self.server.push_weights(list(checkpoint_plan(self.model)), weights)
+        else:
+            for _ in weights:  # join rank 0's gathers
+                pass
+        distributed.barrier()  # no rank samples before the server has the new weights
         draws = random.Random(seed)
         requests = [self._request(ids, cfg, draws.getrandbits(63)) for ids in prompt_ids]
         with ThreadPoolExecutor(min(len(requests), CONCURRENT_REQUESTS)) as pool:
@@ -145,22 +151,27 @@ class Server:
             choice["token_ids"], choice["logprobs"]["token_logprobs"], choice["finish_reason"]
         )
 
-    def push_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
-        """Broadcast ``weights`` to the server's workers while its ``/update_weights`` request,
-        in which they receive them, is open; then let vLLM finish the layers' reload."""
+    def push_weights(
+        self,
+        plan: list[tuple[str, torch.Tensor, Any]],
+        weights: Iterator[tuple[str, torch.Tensor]],
+    ) -> None:
+        """Broadcast ``weights`` (named and shaped as ``plan`` says, computed one at a time) to
+        the server's workers while its ``/update_weights`` request, in which they receive them,
+        is open; then let vLLM finish the layers' reload."""
         if self.group is None:
             self._open_group()
         assert self.group is not None
         self._call("POST", "/start_weight_update")
         update = {
-            "names": [name for name, _ in weights],
-            "dtype_names": [str(t.dtype).removeprefix("torch.") for _, t in weights],
-            "shapes": [list(t.shape) for _, t in weights],
+            "names": [name for name, _, _ in plan],
+            "dtype_names": [str(p.dtype).removeprefix("torch.") for _, p, _ in plan],
+            "shapes": [list(p.shape) for _, p, _ in plan],  # a DTensor's are the whole one's
         }
         with ThreadPoolExecutor(1) as side:
             received = side.submit(self._call, "POST", "/update_weights", {"update_info": update})
             for _, tensor in weights:
-                self.group.broadcast(tensor.detach().to("cpu").contiguous(), 0).wait()
+                self.group.broadcast(tensor.to("cpu").contiguous(), 0).wait()
             received.result()
         self._call("POST", "/finish_weight_update")
         self._call("POST", "/reset_prefix_cache")  # cached prompt KV came from the old weights
@@ -193,6 +204,12 @@ class Server:
                 )
             finally:
                 joined.result()  # the server's error, if it could not join, says more than ours
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP2) weight gathered whole on every rank; a plain one as it is."""
+    full_tensor = getattr(tensor, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else tensor
 
 
 def _address_toward(host: str) -> str:
