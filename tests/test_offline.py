@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import pytest
 
+from conftest import LETTER_O_REWARD
 from rlhfkit import cli, config_io
-from rlhfkit.config import FeedbackDataCfg, LogCfg, ModelCfg, OptimCfg, RunCfg
+from rlhfkit.config import FeedbackDataCfg, GenCfg, LogCfg, ModelCfg, OptimCfg, RunCfg
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.train import dpo, offline, reward, sft
 
@@ -82,6 +83,40 @@ def test_sft_learns_the_demonstrations(tmp_path, tiny_model_dir):
     assert (result.run.path / "model" / "config.json").is_file()
     losses = [row["loss"] for row in result.run.metrics() if "loss" in row]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("trainer", ["sft", "kto"])
+def test_the_policy_answers_held_out_prompts_at_each_evaluation(tmp_path, tiny_model_dir, trainer):
+    """With eval.reward, sft and dpo (KTO here) have the policy answer the held-out split's
+    distinct prompts before training, every train.eval_every steps and at the end; the
+    answers, their scores and the before/after figures land in heldout.json, the metrics and
+    the summary."""
+    reward = tmp_path / "reward_o.py"
+    reward.write_text(LETTER_O_REWARD)
+    answers = offline.SampledEvalCfg(
+        reward=f"{reward}:letter_o",
+        judge="length:8",
+        size=3,
+        gen=GenCfg(max_new_tokens=4, chat_template="off"),
+    )
+    if trainer == "sft":
+        demos = [{"prompt": p, "completion": LIKED[k]} for k, ps in PROMPTS.items() for p in ps]
+        data = write_jsonl(tmp_path / "demos.jsonl", demos)
+        settings = common(tmp_path, tiny_model_dir, data, steps=4, eval_every=2)
+        result = sft.train(sft.Config(**settings, eval=answers))
+    else:
+        settings = common(tmp_path, tiny_model_dir, labeled_file(tmp_path), steps=4, eval_every=2)
+        result = dpo.train(dpo.Config(**settings, algo=dpo.AlgoCfg(loss="kto"), eval=answers))
+    held_out = json.loads((result.run.path / "heldout.json").read_text())
+    assert held_out["prompts"] == [p for ps in PROMPTS.values() for p in ps][:3]  # distinct
+    assert [e["step"] for e in held_out["evaluations"]] == [0, 2, 4]
+    assert all(len(e["completions"]) == 3 for e in held_out["evaluations"])
+    logged = [row for row in result.run.metrics() if "eval/reward" in row]
+    assert [row["step"] for row in logged] == [0, 2, 4]
+    assert all("eval/judge" in row for row in logged)
+    summary = result.summary["eval"]
+    assert summary["steps"] == [0, 4] and {"reward", "judge"} <= set(summary["before"])
+    assert summary["before"]["reward"]["mean"] == pytest.approx(logged[0]["eval/reward"])
 
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo"])

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from rlhfkit.config import NonNegativeFloat, PositiveFloat, Problem, default
 from rlhfkit.data.sequences import Encoded
 from rlhfkit.train import kit
-from rlhfkit.train.offline import OfflineConfig, no_classes_to_balance
+from rlhfkit.train.offline import OfflineConfig, SampledEvalCfg, no_classes_to_balance
 
 REFERENCE_FREE = ("orpo", "simpo", "cpo")
 """Losses of the policy's log-probs alone: no reference log-probs, no reference model."""
@@ -83,6 +83,7 @@ class Config(OfflineConfig):
     """Offline preference optimisation on human feedback: DPO, IPO, ORPO, SimPO, CPO or KTO."""
 
     algo: AlgoCfg = default(AlgoCfg)
+    eval: SampledEvalCfg = default(SampledEvalCfg)
 
     def check(self) -> Iterable[Problem]:
         if self.algo.loss != "kto":
@@ -223,8 +224,9 @@ def train(cfg: Config) -> kit.TrainResult:
         return {key: value / len(eval_examples) for key, value in sums.items()}
 
     # 4. the update: accumulate, clip, guard, step; evaluate held-out; checkpoint
+    answers = (cfg.eval, tokenizer, _held_out_prompts(cfg)) if cfg.eval.reward else None
     with offline.Fitting(
-        cfg, "dpo", model, examples, lengths, evaluate if eval_examples else None
+        cfg, "dpo", model, examples, lengths, evaluate if eval_examples else None, None, answers
     ) as fitting:
         for step, batches in fitting.steps():
             metrics = fitting.accumulate(batches, step_loss)
@@ -241,9 +243,18 @@ def train(cfg: Config) -> kit.TrainResult:
         **{f"{key}_after": value for key, value in fitting.eval_after.items()},
         "skipped_steps": fitting.learner.guard.skipped,
         "model": str(run.path / "model"),
+        **fitting.answers_summary(),
     }
     run.finish(summary)
     return kit.TrainResult(run, model, tokenizer, summary)
+
+
+def _held_out_prompts(cfg: Config) -> list[Any]:
+    """The held-out split's prompts, for the policy to answer (``eval.reward``)."""
+    from rlhfkit.data.feedback import load_labeled, load_pairs
+
+    rows = (load_labeled if cfg.algo.loss == "kto" else load_pairs)(cfg.data, "eval")
+    return [row.prompt for row in rows]
 
 
 def pair_loss(

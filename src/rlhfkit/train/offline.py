@@ -12,12 +12,20 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from rlhfkit import distributed
-from rlhfkit.config import FeedbackDataCfg, NonNegativeInt, PositiveInt, Problem, default
+from rlhfkit.config import (
+    FeedbackDataCfg,
+    GenCfg,
+    NonNegativeInt,
+    PositiveInt,
+    Problem,
+    default,
+)
+from rlhfkit.errors import ConfigError
 from rlhfkit.train import checkpoints, kit
 
 LossFn = Callable[[list[Any]], tuple[Any, dict[str, float]]]
@@ -51,6 +59,32 @@ class TrainCfg:
     chat_template: Literal["auto", "on", "off"] = "auto"
     """sft, dpo: render prompts through the tokenizer's chat template; auto uses it when the
     model has one and the prompt is not empty."""
+
+
+@dataclass(frozen=True)
+class SampledEvalCfg:
+    """Held-out answers: the policy answers the held-out split's prompts before training, every
+    train.eval_every steps and at the end, scored by a reward (docs/eval.md)."""
+
+    reward: str = ""
+    """Reward scoring the answers: a reward spec (sentiment, vader, length:N, file.py:fn ...);
+    empty: none sampled (the held-out loss and pair metrics still run)."""
+    judge: str = ""
+    """An independent judge scoring them beside the reward: a reward spec; empty: none."""
+    size: NonNegativeInt = 32
+    """Distinct held-out prompts answered, in the split's order (0 = all)."""
+    gen: GenCfg = default(GenCfg)
+    """How the answers are sampled."""
+
+    def check(self) -> Iterable[Problem]:
+        from rlhfkit.rewards import spec_problems
+
+        for name in ("reward", "judge"):
+            spec = getattr(self, name)
+            for message in spec_problems(spec) if spec else ():
+                yield Problem(name, spec, message)
+        if self.size == 1:
+            yield Problem("size", 1, "gives no interval; answer 2 prompts or more")
 
 
 @dataclass(frozen=True)
@@ -189,7 +223,10 @@ class Fitting:
         lengths: Sequence[int],
         evaluate: Callable[[], dict[str, float]] | None = None,
         weigh: Callable[[Any], float] | None = None,
+        answers: tuple[SampledEvalCfg, Any, Sequence[Any]] | None = None,
     ):
+        """``answers``: (its config, the tokenizer, the held-out prompts) to have the policy
+        answer them at each evaluation (``SampledEvalCfg``); None or no reward: no answers."""
         from rlhfkit.train.runs import Run, seed_everything
 
         self.cfg, self.model, self.examples, self.evaluate = cfg, model, examples, evaluate
@@ -206,6 +243,8 @@ class Fitting:
         self.weigh = weigh
         self.weight_in_step = 0.0  # every rank's examples, weighed: the micro-batches' shares
         self.run = Run.start(cfg, command)
+        self.answers = _answers(answers, cfg, self.total_steps, self.run.path)
+        self.tokenizer = answers[1] if answers else None
         self.eval_before: dict[str, float] = {}
         self.eval_after: dict[str, float] = {}
         self.last: dict[str, float] = {}  # the last step's training metrics
@@ -239,8 +278,10 @@ class Fitting:
             self.eval_before = next(
                 (_eval_part(row) for row in run.metrics() if row["step"] == 0), {}
             )
+            if self.answers is not None:
+                self.answers.resume(start)
         else:
-            self.eval_before = self._held_out()
+            self.eval_before = self._held_out(0)
             if self.eval_before:
                 run.log(0, self.eval_before)
         with progress("training", total=steps) as (bar, task):
@@ -256,7 +297,7 @@ class Fitting:
                 bar.update(task, advance=1, info=f"loss {self.last['loss']:.4f}")
         if start < steps and (not cfg.run.checkpoint_every or steps % cfg.run.checkpoint_every):
             self._save(steps)
-        self.eval_after = self._held_out()
+        self.eval_after = self._held_out(steps)
         if self.eval_after:
             run.log(steps, self.eval_after)
 
@@ -272,22 +313,30 @@ class Fitting:
             "skipped_steps": self.learner.guard.skipped,
         }
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < self.total_steps:
-            self.last.update(self._held_out())
+            self.last.update(self._held_out(step))
         if step % cfg.log.every == 0 or step == self.total_steps:
             self.run.log(step, self.last)
         if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
             self._save(step)
 
-    def _held_out(self) -> dict[str, float]:
+    def _held_out(self, step: int) -> dict[str, float]:
+        """The held-out metrics of the model as it is at ``step``, each ``eval/<name>``."""
         import torch
 
-        if self.evaluate is None:
+        if self.evaluate is None and self.answers is None:
             return {}
         self.model.eval()
         with torch.no_grad():
-            metrics = self.evaluate()
+            metrics = {f"eval/{k}": v for k, v in (self.evaluate or dict)().items()}
+            if self.answers is not None:
+                metrics.update(self.answers.evaluate(self.model, self.tokenizer, step))
         self.model.train()
-        return {f"eval/{key}": value for key, value in metrics.items()}
+        return metrics
+
+    def answers_summary(self) -> dict[str, Any]:
+        """``{"eval": ...}``: the first and last held-out answers' figures with intervals and
+        the change (``TrainingEval.summary``), for the run's summary; {} without answers."""
+        return {"eval": self.answers.summary()} if self.answers is not None else {}
 
     def _stateful(self) -> dict[str, Any]:
         return {**self.learner.stateful(), "order": self.order}
@@ -298,6 +347,37 @@ class Fitting:
     def accumulate(self, batches: Sequence[list[Any]], loss_fn: LossFn) -> dict[str, float]:
         """``accumulate`` this rank's micro-batches of the step into the learner's gradients."""
         return accumulate(batches, loss_fn, self.learner.backward, self.weigh, self.weight_in_step)
+
+
+def _answers(
+    answers: tuple[SampledEvalCfg, Any, Sequence[Any]] | None,
+    cfg: OfflineConfig,
+    total_steps: int,
+    run_dir: Any,
+) -> Any:
+    """The run's held-out answers (``eval.training.TrainingEval``) on the distinct prompts, or
+    None: no reward to score them, or no prompts (a held-out split of texts alone)."""
+    import json
+
+    from rlhfkit.eval.training import TrainingEval
+    from rlhfkit.rewards import load_reward
+
+    if answers is None or not answers[0].reward:
+        return None
+    settings, _, prompts = answers
+    distinct = {json.dumps(p): p for p in prompts if p}  # a chat prompt is a list: no hash
+    rows = [{"prompt": prompt} for prompt in distinct.values()]
+    rows = rows[: settings.size] if settings.size else rows
+    if len(rows) < 2:
+        raise ConfigError(
+            f"eval.reward: the held-out split has {len(rows)} distinct prompt(s), and answers "
+            "need 2 or more for an interval; hold out more (data.eval_path, data.eval_fraction)"
+        )
+    rewards = {"reward": load_reward(settings.reward)}
+    if settings.judge:
+        rewards["judge"] = load_reward(settings.judge)
+    every = cfg.train.eval_every
+    return TrainingEval(rows, settings.gen, rewards, cfg.run.seed, every, total_steps, run_dir)
 
 
 def accumulate(

@@ -16,14 +16,16 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rlhfkit.config import Problem
+from rlhfkit.config import Problem, default
 from rlhfkit.train import kit
-from rlhfkit.train.offline import OfflineConfig, no_classes_to_balance
+from rlhfkit.train.offline import OfflineConfig, SampledEvalCfg, no_classes_to_balance
 
 
 @dataclass(frozen=True)
 class Config(OfflineConfig):
     """Supervised fine-tuning on demonstrations ({prompt, completion} or chat messages)."""
+
+    eval: SampledEvalCfg = default(SampledEvalCfg)
 
     def check(self) -> Iterable[Problem]:
         yield from no_classes_to_balance(self.data, "demonstrations")
@@ -69,7 +71,8 @@ def train(cfg: Config) -> kit.TrainResult:
     offline.report_truncated(
         sum(e.truncated for e in examples), len(examples), cfg.train.max_length
     )
-    eval_examples = encode_all(_capped(load_demonstrations(cfg.data, "eval"), cfg.train.max_eval))
+    held_out = load_demonstrations(cfg.data, "eval")
+    eval_examples = encode_all(_capped(held_out, cfg.train.max_eval))
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
@@ -99,8 +102,10 @@ def train(cfg: Config) -> kit.TrainResult:
         first token predicts nothing) times its weight."""
         return example.weight * (len(example.ids) - max(example.completion_start, 1))
 
+    lengths = [len(e.ids) for e in examples]
+    answers = (cfg.eval, tokenizer, [row.prompt for row in held_out]) if cfg.eval.reward else None
     with offline.Fitting(
-        cfg, "sft", model, examples, [len(e.ids) for e in examples], evaluate, completion_tokens
+        cfg, "sft", model, examples, lengths, evaluate, completion_tokens, answers
     ) as fitting:
         for step, batches in fitting.steps():
             metrics = fitting.accumulate(batches, nll)
@@ -116,6 +121,7 @@ def train(cfg: Config) -> kit.TrainResult:
         "eval_nll_after": fitting.eval_after.get("eval/nll"),
         "skipped_steps": fitting.learner.guard.skipped,
         "model": str(run.path / "model"),
+        **fitting.answers_summary(),
     }
     run.finish(summary)
     return kit.TrainResult(run, model, tokenizer, summary)
