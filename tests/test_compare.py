@@ -156,10 +156,19 @@ def test_missing_fields_are_named(tmp_path):
         compare.load_recipe(recipe)
     assert error.value.problems == [
         "seeds = 0: must be at least 1; give a value >= 1",
+        "tasks[0].data.eval_size = 1: gives no interval; evaluate 2 prompts or more (0: none)",
         "tasks[0].name = '': is required: letters, digits, '.', '_' or '-'",
         "tasks[0].reward = '': is required; name the task's reward, e.g. sentiment",
-        "tasks[0].data.eval_size = 1: must be at least 2: a confidence interval needs 2 held-out "
-        "prompts",
+    ]
+    recipe.write_text(
+        '[[tasks]]\nname = "t"\nreward = "length"\n[tasks.data]\neval_size = 0\n'
+        '[[tasks.methods]]\nname = "base"\n'
+    )
+    with pytest.raises(ConfigError) as error:
+        compare.load_recipe(recipe)
+    assert error.value.problems == [
+        "tasks[0].data.eval_size = 0: must be at least 2: compare evaluates every method on "
+        "held-out prompts"
     ]
     recipe.write_text('[[tasks]]\nname = "t"\nreward = "length"\nsamples = 4\n')
     with pytest.raises(ConfigError) as error:

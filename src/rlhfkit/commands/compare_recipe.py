@@ -111,11 +111,11 @@ class TaskCfg:
             yield Problem(
                 "reward", self.reward, "is required; name the task's reward, e.g. sentiment"
             )
-        if self.data.eval_size < 2:
+        if self.data.eval_size == 0:  # 1 is the data group's own problem
             yield Problem(
                 "data.eval_size",
-                self.data.eval_size,
-                "must be at least 2: a confidence interval needs 2 held-out prompts",
+                0,
+                "must be at least 2: compare evaluates every method on held-out prompts",
             )
 
 
