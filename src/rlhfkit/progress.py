@@ -27,6 +27,14 @@ def set_enabled(enabled: bool) -> None:
     _enabled = enabled
 
 
+def alert(message: str) -> None:
+    """An alert line (a reward-hacking monitor firing) above any live bar, on stderr: shown
+    even when the bars are off, since a log must carry it too."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]alert[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def progress(description: str, total: float | None) -> Iterator[tuple[Progress, TaskID]]:
     """A progress bar and its task; move it with ``bar.advance(task, n)`` or ``bar.update``.

@@ -54,6 +54,10 @@ TOOLS: dict[str, tuple[str, str]] = {
         "rlhfkit.commands.serve:run",
         "Serve a model over an OpenAI-compatible HTTP API (serve MODEL --engine hf|llama.cpp).",
     ),
+    "report": (
+        "rlhfkit.commands.report:run",
+        "Write a run's HTML report, or several runs side by side (report RUN [RUN ...]).",
+    ),
     "hindsight": (
         "rlhfkit.commands.hindsight:run",
         "Learn from feedback in hindsight "

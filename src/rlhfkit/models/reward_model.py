@@ -20,7 +20,9 @@ its tokenisation and its on-disk format:
     DIR/config.json, model.safetensors   the backbone (save_pretrained; LoRA merged in)
     DIR/tokenizer*.json                  its tokenizer
     DIR/head.safetensors                 the head, float32
-    DIR/reward_model.json                format, source, pooling, max_length, offset, scale, info
+    DIR/reward_model.json                format, source, pooling, max_length, offset, scale,
+                                         score_range (lowest and highest normalised score on
+                                         the training texts; absent in older saves), info
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class RewardModel(torch.nn.Module):
         self.backbone, self.tokenizer = backbone, tokenizer
         self.pooling, self.max_length, self.source = pooling, max_length, source
         self.offset, self.scale, self.info = offset, scale, dict(info or {})
+        self.score_range: tuple[float, float] | None = None  # set by training, then saved
         hidden_size = backbone.config.get_text_config().hidden_size
         device = next(backbone.parameters()).device
         # float32 whatever the backbone's dtype: bfloat16 keeps 3 significant digits, too few
@@ -247,6 +250,7 @@ class RewardModel(torch.nn.Module):
             "max_length": self.max_length,
             "offset": self.offset,
             "scale": self.scale,
+            **({"score_range": list(self.score_range)} if self.score_range else {}),
             "info": self.info,
             "rlhfkit": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -332,6 +336,8 @@ def load_reward_model(
         scale=manifest["scale"],
         info=manifest.get("info"),
     )
+    if isinstance(recorded := manifest.get("score_range"), list) and len(recorded) == 2:
+        model.score_range = (float(recorded[0]), float(recorded[1]))
     try:
         model.head.load_state_dict(
             load_file(str(path / HEAD_FILE), device=str(model.head.weight.device))

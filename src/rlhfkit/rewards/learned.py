@@ -35,4 +35,5 @@ def reward_model_reward(arg: str | None) -> RewardFn:
             ]
         )
 
+    rm.score_range = model.score_range  # type: ignore[attr-defined]  # the monitors read it
     return rm

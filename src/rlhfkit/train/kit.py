@@ -48,8 +48,9 @@ from rlhfkit.config import (
     default,
 )
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.eval.monitors import MonitorCfg
 from rlhfkit.models.lora import attach_lora
-from rlhfkit.train import checkpoints
+from rlhfkit.train import checkpoints, monitoring
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class OnlineConfig(TrainConfig):
     data: PromptDataCfg = default(PromptDataCfg)
     gen: GenCfg = default(GenCfg)
     eval: EvalCfg = default(EvalCfg)
+    monitor: MonitorCfg = default(MonitorCfg)
 
 
 def accumulation_weight(micro_mask: Any, minibatch_mask: Any, aggregation: str) -> float:
@@ -436,18 +438,27 @@ class Session:
             if reward is not None
             else None
         )
+        self.monitors = monitoring.build(
+            cfg, self.run.path, self.held_out, reward, keeps_reference=reference is not None
+        )
         self.start_step = 0
+        self.last_step = cfg.steps  # earlier when a monitor's alert ends the run
         if cfg.run.resume and (checkpoint := self.run.latest_checkpoint()) is not None:
             self.start_step = checkpoints.load_checkpoint(checkpoint, learner, stateful, parts)
             self.run.truncate_metrics(self.start_step)
             if self.held_out is not None:
                 self.held_out.resume(self.start_step)
+            if self.monitors is not None:
+                self.monitors.resume(self.start_step, self.run.metrics())
 
     def __enter__(self) -> Session:
         from rlhfkit.progress import progress
 
         if self.held_out is not None and self.start_step == 0:  # the starting model
-            self.run.log(0, self.held_out.evaluate(self.model, self.tokenizer, 0))
+            metrics = self.held_out.evaluate(self.model, self.tokenizer, 0)
+            if self.monitors is not None:
+                metrics.update(self.monitors.check(0, metrics, evaluated=True))
+            self.run.log(0, metrics)
         self.started = time.perf_counter()
         self._progress = progress("training", total=self.cfg.steps)
         self.bar, self.task = self._progress.__enter__()
@@ -457,25 +468,39 @@ class Session:
     def __exit__(self, *error: Any) -> None:
         try:
             self._progress.__exit__(*error)
-            if error[0] is None:  # the loop ran to the end: the last checkpoint, the model
+            if error[0] is None:  # the loop ran to its end (or an alert's): checkpoint, model
                 every = self.cfg.run.checkpoint_every
-                if not every or self.cfg.steps % every:
-                    self.save(self.cfg.steps)
+                if not every or self.last_step % every:
+                    self.save(self.last_step)
                 export(self.run.path / "model", self.model, self.tokenizer)
         finally:
             self.run.close()
 
-    def steps(self) -> range:
-        """The steps left to run: all of them, or those after the resumed checkpoint."""
-        return range(self.start_step + 1, self.cfg.steps + 1)
+    def steps(self) -> Iterator[int]:
+        """The steps left to run: all of them, or those after the resumed checkpoint; none after
+        a monitor's alert with ``monitor.stop_on_alert``."""
+        for step in range(self.start_step + 1, self.cfg.steps + 1):
+            yield step
+            if self.monitors is not None and self.monitors.stop:
+                self.last_step = step
+                return
 
     def end_step(self, step: int, metrics: dict[str, Any], info: str) -> None:
-        """Evaluate held out (every ``eval.every`` steps and the last), log ``metrics`` (on the log
-        cadence, the last step and with an evaluation), move the bar, checkpoint."""
+        """Evaluate held out (every ``eval.every`` steps and the last), check the monitors, log
+        ``metrics`` (on the log cadence, the last step, with an evaluation or an alert), move the
+        bar, checkpoint."""
         evaluated = self.held_out is not None and self.held_out.due(step)
         if evaluated:
             metrics = {**metrics, **self.held_out.evaluate(self.model, self.tokenizer, step)}
-        if step % self.cfg.log.every == 0 or step == self.cfg.steps or evaluated:
+        stopping = False
+        if self.monitors is not None:
+            metrics = {**metrics, **self.monitors.check(step, metrics, evaluated, self.model)}
+            stopping = self.monitors.stop
+        if stopping and not evaluated and self.held_out is not None:
+            # the run ends here: its "after" is this model
+            metrics = {**metrics, **self.held_out.evaluate(self.model, self.tokenizer, step)}
+            evaluated = True
+        if step % self.cfg.log.every == 0 or step == self.cfg.steps or evaluated or stopping:
             self.run.log(step, metrics)
         self.bar.update(self.task, advance=1, info=info)
         if self.cfg.run.checkpoint_every and step % self.cfg.run.checkpoint_every == 0:
@@ -488,13 +513,17 @@ class Session:
     def finish(self, summary: dict[str, Any], reference: Any | None = None) -> TrainResult:
         """Write ``summary.json`` (steps, seconds, then ``summary``, then the model's path)."""
         summary = {
-            "steps": self.cfg.steps,
+            "steps": self.last_step,
             "seconds": round(time.perf_counter() - self.started, 1),
             **summary,
             **({"eval": self.held_out.summary()} if self.held_out is not None else {}),
+            **({"monitors": self.monitors.summary()} if self.monitors is not None else {}),
             "model": str(self.run.path / "model"),
         }
+        if self.last_step < self.cfg.steps:
+            summary["stopped_early"] = f"at step {self.last_step} of {self.cfg.steps}: an alert"
         self.run.finish(summary)
+        write_report(self.run.path)
         return TrainResult(
             run=self.run,
             model=self.model,
@@ -538,6 +567,14 @@ def held_out_eval(
         conditioning,
         backend,
     )
+
+
+def write_report(run_dir: Path) -> None:
+    """report.html in the run directory (rank 0), from what the run wrote (``eval.run_report``)."""
+    if distributed.is_main():
+        from rlhfkit.eval.run_report import write_run_report
+
+        write_run_report(run_dir)
 
 
 def export(directory: Path, model: Any, tokenizer: Any) -> Path:

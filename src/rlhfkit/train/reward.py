@@ -167,6 +167,11 @@ def train(cfg: Config) -> kit.TrainResult:
     sample_texts = [t for e in examples[: NORMALISE_SAMPLE // 2] for t in _texts(e)]
     raw = model.score_texts(sample_texts, batch_size=cfg.train.eval_batch_size, normalised=False)
     model.offset, model.scale = statistics.fmean(raw), statistics.pstdev(raw) or 1.0
+    # the scores seen on training texts: beyond them the model extrapolates (monitor)
+    model.score_range = (
+        (min(raw) - model.offset) / model.scale,
+        (max(raw) - model.offset) / model.scale,
+    )
     summary = {
         "objective": rm_cfg.objective,
         "steps": fitting.total_steps,
@@ -180,6 +185,7 @@ def train(cfg: Config) -> kit.TrainResult:
     plain = sharding.plain_copy(model)  # data-parallel: gathered whole on rank 0, else None
     if plain is not None:
         plain.offset, plain.scale = model.offset, model.scale
+        plain.score_range = model.score_range
         plain.save(run.path / "model", info={"data": cfg.data.path, "summary": summary})
     run.finish(summary)
     return kit.TrainResult(run, model, model.tokenizer, summary)

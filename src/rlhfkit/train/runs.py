@@ -299,8 +299,12 @@ def _check_same_config(saved: Path, cfg: Any) -> None:
     now = _flatten(config_io.to_dict(cfg))
     # A run is where its directory is: a copied or moved run keeps the old output_dir inside.
     ignore = {"run.resume", "run.overwrite", "run.output_dir"}
+    # the monitors watch training without changing it: a run an alert stopped resumes with
+    # other thresholds (or none)
     changed = sorted(
-        k for k in before.keys() | now.keys() if k not in ignore and before.get(k) != now.get(k)
+        k
+        for k in before.keys() | now.keys()
+        if k not in ignore and not k.startswith("monitor.") and before.get(k) != now.get(k)
     )
     if changed:
         shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])

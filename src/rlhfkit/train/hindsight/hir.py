@@ -123,7 +123,7 @@ def train(cfg: Config) -> kit.TrainResult:
         done = rounds.resume()
         with progress("rounds", total=cfg.rounds.rounds) as (bar, task):
             bar.update(task, completed=done)
-            for round_ in range(done + 1, cfg.rounds.rounds + 1):
+            for round_ in rounds.left(done):
                 # 1. prompts, each asked with the success instruction
                 rows = rounds.prompts()
                 prompts = [row["prompt"] for row in rows]

@@ -193,7 +193,7 @@ def train(cfg: Config) -> kit.TrainResult:
         done = rounds.resume()
         with progress("rounds", total=cfg.rounds.rounds) as (bar, task):
             bar.update(task, completed=done)
-            for round_ in range(done + 1, cfg.rounds.rounds + 1):
+            for round_ in rounds.left(done):
                 # 1-3. prompts with goals drawn uniformly, samples asked for them, goals reached
                 sampled = sample_toward_goals(rounds, space, round_)
 

@@ -13,14 +13,15 @@ apply, and ``--resume`` continues with the next round exactly as an uninterrupte
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rlhfkit import distributed
 from rlhfkit.batch import Prompt
 from rlhfkit.config import GenCfg, OptimCfg, PositiveInt, Problem, PromptDataCfg, default
-from rlhfkit.train import checkpoints, kit, rollout
+from rlhfkit.eval.monitors import MonitorCfg
+from rlhfkit.train import checkpoints, kit, monitoring, rollout
 from rlhfkit.train.offline import BatchOrder, LossFn, accumulate
 
 
@@ -62,6 +63,7 @@ class RoundsConfig(kit.TrainConfig):
     gen: GenCfg = default(GenCfg)
     rounds: RoundsCfg = default(RoundsCfg)
     eval: kit.EvalCfg = default(kit.EvalCfg)
+    monitor: MonitorCfg = default(MonitorCfg)
 
 
 def own_method(method: str, expected: str) -> Iterable[Problem]:
@@ -112,6 +114,11 @@ class Rounds:
         self.held_out = kit.held_out_eval(
             cfg, self.reward, self.run.path, cfg.rounds.rounds, None, self.backend, conditioning
         )
+        # no reference model: the KL monitors have nothing to watch
+        self.monitors = monitoring.build(
+            cfg, self.run.path, self.held_out, self.reward, keeps_reference=False
+        )
+        self.last_round = cfg.rounds.rounds  # earlier when a monitor's alert ends the run
         self.started = time.perf_counter()
 
     def __enter__(self) -> Rounds:
@@ -144,7 +151,10 @@ class Rounds:
         out); with ``--resume``, its state restored."""
         if not self.cfg.run.resume or (checkpoint := self.run.latest_checkpoint()) is None:
             if self.held_out is not None:
-                self.run.log(0, self.held_out.evaluate(self.policy, self.tokenizer, 0))
+                metrics = self.held_out.evaluate(self.policy, self.tokenizer, 0)
+                if self.monitors is not None:
+                    metrics.update(self.monitors.check(0, metrics, evaluated=True))
+                self.run.log(0, metrics)
             return 0
         done = checkpoints.load_checkpoint(
             checkpoint, self.learner, self._stateful(), self._parts()
@@ -152,16 +162,27 @@ class Rounds:
         self.run.truncate_metrics(done)
         if self.held_out is not None:
             self.held_out.resume(done)
+        if self.monitors is not None:
+            self.monitors.resume(done, self.run.metrics())
         return done
+
+    def left(self, done: int) -> Iterator[int]:
+        """The rounds after ``done``; none after a monitor's alert with monitor.stop_on_alert."""
+        for round_ in range(done + 1, self.cfg.rounds.rounds + 1):
+            yield round_
+            if self.monitors is not None and self.monitors.stop:
+                self.last_round = round_
+                return
 
     def end_round(self, round_: int, metrics: dict[str, float]) -> None:
         """Log the round's metrics (and held-out figures, every ``eval.every`` rounds and the
-        last) and checkpoint it."""
-        held_out = (
-            self.held_out.evaluate(self.policy, self.tokenizer, round_)
-            if self.held_out is not None and self.held_out.due(round_)
-            else {}
-        )
+        last, or the one an alert ends the run at), check the monitors and checkpoint it."""
+        evaluated = self.held_out is not None and self.held_out.due(round_)
+        held_out = self.held_out.evaluate(self.policy, self.tokenizer, round_) if evaluated else {}
+        if self.monitors is not None:
+            held_out.update(self.monitors.check(round_, held_out, evaluated, self.policy))
+            if self.monitors.stop and not evaluated and self.held_out is not None:
+                held_out.update(self.held_out.evaluate(self.policy, self.tokenizer, round_))
         self.run.log(
             round_,
             {
@@ -248,14 +269,18 @@ class Rounds:
         if distributed.is_main():
             conditioning.save(model_dir)
         summary = {
-            "rounds": self.cfg.rounds.rounds,
+            "rounds": self.last_round,
             "seconds": round(time.perf_counter() - self.started, 1),
             **summary,
             "skipped_steps": self.learner.guard.skipped,
             **({"eval": self.held_out.summary()} if self.held_out is not None else {}),
+            **({"monitors": self.monitors.summary()} if self.monitors is not None else {}),
             "model": str(model_dir),
         }
+        if self.last_round < self.cfg.rounds.rounds:
+            summary["stopped_early"] = f"at round {self.last_round}: an alert"
         self.run.finish(summary)
+        kit.write_report(self.run.path)
         return kit.TrainResult(self.run, self.policy, self.tokenizer, summary)
 
 
