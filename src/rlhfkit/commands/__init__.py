@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "grpo": "rlhfkit.train.grpo",
     "dpo": "rlhfkit.train.dpo",
     "online-dpo": "rlhfkit.train.online_dpo",
+    "ilql": "rlhfkit.train.ilql",
     "generate": "rlhfkit.commands.generate",
     "score": "rlhfkit.commands.score",
     "compare": "rlhfkit.commands.compare",

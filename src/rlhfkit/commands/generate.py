@@ -9,16 +9,19 @@ feed labelling, reward scoring or offline RL. A model directory with a ``conditi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rlhfkit.config import (
     GenCfg,
     InputFile,
     ModelCfg,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveInt,
     Problem,
@@ -45,6 +48,11 @@ class Config:
     """Completions sampled for each prompt (rows carry a "sample" index when above 1)."""
     seed: NonNegativeInt = 0
     """Seed for sampling: the same seed, prompts and settings give the same completions."""
+    ilql: bool = False
+    """Steer decoding by beta x (Q - V) from the ILQL heads an `rlhfkit ilql` run saved in the
+    model directory, with that run's --algo.beta (hf backend)."""
+    ilql_beta: NonNegativeFloat = 0.0
+    """With --ilql: use this beta instead of the run's (0 = the run's)."""
     model: ModelCfg = default(ModelCfg)
     """The model that writes the completions."""
     gen: GenCfg = default(GenCfg)
@@ -87,9 +95,10 @@ def main(cfg: Config) -> None:
         print(describe_conditioning(conditioning))
     backend = get_backend(cfg.gen.backend, model, tokenizer)
     started = time.perf_counter()
-    rollout = generate_conditioned(
-        backend, [row["prompt"] for row in rows], cfg.gen, cfg.seed, conditioning
-    )
+    with steered(backend, model, cfg):
+        rollout = generate_conditioned(
+            backend, [row["prompt"] for row in rows], cfg.gen, cfg.seed, conditioning
+        )
     seconds = time.perf_counter() - started
 
     # 3. write every row at once, atomically; the output may have appeared while we sampled
@@ -122,3 +131,26 @@ def main(cfg: Config) -> None:
         f"wrote {len(records)} completions to {cfg.output}: {total} tokens in {seconds:.1f} s "
         f"({total / seconds:.1f} tokens/s), {sum(finished)} of {len(records)} ended on their own"
     )
+
+
+@contextlib.contextmanager
+def steered(backend: Any, model: Any, cfg: Config) -> Iterator[None]:
+    """Decode with ILQL's advantage steering when ``--ilql`` asks for it (hf backend only)."""
+    if not cfg.ilql:
+        yield
+        return
+    from rlhfkit.models import resolve_model_dir
+    from rlhfkit.models.ilql_heads import AdvantageSteer, load_heads
+
+    if not hasattr(backend, "steer"):
+        raise RlhfkitError(
+            f"--ilql needs the hf generation backend (gen.backend is {cfg.gen.backend!r}): "
+            "its heads read the model's hidden states; pass --gen.backend hf"
+        )
+    heads, beta = load_heads(resolve_model_dir(cfg.model.path), next(model.parameters()).device)
+    with AdvantageSteer(model, heads, cfg.ilql_beta or beta) as steer:
+        backend.steer = [steer]
+        try:
+            yield
+        finally:
+            backend.steer = []

@@ -156,6 +156,9 @@ class HFBackend:
         self.eos_ids = _eos_token_ids(model, tokenizer)
         pad_id = tokenizer.pad_token_id
         self.pad_id = pad_id if pad_id is not None else self.eos_ids[0]
+        # processors that change the policy's logits before a token is chosen (ILQL's
+        # advantage steering); the recorded log-probs are those of the changed distribution
+        self.steer: list[LogitsProcessor] = []
 
     def generate(
         self, prompts: list[Prompt], cfg: GenCfg, seed: int, response_prefix: str = ""
@@ -174,6 +177,12 @@ class HFBackend:
                 "the static KV cache holds one dtype, and autocast makes keys "
                 "float32 and values bfloat16; set gen.compile auto (eager under "
                 "autocast) or model.autocast off"
+            )
+        if cfg.compile == "on" and self.steer:
+            raise ConfigError(
+                "gen.compile = 'on' cannot decode with advantage steering (ILQL heads): "
+                "they read each step's hidden state through a hook a compiled step skips; "
+                "set gen.compile auto or off"
             )
         if cfg.compile == "on" and distributed.is_data_parallel(self.model):
             raise ConfigError(
@@ -286,7 +295,7 @@ class HFBackend:
             input_ids=input_ids,
             attention_mask=prompt_mask,
             generation_config=self._generation_config(cfg, compiled),
-            logits_processor=LogitsProcessorList([recorder, *token_choice(cfg)]),
+            logits_processor=LogitsProcessorList([*self.steer, recorder, *token_choice(cfg)]),
             stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
             synced_gpus=synced,
             **prefilled,

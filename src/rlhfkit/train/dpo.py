@@ -215,13 +215,7 @@ def train(cfg: Config) -> kit.TrainResult:
         return loss, {key: float(value) for key, value in stats._asdict().items()}
 
     def evaluate() -> dict[str, float]:
-        size, sums = cfg.train.eval_batch_size, {}
-        for start in range(0, len(eval_examples), size):
-            part = eval_examples[start : start + size]
-            loss, metrics = step_loss(part)
-            for key, value in {"loss": float(loss), **metrics}.items():
-                sums[key] = sums.get(key, 0.0) + value * len(part)
-        return {key: value / len(eval_examples) for key, value in sums.items()}
+        return offline.held_out_means(eval_examples, cfg.train.eval_batch_size, step_loss)
 
     # 4. the update: accumulate, clip, guard, step; evaluate held-out; checkpoint
     answers = (cfg.eval, tokenizer, _held_out_prompts(cfg)) if cfg.eval.reward else None

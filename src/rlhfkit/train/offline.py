@@ -413,6 +413,18 @@ def accumulate(
     return dict(zip(sums, distributed.sum_floats(list(sums.values())), strict=True))
 
 
+def held_out_means(examples: Sequence[Any], batch_size: int, loss_fn: LossFn) -> dict[str, float]:
+    """The loss and metrics of ``loss_fn`` over held-out ``examples``, ``batch_size`` at a
+    time, each batch's weighed by its examples (call under ``torch.no_grad``)."""
+    sums: dict[str, float] = {}
+    for start in range(0, len(examples), batch_size):
+        part = examples[start : start + batch_size]
+        loss, metrics = loss_fn(list(part))
+        for key, value in {"loss": float(loss), **metrics}.items():
+            sums[key] = sums.get(key, 0.0) + value * len(part)
+    return {key: value / len(examples) for key, value in sums.items()}
+
+
 def _eval_part(row: dict[str, Any]) -> dict[str, float]:
     return {key: value for key, value in row.items() if key.startswith("eval/")}
 
