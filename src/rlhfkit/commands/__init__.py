@@ -48,6 +48,11 @@ TOOLS: dict[str, tuple[str, str]] = {
         "rlhfkit.commands.label:run",
         "Human feedback: a labelling web app and its datasets (label init | serve | export ...).",
     ),
+    "export": (
+        "rlhfkit.commands.export:run",
+        "Export a model as Hugging Face, GGUF, ONNX or int8 files, checked against the original "
+        "(export RUN_OR_MODEL_DIR --format hf|gguf|onnx|int8).",
+    ),
     "hindsight": (
         "rlhfkit.commands.hindsight:run",
         "Learn from feedback in hindsight "
