@@ -37,7 +37,7 @@ def write_gguf(model: Any, source: Path, out_dir: Path, gguf_type: str) -> Path:
     path = out_dir / FILE_NAME
     writer = gguf.GGUFWriter(path, "llama")
     _write_hyperparameters(writer, config, gguf_type)
-    _write_tokenizer(writer, source, len(_vocab_of(source)))
+    _write_tokenizer(writer, source)
     qtype = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -150,7 +150,7 @@ def _tokenizer_json(source: Path) -> dict[str, Any]:
 def pre_tokenizer_name(pre: dict[str, Any] | None) -> str:
     """llama.cpp's name for a tokenizer.json ``pre_tokenizer`` it splits text the same way as.
 
-    ``gpt2``: byte-level with GPT-2's regex alone; ``smollm``: single digits split first, then
+    ``gpt-2``: byte-level with GPT-2's regex alone; ``smollm``: single digits split first, then
     GPT-2's regex (SmolLM's and StarCoder's tokenizers).
     """
 
@@ -158,7 +158,7 @@ def pre_tokenizer_name(pre: dict[str, Any] | None) -> str:
         return step.get("type") == "ByteLevel" and step.get("use_regex", True)
 
     if pre and is_gpt2_bytes(pre):
-        return "gpt2"
+        return "gpt-2"
     steps = (pre or {}).get("pretokenizers") or []
     if (
         len(steps) == 2
@@ -174,7 +174,7 @@ def pre_tokenizer_name(pre: dict[str, Any] | None) -> str:
     )
 
 
-def _write_tokenizer(writer: Any, source: Path, base_size: int) -> None:
+def _write_tokenizer(writer: Any, source: Path) -> None:
     import gguf
 
     tokenizer = _vocab_of(source)
@@ -233,7 +233,7 @@ class GgufRunner:
         """Greedy completion of ``ids`` with llama.cpp's KV cache, up to EOS (excluded)."""
         self.llm.reset()
         out: list[int] = []
-        for token in self.llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        for token in self.llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
             if token == eos or len(out) == max_new_tokens:
                 break
             out.append(token)
