@@ -53,11 +53,16 @@ TOOLS: dict[str, tuple[str, str]] = {
     ),
     "serve": (
         "rlhfkit.commands.serve:run",
-        "Serve a model over an OpenAI-compatible HTTP API (serve MODEL --engine hf|llama.cpp).",
+        "Serve a model over an OpenAI-compatible HTTP API (serve MODEL [--port N] ...).",
     ),
     "report": (
         "rlhfkit.commands.report:run",
         "Write a run's HTML report, or several runs side by side (report RUN [RUN ...]).",
+    ),
+    "export": (
+        "rlhfkit.commands.export:run",
+        "Export a model as Hugging Face, GGUF, ONNX or int8 files, checked against the original "
+        "(export RUN_OR_MODEL_DIR --format hf|gguf|onnx|int8).",
     ),
     "hindsight": (
         "rlhfkit.commands.hindsight:run",

@@ -1,7 +1,7 @@
 """``rlhfkit serve MODEL``: a model behind an OpenAI-compatible HTTP API (docs/serve.md).
 
     rlhfkit serve runs/dpo/final                        # transformers, http://127.0.0.1:8000/v1
-    rlhfkit serve model.gguf --engine llama.cpp --port 8080 --api-key "$KEY"
+    rlhfkit serve runs/dpo/final --port 8080 --api-key "$KEY"
 
 The served model answers OpenAI's clients, and rlhfkit's own endpoint judge
 (``--reward judge:MODEL@http://127.0.0.1:8000/v1``).
@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Literal
 
 from rlhfkit.commands.label.serve import is_loopback
-from rlhfkit.config import Bounds, NonNegativeInt, PositiveInt, Problem
+from rlhfkit.config import Bounds, PositiveInt, Problem
 from rlhfkit.errors import ConfigError
 
 API_KEY_ENV = "RLHFKIT_API_KEY"
@@ -25,14 +24,13 @@ SERVE_INSTALL = "pip install 'rlhfkit[serve]'"
 
 @dataclass(frozen=True)
 class Config:
-    """Serve a model over an OpenAI-compatible HTTP API (serve MODEL --engine hf|llama.cpp)."""
+    """Serve a model over an OpenAI-compatible HTTP API (serve MODEL [--port N])."""
 
     model: str = ""
     """What to serve (also the first argument): a model directory or embedded alias (smollm2)
-    for --engine hf, a .gguf file for --engine llama.cpp (required)."""
-    engine: Literal["hf", "llama.cpp"] = "hf"
-    """hf: transformers, concurrent requests decoded together; llama.cpp: a GGUF file through
-    llama-cpp-python (pip install llama-cpp-python), fast on a CPU, one request at a time."""
+    (required)."""
+    engine: Literal["hf"] = "hf"
+    """hf: transformers, concurrent requests decoded together (the only engine so far)."""
     name: str = ""
     """The model's id in the API (what clients pass as "model"); empty = MODEL as given."""
     host: str = "127.0.0.1"
@@ -50,27 +48,19 @@ class Config:
     """hf: weights dtype; auto is float32 on CPU and bfloat16 on a GPU that supports it."""
     max_batch: PositiveInt = 16
     """hf: most requests decoded together in one batch."""
-    n_ctx: NonNegativeInt = 0
-    """llama.cpp: context length in tokens; 0 = the model's own."""
-    threads: NonNegativeInt = 0
-    """llama.cpp: CPU threads; 0 = llama.cpp's default."""
     access_log: bool = True
     """Log every request to the console."""
 
     def check(self) -> Iterable[Problem]:
         if not self.model:
-            yield Problem("model", "", "is required: rlhfkit serve MODEL (a directory or .gguf)")
-        elif self.engine == "llama.cpp" and not (
-            Path(self.model).is_file() and self.model.endswith(".gguf")
-        ):
+            yield Problem("model", "", "is required: rlhfkit serve MODEL (a model directory)")
+        elif self.model.endswith(".gguf"):
             yield Problem(
                 "model",
                 self.model,
-                "is not a .gguf file; --engine llama.cpp serves a GGUF file (rlhfkit export "
-                "--format gguf writes one); use --engine hf for a model directory",
+                "is a GGUF file, which no engine of serve runs yet; serve the model directory "
+                "it was exported from, or run it with llama.cpp's own server",
             )
-        elif self.engine == "hf" and self.model.endswith(".gguf"):
-            yield Problem("model", self.model, "is a GGUF file; serve it with --engine llama.cpp")
         if not self.allow_remote and not is_loopback(self.host):
             yield Problem(
                 "host",
@@ -128,10 +118,6 @@ def main(cfg: Config) -> None:
 
 def load_engine(cfg: Config):
     """The engine ``cfg`` names, with its model loaded."""
-    if cfg.engine == "llama.cpp":
-        from rlhfkit.serve import llama_cpp_engine
-
-        return llama_cpp_engine.load(cfg.model, llama_cpp_engine.Options(cfg.n_ctx, cfg.threads))
     from rlhfkit.serve import hf_engine
 
     return hf_engine.load(cfg.model, hf_engine.Options(cfg.device, cfg.dtype, cfg.max_batch))

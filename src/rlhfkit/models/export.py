@@ -11,8 +11,6 @@ from typing import Any
 
 def export_model(directory: Path, model: Any, tokenizer: Any) -> Path:
     """Save the trained policy as a plain Hugging Face model directory (LoRA merged in)."""
-    from rlhfkit.models import quiet_transformers
-
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
     try:
@@ -20,10 +18,7 @@ def export_model(directory: Path, model: Any, tokenizer: Any) -> Path:
         to_save = (
             copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
         )
-        to_save.config.use_cache = True
-        with quiet_transformers():
-            to_save.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        save_model_files(to_save, tokenizer, tmp)
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)
@@ -31,3 +26,14 @@ def export_model(directory: Path, model: Any, tokenizer: Any) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def save_model_files(model: Any, tokenizer: Any, directory: Path) -> None:
+    """``save_pretrained`` of a plain (merged) model and its tokenizer (chat template included)
+    into an existing ``directory``, with the KV cache on for whoever generates from it."""
+    from rlhfkit.models import quiet_transformers
+
+    model.config.use_cache = True
+    with quiet_transformers():
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)

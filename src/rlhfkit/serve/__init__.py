@@ -3,7 +3,6 @@
     engine.py           what every engine shares: a request, the chunks it streams back, the
                         protocol, and engines found by name (imported only when chosen)
     hf_engine.py        transformers: waiting requests decoded together in one ``generate``
-    llama_cpp_engine.py llama.cpp on a GGUF file, through llama-cpp-python
     api.py              the OpenAI request bodies (pydantic) and the replies built from chunks
     app.py              the FastAPI app: routes, API key, OpenAI-style errors, SSE streaming
 
