@@ -474,7 +474,7 @@ class Session:
                     self.save(self.last_step)
                 export(self.run.path / "model", self.model, self.tokenizer)
         finally:
-            self.run.close()
+            self.run.close(failed=error[0] is not None)
 
     def steps(self) -> Iterator[int]:
         """The steps left to run: all of them, or those after the resumed checkpoint; none after

@@ -125,7 +125,7 @@ class Rounds:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.run.close()
+        self.run.close(failed=exc[0] is not None)
 
     def _learner(self, models: dict[str, tuple[Any, OptimCfg]]) -> kit.Learner:
         optim = self.cfg.optim
