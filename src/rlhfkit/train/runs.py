@@ -19,6 +19,7 @@ to the newest checkpoint that is still intact.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,20 @@ from rlhfkit.train.tracking import Trackers, flatten
 
 CHECKPOINT_PREFIX = "step-"
 MANIFEST = "manifest.json"
+OBSERVERS: list[Callable[[Path, int, dict[str, Any]], None]] = []
+"""Called as ``observer(run_dir, step, metrics)`` with each row a run logs on rank 0 (``observe``):
+how ``rlhfkit tune`` reads a trial's held-out scores as it trains."""
+
+
+@contextlib.contextmanager
+def observe(observer: Callable[[Path, int, dict[str, Any]], None]) -> Iterator[None]:
+    """Pass every logged row to ``observer`` while inside; what it raises stops the run (a
+    pruned trial)."""
+    OBSERVERS.append(observer)
+    try:
+        yield
+    finally:
+        OBSERVERS.remove(observer)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -129,6 +144,8 @@ class Run:
                 if isinstance(value, (int, float)):
                     self._writer.add_scalar(key, value, step)
         self.trackers.log(step, metrics)
+        for observer in list(OBSERVERS):
+            observer(self.path, step, metrics)
 
     def metrics(self) -> list[dict[str, Any]]:
         """All logged rows, in order; a last line cut off by a crash is left out."""
