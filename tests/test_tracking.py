@@ -130,7 +130,8 @@ def test_a_run_logs_to_wandb_offline_and_an_mlflow_file_store(
     assert summary["steps"] == 3
     (files,) = run_dir.glob("wandb/offline-run-*/files")
     assert (files / "config.toml").read_text() == (run_dir / "config.toml").read_text()
-    assert (files / "summary.json").is_file()
+    assert (files / "summary.json").is_file() and (run_dir / "report.html").is_file()
+    assert (files / "report.html").read_bytes() == (run_dir / "report.html").read_bytes()
     exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
     assert exits == [0]
 
@@ -148,7 +149,7 @@ def test_a_run_logs_to_wandb_offline_and_an_mlflow_file_store(
     assert [m.value for m in curve] == pytest.approx([r["reward"] for r in rows])
     assert found.data.metrics["summary/steps"] == 3
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
-    assert {"config.toml", "summary.json"} <= artifacts
+    assert {"config.toml", "summary.json", "report.html"} <= artifacts
 
 
 @dataclass(frozen=True)

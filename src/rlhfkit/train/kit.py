@@ -525,8 +525,7 @@ class Session:
         }
         if self.last_step < self.cfg.steps:
             summary["stopped_early"] = f"at step {self.last_step} of {self.cfg.steps}: an alert"
-        self.run.finish(summary)
-        write_report(self.run.path)
+        self.run.finish(summary, report=write_report)
         return TrainResult(
             run=self.run,
             model=self.model,

@@ -244,10 +244,13 @@ class Run:
 
     # --- end -------------------------------------------------------------------------------------
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """Write summary.json and hand it, with the run's files, to the trackers."""
+    def finish(self, summary: dict[str, Any], report: Callable[[Path], None] | None = None) -> None:
+        """Write summary.json, then ``report(run_dir)`` (report.html, from what the run wrote),
+        and hand the summary and the run's files to the trackers."""
         if distributed.is_main():
             write_text_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+            if report is not None:
+                report(self.path)
             self.trackers.finish(summary)
 
     def close(self, failed: bool = False) -> None:

@@ -2,8 +2,7 @@
 ``--log.mlflow``; the ``tracking`` extra).
 
 Each gets what the run directory gets: the config when it opens, every logged step, and at the
-end the summary with the run's files attached (config.toml, summary.json, heldout.json,
-report.html, whichever exist). W&B writes offline by default (``RUN/wandb/``, uploaded later
+end the summary, then the run's files (``ATTACHED``, whichever exist when it ends). W&B writes offline by default (``RUN/wandb/``, uploaded later
 with ``wandb sync``) and MLflow to a local store, so neither needs a network.
 
 A run's tracker ids are kept in ``RUN/tracking.json``: a resumed run (``--run.resume``), or a
@@ -25,7 +24,7 @@ from rlhfkit.data.files import atomic_file
 from rlhfkit.errors import RlhfkitError
 
 IDS_FILE = "tracking.json"
-ATTACHED = ("config.toml", "summary.json", "heldout.json", "report.html")
+ATTACHED = ("config.toml", "summary.json", "heldout.json", "monitors.json", "report.html")
 """The run's files a tracker receives at the end, when they exist."""
 
 
@@ -34,7 +33,9 @@ class Tracker(Protocol):
 
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
 
-    def finish(self, summary: dict[str, float], files: list[Path]) -> None: ...
+    def finish(self, summary: dict[str, float]) -> None: ...
+
+    def attach(self, files: list[Path]) -> None: ...
 
     def end(self, failed: bool) -> None: ...
 
@@ -94,8 +95,10 @@ class WandbTracker:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log({**metrics, "step": step})
 
-    def finish(self, summary: dict[str, float], files: list[Path]) -> None:
+    def finish(self, summary: dict[str, float]) -> None:
         self.run.summary.update(summary)
+
+    def attach(self, files: list[Path]) -> None:
         for file in files:
             self.run.save(str(file), base_path=str(file.parent), policy="now")
 
@@ -145,8 +148,10 @@ class MlflowTracker:
             self.id, metrics=[Metric(key, value, now, step) for key, value in metrics.items()]
         )
 
-    def finish(self, summary: dict[str, float], files: list[Path]) -> None:
+    def finish(self, summary: dict[str, float]) -> None:
         self.log(0, {f"summary/{key}": value for key, value in summary.items()})
+
+    def attach(self, files: list[Path]) -> None:
         for file in files:
             self.client.log_artifact(self.id, str(file))
 
@@ -179,9 +184,10 @@ KINDS = {"wandb": WandbTracker, "mlflow": MlflowTracker}
 
 
 class Trackers:
-    """The trackers ``log`` asks for, opened at the first use on rank 0 (``Run`` calls them only
-    there) and ended once the run is both closed and summarised, in either order: the online
-    loops summarise and then close, the offline ones close, export, then summarise."""
+    """The trackers ``log`` asks for, opened when the run starts on rank 0 (``Run`` calls them
+    only there) and ended once the run is both closed and summarised, in either order: the
+    online loops summarise, write report.html, then close; the offline ones close, export,
+    then summarise."""
 
     def __init__(self, log: LogCfg | None, run_dir: Path, config: dict):
         self.kinds = [k for k in KINDS if log is not None and getattr(log, k)]
@@ -221,9 +227,8 @@ class Trackers:
         if not self.kinds:
             return
         self.finished = True
-        files = [self.run_dir / name for name in ATTACHED if (self.run_dir / name).is_file()]
         for tracker in self._opened():
-            tracker.finish(numbers(flatten(summary)), files)
+            tracker.finish(numbers(flatten(summary)))
         if self.closed:
             self._end(failed=False)
 
@@ -233,6 +238,12 @@ class Trackers:
             self._end(failed)
 
     def _end(self, failed: bool) -> None:
+        """End the open trackers' runs; a run that completed gets its files first (the
+        report is written after the summary, so they are gathered last)."""
         atexit.unregister(self._end)
+        files = [self.run_dir / name for name in ATTACHED if (self.run_dir / name).is_file()]
         while self.open:
-            self.open.popitem()[1].end(failed)
+            tracker = self.open.popitem()[1]
+            if not failed:
+                tracker.attach(files)
+            tracker.end(failed)

@@ -279,8 +279,7 @@ class Rounds:
         }
         if self.last_round < self.cfg.rounds.rounds:
             summary["stopped_early"] = f"at round {self.last_round}: an alert"
-        self.run.finish(summary)
-        kit.write_report(self.run.path)
+        self.run.finish(summary, report=kit.write_report)
         return kit.TrainResult(self.run, self.policy, self.tokenizer, summary)
 
 
