@@ -18,6 +18,8 @@ def test_recipe_loads(recipe, tmp_path, monkeypatch):
     command = recipe.read_text().split("rlhfkit ", 1)[1].split()[0]  # from its usage comment
     if command == "compare":
         check_comparison(recipe, tmp_path)
+    elif command == "tune":
+        check_search(recipe, tmp_path)
     else:
         load_command([command, "--config", str(recipe)])
 
@@ -53,3 +55,20 @@ def check_comparison(recipe: Path, tmp_path: Path) -> None:
         for method in task.methods:
             if method.command:
                 load_command(compare.command_line(loaded, task, method, 0))
+
+
+def check_search(recipe: Path, tmp_path: Path) -> None:
+    """The tune recipe, and its method's command line as a trial at each end of every range
+    runs it (the sampling stage's files, when it uses them, stand in as one-row files)."""
+    from rlhfkit.commands import compare, tune
+
+    loaded = tune.load_recipe(recipe, ["--output_dir", str(tmp_path / "tune")])
+    comparison = loaded.comparison()
+    sampled = compare.seed_directory(comparison, comparison.tasks[0], 0) / "sampled"
+    sampled.mkdir(parents=True)
+    for name in compare.SAMPLED:
+        (sampled / f"{name}.jsonl").write_text('{"prompt": "p", "completion": "a"}\n')
+    for end in (0, -1):
+        params = {d.key: (d.choices or (d.low, d.high))[end] for d in loaded.space}
+        trial = loaded.trial("trial-0", params)
+        load_command(compare.command_line(comparison, comparison.tasks[0], trial, 0))

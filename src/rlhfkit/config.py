@@ -246,6 +246,28 @@ class LogCfg:
     """Also write TensorBoard event files (metrics are always written as JSONL)."""
     progress: bool = True
     """Show live progress bars (turned off automatically when output is not a terminal)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (pip install 'rlhfkit[tracking]'): the config, every logged
+    step, the summary and the run's files (docs/tracking.md)."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """offline: write the W&B run under RUN/wandb/ with no network (upload it later with `wandb
+    sync`). online: send it as it runs (needs `wandb login` or WANDB_API_KEY)."""
+    mlflow: bool = False
+    """Also log to MLflow (pip install 'rlhfkit[tracking]'): the config as parameters, every
+    logged step, the summary, and the run's files as artifacts (docs/tracking.md)."""
+    mlflow_uri: str = "mlruns"
+    """Where MLflow keeps runs: a directory (MLflow's local file store, relative to where rlhfkit
+    is started), sqlite:///FILE.db, or the http:// address of an MLflow tracking server."""
+    project: str = "rlhfkit"
+    """The W&B project and the MLflow experiment the run is filed under."""
+
+    def check(self) -> Iterable[Problem]:
+        if not self.project.strip():
+            yield Problem("project", self.project, "is empty; name a project, e.g. rlhfkit")
+        if self.mlflow and not self.mlflow_uri.strip():
+            yield Problem(
+                "mlflow_uri", self.mlflow_uri, "is empty; give a directory such as mlruns"
+            )
 
 
 RUN_MARKER = "# rlhfkit "

@@ -34,7 +34,11 @@ COMMANDS: dict[str, str] = {
     "compare": "rlhfkit.commands.compare",
     "eval": "rlhfkit.commands.evaluate",
     "control": "rlhfkit.commands.control",
+    "tune": "rlhfkit.commands.tune",
 }
+RECIPE_COMMANDS = ("compare", "tune")
+"""Commands that read a recipe of tables (tasks, methods, a search space) that no single flat
+``Config`` holds: their module's ``run(args)`` reads it."""
 
 
 # Commands with their own small argument syntax (verbs, positional names): name -> (the
@@ -111,13 +115,13 @@ def dispatch(argv: list[str]) -> int:
     """Run ``rlhfkit <argv>`` (a command's name, then its arguments); its exit code."""
     name, args = argv[0], argv[1:]
     # hindsight picks its method's command, which run_module then runs like any other
-    if distributed.launched() and name in ("assets", "config", "label", "compare"):
+    if distributed.launched() and name in ("assets", "config", "label", *RECIPE_COMMANDS):
         raise _one_process_only(name)
     if name in TOOLS:
         module, _, function = TOOLS[name][0].partition(":")
         return getattr(importlib.import_module(module), function)(args)
     module = command_module(name)
-    if name == "compare":  # a recipe of [[tasks]] tables: more than one flat Config holds
+    if name in RECIPE_COMMANDS:
         return module.run(args)
     return run_module(module, name, args)
 

@@ -214,7 +214,7 @@ def _command_problems(method: MethodCfg) -> Iterable[Problem]:
             'an instruction = "... {prompt}" that asks the base model',
         )
         return
-    if method.command[0] not in {*COMMANDS, *TOOLS} - {"compare"}:
+    if method.command[0] not in {*COMMANDS, *TOOLS} - {"compare", "tune"}:
         yield Problem(
             "command",
             " ".join(method.command),
@@ -251,7 +251,6 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     Every problem in the file is reported at once, before any model loads.
     """
     from rlhfkit import config_io
-    from rlhfkit.data.builtin import is_builtin
 
     data = config_io.read_file(str(path))
     tables = data.pop("tasks", None)
@@ -289,6 +288,17 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         tasks.append(Task(cfg, methods))
     if problems:
         raise ConfigError(problems)
+    recipe = Recipe(Path(path), settings, tuple(tasks))
+    check(recipe)
+    return recipe
+
+
+def check(recipe: Recipe) -> None:
+    """Every problem of a built recipe's values, methods and names, raised at once."""
+    from rlhfkit import config_io
+    from rlhfkit.data.builtin import is_builtin
+
+    settings, tasks = recipe.settings, recipe.tasks
     problems = config_io.validate(settings)
     for i, task in enumerate(tasks):
         problems += config_io.validate(task.cfg, f"tasks[{i}].")
@@ -327,4 +337,3 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         problems.append(f"tasks: name {name!r} appears twice; give each task its own name")
     if problems:
         raise ConfigError(problems)
-    return Recipe(Path(path), settings, tuple(tasks))

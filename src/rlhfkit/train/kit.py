@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -88,6 +88,9 @@ class EvalCfg:
     """An independent judge scoring the held-out samples beside the training reward, so a
     reward the policy games shows as a gap: a reward spec (vader, judge:MODEL,
     judge:MODEL@http://HOST/v1, file.py:fn); empty: none."""
+    split: Literal["test", "validation"] = "test"
+    """The split of a built-in prompt set evaluated on: test for the report; validation while
+    choosing settings (rlhfkit tune), which must not see the test prompts."""
 
     def check(self) -> Iterable[Problem]:
         if self.judge:
@@ -474,7 +477,7 @@ class Session:
                     self.save(self.last_step)
                 export(self.run.path / "model", self.model, self.tokenizer)
         finally:
-            self.run.close()
+            self.run.close(failed=error[0] is not None)
 
     def steps(self) -> Iterator[int]:
         """The steps left to run: all of them, or those after the resumed checkpoint; none after
@@ -522,8 +525,7 @@ class Session:
         }
         if self.last_step < self.cfg.steps:
             summary["stopped_early"] = f"at step {self.last_step} of {self.cfg.steps}: an alert"
-        self.run.finish(summary)
-        write_report(self.run.path)
+        self.run.finish(summary, report=write_report)
         return TrainResult(
             run=self.run,
             model=self.model,
@@ -549,7 +551,7 @@ def held_out_eval(
     from rlhfkit.eval.training import TrainingEval
     from rlhfkit.rewards import load_reward
 
-    rows = prompt_rows(cfg.data, "test") if cfg.data.eval_size else []
+    rows = prompt_rows(cfg.data, cfg.eval.split) if cfg.data.eval_size else []
     if not rows:
         return None
     rewards = {"reward": reward}

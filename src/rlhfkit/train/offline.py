@@ -255,7 +255,7 @@ class Fitting:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.run.close()
+        self.run.close(failed=exc[0] is not None)
 
     @property
     def seconds(self) -> float:

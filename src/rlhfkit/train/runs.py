@@ -4,6 +4,7 @@
       config.toml          the effective config (reload it with --config)
       metrics.jsonl        one JSON object per logged step
       tensorboard/         the same metrics as TensorBoard events
+      wandb/, tracking.json   with --log.wandb / --log.mlflow: the W&B run, the trackers' ids
       checkpoints/
         step-000100/       complete checkpoints only (written as .tmp-*, then renamed), each
                            with a manifest.json of its files' sizes and SHA-256, written last
@@ -18,6 +19,7 @@ to the newest checkpoint that is still intact.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,7 +28,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,24 @@ from rlhfkit import config_io, distributed
 from rlhfkit.config import RUN_MARKER, is_run_dir
 from rlhfkit.data.files import atomic_file
 from rlhfkit.errors import RlhfkitError, RlhfkitWarning
+from rlhfkit.train.tracking import Trackers, flatten
 
 CHECKPOINT_PREFIX = "step-"
 MANIFEST = "manifest.json"
+OBSERVERS: list[Callable[[Path, int, dict[str, Any]], None]] = []
+"""Called as ``observer(run_dir, step, metrics)`` with each row a run logs on rank 0 (``observe``):
+how ``rlhfkit tune`` reads a trial's held-out scores as it trains."""
+
+
+@contextlib.contextmanager
+def observe(observer: Callable[[Path, int, dict[str, Any]], None]) -> Iterator[None]:
+    """Pass every logged row to ``observer`` while inside; what it raises stops the run (a
+    pruned trial)."""
+    OBSERVERS.append(observer)
+    try:
+        yield
+    finally:
+        OBSERVERS.remove(observer)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -48,12 +65,15 @@ def write_text_atomic(path: Path, text: str) -> None:
 class Run:
     """Owns one run directory. Create with ``Run.start(cfg, command)``; always ``close()``."""
 
-    def __init__(self, path: Path, tensorboard: bool, keep_checkpoints: int):
+    def __init__(
+        self, path: Path, tensorboard: bool, keep_checkpoints: int, trackers: Trackers | None = None
+    ):
         self.path = path
         self.checkpoints = path / "checkpoints"
         self.keep_checkpoints = keep_checkpoints
         self._tensorboard = tensorboard
         self._writer = None
+        self.trackers = trackers or Trackers(None, path, {})
 
     @classmethod
     def start(cls, cfg: Any, command: str) -> Run:
@@ -74,11 +94,15 @@ class Run:
         if (message := distributed.broadcast_object(failure and str(failure))) is not None:
             raise failure or RlhfkitError(message)
         log = getattr(cfg, "log", None)
-        return cls(
+        run = cls(
             path,
             tensorboard=bool(log and log.tensorboard),
             keep_checkpoints=run_cfg.keep_checkpoints,
+            trackers=Trackers(log, path, config_io.to_dict(cfg)),
         )
+        if distributed.is_main():
+            run.trackers.start()  # now, not in the first step's time
+        return run
 
     @staticmethod
     def _open(path: Path, cfg: Any, command: str) -> None:
@@ -104,8 +128,8 @@ class Run:
     # --- metrics ---------------------------------------------------------------------------------
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Append one step's metrics to metrics.jsonl (flushed at once) and TensorBoard (rank
-        0 only: the loops reduce metrics over the ranks first)."""
+        """Append one step's metrics to metrics.jsonl (flushed at once), TensorBoard and the
+        trackers (rank 0 only: the loops reduce metrics over the ranks first)."""
         if not distributed.is_main():
             return
         row = {"step": step, "time": round(time.time(), 3), **metrics}
@@ -119,6 +143,9 @@ class Run:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)):
                     self._writer.add_scalar(key, value, step)
+        self.trackers.log(step, metrics)
+        for observer in list(OBSERVERS):
+            observer(self.path, step, metrics)
 
     def metrics(self) -> list[dict[str, Any]]:
         """All logged rows, in order; a last line cut off by a crash is left out."""
@@ -217,14 +244,23 @@ class Run:
 
     # --- end -------------------------------------------------------------------------------------
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: dict[str, Any], report: Callable[[Path], None] | None = None) -> None:
+        """Write summary.json, then ``report(run_dir)`` (report.html, from what the run wrote),
+        and hand the summary and the run's files to the trackers."""
         if distributed.is_main():
             write_text_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+            if report is not None:
+                report(self.path)
+            self.trackers.finish(summary)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Close TensorBoard's writer; ``failed`` (the loop raised) ends the trackers' runs as
+        failed, else they end once the summary is written too."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if distributed.is_main():
+            self.trackers.close(failed)
 
 
 def _write_manifest(directory: Path) -> None:
@@ -295,8 +331,8 @@ def _read_metrics(file: Path) -> tuple[list[dict[str, Any]], bool]:
 def _check_same_config(saved: Path, cfg: Any) -> None:
     import tomllib
 
-    before = _flatten(tomllib.loads(saved.read_text(encoding="utf-8")))
-    now = _flatten(config_io.to_dict(cfg))
+    before = flatten(tomllib.loads(saved.read_text(encoding="utf-8")))
+    now = flatten(config_io.to_dict(cfg))
     # A run is where its directory is: a copied or moved run keeps the old output_dir inside.
     ignore = {"run.resume", "run.overwrite", "run.output_dir"}
     # the monitors watch training without changing it: a run an alert stopped resumes with
@@ -312,16 +348,6 @@ def _check_same_config(saved: Path, cfg: Any) -> None:
             f"--resume: the run in {saved.parent} used other settings ({shown}); "
             f"resume with the same config (--config {saved}), or start a new run"
         )
-
-
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 # --- random state --------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ class Rounds:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.run.close()
+        self.run.close(failed=exc[0] is not None)
 
     def _learner(self, models: dict[str, tuple[Any, OptimCfg]]) -> kit.Learner:
         optim = self.cfg.optim
@@ -279,8 +279,7 @@ class Rounds:
         }
         if self.last_round < self.cfg.rounds.rounds:
             summary["stopped_early"] = f"at round {self.last_round}: an alert"
-        self.run.finish(summary)
-        kit.write_report(self.run.path)
+        self.run.finish(summary, report=kit.write_report)
         return kit.TrainResult(self.run, self.policy, self.tokenizer, summary)
 
 
