@@ -240,8 +240,16 @@ def test_a_hackable_reward_trips_the_monitors(tmp_path, tiny_model_dir):
     assert last["monitor/diversity"] == 1.0 and last["monitor/proxy_gold"] == 1.0
     assert result.summary["monitors"]["off"]["extrapolation"].startswith("the reward records")
     page = (result.run.path / "report.html").read_text()
-    assert all(f'id="{s}"' in page for s in ("monitors", "heldout", "curves", "samples", "config"))
+    sections = ("monitors", "heldout", "curves", "samples", "tokens", "config")
+    assert all(f'id="{s}"' in page for s in sections)
     assert "diversity" in page and "data:image/png;base64," in page
+    # a group's completions token by token, at the first step and each held-out evaluation's
+    tokens = json.loads((result.run.path / "tokens.json").read_text())
+    assert [entry["step"] for entry in tokens] == [1, 10, 20, 30]
+    group = tokens[0]["samples"]
+    assert len(group) == 4 and len({s["prompt"] for s in group}) == 1
+    advantages = {s["tokens"][0][1] for s in group if s["tokens"]}
+    assert len(advantages) > 1  # GRPO sets the group's completions against each other
 
 
 def test_an_honest_reward_trips_none(tmp_path, tiny_model_dir):

@@ -19,7 +19,7 @@ from rlhfkit import cli
 from rlhfkit.eval import run_report
 
 HOSTILE = "<script>alert('x')</script> & \"quotes\""
-SECTIONS = ("monitors", "heldout", "curves", "samples", "summary", "config")
+SECTIONS = ("monitors", "heldout", "curves", "samples", "tokens", "summary", "config")
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -62,6 +62,12 @@ def write_run(path: Path, reward_gain: float, alert: bool) -> Path:
     (path / "monitors.json").write_text(json.dumps(monitors))
     summary = {"steps": 4, "seconds": 1.5, "reward_last": 0.1 + reward_gain * 4}
     (path / "summary.json").write_text(json.dumps(summary))
+    tokens = [[HOSTILE, 0.5, 0.01, -1.0], [" ok", -0.25, 0.04, -2.0]]  # text, advantage, KL, log p
+    steps = [
+        {"step": s, "samples": [{"prompt": HOSTILE, "score": 0.3, "tokens": tokens}]}
+        for s in (1, 4)
+    ]
+    (path / "tokens.json").write_text(json.dumps(steps))
     return path
 
 
@@ -80,6 +86,10 @@ def test_report_has_every_section_and_escapes_every_text(two_runs):
     assert "http://" not in page and "https://" not in page  # nothing fetched from anywhere
     assert page.count("data:image/png;base64,") == 1  # the curves, inlined
     assert "needs an independent judge" in page and "step 4" in page
+    # token by token: the strongest advantage and KL at full colour, the figures on hover
+    assert 'background:rgba(0,160,60,0.60)" title="advantage +0.500 · KL +0.0100' in page
+    assert 'background:rgba(220,40,40,0.30)" title="advantage -0.250' in page
+    assert 'background:rgba(230,120,0,0.60)" title="advantage -0.250 · KL +0.0400' in page
 
 
 def test_report_command_puts_two_runs_side_by_side(two_runs, tmp_path, capsys):

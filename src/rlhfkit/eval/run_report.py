@@ -1,10 +1,11 @@
 """report.html: one self-contained page about one run, or several side by side.
 
 It reads only what a run directory holds (config.toml, metrics.jsonl, heldout.json,
-monitors.json, summary.json) and shows: the monitors' alerts, the held-out figures before and
-after training with 95% intervals, the curves of whatever the run logged (training reward,
-held-out reward and judge with their intervals, KL, length, entropy, loss, gradient norm,
-learning rate ...), before/after completions of the same held-out prompts, the summary and the
+monitors.json, summary.json, tokens.json) and shows: the monitors' alerts, the held-out figures
+before and after training with 95% intervals, the curves of whatever the run logged (training
+reward, held-out reward and judge with their intervals, KL, length, entropy, loss, gradient
+norm, learning rate ...), before/after completions of the same held-out prompts, an online RL
+run's completions token by token with each token's advantage and KL, the summary and the
 config. The page needs nothing from the network: the curves are matplotlib PNGs inlined as
 base64, the style is inline, there is no script, and every text from the run is escaped.
 """
@@ -61,6 +62,7 @@ class RunRecord:
     held_out: dict[str, Any] = field(default_factory=dict)
     monitors: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    tokens: list[dict[str, Any]] = field(default_factory=list)  # tokens.json: online RL
 
 
 def load_run(path: Path) -> RunRecord:
@@ -80,6 +82,7 @@ def load_run(path: Path) -> RunRecord:
         ("heldout.json", "held_out"),
         ("monitors.json", "monitors"),
         ("summary.json", "summary"),
+        ("tokens.json", "tokens"),
     ):
         if (file := path / name).is_file():
             setattr(record, attribute, json.loads(file.read_text(encoding="utf-8")))
@@ -110,6 +113,7 @@ def render(runs: list[RunRecord]) -> str:
         ("heldout", "Held out: before and after (95% intervals)", [_held_out(r) for r in runs]),
         ("curves", "Curves", None),
         ("samples", "Sample pairs: the same held-out prompts", [_samples(r) for r in runs]),
+        ("tokens", "Token by token: advantage and KL", [_tokens(r) for r in runs]),
         ("summary", "Summary", [_summary(run) for run in runs]),
         ("config", "Config", [_config(run) for run in runs]),
     ]
@@ -242,6 +246,50 @@ def _samples(run: RunRecord) -> str:
         f"<table><tr><th>prompt</th><th>step {first['step']}</th><th>step {last['step']}</th>"
         f"</tr>{''.join(rows)}</table>"
     )
+
+
+def _tokens(run: RunRecord) -> str:
+    """The completions the policy learned from at the first and the last recorded step, each
+    token shaded by its advantage (green pushed up, red pushed down), then by its KL to the
+    reference (orange), the strongest of the step at full colour; the figures on hover."""
+    if not run.tokens:
+        return '<p class="muted">Online RL runs (grpo, ppo) record this.</p>'
+    parts = []
+    for entry in [run.tokens[0], run.tokens[-1]] if len(run.tokens) > 1 else run.tokens:
+        tokens = [t for sample in entry["samples"] for t in sample["tokens"]]
+        top_advantage = max((abs(t[1]) for t in tokens), default=0.0) or 1.0
+        top_kl = max((abs(t[2]) for t in tokens), default=0.0) or 1.0
+        rows = []
+        for sample in entry["samples"]:
+            hover = [
+                f"advantage {a:+.3f} · KL {k:+.4f} · log p {lp:.2f}"
+                for _, a, k, lp in sample["tokens"]
+            ]
+            by_advantage = "".join(
+                _shade(text, a / top_advantage, title)
+                for (text, a, _, _), title in zip(sample["tokens"], hover, strict=True)
+            )
+            by_kl = "".join(
+                _shade(text, k / top_kl, title, "230,120,0")
+                for (text, _, k, _), title in zip(sample["tokens"], hover, strict=True)
+            )
+            rows.append(
+                f'<tr class="sample"><td>{_e(sample["prompt"])}<br><span class=muted>reward '
+                f"{sample['score']:+.3f}</span></td><td>{by_advantage}</td><td>{by_kl}</td></tr>"
+            )
+        parts.append(
+            f"<p><b>step {entry['step']}</b></p><table><tr><th>prompt</th><th>by advantage</th>"
+            f"<th>by KL to the reference</th></tr>{''.join(rows)}</table>"
+        )
+    return "".join(parts)
+
+
+def _shade(text: str, strength: float, title: str, colour: str | None = None) -> str:
+    """A token on a background: ``colour`` (RGB) at ``|strength|`` (<= 1), or green / red by
+    the sign of ``strength`` when no colour is given."""
+    rgb = colour or ("0,160,60" if strength >= 0 else "220,40,40")
+    alpha = min(abs(strength), 1.0) * 0.6
+    return f'<span style="background:rgba({rgb},{alpha:.2f})" title="{_e(title)}">{_e(text)}</span>'
 
 
 def _summary(run: RunRecord) -> str:

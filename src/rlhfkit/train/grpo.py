@@ -343,6 +343,7 @@ def train(cfg: Config) -> kit.TrainResult:
                 "skipped_steps": learner.guard.skipped,
                 **distributed.mean_floats(stats.means()),
             }
+            session.record_tokens(step, partial(rollout.token_view, exp, advantages, tokenizer))
             session.end_step(step, metrics, f"reward {metrics['reward']:+.3f}  kl {kl:.3f}")
     history = session.run.metrics()
     return session.finish(kit.online_summary(history, learner.guard.skipped), frozen_ref)

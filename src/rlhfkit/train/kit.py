@@ -22,10 +22,11 @@ identity.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.monitors import MonitorCfg
 from rlhfkit.models.lora import attach_lora
 from rlhfkit.train import checkpoints, monitoring
+from rlhfkit.train.runs import TOKENS_FILE, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -487,6 +489,18 @@ class Session:
             if self.monitors is not None and self.monitors.stop:
                 self.last_step = step
                 return
+
+    def record_tokens(self, step: int, samples: Callable[[], list[dict[str, Any]]]) -> None:
+        """Keep a few completions token by token (``rollout.token_view``) at the first step and
+        at each held-out evaluation's, in ``tokens.json`` for the report: what each token's
+        advantage and KL were as the policy learned from it. ``samples`` runs only then."""
+        due = self.held_out.due(step) if self.held_out is not None else step == self.cfg.steps
+        if not (due or step == 1) or not distributed.is_main():
+            return
+        path = self.run.path / TOKENS_FILE
+        kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+        kept = [entry for entry in kept if entry["step"] < step]  # a resumed run redoes later steps
+        write_text_atomic(path, json.dumps([*kept, {"step": step, "samples": samples()}]))
 
     def end_step(self, step: int, metrics: dict[str, Any], info: str) -> None:
         """Evaluate held out (every ``eval.every`` steps and the last), check the monitors, log

@@ -356,6 +356,7 @@ def train(cfg: Config) -> Result:
                 "generation_seconds": exp.sample_seconds,
                 "tokens_per_second": kit.batch_sum(mask.sum()) / elapsed,
             }
+            session.record_tokens(step, partial(rollout.token_view, exp, advantages, tokenizer))
             session.end_step(
                 step, metrics, f"reward {metrics['reward']:+.3f}  kl {kl:.3f}  ev {explained:+.2f}"
             )

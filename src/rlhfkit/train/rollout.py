@@ -348,3 +348,36 @@ def step_metrics(experience: Experience, kl: float, kl_coef: float) -> dict[str,
         "finished": float(distributed.gather_rows(experience.finished.float()).mean()),
         "entropy_proxy": entropy,
     }
+
+
+def token_view(
+    experience: Experience, advantages: Tensor, tokenizer: Any, count: int = 4
+) -> list[dict[str, Any]]:
+    """The first ``count`` completions token by token, for the run report: each token's text,
+    advantage, KL to the reference and log-prob, with the prompt and the reward's score.
+
+    The first ``count`` rows of a GRPO batch are one prompt's group, so the page shows
+    completions the advantages set against each other.
+    """
+    kl = experience.kl_tokens()  # (B, R)
+    start = experience.response_start
+    samples = []
+    for row in range(min(count, len(experience))):
+        length = int(experience.response_mask[row].sum())
+        ids = experience.input_ids[row, start : start + length].tolist()
+        samples.append(
+            {
+                "prompt": prompt_text(experience.rows[row]["prompt"]),
+                "score": float(experience.raw_scores[row]),
+                "tokens": [
+                    [
+                        tokenizer.decode([token]),
+                        round(float(advantages[row, t]), 4),
+                        round(float(kl[row, t]), 4),
+                        round(float(experience.policy_logprobs[row, t]), 4),
+                    ]
+                    for t, token in enumerate(ids)
+                ],
+            }
+        )
+    return samples

@@ -9,6 +9,8 @@
         step-000100/       complete checkpoints only (written as .tmp-*, then renamed), each
                            with a manifest.json of its files' sizes and SHA-256, written last
         latest             name of the newest complete checkpoint
+      tokens.json          online RL: a few completions token by token (advantage, KL) at
+                           the first step and each held-out evaluation's, for the report
       summary.json         final figures, written when the run ends
 
 Every write is atomic (temp file or directory, then ``os.replace``): a crash mid-write leaves
@@ -39,6 +41,7 @@ from rlhfkit.errors import RlhfkitError, RlhfkitWarning
 from rlhfkit.train.tracking import Trackers, flatten
 
 CHECKPOINT_PREFIX = "step-"
+TOKENS_FILE = "tokens.json"
 MANIFEST = "manifest.json"
 OBSERVERS: list[Callable[[Path, int, dict[str, Any]], None]] = []
 """Called as ``observer(run_dir, step, metrics)`` with each row a run logs on rank 0 (``observe``):
