@@ -95,6 +95,17 @@ PAIRS = {
             "No.",
         ),
     ),
+    "conversational implicit-prompt preference, several turns": (
+        {
+            "chosen": user("Sky?") + assistant("Blue.") + user("Sure?") + assistant("Yes."),
+            "rejected": user("Sky?") + assistant("Green.") + user("Sure?") + assistant("No."),
+        },
+        Pair(
+            chat("Sky?"),
+            tuple(assistant("Blue.") + user("Sure?") + assistant("Yes.")),
+            tuple(assistant("Green.") + user("Sure?") + assistant("No.")),
+        ),
+    ),
 }
 UNPAIRED = {
     "unpaired preference": (
@@ -185,7 +196,8 @@ def test_a_row_that_fits_no_shape_names_file_row_columns_and_shapes(tmp_path):
     [
         (
             {"prompt": user("Hi"), "chosen": user("x") + assistant("y"), "rejected": "n"},
-            r"'chosen' not one assistant message; give \[\{\"role\": \"assistant\"",
+            r"'chosen' not the assistant's turn \(roles user, assistant\); start and end the "
+            r"completion with an assistant message",
         ),
         (
             {"prompt": assistant("Hi"), "chosen": "a", "rejected": "b"},
@@ -225,6 +237,25 @@ def test_a_conversational_row_is_rendered_by_the_chat_template(tmp_path, tiny_lm
         sequences.encode(tokenizer, pair.prompt, pair.chosen, False, 128)
 
 
+def test_a_reply_of_several_turns_is_the_templates_text_after_the_prompt(tiny_lm):
+    from rlhfkit.data import sequences
+
+    _, tokenizer = tiny_lm
+    _, pair = PAIRS["conversational implicit-prompt preference, several turns"]
+    encoded = sequences.encode(tokenizer, pair.prompt, pair.chosen, True, 128)
+    whole = tokenizer.apply_chat_template(
+        user("Sky?") + assistant("Blue.") + user("Sure?") + assistant("Yes."), tokenize=False
+    )
+    assert whole.endswith("Yes.<|im_end|>\n")  # the template's last end, which encode replaces
+    head = tokenizer.apply_chat_template(user("Sky?"), add_generation_prompt=True, tokenize=False)
+    reply = whole[len(head) :].removesuffix("<|im_end|>\n")
+    assert encoded.ids[encoded.completion_start :] == tokenizer(
+        reply, add_special_tokens=False
+    ).input_ids + [tokenizer.eos_token_id]
+    with pytest.raises(DataError, match="a completion of several messages needs the chat"):
+        sequences.encode(tokenizer, "Sky?", pair.chosen, False, 128)
+
+
 # --- one short run per trainer family ---------------------------------------------------------------
 
 
@@ -260,8 +291,8 @@ def test_dpo_family_trains_on_conversational_preference_and_unpaired_rows(
 ):
     from rlhfkit.train import dpo
 
-    table = PAIRS if loss == "dpo" else UNPAIRED
-    path = write(tmp_path / "p", conversational_rows(table)[:1] * 2)  # save_to_disk
+    rows = conversational_rows(PAIRS)[1:] if loss == "dpo" else conversational_rows(UNPAIRED) * 2
+    path = write(tmp_path / "p", rows)  # save_to_disk
     cfg = dpo.Config(**offline_common(tmp_path, tiny_model_dir, path), algo=dpo.AlgoCfg(loss=loss))
     assert dpo.train(cfg).summary["steps"] == 2
 
@@ -270,7 +301,7 @@ def test_reward_trains_on_implicit_conversational_pairs(tmp_path, tiny_model_dir
     from rlhfkit.train import reward
 
     rows = conversational_rows(PAIRS)
-    path = write(tmp_path / "p.parquet", [rows[1], rows[1]])
+    path = write(tmp_path / "p.parquet", rows[1:])  # implicit: one turn and several
     cfg = reward.Config(
         **offline_common(tmp_path, tiny_model_dir, path), rm=reward.RewardCfg(max_length=32)
     )

@@ -97,10 +97,10 @@ def chains_from_pairs(
     """Per pair: good-bad and bad-good chains (``chains``) and each output alone (``singles``)."""
     built: list[Chain] = []
     for pair in pairs:
-        if not isinstance(pair.prompt, str):  # chains group and phrase prompts as text
-            raise DataError(
-                "hindsight reads plain-text pairs, and this one's prompt is a conversation; "
-                "give string prompts (conversational pairs are read by dpo and reward)"
+        if not all(isinstance(text, str) for text in (pair.prompt, pair.chosen, pair.rejected)):
+            raise DataError(  # chains group prompts and join outputs as text
+                "hindsight reads plain-text pairs, and this one is conversational; give "
+                "strings (conversational pairs are read by dpo and reward)"
             )
         good = Judged(
             pair.prompt, pair.chosen, True, weight=pair.weight, finished=pair.chosen_finished

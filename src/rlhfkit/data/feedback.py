@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from rlhfkit.data import feedback_source as source
 from rlhfkit.data import shapes
 from rlhfkit.data.feedback_source import Row
-from rlhfkit.data.shapes import Prompt
+from rlhfkit.data.shapes import Prompt, Reply
 from rlhfkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class Demonstration:
     """A completion written (or approved) by a person: supervised fine-tuning data."""
 
     prompt: Prompt  # a chat's messages before the reply, for the chat template
-    completion: str
+    completion: Reply
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
     finished: bool = True  # False: cut off by a length limit, so no EOS is learned after it
@@ -67,8 +67,8 @@ class Pair:
     """Two completions of one prompt, the chosen one preferred; ``margin`` is how strongly."""
 
     prompt: Prompt
-    chosen: str
-    rejected: str
+    chosen: Reply
+    rejected: Reply
     margin: float = 0.0
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
@@ -94,17 +94,18 @@ class Labeled:
     """A completion marked desirable or not: the unpaired binary feedback KTO learns from."""
 
     prompt: Prompt
-    completion: str
+    completion: Reply
     desirable: bool
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def join_text(prompt: Prompt, completion: str) -> str:
+def join_text(prompt: Prompt, completion: Reply) -> str:
     """The one text a reward model scores for a prompt and its completion.
 
     A conversational prompt gives its last message (``shapes.prompt_text``), as rewards see
-    prompts during RL, so a reward model is trained on what it will score.
+    prompts during RL, so a reward model is trained on what it will score; a completion of
+    several messages, their contents a line each.
 
     The completion alone when there is no prompt (a text judged on its own, as in VADER). When
     either side already has whitespace at the join they are concatenated as they are: the
@@ -112,7 +113,7 @@ def join_text(prompt: Prompt, completion: str) -> str:
     added newline would split the sentence. Otherwise a newline separates them, so a question
     and its answer do not run together into one word ("2 + 2?" + "4").
     """
-    prompt = shapes.prompt_text(prompt)
+    prompt, completion = shapes.prompt_text(prompt), shapes.reply_text(completion)
     if not prompt:
         return completion
     if prompt[-1].isspace() or completion[:1].isspace():

@@ -17,10 +17,10 @@ unpaired preference          prompt, completion, label        dpo --algo.loss kt
 
 Canonical forms: a prompt is a string or a tuple of messages (the chat template renders it with
 the assistant turn opened, see ``rlhfkit.data.sequences``); a completion is the text of the
-assistant's turn. A conversational completion is one assistant message; the implicit prompt of
-a preference row is what its chosen and rejected sides share: the leading messages, or the text
-up to the last whitespace before they differ (the completion keeps that space, as a continuation
-does). Prompt-only rows are read by ``rlhfkit.data.prompts``, with ``is_chat`` from here.
+assistant's turn, or, when a conversational completion holds several turns, its messages (the
+template renders them after the prompt). The implicit prompt of a preference row is what its
+chosen and rejected sides share: the leading messages, or the text up to the last whitespace
+before they differ (the completion keeps that space, as a continuation does). Prompt-only rows are read by ``rlhfkit.data.prompts``, with ``is_chat`` from here.
 
 A row that fits no shape, or a cell that is not what its shape needs, raises ``BadRow``
 (``rlhfkit.data.feedback_source``), which names the file and row.
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 Chat = tuple[Message, ...]
 Prompt = str | Chat
+Reply = str | Chat
+"""A completion: text, or the assistant's turns (with any turns between them) of a chat."""
 T = TypeVar("T")
 
 TRUE_WORDS = frozenset({"true", "yes", "y", "good", "desirable", "positive", "1", "1.0"})
@@ -52,7 +54,7 @@ class Completion:
     """A prompt and the completion to learn (sft): the canonical demonstration."""
 
     prompt: Prompt
-    completion: str
+    completion: Reply
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,8 @@ class Preference:
     """A prompt with a preferred and a dispreferred completion (reward, dpo family)."""
 
     prompt: Prompt
-    chosen: str
-    rejected: str
+    chosen: Reply
+    rejected: Reply
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Unpaired:
     """A prompt and one completion marked desirable or not (kto)."""
 
     prompt: Prompt
-    completion: str
+    completion: Reply
     desirable: bool
 
 
@@ -173,27 +175,37 @@ def prompt(row: Row, cfg: FeedbackDataCfg) -> Prompt:
     return value or ""
 
 
-def completion(row: Row, cfg: FeedbackDataCfg, option: str) -> str:
-    """A completion cell (completion, chosen, rejected): text, or one assistant message."""
+def completion(row: Row, cfg: FeedbackDataCfg, option: str) -> Reply:
+    """A completion cell (completion, chosen, rejected): text, or the assistant's turn(s)."""
     value = source.column(row, cfg, option)
-    return (
-        _reply(value, getattr(cfg, option))
-        if isinstance(value, list)
-        else source.text(row, cfg, option)
-    )
+    if isinstance(value, list):
+        return _reply(value, getattr(cfg, option))
+    return source.text(row, cfg, option)
 
 
-def _reply(value: Any, name: str) -> str:
-    """The text of a conversational completion: exactly one non-empty assistant message."""
-    if not is_chat(value) or len(value) != 1 or value[0]["role"] != "assistant":
+def _reply(value: Any, name: str) -> Reply:
+    """A conversational completion: one assistant message gives its text; several (assistant
+    first and last) stay messages, which the chat template renders (``sequences.encode``)."""
+    if not is_chat(value) or not value:
         raise BadRow(
-            f"{name!r} not one assistant message",
-            f'give [{{"role": "assistant", "content": ...}}] or a string (found '
-            f"{len(value)} message(s)); earlier turns belong in the prompt",
+            f"malformed {name!r}",
+            'give a string or a list of {"role": "assistant", "content": ...} messages',
         )
-    if not value[0]["content"].strip():
+    if value[0]["role"] != "assistant" or value[-1]["role"] != "assistant":
+        raise BadRow(
+            f"{name!r} not the assistant's turn",
+            "start and end the completion with an assistant message; earlier turns belong "
+            "in the prompt",
+            f" (roles {', '.join(m['role'] for m in value)})",
+        )
+    if not value[-1]["content"].strip():
         raise BadRow(f"empty {name!r}", "fill in the assistant's reply or remove the row")
-    return value[0]["content"]
+    return value[0]["content"] if len(value) == 1 else _messages(value)
+
+
+def reply_text(reply: Reply) -> str:
+    """A completion as one text (what a reward model reads): its messages' contents, a line each."""
+    return reply if isinstance(reply, str) else "\n".join(m["content"] for m in reply)
 
 
 def label(row: Row, cfg: FeedbackDataCfg) -> bool:
@@ -279,7 +291,7 @@ def unpaired(row: Row, cfg: FeedbackDataCfg) -> Unpaired:
 def _different(pair: Preference) -> Preference:
     if pair.chosen == pair.rejected:
         raise BadRow("chosen equals rejected", "a pair needs two different completions")
-    if not pair.chosen.strip() or not pair.rejected.strip():
+    if not reply_text(pair.chosen).strip() or not reply_text(pair.rejected).strip():
         raise BadRow("empty completion after the shared prompt", "give two different replies")
     return pair
 
