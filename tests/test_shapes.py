@@ -312,9 +312,16 @@ def test_grpo_trains_on_conversational_prompts_from_a_saved_dataset(
     tmp_path, tiny_model_dir, reward_spec
 ):
     from rlhfkit.config import OptimCfg
+    from rlhfkit.config_io import validate
     from rlhfkit.train import grpo
 
     path = write(tmp_path / "prompts", [{"prompt": user("Hi")}, {"prompt": user("Tell a")}])
+    assert validate(PromptDataCfg(prompts=path)) == []
+    [problem] = validate(PromptDataCfg(prompts=str(tmp_path)))
+    assert problem.endswith(
+        "is a directory; give a file or a dataset saved by save_to_disk; or "
+        "name a built-in set such as vader:movies"
+    )
     cfg = grpo.Config(
         reward=reward_spec,
         steps=1,
