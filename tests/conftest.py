@@ -37,11 +37,11 @@ def _fast_test_setup(request, tmp_path_factory, monkeypatch):
     """Fast tests never touch the real asset cache and run torch on one thread.
 
     Slow tests use the real cache (~/.cache/rlhfkit) and torch's own thread count (every
-    core), even beside another pytest-xdist worker: a real model's sums round differently on
-    another number of threads, and the learning margins were measured on every core (the demo
-    test's held-out reward rose 0.141 -> 0.173 on one thread of the 2-core AMD EPYC, where its
-    margin asks for +0.05, and passes on two). For tiny models, thread start-up costs more than
-    the arithmetic: on a busy 2-core machine one thread is ~10x faster.
+    core; ``make test`` runs them one at a time, after the fast ones): a real model's sums
+    round differently on another number of threads, and the learning margins were measured on
+    every core (the demo test's held-out reward rose 0.141 -> 0.173 on one thread of the 2-core
+    AMD EPYC, where its margin asks for +0.05, and passes on two). For tiny models, thread
+    start-up costs more than the arithmetic: on a busy 2-core machine one thread is ~10x faster.
     """
     if request.node.get_closest_marker("slow") is not None:
         yield

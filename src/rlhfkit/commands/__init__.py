@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "score": "rlhfkit.commands.score",
     "compare": "rlhfkit.commands.compare",
     "eval": "rlhfkit.commands.evaluate",
+    "explain": "rlhfkit.commands.explain",
     "control": "rlhfkit.commands.control",
     "tune": "rlhfkit.commands.tune",
 }

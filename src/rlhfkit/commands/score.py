@@ -75,7 +75,7 @@ def _is_jsonl(path: str) -> bool:
 
 
 def main(cfg: Config) -> None:
-    from rlhfkit.data.files import column, read_rows, write_jsonl
+    from rlhfkit.data.files import prompts_and_completions, read_rows, write_jsonl
     from rlhfkit.progress import progress
     from rlhfkit.rewards import RewardItemError, compute_rewards, load_reward
 
@@ -84,18 +84,9 @@ def main(cfg: Config) -> None:
     rows = read_rows(source)
     if not rows:
         raise DataError(f"{cfg.input}: no rows to score")
-    completions = column(rows, cfg.completion_field, cfg.input, "--completion_field")
-    prompts = (
-        column(rows, cfg.prompt_field, cfg.input, "--prompt_field")
-        if cfg.prompt_field
-        else [""] * len(rows)
+    prompts, completions = prompts_and_completions(
+        rows, cfg.input, cfg.prompt_field, cfg.completion_field
     )
-    for number, value in enumerate(completions, start=1):
-        if not isinstance(value, str):
-            raise DataError(
-                f"{cfg.input}: row {number}: {cfg.completion_field!r} is "
-                f"{type(value).__name__}, expected text"
-            )
     meta = _meta_columns(rows, exclude={cfg.prompt_field, cfg.completion_field, cfg.score_field})
 
     # 2. score in batches; compute_rewards names the row that breaks a reward

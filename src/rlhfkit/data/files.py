@@ -174,6 +174,24 @@ def column(
     return values
 
 
+def prompts_and_completions(
+    rows: list[dict[str, Any]], path: str | os.PathLike, prompt_field: str, completion_field: str
+) -> tuple[list[str], list[str]]:
+    """The prompt and completion columns of rows to score (``--prompt_field`` /
+    ``--completion_field``), checked as text; an empty ``prompt_field`` gives empty prompts."""
+    completions = column(rows, completion_field, path, "--completion_field")
+    prompts = (
+        column(rows, prompt_field, path, "--prompt_field") if prompt_field else [""] * len(rows)
+    )
+    for name, values in ((prompt_field, prompts), (completion_field, completions)):
+        for number, value in enumerate(values, start=1):
+            if not isinstance(value, str):
+                raise DataError(
+                    f"{path}: row {number}: {name!r} is {type(value).__name__}, expected text"
+                )
+    return prompts, completions
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[TextIO]:
     """A text file that replaces ``path`` in one step when the block ends without an error.
