@@ -140,9 +140,10 @@ def test_a_file_without_the_kinds_columns_names_the_options(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{"prompt": "p", "text": "t"}])
     with pytest.raises(
         DataError,
-        match=r"x.jsonl: rows have neither 'chosen' nor 'rating' column "
-        r"\(columns: prompt, text\); name the right column with "
-        r"--data.chosen_field or --data.rating_field",
+        match=r"x.jsonl: row 1 fits no accepted shape \(columns: prompt, text\); accepted: "
+        r"preference \(prompt, chosen, rejected\); implicit-prompt preference \(chosen, "
+        r"rejected\) \(plain or conversational\); ratings \(prompt, completion, rating\); "
+        r"rename the columns or map them with --data.chosen_field/--data.rating_field$",
     ):
         load_pairs(config(path), "train")
 
@@ -171,8 +172,9 @@ SKIP = r", or pass --data.on_bad_row skip to drop such rows"
         (
             "pairs",
             {"prompt": "p", "rejected": "b", "chosen_text": "a"},
-            r"no 'chosen' column \(columns: prompt, rejected, chosen_text\); name the column with "
-            r"--data.chosen_field",
+            r"fits no accepted shape \(columns: prompt, rejected, chosen_text\); accepted: "
+            r"preference \(prompt, chosen, rejected\); implicit-prompt preference .*; rename the "
+            r"columns or map them with --data.prompt_field/--data.chosen_field/--data.rejected_field",
         ),
         ("pairs", {"prompt": "p", "chosen": " ", "rejected": "b"}, r"empty 'chosen'; fill it in"),
         ("pairs", {"prompt": "p", "chosen": "a", "rejected": None}, r"empty 'rejected'"),
@@ -242,7 +244,7 @@ def test_skip_warns_once_with_counts_per_reason(tmp_path):
     assert len(pairs) == 2
     assert [str(w.message) for w in caught] == [
         f"skipped 8 of 10 train rows of {path}: 6 empty 'chosen' (rows 2, 4, 7, 8, 9, ...), "
-        "1 chosen equals rejected (row 5), 1 no 'chosen' column (row 6)"
+        "1 chosen equals rejected (row 5), 1 fits no accepted shape (row 6)"
     ]
 
 

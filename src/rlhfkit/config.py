@@ -67,15 +67,23 @@ class Check:
         return value
 
 
-def file_problem(value: str) -> str | None:
+def file_problem(value: str, saved_dataset: bool = False) -> str | None:
     """What is wrong with an input file (None if nothing): checked before anything loads, so a
-    typo fails in a second, not later. Empty means unset."""
+    typo fails in a second, not later. Empty means unset. ``saved_dataset``: a directory written
+    by datasets' save_to_disk is accepted too."""
     if not value:
         return None
     path = Path(os.path.expanduser(value))
     if not path.exists():
         return "no such file; check the path (relative paths start at the current directory)"
-    return "is a directory; give a file" if path.is_dir() else None
+    if not path.is_dir() or saved_dataset and is_saved_dataset(path):
+        return None
+    return "is a directory; give a file" + " or a dataset saved by save_to_disk" * saved_dataset
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a directory written by datasets' save_to_disk."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
 def model_problem(value: str) -> str | None:
@@ -398,7 +406,7 @@ class PromptDataCfg:
     shorthand: ClassVar[str] = "prompts"  # `--data X` sets `--data.prompts X`
 
     prompts: str = "vader:movies"
-    """A prompt file (.jsonl/.csv/.parquet/.txt) or a built-in set: vader:movies|tweets|amazon|nyt
+    """A prompt file (.jsonl/.csv/.parquet/.txt), a dataset saved by save_to_disk, or a built-in set: vader:movies|tweets|amazon|nyt
     (openings of human-rated texts, train split) or reasoning_gym:<task>[:key=value,...]
     (the task's own options: reasoning_gym:chain_sum:max_terms=2,max_digits=1)."""
     prompt_field: str = "prompt"
@@ -418,7 +426,7 @@ class PromptDataCfg:
             value = getattr(self, name)
             if not value or ":" in value and not Path(value).exists():
                 continue  # a built-in set: resolved (and checked) where it is loaded
-            if message := file_problem(value):
+            if message := file_problem(value, saved_dataset=True):
                 yield Problem(
                     name, value, message + "; or name a built-in set such as vader:movies"
                 )
@@ -454,6 +462,8 @@ class FeedbackDataCfg:
     """Column naming the rater (optional); several raters' rows of one text merge (their mean)."""
     messages_field: str = "messages"
     """Column holding a chat ({role, content} messages) that ends with the assistant's reply."""
+    text_field: str = "text"
+    """Column holding a whole text to learn (sft's language-modelling rows)."""
     margin_field: str = "margin"
     """Column holding how strongly a pair's chosen completion is preferred (optional; 0 if none)."""
     weight_field: str = "weight"
@@ -493,7 +503,7 @@ def _feedback_source_problem(value: str) -> str | None:
         )
     path = Path(os.path.expanduser(value))
     if path.is_dir():
-        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        if is_saved_dataset(path):
             return None
         return (
             "is a directory but not a dataset saved by datasets' save_to_disk (no "

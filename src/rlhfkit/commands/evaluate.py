@@ -42,8 +42,8 @@ class Config:
     baseline: str = ""
     """The model it is compared with (often the one training started from); empty: none."""
     prompts: str = "vader:movies"
-    """Held-out prompts: a file (.jsonl/.csv/.parquet/.txt) or a built-in set (vader:movies,
-    reasoning_gym:TASK ...), whose `split` is read."""
+    """Held-out prompts: a file (.jsonl/.csv/.parquet/.txt), a dataset saved by save_to_disk,
+    or a built-in set (vader:movies, reasoning_gym:TASK ...), whose `split` is read."""
     prompt_field: str = "prompt"
     """Column holding the prompt in a prompt file."""
     split: Literal["test", "validation"] = "test"
@@ -112,7 +112,7 @@ def held_out_rows(cfg: Config) -> list[dict[str, Any]]:
     path = Path(os.path.expanduser(cfg.prompts))
     if is_builtin(cfg.prompts) and not path.exists():
         rows = load_builtin(cfg.prompts, cfg.split)
-    elif path.is_file():
+    elif path.exists():  # a file, or a dataset saved by save_to_disk
         rows = load_prompts(path, cfg.prompt_field)
     else:
         raise ConfigError(

@@ -97,6 +97,11 @@ def chains_from_pairs(
     """Per pair: good-bad and bad-good chains (``chains``) and each output alone (``singles``)."""
     built: list[Chain] = []
     for pair in pairs:
+        if not all(isinstance(text, str) for text in (pair.prompt, pair.chosen, pair.rejected)):
+            raise DataError(  # chains group prompts and join outputs as text
+                "hindsight reads plain-text pairs, and this one is conversational; give "
+                "strings (conversational pairs are read by dpo and reward)"
+            )
         good = Judged(
             pair.prompt, pair.chosen, True, weight=pair.weight, finished=pair.chosen_finished
         )

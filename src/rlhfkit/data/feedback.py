@@ -37,7 +37,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rlhfkit.data import feedback_source as source
-from rlhfkit.data.feedback_source import Message, Row
+from rlhfkit.data import shapes
+from rlhfkit.data.feedback_source import Row
+from rlhfkit.data.shapes import Prompt, Reply
 from rlhfkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -45,8 +47,6 @@ if TYPE_CHECKING:
 
 VADER_SPLITS = {"train": "train", "eval": "validation", "test": "test"}
 NEUTRAL_BAND = 0.5  # ratings within this of 0 give no binary label
-TRUE_WORDS = frozenset({"true", "yes", "y", "good", "desirable", "positive", "1", "1.0"})
-FALSE_WORDS = frozenset({"false", "no", "n", "bad", "undesirable", "negative", "0", "0.0"})
 
 T = TypeVar("T")
 
@@ -55,8 +55,8 @@ T = TypeVar("T")
 class Demonstration:
     """A completion written (or approved) by a person: supervised fine-tuning data."""
 
-    prompt: str | tuple[Message, ...]  # a chat's messages before the reply, for the chat template
-    completion: str
+    prompt: Prompt  # a chat's messages before the reply, for the chat template
+    completion: Reply
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
     finished: bool = True  # False: cut off by a length limit, so no EOS is learned after it
@@ -66,9 +66,9 @@ class Demonstration:
 class Pair:
     """Two completions of one prompt, the chosen one preferred; ``margin`` is how strongly."""
 
-    prompt: str
-    chosen: str
-    rejected: str
+    prompt: Prompt
+    chosen: Reply
+    rejected: Reply
     margin: float = 0.0
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
@@ -93,15 +93,19 @@ class Rating:
 class Labeled:
     """A completion marked desirable or not: the unpaired binary feedback KTO learns from."""
 
-    prompt: str
-    completion: str
+    prompt: Prompt
+    completion: Reply
     desirable: bool
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def join_text(prompt: str, completion: str) -> str:
+def join_text(prompt: Prompt, completion: Reply) -> str:
     """The one text a reward model scores for a prompt and its completion.
+
+    A conversational prompt gives its last message (``shapes.prompt_text``), as rewards see
+    prompts during RL, so a reward model is trained on what it will score; a completion of
+    several messages, their contents a line each.
 
     The completion alone when there is no prompt (a text judged on its own, as in VADER). When
     either side already has whitespace at the join they are concatenated as they are: the
@@ -109,6 +113,7 @@ def join_text(prompt: str, completion: str) -> str:
     added newline would split the sentence. Otherwise a newline separates them, so a question
     and its answer do not run together into one word ("2 + 2?" + "4").
     """
+    prompt, completion = shapes.prompt_text(prompt), shapes.reply_text(completion)
     if not prompt:
         return completion
     if prompt[-1].isspace() or completion[:1].isspace():
@@ -120,10 +125,11 @@ def join_text(prompt: str, completion: str) -> str:
 
 
 def load_demonstrations(cfg: FeedbackDataCfg, split: str) -> list[Demonstration]:
-    """Demonstrations of one split: ``{prompt, completion}`` rows or chat ``{messages}`` rows.
+    """Demonstrations of one split: ``{prompt, completion}``, chat ``{messages}`` or ``{text}``
+    rows (``rlhfkit.data.shapes``), plain or conversational.
 
     A chat's last message must be the assistant's: it is the completion, and the messages before
-    it are the prompt. A built-in set gives each of its texts as a completion without a prompt:
+    it are the prompt. A text is learned whole. A built-in set gives each of its texts as a completion without a prompt:
     fine-tuning on them adapts a model to the corpus's language.
     """
     name, rows = source.split_rows(cfg, split)
@@ -133,7 +139,6 @@ def load_demonstrations(cfg: FeedbackDataCfg, split: str) -> list[Demonstration]
             for r in _vader_ratings(name, split)
         ]
     else:
-        source.file_kind(name, rows, cfg, ("completion_field", "messages_field"))
         demonstrations = source.parse_rows(name, split, rows, cfg, _demonstration)
     return _first_rows(demonstrations, cfg, split)
 
@@ -148,7 +153,14 @@ def load_pairs(cfg: FeedbackDataCfg, split: str, seed: int = 0) -> list[Pair]:
     name, rows = source.split_rows(cfg, split)
     holds_pairs = (
         rows is not None
-        and source.file_kind(name, rows, cfg, ("chosen_field", "rating_field")) == "chosen_field"
+        and source.file_kind(
+            name,
+            rows,
+            cfg,
+            ("chosen_field", "rating_field"),
+            shapes.accepted(cfg, shapes.PAIRS, ratings=True),
+        )
+        == "chosen_field"
     )
     if holds_pairs:
         return _first_rows(source.parse_rows(name, split, rows, cfg, _pair), cfg, split)
@@ -190,7 +202,13 @@ def load_labeled(cfg: FeedbackDataCfg, split: str) -> list[Labeled]:
     kind = (
         "rating_field"
         if rows is None
-        else source.file_kind(name, rows, cfg, ("label_field", "chosen_field", "rating_field"))
+        else source.file_kind(
+            name,
+            rows,
+            cfg,
+            ("label_field", "chosen_field", "rating_field"),
+            shapes.accepted(cfg, shapes.LABELS + shapes.PAIRS, ratings=True),
+        )
     )
     if kind == "label_field":
         labeled = source.parse_rows(name, split, rows, cfg, _labeled)
@@ -293,49 +311,28 @@ def _balance(rows: list[T], mode: str, bucket: Callable[[T], Any]) -> list[T]:
 
 
 def _demonstration(row: Row, cfg: FeedbackDataCfg) -> Demonstration:
-    if cfg.completion_field not in row and cfg.messages_field in row:
-        messages, reply = source.chat(row[cfg.messages_field], cfg.messages_field)
-        return Demonstration(
-            messages,
-            reply,
-            source.weight(row, cfg),
-            source.other_columns(row, cfg, "messages_field", "weight_field"),
-            source.finished(row),
-        )
-    completion = source.text(row, cfg, "completion_field")
+    shape, read = shapes.read(row, cfg, shapes.DEMONSTRATIONS)
     return Demonstration(
-        source.prompt(row, cfg),
-        completion,
+        read.prompt,
+        read.completion,
         source.weight(row, cfg),
-        source.other_columns(row, cfg, "prompt_field", "completion_field", "weight_field"),
+        source.other_columns(row, cfg, *shape.options, "weight_field"),
         source.finished(row),
     )
 
 
 def _pair(row: Row, cfg: FeedbackDataCfg) -> Pair:
-    prompt = source.prompt(row, cfg)
-    chosen = source.text(row, cfg, "chosen_field")
-    rejected = source.text(row, cfg, "rejected_field")
-    if chosen == rejected:
-        raise source.BadRow("chosen equals rejected", "a pair needs two different completions")
+    shape, read = shapes.read(row, cfg, shapes.PAIRS)
     margin = 0.0
     if cfg.margin_field in row:
         margin = source.number(row[cfg.margin_field], cfg.margin_field)
     return Pair(
-        prompt,
-        chosen,
-        rejected,
+        read.prompt,
+        read.chosen,
+        read.rejected,
         margin,
         source.weight(row, cfg),
-        source.other_columns(
-            row,
-            cfg,
-            "prompt_field",
-            "chosen_field",
-            "rejected_field",
-            "margin_field",
-            "weight_field",
-        ),
+        source.other_columns(row, cfg, *shape.options, "margin_field", "weight_field"),
         source.finished(row, "chosen_finished"),
         source.finished(row, "rejected_finished"),
     )
@@ -365,26 +362,13 @@ def _rating(row: Row, cfg: FeedbackDataCfg) -> Rating:
 
 
 def _labeled(row: Row, cfg: FeedbackDataCfg) -> Labeled:
-    value = source.column(row, cfg, "label_field")
-    word = value.strip().lower() if isinstance(value, str) else None
-    if isinstance(value, bool) or isinstance(value, (int, float)) and value in (0, 1):
-        desirable = bool(value)
-    elif word in TRUE_WORDS | FALSE_WORDS:
-        desirable = word in TRUE_WORDS
-    else:
-        raise source.BadRow(
-            f"{cfg.label_field!r} not a boolean",
-            "use true/false, 1/0, yes/no or good/bad",
-            f" ({value!r})",
-        )
+    shape, read = shapes.read(row, cfg, shapes.LABELS)
     return Labeled(
-        source.prompt(row, cfg),
-        source.text(row, cfg, "completion_field"),
-        desirable,
+        read.prompt,
+        read.completion,
+        read.desirable,
         source.weight(row, cfg),
-        source.other_columns(
-            row, cfg, "prompt_field", "completion_field", "label_field", "weight_field"
-        ),
+        source.other_columns(row, cfg, *shape.options, "weight_field"),
     )
 
 

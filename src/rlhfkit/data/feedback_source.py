@@ -79,7 +79,7 @@ def _read(name: str, split: str) -> tuple[list[Row], bool]:
     """The rows of a file or saved dataset, and whether they are already the split asked for."""
     path = Path(os.path.expanduser(name))
     if path.is_dir():
-        return _read_saved_dataset(path, split)
+        return read_saved_dataset(path, split)
     if path.suffix.lower() not in FILE_FORMATS:
         raise DataError(
             f"{name}: not a feedback data format; give a "
@@ -90,7 +90,7 @@ def _read(name: str, split: str) -> tuple[list[Row], bool]:
     return read_rows(path), False
 
 
-def _read_saved_dataset(path: Path, split: str) -> tuple[list[Row], bool]:
+def read_saved_dataset(path: Path, split: str) -> tuple[list[Row], bool]:
     """Rows of a ``save_to_disk`` directory. Of a DatasetDict: eval reads its "validation" (else
     "test") split and train its "train" split; without either held-out split, the train split
     (or its only split) serves both, divided by the row hash."""
@@ -136,20 +136,24 @@ def _is_held_out(key: str, eval_fraction: float) -> bool:
 
 
 def file_kind(
-    name: str, rows: list[tuple[int, Row]], cfg: FeedbackDataCfg, options: tuple[str, ...]
+    name: str,
+    rows: list[tuple[int, Row]],
+    cfg: FeedbackDataCfg,
+    options: tuple[str, ...],
+    accepted: str,
 ) -> str:
-    """Which of the column options (config field names) the first row has: what the file holds."""
+    """Which of the column options (config field names) the first row has: what the file holds.
+    ``accepted`` lists the shapes the caller reads, for the error when it has none."""
     if not rows:
         return options[0]  # nothing to look at: parse_rows reports the empty split
-    first = rows[0][1]
+    number, first = rows[0]
     found = next((option for option in options if getattr(cfg, option) in first), None)
     if found is None:
-        wanted = " nor ".join(repr(getattr(cfg, option)) for option in options)
         columns = ", ".join(map(str, first)) or "none"
-        flags = " or ".join(f"--data.{option}" for option in options)
+        flags = "/".join(f"--data.{option}" for option in options)
         raise DataError(
-            f"{name}: rows have neither {wanted} column (columns: {columns}); "
-            f"name the right column with {flags}"
+            f"{name}: row {number} fits no accepted shape (columns: {columns}); "
+            f"accepted: {accepted}; rename the columns or map them with {flags}"
         )
     return found
 

@@ -3,6 +3,10 @@
 A row's prompt is read from its prompt column (``prompt`` unless told otherwise). The column
 may hold a string or a chat, a list of ``{"role": ..., "content": ...}`` messages; a file
 without a ``prompt`` column may instead have a ``messages`` column (the common chat format).
+This is the prompt-only shape of ``rlhfkit.data.shapes``; the prompt column of the other
+shapes (prompt-completion, preference, unpaired) reads the same way, their other columns kept
+as each row's meta. A file is .jsonl/.json/.csv/.parquet/.txt, or a directory written by
+``datasets``' ``save_to_disk``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import torch
 from rlhfkit.batch import Prompt
 from rlhfkit.config import PromptDataCfg
 from rlhfkit.data.files import read_rows
+from rlhfkit.data.shapes import is_chat
+from rlhfkit.data.shapes import prompt_text as prompt_text  # where the commands import it from
 from rlhfkit.errors import DataError, RlhfkitError
 
 CHAT_COLUMN = "messages"
@@ -30,7 +36,7 @@ def load_prompts(
     column the prompt came from is removed, so it is not written twice. ``option`` is the
     flag that names the column, quoted in errors.
     """
-    rows = read_rows(path)
+    rows = _read_saved(Path(path)) if Path(path).is_dir() else read_rows(path)
     if not rows:
         raise DataError(f"{path}: holds no prompts; give a file with at least one row")
     prompts = []
@@ -50,6 +56,13 @@ def load_prompts(
     return prompts
 
 
+def _read_saved(path: Path) -> list[dict[str, Any]]:
+    """A ``save_to_disk`` directory's training rows (its train split, or its only one)."""
+    from rlhfkit.data.feedback_source import read_saved_dataset
+
+    return read_saved_dataset(path, "train")[0]
+
+
 def check_prompt(value: Any, where: str) -> Prompt:
     """A prompt as given if it is usable, else a DataError that starts with ``where``."""
     if isinstance(value, str):
@@ -64,11 +77,7 @@ def check_prompt(value: Any, where: str) -> Prompt:
     if not value:
         raise DataError(f"{where}: the chat has no messages; give at least one user message")
     for index, message in enumerate(value):
-        if not (
-            isinstance(message, dict)
-            and isinstance(message.get("role"), str)
-            and isinstance(message.get("content"), str)
-        ):
+        if not is_chat([message]):
             raise DataError(
                 f"{where}: message {index} of the chat is not a "
                 '{"role": str, "content": str} object'
@@ -103,11 +112,6 @@ def prompt_rows(data: PromptDataCfg, split: str) -> list[dict[str, Any]]:
     if split != "train":
         rows = rows[: data.eval_size]
     return rows
-
-
-def prompt_text(prompt: Prompt) -> str:
-    """What a reward sees of a prompt: the text, or a chat's last user message."""
-    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
 def meta_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

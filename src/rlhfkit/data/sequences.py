@@ -62,13 +62,15 @@ def uses_chat_template(tokenizer: Any, setting: str, option: str = "train.chat_t
 def encode(
     tokenizer: Any,
     prompt: str | Sequence[dict[str, str]],
-    completion: str,
+    completion: str | Sequence[dict[str, str]],
     chat: bool,
     max_length: int,
     weight: float = 1.0,
     ends: bool = True,
 ) -> Encoded:
     """Token ids of ``prompt`` then ``completion`` + EOS, at most ``max_length`` of them.
+
+    A completion of several messages (a chat's assistant turns) is rendered by ``render_reply``.
 
     An empty prompt (a text judged on its own, such as a rated review) starts from the BOS token
     (EOS when there is none), so even the first completion token has a context to be predicted from.
@@ -88,6 +90,8 @@ def encode(
         prompt_ids = tokenizer(render_prompt(tokenizer, prompt, chat), add_special_tokens=False)[
             "input_ids"
         ]
+    if not isinstance(completion, str):
+        completion = render_reply(tokenizer, prompt, completion, chat)
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos] * ends
     truncated = len(prompt_ids) + len(completion_ids) > max_length
     if truncated:
@@ -107,6 +111,34 @@ def render_prompt(tokenizer: Any, prompt: str | Sequence[dict[str, str]], chat: 
         return prompt
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def render_reply(
+    tokenizer: Any,
+    prompt: str | Sequence[dict[str, str]],
+    reply: Sequence[dict[str, str]],
+    chat: bool,
+) -> str:
+    """The text of a completion of several messages: the chat template's rendering of the whole
+    conversation after that of the prompt with the assistant's turn opened, without the final
+    end of sequence (``encode`` adds it as a token). Every token of it is learned, the turns
+    between the assistant's included, as in the completion of TRL's conversational rows."""
+    if not chat:
+        raise DataError(
+            "a completion of several messages needs the chat template, which is off or "
+            "missing; set --train.chat_template on or give one assistant message"
+        )
+    head = render_prompt(tokenizer, prompt, chat)
+    opening = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    whole = tokenizer.apply_chat_template([*opening, *reply], tokenize=False)
+    if not whole.startswith(head):
+        raise DataError(
+            "this model's chat template renders a conversation so that its prompt (with the "
+            "assistant's turn opened) is not its start, so the reply cannot be cut from it; "
+            "give one assistant message per completion"
+        )
+    text, end = whole[len(head) :].rstrip(), tokenizer.eos_token or ""
+    return text.removesuffix(end) if end else text
 
 
 def collate(examples: Sequence[Encoded], pad_id: int) -> SequenceBatch:
