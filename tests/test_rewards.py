@@ -519,6 +519,21 @@ def test_reasoning_gym_task_options_shape_the_questions_and_the_reward_ignores_t
     ) == [1.0, 0.0]
 
 
+def test_reasoning_gym_splits_share_no_question():
+    from rlhfkit.data.builtin import load_builtin
+
+    # one-digit sums: 200 questions in all, which any seed repeats; and nearby seeds used to
+    # draw the same items, so every held-out question was a training one
+    spec = "reasoning_gym:chain_sum:max_terms=2,max_digits=1"
+    splits = {
+        s: [r["prompt"] for r in load_builtin(spec, s)] for s in ("train", "validation", "test")
+    }
+    assert all(len(set(rows)) == len(rows) > 10 for rows in splits.values())
+    assert not set(splits["train"]) & set(splits["test"])
+    assert not set(splits["train"]) & set(splits["validation"])
+    assert not set(splits["validation"]) & set(splits["test"])
+
+
 def test_reasoning_gym_bad_task_options_name_the_option():
     from rlhfkit.data.builtin import load_builtin
 

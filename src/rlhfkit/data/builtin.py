@@ -6,7 +6,10 @@
   evaluation never sees a training text. Each row keeps ``human_mean``, the raters' mean score
   of the whole text.
 - ``reasoning_gym:<task>``: procedurally generated questions with a verifier (``entry`` holds
-  the task's item, which the ``reasoning_gym:<task>`` reward needs); seeds differ by split.
+  the task's item, which the ``reasoning_gym:<task>`` reward needs). A question's split is set
+  by a hash of its text, so no held-out question is ever a training one: reasoning-gym seeds
+  item i with seed + i, so sets drawn with nearby seeds share their items, and a small task
+  (one-digit sums: 200 questions in all) repeats its questions whatever the seed.
   ``check_reasoning_gym`` is the ``reasoning-gym`` entry of ``rlhfkit.assets``.
 """
 
@@ -22,7 +25,9 @@ from rlhfkit.progress import steps
 OPENING_WORDS = 6
 SETS = ("vader", "reasoning_gym")
 REASONING_SIZES = {"train": 2000, "validation": 200, "test": 200}
-REASONING_SEEDS = {"train": 1, "validation": 2, "test": 3}
+REASONING_SHARES = {"train": 0.8, "validation": 0.1, "test": 0.1}
+"""Each split's share of the question space (by a hash of the text): see ``question_split``."""
+REASONING_SEED = 1
 ANSWER_FORMAT = "Give only the final answer between <answer> and </answer>."
 
 
@@ -73,17 +78,38 @@ def _reasoning_gym(spec: str, split: str, field: str) -> list[dict[str, Any]]:
     import reasoning_gym
 
     task, options = parse_task_options(spec, f"data.{field}")
+    size = REASONING_SIZES[split]
+    # enough draws that the split's share of them fills it, unless the task has fewer questions
+    draws = round(size / REASONING_SHARES[split] * 1.25)
     try:
-        dataset = reasoning_gym.create_dataset(
-            task, size=REASONING_SIZES[split], seed=REASONING_SEEDS[split], **options
-        )
+        dataset = reasoning_gym.create_dataset(task, size=draws, seed=REASONING_SEED, **options)
     except Exception as e:  # reasoning_gym raises bare errors for unknown names and options
         raise ConfigError(
             f"data.{field} = 'reasoning_gym:{spec}': {e}; see "
             "reasoning_gym's task list (e.g. basic_arithmetic, chain_sum) and the "
             "task's config class for its options"
         ) from None
-    return [{"prompt": f"{item['question']}\n{ANSWER_FORMAT}", "entry": item} for item in dataset]
+    rows, seen = [], set()
+    for item in dataset:
+        question = item["question"]
+        if question in seen or question_split(question) != split:
+            continue  # asked already, or another split's question
+        seen.add(question)
+        rows.append({"prompt": f"{question}\n{ANSWER_FORMAT}", "entry": item})
+        if len(rows) == size:
+            break
+    return rows
+
+
+def question_split(question: str) -> str:
+    """The split a question belongs to, by a hash of its text (stable across runs, machines
+    and reasoning-gym's seeds): train, validation and test share no question."""
+    import hashlib
+
+    position = int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big") / 2**64
+    if position < REASONING_SHARES["test"]:
+        return "test"
+    return "validation" if position < 1 - REASONING_SHARES["train"] else "train"
 
 
 def parse_task_options(spec: str, option: str) -> tuple[str, dict[str, Any]]:
