@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.atomic import old_prefix, replace_dir
 from rlhfkit.errors import AssetError, did_you_mean
 
 try:
@@ -157,7 +158,7 @@ def prepare(name: str, force: bool = False) -> Path:
             }
             _seal(work)
             _write_durably(work / MANIFEST, json.dumps(record, indent=2, ensure_ascii=False))
-            _move_into_place(work, final)
+            replace_dir(work, final)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -217,19 +218,8 @@ def _sweep_leftovers(name: str) -> None:
     """Remove what an interrupted preparation left behind (we hold the lock: nobody else is)."""
     for leftover in home().glob(f".{name}.tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    for leftover in home().glob(f".{name}.old-*"):
+    for leftover in home().glob(old_prefix(name) + "*"):
         shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _move_into_place(work: Path, final: Path) -> None:
-    """Swap the finished directory in; an old entry is moved aside first, then deleted."""
-    if final.exists():
-        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
-        os.replace(final, old / final.name)
-        os.replace(work, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, final)
 
 
 def _write_durably(target: Path, text: str) -> None:

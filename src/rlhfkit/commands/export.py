@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from rlhfkit.atomic import replace_dir
 from rlhfkit.config import NonNegativeFloat, PositiveInt, Problem, is_run_dir
 from rlhfkit.errors import ConfigError, RlhfkitError
 
@@ -122,9 +123,7 @@ def main(cfg: Config) -> None:
                 f"export --format {target.label}: the written model failed its check and was "
                 f"deleted: {'; '.join(report.failures)}"
             )
-        if out.exists():  # --overwrite (checked up front); replaced only by a passing export
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_dir(tmp, out)  # --overwrite (checked up front): only by a passing export
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

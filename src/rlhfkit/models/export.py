@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.atomic import replace_dir
+
 
 def export_model(directory: Path, model: Any, tokenizer: Any) -> Path:
     """Save the trained policy as a plain Hugging Face model directory (LoRA merged in)."""
@@ -19,9 +21,7 @@ def export_model(directory: Path, model: Any, tokenizer: Any) -> Path:
             copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
         )
         save_model_files(to_save, tokenizer, tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
+        replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

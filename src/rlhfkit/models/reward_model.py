@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from rlhfkit.atomic import replace_dir
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.losses.policy import masked_mean
 from rlhfkit.packing import packed_forward
@@ -280,7 +281,7 @@ class RewardModel(torch.nn.Module):
                 str(staging / HEAD_FILE),
             )
             (staging / MANIFEST).write_text(manifest_text, encoding="utf-8")
-            _swap_in(staging, directory)
+            replace_dir(staging, directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -389,14 +390,3 @@ def _load_backbone(path: Path, device: str, dtype: str, autocast: str = "off") -
     if pick_autocast(autocast, target, backbone.dtype):
         enable_autocast(backbone)
     return backbone.to(target), tokenizer
-
-
-def _swap_in(staging: Path, final: Path) -> None:
-    """Rename the finished directory into place; an old one is moved aside first, then deleted."""
-    if final.exists():
-        aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".old-{final.name}-"))
-        os.replace(final, aside / final.name)
-        os.replace(staging, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(staging, final)

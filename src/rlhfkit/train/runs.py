@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit import config_io, distributed
+from rlhfkit.atomic import replace_dir
 from rlhfkit.config import RUN_MARKER, is_run_dir
 from rlhfkit.data.files import atomic_file
 from rlhfkit.errors import RlhfkitError, RlhfkitWarning
@@ -195,9 +196,7 @@ class Run:
             distributed.barrier()
             if distributed.is_main():
                 _write_manifest(tmp)  # last: a checkpoint with a manifest was written whole
-                if final.exists():  # the same step saved again after a resume
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
+                replace_dir(tmp, final)  # the same step may be saved again after a resume
         except BaseException:
             if distributed.is_main():
                 shutil.rmtree(tmp, ignore_errors=True)
