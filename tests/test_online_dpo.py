@@ -155,3 +155,18 @@ def test_cli_runs_with_a_judge_and_refuses_greedy_pairs(
     assert row["decided_pairs"] == pytest.approx(decided)
     assert cli.main(["online-dpo", *args, "--gen.temperature", "0"]) == 2
     assert "gen.temperature = 0.0: samples the same completion twice" in capsys.readouterr().err
+
+
+def test_held_out_evaluation_runs_before_and_after(tmp_path, tiny_model_dir, prompts_file):
+    from rlhfkit.train.kit import EvalCfg
+
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, "length:3")
+    cfg = replace(
+        cfg,
+        steps=2,
+        data=replace(cfg.data, eval_prompts=str(prompts_file), eval_size=4),
+        eval=EvalCfg(judge="length:5"),
+    )
+    summary = online_dpo.train(cfg).summary["eval"]
+    assert summary["steps"] == [0, 2] and summary["prompts"] == 4
+    assert {"reward", "judge", "kl"} <= set(summary["after"])  # KL to dpo's reference

@@ -97,7 +97,9 @@ def train(cfg: Config) -> kit.TrainResult:
     options = rollout.RolloutOptions(algo.micro_batch_size * 2)
     ref_context = partial(reference, policy, frozen_ref) if needs_reference else None
     stateful = {**learner.stateful(), "stream": stream}
-    with kit.Session(cfg, "online-dpo", learner, tokenizer, stateful) as session:
+    with kit.Session(
+        cfg, "online-dpo", learner, tokenizer, stateful, (), reward, ref_context, backend
+    ) as session:
         for step in session.steps():
             step_started = time.perf_counter()
             # 1-2. each prompt twice (a pair's completions adjacent); sample, score, reference
