@@ -58,9 +58,12 @@ def test_hf_round_trip_keeps_tokenizer_template_and_conditioning(model_dir, caps
     from rlhfkit.config import ModelCfg
     from rlhfkit.models import load_causal_lm
 
+    (model_dir / "ilql_heads.safetensors").write_bytes(b"heads")  # an ILQL run's steering
+    (model_dir / "ilql.json").write_text('{"beta": 1.0}')
     out = export(model_dir, "--format", "hf")
     assert (out / "model.safetensors").is_file()
-    assert (out / "conditioning.json").read_text() == (model_dir / "conditioning.json").read_text()
+    for name in ("conditioning.json", "ilql_heads.safetensors", "ilql.json"):
+        assert (out / name).read_bytes() == (model_dir / name).read_bytes()
     _, tokenizer = load_causal_lm(ModelCfg(path=str(out), device="cpu"))
     assert tokenizer.chat_template
     printed = capsys.readouterr().out

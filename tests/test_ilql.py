@@ -233,3 +233,13 @@ def test_generate_command_decodes_with_the_saved_heads(tmp_path, tiny_model_dir)
     assert json.loads((tmp_path / "run" / "model" / "ilql.json").read_text())["beta"] == 4.0
     # the same seed: only the advantage term changes what is sampled and its log-probs
     assert [r["logprobs"] for r in plain] != [r["logprobs"] for r in steered]
+
+
+def test_torchrun_is_refused_before_anything_loads(monkeypatch):
+    from rlhfkit import distributed
+    from rlhfkit.errors import RlhfkitError
+    from rlhfkit.train import ilql
+
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    with pytest.raises(RlhfkitError, match="ilql runs in one process"):
+        ilql.train(ilql.Config(data=FeedbackDataCfg(path="never-read.jsonl")))

@@ -175,7 +175,8 @@ def run_module(module: ModuleType, name: str, args: list[str]) -> int:
 def _one_process_only(name: str) -> RlhfkitError:
     return RlhfkitError(
         f"rlhfkit {name} runs in one process; start it without torchrun (the training "
-        "commands sft, reward, dpo, online-dpo, grpo, ppo and hindsight run on several)"
+        "commands sft, reward, dpo, online-dpo, grpo, ppo and hindsight run on several; ilql "
+        "does not yet)"
     )
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from rlhfkit import distributed
 from rlhfkit.config import NonNegativeFloat, PositiveFloat, Problem, default
 from rlhfkit.data.sequences import Encoded
+from rlhfkit.errors import RlhfkitError
 from rlhfkit.train import kit
 from rlhfkit.train.offline import OfflineConfig
 
@@ -112,6 +113,11 @@ def train(cfg: Config) -> kit.TrainResult:
     from rlhfkit.train import offline
     from rlhfkit.train.runs import seed_everything
 
+    if distributed.active():  # every rank stops here, before loading anything
+        raise RlhfkitError(
+            "rlhfkit ilql runs in one process: its Q and V heads are not sharded, tied or "
+            "exported under torchrun yet; start it without torchrun"
+        )
     algo = cfg.algo
     # before any random init: the heads, LoRA adapters
     seed_everything(cfg.run.seed, cfg.run.deterministic)

@@ -21,6 +21,8 @@ from typing import Any
 
 from rlhfkit.conditioning import FILE_NAME as CONDITIONING_FILE
 from rlhfkit.models.formats.runner import Loaded, load_torch
+from rlhfkit.models.ilql_heads import INFO_FILE as ILQL_INFO
+from rlhfkit.models.ilql_heads import WEIGHTS_FILE as ILQL_WEIGHTS
 
 FORMATS = ("hf", "gguf", "onnx", "int8")
 GGUF_TYPES = ("f16", "q8_0")
@@ -51,7 +53,8 @@ class Target:
 
 def write(target: Target, model: Any, tokenizer: Any, source: Path, out_dir: Path) -> None:
     """Write ``model`` (the float32 original, loaded from ``source``) as ``target`` into
-    ``out_dir``, with the tokenizer, chat template and ``conditioning.json`` beside it."""
+    ``out_dir``, with the tokenizer, chat template and ``conditioning.json`` beside it (and
+    an ILQL run's heads, for hf)."""
     from rlhfkit.models.export import save_model_files
 
     if target.format == "hf":
@@ -76,8 +79,12 @@ def write(target: Target, model: Any, tokenizer: Any, source: Path, out_dir: Pat
         tokenizer.save_pretrained(out_dir)  # the tokenizer and chat template, for every runtime
     if "onnx" in (target.format, target.variant):
         model.config.save_pretrained(out_dir)  # the cache's shape: layers, KV heads, head size
-    if (source / CONDITIONING_FILE).is_file():
-        shutil.copy2(source / CONDITIONING_FILE, out_dir / CONDITIONING_FILE)
+    # how a hindsight model is asked, for every format; ILQL's heads steer a transformers
+    # model only (rlhfkit generate --ilql), so they go with hf alone
+    carried = [CONDITIONING_FILE, *((ILQL_WEIGHTS, ILQL_INFO) if target.format == "hf" else ())]
+    for name in carried:
+        if (source / name).is_file():
+            shutil.copy2(source / name, out_dir / name)
 
 
 def _write_torchao_int8(source: Path, out_dir: Path) -> None:
