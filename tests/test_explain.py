@@ -116,9 +116,11 @@ def test_explain_command_writes_json_and_html(tmp_path, reward_model_dir):
     assert [s["attribution"] for s in result["rows"][1]["spans"]] == [0.0, 0.0, 0.5]
     assert "What moved" in (out / "attributions.html").read_text()
 
-    # a reward model gets integrated gradients
-    assert cli.main(["explain", "--input", str(rows), "--reward", f"rm:{reward_model_dir}",
-                     "--steps", "8", "--max_rows", "1", "--output_dir", str(out)]) == 0  # fmt: skip
+    # earlier attributions are kept unless --overwrite; a reward model gets integrated gradients
+    args = ["explain", "--input", str(rows), "--reward", f"rm:{reward_model_dir}", "--steps", "8",
+            "--max_rows", "1", "--output_dir", str(out)]  # fmt: skip
+    assert cli.main(args) == 2
+    assert cli.main([*args, "--overwrite"]) == 0
     result = json.loads((out / "attributions.json").read_text())
     assert [r["method"] for r in result["rows"]] == ["integrated-gradients"]
 

@@ -49,6 +49,8 @@ class Config:
     """Column holding each completion."""
     output_dir: str = "explain"
     """Directory for attributions.json and attributions.html."""
+    overwrite: bool = False
+    """Replace attributions already in output_dir."""
 
     def check(self) -> Iterable[Problem]:
         from rlhfkit.rewards import spec_problems
@@ -64,8 +66,16 @@ class Config:
                 f"needs a differentiable reward model, and --reward {self.reward!r} is not "
                 "rm:DIR; use --method leave-one-out (any reward) or --reward rm:DIR",
             )
-        if Path(os.path.expanduser(self.output_dir)).is_file():
+        out = Path(os.path.expanduser(self.output_dir))
+        if out.is_file():
             yield Problem("output_dir", self.output_dir, "is a file; give a directory")
+        elif not self.overwrite and any((out / name).exists() for name in (JSON_FILE, HTML_FILE)):
+            yield Problem(
+                "output_dir",
+                self.output_dir,
+                "holds attributions already; pass --overwrite to replace them or choose "
+                "another --output_dir",
+            )
         for message in spec_problems(self.reward):
             yield Problem("reward", self.reward, message)
 

@@ -170,9 +170,13 @@ class Server:
         }
         with ThreadPoolExecutor(1) as side:
             received = side.submit(self._call, "POST", "/update_weights", {"update_info": update})
-            for _, tensor in weights:
-                self.group.broadcast(tensor.to("cpu").contiguous(), 0).wait()
-            received.result()
+            try:
+                for _, tensor in weights:
+                    self.group.broadcast(tensor.to("cpu").contiguous(), 0).wait()
+            finally:
+                # a server that rejected the update stops receiving, and the broadcast above
+                # then times out: its HTTP error says why, where the timeout cannot
+                received.result()
         self._call("POST", "/finish_weight_update")
         self._call("POST", "/reset_prefix_cache")  # cached prompt KV came from the old weights
 
