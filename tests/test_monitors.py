@@ -281,12 +281,14 @@ def test_an_alert_stops_the_run_and_sends_its_samples_to_the_studio(tmp_path, ti
     monitor = MonitorCfg(extrapolation=0.5, stop_on_alert=True, **studio)
     result = evaluated("stopped", "ranged", steps=4, monitor=monitor)
     # every score lies outside the recorded range: it fires on the start, and the run ends
-    # after the first step, with that step's checkpoint, model and held-out figures
+    # there, before any step: the starting model is its model, no checkpoint to resume from
     assert alerts_of(result) == {"extrapolation": 0}
-    assert result.summary["steps"] == 1 and "stopped_early" in result.summary
-    assert (result.run.path / "checkpoints" / "step-000001").is_dir()
+    assert result.summary["steps"] == 0 and "at step 0 of 4" in result.summary["stopped_early"]
+    assert not (result.run.path / "checkpoints").exists() or not any(
+        (result.run.path / "checkpoints").iterdir()
+    )
     assert (result.run.path / "model" / "config.json").is_file()
-    assert result.summary["eval"]["steps"] == [0, 1]
+    assert result.summary["eval"]["steps"] == [0, 0]
     # the start has no before/after pair to judge; an alert on a later evaluation does
     assert not db.exists()
     later = evaluated("studio", "letter_o", steps=1, monitor=MonitorCfg(length_corr=0.0, **studio))
@@ -301,6 +303,46 @@ def test_an_alert_stops_the_run_and_sends_its_samples_to_the_studio(tmp_path, ti
             assert shown == {held_out[0]["completions"][i], held_out[1]["completions"][i]}
             assert {o.generation["step"] for o in outputs} == {0, 1}
     assert later.summary["monitors"]["alerts"][0]["studio_tasks"] == 3
+
+
+def test_a_resumed_run_keeps_its_monitors_verdicts(tmp_path, tiny_model_dir):
+    """A monitor already firing at the checkpoint is not announced again after a resume, and
+    the KL series goes on from every step, not only the logged ones."""
+    from dataclasses import replace
+
+    from conftest import interruptible_reward
+    from rlhfkit.train import grpo
+
+    # the reward raises a Ctrl-C at the call named in stop_at: no held-out set, so call n is
+    # step n's; kl_budget fires from the first step with any KL (step 2: step 1 samples from
+    # the reference itself)
+    reward, counter, stop_at = interruptible_reward(tmp_path)
+    (tmp_path / "prompts.txt").write_text("\n".join(HELD_OUT[:8]) + "\n")
+    cfg = grpo.Config(
+        reward=reward,
+        steps=4,
+        model=ModelCfg(path=str(tiny_model_dir), device="cpu"),
+        data=PromptDataCfg(prompts=str(tmp_path / "prompts.txt"), eval_size=0),
+        gen=GenCfg(max_new_tokens=8, batch_size=16, chat_template="off"),
+        optim=OptimCfg(lr=2e-2),
+        log=LogCfg(every=3, tensorboard=False, progress=False),
+        run=RunCfg(output_dir=str(tmp_path / "whole"), checkpoint_every=2),
+        algo=_algo(kl_coef=0.01),
+        monitor=MonitorCfg(kl_budget=1e-9),
+    )
+    whole = grpo.train(cfg)
+    assert alerts_of(whole) == {"kl_budget": 2}
+
+    counter.unlink()
+    stop_at.write_text("4")  # in step 4: step 3 judged (monitors.json), the checkpoint step 2's
+    cut = replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "cut")))
+    with pytest.raises(KeyboardInterrupt):
+        grpo.train(cut)
+    stop_at.unlink()
+    resumed = grpo.train(replace(cut, run=replace(cut.run, resume=True)))
+    assert resumed.summary["monitors"]["alerts"] == whole.summary["monitors"]["alerts"]
+    saved = json.loads((resumed.run.path / "monitors.json").read_text())
+    assert saved["latest"]["kl_budget"]["step"] == 4
 
 
 def _algo(**changes):

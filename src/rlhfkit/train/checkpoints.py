@@ -122,6 +122,11 @@ def restore(state: dict[str, Any], stateful: dict[str, Any]) -> int:
     from rlhfkit.train.runs import set_rng_state
 
     for name, part in stateful.items():
+        if name not in state:
+            raise RlhfkitError(
+                f"the checkpoint has no saved state for {name!r} (written by an older rlhfkit?); "
+                "resume it with the version that wrote it, or start the run afresh"
+            )
         part.load_state_dict(state[name])
     set_rng_state(state["rng"])
     return state["step"]

@@ -446,15 +446,15 @@ class Session:
         self.monitors = monitoring.build(
             cfg, self.run.path, self.held_out, reward, keeps_reference=reference is not None
         )
+        if self.monitors is not None:
+            self.stateful = {**stateful, "monitors": self.monitors}
         self.start_step = 0
         self.last_step = cfg.steps  # earlier when a monitor's alert ends the run
         if cfg.run.resume and (checkpoint := self.run.latest_checkpoint()) is not None:
-            self.start_step = checkpoints.load_checkpoint(checkpoint, learner, stateful, parts)
+            self.start_step = checkpoints.load_checkpoint(checkpoint, learner, self.stateful, parts)
             self.run.truncate_metrics(self.start_step)
             if self.held_out is not None:
                 self.held_out.resume(self.start_step)
-            if self.monitors is not None:
-                self.monitors.resume(self.start_step, self.run.metrics())
 
     def __enter__(self) -> Session:
         from rlhfkit.progress import progress
@@ -475,7 +475,7 @@ class Session:
             self._progress.__exit__(*error)
             if error[0] is None:  # the loop ran to its end (or an alert's): checkpoint, model
                 every = self.cfg.run.checkpoint_every
-                if not every or self.last_step % every:
+                if self.last_step and (not every or self.last_step % every):  # 0: the start
                     self.save(self.last_step)
                 export(self.run.path / "model", self.model, self.tokenizer)
         finally:
@@ -485,10 +485,10 @@ class Session:
         """The steps left to run: all of them, or those after the resumed checkpoint; none after
         a monitor's alert with ``monitor.stop_on_alert``."""
         for step in range(self.start_step + 1, self.cfg.steps + 1):
-            yield step
-            if self.monitors is not None and self.monitors.stop:
-                self.last_step = step
+            if self.monitors is not None and self.monitors.stop:  # checked before: an alert
+                self.last_step = step - 1  # at the starting model's evaluation trains nothing
                 return
+            yield step
 
     def record_tokens(self, step: int, samples: Callable[[], list[dict[str, Any]]]) -> None:
         """Keep a few completions token by token (``rollout.token_view``) at the first step and

@@ -61,13 +61,17 @@ class RunMonitors:
     def path(self) -> Path:
         return self.run_dir / MONITORS_FILE
 
-    def resume(self, step: int, history: list[dict[str, Any]]) -> None:
-        """Take back the KL series and the alerts up to ``step`` (the resumed checkpoint's)."""
-        self.kl_history = [row["kl"] for row in history if "kl" in row and row["step"] <= step]
-        if self.path.is_file():
-            saved = json.loads(self.path.read_text(encoding="utf-8"))
-            self.alerts = [a for a in saved["alerts"] if a["step"] <= step]
-            self.latest = {k: v for k, v in saved["latest"].items() if v["step"] <= step}
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps, so a resumed run judges as an uninterrupted one: every
+        step's KL (metrics.jsonl holds only the logged steps), the alerts, and each monitor's
+        latest verdict (whether it is firing already: an alert is announced once)."""
+        return {"kl_history": list(self.kl_history), "alerts": self.alerts, "latest": self.latest}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.kl_history = list(state["kl_history"])
+        self.alerts, self.latest = list(state["alerts"]), dict(state["latest"])
+        if distributed.is_main():  # monitors.json as it was at the checkpoint
+            self._write()
 
     def check(
         self, step: int, metrics: dict[str, Any], evaluated: bool, policy: Any = None

@@ -144,7 +144,8 @@ class Rounds:
     # --- resume and checkpoints ------------------------------------------------------------------
 
     def _stateful(self) -> dict[str, Any]:
-        return {"stream": self.stream, **self.learner.stateful()}
+        monitors = {"monitors": self.monitors} if self.monitors is not None else {}
+        return {"stream": self.stream, **self.learner.stateful(), **monitors}
 
     def resume(self) -> int:
         """The last finished round (0 on a fresh run, whose starting policy is evaluated held
@@ -162,17 +163,15 @@ class Rounds:
         self.run.truncate_metrics(done)
         if self.held_out is not None:
             self.held_out.resume(done)
-        if self.monitors is not None:
-            self.monitors.resume(done, self.run.metrics())
         return done
 
     def left(self, done: int) -> Iterator[int]:
         """The rounds after ``done``; none after a monitor's alert with monitor.stop_on_alert."""
         for round_ in range(done + 1, self.cfg.rounds.rounds + 1):
-            yield round_
-            if self.monitors is not None and self.monitors.stop:
-                self.last_round = round_
+            if self.monitors is not None and self.monitors.stop:  # checked before: an alert
+                self.last_round = round_ - 1  # at the starting policy's evaluation trains none
                 return
+            yield round_
 
     def end_round(self, round_: int, metrics: dict[str, float]) -> None:
         """Log the round's metrics (and held-out figures, every ``eval.every`` rounds and the
