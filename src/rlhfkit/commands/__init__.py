@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "demo": "rlhfkit.commands.demo",
     "sft": "rlhfkit.train.sft",
     "reward": "rlhfkit.train.reward",
+    "classify": "rlhfkit.train.classify",
     "ppo": "rlhfkit.train.ppo",
     "grpo": "rlhfkit.train.grpo",
     "dpo": "rlhfkit.train.dpo",

@@ -5,6 +5,10 @@
   and held-out prompts come from the fixed splits of ``rlhfkit.data.vader`` (by text id), so
   evaluation never sees a training text. Each row keeps ``human_mean``, the raters' mean score
   of the whole text.
+- ``wiki:summaries``: extreme summarisation: a Wikipedia lead and the request for a one-line
+  description (``wiki.SUMMARY_PROMPT``); ``reference`` holds Wikipedia's human-written description,
+  which the ``rouge_l`` and ``similarity`` rewards score against (``rlhfkit.data.wiki``; the
+  fixed title-hash splits; articles without a description are left out).
 - ``reasoning_gym:<task>``: procedurally generated questions with a verifier (``entry`` holds
   the task's item, which the ``reasoning_gym:<task>`` reward needs). A question's split is set
   by a hash of its text, so no held-out question is ever a training one: reasoning-gym seeds
@@ -23,7 +27,7 @@ from rlhfkit.errors import AssetError, ConfigError, did_you_mean
 from rlhfkit.progress import steps
 
 OPENING_WORDS = 6
-SETS = ("vader", "reasoning_gym")
+SETS = ("vader", "reasoning_gym", "wiki")
 REASONING_SIZES = {"train": 2000, "validation": 200, "test": 200}
 REASONING_SHARES = {"train": 0.8, "validation": 0.1, "test": 0.1}
 """Each split's share of the question space (by a hash of the text): see ``question_split``."""
@@ -42,11 +46,21 @@ def load_builtin(spec: str, split: str, field: str = "prompts") -> list[dict[str
         return _vader_openings(name, split, field)
     if kind == "reasoning_gym":
         return _reasoning_gym(name, split, field)
+    if kind == "wiki":
+        return _wiki_summaries(name, split, field)
     hint = did_you_mean(kind, SETS)
     raise ConfigError(
         f"data.{field} = {spec!r}: not a file nor a built-in set; {hint}"
-        "use vader:<corpus> or reasoning_gym:<task>"
+        "use vader:<corpus>, reasoning_gym:<task> or wiki:summaries"
     )
+
+
+def _wiki_summaries(name: str, split: str, field: str) -> list[dict[str, Any]]:
+    from rlhfkit.data.wiki import summary_rows
+
+    if name != "summaries":
+        raise ConfigError(f"data.{field} = 'wiki:{name}': unknown set; use wiki:summaries")
+    return summary_rows(split)
 
 
 def opening(text: str, words: int = OPENING_WORDS) -> str:

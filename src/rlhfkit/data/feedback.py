@@ -186,7 +186,7 @@ def load_ratings(cfg: FeedbackDataCfg, split: str) -> list[Rating]:
     """
     name, rows = source.split_rows(cfg, split)
     ratings = _first_rows(_ratings(name, split, rows, cfg), cfg, split)
-    return _balance(ratings, cfg.balance, lambda r: math.floor(r.rating + 0.5))
+    return balance_classes(ratings, cfg.balance, lambda r: math.floor(r.rating + 0.5))
 
 
 def load_labeled(cfg: FeedbackDataCfg, split: str) -> list[Labeled]:
@@ -224,7 +224,7 @@ def load_labeled(cfg: FeedbackDataCfg, split: str) -> list[Labeled]:
             if source.no_held_out(cfg, split, rows)
             else _labels_from_ratings(name, split, _ratings(name, split, rows, cfg))
         )
-    return _balance(_first_rows(labeled, cfg, split), cfg.balance, lambda row: row.desirable)
+    return balance_classes(_first_rows(labeled, cfg, split), cfg.balance, lambda row: row.desirable)
 
 
 def pairs_from_ratings(
@@ -287,7 +287,7 @@ def _first_rows(rows: list[T], cfg: FeedbackDataCfg, split: str) -> list[T]:
     return rows[: cfg.max_rows] if split == "train" and cfg.max_rows else rows
 
 
-def _balance(rows: list[T], mode: str, bucket: Callable[[T], Any]) -> list[T]:
+def balance_classes(rows: list[T], mode: str, bucket: Callable[[T], Any]) -> list[T]:
     """Inverse-frequency weights: each class gets the same total weight, the mean weight is 1.
 
     w_i = own_i * (N / K) / sum_{j in class(i)} own_j   (N rows, K classes; own = row's weight)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from rlhfkit.config import FeedbackDataCfg
 
 BUILTIN_PREFIX = "vader:"
+SUMMARY_SET = "wiki:summaries"  # rlhfkit.data.wiki's demonstrations, read as rows
 FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 SPLITS = ("train", "eval", "test")
 SHOWN_ROWS = 5  # row numbers listed per reason in a skip warning
@@ -45,6 +46,12 @@ def split_rows(cfg: FeedbackDataCfg, split: str) -> tuple[str, list[tuple[int, R
     name = cfg.eval_path if split == "eval" and cfg.eval_path else cfg.path
     if name.startswith(BUILTIN_PREFIX):
         return name, None
+    if name == SUMMARY_SET:  # built-in demonstrations: each lead and its human description
+        from rlhfkit.data.wiki import summary_rows
+
+        wiki_split = {"train": "train", "eval": "validation", "test": "test"}[split]
+        rows = [{**row, "completion": row["reference"]} for row in summary_rows(wiki_split)]
+        return name, list(enumerate(rows, start=1))
     if split == "test":
         raise ConfigError(
             f"split 'test': only built-in sets have one; {name} is split into "
@@ -57,7 +64,7 @@ def split_rows(cfg: FeedbackDataCfg, split: str) -> tuple[str, list[tuple[int, R
     kept = [
         (row_number, row)
         for row_number, row in numbered
-        if _is_held_out(_split_key(row, cfg), cfg.eval_fraction) == (split == "eval")
+        if is_held_out(_split_key(row, cfg), cfg.eval_fraction) == (split == "eval")
     ]
     if split == "eval" and not kept and numbered and cfg.eval_fraction > 0:
         warnings.warn(
@@ -129,7 +136,7 @@ def _split_key(row: Row, cfg: FeedbackDataCfg) -> str:
     return json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
 
 
-def _is_held_out(key: str, eval_fraction: float) -> bool:
+def is_held_out(key: str, eval_fraction: float) -> bool:
     """True for ``eval_fraction`` of keys: the first 8 bytes of sha256 as a number in [0, 1)."""
     digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction

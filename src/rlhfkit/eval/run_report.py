@@ -63,6 +63,7 @@ class RunRecord:
     monitors: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     tokens: list[dict[str, Any]] = field(default_factory=list)  # tokens.json: online RL
+    classification: dict[str, Any] = field(default_factory=dict)  # rlhfkit classify's report
 
 
 def load_run(path: Path) -> RunRecord:
@@ -83,6 +84,7 @@ def load_run(path: Path) -> RunRecord:
         ("monitors.json", "monitors"),
         ("summary.json", "summary"),
         ("tokens.json", "tokens"),
+        ("classification.json", "classification"),
     ):
         if (file := path / name).is_file():
             setattr(record, attribute, json.loads(file.read_text(encoding="utf-8")))
@@ -117,6 +119,9 @@ def render(runs: list[RunRecord]) -> str:
         ("summary", "Summary", [_summary(run) for run in runs]),
         ("config", "Config", [_config(run) for run in runs]),
     ]
+    if any(run.classification for run in runs):
+        classified = [_classification(run) for run in runs]
+        sections.insert(1, ("classification", "Classification (held out)", classified))
     body = [f"<h1>{_e(title)}</h1>", _header(runs)]
     for anchor, heading, columns in sections:
         body.append(f'<section id="{anchor}"><h2>{_e(heading)}</h2>')
@@ -290,6 +295,38 @@ def _shade(text: str, strength: float, title: str, colour: str | None = None) ->
     rgb = colour or ("0,160,60" if strength >= 0 else "220,40,40")
     alpha = min(abs(strength), 1.0) * 0.6
     return f'<span style="background:rgba({rgb},{alpha:.2f})" title="{_e(title)}">{_e(text)}</span>'
+
+
+def _classification(run: RunRecord) -> str:
+    """Accuracy and macro-F1, each class's precision/recall/F1, and the confusion matrix."""
+    result = run.classification
+    if not result:
+        return '<p class="muted">No classification.json.</p>'
+    head = (
+        f"<p>{_e(result.get('split', ''))} split, {result['texts']} texts: accuracy "
+        f"<b>{result['accuracy']:.3f}</b>, macro-F1 <b>{result['macro_f1']:.3f}</b></p>"
+    )
+    rows = "".join(
+        f"<tr><th>{_e(name)}</th>"
+        + "".join(f'<td class="num">{c[k]:.3f}</td>' for k in ("precision", "recall", "f1"))
+        + f'<td class="num">{int(c["support"])}</td></tr>'
+        for name, c in result["classes"].items()
+    )
+    per_class = (
+        "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+        f"<th>texts</th></tr>{rows}</table>"
+    )
+    labels, matrix = result["confusion"]["labels"], result["confusion"]["matrix"]
+    cells = "".join(
+        f"<tr><th>{_e(label)}</th>" + "".join(f'<td class="num">{v}</td>' for v in row) + "</tr>"
+        for label, row in zip(labels, matrix, strict=True)
+    )
+    columns = "".join(f"<th>{i}</th>" for i in range(len(labels)))
+    confusion = (
+        "<p>Confusion: rows the true class, columns the predicted one (in the order of the "
+        f"rows)</p><table><tr><th></th>{columns}</tr>{cells}</table>"
+    )
+    return head + per_class + confusion
 
 
 def _summary(run: RunRecord) -> str:

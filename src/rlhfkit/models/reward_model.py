@@ -85,6 +85,158 @@ def default_pooling(config: Any) -> str:
     return "last" if decoder else "mean"
 
 
+def pool(
+    backbone: Any, input_ids: Tensor, attention_mask: Tensor, pooling: str, packed: bool
+) -> Tensor:
+    """One vector per text from the backbone's last hidden states: (B, T) -> (B, H).
+
+    ``last``: the state of the last real token (found from the mask); ``mean``: the mean over
+    real tokens. ``packed`` runs a causal decoder's texts as one packed row (last pooling only:
+    the same states, less compute), falling back to the padded batch where it does not apply.
+    """
+    run = packed_forward(backbone, input_ids, attention_mask) if packed else None
+    if run is not None:
+        hidden, packing = run  # (N, H): the real tokens only
+        return hidden[packing.last]  # (B, H)
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask
+    ).last_hidden_state  # (B, T, H)
+    if pooling == "last":
+        columns = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+        last = torch.where(attention_mask.bool(), columns, -1).amax(-1).clamp(min=0)  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+    return masked_mean(hidden.float(), attention_mask.unsqueeze(-1), dim=1)  # (B, H)
+
+
+def linear_head(backbone: Any, outputs: int) -> torch.nn.Linear:
+    """A (outputs, H) linear head on the backbone's device, float32 whatever the backbone's
+    dtype: bfloat16 keeps 3 significant digits, too few for the small score differences a
+    pairwise loss works on.
+
+    Weights drawn with std 1/sqrt(H + 1), as OpenAI's lm-human-preferences (Ziegler et al.
+    2019) and Stiennon et al. 2020: initial outputs of unit order, and unlike a zero head,
+    gradient reaches the backbone from the first step. Bias 0.
+    """
+    hidden_size = backbone.config.get_text_config().hidden_size
+    device = next(backbone.parameters()).device
+    head = torch.nn.Linear(hidden_size, outputs, dtype=torch.float32, device=device)
+    torch.nn.init.normal_(head.weight, std=1 / math.sqrt(hidden_size + 1))
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
+def open_backbone(
+    path_or_alias: str, pooling: str, max_length: int, device: str, dtype: str, autocast: str
+) -> tuple[Any, Any, str]:
+    """(backbone, tokenizer, pooling) for a fresh head: ``pooling`` "auto" resolved by the
+    backbone's kind, ``max_length`` checked against its context. ``autocast`` as
+    ``model.autocast``: the backbone's matmuls in bfloat16, the head float32."""
+    from rlhfkit.models import resolve_model_dir
+
+    if pooling not in ("auto", *POOLINGS):
+        raise ConfigError(f"pooling {pooling!r}: use auto, last (decoders) or mean (encoders)")
+    path = resolve_model_dir(path_or_alias)
+    backbone, tokenizer = load_backbone(path, device, dtype, autocast)
+    positions = getattr(backbone.config, "max_position_embeddings", None) or math.inf
+    if not 1 <= max_length <= positions:
+        raise ConfigError(
+            f"max_length {max_length}: {path_or_alias} reads 1 to {positions} "
+            "tokens; give a max_length in that range"
+        )
+    pooling = default_pooling(backbone.config) if pooling == "auto" else pooling
+    return backbone, tokenizer, pooling
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int, device: Any) -> BatchEncoding:
+    """``input_ids`` and ``attention_mask`` (B, T), right-padded, cut to ``max_length`` (texts
+    lose their end), on ``device``."""
+    batch = tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_token_type_ids=False,
+        return_tensors="pt",
+    )
+    return batch.to(device)
+
+
+def write_model(
+    directory: str | os.PathLike,
+    backbone: Any,
+    tokenizer: Any,
+    head: torch.nn.Module,
+    manifest_file: str,
+    manifest: dict[str, Any],
+    kind: str,
+) -> Path:
+    """Write backbone, tokenizer, head and manifest (plus the rlhfkit version and the time) to
+    ``directory``, replacing any old one whole.
+
+    Everything is written to a temp directory beside the target and swapped in by rename, so a
+    crash leaves the old model or the new one, never a mix. A directory holding something
+    other than a ``kind`` (no ``manifest_file``) is refused rather than deleted.
+    """
+    from safetensors.torch import save_file
+
+    from rlhfkit import __version__
+    from rlhfkit.models import quiet_transformers
+
+    manifest = {**manifest, "rlhfkit": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    manifest_text = json.dumps(manifest, indent=2) + "\n"  # fails here, before any write
+    directory = Path(directory).expanduser()
+    if (
+        directory.exists()
+        and not (directory / manifest_file).is_file()
+        and any(directory.iterdir())
+    ):
+        raise RlhfkitError(
+            f"{directory}: exists and holds something other than a {kind}, which saving "
+            "would delete; choose another directory"
+        )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
+    try:
+        # merging LoRA changes a model in place: merge a copy, the caller may train on
+        if hasattr(backbone, "peft_config"):
+            backbone = copy.deepcopy(backbone).merge_and_unload()
+        with quiet_transformers():
+            backbone.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+        weights = {k: v.detach().float().contiguous().cpu() for k, v in head.state_dict().items()}
+        save_file(weights, str(staging / HEAD_FILE))
+        (staging / manifest_file).write_text(manifest_text, encoding="utf-8")
+        replace_dir(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def by_length(model: Any, texts: list[str], batch_size: int, run: Any) -> Tensor:
+    """``run(model.encode(batch))`` over ``texts`` in batches, rows back in input order, (N, ...).
+
+    Texts run in order of length so that each batch pads little; a text's result does not
+    depend on its batch. Eval mode and no gradients; the previous mode is restored after.
+    """
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    parts = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                parts.append(run(model.encode([texts[i] for i in rows])).float().cpu())
+    finally:
+        model.train(was_training)
+    if not parts:
+        return torch.zeros(0)
+    result = torch.empty_like(torch.cat(parts))
+    result[torch.tensor(order)] = torch.cat(parts)
+    return result
+
+
 class RewardModel(torch.nn.Module):
     """Backbone + scalar head; ``model(input_ids, attention_mask)`` is the raw score, (B,)."""
 
@@ -106,16 +258,7 @@ class RewardModel(torch.nn.Module):
         self.pooling, self.max_length, self.source = pooling, max_length, source
         self.offset, self.scale, self.info = offset, scale, dict(info or {})
         self.score_range: tuple[float, float] | None = None  # set by training, then saved
-        hidden_size = backbone.config.get_text_config().hidden_size
-        device = next(backbone.parameters()).device
-        # float32 whatever the backbone's dtype: bfloat16 keeps 3 significant digits, too few
-        # for the small score differences a pairwise loss works on.
-        self.head = torch.nn.Linear(hidden_size, 1, dtype=torch.float32, device=device)
-        # std 1/sqrt(H + 1), as OpenAI's lm-human-preferences (Ziegler et al. 2019) and
-        # Stiennon et al. 2020: initial scores of unit order, and unlike a zero head, gradient
-        # reaches the backbone from the first step.
-        torch.nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden_size + 1))
-        torch.nn.init.zeros_(self.head.bias)
+        self.head = linear_head(backbone, 1)
         # last-token pooling reads one state per text, so a causal decoder's batches can run
         # packed, without their padding (rlhfkit.packing): a quarter less compute at typical
         # padding. False runs every batch padded.
@@ -135,19 +278,9 @@ class RewardModel(torch.nn.Module):
 
         ``autocast`` as ``model.autocast``: the backbone's matmuls in bfloat16, the head float32.
         """
-        from rlhfkit.models import resolve_model_dir
-
-        if pooling not in ("auto", *POOLINGS):
-            raise ConfigError(f"pooling {pooling!r}: use auto, last (decoders) or mean (encoders)")
-        path = resolve_model_dir(path_or_alias)
-        backbone, tokenizer = _load_backbone(path, device, dtype, autocast)
-        positions = getattr(backbone.config, "max_position_embeddings", None) or math.inf
-        if not 1 <= max_length <= positions:
-            raise ConfigError(
-                f"max_length {max_length}: {path_or_alias} reads 1 to {positions} "
-                "tokens; give a max_length in that range"
-            )
-        pooling = default_pooling(backbone.config) if pooling == "auto" else pooling
+        backbone, tokenizer, pooling = open_backbone(
+            path_or_alias, pooling, max_length, device, dtype, autocast
+        )
         return cls(backbone, tokenizer, pooling, max_length, source=str(path_or_alias))
 
     # --- scoring ---------------------------------------------------------------------------------
@@ -161,19 +294,7 @@ class RewardModel(torch.nn.Module):
         With ``self.packed`` a causal decoder runs the texts as one packed row instead (the same
         scores, less compute).
         """
-        run = packed_forward(self.backbone, input_ids, attention_mask) if self.packed else None
-        if run is not None:
-            hidden, packing = run  # (N, H): the real tokens only
-            return self.head(hidden[packing.last].float()).squeeze(-1)  # (B,)
-        hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask
-        ).last_hidden_state  # (B, T, H)
-        if self.pooling == "last":
-            columns = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
-            last = torch.where(attention_mask.bool(), columns, -1).amax(-1).clamp(min=0)  # (B,)
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
-        else:
-            pooled = masked_mean(hidden.float(), attention_mask.unsqueeze(-1), dim=1)  # (B, H)
+        pooled = pool(self.backbone, input_ids, attention_mask, self.pooling, self.packed)
         return self.head(pooled.float()).squeeze(-1)  # (B,)
 
     def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -188,15 +309,7 @@ class RewardModel(torch.nn.Module):
         ``max_length`` tokens only, so train and score with a ``max_length`` that covers prompt
         and completion.
         """
-        batch = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_token_type_ids=False,
-            return_tensors="pt",
-        )
-        return batch.to(self.head.weight.device)
+        return tokenize(self.tokenizer, texts, self.max_length, self.head.weight.device)
 
     def score_texts(
         self, texts: list[str], batch_size: int = 32, normalised: bool = True
@@ -207,21 +320,8 @@ class RewardModel(torch.nn.Module):
         Texts are scored in order of length so that each batch pads little; a text's score does
         not depend on its batch. The previous train/eval mode is restored after.
         """
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        scores = [0.0] * len(texts)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                for start in range(0, len(order), batch_size):
-                    rows = order[start : start + batch_size]
-                    batch = self.encode([texts[i] for i in rows])
-                    values = self.score(**batch) if normalised else self(**batch)  # (b,)
-                    for i, value in zip(rows, values.tolist(), strict=True):
-                        scores[i] = value
-        finally:
-            self.train(was_training)
-        return scores
+        score = self.score if normalised else self
+        return by_length(self, texts, batch_size, lambda batch: score(**batch)).tolist()
 
     # --- saving ----------------------------------------------------------------------------------
 
@@ -232,11 +332,6 @@ class RewardModel(torch.nn.Module):
         Everything is written to a temp directory beside the target and swapped in by rename,
         so a crash leaves the old model or the new one, never a mix.
         """
-        from safetensors.torch import save_file
-
-        from rlhfkit import __version__
-        from rlhfkit.models import quiet_transformers
-
         if not (math.isfinite(self.offset) and math.isfinite(self.scale) and self.scale > 0):
             raise RlhfkitError(
                 f"reward model offset {self.offset} / scale {self.scale}: need a "
@@ -253,39 +348,10 @@ class RewardModel(torch.nn.Module):
             "scale": self.scale,
             **({"score_range": list(self.score_range)} if self.score_range else {}),
             "info": self.info,
-            "rlhfkit": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        manifest_text = json.dumps(manifest, indent=2) + "\n"  # fails here, before any write
-        directory = Path(directory).expanduser()
-        if directory.exists() and not (directory / MANIFEST).is_file() and any(directory.iterdir()):
-            raise RlhfkitError(
-                f"{directory}: exists and holds something other than a reward "
-                "model, which saving would delete; choose another directory"
-            )
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
-        try:
-            # merging LoRA changes a model in place: merge a copy, the caller may train on
-            backbone = self.backbone
-            if hasattr(backbone, "peft_config"):
-                backbone = copy.deepcopy(backbone).merge_and_unload()
-            with quiet_transformers():
-                backbone.save_pretrained(staging)
-                self.tokenizer.save_pretrained(staging)
-            save_file(
-                {
-                    k: v.detach().float().contiguous().cpu()
-                    for k, v in self.head.state_dict().items()
-                },
-                str(staging / HEAD_FILE),
-            )
-            (staging / MANIFEST).write_text(manifest_text, encoding="utf-8")
-            replace_dir(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return directory
+        return write_model(
+            directory, self.backbone, self.tokenizer, self.head, MANIFEST, manifest, "reward model"
+        )
 
 
 def load_reward_model(
@@ -326,7 +392,7 @@ def load_reward_model(
             f"{path}: {', '.join(missing)} missing, so the saved reward model is "
             "incomplete; train it again with rlhfkit reward"
         )
-    backbone, tokenizer = _load_backbone(path, device, dtype)
+    backbone, tokenizer = load_backbone(path, device, dtype)
     model = RewardModel(
         backbone,
         tokenizer,
@@ -352,7 +418,7 @@ def load_reward_model(
     return model.eval()
 
 
-def _load_backbone(path: Path, device: str, dtype: str, autocast: str = "off") -> tuple[Any, Any]:
+def load_backbone(path: Path, device: str, dtype: str, autocast: str = "off") -> tuple[Any, Any]:
     """(base model on the device, tokenizer that pads right) from a local model directory."""
     from transformers import AutoModel, AutoTokenizer
 

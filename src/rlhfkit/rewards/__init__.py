@@ -12,7 +12,16 @@ its libraries (torch, vaderSentiment, reasoning-gym) when a reward is loaded.
 """
 
 # importing these modules registers their rewards
-from rlhfkit.rewards import judge, learned, lexicon, rules, sentiment, verifiers  # noqa: F401
+from rlhfkit.rewards import (  # noqa: F401
+    classifier,
+    judge,
+    learned,
+    lexicon,
+    rules,
+    sentiment,
+    summaries,
+    verifiers,
+)
 from rlhfkit.rewards.registry import (
     Reward,
     RewardFactory,

@@ -54,7 +54,7 @@ class RewardCfg:
     """Also report accuracy on held-out pairs whose human mean ratings differ by at least this."""
 
 
-def _encoder_model() -> ModelCfg:
+def encoder_model() -> ModelCfg:
     return ModelCfg(path="minilm")
 
 
@@ -62,7 +62,7 @@ def _encoder_model() -> ModelCfg:
 class Config(OfflineConfig):
     """Train a reward model on human feedback: pairs, ratings or multi-annotator ratings."""
 
-    model: ModelCfg = field(default_factory=_encoder_model)
+    model: ModelCfg = field(default_factory=encoder_model)
     rm: RewardCfg = default(RewardCfg)
 
     def check(self) -> Iterable[Problem]:
