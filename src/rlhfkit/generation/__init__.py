@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 class GenerationBackend(Protocol):
     """Samples completions; built as ``Backend(model, tokenizer)``."""
 
+    pad_id: int
+    """The token its rollouts are padded with (the tokenizer's pad token, else EOS)."""
+
     def generate(self, prompts: list[Prompt], cfg: GenCfg, seed: int) -> Rollout:
         """One completion per prompt, in order; the same prompts, cfg and seed, the same rollout.
 

@@ -233,7 +233,6 @@ def train(cfg: Config) -> kit.TrainResult:
         algo.overlong_buffer,
         algo.overlong_penalty,
     )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def sample_round(step: int, extra: int) -> rollout.Scored:
         """A round of the step's prompts (data-parallel: this rank's share), each repeated
@@ -263,7 +262,7 @@ def train(cfg: Config) -> kit.TrainResult:
                     algo.group_size,
                     len(kit.rank_share(list(range(algo.prompts_per_step)))),
                     algo.max_extra_rounds,
-                    pad_id,
+                    backend.pad_id,  # what the backend pads its rollouts with
                 )
             else:
                 scored = sample_round(step, 0)
