@@ -397,3 +397,13 @@ def test_reference_free_losses_learn_without_a_reference_pass(
     assert result.reference is None
     assert summary["eval/accuracy_after"] == 1.0, summary
     assert summary["eval/margin_after"] > summary["eval/margin_before"] + 0.5, summary
+
+
+def test_simpos_margin_with_another_loss_is_refused(tmp_path):
+    data = pairs_file(tmp_path)
+    with pytest.raises(ConfigError, match="algo.gamma = 1.0: is simpo's target margin"):
+        config_io.load(dpo.Config, ["--data", data, "--algo.gamma", "1.0"])
+    simpo = config_io.load(
+        dpo.Config, ["--data", data, "--algo.loss", "simpo", "--algo.gamma", "1.0"]
+    )
+    assert simpo.algo.gamma == 1.0

@@ -63,6 +63,13 @@ class PairLossCfg:
                 self.label_smoothing,
                 f"applies to the dpo loss only, not {self.loss}; set it to 0",
             )
+        if self.gamma != PairLossCfg.gamma and self.loss != "simpo":
+            yield Problem(
+                "gamma",
+                self.gamma,
+                f"is simpo's target margin and does nothing for {self.loss}; leave it out or "
+                "use --algo.loss simpo",
+            )
 
 
 @dataclass(frozen=True)
