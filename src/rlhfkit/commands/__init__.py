@@ -23,6 +23,7 @@ from rlhfkit.errors import ConfigError, RlhfkitError, did_you_mean
 COMMANDS: dict[str, str] = {
     "demo": "rlhfkit.commands.demo",
     "sft": "rlhfkit.train.sft",
+    "pretrain": "rlhfkit.train.pretrain",
     "reward": "rlhfkit.train.reward",
     "classify": "rlhfkit.train.classify",
     "ppo": "rlhfkit.train.ppo",

@@ -45,6 +45,14 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     raise DataError(f"{path}: unknown data format {suffix!r}; use one of {', '.join(FORMATS)}")
 
 
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's contents; a missing, binary or non-UTF-8 file is a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the path")
+    return _read_text(path)
+
+
 def _read_text(path: Path) -> str:
     """A text file's contents; a binary or non-UTF-8 file is a DataError naming the line."""
     try:

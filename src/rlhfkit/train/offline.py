@@ -53,7 +53,8 @@ class TrainCfg:
     """Evaluate on at most this many held-out examples (0 = all)."""
     max_length: PositiveInt = 512
     """sft, dpo: most tokens per sequence; longer ones lose prompt tokens from the left
-    (counted). The reward model has its own, rm.max_length."""
+    (counted). pretrain: tokens per packed block (nothing cut). The reward model has its own,
+    rm.max_length."""
     group_by_length: bool = True
     """Batch examples of similar length together: less padding, the order still random."""
     chat_template: Literal["auto", "on", "off"] = "auto"
