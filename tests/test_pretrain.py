@@ -278,3 +278,15 @@ def test_recipes_run_at_tiny_scale(tmp_path, tiny_model_dir, tiny_bert_dir, monk
         args += ["--run.checkpoint_every", "0", "--log.tensorboard", "false"]
         summary = pretrain.train(config_io.load(pretrain.Config, args)).summary
         assert summary["steps"] == 2 and summary["train_documents"] == len(DOCUMENTS)
+
+
+def test_a_chat_template_option_is_refused(tmp_path):
+    from rlhfkit import config_io
+    from rlhfkit.errors import ConfigError
+    from rlhfkit.train import pretrain
+
+    (tmp_path / "a.txt").write_text("Some raw text.\n")
+    with pytest.raises(ConfigError, match="train.chat_template = 'on': does nothing"):
+        config_io.load(
+            pretrain.Config, ["--data", str(tmp_path / "a.txt"), "--train.chat_template", "on"]
+        )

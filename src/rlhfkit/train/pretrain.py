@@ -93,6 +93,14 @@ class Config(OfflineConfig):
     data: TextDataCfg = default(TextDataCfg)  # type: ignore[assignment]
     lm: LmCfg = default(LmCfg)
 
+    def check(self) -> Iterable[Problem]:
+        if self.train.chat_template != "auto":
+            yield Problem(
+                "train.chat_template",
+                self.train.chat_template,
+                "does nothing for pretrain, which reads raw text without a template; leave it out",
+            )
+
 
 def main(cfg: Config) -> None:
     from rlhfkit.eval.report import print_summary
@@ -113,7 +121,9 @@ def train(cfg: Config) -> kit.TrainResult:
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     model, tokenizer, masked = _load(cfg)
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
 
     # 1. documents -> tokens -> blocks, train and held out apart
     blocks, counts = {}, {}
