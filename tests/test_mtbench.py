@@ -327,3 +327,22 @@ def test_mt_bench_end_to_end_with_a_local_judge_against_gpt4(
 def test_mt_bench_refuses_a_category_it_does_not_know(fixture_asset):
     with pytest.raises(ConfigError, match="categories = 'poetry': is none of writing"):
         dispatch(["mt-bench", "--categories", "poetry"])
+
+
+def test_mt_bench_grades_an_earlier_runs_answers_without_generating(fixture_asset, tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    rows = [{"question_id": 82, "category": "writing", "turns": ["hi", "bye"]}]
+    rows += [{"question_id": 111, "category": "math", "turns": ["5", "7"]}]
+    answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    single = (200, {"choices": [{"message": {"content": "Rating: [[9]]"}}]})
+    pair = (200, {"choices": [{"message": {"content": "[[C]]"}}]})
+    with FakeServer([single] * 4 + [pair] * 4) as server:
+        argv = ["mt-bench", "--answers", str(answers), "--baseline", "gpt-4"]
+        argv += ["--judge", f"judge-model@{server.url}", "--output", str(tmp_path / "out")]
+        assert dispatch(argv) == 0  # no model loads: the default smollm2 is not even prepared
+    report = json.loads((tmp_path / "out" / "mt_bench.json").read_text())
+    assert report["questions"] == [111] and report["win_rate"]["overall"]["mean"] == 0.5
+    assert report["position_consistency"]["mean"] == 1.0  # a tie both ways agrees
+    answers.write_text(json.dumps({"question_id": 111, "turns": ["5"]}) + "\n")
+    with pytest.raises(DataError, match=r"answers.jsonl: row 1 is not an answer"):
+        dispatch([*argv[:-1], str(tmp_path / "out2")])

@@ -30,6 +30,7 @@ from rlhfkit.config import (
     model_problem,
 )
 from rlhfkit.data.mtbench import CATEGORIES
+from rlhfkit.errors import ConfigError
 
 REFERENCE_BASELINE = "gpt-4"
 FILES = ("answers.jsonl", "baseline_answers.jsonl", "judgments.jsonl", "mt_bench.json")
@@ -62,6 +63,9 @@ class Config:
         default_factory=lambda: GenCfg(max_new_tokens=256, batch_size=8, chat_template="on")
     )
     """How both models answer (MT-Bench itself allows 1024 new tokens per turn)."""
+    answers: str = ""
+    """Grade the answers in this answers.jsonl of an earlier run (with another judge or
+    baseline) instead of generating them; only its questions are graded."""
     judge_max_tokens: PositiveInt = 2048
     """Most tokens an endpoint judge writes per reply, its explanation and verdict together."""
     output: str = "mt-bench"
@@ -79,6 +83,10 @@ class Config:
                 yield Problem("categories", category, f"is none of {', '.join(CATEGORIES)}")
         if self.per_category > 10:
             yield Problem("per_category", self.per_category, "exceeds MT-Bench's 10; give 1-10")
+        if self.answers and not Path(os.path.expanduser(self.answers)).is_file():
+            yield Problem(
+                "answers", self.answers, "is no file; give an earlier run's answers.jsonl"
+            )
         if problem := _output_problem(self):
             yield Problem("output", self.output, problem)
 
@@ -117,7 +125,14 @@ def main(cfg: Config) -> None:
             backend, questions, cfg.gen, cfg.seed, conditioning, cfg.category_temperatures
         )
 
-    answers = answer(cfg.model.path)
+    if cfg.answers:
+        given = bench.read_answers(Path(os.path.expanduser(cfg.answers)))
+        questions = [q for q in questions if q.question_id in given]
+        if not questions:
+            raise ConfigError(f"answers = {cfg.answers!r}: answers none of the questions chosen")
+        answers = [given[q.question_id] for q in questions]
+    else:
+        answers = answer(cfg.model.path)
     write_jsonl(out / "answers.jsonl", (dataclasses.asdict(a) for a in answers))
     baseline = None
     if cfg.baseline == REFERENCE_BASELINE:
@@ -132,6 +147,7 @@ def main(cfg: Config) -> None:
     graded = bench.grade(replier, prompts, questions, answers)
     report: dict[str, Any] = {
         "model": cfg.model.path,
+        "answers": cfg.answers or None,
         "baseline": cfg.baseline or None,
         "judge": judge.name,
         "questions": [q.question_id for q in questions],
@@ -170,8 +186,6 @@ def select(questions: list[Any], cfg: Config) -> list[Any]:
             taken[question.category] = taken.get(question.category, 0) + 1
             chosen.append(question)
     if not chosen:
-        from rlhfkit.errors import ConfigError
-
         raise ConfigError(
             f"categories = {list(cfg.categories)}: no question to ask with baseline "
             f"{cfg.baseline!r}; gpt-4 answers only math, reasoning and coding"

@@ -25,10 +25,13 @@ import re
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import GenCfg
+from rlhfkit.data.files import read_rows
 from rlhfkit.data.mtbench import NEEDS_REFERENCE, JudgePrompt, Question
+from rlhfkit.errors import DataError
 from rlhfkit.eval.heldout import interval
 from rlhfkit.generation import GenerationBackend, generate_conditioned, get_backend
 from rlhfkit.rewards.judge import EndpointJudge, Judge, LocalJudge
@@ -120,6 +123,26 @@ def generate_answers(
         Answer(q.question_id, q.category, (a, b))
         for q, a, b in zip(questions, first, second, strict=True)
     ]
+
+
+def read_answers(path: Path) -> dict[int, Answer]:
+    """The answers an earlier run saved (its ``answers.jsonl``), by question id."""
+    answers = {}
+    for number, row in enumerate(read_rows(path), start=1):
+        turns = row.get("turns")
+        if not (
+            isinstance(row.get("question_id"), int)
+            and isinstance(row.get("category"), str)
+            and isinstance(turns, list)
+            and len(turns) == 2
+            and all(isinstance(t, str) for t in turns)
+        ):
+            raise DataError(
+                f"{path}: row {number} is not an answer: expected question_id, category and "
+                "turns (two strings), as rlhfkit mt-bench writes answers.jsonl"
+            )
+        answers[row["question_id"]] = Answer(row["question_id"], row["category"], tuple(turns))
+    return answers
 
 
 # --- the judge's prompts and verdicts ------------------------------------------------------------
