@@ -20,7 +20,7 @@ from rlhfkit.errors import AssetError, ConfigError, did_you_mean
 from rlhfkit.progress import steps
 
 OPENING_WORDS = 6
-SETS = ("vader", "reasoning_gym")
+SETS = ("vader", "reasoning_gym", "humaneval")
 REASONING_SIZES = {"train": 2000, "validation": 200, "test": 200}
 REASONING_SEEDS = {"train": 1, "validation": 2, "test": 3}
 ANSWER_FORMAT = "Give only the final answer between <answer> and </answer>."
@@ -37,10 +37,14 @@ def load_builtin(spec: str, split: str, field: str = "prompts") -> list[dict[str
         return _vader_openings(name, split, field)
     if kind == "reasoning_gym":
         return _reasoning_gym(name, split, field)
+    if kind == "humaneval":
+        from rlhfkit.data.humaneval import prompt_rows
+
+        return prompt_rows(name, split, field)
     hint = did_you_mean(kind, SETS)
     raise ConfigError(
         f"data.{field} = {spec!r}: not a file nor a built-in set; {hint}"
-        "use vader:<corpus> or reasoning_gym:<task>"
+        "use vader:<corpus>, reasoning_gym:<task> or humaneval:complete"
     )
 
 

@@ -12,7 +12,7 @@ its libraries (torch, vaderSentiment, reasoning-gym) when a reward is loaded.
 """
 
 # importing these modules registers their rewards
-from rlhfkit.rewards import judge, learned, lexicon, rules, sentiment, verifiers  # noqa: F401
+from rlhfkit.rewards import code, judge, learned, lexicon, rules, sentiment, verifiers  # noqa: F401
 from rlhfkit.rewards.registry import (
     Reward,
     RewardFactory,
