@@ -199,7 +199,7 @@ def _kill_all(child: subprocess.Popen, uid: int) -> None:
     if uid < 0:
         return
     for _ in range(20):  # a fork bomb may fork while we kill; its limit keeps this short
-        pids = [pid for pid in _pids_of(uid)]
+        pids = _pids_of(uid)
         if not pids:
             return
         for pid in pids:
