@@ -25,7 +25,10 @@ from rlhfkit.rewards import (
     verifiers,
 )
 
-BUILT_INS = ["format", "judge", "length", "number", "reasoning_gym", "rm", "sentiment", "vader"]
+BUILT_INS = [
+    "classifier", "code", "format", "judge", "length", "number", "reasoning_gym", "rm", "rouge_l",
+    "sentiment", "similarity", "vader",
+]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -65,10 +68,7 @@ def test_unknown_name_suggests_and_lists_the_registered_ones():
         load_reward("sentimnet")
     message = str(error.value)
     assert "reward 'sentimnet': not registered; did you mean 'sentiment'?" in message
-    assert (
-        "registered rewards: format, judge, length, number, reasoning_gym, rm, sentiment, vader"
-        in message
-    )
+    assert "registered rewards: " + ", ".join(BUILT_INS) + "; or give" in message
     with pytest.raises(ConfigError, match="empty"):
         load_reward("  ")
 

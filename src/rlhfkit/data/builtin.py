@@ -15,6 +15,8 @@
   item i with seed + i, so sets drawn with nearby seeds share their items, and a small task
   (one-digit sums: 200 questions in all) repeats its questions whatever the seed.
   ``check_reasoning_gym`` is the ``reasoning-gym`` entry of ``rlhfkit.assets``.
+- ``humaneval:complete`` / ``humaneval:chat``: HumanEval's problems (``rlhfkit.data.humaneval``;
+  split by a hash of the task id), with what the ``code`` reward runs: tests, entry point.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from rlhfkit.errors import AssetError, ConfigError, did_you_mean
 from rlhfkit.progress import steps
 
 OPENING_WORDS = 6
-SETS = ("vader", "reasoning_gym", "wiki")
+SETS = ("vader", "reasoning_gym", "wiki", "humaneval")
 REASONING_SIZES = {"train": 2000, "validation": 200, "test": 200}
 REASONING_SHARES = {"train": 0.8, "validation": 0.1, "test": 0.1}
 """Each split's share of the question space (by a hash of the text): see ``question_split``."""
@@ -48,10 +50,14 @@ def load_builtin(spec: str, split: str, field: str = "prompts") -> list[dict[str
         return _reasoning_gym(name, split, field)
     if kind == "wiki":
         return _wiki_summaries(name, split, field)
+    if kind == "humaneval":
+        from rlhfkit.data.humaneval import prompt_rows
+
+        return prompt_rows(name, split, field)
     hint = did_you_mean(kind, SETS)
     raise ConfigError(
         f"data.{field} = {spec!r}: not a file nor a built-in set; {hint}"
-        "use vader:<corpus>, reasoning_gym:<task> or wiki:summaries"
+        "use vader:<corpus>, reasoning_gym:<task>, wiki:summaries or humaneval:complete"
     )
 
 

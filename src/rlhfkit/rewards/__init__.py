@@ -14,6 +14,7 @@ its libraries (torch, vaderSentiment, reasoning-gym) when a reward is loaded.
 # importing these modules registers their rewards
 from rlhfkit.rewards import (  # noqa: F401
     classifier,
+    code,
     judge,
     learned,
     lexicon,
