@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 # the tests also need the optional extras they cover (Presidio for label export --scrub_pii)
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[dev,pii,studio,control,export,tracking,tune]"
+	$(PY) -m pip install --quiet -e ".[dev,pii,studio,control,export,tracking,tune,tasks]"
 	touch $(TEST_STAMP)
 
 setup: $(STAMP)

@@ -8,6 +8,12 @@
 - ``reasoning_gym:<task>``: procedurally generated questions with a verifier (``entry`` holds
   the task's item, which the ``reasoning_gym:<task>`` reward needs); seeds differ by split.
   ``check_reasoning_gym`` is the ``reasoning-gym`` entry of ``rlhfkit.assets``.
+- ``qa:fanoutqa``: closed-book single-hop questions with their gold ``answers``
+  (``rlhfkit.data.fanoutqa``); ``mmlu:all`` or ``mmlu:SUBJECT``: four-option questions with
+  the gold ``answer`` letter (``rlhfkit.data.mmlu``); ``translation:fr|de|es``: English
+  interface strings with the human ``reference`` (``rlhfkit.data.translation``). Each row also
+  holds ``completion``, the gold answer as a demonstration: ``rlhfkit sft --data qa:fanoutqa``
+  learns from the train split.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit import assets
+from rlhfkit.config import TASK_SETS
 from rlhfkit.errors import AssetError, ConfigError, did_you_mean
 from rlhfkit.progress import steps
 
 OPENING_WORDS = 6
-SETS = ("vader", "reasoning_gym")
+SETS = ("vader", "reasoning_gym", *TASK_SETS)
 REASONING_SIZES = {"train": 2000, "validation": 200, "test": 200}
 REASONING_SEEDS = {"train": 1, "validation": 2, "test": 3}
 ANSWER_FORMAT = "Give only the final answer between <answer> and </answer>."
@@ -37,11 +44,30 @@ def load_builtin(spec: str, split: str, field: str = "prompts") -> list[dict[str
         return _vader_openings(name, split, field)
     if kind == "reasoning_gym":
         return _reasoning_gym(name, split, field)
+    if kind == "qa":
+        return _qa(name, split, field)
+    if kind == "mmlu":
+        from rlhfkit.data.mmlu import prompt_rows
+
+        return prompt_rows(name, split)
+    if kind == "translation":
+        from rlhfkit.data.translation import prompt_rows
+
+        return prompt_rows(name, split)
     hint = did_you_mean(kind, SETS)
     raise ConfigError(
         f"data.{field} = {spec!r}: not a file nor a built-in set; {hint}"
-        "use vader:<corpus> or reasoning_gym:<task>"
+        "use vader:<corpus>, reasoning_gym:<task>, qa:fanoutqa, mmlu:all|SUBJECT or "
+        "translation:fr|de|es"
     )
+
+
+def _qa(name: str, split: str, field: str) -> list[dict[str, Any]]:
+    from rlhfkit.data.fanoutqa import prompt_rows
+
+    if name != "fanoutqa":
+        raise ConfigError(f"data.{field} = 'qa:{name}': unknown QA set; use qa:fanoutqa")
+    return prompt_rows(split)
 
 
 def opening(text: str, words: int = OPENING_WORDS) -> str:

@@ -22,12 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rlhfkit.config import TASK_SETS
 from rlhfkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from rlhfkit.config import FeedbackDataCfg
 
 BUILTIN_PREFIX = "vader:"
+TASK_SPLITS = {"train": "train", "eval": "validation", "test": "test"}
 FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 SPLITS = ("train", "eval", "test")
 SHOWN_ROWS = 5  # row numbers listed per reason in a skip warning
@@ -43,6 +45,11 @@ def split_rows(cfg: FeedbackDataCfg, split: str) -> tuple[str, list[tuple[int, R
     if split not in SPLITS:
         raise ConfigError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
     name = cfg.eval_path if split == "eval" and cfg.eval_path else cfg.path
+    if name.partition(":")[0] in TASK_SETS:  # prompt + gold completion rows, fixed splits
+        from rlhfkit.data.builtin import load_builtin
+
+        rows = load_builtin(name, TASK_SPLITS[split], "path")
+        return name, list(enumerate(rows, start=1))
     if name.startswith(BUILTIN_PREFIX):
         return name, None
     if split == "test":
