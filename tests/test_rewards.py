@@ -26,8 +26,8 @@ from rlhfkit.rewards import (
 )
 
 BUILT_INS = [
-    "classifier", "code", "format", "judge", "length", "number", "reasoning_gym", "rm", "rouge_l",
-    "sentiment", "similarity", "vader",
+    "bleu", "choice", "chrf", "classifier", "code", "exact_match", "format", "judge", "length",
+    "number", "reasoning_gym", "rm", "rouge_l", "sentiment", "similarity", "token_f1", "vader",
 ]  # fmt: skip
 
 

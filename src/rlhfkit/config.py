@@ -116,6 +116,7 @@ ModelPath = Annotated[str, Check(model_problem, "MODEL")]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CORPORA = ("movies", "tweets", "amazon", "nyt")
+TASK_SETS = ("qa", "mmlu", "translation", "wiki")  # built-in sets with gold answers (docs/tasks.md)
 """The VADER corpora of human-rated texts: the built-in sets vader:movies ... vader:nyt."""
 GEN_BACKENDS = {"hf", "vllm", "vllm-server"}
 """The names gen.backend accepts: each built-in (its module in the generation package is named
@@ -408,7 +409,8 @@ class PromptDataCfg:
     prompts: str = "vader:movies"
     """A prompt file (.jsonl/.csv/.parquet/.txt), a dataset saved by save_to_disk, or a built-in set: vader:movies|tweets|amazon|nyt
     (openings of human-rated texts, train split) or reasoning_gym:<task>[:key=value,...]
-    (the task's own options: reasoning_gym:chain_sum:max_terms=2,max_digits=1)."""
+    (the task's own options: reasoning_gym:chain_sum:max_terms=2,max_digits=1), qa:fanoutqa,
+    mmlu:all|SUBJECT or translation:fr|de|es (docs/tasks.md)."""
     prompt_field: str = "prompt"
     """Column holding the prompt in a prompt file (a chat "messages" column also works)."""
     eval_prompts: str = ""
@@ -440,8 +442,9 @@ class FeedbackDataCfg:
 
     path: str = "vader:movies"
     """A .jsonl/.json/.csv/.parquet file, a directory saved by datasets' save_to_disk, or a
-    built-in set of real human ratings: vader:movies|tweets|amazon|nyt; or wiki:summaries
-    (demonstrations: Wikipedia leads and their human-written one-line descriptions)."""
+    built-in set of real human ratings: vader:movies|tweets|amazon|nyt; or a task set's gold
+    answers as demonstrations (sft): qa:fanoutqa, mmlu:all|SUBJECT, translation:fr|de|es,
+    wiki:summaries (Wikipedia leads and their human-written one-line descriptions)."""
     eval_path: str = ""
     """Held-out data in the same form; empty takes a built-in set's validation split (or a saved
     dataset's), or else eval_fraction of path's rows, chosen by a hash of each row."""
@@ -493,10 +496,10 @@ def _feedback_source_problem(value: str) -> str | None:
     """What is wrong with a feedback data source (None if nothing): a built-in set, an existing
     data file or a directory written by datasets' save_to_disk."""
     builtins = [f"vader:{corpus}" for corpus in CORPORA]
-    if value == "wiki:summaries":  # demonstrations: Wikipedia leads and their descriptions
-        return None
     if not value:
         return f"is empty; give a data file, a dataset directory or a built-in set ({builtins[0]})"
+    if value.partition(":")[0] in TASK_SETS:
+        return None  # a task set's train split as demonstrations; its loader checks the name
     hint = did_you_mean(value, builtins)
     if value.startswith("vader:"):
         return (

@@ -32,6 +32,7 @@ from rlhfkit.config import (
 from rlhfkit.errors import ConfigError, RlhfkitError
 
 OUTPUT_NAME = "eval.json"
+LOGLIK = "choice_loglik"  # the figure --loglik adds
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class Config:
     """LLM judges (repeat for several): a local model (alias or directory) or
     MODEL@http://HOST/v1 (an OpenAI-compatible server, key in $OPENAI_API_KEY). Each scores
     every completion and, with a baseline, picks the better of each pair."""
+    loglik: bool = False
+    """Also score multiple-choice prompts (rows with `choices` and a gold `answer`, as mmlu:*)
+    by log-likelihood: the most likely option is the model's answer, nothing generated; the
+    figure choice_loglik is its accuracy."""
     seed: NonNegativeInt = 0
     """Sampling seed, the same for both models."""
     gen: GenCfg = field(
@@ -148,6 +153,7 @@ def main(cfg: Config) -> None:
     from rlhfkit.conditioning import load_conditioning
     from rlhfkit.data.prompts import prompt_text
     from rlhfkit.eval import heldout
+    from rlhfkit.eval.multiple_choice import loglik_correct
     from rlhfkit.eval.pass_at_k import fold, per_prompt
     from rlhfkit.eval.policy import evaluate_policy
     from rlhfkit.models import load_causal_lm, resolve_model_dir
@@ -184,6 +190,8 @@ def main(cfg: Config) -> None:
         )
         for name, judge in judges.items():  # as the judge:SPEC reward: 2 P(good) - 1
             result.scores[name] = [2 * p - 1 for p in judge.score(prompts, result.completions)]
+        if cfg.loglik:
+            result.scores[LOGLIK] = loglik_correct(which, its_tokenizer, rows, cfg.gen.batch_size)
         return result
 
     policy = sample(

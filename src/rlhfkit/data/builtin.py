@@ -17,6 +17,12 @@
   ``check_reasoning_gym`` is the ``reasoning-gym`` entry of ``rlhfkit.assets``.
 - ``humaneval:complete`` / ``humaneval:chat``: HumanEval's problems (``rlhfkit.data.humaneval``;
   split by a hash of the task id), with what the ``code`` reward runs: tests, entry point.
+- ``qa:fanoutqa``: closed-book single-hop questions with their gold ``answers``
+  (``rlhfkit.data.fanoutqa``); ``mmlu:all`` or ``mmlu:SUBJECT``: four-option questions with
+  the gold ``answer`` letter (``rlhfkit.data.mmlu``); ``translation:fr|de|es``: English
+  interface strings with the human ``reference`` (``rlhfkit.data.translation``). Each row also
+  holds ``completion``, the gold answer as a demonstration: ``rlhfkit sft --data qa:fanoutqa``
+  learns from the train split.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit import assets
+from rlhfkit.config import TASK_SETS
 from rlhfkit.errors import AssetError, ConfigError, did_you_mean
 from rlhfkit.progress import steps
 
 OPENING_WORDS = 6
-SETS = ("vader", "reasoning_gym", "wiki", "humaneval")
+SETS = ("vader", "reasoning_gym", "humaneval", *TASK_SETS)
 REASONING_SIZES = {"train": 2000, "validation": 200, "test": 200}
 REASONING_SHARES = {"train": 0.8, "validation": 0.1, "test": 0.1}
 """Each split's share of the question space (by a hash of the text): see ``question_split``."""
@@ -48,6 +55,16 @@ def load_builtin(spec: str, split: str, field: str = "prompts") -> list[dict[str
         return _vader_openings(name, split, field)
     if kind == "reasoning_gym":
         return _reasoning_gym(name, split, field)
+    if kind == "qa":
+        return _qa(name, split, field)
+    if kind == "mmlu":
+        from rlhfkit.data.mmlu import prompt_rows
+
+        return prompt_rows(name, split)
+    if kind == "translation":
+        from rlhfkit.data.translation import prompt_rows
+
+        return prompt_rows(name, split)
     if kind == "wiki":
         return _wiki_summaries(name, split, field)
     if kind == "humaneval":
@@ -57,16 +74,27 @@ def load_builtin(spec: str, split: str, field: str = "prompts") -> list[dict[str
     hint = did_you_mean(kind, SETS)
     raise ConfigError(
         f"data.{field} = {spec!r}: not a file nor a built-in set; {hint}"
-        "use vader:<corpus>, reasoning_gym:<task>, wiki:summaries or humaneval:complete"
+        "use vader:<corpus>, reasoning_gym:<task>, qa:fanoutqa, mmlu:all|SUBJECT, "
+        "translation:fr|de|es, wiki:summaries or humaneval:complete"
     )
 
 
+def _qa(name: str, split: str, field: str) -> list[dict[str, Any]]:
+    from rlhfkit.data.fanoutqa import prompt_rows
+
+    if name != "fanoutqa":
+        raise ConfigError(f"data.{field} = 'qa:{name}': unknown QA set; use qa:fanoutqa")
+    return prompt_rows(split)
+
+
 def _wiki_summaries(name: str, split: str, field: str) -> list[dict[str, Any]]:
+    """Each lead and the request for a description; its human description is the metrics'
+    ``reference`` and, as ``completion``, the demonstration sft learns."""
     from rlhfkit.data.wiki import summary_rows
 
     if name != "summaries":
         raise ConfigError(f"data.{field} = 'wiki:{name}': unknown set; use wiki:summaries")
-    return summary_rows(split)
+    return [{**row, "completion": row["reference"]} for row in summary_rows(split)]
 
 
 def opening(text: str, words: int = OPENING_WORDS) -> str:

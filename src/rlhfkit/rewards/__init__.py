@@ -2,7 +2,8 @@
 
 Built-ins (``list_rewards()`` describes them): ``sentiment`` (a head trained on human ratings),
 ``rm:PATH`` (a reward model trained with ``rlhfkit reward``), ``vader`` (a lexicon judge),
-``reasoning_gym:TASK`` (a verifier), ``judge:MODEL`` (an LLM judge, local or over an
+``reasoning_gym:TASK`` (a verifier), ``exact_match`` / ``token_f1`` / ``choice`` /
+``chrf`` / ``bleu`` (against the row's reference answer), ``judge:MODEL`` (an LLM judge, local or over an
 OpenAI-compatible API), ``length[:N]``, ``format[:REGEX]``. Register your own
 with ``@register_reward("name")`` on a factory, or name a function directly as
 ``path/to/file.py:fn`` or ``package.module:fn``.
@@ -18,6 +19,7 @@ from rlhfkit.rewards import (  # noqa: F401
     judge,
     learned,
     lexicon,
+    reference,
     rules,
     sentiment,
     summaries,
