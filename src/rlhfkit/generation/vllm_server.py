@@ -21,6 +21,7 @@ The trainer recomputes the log-probs it learns from either way (the gap is ``mis
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import socket
@@ -77,8 +78,7 @@ class VLLMServerBackend(HFBackend):
         if distributed.is_main():
             self.server.push_weights(list(checkpoint_plan(self.model)), weights)
         else:
-            for _ in weights:  # join rank 0's gathers
-                pass
+            collections.deque(weights, maxlen=0)  # join rank 0's gathers, keeping none
         distributed.barrier()  # no rank samples before the server has the new weights
         draws = random.Random(seed)
         requests = [self._request(ids, cfg, draws.getrandbits(63)) for ids in prompt_ids]

@@ -64,9 +64,7 @@ def train(cfg: Config) -> kit.TrainResult:
     import torch.nn.functional as F
 
     from rlhfkit.data.labelled import class_names, load_labelled
-    from rlhfkit.models import checkpoint_activations
     from rlhfkit.models.classifier import Classifier
-    from rlhfkit.models.lora import attach_lora
     from rlhfkit.train import offline, sharding
     from rlhfkit.train.runs import seed_everything, write_text_atomic
 
@@ -87,10 +85,7 @@ def train(cfg: Config) -> kit.TrainResult:
         dtype=cfg.model.dtype,
         autocast=cfg.model.autocast,
     )
-    if cfg.model.gradient_checkpointing:
-        checkpoint_activations(model.backbone)
-    if cfg.lora.rank:
-        model.backbone = attach_lora(model.backbone, cfg.lora, task_type=None)
+    model.backbone = kit.adapt_trunk(model.backbone, cfg.model, cfg.lora)
     device = next(model.parameters()).device
 
     # 1-3. tokenise, forward, class-weighted cross-entropy

@@ -193,6 +193,17 @@ def load_policy_and_reference(
     return policy, tokenizer, frozen
 
 
+def adapt_trunk(trunk: Any, model_cfg: Any, lora: LoraCfg) -> Any:
+    """A loaded trunk that is not a policy (a reward model's or classifier's backbone, a masked
+    LM) made trainable as the config asks: activation checkpointing, then LoRA adapters (with
+    no task head of peft's: the head on top is rlhfkit's own)."""
+    from rlhfkit.models import checkpoint_activations
+
+    if model_cfg.gradient_checkpointing:
+        checkpoint_activations(trunk)
+    return attach_lora(trunk, lora, task_type=None) if lora.rank else trunk
+
+
 # --- optimiser -----------------------------------------------------------------------------------
 
 

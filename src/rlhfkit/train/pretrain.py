@@ -244,12 +244,10 @@ def _load(cfg: Config) -> tuple[Any, Any, bool]:
         )
         masked = default_pooling(config) != "last"  # not a decoder: an encoder
     if masked:
-        from rlhfkit.models.lora import attach_lora
         from rlhfkit.models.masked_lm import load_masked_lm
 
         model, tokenizer = load_masked_lm(cfg.model.path, cfg.model.device, cfg.model.dtype)
-        if cfg.lora.rank:
-            model = attach_lora(model, cfg.lora, task_type=None)
+        model = kit.adapt_trunk(model, cfg.model, cfg.lora)
         model.train()
     else:
         model, tokenizer, _ = kit.load_policy_and_reference(cfg.model, cfg.lora, False)

@@ -82,8 +82,6 @@ def train(cfg: Config) -> kit.TrainResult:
 
     from rlhfkit.data.feedback import join_text, load_pairs, load_ratings
     from rlhfkit.losses import preference as losses
-    from rlhfkit.models import checkpoint_activations
-    from rlhfkit.models.lora import attach_lora
     from rlhfkit.models.reward_model import RewardModel
     from rlhfkit.train import offline, sharding
     from rlhfkit.train.runs import seed_everything
@@ -99,10 +97,7 @@ def train(cfg: Config) -> kit.TrainResult:
         dtype=cfg.model.dtype,
         autocast=cfg.model.autocast,
     )
-    if cfg.model.gradient_checkpointing:
-        checkpoint_activations(model.backbone)
-    if cfg.lora.rank:
-        model.backbone = attach_lora(model.backbone, cfg.lora, task_type=None)
+    model.backbone = kit.adapt_trunk(model.backbone, cfg.model, cfg.lora)
     device = next(model.parameters()).device
 
     # 1. examples: pairs (chosen text, rejected text, margin, soft target) or rated texts
