@@ -449,32 +449,26 @@ class Session:
         self.stateful, self.parts = stateful, parts
         self.run = Run.start(cfg, command)
         # held out: scored by the training reward (and eval.judge), KL to ``reference``
-        self.held_out = (
+        held_out = (
             held_out_eval(cfg, reward, self.run.path, cfg.steps, reference, backend)
             if reward is not None
             else None
         )
-        self.monitors = monitoring.build(
-            cfg, self.run.path, self.held_out, reward, keeps_reference=reference is not None
+        self.oversight = monitoring.Oversight(
+            cfg, self.run.path, held_out, reward, reference is not None, cfg.steps
         )
-        if self.monitors is not None:
-            self.stateful = {**stateful, "monitors": self.monitors}
+        self.stateful = {**stateful, **self.oversight.stateful()}
         self.start_step = 0
-        self.last_step = cfg.steps  # earlier when a monitor's alert ends the run
         if cfg.run.resume and (checkpoint := self.run.latest_checkpoint()) is not None:
             self.start_step = checkpoints.load_checkpoint(checkpoint, learner, self.stateful, parts)
             self.run.truncate_metrics(self.start_step)
-            if self.held_out is not None:
-                self.held_out.resume(self.start_step)
+            self.oversight.resume(self.start_step)
 
     def __enter__(self) -> Session:
         from rlhfkit.progress import progress
 
-        if self.held_out is not None and self.start_step == 0:  # the starting model
-            metrics = self.held_out.evaluate(self.model, self.tokenizer, 0)
-            if self.monitors is not None:
-                metrics.update(self.monitors.check(0, metrics, evaluated=True))
-            self.run.log(0, metrics)
+        if self.start_step == 0 and (start := self.oversight.start(self.model, self.tokenizer)):
+            self.run.log(0, start)  # the starting model, held out
         self.started = time.perf_counter()
         self._progress = progress("training", total=self.cfg.steps)
         self.bar, self.task = self._progress.__enter__()
@@ -486,8 +480,9 @@ class Session:
             self._progress.__exit__(*error)
             if error[0] is None:  # the loop ran to its end (or an alert's): checkpoint, model
                 every = self.cfg.run.checkpoint_every
-                if self.last_step and (not every or self.last_step % every):  # 0: the start
-                    self.save(self.last_step)
+                last = self.oversight.last
+                if last and (not every or last % every):  # 0: the start
+                    self.save(last)
                 export(self.run.path / "model", self.model, self.tokenizer)
         finally:
             self.run.close(failed=error[0] is not None)
@@ -495,17 +490,14 @@ class Session:
     def steps(self) -> Iterator[int]:
         """The steps left to run: all of them, or those after the resumed checkpoint; none after
         a monitor's alert with ``monitor.stop_on_alert``."""
-        for step in range(self.start_step + 1, self.cfg.steps + 1):
-            if self.monitors is not None and self.monitors.stop:  # checked before: an alert
-                self.last_step = step - 1  # at the starting model's evaluation trains nothing
-                return
-            yield step
+        return self.oversight.left(self.start_step)
 
     def record_tokens(self, step: int, samples: Callable[[], list[dict[str, Any]]]) -> None:
         """Keep a few completions token by token (``rollout.token_view``) at the first step and
         at each held-out evaluation's, in ``tokens.json`` for the report: what each token's
         advantage and KL were as the policy learned from it. ``samples`` runs only then."""
-        due = self.held_out.due(step) if self.held_out is not None else step == self.cfg.steps
+        held_out = self.oversight.held_out
+        due = held_out.due(step) if held_out is not None else step == self.cfg.steps
         if not (due or step == 1) or not distributed.is_main():
             return
         path = self.run.path / TOKENS_FILE
@@ -517,17 +509,8 @@ class Session:
         """Evaluate held out (every ``eval.every`` steps and the last), check the monitors, log
         ``metrics`` (on the log cadence, the last step, with an evaluation or an alert), move the
         bar, checkpoint."""
-        evaluated = self.held_out is not None and self.held_out.due(step)
-        if evaluated:
-            metrics = {**metrics, **self.held_out.evaluate(self.model, self.tokenizer, step)}
-        stopping = False
-        if self.monitors is not None:
-            metrics = {**metrics, **self.monitors.check(step, metrics, evaluated, self.model)}
-            stopping = self.monitors.stop
-        if stopping and not evaluated and self.held_out is not None:
-            # the run ends here: its "after" is this model
-            metrics = {**metrics, **self.held_out.evaluate(self.model, self.tokenizer, step)}
-            evaluated = True
+        metrics, evaluated = self.oversight.after(step, metrics, self.model, self.tokenizer)
+        stopping = self.oversight.stopping
         if step % self.cfg.log.every == 0 or step == self.cfg.steps or evaluated or stopping:
             self.run.log(step, metrics)
         self.bar.update(self.task, advance=1, info=info)
@@ -541,15 +524,12 @@ class Session:
     def finish(self, summary: dict[str, Any], reference: Any | None = None) -> TrainResult:
         """Write ``summary.json`` (steps, seconds, then ``summary``, then the model's path)."""
         summary = {
-            "steps": self.last_step,
+            "steps": self.oversight.last,
             "seconds": round(time.perf_counter() - self.started, 1),
             **summary,
-            **({"eval": self.held_out.summary()} if self.held_out is not None else {}),
-            **({"monitors": self.monitors.summary()} if self.monitors is not None else {}),
+            **self.oversight.summary("step"),
             "model": str(self.run.path / "model"),
         }
-        if self.last_step < self.cfg.steps:
-            summary["stopped_early"] = f"at step {self.last_step} of {self.cfg.steps}: an alert"
         self.run.finish(summary, report=write_report)
         return TrainResult(
             run=self.run,

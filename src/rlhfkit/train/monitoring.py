@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,77 @@ def build(
     if not cfg.monitor.enabled:
         return None
     return RunMonitors(cfg.monitor, run_dir, held_out, reward, keeps_reference, cfg.model.path)
+
+
+class Oversight:
+    """What every loop does around its steps (``kit.Session``'s steps, ``Rounds``' rounds) with
+    the held-out evaluation and the monitors: evaluate the starting model, complete each step's
+    metrics with the evaluation when due and the monitors' check, end the run early at an alert
+    (evaluated there: it is the run's "after"), and summarise."""
+
+    def __init__(
+        self, cfg: Any, run_dir: Path, held_out: Any, reward: Any, keeps_reference: bool, total: int
+    ):
+        self.held_out: Any = held_out  # eval.training.TrainingEval, or None
+        self.total = total
+        self.monitors = build(cfg, run_dir, held_out, reward, keeps_reference)
+        self.last = total  # the last step run: earlier when an alert ends the run
+
+    def stateful(self) -> dict[str, Any]:
+        """What a checkpoint keeps of it (the monitors' state)."""
+        return {"monitors": self.monitors} if self.monitors is not None else {}
+
+    def resume(self, done: int) -> None:
+        if self.held_out is not None:
+            self.held_out.resume(done)
+
+    def start(self, model: Any, tokenizer: Any) -> dict[str, Any] | None:
+        """The starting model's held-out metrics with the monitors' check; None without any."""
+        if self.held_out is None:
+            return None
+        metrics = self.held_out.evaluate(model, tokenizer, 0)
+        if self.monitors is not None:
+            metrics.update(self.monitors.check(0, metrics, evaluated=True))
+        return metrics
+
+    def left(self, done: int) -> Iterator[int]:
+        """The steps after ``done``; none after a monitor's alert with ``monitor.stop_on_alert``
+        (checked before each: an alert at the start's evaluation trains nothing)."""
+        for step in range(done + 1, self.total + 1):
+            if self.stopping:
+                self.last = step - 1
+                return
+            yield step
+
+    @property
+    def stopping(self) -> bool:
+        return self.monitors is not None and self.monitors.stop
+
+    def after(
+        self, step: int, metrics: dict[str, Any], model: Any, tokenizer: Any
+    ) -> tuple[dict[str, Any], bool]:
+        """``metrics`` with the held-out figures (every ``eval.every`` steps, the last, and the
+        one an alert ends the run at) and the monitors' check; whether it was evaluated."""
+        held_out, monitors = self.held_out, self.monitors
+        evaluated = False
+        if held_out is not None and held_out.due(step):
+            metrics = {**metrics, **held_out.evaluate(model, tokenizer, step)}
+            evaluated = True
+        if monitors is not None:
+            metrics = {**metrics, **monitors.check(step, metrics, evaluated, model)}
+            if monitors.stop and held_out is not None and not evaluated:
+                metrics = {**metrics, **held_out.evaluate(model, tokenizer, step)}
+                evaluated = True
+        return metrics, evaluated
+
+    def summary(self, unit: str) -> dict[str, Any]:
+        """For summary.json: the evaluations, the monitors, and where an alert ended the run."""
+        return {
+            **({"eval": self.held_out.summary()} if self.held_out is not None else {}),
+            **({"monitors": self.monitors.summary()} if self.monitors is not None else {}),
+            **(
+                {"stopped_early": f"at {unit} {self.last} of {self.total}: an alert"}
+                if self.last < self.total
+                else {}
+            ),
+        }

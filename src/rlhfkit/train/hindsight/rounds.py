@@ -111,14 +111,13 @@ class Rounds:
         self.learner = self._learner({"policy": (self.policy, cfg.optim)})
         self.critic: Any = None
         self.run = Run.start(cfg, command)
-        self.held_out = kit.held_out_eval(
+        held_out = kit.held_out_eval(
             cfg, self.reward, self.run.path, cfg.rounds.rounds, None, self.backend, conditioning
         )
         # no reference model: the KL monitors have nothing to watch
-        self.monitors = monitoring.build(
-            cfg, self.run.path, self.held_out, self.reward, keeps_reference=False
+        self.oversight = monitoring.Oversight(
+            cfg, self.run.path, held_out, self.reward, False, cfg.rounds.rounds
         )
-        self.last_round = cfg.rounds.rounds  # earlier when a monitor's alert ends the run
         self.started = time.perf_counter()
 
     def __enter__(self) -> Rounds:
@@ -144,53 +143,36 @@ class Rounds:
     # --- resume and checkpoints ------------------------------------------------------------------
 
     def _stateful(self) -> dict[str, Any]:
-        monitors = {"monitors": self.monitors} if self.monitors is not None else {}
-        return {"stream": self.stream, **self.learner.stateful(), **monitors}
+        return {"stream": self.stream, **self.learner.stateful(), **self.oversight.stateful()}
 
     def resume(self) -> int:
         """The last finished round (0 on a fresh run, whose starting policy is evaluated held
         out); with ``--resume``, its state restored."""
         if not self.cfg.run.resume or (checkpoint := self.run.latest_checkpoint()) is None:
-            if self.held_out is not None:
-                metrics = self.held_out.evaluate(self.policy, self.tokenizer, 0)
-                if self.monitors is not None:
-                    metrics.update(self.monitors.check(0, metrics, evaluated=True))
-                self.run.log(0, metrics)
+            if start := self.oversight.start(self.policy, self.tokenizer):
+                self.run.log(0, start)
             return 0
         done = checkpoints.load_checkpoint(
             checkpoint, self.learner, self._stateful(), self._parts()
         )
         self.run.truncate_metrics(done)
-        if self.held_out is not None:
-            self.held_out.resume(done)
+        self.oversight.resume(done)
         return done
 
     def left(self, done: int) -> Iterator[int]:
         """The rounds after ``done``; none after a monitor's alert with monitor.stop_on_alert."""
-        for round_ in range(done + 1, self.cfg.rounds.rounds + 1):
-            if self.monitors is not None and self.monitors.stop:  # checked before: an alert
-                self.last_round = round_ - 1  # at the starting policy's evaluation trains none
-                return
-            yield round_
+        return self.oversight.left(done)
 
     def end_round(self, round_: int, metrics: dict[str, float]) -> None:
         """Log the round's metrics (and held-out figures, every ``eval.every`` rounds and the
         last, or the one an alert ends the run at), check the monitors and checkpoint it."""
-        evaluated = self.held_out is not None and self.held_out.due(round_)
-        held_out = self.held_out.evaluate(self.policy, self.tokenizer, round_) if evaluated else {}
-        if self.monitors is not None:
-            held_out.update(self.monitors.check(round_, held_out, evaluated, self.policy))
-            if self.monitors.stop and not evaluated and self.held_out is not None:
-                held_out.update(self.held_out.evaluate(self.policy, self.tokenizer, round_))
-        self.run.log(
-            round_,
-            {
-                **distributed.mean_floats(metrics),  # data-parallel: over the ranks' shares
-                "skipped_steps": self.learner.guard.skipped,
-                "lr": self.learner.lrs()[0],
-                **held_out,
-            },
-        )
+        metrics = {
+            **distributed.mean_floats(metrics),  # data-parallel: over the ranks' shares
+            "skipped_steps": self.learner.guard.skipped,
+            "lr": self.learner.lrs()[0],
+        }
+        metrics, _ = self.oversight.after(round_, metrics, self.policy, self.tokenizer)
+        self.run.log(round_, metrics)
         checkpoints.save_checkpoint(self.run, round_, self.learner, self._stateful(), self._parts())
 
     def _parts(self) -> tuple[Any, ...]:
@@ -268,16 +250,13 @@ class Rounds:
         if distributed.is_main():
             conditioning.save(model_dir)
         summary = {
-            "rounds": self.last_round,
+            "rounds": self.oversight.last,
             "seconds": round(time.perf_counter() - self.started, 1),
             **summary,
             "skipped_steps": self.learner.guard.skipped,
-            **({"eval": self.held_out.summary()} if self.held_out is not None else {}),
-            **({"monitors": self.monitors.summary()} if self.monitors is not None else {}),
+            **self.oversight.summary("round"),
             "model": str(model_dir),
         }
-        if self.last_round < self.cfg.rounds.rounds:
-            summary["stopped_early"] = f"at round {self.last_round}: an alert"
         self.run.finish(summary, report=kit.write_report)
         return kit.TrainResult(self.run, self.policy, self.tokenizer, summary)
 
