@@ -33,15 +33,18 @@ def _in_tmp(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def url(tiny_lm):
+def engine(tiny_lm):
     from rlhfkit.serve.hf_engine import HFEngine
 
     engine = HFEngine(*tiny_lm, max_batch=8)
-    try:
-        with serving(engine, NAME) as url:
-            yield url
-    finally:
-        engine.close()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def url(engine):
+    with serving(engine, NAME) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +71,22 @@ def chat(client, prompt: str, seed: int, max_tokens: int = 6) -> str:
     return reply.choices[0].message.content
 
 
-def test_init_stores_what_the_server_samples_with_provenance(url, client, prompts, capsys):
+def test_init_stores_what_the_server_samples_with_provenance(url, engine, client, prompts, capsys):
     spec = f"{NAME}@{url}"
     args = ["--prompts", prompts, "--model", spec, "--kinds", "pairwise,rating", "--seed", "3"]
-    assert label("init", "--campaign", "c", *args, *GEN) == 0
+    batches: list[int] = []
+    generate = engine._generate
+
+    def counted(jobs):
+        batches.append(len(jobs))
+        generate(jobs)
+
+    engine._generate = counted
+    try:
+        assert label("init", "--campaign", "c", *args, *GEN) == 0
+    finally:
+        del engine._generate
+    assert sum(batches) == 6 and max(batches) > 1  # requests sent at once, batched by the server
     out = capsys.readouterr().out
     assert f"3 prompts, 6 outputs (sampled: 2 per prompt from {spec})" in out
     assert KEY not in out
