@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
@@ -106,6 +106,26 @@ def model_problem(value: str) -> str | None:
     )
 
 
+def endpoint_spec(value: str) -> tuple[str, str] | None:
+    """``(model id, base URL)`` of ``MODEL@http(s)://HOST/v1``, a model an OpenAI-compatible
+    server runs (the endpoint judge's spelling too); None for anything else: a local model."""
+    at = value.find("@http")
+    return (value[:at], value[at + 1 :]) if at > 0 else None
+
+
+def sampled_model_problem(value: str) -> str | None:
+    """What is wrong with a model to sample from (None if nothing): a local model, as
+    ``model_problem`` takes, or ``NAME@http(s)://HOST/v1``."""
+    served = endpoint_spec(value)
+    if served is None:
+        problem = model_problem(value)
+        return None if problem is None else problem + "; or NAME@http://HOST/v1 for a served one"
+    scheme, _, rest = served[1].partition("://")
+    if scheme not in ("http", "https") or not rest.split("/")[0]:
+        return "names no server after '@'; spell it NAME@http://HOST:PORT/v1"
+    return None
+
+
 PositiveInt = Annotated[int, Bounds(ge=1)]
 NonNegativeInt = Annotated[int, Bounds(ge=0)]
 PositiveFloat = Annotated[float, Bounds(gt=0)]
@@ -113,6 +133,7 @@ NonNegativeFloat = Annotated[float, Bounds(ge=0)]
 Fraction = Annotated[float, Bounds(ge=0, le=1)]
 InputFile = Annotated[str, Check(file_problem, "FILE")]
 ModelPath = Annotated[str, Check(model_problem, "MODEL")]
+SampledModelPath = Annotated[str, Check(sampled_model_problem, "MODEL")]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CORPORA = ("movies", "tweets", "amazon", "nyt")
@@ -170,6 +191,29 @@ class ModelCfg:
 
 
 @dataclass(frozen=True)
+class SampledModelCfg(ModelCfg):
+    """The model outputs are sampled from: local, or run by an OpenAI-compatible server."""
+
+    path: SampledModelPath = "smollm2"
+    """Embedded alias (smollm2), a local Hugging Face model directory, or NAME@http://HOST/v1:
+    the model NAME an OpenAI-compatible server runs (rlhfkit serve, vLLM ...; API key in
+    $OPENAI_API_KEY)."""
+
+    def check(self) -> Iterable[Problem]:
+        yield from ModelCfg.check(self)
+        if endpoint_spec(self.path) is None:
+            return
+        for local in fields(ModelCfg):  # how a model runs here: the server decides that
+            if local.name != "path" and getattr(self, local.name) != local.default:
+                yield Problem(
+                    local.name,
+                    getattr(self, local.name),
+                    f"applies to a local model; {self.path} runs on its server: drop "
+                    f"--model.{local.name}",
+                )
+
+
+@dataclass(frozen=True)
 class GenCfg:
     """How completions are sampled."""
 
@@ -184,9 +228,12 @@ class GenCfg:
     stop: tuple[str, ...] = ()
     """Stop strings: a completion ends before the first one (repeat the flag for several)."""
     batch_size: PositiveInt = 8
-    """Prompts generated together (left-padded, one KV cache)."""
+    """Prompts generated together (left-padded, one KV cache); for a model a server runs
+    (NAME@URL), requests sent at once."""
     chat_template: Literal["auto", "on", "off"] = "auto"
-    """Wrap prompts in the tokenizer's chat template: auto uses it when the model has one."""
+    """Wrap prompts in the tokenizer's chat template: auto uses it when the model has one. A
+    model a server runs (NAME@URL) is asked through /chat/completions (the server applies its
+    template) unless this is off: then through /completions, with the prompt as it is."""
     backend: str = "hf"
     """Generation backend: hf (transformers, default), vllm (vLLM in the trainer's process, with
     the policy's weights pushed after each update; needs `make vllm-env`, see docs/vllm.md),
@@ -195,7 +242,8 @@ class GenCfg:
     server_url: str = ""
     """The vLLM server gen.backend vllm-server samples on, e.g. http://localhost:8000."""
     server_timeout_s: PositiveFloat = 600.0
-    """Seconds to wait for the vLLM server's answer to one request or weight update."""
+    """Seconds to wait for a server's answer to one request or weight update: the vLLM server
+    of gen.backend vllm-server, or the server of a model given as NAME@URL."""
     compile: Literal["auto", "on", "off"] = "auto"
     """Decode with a static KV cache and a compiled token step (torch.compile; CUDA graphs on a
     GPU, where a small model's eager decoding is kernel-launch bound). auto: on for the sampling

@@ -9,6 +9,11 @@ Provenance of a sampled output: the model's path, ``weights_hash`` of its weight
 generation settings (``GenCfg`` as a dict) with the campaign round, the seed, and the time the
 store adds. Sample ``s`` of every prompt comes from one generation pass seeded ``seed + s``,
 so the stored seed, settings and prompt list reproduce it.
+
+A model a server runs (``NAME@http://HOST/v1``, ``rlhfkit.generation.endpoint``) is stored as
+that spec, with the settings the requests carried, the server's URL, the API used, the model
+id and fingerprint the server answered with, and each request's own seed. Its weights are the
+server's: their hash is ``UNKNOWN_HASH``, as for an imported output of an unknown model.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit import config_io
-from rlhfkit.config import GenCfg, ModelCfg
+from rlhfkit.config import GenCfg, ModelCfg, endpoint_spec
 from rlhfkit.errors import DataError
+
+UNKNOWN_HASH = "unknown"
+"""The weights hash of an output whose weights rlhfkit never saw (imported, or served)."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,12 @@ def sample(
     """``samples`` outputs of one model for each prompt: ``drafts[i]`` answers ``prompts[i]``.
 
     Sample ``s`` of every prompt comes from one generation pass seeded ``seed + s``, so the
-    stored seed, settings and prompts reproduce it.
+    stored seed, settings and prompts reproduce it; a served model's, from requests seeded as
+    ``generation.endpoint.request_seed`` says.
     """
+    served = endpoint_spec(model_cfg.path)
+    if served is not None:
+        return _sample_served(*served, gen, prompts, samples, seed, round_number)
     from rlhfkit.generation import get_backend
     from rlhfkit.models import load_causal_lm
 
@@ -83,6 +95,41 @@ def sample(
         for i, text in enumerate(rollout.completions):
             drafts[i].append(Draft(text, model_cfg.path, model_hash, settings, seed + s))
     return drafts
+
+
+def _sample_served(
+    model: str,
+    url: str,
+    gen: GenCfg,
+    prompts: list[str],
+    samples: int,
+    seed: int,
+    round_number: int,
+) -> list[list[Draft]]:
+    from rlhfkit.generation.endpoint import SENT_SETTINGS, sample_endpoint
+
+    sent = {key: value for key, value in config_io.to_dict(gen).items() if key in SENT_SETTINGS}
+    api = "completions" if gen.chat_template == "off" else "chat.completions"
+    return [
+        [
+            Draft(
+                answer.text,
+                f"{model}@{url}",
+                UNKNOWN_HASH,
+                {
+                    **sent,
+                    "round": round_number,
+                    "endpoint": url,
+                    "api": api,
+                    "served_model": answer.served_model,
+                    **({"system_fingerprint": answer.fingerprint} if answer.fingerprint else {}),
+                },
+                answer.seed,
+            )
+            for answer in answers
+        ]
+        for answers in sample_endpoint(model, url, gen, prompts, samples, seed)
+    ]
 
 
 def store_plans(
@@ -217,7 +264,7 @@ def _imported_hash(model: Any) -> str:
     """The weights hash of an imported output's model when it is a local model directory."""
     if isinstance(model, str) and (Path(os.path.expanduser(model)) / "config.json").is_file():
         return weights_hash(model)
-    return "unknown"
+    return UNKNOWN_HASH
 
 
 def output_round(output) -> int:

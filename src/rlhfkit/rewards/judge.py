@@ -17,8 +17,8 @@ The two implementations: ``LocalJudge`` (any local causal LM; the probability co
 next-token log-probs) and ``EndpointJudge`` (an OpenAI-compatible chat-completions server; the
 probability comes from the reply's top log-probs when the server gives them, else from the text).
 
-This module imports only the standard library at the top: importing ``rlhfkit.rewards``
-registers ``judge`` without loading torch.
+This module imports only the standard library (and ``rlhfkit.config``, which does too) at the
+top: importing ``rlhfkit.rewards`` registers ``judge`` without loading torch.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import urllib.request
 from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
+from rlhfkit.config import endpoint_spec
 from rlhfkit.errors import ConfigError, RewardError
 from rlhfkit.rewards.registry import RewardFn, register_reward
 
@@ -429,10 +430,10 @@ def _excerpt(text: str, width: int = 80) -> str:
 def load_judge(spec: str, **options: Any) -> Judge:
     """``MODEL@http(s)://HOST/v1`` is an endpoint judge; anything else a local model (an alias
     or a directory). ``options`` go to the judge (templates; endpoint settings)."""
-    at = spec.find("@http")
-    if at > 0:
+    served = endpoint_spec(spec)
+    if served is not None:
         endpoint = {k: v for k, v in options.items() if k not in ("device",)}
-        return EndpointJudge(spec[at + 1 :], spec[:at], **endpoint)
+        return EndpointJudge(served[1], served[0], **endpoint)
     local = {k: v for k, v in options.items() if k in ("device", "pair_template", "point_template")}
     return LocalJudge.load(spec, **local)
 

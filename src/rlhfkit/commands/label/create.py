@@ -30,8 +30,11 @@ from rlhfkit.config import (
     NonNegativeInt,
     PositiveInt,
     Problem,
+    SampledModelCfg,
     default,
+    endpoint_spec,
     model_problem,
+    sampled_model_problem,
 )
 from rlhfkit.errors import ConfigError, did_you_mean
 from rlhfkit.feedback.campaign import (
@@ -45,6 +48,7 @@ from rlhfkit.feedback.campaign import (
     weights_hash,
 )
 from rlhfkit.feedback.records import KINDS
+from rlhfkit.generation.endpoint import gen_problems
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,11 @@ class InitConfig(CampaignOptions):
     import_file: InputFile = ""
     """Import existing outputs instead of sampling (also --import): JSONL rows {prompt,
     completion, model?, model_hash?, seed?, generation?, ...} or {prompt, completions: [...]}."""
-    model: ModelCfg = default(ModelCfg)
+    model: SampledModelCfg = default(SampledModelCfg)
     """The model whose outputs are judged."""
     model2: str = ""
-    """A second model (alias or directory): its outputs are compared side by side with model's."""
+    """A second model (alias, directory or NAME@http://HOST/v1): its outputs are compared side
+    by side with model's."""
     samples: NonNegativeInt = 0
     """Outputs sampled per prompt from each model (0 = 2 from one model, 1 from each of two)."""
     kinds: str = "pairwise"
@@ -94,9 +99,10 @@ class InitConfig(CampaignOptions):
             return
         yield from _prompts_problems("prompts", self.prompts, required=True)
         if self.model2:
-            message = model_problem(self.model2)
+            message = sampled_model_problem(self.model2)
             if message:
                 yield Problem("model2", self.model2, message)
+        yield from _served_problems(self.gen, self.model.path, self.model2)
         if self.samples_per_model() < 2 and not self.model2 and _comparative(self.kinds):
             yield Problem(
                 "samples",
@@ -113,7 +119,7 @@ class InitConfig(CampaignOptions):
 class NextRoundConfig(CampaignOptions):
     """Sample from a newly trained model and pair it against the previous round's outputs."""
 
-    model: ModelCfg = default(ModelCfg)
+    model: SampledModelCfg = default(SampledModelCfg)
     """The newly trained model."""
     prompts: str = ""
     """New prompts (file or built-in set); empty = the campaign's prompts."""
@@ -129,6 +135,14 @@ class NextRoundConfig(CampaignOptions):
     def check(self) -> Iterable[Problem]:
         yield from CampaignOptions.check(self)
         yield from _prompts_problems("prompts", self.prompts, required=False)
+        yield from _served_problems(self.gen, self.model.path)
+
+
+def _served_problems(gen: GenCfg, *models: str) -> Iterable[Problem]:
+    """The generation settings a server cannot be asked for, if one of ``models`` is served."""
+    if any(endpoint_spec(model) for model in models):
+        for problem in gen_problems(gen):
+            yield problem._replace(field=f"gen.{problem.field}")
 
 
 def _kinds_problems(kinds: str) -> Iterable[Problem]:
@@ -194,7 +208,11 @@ def init(cfg: InitConfig) -> None:
             for row, outputs in zip(rows, drafts, strict=True)
         ]
         if cfg.model2:
-            model2 = ModelCfg(cfg.model2, cfg.model.dtype, cfg.model.device)
+            model2 = (
+                SampledModelCfg(cfg.model2)  # runs on its server, as the server sets it up
+                if endpoint_spec(cfg.model2)
+                else ModelCfg(cfg.model2, cfg.model.dtype, cfg.model.device)
+            )
             second = sample(model2, cfg.gen, texts, n, cfg.seed, round_number=1)
             for plan, outputs in zip(plans, second, strict=True):
                 plan.outputs.extend(outputs)
@@ -308,6 +326,12 @@ def _previous_model(stored: list, previous: int, like: ModelCfg) -> ModelCfg:
     """The model that wrote round ``previous`` (the first one, if two were compared), checked
     to still hold the weights it had then."""
     first = next(o for _, _, outputs in stored for o in outputs if output_round(o) == previous)
+    if endpoint_spec(first.model):
+        raise ConfigError(
+            f"--prompts: new prompts need a sample from round {previous}'s model "
+            f"{first.model!r}, which a server ran: rlhfkit cannot check that it still runs "
+            "the same weights; drop --prompts to compare on the campaign's stored outputs"
+        )
     if model_problem(first.model):
         raise ConfigError(
             f"--prompts: new prompts need a sample from round {previous}'s model "
