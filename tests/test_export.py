@@ -182,6 +182,10 @@ def test_bad_input_is_a_one_line_error(tmp_path, model_dir):
     (tmp_path / "taken").mkdir()
     with pytest.raises(ConfigError, match="exists; pass --overwrite"):
         dispatch(["export", str(model_dir), "--out", str(tmp_path / "taken")])
+    with pytest.raises(ConfigError, match="gguf_type.*applies to --format gguf only"):
+        dispatch(["export", str(model_dir), "--format", "onnx", "--gguf_type", "q8_0"])
+    with pytest.raises(ConfigError, match="int8_engine.*applies to --format int8 only"):
+        dispatch(["export", str(model_dir), "--format", "hf", "--int8_engine", "onnx"])
 
 
 @pytest.mark.slow

@@ -73,6 +73,11 @@ class Config:
                 "is neither an rlhfkit run with a model/ directory nor a Hugging Face model "
                 "directory (config.json); give one of those",
             )
+        # each format's own option, refused with another format rather than ignored
+        if self.gguf_type != "f16" and self.format != "gguf":
+            yield Problem("gguf_type", self.gguf_type, "applies to --format gguf only; drop it")
+        if self.int8_engine != "torch" and self.format != "int8":
+            yield Problem("int8_engine", self.int8_engine, "applies to --format int8 only; drop it")
         if self.out and Path(os.path.expanduser(self.out)).exists() and not self.overwrite:
             yield Problem("out", self.out, "exists; pass --overwrite or choose another --out")
         from rlhfkit.rewards import spec_problems
