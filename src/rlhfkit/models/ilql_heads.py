@@ -60,10 +60,14 @@ class IlqlHeads(torch.nn.Module):
             return torch.minimum(self.target_q1(hidden), self.target_q2(hidden))
 
     def advantages(self, hidden: Tensor) -> Tensor:
-        """min_i Q_i(s, .) - V(s) of the online heads: (..., H) -> (..., V)."""
-        hidden = hidden.float()
-        q = torch.minimum(self.q1(hidden), self.q2(hidden))
-        return advantage_logits(torch.zeros_like(q), q, self.values(hidden), 1.0)
+        """min_i Q_i^target(s, .) - V(s): (..., H) -> (..., V), no gradient (decoding only).
+
+        The target heads, as trlX decodes: V is regressed on them (the expectile loss), so
+        their difference is the advantage V was fit to, and Polyak averaging smooths the
+        online heads' step-to-step noise out of it."""
+        q = self.target_q(hidden)
+        with torch.no_grad():
+            return advantage_logits(torch.zeros_like(q), q, self.values(hidden), 1.0)
 
     @torch.no_grad()
     def update_targets(self, alpha: float) -> None:
