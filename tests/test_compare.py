@@ -200,7 +200,9 @@ def test_the_cli_reports_a_bad_recipe_in_one_line(
 def test_compare_base_rft_dpo_then_resume(
     tmp_path, tiny_model_dir, prompts_file, reward_spec, monkeypatch, capsys
 ):
-    methods = METHODS + '\n[[tasks.methods]]\nname = "asked"\ninstruction = "Say o: {prompt}"\n'
+    ilql = f'["ilql", "--data", "{{samples}}", "--data.rating_field", "score", {COMMON}]'
+    methods = METHODS + f'\n[[tasks.methods]]\nname = "ilql"\ncommand = {ilql}\n'
+    methods += '\n[[tasks.methods]]\nname = "asked"\ninstruction = "Say o: {prompt}"\n'
     recipe = write_recipe(tmp_path, tiny_model_dir, prompts_file, reward_spec, methods)
     out = tmp_path / "compare"
     trained = []
@@ -211,7 +213,7 @@ def test_compare_base_rft_dpo_then_resume(
 
     # 1. the whole comparison: sampling stage, two trained methods, the base, one table
     assert cli.main(["compare", str(recipe)]) == 0
-    assert trained == ["sft", "dpo"]
+    assert trained == ["sft", "dpo", "ilql"]
     assert "| rft |" in capsys.readouterr().out
     seed_dir = out / "letters" / "seed-0"
     assert all(
@@ -221,13 +223,14 @@ def test_compare_base_rft_dpo_then_resume(
     assert len((seed_dir / "sampled" / "samples.jsonl").read_text().splitlines()) == 4 * 8
     results = json.loads((out / "results.json").read_text())
     rows = {row["method"]: row for row in results["tasks"][0]["rows"]}
-    assert list(rows) == ["base", "rft", "dpo", "asked"]
+    assert list(rows) == ["base", "rft", "dpo", "ilql", "asked"]
     assert rows["base"]["kl"] == 0 and rows["base"]["vs_base"] is None
     # the asked base: the untrained model, prompted through the instruction
     asked = json.loads((seed_dir / "results" / "asked.json").read_text())
     assert asked["conditioning"]["instruction"] == "Say o: {prompt}" and asked["seconds"] is None
     assert rows["asked"]["kl"] == 0 and rows["asked"]["score"] != rows["base"]["score"]
-    assert rows["rft"]["kl"] > 0 and rows["dpo"]["kl"] > 0  # trained away from the base
+    assert all(rows[name]["kl"] > 0 for name in ("rft", "dpo", "ilql"))  # trained away
+    assert (seed_dir / "ilql" / "model" / "ilql_heads.safetensors").is_file()
     # rejection sampling on a letter-o reward: the fine-tuned model writes more o's
     assert rows["rft"]["score"]["mean"] > rows["base"]["score"]["mean"]
     assert rows["rft"]["seconds"] > 0 and rows["base"]["seconds"] is None
@@ -320,3 +323,35 @@ def test_a_table_on_another_split_does_not_mix_with_saved_results(tmp_path):
     compare._check_settings(tmp_path, task, Config())
     with pytest.raises(RlhfkitError, match="ran with other settings"):
         compare._check_settings(tmp_path, task, Config(held_out="validation"))
+
+
+def test_an_ilql_model_is_evaluated_as_it_decodes_steered_by_its_heads(tmp_path, tiny_model_dir):
+    """compare scores an ILQL run's policy, not its trunk alone: the heads steer the sampling
+    (and the KL is that of the steered distribution)."""
+    import torch
+
+    from rlhfkit.config import GenCfg, ModelCfg
+    from rlhfkit.models import load_causal_lm
+    from rlhfkit.models.ilql_heads import IlqlHeads
+    from rlhfkit.rewards import load_reward
+
+    model_cfg = ModelCfg(path=str(tiny_model_dir), device="cpu")
+    base = load_causal_lm(model_cfg)
+    steered_dir = tmp_path / "ilql-model"
+    shutil.copytree(tiny_model_dir, steered_dir)
+    heads = IlqlHeads(base[0].config.hidden_size, base[0].config.vocab_size)
+    torch.manual_seed(0)
+    for head in (heads.target_q1, heads.target_q2, heads.v):
+        torch.nn.init.normal_(head.weight, std=2.0)
+    heads.save(steered_dir, beta=4.0)
+    rows = [{"prompt": p} for p in ("The movie was", "She said the", "What is two")]
+    gen = GenCfg(max_new_tokens=6, chat_template="off")
+    reward = load_reward("length")
+
+    def evaluation(model_dir):
+        return compare.evaluate(model_dir, base, model_cfg, rows, gen, reward, seed=3)[0]
+
+    plain, steered = evaluation(tiny_model_dir), evaluation(steered_dir)
+    assert steered.completions != plain.completions
+    assert all(kl == pytest.approx(0, abs=1e-4) for kl in plain.kl)  # the same weights
+    assert max(abs(kl) for kl in steered.kl) > 0.1

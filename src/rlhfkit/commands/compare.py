@@ -397,7 +397,9 @@ def evaluate(
     instruction or not), scored, with KL to the base; and the conditioning it was asked with."""
     from rlhfkit.conditioning import load_conditioning
     from rlhfkit.eval.policy import evaluate_policy
+    from rlhfkit.generation import get_backend
     from rlhfkit.models import load_causal_lm
+    from rlhfkit.models.ilql_heads import has_heads, steering
 
     if model_dir is None:  # the base itself: KL 0
         evaluation = evaluate_policy(
@@ -406,16 +408,21 @@ def evaluate(
         return evaluation, None if asked is None else asdict(asked)
     model, tokenizer = load_causal_lm(replace(model_cfg, path=str(model_dir)))
     conditioning = load_conditioning(model_dir)
-    evaluation = evaluate_policy(
-        model,
-        tokenizer,
-        held_out,
-        gen,
-        {"score": reward},
-        seed,
-        reference=lambda: nullcontext(base[0]),
-        conditioning=conditioning,
-    )
+    backend = get_backend(gen.backend, model, tokenizer)
+    # an ILQL run's policy is its model steered by its heads: evaluated (and its KL taken) so
+    steer = steering(backend, model, model_dir) if has_heads(model_dir) else nullcontext()
+    with steer:
+        evaluation = evaluate_policy(
+            model,
+            tokenizer,
+            held_out,
+            gen,
+            {"score": reward},
+            seed,
+            reference=lambda: nullcontext(base[0]),
+            conditioning=conditioning,
+            backend=backend,
+        )
     return evaluation, None if conditioning is None else asdict(conditioning)
 
 

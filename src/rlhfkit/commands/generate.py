@@ -140,17 +140,7 @@ def steered(backend: Any, model: Any, cfg: Config) -> Iterator[None]:
         yield
         return
     from rlhfkit.models import resolve_model_dir
-    from rlhfkit.models.ilql_heads import AdvantageSteer, load_heads
+    from rlhfkit.models.ilql_heads import steering
 
-    if not hasattr(backend, "steer"):
-        raise RlhfkitError(
-            f"--ilql needs the hf generation backend (gen.backend is {cfg.gen.backend!r}): "
-            "its heads read the model's hidden states; pass --gen.backend hf"
-        )
-    heads, beta = load_heads(resolve_model_dir(cfg.model.path), next(model.parameters()).device)
-    with AdvantageSteer(model, heads, cfg.ilql_beta or beta) as steer:
-        backend.steer = [steer]
-        try:
-            yield
-        finally:
-            backend.steer = []
+    with steering(backend, model, resolve_model_dir(cfg.model.path), cfg.ilql_beta):
+        yield

@@ -6,15 +6,18 @@ trunk's last hidden state, the one the LM head reads. State s_t is every token b
 so the hidden state at column t - 1 gives Q(s_t, .) and V(s_t), aligned with the logits there.
 
 Saved next to an exported model as ``ilql_heads.safetensors`` (plus ``ilql.json``: sizes and the
-trained beta), so ``rlhfkit generate --ilql`` reproduces the perturbed decoding.
+trained beta), so ``rlhfkit generate --ilql`` reproduces the perturbed decoding, and
+``compare`` evaluates an ILQL run as it decodes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +104,32 @@ def load_heads(directory: str | os.PathLike, device: Any = None) -> tuple[IlqlHe
     heads = IlqlHeads(int(info["hidden_size"]), int(info["vocab_size"]), device)
     heads.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device=str(device or "cpu")))
     return heads, float(info["beta"])
+
+
+def has_heads(directory: str | os.PathLike) -> bool:
+    """Whether a model directory holds the heads of an ``rlhfkit ilql`` run."""
+    return (Path(directory) / WEIGHTS_FILE).is_file()
+
+
+@contextlib.contextmanager
+def steering(
+    backend: Any, model: Any, directory: str | os.PathLike, beta: float = 0.0
+) -> Iterator[float]:
+    """Decode through ``backend`` steered by the heads in ``directory``, at ``beta`` (0: the
+    beta the run trained for, which it yields). Only the hf backend runs the model's forward
+    passes in this process, where the heads can read its hidden states."""
+    if not hasattr(backend, "steer"):
+        raise RlhfkitError(
+            f"{directory}: decoding with ILQL heads needs the hf generation backend, whose "
+            "forward passes the heads read; pass --gen.backend hf"
+        )
+    heads, trained = load_heads(directory, next(model.parameters()).device)
+    with AdvantageSteer(model, heads, beta or trained) as steer:
+        backend.steer = [steer]
+        try:
+            yield beta or trained
+        finally:
+            backend.steer = []
 
 
 class AdvantageSteer(LogitsProcessor):
