@@ -208,7 +208,7 @@ def test_generate_with_ilql_needs_heads(tmp_path, tiny_model_dir):
         load_heads(tiny_model_dir)
 
 
-def test_generate_command_decodes_with_the_saved_heads(tmp_path, tiny_model_dir):
+def test_generate_and_eval_decode_with_the_saved_heads(tmp_path, tiny_model_dir, capsys):
     from rlhfkit.commands import generate
 
     cfg = config(tmp_path, tiny_model_dir, rated_file(tmp_path, rows=24), steps=3, beta=4.0)
@@ -233,6 +233,24 @@ def test_generate_command_decodes_with_the_saved_heads(tmp_path, tiny_model_dir)
     assert json.loads((tmp_path / "run" / "model" / "ilql.json").read_text())["beta"] == 4.0
     # the same seed: only the advantage term changes what is sampled and its log-probs
     assert [r["logprobs"] for r in plain] != [r["logprobs"] for r in steered]
+
+    # `rlhfkit eval` evaluates the ILQL policy as it decodes: steered, as generate --ilql
+    from rlhfkit.commands import evaluate
+
+    report = tmp_path / "eval.json"
+    evaluate.main(
+        evaluate.Config(
+            model=ModelCfg(path=model_dir, device="cpu"),
+            prompts=str(prompts),
+            size=len(PROMPTS),
+            reward=("length",),
+            gen=GenCfg(max_new_tokens=3, chat_template="off"),
+            output=str(report),
+        )
+    )
+    evaluated = [row["completion"] for row in json.loads(report.read_text())["samples"]]
+    assert evaluated == [r["completion"] for r in steered]
+    assert "decoding steered by its ILQL heads (beta 4)" in capsys.readouterr().out
 
 
 def test_torchrun_is_refused_before_anything_loads(monkeypatch):

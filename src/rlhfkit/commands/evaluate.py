@@ -156,7 +156,9 @@ def main(cfg: Config) -> None:
     from rlhfkit.eval.multiple_choice import loglik_correct
     from rlhfkit.eval.pass_at_k import fold, per_prompt
     from rlhfkit.eval.policy import evaluate_policy
+    from rlhfkit.generation import get_backend
     from rlhfkit.models import load_causal_lm, resolve_model_dir
+    from rlhfkit.models.ilql_heads import has_heads, steering
     from rlhfkit.rewards import load_reward
     from rlhfkit.rewards.judge import load_judge
 
@@ -178,16 +180,24 @@ def main(cfg: Config) -> None:
     same_vocabulary = base is not None and tokenizer.get_vocab() == base_tokenizer.get_vocab()
 
     def sample(which: Any, its_tokenizer: Any, path: str, reference: Any) -> Any:
-        result = evaluate_policy(
-            which,
-            its_tokenizer,
-            rows,
-            cfg.gen,
-            rewards,
-            cfg.seed,
-            reference=reference,
-            conditioning=load_conditioning(resolve_model_dir(path)),
-        )
+        directory = resolve_model_dir(path)
+        backend = get_backend(cfg.gen.backend, which, its_tokenizer)
+        # an ILQL run's policy is its model steered by its heads: evaluated as it decodes
+        steer = steering(backend, which, directory) if has_heads(directory) else nullcontext()
+        with steer as beta:
+            if beta is not None:
+                print(f"{path}: decoding steered by its ILQL heads (beta {beta:g})")
+            result = evaluate_policy(
+                which,
+                its_tokenizer,
+                rows,
+                cfg.gen,
+                rewards,
+                cfg.seed,
+                reference=reference,
+                conditioning=load_conditioning(directory),
+                backend=backend,
+            )
         for name, judge in judges.items():  # as the judge:SPEC reward: 2 P(good) - 1
             result.scores[name] = [2 * p - 1 for p in judge.score(prompts, result.completions)]
         if cfg.loglik:
