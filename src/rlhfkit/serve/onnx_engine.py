@@ -32,6 +32,7 @@ def load(directory: str, options: Options) -> OnnxEngine:
     """The engine on an ONNX export directory (model.onnx, config.json, tokenizer)."""
     from transformers import AutoConfig, GenerationConfig
 
+    from rlhfkit.generation.hf import eos_token_ids
     from rlhfkit.models import load_tokenizer
     from rlhfkit.models.formats.onnx import FILE_NAME, OnnxRunner
 
@@ -39,8 +40,8 @@ def load(directory: str, options: Options) -> OnnxEngine:
     if not (path / FILE_NAME).is_file() or not (path / "config.json").is_file():
         raise ConfigError(
             f"model {directory!r}: is not an ONNX export (no {FILE_NAME} and config.json); "
-            f"export one with `rlhfkit export MODEL --format onnx --out {directory}`, or serve "
-            "a model directory with --engine hf"
+            "write one with `rlhfkit export MODEL --format onnx --out DIR` and serve DIR, or "
+            "serve a model directory with --engine hf"
         )
     try:
         import onnxruntime  # noqa: F401
@@ -59,18 +60,10 @@ def load(directory: str, options: Options) -> OnnxEngine:
     return OnnxEngine(
         OnnxRunner(path / FILE_NAME, config),
         tokenizer,
-        eos_ids(tokenizer, generation),
+        eos_token_ids(generation, tokenizer),  # the tokenizer's EOS and the model's, as hf
         getattr(config, "max_position_embeddings", None),
         options.max_batch,
     )
-
-
-def eos_ids(tokenizer: Any, generation: Any) -> list[int]:
-    """The tokenizer's EOS and the model's generation EOS (a chat model may end a turn with a
-    token other than the tokenizer's EOS), as the hf engine takes them."""
-    from rlhfkit.generation.hf import eos_token_ids
-
-    return eos_token_ids(generation, tokenizer)
 
 
 class OnnxEngine(BatchedEngine):
