@@ -7,7 +7,9 @@ turns (A B B A ...) over ``--rounds``. Sides:
 - ``hf``: ``rlhfkit serve MODEL --engine hf`` (requests batched, ``--max_batch 16``);
 - ``hf-unbatched``: the same with ``--max_batch 1``, what batching buys;
 - ``llama.cpp-own``: llama-cpp-python's own server on ``--gguf`` (only with ``--gguf`` and
-  llama-cpp-python installed).
+  llama-cpp-python installed);
+- ``onnx``: ``rlhfkit serve ONNX_DIR --engine onnx`` on ``--onnx`` (an ``rlhfkit export
+  --format onnx`` directory of the same model), batched as hf is.
 
     python bench/serve.py --model smollm2 --requests 16 --concurrency 1 8
 
@@ -52,8 +54,9 @@ def server_command(side: str, args: argparse.Namespace, port: int) -> list[str]:
             *["--port", str(port), "--model_alias", "bench", "--verbose", "false"],
         ]
     batch = "1" if side == "hf-unbatched" else "16"
+    served = [args.onnx, "--engine", "onnx"] if side == "onnx" else [args.model]
     return [
-        *[sys.executable, "-m", "rlhfkit", "serve", args.model, "--name", "bench"],
+        *[sys.executable, "-m", "rlhfkit", "serve", *served, "--name", "bench"],
         *["--port", str(port), "--max_batch", batch, "--access_log", "false"],
     ]
 
@@ -104,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2", help="what rlhfkit serve --engine hf serves")
     parser.add_argument("--gguf", default="", help="a GGUF of the same model, for llama.cpp")
+    parser.add_argument("--onnx", default="", help="an ONNX export of the same model")
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrency")
     parser.add_argument("--max_tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
@@ -111,6 +115,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sides = ["hf", "hf-unbatched"] + (["llama.cpp-own"] if args.gguf else [])
+    sides += ["onnx"] if args.onnx else []
     results: dict[tuple[str, int], list[dict]] = {}
     for round_index in range(args.rounds):
         for side in sides if round_index % 2 == 0 else sides[::-1]:

@@ -1,9 +1,10 @@
 """``rlhfkit serve``: the OpenAI-compatible API, driven by OpenAI's own Python client.
 
-The hf engine serves a tiny random Llama from a uvicorn server in a thread of the test process,
-on a free port. What it returns is checked against the project's own generation (greedy text)
-and a forward pass (log-probs); the served model is then used as an endpoint judge and compared
-with the same model judging locally.
+Each engine (hf; onnx on the same model exported to ONNX, which needs the ``export`` extra) serves
+a tiny random Llama from a uvicorn server in a thread of the test process, on a free port, and
+the same tests run on each. What it returns is checked against the project's own generation
+(greedy text) and a forward pass (log-probs); the served model is then used as an endpoint judge
+and compared with the same model judging locally.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +27,7 @@ openai = pytest.importorskip("openai")
 
 from conftest import build_tiny_llama, build_tiny_tokenizer  # noqa: E402
 from rlhfkit.errors import ConfigError  # noqa: E402
+from test_export import need  # noqa: E402
 
 KEY = "test-key"
 MODEL_ID = "tiny"
@@ -63,11 +66,30 @@ def serving_app(app):
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_lm):
+def onnx_dir(tiny_model_dir, tiny_lm, tmp_path_factory) -> Path:
+    """The tiny model as `rlhfkit export --format onnx` writes it (without its check)."""
+    need("onnxruntime", "onnx")
+    from rlhfkit.models.formats import Target, write
+
+    out = tmp_path_factory.mktemp("tiny-onnx")
+    write(Target("onnx"), *tiny_lm, tiny_model_dir, out)
+    return out
+
+
+def start_engine(name: str, request: pytest.FixtureRequest):
+    """Engine ``name`` on the tiny model; ``request`` gives the fixtures it needs."""
+    if name == "onnx":
+        from rlhfkit.serve import onnx_engine
+
+        return onnx_engine.load(str(request.getfixturevalue("onnx_dir")), onnx_engine.Options())
     from rlhfkit.serve.hf_engine import HFEngine
 
-    model, tokenizer = tiny_lm
-    engine = HFEngine(model, tokenizer, max_batch=16)
+    return HFEngine(*request.getfixturevalue("tiny_lm"), max_batch=16)
+
+
+@pytest.fixture(scope="module", params=["hf", "onnx"])
+def engine(request):
+    engine = start_engine(request.param, request)
     yield engine
     engine.close()
 
@@ -333,13 +355,20 @@ def test_serve_command_checks_its_arguments():
         run(["smollm2", "--host", "0.0.0.0", "--api-key", "k"])
 
 
+@pytest.mark.parametrize("engine_name", ["hf", "onnx"])
 def test_serve_command_serves_the_model_with_the_key_from_the_environment(
-    tiny_model_dir, monkeypatch
+    engine_name, request, monkeypatch
 ):
     """`rlhfkit serve DIR --port N`: the app uvicorn is handed answers a chat, with the key."""
     import uvicorn
 
     from rlhfkit.commands.serve import run
+
+    if engine_name == "onnx":
+        model_dir = request.getfixturevalue("onnx_dir")
+        flags = ["--engine", "onnx"]
+    else:
+        model_dir, flags = request.getfixturevalue("tiny_model_dir"), ["--device", "cpu"]
 
     answered = {}
 
@@ -349,7 +378,7 @@ def test_serve_command_serves_the_model_with_the_key_from_the_environment(
             client = openai.OpenAI(base_url=url, api_key="env-key", max_retries=0)
             answered["models"] = [m.id for m in client.models.list()]
             answered["reply"] = client.chat.completions.create(
-                model=str(tiny_model_dir),
+                model=str(model_dir),
                 messages=[{"role": "user", "content": "hi"}],
                 max_tokens=3,
             )
@@ -358,7 +387,53 @@ def test_serve_command_serves_the_model_with_the_key_from_the_environment(
 
     monkeypatch.setattr(uvicorn, "run", uvicorn_run)
     monkeypatch.setenv("RLHFKIT_API_KEY", "env-key")
-    assert run([str(tiny_model_dir), "--port", "8123", "--max-batch", "4", "--device", "cpu"]) == 0
+    assert run([str(model_dir), "--port", "8123", "--max-batch", "4", *flags]) == 0
     assert (answered["host"], answered["port"]) == ("127.0.0.1", 8123)
-    assert answered["models"] == [str(tiny_model_dir)]
+    assert answered["models"] == [str(model_dir)]
     assert answered["reply"].usage.completion_tokens >= 1
+
+
+def test_serve_onnx_refuses_what_it_cannot_serve(tiny_model_dir):
+    from rlhfkit.commands.serve import run
+
+    with pytest.raises(ConfigError, match="is not an ONNX export .* --format onnx"):
+        run([str(tiny_model_dir), "--engine", "onnx"])
+    with pytest.raises(ConfigError, match="device.*--engine hf only"):
+        run([str(tiny_model_dir), "--engine", "onnx", "--device", "cpu"])
+
+
+@pytest.mark.parametrize(
+    "ask",
+    [
+        {"prompt": "The movie was", "max_tokens": 12, "temperature": 0, "logprobs": 5},
+        {
+            "prompt": [{"role": "user", "content": "Write a poem about the sea"}],
+            "max_tokens": 12,
+            "temperature": 1.0,
+            "top_p": 0.9,
+            "seed": 3,
+            "logprobs": 2,
+        },
+    ],
+    ids=["greedy", "seeded-chat"],
+)
+def test_onnx_engine_decodes_as_the_hf_engine(ask, request):
+    """The same model on both engines gives the same completion and log-probs within 1e-5:
+    onnxruntime computes in float32 too, only fusing and reordering sums (export measured
+    3e-7 of the logits' scale). Sampling is the same code with the same seeded generator."""
+    from rlhfkit.serve.engine import Request, join
+
+    engines = [start_engine(name, request) for name in ("hf", "onnx")]
+    try:
+        hf, onnx = (join(engine.stream(Request(**ask))) for engine in engines)
+    finally:
+        for engine in engines:
+            engine.close()
+    assert (onnx.text, onnx.finish_reason) == (hf.text, hf.finish_reason)
+    assert (onnx.prompt_tokens, onnx.completion_tokens) == (hf.prompt_tokens, hf.completion_tokens)
+    assert [t.token for t in onnx.tokens] == [t.token for t in hf.tokens]
+    assert [t.logprob for t in onnx.tokens] == pytest.approx(
+        [t.logprob for t in hf.tokens], abs=1e-5
+    )
+    for ours, theirs in zip(onnx.tokens, hf.tokens, strict=True):
+        assert [v for _, v in ours.top] == pytest.approx([v for _, v in theirs.top], abs=1e-5)

@@ -2,6 +2,7 @@
 
     rlhfkit serve runs/dpo/final                        # transformers, http://127.0.0.1:8000/v1
     rlhfkit serve runs/dpo/final --port 8080 --api-key "$KEY"
+    rlhfkit serve runs/dpo/final-onnx --engine onnx     # what `rlhfkit export --format onnx` wrote
 
 The served model answers OpenAI's clients, and rlhfkit's own endpoint judge
 (``--reward judge:MODEL@http://127.0.0.1:8000/v1``).
@@ -29,8 +30,9 @@ class Config:
     model: str = ""
     """What to serve (also the first argument): a model directory or embedded alias (smollm2)
     (required)."""
-    engine: Literal["hf"] = "hf"
-    """hf: transformers, concurrent requests decoded together (the only engine so far)."""
+    engine: Literal["hf", "onnx"] = "hf"
+    """hf: transformers, concurrent requests decoded together; onnx: onnxruntime on what
+    `rlhfkit export --format onnx` (or int8 --int8_engine onnx) wrote, batched the same way."""
     name: str = ""
     """The model's id in the API (what clients pass as "model"); empty = MODEL as given."""
     host: str = "127.0.0.1"
@@ -47,7 +49,7 @@ class Config:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """hf: weights dtype; auto is float32 on CPU and bfloat16 on a GPU that supports it."""
     max_batch: PositiveInt = 16
-    """hf: most requests decoded together in one batch."""
+    """hf, onnx: most requests decoded together in one batch."""
     access_log: bool = True
     """Log every request to the console."""
 
@@ -61,6 +63,15 @@ class Config:
                 "is a GGUF file, which no engine of serve runs yet; serve the model directory "
                 "it was exported from, or run it with llama.cpp's own server",
             )
+        if self.engine != "hf":
+            for name in ("device", "dtype"):
+                if getattr(self, name) != "auto":
+                    yield Problem(
+                        name,
+                        getattr(self, name),
+                        f"is read by --engine hf only; --engine {self.engine} runs on the CPU "
+                        "in the export's own precision, so leave it out",
+                    )
         if not self.allow_remote and not is_loopback(self.host):
             yield Problem(
                 "host",
@@ -118,6 +129,10 @@ def main(cfg: Config) -> None:
 
 def load_engine(cfg: Config):
     """The engine ``cfg`` names, with its model loaded."""
+    if cfg.engine == "onnx":
+        from rlhfkit.serve import onnx_engine
+
+        return onnx_engine.load(cfg.model, onnx_engine.Options(cfg.max_batch))
     from rlhfkit.serve import hf_engine
 
     return hf_engine.load(cfg.model, hf_engine.Options(cfg.device, cfg.dtype, cfg.max_batch))

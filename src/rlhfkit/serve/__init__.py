@@ -1,8 +1,12 @@
 """``rlhfkit serve``: a model behind an OpenAI-compatible HTTP API.
 
     engine.py           what every engine shares: a request, the chunks it streams back, the
-                        protocol, and engines found by name (imported only when chosen)
+                        protocol, prompt encoding and the stop-string / UTF-8 holding of text
+    batching.py         what batching engines share: the worker that batches waiting requests,
+                        each row's sampling, log-probs and ending
     hf_engine.py        transformers: waiting requests decoded together in one ``generate``
+    onnx_engine.py      onnxruntime on an ONNX export, the batch decoded step by step with its
+                        KV cache
     api.py              the OpenAI request bodies (pydantic) and the replies built from chunks
     app.py              the FastAPI app: routes, API key, OpenAI-style errors, SSE streaming
 

@@ -1,25 +1,14 @@
 """The transformers engine: requests that wait together are decoded together.
 
-One worker thread owns the model. Each request is encoded (and refused if it cannot fit the
-context) in its caller's thread, then queued; the worker takes every queued request, up to
-``max_batch``, left-pads them into one batch and runs one ``model.generate`` over it. Requests
-that arrive meanwhile form the next batch, so under load a batch fills up while the previous
-one decodes (static batching: a batch runs until its longest row is done).
-
-Each row keeps its own settings inside that one call: ``RowSampler`` picks every row's token
-with the row's temperature, top-p and random generator (seeded by the request, so a seed gives
-the same completion whichever requests it shares a batch with, up to float rounding of the
-padded batch), and ``RowFinisher`` ends each row at its EOS, stop string or max_tokens and
-streams its text to the caller as it is decoded.
+The batching (one worker thread, static batches of up to ``max_batch`` requests, each row with
+its own settings) is ``batching.BatchedEngine``'s; here the batch is left-padded and decoded by
+one ``model.generate`` call, with ``RowSampler`` picking each row's token and ``RowFinisher``
+ending each row and streaming its text.
 """
 
 from __future__ import annotations
 
-import queue
-import secrets
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,9 +20,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from rlhfkit.data.sequences import render_prompt, uses_chat_template
 from rlhfkit.generation.hf import HFBackend, own_generation_defaults
-from rlhfkit.serve.engine import Chunk, Request, RequestError, TokenLogprob
+from rlhfkit.serve.batching import BatchedEngine, Job, advance, end, pick_tokens
 
 
 @dataclass(frozen=True)
@@ -56,107 +44,16 @@ def load(model: str, options: Options) -> HFEngine:
     return HFEngine(loaded, tokenizer, options.max_batch)
 
 
-class TextRelease:
-    """One completion's tokens turned into text that is safe to send.
-
-    Text is held back while its end could still begin a stop string (the completion must end
-    before it) or ends in half a UTF-8 character. A token is released with the text it begins
-    in; tokens that begin inside a stop string are dropped with it.
-    """
-
-    def __init__(self, decode: Callable[[list[int]], str], stops: tuple[str, ...]):
-        self.decode, self.stops = decode, stops
-        self.holdback = max((len(stop) for stop in stops), default=1) - 1
-        self.ids: list[int] = []
-        self.text = ""  # the decoded completion so far
-        self.released = 0  # characters of text sent
-        self.pending: list[tuple[int, TokenLogprob | None]] = []  # (where it begins, its logprob)
-
-    def add(self, token_id: int, logprob: TokenLogprob | None) -> tuple[Chunk, bool]:
-        """The chunk that ``token_id`` releases, and whether a stop string has ended the text."""
-        self.pending.append((len(self.text), logprob))
-        self.ids.append(token_id)
-        self.text = self.decode(self.ids)
-        found = [self.text.find(stop) for stop in self.stops if stop in self.text]
-        if found:
-            return self._release(min(found)), True
-        safe = len(self.text.rstrip("\ufffd")) if self.text.endswith("\ufffd") else len(self.text)
-        return self._release(max(self.released, min(safe, len(self.text) - self.holdback))), False
-
-    def finish(self) -> Chunk:
-        """The rest of the text (the completion ended by EOS or its length)."""
-        return self._release(len(self.text))
-
-    def _release(self, end: int) -> Chunk:
-        text = self.text[self.released : end]
-        tokens = [lp for start, lp in self.pending if start < end and lp is not None]
-        self.pending = [(start, lp) for start, lp in self.pending if start >= end]
-        self.released = max(self.released, end)
-        return Chunk(text, tuple(tokens))
-
-
-@dataclass
-class Job:
-    """A request in the worker's hands."""
-
-    request: Request
-    prompt_ids: list[int]
-    max_tokens: int
-    out: queue.Queue  # Chunks, then None; or the exception that ended the batch
-    generator: torch.Generator
-    release: TextRelease
-    generated: int = 0
-    done: bool = False
-    picked: TokenLogprob | None = field(default=None)  # this step's token, when logprobs are asked
-
-
 class RowSampler(LogitsProcessor):
-    """Picks each row's next token with its own settings, then hands generate all the mass on it
-    (generate runs greedy). Records the token's log-prob under the model when a row asks."""
+    """Picks each row's next token with its own settings (``pick_tokens``), then hands generate
+    all the mass on it (generate runs greedy)."""
 
-    def __init__(self, jobs: list[Job], token_text: Callable[[int], str]):
+    def __init__(self, jobs: list[Job], token_text):
         self.jobs, self.token_text = jobs, token_text
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        logprobs = scores.float().log_softmax(dim=-1)  # (B, V), the model's own distribution
-        chosen = logprobs.argmax(dim=-1)  # (B,), what greedy rows (and finished ones) take
-        for row, job in enumerate(self.jobs):
-            if job.done:
-                continue
-            request = job.request
-            if request.temperature > 0:
-                chosen[row] = sample(
-                    logprobs[row] / request.temperature, request.top_p, job.generator
-                )
-            if request.logprobs is not None:
-                job.picked = self._logprob(logprobs[row], int(chosen[row]), request.logprobs)
+        chosen = pick_tokens(self.jobs, scores, self.token_text)  # (B,)
         return torch.full_like(scores, float("-inf")).scatter_(1, chosen[:, None], 0.0)
-
-    def _logprob(self, logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
-        alternatives = logprobs.topk(top) if top else None
-        return TokenLogprob(
-            self.token_text(token),
-            float(logprobs[token]),
-            tuple(
-                (self.token_text(int(i)), float(v))
-                for v, i in zip(*alternatives, strict=True)  # type: ignore[misc]
-            )
-            if alternatives is not None
-            else (),
-        )
-
-
-def sample(scaled_logprobs: torch.Tensor, top_p: float, generator: torch.Generator) -> int:
-    """A token drawn from softmax(scaled_logprobs) cut to its top-p nucleus, with ``generator``:
-    the first whose cumulative probability passes a uniform variate (one per token, exact)."""
-    probs = scaled_logprobs.softmax(dim=-1)  # (V,)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # keeps at least the top token
-        probs = probs.scatter(0, order[outside], 0.0)
-    cdf = probs.double().cumsum(-1)  # (V,); float64: rounding near 1 would bias the tail
-    u = torch.rand(1, dtype=torch.float64, generator=generator) * cdf[-1]
-    return int(torch.searchsorted(cdf, u, right=True).clamp(max=len(cdf) - 1))
 
 
 class RowFinisher(StoppingCriteria):
@@ -167,145 +64,20 @@ class RowFinisher(StoppingCriteria):
         self.jobs, self.eos_ids = jobs, set(eos_ids)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        newest = input_ids[:, -1].tolist()  # (B,)
-        for job, token in zip(self.jobs, newest, strict=True):
-            if job.done:
-                continue
-            job.generated += 1
-            if token in self.eos_ids:
-                end(job, job.release.finish(), "stop")
-                continue
-            chunk, stopped = job.release.add(token, job.picked)
-            if stopped:
-                end(job, chunk, "stop")
-            elif job.generated >= job.max_tokens:
-                end(job, merge(chunk, job.release.finish()), "length")
-            elif chunk.text or chunk.tokens:
-                job.out.put(chunk)
+        for job, token in zip(self.jobs, input_ids[:, -1].tolist(), strict=True):
+            advance(job, token, self.eos_ids)
         return torch.tensor([job.done for job in self.jobs], device=input_ids.device)
 
 
-def merge(first: Chunk, second: Chunk) -> Chunk:
-    return Chunk(first.text + second.text, first.tokens + second.tokens)
-
-
-def end(job: Job, chunk: Chunk, reason: str) -> None:
-    job.done = True
-    job.out.put(
-        Chunk(
-            chunk.text,
-            chunk.tokens,
-            reason,
-            prompt_tokens=len(job.prompt_ids),
-            completion_tokens=job.generated,
-        )
-    )
-    job.out.put(None)
-
-
-class HFEngine:
+class HFEngine(BatchedEngine):
     """A transformers causal LM served with request batching; see the module docstring."""
 
     def __init__(self, model: Any, tokenizer: Any, max_batch: int = 16):
-        self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.model = model
         backend = HFBackend(model, tokenizer)  # the same EOS and padding rules as training
-        self.eos_ids, self.pad_id = backend.eos_ids, backend.pad_id
-        self.context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-        self.chat = uses_chat_template(tokenizer, "auto")
-        self.queue: queue.Queue[Job | None] = queue.Queue()
-        self.worker = threading.Thread(target=self._work, name="rlhfkit-serve-hf", daemon=True)
-        self.worker.start()
-
-    def stream(self, request: Request) -> Iterator[Chunk]:
-        job = self._job(request)
-        self.queue.put(job)
-        while True:
-            item = job.out.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.worker.join()
-
-    def _job(self, request: Request) -> Job:
-        prompt_ids = self._encode(request.prompt)
-        room = self.context - len(prompt_ids) if self.context else None
-        if room is not None and room < 1:
-            raise RequestError(
-                f"the prompt is {len(prompt_ids)} tokens, and the model's context is "
-                f"{self.context}; shorten it",
-                "messages" if not isinstance(request.prompt, str) else "prompt",
-                "context_length_exceeded",
-            )
-        max_tokens = request.max_tokens or room or 256
-        if room is not None and max_tokens > room:
-            raise RequestError(
-                f"max_tokens {max_tokens} with a prompt of {len(prompt_ids)} tokens passes the "
-                f"model's context of {self.context}; ask for at most {room}",
-                "max_tokens",
-                "context_length_exceeded",
-            )
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
-        return Job(
-            request,
-            prompt_ids,
-            max_tokens,
-            queue.Queue(),
-            torch.Generator().manual_seed(seed),
-            TextRelease(self._decode, request.stop),
-        )
-
-    def _encode(self, prompt: str | Any) -> list[int]:
-        if isinstance(prompt, str):  # completions: the text as is, with the tokenizer's BOS
-            ids = self.tokenizer(prompt)["input_ids"]
-        elif not self.chat:
-            raise RequestError(
-                "this model has no chat template; use /v1/completions with a text prompt",
-                "messages",
-            )
-        else:
-            from jinja2 import TemplateError
-
-            try:
-                text = render_prompt(self.tokenizer, prompt, chat=True)
-            except TemplateError as e:
-                raise RequestError(
-                    f"the model's chat template rejected the messages: {e}"
-                ) from None
-            # the template already wrote any BOS token; adding special tokens would double it
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise RequestError("the prompt encodes to no tokens; give some text", "prompt")
-        return ids
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def _token_text(self, token: int) -> str:
-        return self.tokenizer.decode([token])
-
-    def _work(self) -> None:
-        while (first := self.queue.get()) is not None:
-            jobs = [first]
-            while len(jobs) < self.max_batch:
-                try:
-                    job = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:  # closing: finish this batch, then stop
-                    self.queue.put(None)
-                    break
-                jobs.append(job)
-            try:
-                self._generate(jobs)
-            except Exception as error:  # the callers see it; the worker serves the next batch
-                for job in jobs:
-                    if not job.done:
-                        job.out.put(error)
+        self.pad_id = backend.pad_id
+        context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        super().__init__(tokenizer, backend.eos_ids, context, max_batch, "hf")
 
     @torch.no_grad()
     def _generate(self, jobs: list[Job]) -> None:

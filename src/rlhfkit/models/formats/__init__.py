@@ -79,6 +79,7 @@ def write(target: Target, model: Any, tokenizer: Any, source: Path, out_dir: Pat
         tokenizer.save_pretrained(out_dir)  # the tokenizer and chat template, for every runtime
     if "onnx" in (target.format, target.variant):
         model.config.save_pretrained(out_dir)  # the cache's shape: layers, KV heads, head size
+        model.generation_config.save_pretrained(out_dir)  # its EOS tokens, for serve --engine onnx
     # how a hindsight model is asked, for every format; ILQL's heads steer a transformers
     # model only (rlhfkit generate --ilql), so they go with hf alone
     carried = [CONDITIONING_FILE, *((ILQL_WEIGHTS, ILQL_INFO) if target.format == "hf" else ())]
