@@ -153,7 +153,7 @@ class HFBackend:
     def __init__(self, model: Any, tokenizer: Any):
         self.model = model
         self.tokenizer = tokenizer
-        self.eos_ids = _eos_token_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model.generation_config.eos_token_id, tokenizer)
         pad_id = tokenizer.pad_token_id
         self.pad_id = pad_id if pad_id is not None else self.eos_ids[0]
         # processors that change the policy's logits before a token is chosen (ILQL's
@@ -436,11 +436,11 @@ def own_generation_defaults(model: Any, eos_ids: list[int], pad_id: int) -> Iter
         model.generation_config = saved
 
 
-def _eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every token that ends a completion: the tokenizer's EOS and the model's (chat models often
-    end a turn with a token other than the tokenizer's EOS)."""
+def eos_token_ids(configured: int | list[int] | None, tokenizer: Any) -> list[int]:
+    """Every token that ends a completion: the tokenizer's EOS and the model's generation
+    config's, ``configured`` (chat models often end a turn with a token other than the
+    tokenizer's EOS)."""
     ids = [tokenizer.eos_token_id]
-    configured = model.generation_config.eos_token_id
     ids += configured if isinstance(configured, list) else [configured]
     ids = list(dict.fromkeys(i for i in ids if i is not None))
     if not ids:
