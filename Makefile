@@ -68,6 +68,7 @@ $(VLLM_STAMP): pyproject.toml
 
 vllm-env: $(VLLM_STAMP)
 
-# the vllm and vllm-server backends' tests; there a missing vllm is a failure, not a skip
+# the vllm and vllm-server backends' and serve --engine vllm's tests; there a missing vllm is a
+# failure, not a skip
 vllm-test: $(VLLM_STAMP)
-	RLHFKIT_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest tests/test_vllm.py tests/test_vllm_server.py $(PYTEST_ARGS)
+	RLHFKIT_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest tests/test_vllm.py tests/test_vllm_server.py tests/test_vllm_serve.py $(PYTEST_ARGS)

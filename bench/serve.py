@@ -7,7 +7,9 @@ turns (A B B A ...) over ``--rounds``. Sides:
 - ``hf``: ``rlhfkit serve MODEL --engine hf`` (requests batched, ``--max_batch 16``);
 - ``hf-unbatched``: the same with ``--max_batch 1``, what batching buys;
 - ``llama.cpp-own``: llama-cpp-python's own server on ``--gguf`` (only with ``--gguf`` and
-  llama-cpp-python installed).
+  llama-cpp-python installed);
+- ``vllm``: ``rlhfkit serve MODEL --engine vllm`` (only with ``--vllm``, run where vllm is
+  installed; on a CPU set ``VLLM_CPU_KVCACHE_SPACE``, GiB, or vLLM reserves 90% of the RAM).
 
     python bench/serve.py --model smollm2 --requests 16 --concurrency 1 8
 
@@ -51,10 +53,15 @@ def server_command(side: str, args: argparse.Namespace, port: int) -> list[str]:
             *[sys.executable, "-m", "llama_cpp.server", "--model", args.gguf],
             *["--port", str(port), "--model_alias", "bench", "--verbose", "false"],
         ]
-    batch = "1" if side == "hf-unbatched" else "16"
+    engine = (
+        ["--engine", "vllm"]
+        if side == "vllm"
+        else ["--max_batch", "1" if side == "hf-unbatched" else "16"]
+    )
     return [
         *[sys.executable, "-m", "rlhfkit", "serve", args.model, "--name", "bench"],
-        *["--port", str(port), "--max_batch", batch, "--access_log", "false"],
+        *[*engine, "--dtype", args.dtype],
+        *["--port", str(port), "--access_log", "false"],
     ]
 
 
@@ -104,6 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2", help="what rlhfkit serve --engine hf serves")
     parser.add_argument("--gguf", default="", help="a GGUF of the same model, for llama.cpp")
+    parser.add_argument("--vllm", action="store_true", help="add the side --engine vllm")
+    parser.add_argument("--dtype", default="auto", help="rlhfkit serve's --dtype, every engine")
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrency")
     parser.add_argument("--max_tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
@@ -111,6 +120,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sides = ["hf", "hf-unbatched"] + (["llama.cpp-own"] if args.gguf else [])
+    sides += ["vllm"] if args.vllm else []
     results: dict[tuple[str, int], list[dict]] = {}
     for round_index in range(args.rounds):
         for side in sides if round_index % 2 == 0 else sides[::-1]:
