@@ -105,7 +105,24 @@ def test_stop_strings_end_the_text_as_with_hf_and_abort_the_request(client, engi
     )
     assert "".join(e.choices[0].text for e in events) == expected.text
     assert events[-1].choices[0].finish_reason == "stop"
-    assert drained(engines[0])  # the rest of the 16 tokens was not generated for nobody
+
+
+def test_a_stream_left_early_is_aborted_in_vllm(engines, monkeypatch):
+    """A stream its reader leaves (a stop string found, a client gone) cancels the request in
+    vLLM instead of letting it generate the rest of its max_tokens for nobody."""
+    vllm = engines[0]
+    aborted = []
+    abort = vllm.llm.abort
+
+    async def recorded(request_id, internal=False):
+        aborted.append(request_id)
+        await abort(request_id, internal)
+
+    monkeypatch.setattr(vllm.llm, "abort", recorded)
+    stream = vllm.stream(Request("She said", 120, temperature=0))
+    assert next(stream).text
+    stream.close()  # after one chunk of 120 tokens
+    assert drained(vllm) and len(aborted) == 1
 
 
 def test_sampled_logprobs_are_the_models_and_a_seed_repeats(client, engines):
