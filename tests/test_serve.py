@@ -1,9 +1,10 @@
 """``rlhfkit serve``: the OpenAI-compatible API, driven by OpenAI's own Python client.
 
-The hf engine serves a tiny random Llama from a uvicorn server in a thread of the test process,
-on a free port. What it returns is checked against the project's own generation (greedy text)
-and a forward pass (log-probs); the served model is then used as an endpoint judge and compared
-with the same model judging locally.
+Each engine (hf; llama.cpp on the same model written as an f16 GGUF, skipped without
+llama-cpp-python as in test_export.py) serves a tiny random Llama from a uvicorn server in a
+thread of the test process, on a free port. What it returns is checked against the project's
+own generation (greedy text) and a forward pass (log-probs); the served model is then used as an
+endpoint judge and compared with the same model judging locally.
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ openai = pytest.importorskip("openai")
 
 from conftest import build_tiny_llama, build_tiny_tokenizer  # noqa: E402
 from rlhfkit.errors import ConfigError  # noqa: E402
+from test_export import need  # noqa: E402
 
 KEY = "test-key"
 MODEL_ID = "tiny"
+ENGINES = ["hf", "llama.cpp"]
+LOGPROB_TOLERANCE = {  # against transformers in float32; llama.cpp runs the f16 GGUF
+    "hf": 1e-4,
+    "llama.cpp": 2e-2,  # export's f16 tolerance (docs/export.md); measured here: 2e-3
+}
 
 
 @contextmanager
@@ -63,11 +70,35 @@ def serving_app(app):
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_lm):
+def tiny_gguf(tiny_lm, tiny_model_dir, tmp_path_factory):
+    """The tiny model as an f16 GGUF, in a directory as export --format gguf writes it."""
+    from rlhfkit.models.formats.gguf import write_gguf
+
+    need("llama_cpp")
+    out = tmp_path_factory.mktemp("tiny-gguf")
+    write_gguf(tiny_lm[0], tiny_model_dir, out, "f16")
+    return out
+
+
+def start_engine(name: str, tiny_lm, request):
+    if name == "llama.cpp":
+        from rlhfkit.serve import llama_engine
+
+        gguf = request.getfixturevalue("tiny_gguf")
+        return llama_engine.load(str(gguf), llama_engine.Options())
     from rlhfkit.serve.hf_engine import HFEngine
 
-    model, tokenizer = tiny_lm
-    engine = HFEngine(model, tokenizer, max_batch=16)
+    return HFEngine(*tiny_lm, max_batch=16)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def engine(engine_name, tiny_lm, request):
+    engine = start_engine(engine_name, tiny_lm, request)
     yield engine
     engine.close()
 
@@ -115,8 +146,12 @@ def test_a_list_of_prompts_gets_a_choice_each(client, tiny_lm):
     assert [c.index for c in reply.choices] == [0, 1]
 
 
-def test_stop_strings_end_the_text_before_them_streamed_or_not(client, tiny_lm):
-    full = greedy(tiny_lm, ["She said"], 16).completions[0]
+def test_stop_strings_end_the_text_before_them_streamed_or_not(client):
+    full = (
+        client.completions.create(model=MODEL_ID, prompt="She said", max_tokens=16, temperature=0)
+        .choices[0]
+        .text
+    )
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     expected = full[: full.find(stop)]
     reply = client.completions.create(
@@ -131,7 +166,7 @@ def test_stop_strings_end_the_text_before_them_streamed_or_not(client, tiny_lm):
     assert events[-1].choices[0].finish_reason == "stop"
 
 
-def test_completion_logprobs_are_the_models(client, tiny_lm):
+def test_completion_logprobs_are_the_models(client, tiny_lm, engine_name):
     model, tokenizer = tiny_lm
     reply = client.completions.create(
         model=MODEL_ID, prompt="Reward models", max_tokens=6, temperature=0.9, seed=1, logprobs=3
@@ -147,11 +182,12 @@ def test_completion_logprobs_are_the_models(client, tiny_lm):
         forward = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)  # (T, V)
     start = reply.usage.prompt_tokens
     expected = [float(forward[start - 1 + k, ids[start + k]]) for k in range(6)]
-    assert logprobs.token_logprobs == pytest.approx(expected, abs=1e-4)
+    tolerance = LOGPROB_TOLERANCE[engine_name]
+    assert logprobs.token_logprobs == pytest.approx(expected, abs=tolerance)
     for position, top in enumerate(logprobs.top_logprobs):
         assert len(top) == 3
         best = forward[start - 1 + position].topk(3).values.tolist()
-        assert sorted(top.values(), reverse=True) == pytest.approx(best, abs=1e-4)
+        assert sorted(top.values(), reverse=True) == pytest.approx(best, abs=tolerance)
 
 
 def test_seeded_chat_repeats_and_streams_the_same_text(client):
@@ -262,7 +298,7 @@ def test_an_engine_failure_is_a_500_with_openai_error():
     assert failed.value.body["type"] == "server_error"
 
 
-def test_twenty_concurrent_requests_are_batched_and_each_answered(client, engine, tiny_lm):
+def test_twenty_concurrent_requests_are_each_answered_and_batched_by_hf(client, engine, tiny_lm):
     prompts = [f"Count the legs of {n} cats" for n in range(20)]
     batches: list[int] = []
     generate = engine._generate
@@ -271,7 +307,11 @@ def test_twenty_concurrent_requests_are_batched_and_each_answered(client, engine
         batches.append(len(jobs))
         generate(jobs)
 
-    engine._generate = counted
+    from rlhfkit.serve.hf_engine import HFEngine
+
+    batched = isinstance(engine, HFEngine)  # llama.cpp takes requests in turn
+    if batched:
+        engine._generate = counted
     try:
         with ThreadPoolExecutor(20) as pool:
             replies = list(
@@ -283,9 +323,11 @@ def test_twenty_concurrent_requests_are_batched_and_each_answered(client, engine
                 )
             )
     finally:
-        del engine._generate
+        if batched:
+            del engine._generate
     assert [r.choices[0].text for r in replies] == greedy(tiny_lm, prompts, 8).completions
-    assert sum(batches) == 20 and max(batches) > 1  # waiting requests shared a generate call
+    if batched:
+        assert sum(batches) == 20 and max(batches) > 1  # waiting requests shared a generate
 
 
 def test_served_model_judges_as_the_same_model_does_locally(tmp_path, monkeypatch):
@@ -325,22 +367,38 @@ def test_serve_command_checks_its_arguments():
 
     with pytest.raises(ConfigError, match="model"):
         run([])
-    with pytest.raises(ConfigError, match="is a GGUF file, which no engine of serve runs yet"):
+    with pytest.raises(ConfigError, match="the hf engine does not run; add --engine llama.cpp"):
         run(["model.gguf"])
-    with pytest.raises(ConfigError, match="engine"):
+    with pytest.raises(ConfigError, match="model = 'smollm2': is not a .gguf file"):
         run(["smollm2", "--engine", "llama.cpp"])
+    with pytest.raises(ConfigError, match="model = 'missing.gguf': does not exist"):
+        run(["missing.gguf", "--engine", "llama.cpp"])
+    with pytest.raises(ConfigError, match="engine"):
+        run(["smollm2", "--engine", "vllm-nope"])
+    with pytest.raises(ConfigError, match="n_ctx = 64: is read only by --engine llama.cpp"):
+        run(["smollm2", "--n_ctx", "64"])
+    with pytest.raises(ConfigError, match="max_batch = 4: is read only by --engine hf"):
+        run(["x.gguf", "--engine", "llama.cpp", "--max_batch", "4"])
     with pytest.raises(ConfigError, match="allow_remote"):
         run(["smollm2", "--host", "0.0.0.0", "--api-key", "k"])
 
 
+ENGINE_FLAGS = {
+    "hf": ["--max-batch", "4", "--device", "cpu"],
+    "llama.cpp": ["--engine", "llama.cpp", "--n_ctx", "128", "--n_threads", "1"],
+}
+
+
 def test_serve_command_serves_the_model_with_the_key_from_the_environment(
-    tiny_model_dir, monkeypatch
+    engine_name, tiny_model_dir, monkeypatch, request
 ):
-    """`rlhfkit serve DIR --port N`: the app uvicorn is handed answers a chat, with the key."""
+    """`rlhfkit serve MODEL --port N`: the app uvicorn is handed answers a chat, with the key;
+    for llama.cpp MODEL is the directory export --format gguf writes."""
     import uvicorn
 
     from rlhfkit.commands.serve import run
 
+    model = str(tiny_model_dir if engine_name == "hf" else request.getfixturevalue("tiny_gguf"))
     answered = {}
 
     def uvicorn_run(app, host, port, **options):  # serve the app in a thread, ask, return
@@ -349,16 +407,60 @@ def test_serve_command_serves_the_model_with_the_key_from_the_environment(
             client = openai.OpenAI(base_url=url, api_key="env-key", max_retries=0)
             answered["models"] = [m.id for m in client.models.list()]
             answered["reply"] = client.chat.completions.create(
-                model=str(tiny_model_dir),
-                messages=[{"role": "user", "content": "hi"}],
-                max_tokens=3,
+                model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3
             )
             with pytest.raises(openai.AuthenticationError):
                 openai.OpenAI(base_url=url, api_key="other", max_retries=0).models.list()
 
     monkeypatch.setattr(uvicorn, "run", uvicorn_run)
     monkeypatch.setenv("RLHFKIT_API_KEY", "env-key")
-    assert run([str(tiny_model_dir), "--port", "8123", "--max-batch", "4", "--device", "cpu"]) == 0
+    assert run([model, "--port", "8123", *ENGINE_FLAGS[engine_name]]) == 0
     assert (answered["host"], answered["port"]) == ("127.0.0.1", 8123)
-    assert answered["models"] == [str(tiny_model_dir)]
+    assert answered["models"] == [model]
     assert answered["reply"].usage.completion_tokens >= 1
+
+
+def test_llama_cpp_gives_the_hf_engines_greedy_completions_with_margin(tiny_lm, request):
+    """The f16 GGUF in llama.cpp and the float32 model in transformers, served side by side,
+    give the same greedy completions and the same chat prompts. Not by luck: along every
+    completion the two most likely tokens are further apart than twice the largest gap between
+    the engines' log-probabilities, so no argmax could have flipped."""
+    from rlhfkit.serve.engine import Request, join
+
+    engines = {name: start_engine(name, tiny_lm, request) for name in ENGINES}
+    prompts = [
+        "The movie was",
+        "She said",
+        "Reward models",
+        [{"role": "user", "content": "Write a poem about the sea"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    ]
+    try:
+        replies = {
+            name: [
+                join(engine.stream(Request(prompt, 12, temperature=0, logprobs=2)))
+                for prompt in prompts
+            ]
+            for name, engine in engines.items()
+        }
+        chats = [p for p in prompts if not isinstance(p, str)]
+        hf, llama = engines["hf"], engines["llama.cpp"]
+        assert [llama._encode(c) for c in chats] == [hf._encode(c) for c in chats]
+    finally:
+        for engine in engines.values():
+            engine.close()
+    gap, margin = 0.0, float("inf")
+    for hf_reply, llama_reply in zip(replies["hf"], replies["llama.cpp"], strict=True):
+        assert llama_reply.text == hf_reply.text
+        assert (llama_reply.finish_reason, llama_reply.completion_tokens) == (
+            hf_reply.finish_reason,
+            hf_reply.completion_tokens,
+        )
+        for ours, theirs in zip(hf_reply.tokens, llama_reply.tokens, strict=True):
+            pairs = zip(ours.top, theirs.top, strict=True)
+            gap = max(
+                gap, abs(ours.logprob - theirs.logprob), *(abs(a[1] - b[1]) for a, b in pairs)
+            )
+            margin = min(margin, ours.top[0][1] - ours.top[1][1])
+    assert gap < LOGPROB_TOLERANCE["llama.cpp"]
+    assert margin > 2 * gap, f"a near-tie (margin {margin:.1e}, gap {gap:.1e}): pick other prompts"

@@ -2,6 +2,7 @@
 
     rlhfkit serve runs/dpo/final                        # transformers, http://127.0.0.1:8000/v1
     rlhfkit serve runs/dpo/final --port 8080 --api-key "$KEY"
+    rlhfkit serve runs/dpo/export-gguf-q8_0 --engine llama.cpp   # a GGUF in llama.cpp
 
 The served model answers OpenAI's clients, and rlhfkit's own endpoint judge
 (``--reward judge:MODEL@http://127.0.0.1:8000/v1``).
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from rlhfkit.commands.label.serve import is_loopback
-from rlhfkit.config import Bounds, PositiveInt, Problem
+from rlhfkit.config import Bounds, NonNegativeInt, PositiveInt, Problem
 from rlhfkit.errors import ConfigError
 
 API_KEY_ENV = "RLHFKIT_API_KEY"
@@ -28,9 +29,11 @@ class Config:
 
     model: str = ""
     """What to serve (also the first argument): a model directory or embedded alias (smollm2)
+    for hf; a .gguf file, or the directory export --format gguf wrote, for llama.cpp
     (required)."""
-    engine: Literal["hf"] = "hf"
-    """hf: transformers, concurrent requests decoded together (the only engine so far)."""
+    engine: Literal["hf", "llama.cpp"] = "hf"
+    """hf: transformers, concurrent requests decoded together; llama.cpp: a GGUF file in
+    llama-cpp-python (pip install 'rlhfkit[llama]'), one request at a time."""
     name: str = ""
     """The model's id in the API (what clients pass as "model"); empty = MODEL as given."""
     host: str = "127.0.0.1"
@@ -48,25 +51,57 @@ class Config:
     """hf: weights dtype; auto is float32 on CPU and bfloat16 on a GPU that supports it."""
     max_batch: PositiveInt = 16
     """hf: most requests decoded together in one batch."""
+    n_ctx: NonNegativeInt = 0
+    """llama.cpp: context in tokens (prompt and completion); 0 = the model's own."""
+    n_threads: NonNegativeInt = 0
+    """llama.cpp: CPU threads; 0 = llama.cpp's default, half the cores."""
     access_log: bool = True
     """Log every request to the console."""
 
     def check(self) -> Iterable[Problem]:
         if not self.model:
             yield Problem("model", "", "is required: rlhfkit serve MODEL (a model directory)")
+        elif self.engine == "llama.cpp":
+            from rlhfkit.serve.llama_engine import gguf_file
+
+            found = gguf_file(self.model)
+            if isinstance(found, str):
+                yield Problem("model", self.model, found)
         elif self.model.endswith(".gguf"):
             yield Problem(
                 "model",
                 self.model,
-                "is a GGUF file, which no engine of serve runs yet; serve the model directory "
-                "it was exported from, or run it with llama.cpp's own server",
+                "is a GGUF file, which the hf engine does not run; add --engine llama.cpp, or "
+                "serve the model directory it was exported from",
             )
+        yield from engine_only_options(self)
         if not self.allow_remote and not is_loopback(self.host):
             yield Problem(
                 "host",
                 self.host,
                 "opens the API to the network; add --allow_remote to do so on purpose "
                 "(with --api_key, behind HTTPS), or use 127.0.0.1",
+            )
+
+
+ENGINE_OPTIONS = {  # option -> the engine that reads it; set with another engine, it is refused
+    "device": "hf",
+    "dtype": "hf",
+    "max_batch": "hf",
+    "n_ctx": "llama.cpp",
+    "n_threads": "llama.cpp",
+}
+
+
+def engine_only_options(cfg: Config) -> Iterable[Problem]:
+    defaults = Config()
+    for option, engine in ENGINE_OPTIONS.items():
+        value = getattr(cfg, option)
+        if cfg.engine != engine and value != getattr(defaults, option):
+            yield Problem(
+                option,
+                value,
+                f"is read only by --engine {engine}, not by {cfg.engine}; leave it out",
             )
 
 
@@ -118,6 +153,10 @@ def main(cfg: Config) -> None:
 
 def load_engine(cfg: Config):
     """The engine ``cfg`` names, with its model loaded."""
+    if cfg.engine == "llama.cpp":
+        from rlhfkit.serve import llama_engine
+
+        return llama_engine.load(cfg.model, llama_engine.Options(cfg.n_ctx, cfg.n_threads))
     from rlhfkit.serve import hf_engine
 
     return hf_engine.load(cfg.model, hf_engine.Options(cfg.device, cfg.dtype, cfg.max_batch))

@@ -20,6 +20,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,7 +34,15 @@ from transformers import (
 
 from rlhfkit.data.sequences import render_prompt, uses_chat_template
 from rlhfkit.generation.hf import HFBackend, own_generation_defaults
-from rlhfkit.serve.engine import Chunk, Request, RequestError, TokenLogprob
+from rlhfkit.serve.engine import (
+    Chunk,
+    Messages,
+    Request,
+    TextRelease,
+    TokenLogprob,
+    completion_budget,
+    render_chat,
+)
 
 
 @dataclass(frozen=True)
@@ -54,45 +63,6 @@ def load(model: str, options: Options) -> HFEngine:
         ModelCfg(path=model, device=options.device, dtype=options.dtype)  # type: ignore[arg-type]
     )
     return HFEngine(loaded, tokenizer, options.max_batch)
-
-
-class TextRelease:
-    """One completion's tokens turned into text that is safe to send.
-
-    Text is held back while its end could still begin a stop string (the completion must end
-    before it) or ends in half a UTF-8 character. A token is released with the text it begins
-    in; tokens that begin inside a stop string are dropped with it.
-    """
-
-    def __init__(self, decode: Callable[[list[int]], str], stops: tuple[str, ...]):
-        self.decode, self.stops = decode, stops
-        self.holdback = max((len(stop) for stop in stops), default=1) - 1
-        self.ids: list[int] = []
-        self.text = ""  # the decoded completion so far
-        self.released = 0  # characters of text sent
-        self.pending: list[tuple[int, TokenLogprob | None]] = []  # (where it begins, its logprob)
-
-    def add(self, token_id: int, logprob: TokenLogprob | None) -> tuple[Chunk, bool]:
-        """The chunk that ``token_id`` releases, and whether a stop string has ended the text."""
-        self.pending.append((len(self.text), logprob))
-        self.ids.append(token_id)
-        self.text = self.decode(self.ids)
-        found = [self.text.find(stop) for stop in self.stops if stop in self.text]
-        if found:
-            return self._release(min(found)), True
-        safe = len(self.text.rstrip("\ufffd")) if self.text.endswith("\ufffd") else len(self.text)
-        return self._release(max(self.released, min(safe, len(self.text) - self.holdback))), False
-
-    def finish(self) -> Chunk:
-        """The rest of the text (the completion ended by EOS or its length)."""
-        return self._release(len(self.text))
-
-    def _release(self, end: int) -> Chunk:
-        text = self.text[self.released : end]
-        tokens = [lp for start, lp in self.pending if start < end and lp is not None]
-        self.pending = [(start, lp) for start, lp in self.pending if start >= end]
-        self.released = max(self.released, end)
-        return Chunk(text, tuple(tokens))
 
 
 @dataclass
@@ -233,22 +203,7 @@ class HFEngine:
 
     def _job(self, request: Request) -> Job:
         prompt_ids = self._encode(request.prompt)
-        room = self.context - len(prompt_ids) if self.context else None
-        if room is not None and room < 1:
-            raise RequestError(
-                f"the prompt is {len(prompt_ids)} tokens, and the model's context is "
-                f"{self.context}; shorten it",
-                "messages" if not isinstance(request.prompt, str) else "prompt",
-                "context_length_exceeded",
-            )
-        max_tokens = request.max_tokens or room or 256
-        if room is not None and max_tokens > room:
-            raise RequestError(
-                f"max_tokens {max_tokens} with a prompt of {len(prompt_ids)} tokens passes the "
-                f"model's context of {self.context}; ask for at most {room}",
-                "max_tokens",
-                "context_length_exceeded",
-            )
+        max_tokens = completion_budget(request, len(prompt_ids), self.context)
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         return Job(
             request,
@@ -259,28 +214,12 @@ class HFEngine:
             TextRelease(self._decode, request.stop),
         )
 
-    def _encode(self, prompt: str | Any) -> list[int]:
+    def _encode(self, prompt: str | Messages) -> list[int]:
         if isinstance(prompt, str):  # completions: the text as is, with the tokenizer's BOS
-            ids = self.tokenizer(prompt)["input_ids"]
-        elif not self.chat:
-            raise RequestError(
-                "this model has no chat template; use /v1/completions with a text prompt",
-                "messages",
-            )
-        else:
-            from jinja2 import TemplateError
-
-            try:
-                text = render_prompt(self.tokenizer, prompt, chat=True)
-            except TemplateError as e:
-                raise RequestError(
-                    f"the model's chat template rejected the messages: {e}"
-                ) from None
-            # the template already wrote any BOS token; adding special tokens would double it
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise RequestError("the prompt encodes to no tokens; give some text", "prompt")
-        return ids
+            return self.tokenizer(prompt)["input_ids"]
+        template = partial(render_prompt, self.tokenizer, chat=True) if self.chat else None
+        # the template already wrote any BOS token; adding special tokens would double it
+        return self.tokenizer(render_chat(template, prompt), add_special_tokens=False)["input_ids"]
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
