@@ -135,26 +135,28 @@ class LlamaEngine:
             min_p=0.0,
             repeat_penalty=1.0,
         )
-        for token in tokens:
-            generated += 1
-            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
-                reason, last = "stop", release.finish()
-                break
-            logprob = (
-                self._logprob(token, request.logprobs) if request.logprobs is not None else None
-            )
-            chunk, stopped = release.add(token, logprob)
-            if stopped:
-                reason, last = "stop", chunk
-                break
-            if generated >= max_tokens:
-                last = Chunk(
-                    chunk.text + (rest := release.finish()).text, chunk.tokens + rest.tokens
+        try:
+            for token in tokens:
+                generated += 1
+                if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                    reason, last = "stop", release.finish()
+                    break
+                logprob = (
+                    self._logprob(token, request.logprobs) if request.logprobs is not None else None
                 )
-                break
-            if chunk.text or chunk.tokens:
-                yield chunk
-        tokens.close()  # the next request starts its own generate, from the prefix kept here
+                chunk, stopped = release.add(token, logprob)
+                if stopped:
+                    reason, last = "stop", chunk
+                    break
+                if generated >= max_tokens:
+                    last = Chunk(
+                        chunk.text + (rest := release.finish()).text, chunk.tokens + rest.tokens
+                    )
+                    break
+                if chunk.text or chunk.tokens:
+                    yield chunk
+        finally:  # also when the client leaves: the next request starts its own generate
+            tokens.close()
         yield Chunk(last.text, last.tokens, reason, len(prompt_ids), generated)
 
     def _decode(self, ids: list[int]) -> str:
