@@ -6,14 +6,20 @@ turns (A B B A ...) over ``--rounds``. Sides:
 
 - ``hf``: ``rlhfkit serve MODEL --engine hf`` (requests batched, ``--max_batch 16``);
 - ``hf-unbatched``: the same with ``--max_batch 1``, what batching buys;
-- ``llama.cpp-own``: llama-cpp-python's own server on ``--gguf`` (only with ``--gguf`` and
-  llama-cpp-python installed);
+- ``llama.cpp``: ``rlhfkit serve GGUF --engine llama.cpp`` on ``--gguf``;
+- ``llama.cpp-own``: llama-cpp-python's own server (``python -m llama_cpp.server``, the
+  ``llama`` extra's server packages) on the same file, with ``--logits_all false`` so that both
+  llama.cpp sides compute the same thing (rlhfkit's engine reads log-probs without it);
 - ``onnx``: ``rlhfkit serve ONNX_DIR --engine onnx`` on ``--onnx`` (an ``rlhfkit export
-  --format onnx`` directory of the same model), batched as hf is.
+  --format onnx`` directory of the same model), batched as hf is;
 - ``vllm``: ``rlhfkit serve MODEL --engine vllm`` (only with ``--vllm``, run where vllm is
   installed; on a CPU set ``VLLM_CPU_KVCACHE_SPACE``, GiB, or vLLM reserves 90% of the RAM).
 
-    python bench/serve.py --model smollm2 --requests 16 --concurrency 1 8
+The llama.cpp sides run only with ``--gguf``; both get ``--n_ctx 2048`` (the own server's
+default) and llama.cpp's default thread count.
+
+    rlhfkit export ~/.cache/rlhfkit/smollm2 --format gguf --out smollm2-gguf  # `rlhfkit assets` path
+    python bench/serve.py --model smollm2 --gguf smollm2-gguf/model.gguf --concurrency 1 8
 
 tokens/s is completion tokens over wall time at that concurrency; latency is per request.
 """
@@ -31,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 
+SIDES = ["hf", "hf-unbatched", "llama.cpp", "llama.cpp-own", "onnx", "vllm"]
+N_CTX = 2048
 PROMPTS = [
     "Write a short poem about the sea.",
     "Explain why the sky is blue in two sentences.",
@@ -54,6 +62,13 @@ def server_command(side: str, args: argparse.Namespace, port: int) -> list[str]:
         return [
             *[sys.executable, "-m", "llama_cpp.server", "--model", args.gguf],
             *["--port", str(port), "--model_alias", "bench", "--verbose", "false"],
+            *["--n_ctx", str(N_CTX), "--logits_all", "false"],
+        ]
+    if side == "llama.cpp":
+        return [
+            *[sys.executable, "-m", "rlhfkit", "serve", args.gguf, "--engine", "llama.cpp"],
+            *["--name", "bench", "--port", str(port), "--access_log", "false"],
+            *["--n_ctx", str(N_CTX)],
         ]
     if side == "onnx":
         engine = [args.onnx, "--engine", "onnx", "--max_batch", "16"]  # its own precision
@@ -121,11 +136,12 @@ def main() -> None:
     parser.add_argument("--max_tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=SIDES)
     args = parser.parse_args()
 
-    sides = ["hf", "hf-unbatched"] + (["llama.cpp-own"] if args.gguf else [])
-    sides += ["onnx"] if args.onnx else []
-    sides += ["vllm"] if args.vllm else []
+    sides = [side for side in args.sides if args.gguf or not side.startswith("llama.cpp")]
+    sides = [side for side in sides if side != "onnx" or args.onnx]
+    sides = [side for side in sides if side != "vllm" or args.vllm]
     results: dict[tuple[str, int], list[dict]] = {}
     for round_index in range(args.rounds):
         for side in sides if round_index % 2 == 0 else sides[::-1]:

@@ -1,8 +1,9 @@
 """``rlhfkit serve``: the OpenAI-compatible API, driven by OpenAI's own Python client.
 
-Each engine (hf; onnx on the same model exported to ONNX, which needs the ``export`` extra) serves
-a tiny random Llama from a uvicorn server in a thread of the test process, on a free port, and
-the same tests run on each. What it returns is checked against the project's own generation
+Each engine (hf; onnx on the same model exported to ONNX, which needs the ``export`` extra;
+llama.cpp on it written as an f16 GGUF, skipped without llama-cpp-python as in test_export.py)
+serves a tiny random Llama from a uvicorn server in a thread of the test process, on a free
+port, and the same tests run on each. What it returns is checked against the project's own generation
 (greedy text) and a forward pass (log-probs); the served model is then used as an endpoint judge
 and compared with the same model judging locally.
 """
@@ -31,6 +32,12 @@ from test_export import need  # noqa: E402
 
 KEY = "test-key"
 MODEL_ID = "tiny"
+ENGINES = ["hf", "onnx", "llama.cpp"]
+LOGPROB_TOLERANCE = {  # against transformers in float32
+    "hf": 1e-4,
+    "onnx": 1e-4,  # float32 too: onnxruntime only fuses and reorders sums
+    "llama.cpp": 2e-2,  # the f16 GGUF: export's f16 tolerance (docs/export.md); measured 1.4e-4
+}
 
 
 @contextmanager
@@ -76,8 +83,23 @@ def onnx_dir(tiny_model_dir, tiny_lm, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_lm, tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model as an f16 GGUF, in a directory as export --format gguf writes it."""
+    need("llama_cpp")
+    from rlhfkit.models.formats.gguf import write_gguf
+
+    out = tmp_path_factory.mktemp("tiny-gguf")
+    write_gguf(tiny_lm[0], tiny_model_dir, out, "f16")
+    return out
+
+
 def start_engine(name: str, request: pytest.FixtureRequest):
     """Engine ``name`` on the tiny model; ``request`` gives the fixtures it needs."""
+    if name == "llama.cpp":
+        from rlhfkit.serve import llama_engine
+
+        return llama_engine.load(str(request.getfixturevalue("tiny_gguf")), llama_engine.Options())
     if name == "onnx":
         from rlhfkit.serve import onnx_engine
 
@@ -87,9 +109,14 @@ def start_engine(name: str, request: pytest.FixtureRequest):
     return HFEngine(*request.getfixturevalue("tiny_lm"), max_batch=16)
 
 
-@pytest.fixture(scope="module", params=["hf", "onnx"])
-def engine(request):
-    engine = start_engine(request.param, request)
+@pytest.fixture(scope="module", params=ENGINES)
+def engine_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def engine(engine_name, request):
+    engine = start_engine(engine_name, request)
     yield engine
     engine.close()
 
@@ -137,8 +164,12 @@ def test_a_list_of_prompts_gets_a_choice_each(client, tiny_lm):
     assert [c.index for c in reply.choices] == [0, 1]
 
 
-def test_stop_strings_end_the_text_before_them_streamed_or_not(client, tiny_lm):
-    full = greedy(tiny_lm, ["She said"], 16).completions[0]
+def test_stop_strings_end_the_text_before_them_streamed_or_not(client):
+    full = (
+        client.completions.create(model=MODEL_ID, prompt="She said", max_tokens=16, temperature=0)
+        .choices[0]
+        .text
+    )
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     expected = full[: full.find(stop)]
     reply = client.completions.create(
@@ -153,14 +184,17 @@ def test_stop_strings_end_the_text_before_them_streamed_or_not(client, tiny_lm):
     assert events[-1].choices[0].finish_reason == "stop"
 
 
-def test_completion_logprobs_are_the_models(client, tiny_lm):
+def test_completion_logprobs_are_the_models(client, tiny_lm, engine_name):
     reply = client.completions.create(
         model=MODEL_ID, prompt="Reward models", max_tokens=6, temperature=0.9, seed=1, logprobs=3
     )
-    assert_logprobs_are_the_models(reply, "Reward models", *tiny_lm)
+    tolerance = LOGPROB_TOLERANCE[engine_name]
+    assert_logprobs_are_the_models(reply, "Reward models", *tiny_lm, tolerance=tolerance)
 
 
-def assert_logprobs_are_the_models(reply, prompt: str, model, tokenizer, top: int = 3) -> None:
+def assert_logprobs_are_the_models(
+    reply, prompt: str, model, tokenizer, top: int = 3, tolerance: float = 1e-4
+) -> None:
     """``reply``'s log-probs (a completion of ``prompt``) are the model's at temperature 1: the
     same tokens scored by one forward pass, with their ``top`` alternatives."""
     logprobs, generated = reply.choices[0].logprobs, reply.usage.completion_tokens
@@ -173,11 +207,11 @@ def assert_logprobs_are_the_models(reply, prompt: str, model, tokenizer, top: in
         forward = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)  # (T, V)
     start = reply.usage.prompt_tokens
     expected = [float(forward[start - 1 + k, ids[start + k]]) for k in range(generated)]
-    assert logprobs.token_logprobs == pytest.approx(expected, abs=1e-4)
+    assert logprobs.token_logprobs == pytest.approx(expected, abs=tolerance)
     for position, alternatives in enumerate(logprobs.top_logprobs):
         assert len(alternatives) == top
         best = forward[start - 1 + position].topk(top).values.tolist()
-        assert sorted(alternatives.values(), reverse=True) == pytest.approx(best, abs=1e-4)
+        assert sorted(alternatives.values(), reverse=True) == pytest.approx(best, abs=tolerance)
 
 
 def test_seeded_chat_repeats_and_streams_the_same_text(client):
@@ -288,16 +322,20 @@ def test_an_engine_failure_is_a_500_with_openai_error():
     assert failed.value.body["type"] == "server_error"
 
 
-def test_twenty_concurrent_requests_are_batched_and_each_answered(client, engine, tiny_lm):
+def test_twenty_concurrent_requests_are_each_answered_and_batched(
+    client, engine, engine_name, tiny_lm
+):
     prompts = [f"Count the legs of {n} cats" for n in range(20)]
     batches: list[int] = []
     generate = engine._generate
+    batched = engine_name != "llama.cpp"  # llama.cpp takes requests in turn
 
     def counted(jobs):
         batches.append(len(jobs))
         generate(jobs)
 
-    engine._generate = counted
+    if batched:
+        engine._generate = counted
     try:
         with ThreadPoolExecutor(20) as pool:
             replies = list(
@@ -309,9 +347,11 @@ def test_twenty_concurrent_requests_are_batched_and_each_answered(client, engine
                 )
             )
     finally:
-        del engine._generate
+        if batched:
+            del engine._generate
     assert [r.choices[0].text for r in replies] == greedy(tiny_lm, prompts, 8).completions
-    assert sum(batches) == 20 and max(batches) > 1  # waiting requests shared a generate call
+    if batched:
+        assert sum(batches) == 20 and max(batches) > 1  # waiting requests shared a generate
 
 
 def test_served_model_judges_as_the_same_model_does_locally(tmp_path, monkeypatch):
@@ -351,28 +391,41 @@ def test_serve_command_checks_its_arguments():
 
     with pytest.raises(ConfigError, match="model"):
         run([])
-    with pytest.raises(ConfigError, match="is a GGUF file, which no engine of serve runs yet"):
+    with pytest.raises(ConfigError, match="the hf engine does not run; add --engine llama.cpp"):
         run(["model.gguf"])
-    with pytest.raises(ConfigError, match="engine"):
+    with pytest.raises(ConfigError, match="model = 'smollm2': is not a .gguf file"):
         run(["smollm2", "--engine", "llama.cpp"])
+    with pytest.raises(ConfigError, match="model = 'missing.gguf': does not exist"):
+        run(["missing.gguf", "--engine", "llama.cpp"])
+    with pytest.raises(ConfigError, match="engine"):
+        run(["smollm2", "--engine", "vllm-nope"])
+    with pytest.raises(ConfigError, match="n_ctx = 64: is read only by --engine llama.cpp"):
+        run(["smollm2", "--n_ctx", "64"])
+    with pytest.raises(ConfigError, match="max_batch = 4: is read only by --engine hf or onnx"):
+        run(["x.gguf", "--engine", "llama.cpp", "--max_batch", "4"])
     with pytest.raises(ConfigError, match="allow_remote"):
         run(["smollm2", "--host", "0.0.0.0", "--api-key", "k"])
 
 
-@pytest.mark.parametrize("engine_name", ["hf", "onnx"])
+ENGINE_FLAGS = {  # the directory each engine serves, and its own flags
+    "hf": ("tiny_model_dir", ["--max-batch", "4", "--device", "cpu"]),
+    "onnx": ("onnx_dir", ["--engine", "onnx", "--max-batch", "4"]),
+    "llama.cpp": ("tiny_gguf", ["--engine", "llama.cpp", "--n_ctx", "128", "--n_threads", "1"]),
+}
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
 def test_serve_command_serves_the_model_with_the_key_from_the_environment(
     engine_name, request, monkeypatch
 ):
-    """`rlhfkit serve DIR --port N`: the app uvicorn is handed answers a chat, with the key."""
+    """`rlhfkit serve DIR --port N`: the app uvicorn is handed answers a chat, with the key;
+    DIR is what the engine serves (for llama.cpp, the directory export --format gguf writes)."""
     import uvicorn
 
     from rlhfkit.commands.serve import run
 
-    if engine_name == "onnx":
-        model_dir = request.getfixturevalue("onnx_dir")
-        flags = ["--engine", "onnx"]
-    else:
-        model_dir, flags = request.getfixturevalue("tiny_model_dir"), ["--device", "cpu"]
+    fixture, flags = ENGINE_FLAGS[engine_name]
+    model_dir = request.getfixturevalue(fixture)
 
     answered = {}
 
@@ -391,7 +444,7 @@ def test_serve_command_serves_the_model_with_the_key_from_the_environment(
 
     monkeypatch.setattr(uvicorn, "run", uvicorn_run)
     monkeypatch.setenv("RLHFKIT_API_KEY", "env-key")
-    assert run([str(model_dir), "--port", "8123", "--max-batch", "4", *flags]) == 0
+    assert run([str(model_dir), "--port", "8123", *flags]) == 0
     assert (answered["host"], answered["port"]) == ("127.0.0.1", 8123)
     assert answered["models"] == [str(model_dir)]
     assert answered["reply"].usage.completion_tokens >= 1
@@ -441,3 +494,52 @@ def test_onnx_engine_decodes_as_the_hf_engine(ask, request):
     )
     for ours, theirs in zip(onnx.tokens, hf.tokens, strict=True):
         assert [v for _, v in ours.top] == pytest.approx([v for _, v in theirs.top], abs=1e-5)
+
+
+def test_llama_cpp_gives_the_hf_engines_greedy_completions_with_margin(tiny_lm, request):
+    """The f16 GGUF in llama.cpp and the float32 model in transformers, served side by side,
+    give the same greedy completions and the same chat prompts. Not by luck: along every
+    completion the two most likely tokens are further apart than twice the largest gap between
+    the engines' log-probabilities, so no argmax could have flipped (measured: a margin of 6.7e-4
+    against a gap of 1.4e-4; a random tiny model's distribution is nearly flat)."""
+    from rlhfkit.serve.engine import Request, encode_prompt, join
+
+    engines = {name: start_engine(name, request) for name in ("hf", "llama.cpp")}
+    prompts = [
+        "The movie was",
+        "She said",
+        "Reward models",
+        [{"role": "user", "content": "Write a poem about the sea"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    ]
+    try:
+        replies = {
+            name: [
+                join(engine.stream(Request(prompt, 12, temperature=0, logprobs=2)))
+                for prompt in prompts
+            ]
+            for name, engine in engines.items()
+        }
+        chats = [p for p in prompts if not isinstance(p, str)]
+        hf, llama = engines["hf"], engines["llama.cpp"]
+        assert [llama._encode(c) for c in chats] == [
+            encode_prompt(hf.tokenizer, c, hf.chat) for c in chats
+        ]
+    finally:
+        for engine in engines.values():
+            engine.close()
+    gap, margin = 0.0, float("inf")
+    for hf_reply, llama_reply in zip(replies["hf"], replies["llama.cpp"], strict=True):
+        assert llama_reply.text == hf_reply.text
+        assert (llama_reply.finish_reason, llama_reply.completion_tokens) == (
+            hf_reply.finish_reason,
+            hf_reply.completion_tokens,
+        )
+        for ours, theirs in zip(hf_reply.tokens, llama_reply.tokens, strict=True):
+            pairs = zip(ours.top, theirs.top, strict=True)
+            gap = max(
+                gap, abs(ours.logprob - theirs.logprob), *(abs(a[1] - b[1]) for a, b in pairs)
+            )
+            margin = min(margin, ours.top[0][1] - ours.top[1][1])
+    assert gap < LOGPROB_TOLERANCE["llama.cpp"]
+    assert margin > 2 * gap, f"a near-tie (margin {margin:.1e}, gap {gap:.1e}): pick other prompts"

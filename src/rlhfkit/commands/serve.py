@@ -3,6 +3,7 @@
     rlhfkit serve runs/dpo/final                        # transformers, http://127.0.0.1:8000/v1
     rlhfkit serve runs/dpo/final --port 8080 --api-key "$KEY"
     rlhfkit serve runs/dpo/final-onnx --engine onnx     # what `rlhfkit export --format onnx` wrote
+    rlhfkit serve runs/dpo/export-gguf-q8_0 --engine llama.cpp   # a GGUF in llama.cpp
 
 The served model answers OpenAI's clients, and rlhfkit's own endpoint judge
 (``--reward judge:MODEL@http://127.0.0.1:8000/v1``).
@@ -17,17 +18,19 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from rlhfkit.commands.label.serve import is_loopback
-from rlhfkit.config import Bounds, PositiveInt, Problem
+from rlhfkit.config import Bounds, NonNegativeInt, PositiveInt, Problem
 from rlhfkit.errors import ConfigError
 
 API_KEY_ENV = "RLHFKIT_API_KEY"
 SERVE_INSTALL = "pip install 'rlhfkit[serve]'"
 ENGINE_OPTIONS = {
     "device": ("hf",),
-    "dtype": ("hf", "vllm"),  # onnx runs in the export's own precision
+    "dtype": ("hf", "vllm"),  # onnx and llama.cpp run in the export's own precision
     "max_batch": ("hf", "onnx"),
     "max_model_len": ("vllm",),
     "gpu_memory_utilization": ("vllm",),
+    "n_ctx": ("llama.cpp",),
+    "n_threads": ("llama.cpp",),
 }
 """The options that only some engines read: set with another engine, they are refused."""
 
@@ -38,12 +41,14 @@ class Config:
 
     model: str = ""
     """What to serve (also the first argument): a model directory or embedded alias (smollm2)
+    for hf; a .gguf file, or the directory export --format gguf wrote, for llama.cpp
     (required)."""
-    engine: Literal["hf", "onnx", "vllm"] = "hf"
+    engine: Literal["hf", "onnx", "llama.cpp", "vllm"] = "hf"
     """hf: transformers, concurrent requests decoded together (always installed); onnx:
     onnxruntime on what `rlhfkit export --format onnx` (or int8 --int8_engine onnx) wrote,
-    batched the same way; vllm: vLLM's async engine, continuous batching (on a GPU; needs vllm
-    installed, docs/serve.md)."""
+    batched the same way; llama.cpp: a GGUF file in llama-cpp-python (pip install
+    'rlhfkit[llama]'), one request at a time; vllm: vLLM's async engine, continuous batching
+    (on a GPU; needs vllm installed, docs/serve.md)."""
     name: str = ""
     """The model's id in the API (what clients pass as "model"); empty = MODEL as given."""
     host: str = "127.0.0.1"
@@ -68,18 +73,28 @@ class Config:
     gpu_memory_utilization: Annotated[float, Bounds(gt=0, le=1)] = 0.9
     """vllm: share of the GPU's memory vLLM takes for weights and KV cache (on a CPU: of the
     machine's memory, unless $VLLM_CPU_KVCACHE_SPACE sets the cache in GiB)."""
+    n_ctx: NonNegativeInt = 0
+    """llama.cpp: context in tokens (prompt and completion); 0 = the model's own."""
+    n_threads: NonNegativeInt = 0
+    """llama.cpp: CPU threads; 0 = llama.cpp's default, half the cores."""
     access_log: bool = True
     """Log every request to the console."""
 
     def check(self) -> Iterable[Problem]:
         if not self.model:
             yield Problem("model", "", "is required: rlhfkit serve MODEL (a model directory)")
+        elif self.engine == "llama.cpp":
+            from rlhfkit.serve.llama_engine import gguf_file
+
+            found = gguf_file(self.model)
+            if isinstance(found, str):
+                yield Problem("model", self.model, found)
         elif self.model.endswith(".gguf"):
             yield Problem(
                 "model",
                 self.model,
-                "is a GGUF file, which no engine of serve runs yet; serve the model directory "
-                "it was exported from, or run it with llama.cpp's own server",
+                "is a GGUF file, which the hf engine does not run; add --engine llama.cpp, or "
+                "serve the model directory it was exported from",
             )
         yield from self._engine_options()
         if not self.allow_remote and not is_loopback(self.host):
@@ -97,7 +112,7 @@ class Config:
             if self.engine not in engines and value != getattr(Config, name):
                 yield Problem(
                     name,
-                    str(value),
+                    value,
                     f"is read only by --engine {' or '.join(engines)}, not {self.engine}; "
                     "leave it out",
                 )
@@ -159,6 +174,10 @@ def _exit(signum: int, frame: object) -> None:
 
 def load_engine(cfg: Config):
     """The engine ``cfg`` names, with its model loaded."""
+    if cfg.engine == "llama.cpp":
+        from rlhfkit.serve import llama_engine
+
+        return llama_engine.load(cfg.model, llama_engine.Options(cfg.n_ctx, cfg.n_threads))
     if cfg.engine == "vllm":
         from rlhfkit.serve import vllm_engine
 

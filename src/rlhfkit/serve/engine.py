@@ -90,41 +90,46 @@ def join(chunks: Iterator[Chunk]) -> Chunk:
     )
 
 
+def render_chat(template: Callable[[Messages], str] | None, messages: Messages) -> str:
+    """``messages`` rendered by a model's chat template (``None``: the model has none), with the
+    client's mistakes as ``RequestError``s."""
+    if template is None:
+        raise RequestError(
+            "this model has no chat template; use /v1/completions with a text prompt", "messages"
+        )
+    from jinja2 import TemplateError
+
+    try:
+        return template(messages)
+    except TemplateError as e:
+        raise RequestError(f"the model's chat template rejected the messages: {e}") from None
+
+
 def encode_prompt(tokenizer: Any, prompt: str | Messages, chat: bool) -> list[int]:
     """The prompt's token ids: a text as is, with the tokenizer's BOS; messages rendered with the
     model's own chat template (``chat``: whether it has one)."""
     from rlhfkit.data.sequences import render_prompt
 
     if isinstance(prompt, str):
-        ids = tokenizer(prompt)["input_ids"]
-    elif not chat:
-        raise RequestError(
-            "this model has no chat template; use /v1/completions with a text prompt",
-            "messages",
-        )
-    else:
-        from jinja2 import TemplateError
-
-        try:
-            text = render_prompt(tokenizer, prompt, chat=True)
-        except TemplateError as e:
-            raise RequestError(f"the model's chat template rejected the messages: {e}") from None
-        # the template already wrote any BOS token; adding special tokens would double it
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise RequestError("the prompt encodes to no tokens; give some text", "prompt")
-    return ids
+        return tokenizer(prompt)["input_ids"]
+    template = (lambda messages: render_prompt(tokenizer, messages, chat=True)) if chat else None
+    # the template already wrote any BOS token; adding special tokens would double it
+    return tokenizer(render_chat(template, prompt), add_special_tokens=False)["input_ids"]
 
 
 def completion_budget(request: Request, prompt_tokens: int, context: int | None) -> int:
-    """How many tokens ``request`` may generate after a prompt of ``prompt_tokens`` in a model
-    of ``context`` positions (None: unknown); a request that cannot fit is refused."""
+    """How many tokens the completion may have: ``max_tokens``, or the rest of the context
+    (256 when the model states none). Refuses a prompt that encodes to nothing or that, with
+    ``max_tokens``, does not fit the context (code ``context_length_exceeded``)."""
+    param = "prompt" if isinstance(request.prompt, str) else "messages"
+    if prompt_tokens == 0:
+        raise RequestError("the prompt encodes to no tokens; give some text", param)
     room = context - prompt_tokens if context else None
     if room is not None and room < 1:
         raise RequestError(
             f"the prompt is {prompt_tokens} tokens, and the model's context is {context}; "
             "shorten it",
-            "messages" if not isinstance(request.prompt, str) else "prompt",
+            param,
             "context_length_exceeded",
         )
     max_tokens = request.max_tokens or room or 256
