@@ -16,6 +16,7 @@ caller as it is decoded.
 
 from __future__ import annotations
 
+import abc
 import queue
 import secrets
 import threading
@@ -137,7 +138,7 @@ def end(job: Job, chunk: Chunk, reason: str) -> None:
     job.out.put(None)
 
 
-class BatchedEngine:
+class BatchedEngine(abc.ABC):
     """An engine whose worker thread decodes waiting requests together; a subclass says how one
     batch is decoded (``_generate``), calling ``pick_tokens`` and ``advance`` at each step."""
 
@@ -166,9 +167,9 @@ class BatchedEngine:
         self.queue.put(None)
         self.worker.join()
 
+    @abc.abstractmethod
     def _generate(self, jobs: list[Job]) -> None:
-        """Decode ``jobs`` as one batch until every one has ended."""
-        raise NotImplementedError
+        """Decode ``jobs`` as one batch until every one has ended (each engine's own model)."""
 
     def _job(self, request: Request) -> Job:
         prompt_ids = encode_prompt(self.tokenizer, request.prompt, self.chat)
