@@ -23,6 +23,7 @@ import inspect
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -434,6 +435,18 @@ def own_generation_defaults(model: Any, eos_ids: list[int], pad_id: int) -> Iter
         yield
     finally:
         model.generation_config = saved
+
+
+def saved_generation_config(directory: Any) -> Any:
+    """A model directory's generation config: its generation_config.json, or the one
+    transformers derives from its config.json (an export or checkpoint written without it)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    if (Path(directory) / "generation_config.json").is_file():
+        return GenerationConfig.from_pretrained(directory, local_files_only=True)
+    return GenerationConfig.from_model_config(
+        AutoConfig.from_pretrained(directory, local_files_only=True)
+    )
 
 
 def eos_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:

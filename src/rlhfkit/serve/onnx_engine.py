@@ -30,9 +30,9 @@ class Options:
 
 def load(directory: str, options: Options) -> OnnxEngine:
     """The engine on an ONNX export directory (model.onnx, config.json, tokenizer)."""
-    from transformers import AutoConfig, GenerationConfig
+    from transformers import AutoConfig
 
-    from rlhfkit.generation.hf import eos_token_ids
+    from rlhfkit.generation.hf import eos_token_ids, saved_generation_config
     from rlhfkit.models import load_tokenizer
     from rlhfkit.models.formats.onnx import FILE_NAME, OnnxRunner
 
@@ -51,11 +51,7 @@ def load(directory: str, options: Options) -> OnnxEngine:
             "pip install 'rlhfkit[export]'"
         ) from None
     config = AutoConfig.from_pretrained(path, local_files_only=True)
-    generation = (
-        GenerationConfig.from_pretrained(path, local_files_only=True)
-        if (path / "generation_config.json").is_file()
-        else GenerationConfig.from_model_config(config)
-    )
+    generation = saved_generation_config(path)
     tokenizer = load_tokenizer(path)
     return OnnxEngine(
         OnnxRunner(path / FILE_NAME, config),

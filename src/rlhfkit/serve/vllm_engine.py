@@ -78,21 +78,13 @@ class VLLMEngine:
     """A model served by vLLM's async engine; see the module docstring."""
 
     def __init__(self, model_dir: Path, options: Options):
-        from transformers import GenerationConfig
-
         from rlhfkit.data.sequences import uses_chat_template
-        from rlhfkit.generation.hf import eos_token_ids
+        from rlhfkit.generation.hf import eos_token_ids, saved_generation_config
         from rlhfkit.models import load_tokenizer
 
         self.tokenizer = load_tokenizer(model_dir)
         self.chat = uses_chat_template(self.tokenizer, "auto")
-        try:
-            generation = GenerationConfig.from_pretrained(model_dir)
-        except OSError:  # no generation_config.json: transformers derives it from the config
-            from transformers import AutoConfig
-
-            generation = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir))
-        self.eos_ids = eos_token_ids(generation, self.tokenizer)
+        self.eos_ids = eos_token_ids(saved_generation_config(model_dir), self.tokenizer)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="rlhfkit-serve-vllm", daemon=True
